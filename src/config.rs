@@ -1,0 +1,439 @@
+//! Typed, layered configuration: built-in defaults for the local stack, then an optional
+//! TOML file, then `SJ_*` environment variables (highest precedence).
+//!
+//! Nested settings use `__` in environment names (`SJ_KAFKA__BOOTSTRAP_SERVERS` sets
+//! `kafka.bootstrap_servers`). Any librdkafka client property passes through, either in the
+//! file's `[kafka.properties]` table or as `SJ_KAFKA_PROP_<NAME>` where `_` stands for `.`
+//! (`SJ_KAFKA_PROP_SASL_MECHANISM=SCRAM-SHA-512` sets `sasl.mechanism`). Secrets are held in
+//! [`SecretString`] and client properties that look secret are redacted by [`Settings::redacted`],
+//! so neither `config show` nor an error message ever prints them.
+//!
+//! Validation happens here, at start-up, so a bad value fails fast with the setting's name
+//! instead of surfacing later as a connection error deep inside a run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every environment variable the tool reads.
+pub const ENV_PREFIX: &str = "SJ_";
+/// Prefix of environment variables that pass a librdkafka property through.
+pub const KAFKA_PROP_ENV_PREFIX: &str = "SJ_KAFKA_PROP_";
+/// Configuration file read when `--config` is not given and the file exists.
+pub const DEFAULT_CONFIG_FILE: &str = "scheduled-jobs.toml";
+
+/// A setting that is missing or has a value the tool cannot use. Always fatal: the process
+/// stops before touching Kafka, the registry or the databases.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    #[error("invalid setting `{setting}`: {message}")]
+    Invalid { setting: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(setting: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid { setting: setting.into(), message: message.into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub registry: RegistrySettings,
+    pub redis: RedisSettings,
+    pub postgres: PostgresSettings,
+    pub topics: TopicsSettings,
+    pub schemas: SchemasSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers` of every client.
+    pub bootstrap_servers: String,
+    /// `client.id` prefix; each client appends its role.
+    pub client_id: String,
+    /// Any librdkafka property, applied after the tool's own (so it can override them).
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySettings {
+    /// Base URL of the Confluent-compatible API (Apicurio: `.../apis/ccompat/v7`), no trailing slash.
+    pub url: String,
+    pub username: Option<String>,
+    #[serde(serialize_with = "serialize_secret_opt")]
+    pub password: Option<SecretString>,
+    /// Request timeout in milliseconds.
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    pub host: String,
+    pub port: u16,
+    pub db: i64,
+    pub username: Option<String>,
+    #[serde(serialize_with = "serialize_secret_opt")]
+    pub password: Option<SecretString>,
+    /// `rediss://` (TLS) instead of `redis://`.
+    pub tls: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresSettings {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    #[serde(serialize_with = "serialize_secret")]
+    pub password: SecretString,
+    pub database: String,
+    /// libpq `sslmode`: disable, allow, prefer, require, verify-ca, verify-full.
+    pub sslmode: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsSettings {
+    /// Folder holding one `<topic>.toml` per topic.
+    pub dir: PathBuf,
+    /// Overlay applied to every topic (e.g. replication 1 on a single local broker); empty for none.
+    pub overrides: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemasSettings {
+    /// Folder holding the `.avsc` files that `topics/*.toml` name.
+    pub dir: PathBuf,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            kafka: KafkaSettings::default(),
+            registry: RegistrySettings::default(),
+            redis: RedisSettings::default(),
+            postgres: PostgresSettings::default(),
+            topics: TopicsSettings::default(),
+            schemas: SchemasSettings::default(),
+        }
+    }
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            client_id: "scheduled-jobs".into(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings {
+            url: "http://127.0.0.1:8081/apis/ccompat/v7".into(),
+            username: None,
+            password: None,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings { host: "127.0.0.1".into(), port: 6379, db: 0, username: None, password: None, tls: false }
+    }
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        PostgresSettings {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            user: "scheduled_jobs".into(),
+            password: SecretString::from("scheduled_jobs"),
+            database: "scheduled_jobs".into(),
+            sslmode: "prefer".into(),
+            max_connections: 10,
+        }
+    }
+}
+
+impl Default for TopicsSettings {
+    fn default() -> Self {
+        TopicsSettings { dir: "topics".into(), overrides: Some("topics/overrides/single-broker.toml".into()) }
+    }
+}
+
+impl Default for SchemasSettings {
+    fn default() -> Self {
+        SchemasSettings { dir: "avro".into() }
+    }
+}
+
+// Serializing exposes secrets: figment layers the defaults through serde. Anything meant for
+// human eyes goes through `Settings::redacted`, which blanks them first.
+fn serialize_secret<S: serde::Serializer>(v: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.expose_secret())
+}
+
+fn serialize_secret_opt<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_str(v.expose_secret()),
+        None => s.serialize_none(),
+    }
+}
+
+/// What is printed in place of a secret.
+pub const REDACTED: &str = "********";
+
+/// Whether a librdkafka property holds a secret (passwords, keys, JAAS configs, tokens).
+pub fn is_secret_property(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    ["password", "secret", "jaas", "token", "key.pem", "credentials"].iter().any(|s| n.contains(s))
+}
+
+impl Settings {
+    /// Loads defaults ← file ← environment, then validates. `file` of `None` reads
+    /// [`DEFAULT_CONFIG_FILE`] if it exists; an explicit file must exist.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// [`Settings::load`] with the environment given explicitly, so tests need not mutate
+    /// the process environment.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        match file {
+            Some(path) => {
+                if !path.is_file() {
+                    return Err(ConfigError::File { path: path.into(), message: "no such file".into() });
+                }
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None => {
+                if Path::new(DEFAULT_CONFIG_FILE).is_file() {
+                    figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE));
+                }
+            }
+        }
+        // Only variables with a `__` nest into sections: the flat `SJ_KAFKA_PORT`-style
+        // variables belong to scripts/services.sh and must not be read as settings.
+        let nested: Vec<(String, String)> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !k.starts_with(KAFKA_PROP_ENV_PREFIX) && k.contains("__"))
+            .cloned()
+            .collect();
+        for (key, value) in nested {
+            let path = key[ENV_PREFIX.len()..].to_ascii_lowercase().replace("__", ".");
+            figment = figment.merge(Serialized::default(&path, value));
+        }
+        // Lossy: environment values are strings, and `"6543"` must still fill a port.
+        let mut settings: Settings = figment.extract_lossy().map_err(|e| ConfigError::Parse(describe_figment_error(e)))?;
+        for (key, value) in env.iter().filter(|(k, _)| k.starts_with(KAFKA_PROP_ENV_PREFIX)) {
+            let prop = key[KAFKA_PROP_ENV_PREFIX.len()..].to_ascii_lowercase().replace('_', ".");
+            settings.kafka.properties.insert(prop, value.clone());
+        }
+        // An empty path (e.g. `SJ_TOPICS__OVERRIDES=""`) switches the overlay off.
+        if settings.topics.overrides.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            settings.topics.overrides = None;
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks values that parse but cannot work. Kafka properties are checked by librdkafka
+    /// itself when the first client is built (see `kafka::client_config`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return Err(ConfigError::invalid("kafka.bootstrap_servers", "must name at least one host:port"));
+        }
+        for server in self.kafka.bootstrap_servers.split(',') {
+            let server = server.trim();
+            let ok = server.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok {
+                return Err(ConfigError::invalid(
+                    "kafka.bootstrap_servers",
+                    format!("`{server}` is not host:port"),
+                ));
+            }
+        }
+        if self.kafka.client_id.trim().is_empty() {
+            return Err(ConfigError::invalid("kafka.client_id", "must not be empty"));
+        }
+        let url = reqwest::Url::parse(&self.registry.url)
+            .map_err(|e| ConfigError::invalid("registry.url", format!("`{}` is not a URL: {e}", self.registry.url)))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ConfigError::invalid("registry.url", "must be an http:// or https:// URL"));
+        }
+        if self.registry.url.ends_with('/') {
+            return Err(ConfigError::invalid("registry.url", "must not end with `/` (paths are appended to it)"));
+        }
+        if self.registry.password.is_some() && self.registry.username.is_none() {
+            return Err(ConfigError::invalid("registry.username", "is required when registry.password is set"));
+        }
+        if self.registry.timeout_ms == 0 {
+            return Err(ConfigError::invalid("registry.timeout_ms", "must be greater than 0"));
+        }
+        if self.redis.port == 0 {
+            return Err(ConfigError::invalid("redis.port", "must be between 1 and 65535"));
+        }
+        if self.postgres.port == 0 {
+            return Err(ConfigError::invalid("postgres.port", "must be between 1 and 65535"));
+        }
+        if !matches!(
+            self.postgres.sslmode.as_str(),
+            "disable" | "allow" | "prefer" | "require" | "verify-ca" | "verify-full"
+        ) {
+            return Err(ConfigError::invalid(
+                "postgres.sslmode",
+                format!(
+                    "`{}` is not one of disable, allow, prefer, require, verify-ca, verify-full",
+                    self.postgres.sslmode
+                ),
+            ));
+        }
+        if self.postgres.max_connections == 0 {
+            return Err(ConfigError::invalid("postgres.max_connections", "must be greater than 0"));
+        }
+        Ok(())
+    }
+
+    /// The settings as TOML with every secret replaced by [`REDACTED`].
+    pub fn redacted(&self) -> String {
+        let mut shown = self.clone();
+        let blank = |p: &mut Option<SecretString>| {
+            if p.is_some() {
+                *p = Some(SecretString::from(REDACTED));
+            }
+        };
+        blank(&mut shown.registry.password);
+        blank(&mut shown.redis.password);
+        shown.postgres.password = SecretString::from(REDACTED);
+        for (k, v) in shown.kafka.properties.iter_mut() {
+            if is_secret_property(k) {
+                *v = REDACTED.into();
+            }
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+    }
+
+    /// The Redis connection URL (holds the password: never log it).
+    pub fn redis_url(&self) -> SecretString {
+        let r = &self.redis;
+        let scheme = if r.tls { "rediss" } else { "redis" };
+        let auth = match (&r.username, &r.password) {
+            (Some(u), Some(p)) => format!("{}:{}@", u, p.expose_secret()),
+            (None, Some(p)) => format!(":{}@", p.expose_secret()),
+            (Some(u), None) => format!("{u}@"),
+            (None, None) => String::new(),
+        };
+        SecretString::from(format!("{scheme}://{auth}{}:{}/{}", r.host, r.port, r.db))
+    }
+}
+
+/// Figment names the offending key in its error; keep that but drop its internal profile prefix.
+fn describe_figment_error(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|err| {
+            let key = err.path.join(".");
+            let mut msg = err.kind.to_string();
+            if let Some(meta) = &err.metadata {
+                if let Some(src) = &meta.source {
+                    msg = format!("{msg} (from {src})");
+                } else {
+                    msg = format!("{msg} (from {})", meta.name);
+                }
+            }
+            if key.is_empty() {
+                msg
+            } else {
+                format!("setting `{key}`: {msg}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_fit_the_local_stack() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(s.kafka.bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(s.postgres.port, 5432);
+        assert_eq!(s.redis.port, 6379);
+        assert_eq!(s.postgres.password.expose_secret(), "scheduled_jobs", "defaults survive layering unredacted");
+    }
+
+    #[test]
+    fn environment_overrides_nested_settings_and_ignores_flat_script_variables() {
+        let s = Settings::load_from(
+            None,
+            env(&[("SJ_KAFKA__BOOTSTRAP_SERVERS", "10.0.0.1:9094"), ("SJ_KAFKA_PORT", "1"), ("SJ_POSTGRES__PORT", "6543")]),
+        )
+        .unwrap();
+        assert_eq!(s.kafka.bootstrap_servers, "10.0.0.1:9094");
+        assert_eq!(s.postgres.port, 6543);
+    }
+
+    #[test]
+    fn kafka_properties_pass_through_from_environment() {
+        let s = Settings::load_from(
+            None,
+            env(&[("SJ_KAFKA_PROP_SASL_MECHANISM", "SCRAM-SHA-512"), ("SJ_KAFKA_PROP_SASL_PASSWORD", "hunter2")]),
+        )
+        .unwrap();
+        assert_eq!(s.kafka.properties["sasl.mechanism"], "SCRAM-SHA-512");
+        let shown = s.redacted();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains(r#""sasl.password" = "********""#), "{shown}");
+    }
+
+    #[test]
+    fn secrets_never_render() {
+        let s = Settings::load_from(None, env(&[("SJ_POSTGRES__PASSWORD", "s3cr3t-pg"), ("SJ_REDIS__PASSWORD", "s3cr3t-redis")]))
+            .unwrap();
+        let shown = s.redacted();
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(!format!("{s:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let e = Settings::load_from(None, env(&[("SJ_POSTGRES__PORT", "not-a-port")])).unwrap_err().to_string();
+        assert!(e.contains("postgres.port"), "{e}");
+        let e = Settings::load_from(None, env(&[("SJ_KAFKA__BOOTSTRAP_SERVERS", "nohost")])).unwrap_err().to_string();
+        assert!(e.contains("kafka.bootstrap_servers"), "{e}");
+        let e = Settings::load_from(None, env(&[("SJ_POSTGRES__SSLMODE", "sometimes")])).unwrap_err().to_string();
+        assert!(e.contains("postgres.sslmode"), "{e}");
+        let e = Settings::load_from(None, env(&[("SJ_KAFKA__BOOTSTRAP_SERVRES", "x:1")])).unwrap_err().to_string();
+        assert!(e.contains("bootstrap_servres"), "{e}");
+    }
+}

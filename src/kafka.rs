@@ -1,0 +1,167 @@
+//! Kafka client plumbing shared by every command: the rdkafka `ClientConfig` derived from
+//! [`Settings`](crate::config::Settings), and the error classification every caller uses to
+//! decide between retrying, aborting the transaction and stopping.
+//!
+//! Delivery guarantee: none by itself; this module only builds clients. Offsets are never
+//! auto-committed by clients made here (`enable.auto.commit=false`): the processor commits
+//! them only inside its transactions, and tools such as `tail` need no group at all.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::{ClientConfig, FromClientConfig};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::metadata::Metadata;
+
+use crate::config::Settings;
+use crate::error::ErrorClass;
+
+/// What a client is for; each role gets the defaults it needs before pass-through properties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    /// A consumer that reads only committed records and never commits offsets itself.
+    Consumer,
+    /// An idempotent producer (the transactional id is added by the caller).
+    Producer,
+}
+
+/// Builds the client configuration for `role`: the tool's defaults first, then every
+/// `kafka.properties` entry so an operator can override any of them (SASL, TLS, timeouts).
+pub fn client_config(settings: &Settings, role: Role) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &settings.kafka.bootstrap_servers);
+    let suffix = match role {
+        Role::Admin => "admin",
+        Role::Consumer => "consumer",
+        Role::Producer => "producer",
+    };
+    cfg.set("client.id", format!("{}-{}", settings.kafka.client_id, suffix));
+    match role {
+        Role::Admin => {}
+        Role::Consumer => {
+            cfg.set("isolation.level", "read_committed");
+            // Offsets move only inside transactions (processor) or not at all (tools).
+            cfg.set("enable.auto.commit", "false");
+            cfg.set("enable.auto.offset.store", "false");
+            cfg.set("enable.partition.eof", "false");
+        }
+        Role::Producer => {
+            cfg.set("enable.idempotence", "true");
+            cfg.set("acks", "all");
+            cfg.set("linger.ms", "5");
+        }
+    }
+    for (k, v) in &settings.kafka.properties {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+/// A Kafka failure at a module edge, with the class that tells the caller what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaClientError {
+    /// librdkafka refused a property: a configuration mistake, named.
+    #[error("invalid Kafka client configuration: {0} (check kafka.properties / SJ_KAFKA_PROP_*)")]
+    Config(String),
+    #[error("kafka {operation}: {source}")]
+    Kafka { operation: &'static str, source: KafkaError },
+}
+
+impl KafkaClientError {
+    pub fn kafka(operation: &'static str, source: KafkaError) -> Self {
+        KafkaClientError::Kafka { operation, source }
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            KafkaClientError::Config(_) => ErrorClass::Fatal,
+            KafkaClientError::Kafka { source, .. } => classify(source),
+        }
+    }
+}
+
+/// Classes an rdkafka error: transaction errors carry librdkafka's own verdict; transport
+/// and broker-side transient codes are retried; everything else is fatal for the caller.
+pub fn classify(e: &KafkaError) -> ErrorClass {
+    if let Some(rd) = e.rdkafka_error_code() {
+        if matches!(
+            rd,
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::Fatal
+                | RDKafkaErrorCode::Authentication
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+        ) {
+            return ErrorClass::Fatal;
+        }
+    }
+    match e {
+        KafkaError::Transaction(t) if t.is_fatal() => ErrorClass::Fatal,
+        KafkaError::Transaction(t) if t.txn_requires_abort() => ErrorClass::Abort,
+        KafkaError::Transaction(t) if t.is_retriable() => ErrorClass::Retry,
+        _ => match e.rdkafka_error_code() {
+            Some(
+                RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+                | RDKafkaErrorCode::CoordinatorLoadInProgress
+                | RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::NetworkException
+                | RDKafkaErrorCode::NotEnoughReplicas
+                | RDKafkaErrorCode::NotEnoughReplicasAfterAppend
+                | RDKafkaErrorCode::ConcurrentTransactions
+                | RDKafkaErrorCode::RebalanceInProgress,
+            ) => ErrorClass::Retry,
+            _ => ErrorClass::Fatal,
+        },
+    }
+}
+
+/// Creates a client of type `T`, turning librdkafka's property errors into [`KafkaClientError::Config`].
+pub fn create<T: FromClientConfig>(cfg: &ClientConfig) -> Result<T, KafkaClientError> {
+    cfg.create().map_err(|e| match e {
+        KafkaError::ClientConfig(_, ref desc, ref key, _) => {
+            KafkaClientError::Config(format!("property `{key}`: {desc}"))
+        }
+        other => KafkaClientError::kafka("create client", other),
+    })
+}
+
+pub fn admin(settings: &Settings) -> Result<AdminClient<DefaultClientContext>, KafkaClientError> {
+    create(&client_config(settings, Role::Admin))
+}
+
+pub fn admin_options(timeout: Duration) -> AdminOptions {
+    AdminOptions::new().request_timeout(Some(timeout)).operation_timeout(Some(timeout))
+}
+
+/// Cluster metadata for all topics (or one), waiting up to `timeout` for a broker.
+pub fn metadata(settings: &Settings, topic: Option<&str>, timeout: Duration) -> Result<Metadata, KafkaClientError> {
+    let consumer: BaseConsumer = create(&client_config(settings, Role::Admin))?;
+    consumer.fetch_metadata(topic, timeout).map_err(|e| KafkaClientError::kafka("fetch metadata", e))
+}
+
+/// Lets librdkafka judge every pass-through property once at start-up, so a typo fails fast
+/// naming `kafka.properties.<name>` instead of at the first connection.
+pub fn check_properties(settings: &Settings) -> Result<(), crate::config::ConfigError> {
+    match client_config(settings, Role::Consumer).set("group.id", "scheduled-jobs-config-check").create::<BaseConsumer>() {
+        Ok(_) => Ok(()),
+        Err(KafkaError::ClientConfig(_, desc, key, _)) => Err(crate::config::ConfigError::Invalid {
+            setting: format!("kafka.properties.{key}"),
+            message: desc,
+        }),
+        Err(e) => Err(crate::config::ConfigError::Invalid { setting: "kafka.properties".into(), message: e.to_string() }),
+    }
+}

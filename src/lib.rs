@@ -1,0 +1,24 @@
+//! scheduled-jobs: a Kafka-native, exactly-once runner for the periodic background jobs of an
+//! e-commerce platform (order expiration, stock sync, daily statistics).
+//!
+//! # Layout
+//! - [`config`]: typed settings (defaults ← TOML file ← `SJ_*` environment), validated at start.
+//! - [`kafka`]: rdkafka client configuration and error classification ([`error::ErrorClass`]).
+//! - [`topics`]: topic definitions as data (`topics/`) and `topics apply`.
+//! - [`schemas`]: the Avro schemas of `avro/` against the Schema Registry (register/check).
+//! - [`codec`]: Confluent-framed Avro encoding/decoding on the data path.
+//! - [`avro`]: exact decimal conversion and schema-aware JSON rendering.
+//! - [`db`]: PostgreSQL pool and migrations.
+//! - [`tail`]: `tail <topic>`, committed records as JSON lines.
+//! - [`cli`]: the command line.
+
+pub mod avro;
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod kafka;
+pub mod schemas;
+pub mod tail;
+pub mod topics;

@@ -1,0 +1,134 @@
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use scheduled_jobs::config::Settings;
+use scheduled_jobs::topics::TopicSpec;
+use sqlx::PgPool;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Brings the stack up once per test binary through the user's own script (a fast no-op when
+/// it is already running, as in CI where `.ci/run` started it).
+pub fn stack() {
+    static UP: OnceLock<()> = OnceLock::new();
+    UP.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/services.sh"))
+            .arg("up")
+            .output()
+            .expect("run scripts/services.sh up");
+        assert!(
+            out.status.success(),
+            "scripts/services.sh up failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// Settings as the binary would load them here (defaults ← SJ_* environment), with the repo's
+/// topics/ and avro/ folders resolved absolutely.
+pub fn settings() -> Settings {
+    stack();
+    let mut s = Settings::load_from(None, std::env::vars()).expect("settings");
+    s.topics.dir = repo_root().join("topics");
+    s.topics.overrides = Some(repo_root().join("topics/overrides/single-broker.toml"));
+    s.schemas.dir = repo_root().join("avro");
+    s
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+pub fn topic_spec(name: &str, partitions: i32) -> TopicSpec {
+    TopicSpec {
+        name: name.into(),
+        description: "test".into(),
+        partitions,
+        replication_factor: 1,
+        key: "k".into(),
+        value_schema: "SchedulerTick.avsc".into(),
+        configs: [("retention.ms".to_string(), "3600000".to_string())].into_iter().collect(),
+    }
+}
+
+/// Creates topics for a test through the same code path as `topics apply`.
+pub async fn create_topics(settings: &Settings, names: &[(&str, i32)]) {
+    let specs: Vec<TopicSpec> = names.iter().map(|(n, p)| topic_spec(n, *p)).collect();
+    scheduled_jobs::topics::apply(settings, &specs, false).await.expect("create test topics");
+}
+
+/// A fresh, migrated database; dropped by the caller with [`drop_db`] when it wants.
+pub async fn fresh_db(settings: &Settings) -> (PgPool, String) {
+    let name = format!("sj_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = PgPool::connect_with(scheduled_jobs::db::connect_options(&settings.postgres, "postgres"))
+        .await
+        .expect("connect to postgres database");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create test database");
+    admin.close().await;
+    let mut pg = settings.postgres.clone();
+    pg.database = name.clone();
+    let pool = scheduled_jobs::db::connect(&pg).await.expect("connect test database");
+    (pool, name)
+}
+
+pub async fn drop_db(settings: &Settings, pool: PgPool, name: &str) {
+    pool.close().await;
+    let admin = PgPool::connect_with(scheduled_jobs::db::connect_options(&settings.postgres, "postgres"))
+        .await
+        .expect("connect to postgres database");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await.expect("drop test db");
+}
+
+/// The built binary, for tests that check what a user sees.
+pub fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_scheduled-jobs"))
+}
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Every record of `topic` as (partition, key, payload), read from the beginning until each
+/// partition reports end-of-partition, with the given `isolation.level`.
+pub fn read_all(settings: &Settings, topic: &str, isolation: &str) -> Vec<(i32, Option<Vec<u8>>, Option<Vec<u8>>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::error::KafkaError;
+    use rdkafka::message::Message;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    let mut cfg = scheduled_jobs::kafka::client_config(settings, scheduled_jobs::kafka::Role::Consumer);
+    cfg.set("group.id", unique("reader"))
+        .set("isolation.level", isolation)
+        .set("enable.partition.eof", "true");
+    let consumer: BaseConsumer = cfg.create().expect("reader");
+    let md = consumer.fetch_metadata(Some(topic), WAIT).expect("metadata");
+    let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, rdkafka::Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let mut at_end = std::collections::HashSet::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while at_end.len() < partitions.len() {
+        assert!(std::time::Instant::now() < deadline, "timed out reading {topic}");
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Ok(m)) => {
+                at_end.remove(&m.partition());
+                out.push((m.partition(), m.key().map(|k| k.to_vec()), m.payload().map(|p| p.to_vec())));
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => {}
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+        }
+    }
+    out
+}

@@ -1,0 +1,13 @@
+//! Integration tests against the real local stack (Kafka, Apicurio Registry, Redis,
+//! PostgreSQL), started through `scripts/services.sh up` like a user would. Every test uses
+//! its own random topics, groups, transactional ids and database.
+
+mod common;
+
+mod cli;
+mod codec;
+mod compose;
+mod db;
+mod schemas;
+mod topics;
+mod transactions;

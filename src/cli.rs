@@ -65,6 +65,20 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS")]
         idle_timeout: Option<f64>,
     },
+    /// Run the tick producer: publish a tick for every fire time of every enabled job's
+    /// schedule, catching up fire times missed while it was down. Safe to run two side by side.
+    Tick,
+    /// Publish a manual tick for a job now (or for --at).
+    Trigger {
+        /// Job name, e.g. order-expiration.
+        job: String,
+        /// Scheduled time of the tick (RFC 3339); default now.
+        #[arg(long, value_name = "INSTANT")]
+        at: Option<String>,
+        /// A job parameter; repeatable.
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+    },
     /// Inspect the effective configuration.
     Config {
         #[command(subcommand)]
@@ -134,14 +148,12 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Config { action: ConfigAction::Show } => print!("{}", settings.redacted()),
         Command::Config { action: ConfigAction::Check } => {}
         Command::Topics { action: TopicsAction::Apply { dry_run } } => {
-            let specs = crate::topics::load_specs(&settings.topics.dir, settings.topics.overrides.as_deref())
-                .map_err(anyhow::Error::from)?;
+            let specs = crate::topics::configured_specs(&settings).map_err(anyhow::Error::from)?;
             let report = crate::topics::apply(&settings, &specs, dry_run).await.map_err(anyhow::Error::from)?;
             print!("{report}");
         }
         Command::Schemas { action } => {
-            let specs = crate::topics::load_specs(&settings.topics.dir, settings.topics.overrides.as_deref())
-                .map_err(anyhow::Error::from)?;
+            let specs = crate::topics::configured_specs(&settings).map_err(anyhow::Error::from)?;
             let schemas = crate::schemas::load(&settings.schemas.dir, &specs).map_err(anyhow::Error::from)?;
             let registry = crate::schemas::Registry::new(&settings).map_err(anyhow::Error::from)?;
             match action {
@@ -169,6 +181,28 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let pool = crate::db::connect(&settings.postgres).await.map_err(anyhow::Error::from)?;
             let applied = crate::db::migrate(&pool).await.map_err(anyhow::Error::from)?;
             println!("applied {applied} migration(s); {} known", crate::db::MIGRATOR.iter().count());
+        }
+        Command::Tick => {
+            crate::tick::run_producer(&settings, crate::shutdown::signal()).await.map_err(anyhow::Error::from)?;
+        }
+        Command::Trigger { job, at, params } => {
+            let at = at
+                .map(|a| {
+                    chrono::DateTime::parse_from_rfc3339(&a)
+                        .map(|t| t.with_timezone(&chrono::Utc))
+                        .map_err(|e| anyhow::anyhow!("--at `{a}` is not an RFC 3339 instant: {e}"))
+                })
+                .transpose()
+                .map_err(|error| Failure { code: 2, error })?;
+            let mut map = std::collections::BTreeMap::new();
+            for p in params {
+                let (k, v) = p
+                    .split_once('=')
+                    .ok_or_else(|| Failure { code: 2, error: anyhow::anyhow!("--param `{p}` is not KEY=VALUE") })?;
+                map.insert(k.to_string(), v.to_string());
+            }
+            let tick = crate::tick::trigger(&settings, &job, at, map).await.map_err(anyhow::Error::from)?;
+            println!("published tick {} for {} at {}", tick.tick_id, tick.job, tick.scheduled_at.to_rfc3339());
         }
         Command::Tail { topic, from_beginning, max_messages, idle_timeout } => {
             let idle_timeout = idle_timeout

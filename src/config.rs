@@ -53,6 +53,122 @@ pub struct Settings {
     pub postgres: PostgresSettings,
     pub topics: TopicsSettings,
     pub schemas: SchemasSettings,
+    pub scheduler: SchedulerSettings,
+    pub processor: ProcessorSettings,
+    /// Per-job settings, keyed by job name with `_` for `-` (`order_expiration`), so they
+    /// can be set from the environment (`SJ_JOBS__ORDER_EXPIRATION__BATCH_SIZE=500`).
+    pub jobs: BTreeMap<String, JobSettings>,
+}
+
+/// The tick producer (`scheduled-jobs tick`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerSettings {
+    /// IANA time zone the cron schedules (and "yesterday") are read in.
+    pub time_zone: String,
+    /// Name of this producer instance, written into each tick (diagnostics only).
+    pub producer_id: String,
+}
+
+/// The processor (`scheduled-jobs run`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessorSettings {
+    /// Consumer group of all processor instances.
+    pub group_id: String,
+    /// Prefix of each instance's `transactional.id` (the instance id is appended).
+    pub transactional_id_prefix: String,
+    /// Stable id of this instance; empty means host name + process id.
+    pub instance_id: String,
+    /// Ticks scheduled further than this in the future are dead letters (impossible values).
+    pub max_future_secs: u64,
+    /// Kafka transaction timeout (`transaction.timeout.ms`); one step's work must fit in it.
+    pub transaction_timeout_ms: u64,
+}
+
+/// When a tick producer comes back after downtime, which missed fire times it publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CatchUp {
+    /// Only the most recent missed fire time (the run looks at current state anyway).
+    Latest,
+    /// Every missed fire time, oldest first, up to `max_catch_up`.
+    All,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobSettings {
+    pub enabled: bool,
+    /// 6-field cron (seconds first); empty: never scheduled, only triggered.
+    pub schedule: String,
+    /// A run still going after this many seconds is abandoned and recorded TIMED_OUT.
+    pub timeout_secs: u64,
+    /// Work-item size (ids per chunk).
+    pub batch_size: u32,
+    pub catch_up: CatchUp,
+    /// Upper bound on fire times published by one catch-up.
+    pub max_catch_up: u32,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings { enabled: true, schedule: String::new(), timeout_secs: 300, batch_size: 100, catch_up: CatchUp::Latest, max_catch_up: 1 }
+    }
+}
+
+/// The seed's jobs with the seed's schedules, timeouts and batch sizes, plus `noop`, the
+/// trivial built-in job that exercises the pipeline (never scheduled by default).
+pub fn default_jobs() -> BTreeMap<String, JobSettings> {
+    let job = |schedule: &str, timeout_secs, batch_size, catch_up, max_catch_up| JobSettings {
+        enabled: true,
+        schedule: schedule.into(),
+        timeout_secs,
+        batch_size,
+        catch_up,
+        max_catch_up,
+    };
+    BTreeMap::from([
+        ("order_expiration".to_string(), job("0 */10 * * * *", 300, 100, CatchUp::Latest, 1)),
+        ("stock_sync".to_string(), job("0 0 2 * * *", 1800, 1000, CatchUp::Latest, 1)),
+        ("daily_statistics".to_string(), job("0 0 0 * * *", 600, 1, CatchUp::All, 7)),
+        ("noop".to_string(), job("", 60, 100, CatchUp::Latest, 1)),
+    ])
+}
+
+/// Job name (`order-expiration`) to settings key (`order_expiration`).
+pub fn job_key(job: &str) -> String {
+    job.replace('-', "_")
+}
+
+/// The topics the tool reads and writes; their names are `topics.prefix` + the base name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topic {
+    Tick,
+    OrderCancelled,
+    OrderExpirationNotification,
+    StockSyncAlert,
+    DailyStatistics,
+    WorkItems,
+    RunLedger,
+    RunResults,
+    DeadLetters,
+}
+
+impl Topic {
+    pub fn base_name(self) -> &'static str {
+        match self {
+            Topic::Tick => "scheduler.tick",
+            Topic::OrderCancelled => "order.cancelled",
+            Topic::OrderExpirationNotification => "order.expiration.notification",
+            Topic::StockSyncAlert => "stock.sync.alert",
+            Topic::DailyStatistics => "daily.statistics",
+            Topic::WorkItems => "scheduled-jobs.work-items",
+            Topic::RunLedger => "scheduled-jobs.run-ledger",
+            Topic::RunResults => "scheduled-jobs.run-results",
+            Topic::DeadLetters => "scheduled-jobs.dead-letters",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,6 +228,9 @@ pub struct TopicsSettings {
     pub dir: PathBuf,
     /// Overlay applied to every topic (e.g. replication 1 on a single local broker); empty for none.
     pub overrides: Option<PathBuf>,
+    /// Prepended to every topic name (and so to every subject): isolates environments
+    /// sharing a cluster, and each test from the others.
+    pub prefix: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,6 +249,9 @@ impl Default for Settings {
             postgres: PostgresSettings::default(),
             topics: TopicsSettings::default(),
             schemas: SchemasSettings::default(),
+            scheduler: SchedulerSettings::default(),
+            processor: ProcessorSettings::default(),
+            jobs: default_jobs(),
         }
     }
 }
@@ -177,7 +299,29 @@ impl Default for PostgresSettings {
 
 impl Default for TopicsSettings {
     fn default() -> Self {
-        TopicsSettings { dir: "topics".into(), overrides: Some("topics/overrides/single-broker.toml".into()) }
+        TopicsSettings {
+            dir: "topics".into(),
+            overrides: Some("topics/overrides/single-broker.toml".into()),
+            prefix: String::new(),
+        }
+    }
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        SchedulerSettings { time_zone: "UTC".into(), producer_id: String::new() }
+    }
+}
+
+impl Default for ProcessorSettings {
+    fn default() -> Self {
+        ProcessorSettings {
+            group_id: "scheduled-jobs-processor".into(),
+            transactional_id_prefix: "scheduled-jobs".into(),
+            instance_id: String::new(),
+            max_future_secs: 86_400,
+            transaction_timeout_ms: 60_000,
+        }
     }
 }
 
@@ -316,7 +460,59 @@ impl Settings {
         if self.postgres.max_connections == 0 {
             return Err(ConfigError::invalid("postgres.max_connections", "must be greater than 0"));
         }
+        self.time_zone()?;
+        if self.processor.group_id.trim().is_empty() {
+            return Err(ConfigError::invalid("processor.group_id", "must not be empty"));
+        }
+        if self.processor.transaction_timeout_ms < 1000 {
+            return Err(ConfigError::invalid("processor.transaction_timeout_ms", "must be at least 1000"));
+        }
+        for (key, job) in &self.jobs {
+            let setting = |field: &str| format!("jobs.{key}.{field}");
+            if !job.schedule.trim().is_empty() {
+                crate::schedule::Schedule::parse(&job.schedule, self.time_zone()?)
+                    .map_err(|e| ConfigError::invalid(setting("schedule"), e.to_string()))?;
+            }
+            if job.timeout_secs == 0 {
+                return Err(ConfigError::invalid(setting("timeout_secs"), "must be greater than 0"));
+            }
+            if job.batch_size == 0 {
+                return Err(ConfigError::invalid(setting("batch_size"), "must be greater than 0"));
+            }
+            if job.max_catch_up == 0 {
+                return Err(ConfigError::invalid(setting("max_catch_up"), "must be at least 1"));
+            }
+        }
         Ok(())
+    }
+
+    /// The configured time zone.
+    pub fn time_zone(&self) -> Result<chrono_tz::Tz, ConfigError> {
+        self.scheduler.time_zone.parse::<chrono_tz::Tz>().map_err(|_| {
+            ConfigError::invalid(
+                "scheduler.time_zone",
+                format!("`{}` is not an IANA time zone (e.g. UTC, Asia/Seoul)", self.scheduler.time_zone),
+            )
+        })
+    }
+
+    /// The full name of `topic` (with `topics.prefix`).
+    pub fn topic(&self, topic: Topic) -> String {
+        format!("{}{}", self.topics.prefix, topic.base_name())
+    }
+
+    /// Settings of `job` (by job name, e.g. `order-expiration`), if it is configured.
+    pub fn job(&self, job: &str) -> Option<&JobSettings> {
+        self.jobs.get(&job_key(job))
+    }
+
+    /// This processor instance's id: configured, or host name + process id.
+    pub fn instance_id(&self) -> String {
+        if !self.processor.instance_id.is_empty() {
+            return self.processor.instance_id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
+        format!("{host}-{}", std::process::id())
     }
 
     /// The settings as TOML with every secret replaced by [`REDACTED`].

@@ -10,6 +10,10 @@
 //! - [`avro`]: exact decimal conversion and schema-aware JSON rendering.
 //! - [`db`]: PostgreSQL pool and migrations.
 //! - [`tail`]: `tail <topic>`, committed records as JSON lines.
+//! - [`schedule`]: cron schedules in a time zone, DST-correct.
+//! - [`tick`]: the tick producer and manual triggers.
+//! - [`wire`]: Avro records as Rust types, converted at the edge.
+//! - [`shutdown`]: SIGTERM / Ctrl-C.
 //! - [`cli`]: the command line.
 
 pub mod avro;
@@ -18,7 +22,13 @@ pub mod codec;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod jobs;
 pub mod kafka;
+pub mod processor;
+pub mod schedule;
 pub mod schemas;
+pub mod shutdown;
 pub mod tail;
+pub mod tick;
 pub mod topics;
+pub mod wire;

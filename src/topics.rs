@@ -68,6 +68,16 @@ pub enum TopicsError {
     Kafka(#[from] KafkaClientError),
 }
 
+/// The topic definitions as configured: `topics.dir`, the `topics.overrides` overlay and the
+/// `topics.prefix`.
+pub fn configured_specs(settings: &crate::config::Settings) -> Result<Vec<TopicSpec>, TopicsError> {
+    let mut specs = load_specs(&settings.topics.dir, settings.topics.overrides.as_deref())?;
+    for s in &mut specs {
+        s.name = format!("{}{}", settings.topics.prefix, s.name);
+    }
+    Ok(specs)
+}
+
 /// Reads every `*.toml` directly in `dir` (not subfolders) and applies `overrides`.
 pub fn load_specs(dir: &Path, overrides: Option<&Path>) -> Result<Vec<TopicSpec>, TopicsError> {
     let spec_err = |path: &Path, message: String| TopicsError::Spec { path: path.into(), message };

@@ -132,3 +132,18 @@ pub fn read_all(settings: &Settings, topic: &str, isolation: &str) -> Vec<(i32, 
     }
     out
 }
+
+/// Settings with a random `topics.prefix`, every topic of topics/ created under it and every
+/// schema registered: a whole private environment for one test.
+pub async fn isolated() -> Settings {
+    let mut s = settings();
+    s.topics.prefix = format!("{}.", unique("t"));
+    s.processor.group_id = unique("processor");
+    s.processor.transactional_id_prefix = unique("txn");
+    let specs = scheduled_jobs::topics::configured_specs(&s).expect("topic specs");
+    scheduled_jobs::topics::apply(&s, &specs, false).await.expect("apply test topics");
+    let schemas = scheduled_jobs::schemas::load(&s.schemas.dir, &specs).expect("schemas");
+    let registry = scheduled_jobs::schemas::Registry::new(&s).expect("registry");
+    scheduled_jobs::schemas::register(&registry, &schemas).await.expect("register test schemas");
+    s
+}

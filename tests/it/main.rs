@@ -9,5 +9,6 @@ mod codec;
 mod compose;
 mod db;
 mod schemas;
+mod tick;
 mod topics;
 mod transactions;

@@ -1,0 +1,148 @@
+//! The job interface: each job is one module behind [`Job`], picked by name from a tick.
+//!
+//! A job does two things. `plan` turns a run into a stream of fixed chunks of ids, reading
+//! only (no effects), so it can be abandoned at any point. `apply` performs one chunk's
+//! effects outside Kafka — idempotently, keyed by the decision (run and ids) — and returns
+//! the records to emit, derived from durable state, so re-applying a chunk after a crash
+//! emits the same records. The processor writes those records in the Kafka transaction that
+//! commits the chunk; it owns all transaction plumbing, jobs own none.
+
+pub mod noop;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use apache_avro::types::Value;
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+
+use crate::config::{JobSettings, Topic};
+use crate::error::ErrorClass;
+use crate::wire::internal::WorkItem;
+use crate::wire::tick::Tick;
+
+/// A run: one job for one logical period (e.g. one fire time, or one date).
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub run_id: String,
+    pub job: String,
+    pub period: String,
+    pub attempt: i32,
+    pub tick: Tick,
+    pub planned_at: DateTime<Utc>,
+}
+
+/// What a job needs from the outside world.
+#[derive(Clone)]
+pub struct JobCtx {
+    pub db: sqlx::PgPool,
+    pub redis: Option<redis::aio::ConnectionManager>,
+    pub tz: Tz,
+    pub settings: JobSettings,
+}
+
+/// A record a chunk emits: topic, key and Avro value (encoded by the processor).
+#[derive(Debug, Clone)]
+pub struct Emit {
+    pub topic: Topic,
+    pub key: String,
+    pub value: Value,
+}
+
+/// One applied chunk: the records to emit and counters for the run result.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkOutput {
+    pub records: Vec<Emit>,
+    pub counts: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The tick asks for something this job cannot do (bad parameter, impossible period).
+    #[error("invalid tick: {0}")]
+    InvalidTick(String),
+    /// A dependency is unavailable; the same step may succeed later.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// A bug or bad data; the run is recorded FAILED and the line moves on.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl JobError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            JobError::Transient(_) => ErrorClass::Retry,
+            JobError::InvalidTick(_) | JobError::Failed(_) => ErrorClass::Fatal,
+        }
+    }
+}
+
+impl From<sqlx::Error> for JobError {
+    fn from(e: sqlx::Error) -> Self {
+        match crate::db::DbError::Query(e) {
+            err if err.class() == ErrorClass::Retry => JobError::Transient(err.to_string()),
+            err => JobError::Failed(err.to_string()),
+        }
+    }
+}
+
+impl From<redis::RedisError> for JobError {
+    fn from(e: redis::RedisError) -> Self {
+        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+            JobError::Transient(format!("redis: {e}"))
+        } else {
+            JobError::Failed(format!("redis: {e}"))
+        }
+    }
+}
+
+pub trait Job: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// The logical period a tick stands for; ticks of the same period are the same run.
+    fn period(&self, tick: &Tick, tz: Tz) -> Result<String, JobError> {
+        let _ = tz;
+        Ok(tick.scheduled_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    }
+
+    /// Whether an older tick may be dropped when a newer tick of this job is already queued
+    /// (true for jobs that look at current state; false when each period matters).
+    fn coalesce(&self) -> bool {
+        true
+    }
+
+    /// Streams the run's fixed chunks of ids. Reads only.
+    fn plan<'a>(&'a self, ctx: &'a JobCtx, run: &'a Run) -> BoxStream<'a, Result<Vec<String>, JobError>>;
+
+    /// Applies one chunk idempotently and returns what to emit.
+    fn apply<'a>(&'a self, ctx: &'a JobCtx, item: &'a WorkItem) -> BoxFuture<'a, Result<ChunkOutput, JobError>>;
+}
+
+/// The jobs this build knows, by name.
+#[derive(Clone)]
+pub struct Registry {
+    jobs: BTreeMap<&'static str, Arc<dyn Job>>,
+}
+
+impl Registry {
+    pub fn builtin() -> Registry {
+        let mut r = Registry { jobs: BTreeMap::new() };
+        r.add(Arc::new(noop::Noop));
+        r
+    }
+
+    pub fn add(&mut self, job: Arc<dyn Job>) {
+        self.jobs.insert(job.name(), job);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Job>> {
+        self.jobs.get(name)
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.jobs.keys().copied().collect()
+    }
+}

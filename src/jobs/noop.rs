@@ -1,0 +1,63 @@
+//! `noop`: the trivial built-in job that exercises the whole pipeline (plan → work items →
+//! apply → run result) with no effect outside Kafka. Parameters: `chunks` (default 1),
+//! `apply_sleep_ms` and `plan_sleep_ms` (to exercise timeouts), `fail` (chunk index that
+//! fails, to exercise FAILED runs).
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+use super::{ChunkOutput, Job, JobCtx, JobError, Run};
+use crate::wire::internal::WorkItem;
+
+pub struct Noop;
+
+fn param<T: std::str::FromStr>(params: &std::collections::BTreeMap<String, String>, name: &str, default: T) -> Result<T, JobError> {
+    match params.get(name) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| JobError::InvalidTick(format!("parameter `{name}` = `{v}` is not valid"))),
+    }
+}
+
+impl Job for Noop {
+    fn name(&self) -> &'static str {
+        "noop"
+    }
+
+    fn plan<'a>(&'a self, _ctx: &'a JobCtx, run: &'a Run) -> BoxStream<'a, Result<Vec<String>, JobError>> {
+        let params = &run.tick.parameters;
+        let setup = (param::<u32>(params, "chunks", 1), param::<u64>(params, "plan_sleep_ms", 0));
+        futures::stream::once(async move {
+            let (chunks, sleep) = (setup.0?, setup.1?);
+            if chunks > 100_000 {
+                return Err(JobError::InvalidTick(format!("parameter `chunks` = {chunks} exceeds 100000")));
+            }
+            if sleep > 0 {
+                tokio::time::sleep(Duration::from_millis(sleep)).await;
+            }
+            Ok((0..chunks).map(|i| Ok(vec![format!("noop-{i}")])).collect::<Vec<_>>())
+        })
+        .flat_map(|r| match r {
+            Ok(chunks) => futures::stream::iter(chunks).boxed(),
+            Err(e) => futures::stream::once(async { Err(e) }).boxed(),
+        })
+        .boxed()
+    }
+
+    fn apply<'a>(&'a self, _ctx: &'a JobCtx, item: &'a WorkItem) -> BoxFuture<'a, Result<ChunkOutput, JobError>> {
+        Box::pin(async move {
+            let sleep = param::<u64>(&item.parameters, "apply_sleep_ms", 0)?;
+            if sleep > 0 {
+                tokio::time::sleep(Duration::from_millis(sleep)).await;
+            }
+            if param::<i32>(&item.parameters, "fail", -1)? == item.chunk_index {
+                return Err(JobError::Failed(format!("chunk {} failed on request (parameter `fail`)", item.chunk_index)));
+            }
+            let mut out = ChunkOutput::default();
+            out.counts.insert("items".into(), item.ids.len() as i64);
+            Ok(out)
+        })
+    }
+}

@@ -1,0 +1,136 @@
+//! Run bookkeeping in PostgreSQL (tables `job_runs`, `job_run_chunks`): which chunks of a run
+//! are applied, and which one chunk finalises the run.
+//!
+//! Every write is keyed (run id, chunk index) and idempotent. The claim is exactly-one by a
+//! conditional UPDATE: the first chunk that sees every chunk recorded sets `finalized_by` to
+//! itself; a retry of that same chunk (its Kafka transaction aborted) claims again, so the
+//! run result is emitted by exactly one committed transaction.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkOutcome {
+    Applied,
+    TimedOut,
+    Failed,
+}
+
+impl ChunkOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChunkOutcome::Applied => "APPLIED",
+            ChunkOutcome::TimedOut => "TIMED_OUT",
+            ChunkOutcome::Failed => "FAILED",
+        }
+    }
+}
+
+/// Records the plan's seal: the run exists with this many chunks.
+pub async fn seal(
+    db: &PgPool,
+    run_id: &str,
+    job: &str,
+    period: &str,
+    chunk_count: i32,
+    planned_at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO job_runs (run_id, job, period, chunk_count, planned_at, sealed_at)
+         VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (run_id) DO NOTHING",
+    )
+    .bind(run_id)
+    .bind(job)
+    .bind(period)
+    .bind(chunk_count)
+    .bind(planned_at)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Records one chunk's outcome (a retry records the same outcome again).
+pub async fn record_chunk(
+    db: &PgPool,
+    run_id: &str,
+    index: i32,
+    outcome: ChunkOutcome,
+    counts: &BTreeMap<String, i64>,
+    message: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    let counts = serde_json::to_value(counts).unwrap_or_default();
+    sqlx::query(
+        "INSERT INTO job_run_chunks (run_id, chunk_index, outcome, counts, message, applied_at)
+         VALUES ($1, $2, $3, $4, $5, now())
+         ON CONFLICT (run_id, chunk_index) DO UPDATE SET outcome = EXCLUDED.outcome, counts = EXCLUDED.counts,
+             message = EXCLUDED.message",
+    )
+    .bind(run_id)
+    .bind(index)
+    .bind(outcome.as_str())
+    .bind(counts)
+    .bind(message)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A run whose chunks are all recorded, claimed by the caller's chunk.
+#[derive(Debug, Clone)]
+pub struct Finalized {
+    pub chunk_count: i32,
+    pub planned_at: DateTime<Utc>,
+    pub outcome: ChunkOutcome,
+    pub counts: BTreeMap<String, i64>,
+    pub message: Option<String>,
+}
+
+/// Claims the run for `claimant` (a chunk index, or -1 for the seal) if every chunk is
+/// recorded and nobody else claimed it. Must run after the caller's own record is committed.
+pub async fn try_finalize(db: &PgPool, run_id: &str, claimant: i32) -> Result<Option<Finalized>, sqlx::Error> {
+    let claimed: Option<(i32, DateTime<Utc>)> = sqlx::query_as(
+        "UPDATE job_runs r SET finalized_by = $2
+         WHERE r.run_id = $1 AND (r.finalized_by IS NULL OR r.finalized_by = $2)
+           AND r.chunk_count = (SELECT count(*) FROM job_run_chunks c WHERE c.run_id = $1)
+         RETURNING r.chunk_count, r.planned_at",
+    )
+    .bind(run_id)
+    .bind(claimant)
+    .fetch_optional(db)
+    .await?;
+    let Some((chunk_count, planned_at)) = claimed else {
+        return Ok(None);
+    };
+    let outcomes: Vec<(String, i64, Option<String>)> = sqlx::query_as(
+        "SELECT outcome, count(*), min(message) FROM job_run_chunks WHERE run_id = $1 GROUP BY outcome",
+    )
+    .bind(run_id)
+    .fetch_all(db)
+    .await?;
+    let has = |o: &str| outcomes.iter().any(|(name, n, _)| name == o && *n > 0);
+    let outcome = if has("FAILED") {
+        ChunkOutcome::Failed
+    } else if has("TIMED_OUT") {
+        ChunkOutcome::TimedOut
+    } else {
+        ChunkOutcome::Applied
+    };
+    let message = outcomes.iter().find(|(o, _, _)| o == outcome.as_str()).and_then(|(_, _, m)| m.clone());
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT kv.key, sum(kv.value::bigint)::bigint FROM job_run_chunks c, jsonb_each_text(c.counts) kv
+         WHERE c.run_id = $1 GROUP BY kv.key",
+    )
+    .bind(run_id)
+    .fetch_all(db)
+    .await?;
+    let mut counts: BTreeMap<String, i64> = rows.into_iter().collect();
+    counts.insert("chunks".into(), i64::from(chunk_count));
+    for (o, n, _) in &outcomes {
+        if o != "APPLIED" {
+            counts.insert(format!("chunks{}", if o == "FAILED" { "Failed" } else { "TimedOut" }), *n);
+        }
+    }
+    Ok(Some(Finalized { chunk_count, planned_at, outcome, counts, message }))
+}

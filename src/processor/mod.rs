@@ -1,0 +1,696 @@
+//! The processor (`scheduled-jobs run`): one consumer-group member that turns ticks into runs
+//! and runs into effects and events, exactly once.
+//!
+//! Two kinds of input, one transaction per record:
+//! - a **tick** (`scheduler.tick`) is *planned*: checked against the run ledger (duplicate
+//!   ticks and replays stop here), then its job streams fixed chunks of ids which are written
+//!   as work items, followed by a seal carrying the chunk count, a `PLANNED` ledger entry and
+//!   the tick's offset — all in one transaction. Planning only reads, so it can be abandoned.
+//! - a **work item** (`scheduled-jobs.work-items`) is *applied*: the job performs the chunk's
+//!   idempotent effects and returns the records to emit; they are written with a chunk ledger
+//!   entry and the work item's offset in one transaction. The chunk that completes the run
+//!   (claimed in PostgreSQL, see [`bookkeeping`]) also writes the run result.
+//!
+//! Records that cannot be accepted go to the dead-letter topic with the reason and original
+//! bytes, in the transaction that commits their offset. Any failure of a transaction takes the
+//! one reset path: abort, seek back to the first unhandled record, retry after a pause.
+
+pub mod bookkeeping;
+pub mod ledger;
+pub mod txn;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::{FutureExt, StreamExt};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::codec::{Codec, CodecError};
+use crate::config::{JobSettings, Settings, Topic};
+use crate::error::ErrorClass;
+use crate::jobs::{ChunkOutput, Job, JobCtx, JobError, Registry, Run};
+use crate::kafka::{self, KafkaClientError, Role};
+use crate::wire::internal::{DeadLetter, LedgerEntry, Outcome, RunResult, RunState, WorkItem};
+use crate::wire::tick::{Tick, Trigger};
+use crate::wire::{derived_id, WireError};
+use bookkeeping::ChunkOutcome;
+use ledger::{chunk_key, run_key, LedgerView};
+use txn::Txn;
+
+/// Chunk index of the seal work item that closes a plan.
+pub const SEAL: i32 = -1;
+/// Upper bound on records taken in one poll (coalescing looks within it).
+const BATCH: usize = 256;
+const LEDGER_CATCH_UP: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaClientError),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error(transparent)]
+    Ledger(#[from] ledger::LedgerError),
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    #[error("redis: {0}")]
+    Redis(String),
+    #[error("job `{job}`: {source}")]
+    Job { job: String, source: JobError },
+}
+
+impl From<sqlx::Error> for ProcessorError {
+    fn from(e: sqlx::Error) -> Self {
+        ProcessorError::Db(crate::db::DbError::Query(e))
+    }
+}
+
+impl ProcessorError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ProcessorError::Kafka(e) => e.class(),
+            ProcessorError::Codec(e) => e.class(),
+            ProcessorError::Ledger(ledger::LedgerError::Timeout(_)) => ErrorClass::Retry,
+            ProcessorError::Ledger(ledger::LedgerError::Kafka(e)) => e.class(),
+            ProcessorError::Db(e) => e.class(),
+            ProcessorError::Redis(_) => ErrorClass::Retry,
+            ProcessorError::Job { source, .. } => source.class(),
+        }
+    }
+}
+
+/// Notes assignments so the ledger view is caught up before records of new partitions.
+pub struct GroupContext {
+    assigned: Arc<AtomicBool>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+                self.assigned.store(true, Ordering::SeqCst);
+            }
+            Rebalance::Revoke(tpl) => tracing::info!(partitions = tpl.count(), "partitions revoked"),
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// What one [`Processor::step`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing arrived within the wait.
+    Idle,
+    /// This many records were handled and committed.
+    Handled(usize),
+    /// A transaction failed; it was aborted and the records will be seen again.
+    Reset(String),
+}
+
+/// Why a record went to the dead-letter topic.
+#[derive(Debug, Clone)]
+struct Reject {
+    code: &'static str,
+    reason: String,
+}
+
+fn reject(code: &'static str, reason: impl Into<String>) -> Reject {
+    Reject { code, reason: reason.into() }
+}
+
+struct Names {
+    tick: String,
+    work_items: String,
+    ledger: String,
+    results: String,
+    dead_letters: String,
+}
+
+pub struct Processor {
+    settings: Settings,
+    consumer: StreamConsumer<GroupContext>,
+    txn: Txn,
+    codec: Codec,
+    ledger: LedgerView,
+    jobs: Registry,
+    db: sqlx::PgPool,
+    redis: Option<redis::aio::ConnectionManager>,
+    tz: chrono_tz::Tz,
+    assigned: Arc<AtomicBool>,
+    names: Names,
+}
+
+impl Processor {
+    /// Connects everything, joins the group and fences any earlier incarnation of this
+    /// instance. `redis` is optional for jobs that do not need it.
+    pub async fn new(settings: Settings, jobs: Registry, db: sqlx::PgPool) -> Result<Processor, ProcessorError> {
+        let names = Names {
+            tick: settings.topic(Topic::Tick),
+            work_items: settings.topic(Topic::WorkItems),
+            ledger: settings.topic(Topic::RunLedger),
+            results: settings.topic(Topic::RunResults),
+            dead_letters: settings.topic(Topic::DeadLetters),
+        };
+        let codec = Codec::new(&settings)?;
+        let redis = match redis::Client::open(secrecy::ExposeSecret::expose_secret(&settings.redis_url())) {
+            Ok(client) => match redis::aio::ConnectionManager::new(client).await {
+                Ok(c) => Some(c),
+                Err(e) => return Err(ProcessorError::Redis(e.to_string())),
+            },
+            Err(e) => return Err(ProcessorError::Redis(e.to_string())),
+        };
+        let tz = settings.time_zone().map_err(|e| ProcessorError::Job { job: "-".into(), source: JobError::Failed(e.to_string()) })?;
+        let max_timeout = settings.jobs.values().map(|j| j.timeout_secs).max().unwrap_or(300);
+        let assigned = Arc::new(AtomicBool::new(false));
+        let mut cfg = kafka::client_config(&settings, Role::Consumer);
+        cfg.set("group.id", &settings.processor.group_id)
+            .set("auto.offset.reset", "earliest")
+            // A chunk is applied between polls; the group must not evict a member for a
+            // chunk that legitimately runs up to its job's timeout.
+            .set("max.poll.interval.ms", ((max_timeout + 60) * 1000).to_string());
+        for (k, v) in &settings.kafka.properties {
+            cfg.set(k, v);
+        }
+        let consumer: StreamConsumer<GroupContext> = cfg
+            .create_with_context(GroupContext { assigned: assigned.clone() })
+            .map_err(|e| KafkaClientError::kafka("create consumer", e))?;
+        consumer
+            .subscribe(&[&names.tick, &names.work_items])
+            .map_err(|e| KafkaClientError::kafka("subscribe", e))?;
+        let txn = Txn::new(&settings)?;
+        let mut ledger = LedgerView::new(&settings, codec.clone())?;
+        ledger.catch_up(LEDGER_CATCH_UP).await?;
+        Ok(Processor { settings, consumer, txn, codec, ledger, jobs, db, redis, tz, assigned, names })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Handles whatever arrives within `wait` (one batch), each record in its own transaction.
+    pub async fn step(&mut self, wait: Duration) -> Result<Step, ProcessorError> {
+        let first = match tokio::time::timeout(wait, self.consumer.recv()).await {
+            Err(_) => {
+                self.refresh_ledger_if_assigned().await?;
+                return Ok(Step::Idle);
+            }
+            Ok(Err(e)) => return Err(KafkaClientError::kafka("consume", e).into()),
+            Ok(Ok(m)) => m.detach(),
+        };
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(m)) => batch.push(m.detach()),
+                Some(Err(e)) => return Err(KafkaClientError::kafka("consume", e).into()),
+                None => break,
+            }
+        }
+        self.refresh_ledger_if_assigned().await?;
+
+        // Decode ticks up front so a stale tick can see the newer one queued behind it.
+        let mut ticks: Vec<Option<Result<Tick, Reject>>> = Vec::with_capacity(batch.len());
+        for m in &batch {
+            ticks.push(if m.topic() == self.names.tick { Some(self.decode_tick(m).await?) } else { None });
+        }
+        for i in 0..batch.len() {
+            let superseded = match &ticks[i] {
+                Some(Ok(t)) if self.jobs.get(&t.job).is_some_and(|j| j.coalesce()) => ticks[i + 1..]
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|n| n.job == t.job && n.scheduled_at > t.scheduled_at)
+                    .max_by_key(|n| n.scheduled_at)
+                    .cloned(),
+                _ => None,
+            };
+            let m = &batch[i];
+            let result = match ticks[i].take() {
+                Some(decoded) => self.handle_tick(m, decoded, superseded).await,
+                None => self.handle_work_item(m).await,
+            };
+            if let Err(e) = result {
+                let class = e.class();
+                if class == ErrorClass::Fatal && !matches!(e, ProcessorError::Kafka(_)) {
+                    // Never lose the record: leave it uncommitted and stop this instance.
+                    self.reset(&batch[i..])?;
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, class = %class, topic = m.topic(), partition = m.partition(), offset = m.offset(), "transaction failed, resetting");
+                self.reset(&batch[i..])?;
+                if class == ErrorClass::Fatal {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return Ok(Step::Reset(e.to_string()));
+            }
+        }
+        Ok(Step::Handled(batch.len()))
+    }
+
+    /// Runs steps until `shutdown` completes, then leaves the group cleanly (a step in
+    /// progress finishes or aborts first: the select only fires between steps).
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), ProcessorError> {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                r = self.step(Duration::from_millis(500)) => {
+                    if let Err(e) = r {
+                        if e.class() == ErrorClass::Fatal {
+                            self.txn.abort().ok();
+                            return Err(e);
+                        }
+                        tracing::warn!(error = %e, "step failed, retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+        self.txn.abort()?;
+        self.consumer.unsubscribe();
+        tracing::info!("processor stopped");
+        Ok(())
+    }
+
+    async fn refresh_ledger_if_assigned(&mut self) -> Result<(), ProcessorError> {
+        if self.assigned.swap(false, Ordering::SeqCst) {
+            let n = self.ledger.catch_up(LEDGER_CATCH_UP).await?;
+            tracing::debug!(read = n, entries = self.ledger.len(), "ledger caught up");
+        }
+        Ok(())
+    }
+
+    /// The one reset path: abort the transaction and rewind every partition of the dropped
+    /// records to the first of them, so they are consumed again.
+    fn reset(&mut self, dropped: &[OwnedMessage]) -> Result<(), ProcessorError> {
+        self.txn.abort()?;
+        let mut first: HashMap<(String, i32), i64> = HashMap::new();
+        for m in dropped {
+            let e = first.entry((m.topic().to_string(), m.partition())).or_insert(m.offset());
+            *e = (*e).min(m.offset());
+        }
+        for ((topic, partition), offset) in first {
+            if let Err(e) = self.consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(10)) {
+                // The partition may have been revoked meanwhile; its new owner resumes from
+                // the committed offset, which is what we want.
+                tracing::debug!(topic, partition, error = %e, "seek after reset failed");
+            }
+        }
+        Ok(())
+    }
+
+    fn job_settings(&self, job: &str) -> JobSettings {
+        self.settings.job(job).cloned().unwrap_or_default()
+    }
+
+    fn job_ctx(&self, job: &str) -> JobCtx {
+        JobCtx { db: self.db.clone(), redis: self.redis.clone(), tz: self.tz, settings: self.job_settings(job) }
+    }
+
+    async fn decode_tick(&self, m: &OwnedMessage) -> Result<Result<Tick, Reject>, ProcessorError> {
+        let Some(bytes) = m.payload() else {
+            return Ok(Err(reject("UNDECODABLE", "empty record value")));
+        };
+        let decoded = match self.codec.decode(bytes).await {
+            Ok(d) => d,
+            Err(e) if e.class() == ErrorClass::Retry => return Err(e.into()),
+            Err(e) => return Ok(Err(reject("UNDECODABLE", e.to_string()))),
+        };
+        let name = match &decoded.schema {
+            apache_avro::Schema::Record(r) => r.name.fullname(None),
+            other => format!("{other:?}").chars().take(40).collect(),
+        };
+        if name != crate::wire::tick::RECORD {
+            return Ok(Err(reject("WRONG_SCHEMA", format!("expected {} but the record is {name}", crate::wire::tick::RECORD))));
+        }
+        Ok(Tick::from_avro(decoded.value).map_err(|e: WireError| reject("WRONG_SCHEMA", e.to_string())))
+    }
+
+    /// Checks a decoded tick against what this processor can run.
+    fn validate_tick(&self, tick: &Tick) -> Result<(Arc<dyn Job>, String), Reject> {
+        let job = self.jobs.get(&tick.job).cloned().ok_or_else(|| {
+            reject("UNKNOWN_JOB", format!("unknown job `{}` (known: {})", tick.job, self.jobs.names().join(", ")))
+        })?;
+        let now = Utc::now();
+        let horizon = now + chrono::TimeDelta::seconds(self.settings.processor.max_future_secs as i64);
+        if tick.scheduled_at > horizon {
+            return Err(reject(
+                "IMPOSSIBLE_VALUE",
+                format!(
+                    "scheduledAt {} is more than {} s in the future",
+                    tick.scheduled_at.to_rfc3339(),
+                    self.settings.processor.max_future_secs
+                ),
+            ));
+        }
+        if tick.scheduled_at.timestamp() < 946_684_800 {
+            return Err(reject("IMPOSSIBLE_VALUE", format!("scheduledAt {} is before 2000", tick.scheduled_at.to_rfc3339())));
+        }
+        let period = job.period(tick, self.tz).map_err(|e| reject("IMPOSSIBLE_VALUE", e.to_string()))?;
+        Ok((job, period))
+    }
+
+    async fn handle_tick(
+        &mut self,
+        m: &OwnedMessage,
+        decoded: Result<Tick, Reject>,
+        superseded_by: Option<Tick>,
+    ) -> Result<(), ProcessorError> {
+        let tick = match decoded {
+            Ok(t) => t,
+            Err(r) => return self.dead_letter(m, r).await,
+        };
+        let (job, period) = match self.validate_tick(&tick) {
+            Ok(v) => v,
+            Err(r) => return self.dead_letter(m, r).await,
+        };
+        let key = run_key(&tick.job, &period);
+        let forced = tick.trigger == Trigger::Manual && tick.parameters.get("force").is_some_and(|v| v == "true");
+        let attempt = match self.ledger.get(&key) {
+            Some(prev) if forced => prev.attempt + 1,
+            Some(prev) => {
+                tracing::info!(job = %tick.job, period = %period, tick_id = %tick.tick_id, state = prev.state.as_str(), "run already recorded, tick ignored");
+                return self.commit_offset_only(m).await;
+            }
+            None => 1,
+        };
+        let run = Run {
+            run_id: derived_id(&["run", &tick.job, &period, &attempt.to_string()]).to_string(),
+            job: tick.job.clone(),
+            period: period.clone(),
+            attempt,
+            tick: tick.clone(),
+            planned_at: Utc::now(),
+        };
+        if let Some(newer) = superseded_by {
+            let message = format!("superseded by tick {} for {}", newer.tick_id, newer.scheduled_at.to_rfc3339());
+            tracing::info!(job = %run.job, period = %run.period, "{message}");
+            return self.finish_without_chunks(m, &run, RunState::Skipped, Outcome::Skipped, Some(message)).await;
+        }
+        if !self.job_settings(&run.job).enabled {
+            return self.finish_without_chunks(m, &run, RunState::Skipped, Outcome::Skipped, Some("job disabled".into())).await;
+        }
+        tracing::info!(job = %run.job, period = %run.period, run_id = %run.run_id, tick_id = %tick.tick_id, trigger = tick.trigger.as_str(), "planning run");
+        let timeout = Duration::from_secs(self.job_settings(&run.job).timeout_secs);
+        self.txn.begin()?;
+        let planned = tokio::time::timeout(timeout, self.plan(job.as_ref(), &run)).await;
+        match planned {
+            Err(_) => {
+                self.txn.abort()?;
+                let message = format!("planning exceeded the job timeout of {} s", timeout.as_secs());
+                self.finish_without_chunks(m, &run, RunState::TimedOut, Outcome::TimedOut, Some(message)).await
+            }
+            Ok(Err(ProcessorError::Job { source: JobError::InvalidTick(reason), .. })) => {
+                self.txn.abort()?;
+                self.dead_letter(m, reject("IMPOSSIBLE_VALUE", reason)).await
+            }
+            Ok(Err(ProcessorError::Job { source: JobError::Failed(reason), .. })) => {
+                self.txn.abort()?;
+                self.finish_without_chunks(m, &run, RunState::Failed, Outcome::Failed, Some(reason)).await
+            }
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(0)) => {
+                // Nothing to do: the run is complete with its plan.
+                let entry = self.ledger_entry(&run, RunState::Done, 0);
+                self.send_ledger(&key, &entry).await?;
+                let result = self.run_result(&run, Outcome::Succeeded, BTreeMap::from([("chunks".to_string(), 0)]), None);
+                self.send_result(&result).await?;
+                self.commit(m).await?;
+                self.ledger.write_through(key, entry);
+                Ok(())
+            }
+            Ok(Ok(chunks)) => {
+                let entry = self.ledger_entry(&run, RunState::Planned, chunks);
+                self.send_ledger(&key, &entry).await?;
+                self.commit(m).await?;
+                self.ledger.write_through(key, entry);
+                tracing::info!(job = %run.job, run_id = %run.run_id, chunks, "run planned");
+                Ok(())
+            }
+        }
+    }
+
+    /// Streams the job's chunks into the open transaction as work items, then the seal.
+    async fn plan(&mut self, job: &dyn Job, run: &Run) -> Result<i32, ProcessorError> {
+        let ctx = self.job_ctx(&run.job);
+        let mut chunks = job.plan(&ctx, run);
+        let mut index = 0i32;
+        while let Some(chunk) = chunks.next().await {
+            let ids = chunk.map_err(|source| ProcessorError::Job { job: run.job.clone(), source })?;
+            let item = self.work_item(run, index, ids);
+            self.send_work_item(&item).await?;
+            index += 1;
+        }
+        if index > 0 {
+            let mut seal = self.work_item(run, SEAL, Vec::new());
+            seal.chunk_count = index;
+            self.send_work_item(&seal).await?;
+        }
+        Ok(index)
+    }
+
+    fn work_item(&self, run: &Run, index: i32, ids: Vec<String>) -> WorkItem {
+        WorkItem {
+            run_id: run.run_id.clone(),
+            job: run.job.clone(),
+            period: run.period.clone(),
+            tick_id: run.tick.tick_id.clone(),
+            trigger: run.tick.trigger.as_str().to_string(),
+            chunk_index: index,
+            chunk_count: -1,
+            ids,
+            parameters: run.tick.parameters.clone(),
+            scheduled_at: run.tick.scheduled_at,
+            planned_at: run.planned_at,
+        }
+    }
+
+    async fn send_work_item(&mut self, item: &WorkItem) -> Result<(), ProcessorError> {
+        let bytes = self.codec.encode(&self.names.work_items, item.to_avro()).await?;
+        let topic = self.names.work_items.clone();
+        self.txn.send(&topic, &item.key(), &bytes).await?;
+        Ok(())
+    }
+
+    async fn handle_work_item(&mut self, m: &OwnedMessage) -> Result<(), ProcessorError> {
+        let Some(bytes) = m.payload() else {
+            return self.dead_letter(m, reject("UNDECODABLE", "empty work item")).await;
+        };
+        let item = match self.codec.decode(bytes).await {
+            Ok(d) => match WorkItem::from_avro(d.value) {
+                Ok(i) => i,
+                Err(e) => return self.dead_letter(m, reject("WRONG_SCHEMA", e.to_string())).await,
+            },
+            Err(e) if e.class() == ErrorClass::Retry => return Err(e.into()),
+            Err(e) => return self.dead_letter(m, reject("UNDECODABLE", e.to_string())).await,
+        };
+        let Some(job) = self.jobs.get(&item.job).cloned() else {
+            return self.dead_letter(m, reject("UNKNOWN_JOB", format!("work item of unknown job `{}`", item.job))).await;
+        };
+        let ckey = chunk_key(&item.run_id, item.chunk_index);
+        if self.ledger.get(&ckey).is_some() {
+            tracing::info!(run_id = %item.run_id, chunk = item.chunk_index, "chunk already applied, work item ignored");
+            return self.commit_offset_only(m).await;
+        }
+
+        let (output, state) = if item.chunk_index == SEAL {
+            bookkeeping::seal(&self.db, &item.run_id, &item.job, &item.period, item.chunk_count, item.planned_at).await?;
+            (ChunkOutput::default(), RunState::Done)
+        } else {
+            let settings = self.job_settings(&item.job);
+            let deadline = item.planned_at + chrono::TimeDelta::seconds(settings.timeout_secs as i64);
+            // The deadline is checked before a chunk starts, never during: a chunk that has
+            // begun its effects completes them and emits what they imply.
+            let (output, outcome, message) = if Utc::now() > deadline {
+                (ChunkOutput::default(), ChunkOutcome::TimedOut, Some(format!("run exceeded its timeout of {} s", settings.timeout_secs)))
+            } else {
+                let ctx = self.job_ctx(&item.job);
+                match job.apply(&ctx, &item).await {
+                    Ok(out) => (out, ChunkOutcome::Applied, None),
+                    Err(e) if e.class() == ErrorClass::Retry => return Err(ProcessorError::Job { job: item.job.clone(), source: e }),
+                    Err(e) => {
+                        tracing::error!(run_id = %item.run_id, chunk = item.chunk_index, error = %e, "chunk failed");
+                        (ChunkOutput::default(), ChunkOutcome::Failed, Some(e.to_string()))
+                    }
+                }
+            };
+            bookkeeping::record_chunk(&self.db, &item.run_id, item.chunk_index, outcome, &output.counts, message.as_deref()).await?;
+            let state = match outcome {
+                ChunkOutcome::Applied => RunState::Done,
+                ChunkOutcome::TimedOut => RunState::TimedOut,
+                ChunkOutcome::Failed => RunState::Failed,
+            };
+            (output, state)
+        };
+        let finalized = bookkeeping::try_finalize(&self.db, &item.run_id, item.chunk_index).await?;
+
+        self.txn.begin()?;
+        for rec in &output.records {
+            let topic = self.settings.topic(rec.topic);
+            let bytes = self.codec.encode(&topic, rec.value.clone()).await?;
+            self.txn.send(&topic, &rec.key, &bytes).await?;
+        }
+        let run = Run {
+            run_id: item.run_id.clone(),
+            job: item.job.clone(),
+            period: item.period.clone(),
+            attempt: 0,
+            tick: Tick {
+                tick_id: item.tick_id.clone(),
+                job: item.job.clone(),
+                scheduled_at: item.scheduled_at,
+                produced_at: item.planned_at,
+                trigger: Trigger::parse(&item.trigger).unwrap_or(Trigger::Scheduled),
+                parameters: item.parameters.clone(),
+                producer: None,
+            },
+            planned_at: item.planned_at,
+        };
+        let chunk_entry = self.ledger_entry(&run, state, item.chunk_count.max(0));
+        self.send_ledger(&ckey, &chunk_entry).await?;
+        let mut run_entry = None;
+        if let Some(f) = finalized {
+            let (state, outcome) = match f.outcome {
+                ChunkOutcome::Applied => (RunState::Done, Outcome::Succeeded),
+                ChunkOutcome::TimedOut => (RunState::TimedOut, Outcome::TimedOut),
+                ChunkOutcome::Failed => (RunState::Failed, Outcome::Failed),
+            };
+            let rkey = run_key(&item.job, &item.period);
+            let mut entry = self.ledger_entry(&run, state, f.chunk_count);
+            entry.attempt = self.ledger.get(&rkey).map(|e| e.attempt).unwrap_or(1);
+            self.send_ledger(&rkey, &entry).await?;
+            let result = self.run_result(&run, outcome, f.counts, f.message);
+            self.send_result(&result).await?;
+            tracing::info!(job = %item.job, run_id = %item.run_id, outcome = outcome.as_str(), "run finished");
+            run_entry = Some((rkey, entry));
+        }
+        self.commit(m).await?;
+        self.ledger.write_through(ckey, chunk_entry);
+        if let Some((k, e)) = run_entry {
+            self.ledger.write_through(k, e);
+        }
+        Ok(())
+    }
+
+    /// Records a run that ends at planning (skipped, timed out, failed) with its result.
+    async fn finish_without_chunks(
+        &mut self,
+        m: &OwnedMessage,
+        run: &Run,
+        state: RunState,
+        outcome: Outcome,
+        message: Option<String>,
+    ) -> Result<(), ProcessorError> {
+        let key = run_key(&run.job, &run.period);
+        let entry = self.ledger_entry(run, state, 0);
+        self.txn.begin()?;
+        self.send_ledger(&key, &entry).await?;
+        let result = self.run_result(run, outcome, BTreeMap::new(), message);
+        self.send_result(&result).await?;
+        self.commit(m).await?;
+        self.ledger.write_through(key, entry);
+        Ok(())
+    }
+
+    fn ledger_entry(&self, run: &Run, state: RunState, chunk_count: i32) -> LedgerEntry {
+        LedgerEntry {
+            run_id: run.run_id.clone(),
+            job: run.job.clone(),
+            period: run.period.clone(),
+            tick_id: run.tick.tick_id.clone(),
+            trigger: run.tick.trigger.as_str().to_string(),
+            state,
+            chunk_count,
+            attempt: run.attempt.max(1),
+            updated_at: Utc::now(),
+        }
+    }
+
+    fn run_result(&self, run: &Run, outcome: Outcome, counts: BTreeMap<String, i64>, message: Option<String>) -> RunResult {
+        let now = Utc::now();
+        RunResult {
+            event_id: derived_id(&["run-result", &run.run_id]).to_string(),
+            event_timestamp: now,
+            run_id: run.run_id.clone(),
+            job: run.job.clone(),
+            period: run.period.clone(),
+            tick_id: run.tick.tick_id.clone(),
+            trigger: run.tick.trigger.as_str().to_string(),
+            outcome,
+            counts,
+            started_at: run.planned_at,
+            finished_at: now,
+            duration_ms: (now - run.planned_at).num_milliseconds().max(0),
+            message,
+        }
+    }
+
+    async fn send_ledger(&mut self, key: &str, entry: &LedgerEntry) -> Result<(), ProcessorError> {
+        let bytes = self.codec.encode(&self.names.ledger, entry.to_avro()).await?;
+        let topic = self.names.ledger.clone();
+        self.txn.send(&topic, key, &bytes).await?;
+        Ok(())
+    }
+
+    async fn send_result(&mut self, result: &RunResult) -> Result<(), ProcessorError> {
+        let bytes = self.codec.encode(&self.names.results, result.to_avro()).await?;
+        let topic = self.names.results.clone();
+        self.txn.send(&topic, &result.job, &bytes).await?;
+        Ok(())
+    }
+
+    /// Sends a dead letter and commits the record's offset with it.
+    async fn dead_letter(&mut self, m: &OwnedMessage, r: Reject) -> Result<(), ProcessorError> {
+        tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), code = r.code, reason = %r.reason, "record sent to dead letters");
+        let letter = DeadLetter {
+            event_id: derived_id(&["dead-letter", m.topic(), &m.partition().to_string(), &m.offset().to_string()]).to_string(),
+            event_timestamp: Utc::now(),
+            source_topic: m.topic().to_string(),
+            source_partition: m.partition(),
+            source_offset: m.offset(),
+            reason_code: r.code.to_string(),
+            reason: r.reason,
+            original_key: m.key().map(|k| k.to_vec()),
+            original_value: m.payload().map(|p| p.to_vec()),
+            headers: BTreeMap::new(),
+        };
+        let bytes = self.codec.encode(&self.names.dead_letters, letter.to_avro()).await?;
+        let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+        self.txn.begin()?;
+        let topic = self.names.dead_letters.clone();
+        self.txn.send(&topic, &key, &bytes).await?;
+        self.commit(m).await
+    }
+
+    async fn commit_offset_only(&mut self, m: &OwnedMessage) -> Result<(), ProcessorError> {
+        self.txn.begin()?;
+        self.commit(m).await
+    }
+
+    /// Commits the open transaction with `m`'s offset (the next one to read).
+    async fn commit(&mut self, m: &OwnedMessage) -> Result<(), ProcessorError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(m.topic(), m.partition(), Offset::Offset(m.offset() + 1))
+            .map_err(|e| KafkaClientError::kafka("offsets", e))?;
+        let group = self.consumer.group_metadata().ok_or_else(|| {
+            KafkaClientError::kafka("group metadata", rdkafka::error::KafkaError::Global(rdkafka::types::RDKafkaErrorCode::State))
+        })?;
+        self.txn.commit(&tpl, &group).await?;
+        Ok(())
+    }
+}
+
+/// How long ago `t` was, for logs.
+pub fn age(t: DateTime<Utc>) -> Duration {
+    (Utc::now() - t).to_std().unwrap_or_default()
+}

@@ -1,0 +1,115 @@
+//! The one place Kafka transactions live: a transactional producer bound to the processor's
+//! consumer group (EOS v2, KIP-447). A transaction is begun, records are sent, the consumed
+//! offsets are added with the group metadata, and it is committed — or aborted through
+//! [`Txn::abort`], the single reset path for the producer side.
+//!
+//! Fencing: a zombie (an instance that lost its partitions while paused) fails at
+//! `send_offsets_to_transaction`/`commit` because its group generation is stale, so nothing it
+//! wrote becomes visible under read_committed.
+
+use std::time::Duration;
+
+use futures::future::try_join_all;
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::TopicPartitionList;
+
+use crate::config::Settings;
+use crate::kafka::{self, KafkaClientError, Role};
+
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Txn {
+    producer: FutureProducer,
+    pending: Vec<DeliveryFuture>,
+    open: bool,
+}
+
+impl Txn {
+    /// Creates the producer with `transactional.id` = prefix + instance id and fences any
+    /// previous incarnation of this instance (aborting what it left open).
+    pub fn new(settings: &Settings) -> Result<Txn, KafkaClientError> {
+        let mut cfg = kafka::client_config(settings, Role::Producer);
+        cfg.set(
+            "transactional.id",
+            format!("{}-{}", settings.processor.transactional_id_prefix, settings.instance_id()),
+        )
+        .set("transaction.timeout.ms", settings.processor.transaction_timeout_ms.to_string());
+        let producer: FutureProducer = kafka::create(&cfg)?;
+        producer.init_transactions(TXN_TIMEOUT).map_err(|e| KafkaClientError::kafka("init transactions", e))?;
+        Ok(Txn { producer, pending: Vec::new(), open: false })
+    }
+
+    pub fn begin(&mut self) -> Result<(), KafkaClientError> {
+        self.producer.begin_transaction().map_err(|e| KafkaClientError::kafka("begin transaction", e))?;
+        self.open = true;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Queues one record in the open transaction.
+    pub async fn send(&mut self, topic: &str, key: &str, payload: &[u8]) -> Result<(), KafkaClientError> {
+        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        loop {
+            match self.producer.send_result(record) {
+                Ok(f) => {
+                    self.pending.push(f);
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    // Let deliveries drain before queueing more.
+                    record = r;
+                    self.await_pending().await?;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(KafkaClientError::kafka("send", e)),
+            }
+        }
+    }
+
+    async fn await_pending(&mut self) -> Result<(), KafkaClientError> {
+        let pending = std::mem::take(&mut self.pending);
+        let results = try_join_all(pending)
+            .await
+            .map_err(|_| KafkaClientError::kafka("send", KafkaError::Canceled))?;
+        for r in results {
+            r.map_err(|(e, _)| KafkaClientError::kafka("deliver", e))?;
+        }
+        Ok(())
+    }
+
+    /// Adds the consumed offsets and commits everything sent since `begin`.
+    pub async fn commit(
+        &mut self,
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+    ) -> Result<(), KafkaClientError> {
+        self.await_pending().await?;
+        self.producer
+            .send_offsets_to_transaction(offsets, group, TXN_TIMEOUT)
+            .map_err(|e| KafkaClientError::kafka("send offsets to transaction", e))?;
+        self.producer.commit_transaction(TXN_TIMEOUT).map_err(|e| KafkaClientError::kafka("commit transaction", e))?;
+        self.open = false;
+        Ok(())
+    }
+
+    /// Aborts the open transaction, if any. Errors here mean the producer itself is unusable
+    /// (fenced or fatal) and are returned so the caller stops.
+    pub fn abort(&mut self) -> Result<(), KafkaClientError> {
+        self.pending.clear();
+        if !self.open {
+            return Ok(());
+        }
+        self.open = false;
+        match self.producer.abort_transaction(TXN_TIMEOUT) {
+            Ok(()) => Ok(()),
+            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::State) => Ok(()),
+            Err(e) => Err(KafkaClientError::kafka("abort transaction", e)),
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+}

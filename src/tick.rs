@@ -1,0 +1,588 @@
+//! The tick producer (`scheduled-jobs tick`) and manual triggers (`scheduled-jobs trigger`).
+//!
+//! Role: turn each enabled job's cron schedule into `scheduler.tick` records ("run <job> for
+//! the fire time <scheduledAt>"), keyed by job so one job's ticks stay ordered on one partition.
+//!
+//! Guarantee: at-least-once per fire time, and duplicates are harmless. The producer is
+//! idempotent (acks=all) and waits for each delivery before moving its per-job cursor, so a
+//! fire time is never skipped while the producer runs; SCHEDULED and CATCH_UP ticks carry the
+//! deterministic id `Tick::scheduled_id(job, scheduledAt)`, so a retry, a restart or a second
+//! producer side by side (E4) publishes the same id and the processor runs it once.
+//! After downtime the producer learns where it stopped from the tick topic itself (no local
+//! state to lose or to disagree between two hosts) and catches up by each job's policy.
+//!
+//! The loop is exposed one step at a time ([`TickProducer::start`], [`TickProducer::next_due`],
+//! [`TickProducer::publish_due`], each taking `now`) so tests drive it without sleeping.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::codec::{Codec, CodecError};
+use crate::config::{job_key, CatchUp, ConfigError, Settings, Topic};
+use crate::error::ErrorClass;
+use crate::kafka::{self, KafkaClientError, Role};
+use crate::schedule::{Schedule, ScheduleError};
+use crate::wire::tick::{Tick, Trigger};
+
+/// Records read per step when scanning a partition backwards for a job's last tick.
+pub const HISTORY_WINDOW: i64 = 200;
+/// Bound on one metadata request or one history window read.
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `send` may wait for room in librdkafka's queue (delivery has its own timeout).
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The loop re-reads the wall clock at least this often, so a clock jump or a suspended host
+/// is noticed instead of sleeping on a stale deadline.
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TickError {
+    #[error("unknown job `{job}` (configured jobs: {known})")]
+    UnknownJob { job: String, known: String },
+    #[error("job `{job}` is disabled (setting `jobs.{key}.enabled` is false)")]
+    JobDisabled { job: String, key: String },
+    #[error("invalid setting `jobs.{key}.schedule`: {source}")]
+    Schedule { key: String, source: ScheduleError },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("topic `{0}` does not exist (run `scheduled-jobs topics apply`)")]
+    NoSuchTopic(String),
+    #[error("tick topic `{topic}` is unavailable: {message}")]
+    Unavailable { topic: String, message: String },
+    #[error(transparent)]
+    Kafka(#[from] KafkaClientError),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("the tick producer publishes scheduled ticks only after `start` (it must learn its history first)")]
+    NotStarted,
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+impl TickError {
+    /// Whether the same step may succeed later (the run loop retries it with backoff).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            TickError::Unavailable { .. } => ErrorClass::Retry,
+            TickError::Codec(e) => e.class(),
+            TickError::Kafka(KafkaClientError::Kafka { source, .. })
+                // A delivery that timed out (broker down longer than message.timeout.ms) or a
+                // full queue is transient for a producer that is not transactional: the
+                // idempotent producer bumps its epoch and the next send can succeed.
+                if matches!(
+                    source.rdkafka_error_code(),
+                    Some(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::QueueFull)
+                ) =>
+            {
+                ErrorClass::Retry
+            }
+            TickError::Kafka(e) => e.class(),
+            _ => ErrorClass::Fatal,
+        }
+    }
+}
+
+/// One scheduled job as the producer tracks it.
+struct JobState {
+    /// Wire name (`order-expiration`).
+    name: String,
+    schedule: Schedule,
+    catch_up: CatchUp,
+    max_catch_up: u32,
+    /// Fire times up to and including this instant are published (or deliberately not).
+    /// `None` until `start` has read the job's history.
+    cursor: Option<DateTime<Utc>>,
+}
+
+/// Encodes and sends ticks, waiting for the broker's acknowledgement.
+struct Publisher {
+    producer: FutureProducer,
+    codec: Codec,
+    topic: String,
+    name: String,
+}
+
+impl Publisher {
+    fn new(settings: &Settings) -> Result<Publisher, TickError> {
+        Ok(Publisher {
+            // Role::Producer is idempotent with acks=all: retries inside librdkafka never
+            // duplicate or reorder a job's ticks.
+            producer: kafka::create(&kafka::client_config(settings, Role::Producer))?,
+            codec: Codec::new(settings)?,
+            topic: settings.topic(Topic::Tick),
+            name: producer_name(settings),
+        })
+    }
+
+    fn scheduled(&self, job: &str, at: DateTime<Utc>, trigger: Trigger, now: DateTime<Utc>) -> Tick {
+        Tick {
+            tick_id: Tick::scheduled_id(job, at),
+            job: job.to_string(),
+            scheduled_at: at,
+            produced_at: millis(now),
+            trigger,
+            parameters: BTreeMap::new(),
+            producer: Some(self.name.clone()),
+        }
+    }
+
+    async fn publish(&self, tick: &Tick) -> Result<(), TickError> {
+        let payload = self.codec.encode(&self.topic, tick.to_avro()).await?;
+        let record = FutureRecord::to(&self.topic).key(tick.job.as_str()).payload(&payload);
+        let delivery = self
+            .producer
+            .send(record, Timeout::After(QUEUE_TIMEOUT))
+            .await
+            .map_err(|(e, _)| KafkaClientError::kafka("deliver tick", e))?;
+        tracing::info!(
+            job = %tick.job,
+            tick_id = %tick.tick_id,
+            scheduled_at = %tick.scheduled_at.to_rfc3339(),
+            trigger = tick.trigger.as_str(),
+            partition = delivery.partition,
+            offset = delivery.offset,
+            "published tick"
+        );
+        Ok(())
+    }
+}
+
+/// The tick producer: one per process; several side by side are safe.
+pub struct TickProducer {
+    publisher: Publisher,
+    jobs: Vec<JobState>,
+    /// Consumer configuration for reading the tick topic's tail (read_committed).
+    history: ClientConfig,
+    /// History ticks scheduled further ahead are ignored: the processor dead-letters them,
+    /// and a bogus far-future tick must not freeze the schedule until then.
+    max_future: TimeDelta,
+    settings: Settings,
+}
+
+impl TickProducer {
+    /// Connects (checking that the tick topic exists) and parses every enabled job's schedule.
+    /// Jobs with an empty schedule are never scheduled (trigger-only).
+    pub async fn new(settings: &Settings) -> Result<TickProducer, TickError> {
+        let tz = settings.time_zone()?;
+        let mut jobs = Vec::new();
+        for (key, job) in settings.jobs.iter().filter(|(_, j)| j.enabled && !j.schedule.trim().is_empty()) {
+            let schedule = Schedule::parse(&job.schedule, tz).map_err(|source| TickError::Schedule { key: key.clone(), source })?;
+            jobs.push(JobState {
+                name: wire_name(key),
+                schedule,
+                catch_up: job.catch_up,
+                max_catch_up: job.max_catch_up,
+                cursor: None,
+            });
+        }
+        tick_partitions(settings).await?;
+        let mut history = kafka::client_config(settings, Role::Consumer);
+        // librdkafka wants a group id even for assign(); nothing is ever committed under it.
+        history
+            .set("group.id", format!("{}-tick-history-{}", settings.kafka.client_id, uuid::Uuid::new_v4()))
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest");
+        Ok(TickProducer {
+            publisher: Publisher::new(settings)?,
+            jobs,
+            history,
+            max_future: TimeDelta::seconds(i64::try_from(settings.processor.max_future_secs).unwrap_or(i64::MAX / 1000)),
+            settings: settings.clone(),
+        })
+    }
+
+    /// Wire names of the jobs this producer schedules.
+    pub fn jobs(&self) -> Vec<&str> {
+        self.jobs.iter().map(|j| j.name.as_str()).collect()
+    }
+
+    /// Per scheduled job, the latest fire time a SCHEDULED or CATCH_UP tick was published for,
+    /// read back from the tick topic (read_committed). Each partition is scanned from its end
+    /// backwards, [`HISTORY_WINDOW`] records at a time, until every job has been seen in it or
+    /// its start is reached; the maximum over partitions wins (a job's ticks move partition
+    /// only if the topic grew). Undecodable records and MANUAL ticks are skipped.
+    pub async fn last_fire_times(&self, now: DateTime<Utc>) -> Result<BTreeMap<String, DateTime<Utc>>, TickError> {
+        let wanted: BTreeSet<&str> = self.jobs.iter().map(|j| j.name.as_str()).collect();
+        let mut last: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+        if wanted.is_empty() {
+            return Ok(last);
+        }
+        let horizon = now + self.max_future;
+        let topic = self.publisher.topic.clone();
+        let partitions = tick_partitions(&self.settings).await?;
+        let cfg = self.history.clone();
+        let consumer: Arc<BaseConsumer> = Arc::new(blocking(move || Ok(kafka::create(&cfg)?)).await?);
+        for partition in partitions {
+            let (c, t) = (consumer.clone(), topic.clone());
+            let (low, high) = blocking(move || {
+                c.fetch_watermarks(&t, partition, KAFKA_TIMEOUT).map_err(|e| KafkaClientError::kafka("fetch watermarks", e).into())
+            })
+            .await?;
+            let mut seen: BTreeSet<String> = BTreeSet::new();
+            let mut hi = high;
+            while hi > low && seen.len() < wanted.len() {
+                let lo = (hi - HISTORY_WINDOW).max(low);
+                let (c, t) = (consumer.clone(), topic.clone());
+                let payloads = blocking(move || read_window(&c, &t, partition, lo, hi)).await?;
+                for payload in payloads {
+                    // Anything that is not a tick we understand is not history: skip it.
+                    let Ok(decoded) = self.publisher.codec.decode(&payload).await else { continue };
+                    let Ok(tick) = Tick::from_avro(decoded.value) else { continue };
+                    if tick.trigger == Trigger::Manual || tick.scheduled_at > horizon || !wanted.contains(tick.job.as_str()) {
+                        continue;
+                    }
+                    seen.insert(tick.job.clone());
+                    let at = last.entry(tick.job).or_insert(tick.scheduled_at);
+                    *at = (*at).max(tick.scheduled_at);
+                }
+                hi = lo;
+            }
+            tracing::debug!(partition, low, high, scanned_from = hi, "read tick history");
+        }
+        Ok(last)
+    }
+
+    /// Learns each job's last fire time from Kafka and publishes the CATCH_UP ticks for fire
+    /// times missed in (last, now] by the job's policy. A job with no history at all (first
+    /// ever start) starts from `now` without catch-up. Afterwards [`Self::publish_due`] works.
+    pub async fn start(&mut self, now: DateTime<Utc>) -> Result<Vec<Tick>, TickError> {
+        let last = self.last_fire_times(now).await?;
+        let mut published = Vec::new();
+        for job in &mut self.jobs {
+            let Some(&prev) = last.get(&job.name) else {
+                tracing::info!(job = %job.name, "no tick history, starting from now");
+                job.cursor = Some(now);
+                continue;
+            };
+            for at in catch_up_times(&job.schedule, prev, now, job.catch_up, job.max_catch_up) {
+                let tick = self.publisher.scheduled(&job.name, at, Trigger::CatchUp, now);
+                self.publisher.publish(&tick).await?;
+                published.push(tick);
+            }
+            // Fire times skipped by the policy are deliberately not published; a history ahead
+            // of our clock (another producer, clock skew) is not published twice.
+            job.cursor = Some(prev.max(now));
+        }
+        Ok(published)
+    }
+
+    /// The earliest fire time not yet published, over all jobs (`None` before `start` or
+    /// when no job is scheduled).
+    pub fn next_due(&self) -> Option<DateTime<Utc>> {
+        self.jobs.iter().filter_map(|j| j.schedule.next_after(j.cursor?)).min()
+    }
+
+    /// Publishes a SCHEDULED tick for every fire time <= `now` not yet published, oldest first
+    /// per job, waiting for each acknowledgement before moving that job's cursor.
+    pub async fn publish_due(&mut self, now: DateTime<Utc>) -> Result<Vec<Tick>, TickError> {
+        let mut published = Vec::new();
+        for job in &mut self.jobs {
+            let cursor = job.cursor.ok_or(TickError::NotStarted)?;
+            let due: Vec<DateTime<Utc>> = job.schedule.fire_times(cursor, now).collect();
+            for at in due {
+                let tick = self.publisher.scheduled(&job.name, at, Trigger::Scheduled, now);
+                self.publisher.publish(&tick).await?;
+                job.cursor = Some(at);
+                published.push(tick);
+            }
+        }
+        Ok(published)
+    }
+}
+
+/// `scheduled-jobs tick`: start (with catch-up), then publish each fire time when it is due
+/// until `shutdown` completes. Transient failures are retried with backoff; fatal ones
+/// (configuration, authorization, a fatal producer error) end it with the error.
+pub async fn run_producer(settings: &Settings, shutdown: impl Future<Output = ()>) -> Result<(), TickError> {
+    tokio::pin!(shutdown);
+    let mut backoff = BACKOFF_MIN;
+    let mut producer = loop {
+        let attempt = async {
+            let mut p = TickProducer::new(settings).await?;
+            p.start(Utc::now()).await?;
+            Ok::<_, TickError>(p)
+        };
+        let result = tokio::select! {
+            r = attempt => r,
+            _ = &mut shutdown => return Ok(()),
+        };
+        match result {
+            Ok(p) => break p,
+            Err(e) => {
+                if pause_after(e, &mut backoff, &mut shutdown).await? {
+                    return Ok(());
+                }
+            }
+        }
+    };
+    tracing::info!(jobs = ?producer.jobs(), next_due = ?producer.next_due().map(|t| t.to_rfc3339()), "tick producer started");
+    loop {
+        let wait = producer
+            .next_due()
+            .map_or(MAX_SLEEP, |due| (due - Utc::now()).to_std().unwrap_or(Duration::ZERO).min(MAX_SLEEP));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = &mut shutdown => break,
+        }
+        let result = tokio::select! {
+            r = producer.publish_due(Utc::now()) => r,
+            _ = &mut shutdown => break,
+        };
+        match result {
+            Ok(_) => backoff = BACKOFF_MIN,
+            Err(e) => {
+                if pause_after(e, &mut backoff, &mut shutdown).await? {
+                    break;
+                }
+            }
+        }
+    }
+    tracing::info!("tick producer stopped");
+    Ok(())
+}
+
+/// Fatal errors are returned; a retriable one is logged and waited out (doubling `backoff`).
+/// `Ok(true)` means shutdown was requested while waiting.
+async fn pause_after(
+    e: TickError,
+    backoff: &mut Duration,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<bool, TickError> {
+    if e.class() != ErrorClass::Retry {
+        tracing::error!(error = %e, "tick producer failed");
+        return Err(e);
+    }
+    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "transient failure, retrying");
+    let wait = *backoff;
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => Ok(false),
+        _ = shutdown.as_mut() => Ok(true),
+    }
+}
+
+/// `scheduled-jobs trigger`: publishes one MANUAL tick for a configured, enabled job, with a
+/// random id (a manual trigger is a distinct request, not a fire time to deduplicate).
+pub async fn trigger(
+    settings: &Settings,
+    job: &str,
+    at: Option<DateTime<Utc>>,
+    params: BTreeMap<String, String>,
+) -> Result<Tick, TickError> {
+    let key = job_key(job);
+    let Some(job_settings) = settings.jobs.get(&key) else {
+        let known: Vec<String> = settings.jobs.keys().map(|k| wire_name(k)).collect();
+        return Err(TickError::UnknownJob { job: job.to_string(), known: known.join(", ") });
+    };
+    let name = wire_name(&key);
+    if !job_settings.enabled {
+        return Err(TickError::JobDisabled { job: name, key });
+    }
+    // Checked first: a producer sending to a missing topic could have it auto-created with
+    // broker defaults instead of our partitions and retention.
+    tick_partitions(settings).await?;
+    let publisher = Publisher::new(settings)?;
+    let now = millis(Utc::now());
+    let tick = Tick {
+        tick_id: uuid::Uuid::new_v4().to_string(),
+        job: name,
+        scheduled_at: at.map_or(now, millis),
+        produced_at: now,
+        trigger: Trigger::Manual,
+        parameters: params,
+        producer: Some(publisher.name.clone()),
+    };
+    publisher.publish(&tick).await?;
+    Ok(tick)
+}
+
+/// The fire times a restart publishes for (last, now]: Latest → only the most recent; All →
+/// every one, oldest first, but at most the `max` most recent.
+fn catch_up_times(schedule: &Schedule, last: DateTime<Utc>, now: DateTime<Utc>, policy: CatchUp, max: u32) -> Vec<DateTime<Utc>> {
+    let keep = match policy {
+        CatchUp::Latest => 1,
+        CatchUp::All => usize::try_from(max.max(1)).unwrap_or(usize::MAX),
+    };
+    // A ring of the last `keep`: the missed range can be long, the result never is.
+    let mut ring = VecDeque::with_capacity(keep.min(1024));
+    for at in schedule.fire_times(last, now) {
+        if ring.len() == keep {
+            ring.pop_front();
+        }
+        ring.push_back(at);
+    }
+    ring.into()
+}
+
+/// The name written into each tick: `scheduler.producer_id`, else the host name.
+pub fn producer_name(settings: &Settings) -> String {
+    let id = settings.scheduler.producer_id.trim();
+    if !id.is_empty() {
+        return id.to_string();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "tick-producer".into())
+}
+
+/// Settings key (`order_expiration`) to wire name (`order-expiration`).
+fn wire_name(key: &str) -> String {
+    key.replace('_', "-")
+}
+
+/// Avro timestamps are milliseconds: truncate so a returned tick equals its decoded record.
+fn millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.duration_trunc(TimeDelta::milliseconds(1)).unwrap_or(t)
+}
+
+/// Runs a blocking librdkafka call off the async worker threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, TickError> + Send + 'static) -> Result<T, TickError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| TickError::Task(e.to_string()))?
+}
+
+/// The tick topic's partitions; [`TickError::NoSuchTopic`] if it does not exist.
+async fn tick_partitions(settings: &Settings) -> Result<Vec<i32>, TickError> {
+    let settings = settings.clone();
+    blocking(move || {
+        let topic = settings.topic(Topic::Tick);
+        let md = kafka::metadata(&settings, Some(&topic), KAFKA_TIMEOUT)?;
+        let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+            return Err(TickError::NoSuchTopic(topic));
+        };
+        match t.error().map(RDKafkaErrorCode::from) {
+            None if !t.partitions().is_empty() => Ok(t.partitions().iter().map(|p| p.id()).collect()),
+            None | Some(RDKafkaErrorCode::UnknownTopicOrPartition) => Err(TickError::NoSuchTopic(topic)),
+            Some(code) => Err(TickError::Unavailable { topic, message: code.to_string() }),
+        }
+    })
+    .await
+}
+
+/// Payloads of the committed records at offsets [lo, hi) of one partition (blocking).
+fn read_window(consumer: &BaseConsumer, topic: &str, partition: i32, lo: i64, hi: i64) -> Result<Vec<Vec<u8>>, TickError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(lo)).map_err(|e| KafkaClientError::kafka("assign", e))?;
+    consumer.assign(&tpl).map_err(|e| KafkaClientError::kafka("assign", e))?;
+    let deadline = Instant::now() + KAFKA_TIMEOUT;
+    let mut out = Vec::new();
+    loop {
+        if Instant::now() >= deadline {
+            return Err(TickError::Unavailable {
+                topic: topic.into(),
+                message: format!("timed out reading partition {partition} offsets {lo}..{hi}"),
+            });
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            // Control records and aborted transactions leave gaps: a record at or past `hi`,
+            // or the end of the partition (the last stable offset), ends the window too.
+            Some(Ok(m)) if m.partition() == partition && m.offset() >= lo => {
+                if m.offset() >= hi {
+                    break;
+                }
+                if let Some(p) = m.payload() {
+                    out.push(p.to_vec());
+                }
+                if m.offset() == hi - 1 {
+                    break;
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(KafkaError::PartitionEOF(p))) if p == partition => break,
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => return Err(KafkaClientError::kafka("read tick history", e).into()),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn ten_minutes() -> Schedule {
+        Schedule::parse("0 */10 * * * *", chrono_tz::Tz::UTC).unwrap()
+    }
+
+    #[test]
+    fn latest_policy_catches_up_only_the_most_recent_missed_fire_time() {
+        let got = catch_up_times(&ten_minutes(), utc("2026-11-25T10:00:00Z"), utc("2026-11-25T10:53:00Z"), CatchUp::Latest, 7);
+        assert_eq!(got, vec![utc("2026-11-25T10:50:00Z")]);
+    }
+
+    #[test]
+    fn all_policy_catches_up_the_most_recent_n_oldest_first() {
+        let (last, now) = (utc("2026-11-25T10:00:00Z"), utc("2026-11-25T10:50:00Z"));
+        let all = catch_up_times(&ten_minutes(), last, now, CatchUp::All, 7);
+        assert_eq!(all.len(), 5);
+        assert_eq!(all.first(), Some(&utc("2026-11-25T10:10:00Z")));
+        let two = catch_up_times(&ten_minutes(), last, now, CatchUp::All, 2);
+        assert_eq!(two, vec![utc("2026-11-25T10:40:00Z"), utc("2026-11-25T10:50:00Z")]);
+    }
+
+    #[test]
+    fn nothing_missed_means_no_catch_up() {
+        let got = catch_up_times(&ten_minutes(), utc("2026-11-25T10:00:00Z"), utc("2026-11-25T10:09:59Z"), CatchUp::All, 7);
+        assert!(got.is_empty());
+        // A history ahead of the clock (another producer, skew) is not an error either.
+        let got = catch_up_times(&ten_minutes(), utc("2026-11-25T11:00:00Z"), utc("2026-11-25T10:00:00Z"), CatchUp::Latest, 1);
+        assert!(got.is_empty());
+    }
+
+    #[test]
+    fn producer_name_prefers_the_configured_id() {
+        let mut s = Settings::default();
+        s.scheduler.producer_id = "tick-a".into();
+        assert_eq!(producer_name(&s), "tick-a");
+        s.scheduler.producer_id = String::new();
+        assert!(!producer_name(&s).is_empty());
+    }
+
+    #[test]
+    fn timestamps_are_truncated_to_avro_millis() {
+        let t = utc("2026-11-25T10:00:00.123456789Z");
+        assert_eq!(millis(t), utc("2026-11-25T10:00:00.123Z"));
+    }
+
+    #[tokio::test]
+    async fn trigger_refuses_unknown_and_disabled_jobs_before_connecting() {
+        let mut s = Settings::default();
+        s.kafka.bootstrap_servers = "127.0.0.1:1".into();
+        let e = trigger(&s, "no-such-job", None, BTreeMap::new()).await.unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("`no-such-job`") && msg.contains("order-expiration") && msg.contains("daily-statistics"), "{msg}");
+        s.jobs.get_mut("noop").unwrap().enabled = false;
+        let msg = trigger(&s, "noop", None, BTreeMap::new()).await.unwrap_err().to_string();
+        assert!(msg.contains("jobs.noop.enabled"), "{msg}");
+    }
+
+    #[test]
+    fn timeouts_and_unavailable_topics_are_retried_config_is_not() {
+        let timed_out = TickError::Kafka(KafkaClientError::kafka(
+            "deliver tick",
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+        ));
+        assert_eq!(timed_out.class(), ErrorClass::Retry);
+        assert_eq!(TickError::Unavailable { topic: "t".into(), message: "m".into() }.class(), ErrorClass::Retry);
+        assert_eq!(TickError::NoSuchTopic("t".into()).class(), ErrorClass::Fatal);
+    }
+}

@@ -1,0 +1,172 @@
+//! Wire types: the Avro records of `avro/` as Rust values, converted at the edge. Domain code
+//! never sees `apache_avro::types::Value`; a record that does not have the shape its schema
+//! promises is a [`WireError`] naming the field, which the processor sends to dead letters.
+
+pub mod internal;
+pub mod tick;
+
+use std::collections::BTreeMap;
+
+use apache_avro::types::Value;
+use chrono::{DateTime, Utc};
+
+/// Namespace of every deterministic (UUIDv5) id the tool derives.
+pub const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5c4e_d1a0_7b1f_4c53_9a1e_3f0b_2d6c_8e41);
+
+/// A deterministic id for `parts` (joined unambiguously): the same decision always gets the
+/// same id, so consumers deduplicating by id see one event per decision.
+pub fn derived_id(parts: &[&str]) -> uuid::Uuid {
+    let mut name = String::new();
+    for p in parts {
+        name.push_str(&p.len().to_string());
+        name.push(':');
+        name.push_str(p);
+    }
+    uuid::Uuid::new_v5(&ID_NAMESPACE, name.as_bytes())
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WireError {
+    #[error("not a {expected} record (got {found})")]
+    WrongRecord { expected: &'static str, found: String },
+    #[error("field `{field}`: {message}")]
+    Field { field: &'static str, message: String },
+}
+
+fn field_err(field: &'static str, message: impl Into<String>) -> WireError {
+    WireError::Field { field, message: message.into() }
+}
+
+/// Field access on a decoded record, by name (writer field order may differ across versions).
+pub struct Fields(BTreeMap<String, Value>);
+
+impl Fields {
+    pub fn of(value: Value, expected: &'static str) -> Result<Fields, WireError> {
+        match value {
+            Value::Record(fields) => Ok(Fields(fields.into_iter().collect())),
+            other => Err(WireError::WrongRecord { expected, found: format!("{other:?}").chars().take(60).collect() }),
+        }
+    }
+
+    fn take(&mut self, field: &'static str) -> Result<Value, WireError> {
+        match self.0.remove(field) {
+            Some(Value::Union(_, inner)) => Ok(*inner),
+            Some(v) => Ok(v),
+            None => Err(field_err(field, "missing")),
+        }
+    }
+
+    pub fn string(&mut self, field: &'static str) -> Result<String, WireError> {
+        match self.take(field)? {
+            Value::String(s) | Value::Enum(_, s) => Ok(s),
+            other => Err(field_err(field, format!("expected a string, got {other:?}"))),
+        }
+    }
+
+    pub fn opt_string(&mut self, field: &'static str) -> Result<Option<String>, WireError> {
+        match self.0.contains_key(field) {
+            false => Ok(None),
+            true => match self.take(field)? {
+                Value::Null => Ok(None),
+                Value::String(s) => Ok(Some(s)),
+                other => Err(field_err(field, format!("expected a string or null, got {other:?}"))),
+            },
+        }
+    }
+
+    pub fn int(&mut self, field: &'static str) -> Result<i32, WireError> {
+        match self.take(field)? {
+            Value::Int(i) => Ok(i),
+            other => Err(field_err(field, format!("expected an int, got {other:?}"))),
+        }
+    }
+
+    pub fn long(&mut self, field: &'static str) -> Result<i64, WireError> {
+        match self.take(field)? {
+            Value::Long(i) => Ok(i),
+            Value::Int(i) => Ok(i64::from(i)),
+            other => Err(field_err(field, format!("expected a long, got {other:?}"))),
+        }
+    }
+
+    pub fn timestamp(&mut self, field: &'static str) -> Result<DateTime<Utc>, WireError> {
+        let ms = match self.take(field)? {
+            Value::TimestampMillis(ms) | Value::Long(ms) => ms,
+            other => return Err(field_err(field, format!("expected timestamp-millis, got {other:?}"))),
+        };
+        DateTime::from_timestamp_millis(ms).ok_or_else(|| field_err(field, format!("{ms} ms is out of range")))
+    }
+
+    pub fn string_map(&mut self, field: &'static str) -> Result<BTreeMap<String, String>, WireError> {
+        if !self.0.contains_key(field) {
+            return Ok(BTreeMap::new());
+        }
+        match self.take(field)? {
+            Value::Map(m) => m
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => Ok((k, s)),
+                    other => Err(field_err(field, format!("value of `{k}` is not a string: {other:?}"))),
+                })
+                .collect(),
+            other => Err(field_err(field, format!("expected a map, got {other:?}"))),
+        }
+    }
+
+    pub fn long_map(&mut self, field: &'static str) -> Result<BTreeMap<String, i64>, WireError> {
+        if !self.0.contains_key(field) {
+            return Ok(BTreeMap::new());
+        }
+        match self.take(field)? {
+            Value::Map(m) => m
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Value::Long(n) => Ok((k, n)),
+                    other => Err(field_err(field, format!("value of `{k}` is not a long: {other:?}"))),
+                })
+                .collect(),
+            other => Err(field_err(field, format!("expected a map, got {other:?}"))),
+        }
+    }
+
+    pub fn string_array(&mut self, field: &'static str) -> Result<Vec<String>, WireError> {
+        if !self.0.contains_key(field) {
+            return Ok(Vec::new());
+        }
+        match self.take(field)? {
+            Value::Array(items) => items
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s),
+                    other => Err(field_err(field, format!("item is not a string: {other:?}"))),
+                })
+                .collect(),
+            other => Err(field_err(field, format!("expected an array, got {other:?}"))),
+        }
+    }
+}
+
+pub fn ts(t: DateTime<Utc>) -> Value {
+    Value::TimestampMillis(t.timestamp_millis())
+}
+
+pub fn string_map(m: &BTreeMap<String, String>) -> Value {
+    Value::Map(m.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
+}
+
+pub fn long_map(m: &BTreeMap<String, i64>) -> Value {
+    Value::Map(m.iter().map(|(k, v)| (k.clone(), Value::Long(*v))).collect())
+}
+
+pub fn opt_string(v: &Option<String>) -> Value {
+    match v {
+        None => Value::Union(0, Box::new(Value::Null)),
+        Some(s) => Value::Union(1, Box::new(Value::String(s.clone()))),
+    }
+}
+
+/// Enum symbols are written by name; apache-avro resolves the index against the schema.
+pub fn enum_value(symbols: &[&str], symbol: &str) -> Value {
+    let idx = symbols.iter().position(|s| *s == symbol).unwrap_or(0) as u32;
+    Value::Enum(idx, symbol.to_string())
+}

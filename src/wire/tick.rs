@@ -1,0 +1,84 @@
+//! `SchedulerTick`: the contract between any tick producer and the processor.
+
+use std::collections::BTreeMap;
+
+use apache_avro::types::Value;
+use chrono::{DateTime, Utc};
+
+use super::{derived_id, enum_value, opt_string, string_map, ts, Fields, WireError};
+
+pub const RECORD: &str = "com.ecommerce.scheduler.SchedulerTick";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Trigger {
+    Scheduled,
+    CatchUp,
+    Manual,
+}
+
+const TRIGGERS: [&str; 3] = ["SCHEDULED", "CATCH_UP", "MANUAL"];
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Scheduled => "SCHEDULED",
+            Trigger::CatchUp => "CATCH_UP",
+            Trigger::Manual => "MANUAL",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Trigger> {
+        match s {
+            "SCHEDULED" => Some(Trigger::Scheduled),
+            "CATCH_UP" => Some(Trigger::CatchUp),
+            "MANUAL" => Some(Trigger::Manual),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tick {
+    pub tick_id: String,
+    pub job: String,
+    pub scheduled_at: DateTime<Utc>,
+    pub produced_at: DateTime<Utc>,
+    pub trigger: Trigger,
+    pub parameters: BTreeMap<String, String>,
+    pub producer: Option<String>,
+}
+
+impl Tick {
+    /// The deterministic id of a fire time: every producer computes the same one, so ticks
+    /// from producers running side by side collapse into one run.
+    pub fn scheduled_id(job: &str, scheduled_at: DateTime<Utc>) -> String {
+        derived_id(&["tick", job, &scheduled_at.timestamp_millis().to_string()]).to_string()
+    }
+
+    pub fn to_avro(&self) -> Value {
+        Value::Record(vec![
+            ("tickId".into(), Value::String(self.tick_id.clone())),
+            ("job".into(), Value::String(self.job.clone())),
+            ("scheduledAt".into(), ts(self.scheduled_at)),
+            ("producedAt".into(), ts(self.produced_at)),
+            ("trigger".into(), enum_value(&TRIGGERS, self.trigger.as_str())),
+            ("parameters".into(), string_map(&self.parameters)),
+            ("producer".into(), opt_string(&self.producer)),
+        ])
+    }
+
+    pub fn from_avro(value: Value) -> Result<Tick, WireError> {
+        let mut f = Fields::of(value, RECORD)?;
+        let trigger = f.string("trigger")?;
+        Ok(Tick {
+            tick_id: f.string("tickId")?,
+            job: f.string("job")?,
+            scheduled_at: f.timestamp("scheduledAt")?,
+            produced_at: f.timestamp("producedAt")?,
+            trigger: Trigger::parse(&trigger)
+                .ok_or(WireError::Field { field: "trigger", message: format!("unknown trigger {trigger}") })?,
+            parameters: f.string_map("parameters")?,
+            producer: f.opt_string("producer")?,
+        })
+    }
+}

@@ -65,6 +65,9 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS")]
         idle_timeout: Option<f64>,
     },
+    /// Run the processor: consume ticks and work items in the consumer group and run the
+    /// jobs exactly once, until SIGTERM/Ctrl-C (then leave the group cleanly).
+    Run,
     /// Run the tick producer: publish a tick for every fire time of every enabled job's
     /// schedule, catching up fire times missed while it was down. Safe to run two side by side.
     Tick,
@@ -181,6 +184,14 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let pool = crate::db::connect(&settings.postgres).await.map_err(anyhow::Error::from)?;
             let applied = crate::db::migrate(&pool).await.map_err(anyhow::Error::from)?;
             println!("applied {applied} migration(s); {} known", crate::db::MIGRATOR.iter().count());
+        }
+        Command::Run => {
+            let pool = crate::db::connect(&settings.postgres).await.map_err(anyhow::Error::from)?;
+            let processor = crate::processor::Processor::new(settings.clone(), crate::jobs::Registry::builtin(), pool)
+                .await
+                .map_err(anyhow::Error::from)?;
+            tracing::info!(instance = %settings.instance_id(), group = %settings.processor.group_id, "processor started");
+            processor.run(crate::shutdown::signal()).await.map_err(anyhow::Error::from)?;
         }
         Command::Tick => {
             crate::tick::run_producer(&settings, crate::shutdown::signal()).await.map_err(anyhow::Error::from)?;

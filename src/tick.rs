@@ -116,10 +116,17 @@ struct Publisher {
 
 impl Publisher {
     fn new(settings: &Settings) -> Result<Publisher, TickError> {
+        // Role::Producer is idempotent with acks=all: retries inside librdkafka never
+        // duplicate or reorder a job's ticks.
+        let mut cfg = kafka::client_config(settings, Role::Producer);
+        // The Java clients' key hashing, so a job's ticks from us and from any external tick
+        // producer (the topic's contract) land on the same partition and stay ordered there.
+        // An operator's own `kafka.properties.partitioner` still wins.
+        if !settings.kafka.properties.contains_key("partitioner") {
+            cfg.set("partitioner", "murmur2_random");
+        }
         Ok(Publisher {
-            // Role::Producer is idempotent with acks=all: retries inside librdkafka never
-            // duplicate or reorder a job's ticks.
-            producer: kafka::create(&kafka::client_config(settings, Role::Producer))?,
+            producer: kafka::create(&cfg)?,
             codec: Codec::new(settings)?,
             topic: settings.topic(Topic::Tick),
             name: producer_name(settings),
@@ -198,7 +205,10 @@ impl TickProducer {
             publisher: Publisher::new(settings)?,
             jobs,
             history,
-            max_future: TimeDelta::seconds(i64::try_from(settings.processor.max_future_secs).unwrap_or(i64::MAX / 1000)),
+            max_future: i64::try_from(settings.processor.max_future_secs)
+                .ok()
+                .and_then(TimeDelta::try_seconds)
+                .unwrap_or(TimeDelta::MAX),
             settings: settings.clone(),
         })
     }
@@ -219,7 +229,7 @@ impl TickProducer {
         if wanted.is_empty() {
             return Ok(last);
         }
-        let horizon = now + self.max_future;
+        let horizon = now.checked_add_signed(self.max_future).unwrap_or(DateTime::<Utc>::MAX_UTC);
         let topic = self.publisher.topic.clone();
         let partitions = tick_partitions(&self.settings).await?;
         let cfg = self.history.clone();
@@ -360,8 +370,8 @@ async fn pause_after(
     backoff: &mut Duration,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<bool, TickError> {
+    // The caller reports a fatal error (the CLI prints it and exits 1).
     if e.class() != ErrorClass::Retry {
-        tracing::error!(error = %e, "tick producer failed");
         return Err(e);
     }
     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "transient failure, retrying");

@@ -108,6 +108,13 @@ pub trait Job: Send + Sync {
         Ok(tick.scheduled_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
     }
 
+    /// Checks the tick's parameters before anything is planned; an error sends the tick to
+    /// dead letters (impossible values).
+    fn validate(&self, tick: &Tick) -> Result<(), JobError> {
+        let _ = tick;
+        Ok(())
+    }
+
     /// Whether an older tick may be dropped when a newer tick of this job is already queued
     /// (true for jobs that look at current state; false when each period matters).
     fn coalesce(&self) -> bool {

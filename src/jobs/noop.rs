@@ -26,6 +26,18 @@ impl Job for Noop {
         "noop"
     }
 
+    fn validate(&self, tick: &crate::wire::tick::Tick) -> Result<(), JobError> {
+        let p = &tick.parameters;
+        let chunks = param::<u32>(p, "chunks", 1)?;
+        if chunks > 100_000 {
+            return Err(JobError::InvalidTick(format!("parameter `chunks` = {chunks} exceeds 100000")));
+        }
+        param::<u64>(p, "plan_sleep_ms", 0)?;
+        param::<u64>(p, "apply_sleep_ms", 0)?;
+        param::<i32>(p, "fail", -1)?;
+        Ok(())
+    }
+
     fn plan<'a>(&'a self, _ctx: &'a JobCtx, run: &'a Run) -> BoxStream<'a, Result<Vec<String>, JobError>> {
         let params = &run.tick.parameters;
         let setup = (param::<u32>(params, "chunks", 1), param::<u64>(params, "plan_sleep_ms", 0));

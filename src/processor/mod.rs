@@ -227,7 +227,8 @@ impl Processor {
                     .iter()
                     .flatten()
                     .flatten()
-                    .filter(|n| n.job == t.job && n.scheduled_at > t.scheduled_at)
+                    // Only a tick that will itself run can supersede one.
+                    .filter(|n| n.job == t.job && n.scheduled_at > t.scheduled_at && self.validate_tick(n).is_ok())
                     .max_by_key(|n| n.scheduled_at)
                     .cloned(),
                 _ => None,
@@ -356,6 +357,7 @@ impl Processor {
         if tick.scheduled_at.timestamp() < 946_684_800 {
             return Err(reject("IMPOSSIBLE_VALUE", format!("scheduledAt {} is before 2000", tick.scheduled_at.to_rfc3339())));
         }
+        job.validate(tick).map_err(|e| reject("IMPOSSIBLE_VALUE", e.to_string()))?;
         let period = job.period(tick, self.tz).map_err(|e| reject("IMPOSSIBLE_VALUE", e.to_string()))?;
         Ok((job, period))
     }

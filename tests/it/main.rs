@@ -8,6 +8,7 @@ mod cli;
 mod codec;
 mod compose;
 mod db;
+mod processor;
 mod schemas;
 mod tick;
 mod topics;

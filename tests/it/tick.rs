@@ -14,7 +14,7 @@ use scheduled_jobs::kafka::{client_config, Role};
 use scheduled_jobs::tick::{trigger, TickError, TickProducer};
 use scheduled_jobs::wire::tick::{Tick, Trigger};
 
-use crate::common::{isolated, read_all, settings};
+use crate::common::{isolated, read_all, settings, unique};
 
 fn utc(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -52,8 +52,7 @@ fn scheduled_at(ticks: &[Tick]) -> Vec<DateTime<Utc>> {
 
 #[tokio::test]
 async fn publish_due_publishes_each_fire_time_once_with_deterministic_ids_keyed_by_job() {
-    let s = only("order_expiration", "*/2 * * * * *", CatchUp::Latest, 1);
-    let s = s.await;
+    let s = only("order_expiration", "*/2 * * * * *", CatchUp::Latest, 1).await;
     let t0 = utc("2026-11-25T10:00:00Z");
     let mut p = TickProducer::new(&s).await.unwrap();
     assert_eq!(p.jobs(), vec!["order-expiration"]);
@@ -149,7 +148,7 @@ async fn history_scan_crosses_windows_skipping_garbage_and_manual_ticks() {
     // 450 undecodable records on the job's partition (same key) bury its last tick more than
     // two history windows deep, and a manual tick on top is not schedule history.
     let topic = s.topic(Topic::Tick);
-    let raw: FutureProducer = client_config(&s, Role::Producer).create().unwrap();
+    let raw: FutureProducer = client_config(&s, Role::Producer).set("partitioner", "murmur2_random").create().unwrap();
     let sends = (0..450).map(|i| {
         let payload = format!("garbage {i}");
         let raw = &raw;
@@ -160,6 +159,9 @@ async fn history_scan_crosses_windows_skipping_garbage_and_manual_ticks() {
         r.unwrap();
     }
     trigger(&s, "order-expiration", Some(utc("2026-11-25T12:00:00Z")), BTreeMap::new()).await.unwrap();
+    let records = read_all(&s, &topic, "read_committed");
+    assert_eq!(records.len(), 452);
+    assert!(records.iter().all(|(p, _, _)| *p == records[0].0), "one partition, so the scan must cross windows");
 
     let mut b = TickProducer::new(&s).await.unwrap();
     let caught = b.start(utc("2026-11-25T10:33:00Z")).await.unwrap();
@@ -264,4 +266,31 @@ async fn trigger_refuses_an_unknown_job_naming_it_and_the_known_ones() {
     for name in ["`order-expirations`", "order-expiration,", "stock-sync", "daily-statistics", "noop"] {
         assert!(msg.contains(name), "{msg}");
     }
+}
+
+#[tokio::test]
+async fn run_producer_publishes_on_the_wall_clock_and_stops_on_shutdown() {
+    // The one test on the real clock: loose bounds, it checks the loop, not the schedule.
+    let mut s = only("noop", "* * * * * *", CatchUp::Latest, 1).await;
+    s.scheduler.producer_id = "tick-loop-test".into();
+    let started = Utc::now();
+    scheduled_jobs::tick::run_producer(&s, tokio::time::sleep(std::time::Duration::from_millis(3500))).await.unwrap();
+    let ticks: Vec<Tick> = ticks_on_topic(&s).await.into_iter().map(|(_, _, t)| t).collect();
+    assert!(!ticks.is_empty() && ticks.len() <= 4, "{ticks:?}");
+    for (i, t) in ticks.iter().enumerate() {
+        assert_eq!((t.job.as_str(), t.trigger, t.producer.as_deref()), ("noop", Trigger::Scheduled, Some("tick-loop-test")));
+        assert!(t.scheduled_at > started && t.produced_at >= t.scheduled_at, "{t:?}");
+        if i > 0 {
+            assert_eq!(t.scheduled_at - ticks[i - 1].scheduled_at, chrono::TimeDelta::seconds(1), "no fire time skipped or doubled");
+        }
+    }
+}
+
+#[tokio::test]
+async fn run_producer_ends_with_an_error_when_the_tick_topic_is_missing() {
+    let mut s = settings();
+    s.topics.prefix = format!("{}.", unique("missing"));
+    let err = scheduled_jobs::tick::run_producer(&s, std::future::pending()).await.unwrap_err();
+    assert!(matches!(err, TickError::NoSuchTopic(_)), "{err:?}");
+    assert!(err.to_string().contains("topics apply"), "{err}");
 }

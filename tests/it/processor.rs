@@ -1,0 +1,305 @@
+//! The exactly-once pipeline on the real stack, with the trivial `noop` job: duplicate ticks
+//! (E4), replay from offset 0 (E3), dead letters (E6), timeouts, coalescing, and two
+//! processors with partitions moving between them.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use scheduled_jobs::codec::Codec;
+use scheduled_jobs::config::{Settings, Topic};
+use scheduled_jobs::jobs::Registry;
+use scheduled_jobs::kafka::{client_config, Role};
+use scheduled_jobs::processor::{Processor, Step};
+use scheduled_jobs::wire::internal::{Outcome, RunResult};
+use scheduled_jobs::wire::tick::{Tick, Trigger};
+
+use crate::common::{fresh_db, isolated, read_all, WAIT};
+
+pub fn tick(job: &str, at: DateTime<Utc>, params: &[(&str, &str)]) -> Tick {
+    Tick {
+        tick_id: Tick::scheduled_id(job, at),
+        job: job.into(),
+        scheduled_at: at,
+        produced_at: Utc::now(),
+        trigger: Trigger::Scheduled,
+        parameters: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        producer: Some("test".into()),
+    }
+}
+
+pub async fn publish_raw(s: &Settings, key: &str, bytes: &[u8]) {
+    let producer: FutureProducer = client_config(s, Role::Producer).create().unwrap();
+    producer.send(FutureRecord::to(&s.topic(Topic::Tick)).key(key).payload(bytes), WAIT).await.unwrap();
+}
+
+pub async fn publish(s: &Settings, ticks: &[Tick]) {
+    let codec = Codec::new(s).unwrap();
+    for t in ticks {
+        let bytes = codec.encode(&s.topic(Topic::Tick), t.to_avro()).await.unwrap();
+        publish_raw(s, &t.job, &bytes).await;
+    }
+}
+
+pub async fn processor(s: &Settings) -> Processor {
+    let (pool, _) = fresh_db(s).await;
+    scheduled_jobs::db::migrate(&pool).await.unwrap();
+    Processor::new(s.clone(), Registry::builtin(), pool).await.unwrap()
+}
+
+/// Steps until `idle_rounds` consecutive idle steps (after at least one handled record).
+pub async fn drive(p: &mut Processor, idle_rounds: usize) -> usize {
+    let mut handled = 0;
+    let mut idle = 0;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while idle < idle_rounds || handled == 0 {
+        assert!(Instant::now() < deadline, "processor did not settle");
+        match p.step(Duration::from_millis(300)).await.unwrap() {
+            Step::Idle => idle += 1,
+            Step::Handled(n) => {
+                handled += n;
+                idle = 0;
+            }
+            Step::Reset(why) => panic!("unexpected reset: {why}"),
+        }
+    }
+    handled
+}
+
+pub async fn results(s: &Settings) -> Vec<RunResult> {
+    let codec = Codec::new(s).unwrap();
+    let mut out = Vec::new();
+    for (_, _, v) in read_all(s, &s.topic(Topic::RunResults), "read_committed") {
+        let d = codec.decode(&v.unwrap()).await.unwrap();
+        out.push(RunResult::from_avro(d.value).unwrap());
+    }
+    out
+}
+
+fn count(s: &Settings, topic: Topic) -> usize {
+    read_all(s, &s.topic(topic), "read_committed").len()
+}
+
+fn at(minutes_ago: i64) -> DateTime<Utc> {
+    let now = Utc::now();
+    let t = now - TimeDelta::minutes(minutes_ago);
+    DateTime::from_timestamp(t.timestamp() - t.timestamp() % 60, 0).unwrap()
+}
+
+#[tokio::test]
+async fn a_tick_runs_once_end_to_end_and_duplicates_collapse() {
+    let s = isolated().await;
+    let t = tick("noop", at(3), &[("chunks", "3")]);
+    // E4: the same fire time from two producers.
+    let mut twin = t.clone();
+    twin.producer = Some("producer-b".into());
+    publish(&s, &[t.clone(), twin]).await;
+    let mut p = processor(&s).await;
+    drive(&mut p, 3).await;
+    let r = results(&s).await;
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].outcome, Outcome::Succeeded);
+    assert_eq!(r[0].tick_id, t.tick_id);
+    assert_eq!(r[0].counts.get("items"), Some(&3));
+    assert_eq!(r[0].counts.get("chunks"), Some(&3));
+    assert_eq!(count(&s, Topic::WorkItems), 4, "three chunks and the seal");
+    assert_eq!(count(&s, Topic::DeadLetters), 0);
+
+    // A second, identical tick later on: still one run.
+    publish(&s, &[t.clone()]).await;
+    drive(&mut p, 2).await;
+    assert_eq!(results(&s).await.len(), 1);
+}
+
+/// Resets `group` to offset 0 on every partition of `topic` (no member may be active).
+pub fn reset_group(s: &Settings, group: &str, topic: &str) {
+    let mut cfg = client_config(s, Role::Consumer);
+    cfg.set("group.id", group);
+    let c: BaseConsumer = cfg.create().unwrap();
+    let md = c.fetch_metadata(Some(topic), WAIT).unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Offset(0)).unwrap();
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match c.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => return,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("reset not yet possible: {e}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("reset {group}: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn replaying_the_tick_topic_from_offset_zero_changes_nothing() {
+    let s = isolated().await;
+    publish(&s, &[tick("noop", at(30), &[("chunks", "2")]), tick("noop", at(20), &[]), tick("noop", at(10), &[("chunks", "0")])]).await;
+    let mut p = processor(&s).await;
+    drive(&mut p, 3).await;
+    drop(p);
+    let before = (results(&s).await.len(), count(&s, Topic::WorkItems), count(&s, Topic::RunLedger), count(&s, Topic::DeadLetters));
+    assert!(before.0 >= 1, "{before:?}");
+
+    reset_group(&s, &s.processor.group_id, &s.topic(Topic::Tick));
+    let mut p = processor(&s).await;
+    let handled = drive(&mut p, 3).await;
+    assert!(handled >= 3, "the ticks were consumed again ({handled})");
+    let after = (results(&s).await.len(), count(&s, Topic::WorkItems), count(&s, Topic::RunLedger), count(&s, Topic::DeadLetters));
+    assert_eq!(before, after, "(results, work items, ledger, dead letters) before vs after replay");
+}
+
+#[tokio::test]
+async fn bad_ticks_go_to_dead_letters_and_processing_continues() {
+    let s = isolated().await;
+    let codec = Codec::new(&s).unwrap();
+    let garbage = b"\x00\x00\x00garbage that is not avro".to_vec();
+    publish_raw(&s, "garbage", &garbage).await;
+    publish(&s, &[tick("no-such-job", at(1), &[])]).await;
+    // A record of another schema (a run result) on the tick topic.
+    let other = RunResult {
+        event_id: "e".into(),
+        event_timestamp: Utc::now(),
+        run_id: "r".into(),
+        job: "noop".into(),
+        period: "p".into(),
+        tick_id: "t".into(),
+        trigger: "SCHEDULED".into(),
+        outcome: Outcome::Succeeded,
+        counts: BTreeMap::new(),
+        started_at: Utc::now(),
+        finished_at: Utc::now(),
+        duration_ms: 0,
+        message: None,
+    };
+    let wrong = codec.encode(&s.topic(Topic::RunResults), other.to_avro()).await.unwrap();
+    publish_raw(&s, "noop", &wrong).await;
+    publish(&s, &[tick("noop", Utc::now() + TimeDelta::days(400), &[])]).await;
+    publish(&s, &[tick("noop", at(2), &[("chunks", "not-a-number")])]).await;
+    publish(&s, &[tick("noop", at(1), &[])]).await;
+
+    let mut p = processor(&s).await;
+    drive(&mut p, 3).await;
+    let letters = read_all(&s, &s.topic(Topic::DeadLetters), "read_committed");
+    let mut reasons = Vec::new();
+    for (_, _, v) in &letters {
+        let d = codec.decode(v.as_deref().unwrap()).await.unwrap();
+        let json = scheduled_jobs::avro::to_json(&d.value, &d.schema);
+        reasons.push((json["reasonCode"].as_str().unwrap().to_string(), json["reason"].as_str().unwrap().to_string(), json["originalValue"].clone()));
+    }
+    // Bad ticks sit on different partitions (different keys), so compare without order.
+    let mut codes: Vec<&str> = reasons.iter().map(|r| r.0.as_str()).collect();
+    codes.sort();
+    assert_eq!(codes, vec!["IMPOSSIBLE_VALUE", "IMPOSSIBLE_VALUE", "UNDECODABLE", "UNKNOWN_JOB", "WRONG_SCHEMA"], "{reasons:#?}");
+    let reason = |code: &str, needle: &str| {
+        assert!(reasons.iter().any(|r| r.0 == code && r.1.contains(needle)), "no {code} mentioning `{needle}`: {reasons:#?}")
+    };
+    reason("UNKNOWN_JOB", "no-such-job");
+    reason("IMPOSSIBLE_VALUE", "future");
+    reason("IMPOSSIBLE_VALUE", "chunks");
+    reason("WRONG_SCHEMA", "RunResult");
+    let hex: String = garbage.iter().map(|b| format!("{b:02x}")).collect();
+    let undecodable = reasons.iter().find(|r| r.0 == "UNDECODABLE").unwrap();
+    assert_eq!(undecodable.2, serde_json::json!(hex), "original bytes kept");
+    // The line kept moving: the valid tick after the bad ones ran.
+    let r = results(&s).await;
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].outcome, Outcome::Succeeded);
+}
+
+#[tokio::test]
+async fn a_run_past_its_timeout_is_recorded_timed_out_and_the_next_tick_proceeds() {
+    let mut s = isolated().await;
+    s.jobs.get_mut("noop").unwrap().timeout_secs = 2;
+    let slow = tick("noop", at(20), &[("chunks", "4"), ("apply_sleep_ms", "900")]);
+    let slow_plan = tick("noop", at(10), &[("plan_sleep_ms", "4000")]);
+    let next = tick("noop", at(1), &[("chunks", "2")]);
+    publish(&s, &[slow.clone()]).await;
+    let mut p = processor(&s).await;
+    drive(&mut p, 2).await;
+    publish(&s, &[slow_plan.clone()]).await;
+    drive(&mut p, 2).await;
+    publish(&s, &[next.clone()]).await;
+    drive(&mut p, 2).await;
+    let r = results(&s).await;
+    let by_tick: BTreeMap<&str, &RunResult> = r.iter().map(|x| (x.tick_id.as_str(), x)).collect();
+    assert_eq!(r.len(), 3, "{r:#?}");
+    let slow_r = by_tick[slow.tick_id.as_str()];
+    assert_eq!(slow_r.outcome, Outcome::TimedOut, "{slow_r:?}");
+    assert!(slow_r.counts.get("chunksTimedOut").copied().unwrap_or(0) >= 1, "{slow_r:?}");
+    assert!(slow_r.counts.get("items").copied().unwrap_or(0) >= 2, "chunks started before the deadline completed: {slow_r:?}");
+    assert_eq!(by_tick[slow_plan.tick_id.as_str()].outcome, Outcome::TimedOut);
+    assert_eq!(by_tick[next.tick_id.as_str()].outcome, Outcome::Succeeded);
+}
+
+#[tokio::test]
+async fn a_stale_tick_is_coalesced_when_a_newer_one_is_queued() {
+    let s = isolated().await;
+    let (t1, t2, t3) = (tick("noop", at(30), &[]), tick("noop", at(20), &[]), tick("noop", at(10), &[]));
+    publish(&s, &[t1.clone(), t2.clone(), t3.clone()]).await;
+    let mut p = processor(&s).await;
+    drive(&mut p, 3).await;
+    let r = results(&s).await;
+    let outcome = |t: &Tick| r.iter().find(|x| x.tick_id == t.tick_id).map(|x| x.outcome);
+    assert_eq!(outcome(&t1), Some(Outcome::Skipped), "{r:#?}");
+    assert_eq!(outcome(&t2), Some(Outcome::Skipped));
+    assert_eq!(outcome(&t3), Some(Outcome::Succeeded));
+    assert!(r.iter().find(|x| x.tick_id == t1.tick_id).unwrap().message.as_deref().unwrap().contains(&t3.tick_id));
+}
+
+#[tokio::test]
+async fn two_processors_with_partitions_moving_lose_and_double_nothing() {
+    let s = isolated().await;
+    let ticks: Vec<Tick> = (0..8).map(|i| tick("noop", at(100 - i * 10), &[("chunks", "5"), ("apply_sleep_ms", "50")])).collect();
+    // Each tick on its own partition key so they are not coalesced and spread over partitions.
+    let codec = Codec::new(&s).unwrap();
+    for (i, t) in ticks.iter().enumerate() {
+        let bytes = codec.encode(&s.topic(Topic::Tick), t.to_avro()).await.unwrap();
+        publish_raw(&s, &format!("noop-{i}"), &bytes).await;
+    }
+    let spawn = |p: Processor| {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(p.run(async move {
+            let _ = rx.await;
+        }));
+        (tx, handle)
+    };
+    let mut s1 = s.clone();
+    s1.processor.instance_id = "one".into();
+    let mut s2 = s.clone();
+    s2.processor.instance_id = "two".into();
+    let (stop1, h1) = spawn(processor(&s1).await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (stop2, h2) = spawn(processor(&s2).await);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The first leaves mid-way: its partitions move to the second.
+    stop1.send(()).unwrap();
+    h1.await.unwrap().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let r = results(&s).await;
+        if r.len() >= ticks.len() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop2.send(()).unwrap();
+    h2.await.unwrap().unwrap();
+    let r = results(&s).await;
+    let mut ids: Vec<&str> = r.iter().map(|x| x.tick_id.as_str()).collect();
+    ids.sort();
+    let mut want: Vec<&str> = ticks.iter().map(|t| t.tick_id.as_str()).collect();
+    want.sort();
+    assert_eq!(ids, want, "each run exactly once");
+    // Ticks of one job may be coalesced (SKIPPED) when a newer one is queued behind them;
+    // every run that ran did all its chunks.
+    assert!(r.iter().any(|x| x.outcome == Outcome::Succeeded), "{r:#?}");
+    assert!(r.iter().all(|x| x.outcome == Outcome::Skipped || (x.outcome == Outcome::Succeeded && x.counts["items"] == 5)), "{r:#?}");
+}

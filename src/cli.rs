@@ -82,6 +82,14 @@ pub enum Command {
         #[arg(long = "param", value_name = "KEY=VALUE")]
         params: Vec<String>,
     },
+    /// Local demo: apply topics, register schemas, migrate, load demo data, then run a tick
+    /// producer and a processor in the foreground until Ctrl-C.
+    Demo {
+        /// Accelerated schedules (order-expiration every 20 s with a 60 s payment timeout,
+        /// stock-sync every minute, daily-statistics every 2 minutes).
+        #[arg(long)]
+        fast: bool,
+    },
     /// Inspect the effective configuration.
     Config {
         #[command(subcommand)]
@@ -193,6 +201,9 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             tracing::info!(instance = %settings.instance_id(), group = %settings.processor.group_id, "processor started");
             processor.run(crate::shutdown::signal()).await.map_err(anyhow::Error::from)?;
         }
+        Command::Demo { fast } => {
+            crate::demo::run(settings, fast, crate::shutdown::signal()).await.map_err(anyhow::Error::from)?;
+        }
         Command::Tick => {
             crate::tick::run_producer(&settings, crate::shutdown::signal()).await.map_err(anyhow::Error::from)?;
         }
@@ -212,7 +223,14 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                     .ok_or_else(|| Failure { code: 2, error: anyhow::anyhow!("--param `{p}` is not KEY=VALUE") })?;
                 map.insert(k.to_string(), v.to_string());
             }
-            let tick = crate::tick::trigger(&settings, &job, at, map).await.map_err(anyhow::Error::from)?;
+            let tick = crate::tick::trigger(&settings, &job, at, map).await.map_err(|e| {
+                // Naming a job that does not exist (or is disabled) is a usage error.
+                let code = match e {
+                    crate::tick::TickError::UnknownJob { .. } | crate::tick::TickError::JobDisabled { .. } => 2,
+                    _ => 1,
+                };
+                Failure { code, error: e.into() }
+            })?;
             println!("published tick {} for {} at {}", tick.tick_id, tick.job, tick.scheduled_at.to_rfc3339());
         }
         Command::Tail { topic, from_beginning, max_messages, idle_timeout } => {

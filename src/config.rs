@@ -109,11 +109,27 @@ pub struct JobSettings {
     pub catch_up: CatchUp,
     /// Upper bound on fire times published by one catch-up.
     pub max_catch_up: u32,
+    /// order-expiration: an order still waiting for payment this long after creation expires.
+    pub payment_timeout_secs: u64,
+    /// stock-sync: a run with more mismatches than this is urgent (alerts carry CRITICAL).
+    pub urgent_after_mismatches: u32,
+    /// stock-sync: pause before re-reading a mismatch to confirm it (orders keep arriving).
+    pub confirm_delay_ms: u64,
 }
 
 impl Default for JobSettings {
     fn default() -> Self {
-        JobSettings { enabled: true, schedule: String::new(), timeout_secs: 300, batch_size: 100, catch_up: CatchUp::Latest, max_catch_up: 1 }
+        JobSettings {
+            enabled: true,
+            schedule: String::new(),
+            timeout_secs: 300,
+            batch_size: 100,
+            catch_up: CatchUp::Latest,
+            max_catch_up: 1,
+            payment_timeout_secs: 300,
+            urgent_after_mismatches: 10,
+            confirm_delay_ms: 200,
+        }
     }
 }
 
@@ -121,12 +137,12 @@ impl Default for JobSettings {
 /// trivial built-in job that exercises the pipeline (never scheduled by default).
 pub fn default_jobs() -> BTreeMap<String, JobSettings> {
     let job = |schedule: &str, timeout_secs, batch_size, catch_up, max_catch_up| JobSettings {
-        enabled: true,
         schedule: schedule.into(),
         timeout_secs,
         batch_size,
         catch_up,
         max_catch_up,
+        ..JobSettings::default()
     };
     BTreeMap::from([
         ("order_expiration".to_string(), job("0 */10 * * * *", 300, 100, CatchUp::Latest, 1)),

@@ -52,6 +52,10 @@ pub fn client_config(settings: &Settings, role: Role) -> ClientConfig {
             cfg.set("enable.idempotence", "true");
             cfg.set("acks", "all");
             cfg.set("linger.ms", "5");
+            // The Java clients' key hashing, so records keyed alike (a job's ticks) land on
+            // the same partition whichever client — ours or an external tick producer —
+            // wrote them. Pass-through properties below can still override it.
+            cfg.set("partitioner", "murmur2_random");
         }
     }
     for (k, v) in &settings.kafka.properties {

@@ -13,7 +13,12 @@
 //! - [`schedule`]: cron schedules in a time zone, DST-correct.
 //! - [`tick`]: the tick producer and manual triggers.
 //! - [`wire`]: Avro records as Rust types, converted at the edge.
+//! - [`stock`]: Redis stock and reservations (the Order service's Lua scripts).
 //! - [`shutdown`]: SIGTERM / Ctrl-C.
+//! - [`processor`]: the exactly-once pipeline (plan → work items → apply → run result).
+//! - [`jobs`]: the job interface and the jobs.
+//! - [`demo`]: the one-command local demo.
+//! - [`fault`]: fault points for crash tests (feature `fault-injection`).
 //! - [`cli`]: the command line.
 
 pub mod avro;
@@ -21,13 +26,16 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod db;
+pub mod demo;
 pub mod error;
+pub mod fault;
 pub mod jobs;
 pub mod kafka;
 pub mod processor;
 pub mod schedule;
 pub mod schemas;
 pub mod shutdown;
+pub mod stock;
 pub mod tail;
 pub mod tick;
 pub mod topics;

@@ -20,8 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -116,15 +117,9 @@ struct Publisher {
 
 impl Publisher {
     fn new(settings: &Settings) -> Result<Publisher, TickError> {
-        // Role::Producer is idempotent with acks=all: retries inside librdkafka never
-        // duplicate or reorder a job's ticks.
-        let mut cfg = kafka::client_config(settings, Role::Producer);
-        // The Java clients' key hashing, so a job's ticks from us and from any external tick
-        // producer (the topic's contract) land on the same partition and stay ordered there.
-        // An operator's own `kafka.properties.partitioner` still wins.
-        if !settings.kafka.properties.contains_key("partitioner") {
-            cfg.set("partitioner", "murmur2_random");
-        }
+        // Role::Producer is idempotent with acks=all (retries inside librdkafka never
+        // duplicate or reorder a job's ticks) and hashes keys like the Java clients.
+        let cfg = kafka::client_config(settings, Role::Producer);
         Ok(Publisher {
             producer: kafka::create(&cfg)?,
             codec: Codec::new(settings)?,
@@ -185,7 +180,8 @@ impl TickProducer {
         let tz = settings.time_zone()?;
         let mut jobs = Vec::new();
         for (key, job) in settings.jobs.iter().filter(|(_, j)| j.enabled && !j.schedule.trim().is_empty()) {
-            let schedule = Schedule::parse(&job.schedule, tz).map_err(|source| TickError::Schedule { key: key.clone(), source })?;
+            let schedule = Schedule::parse(&job.schedule, tz)
+                .map_err(|source| TickError::Schedule { key: key.clone(), source })?;
             jobs.push(JobState {
                 name: wire_name(key),
                 schedule,
@@ -200,7 +196,9 @@ impl TickProducer {
         history
             .set("group.id", format!("{}-tick-history-{}", settings.kafka.client_id, uuid::Uuid::new_v4()))
             .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            // Windows end at the partition's end: do not long-poll there.
+            .set("fetch.wait.max.ms", "50");
         Ok(TickProducer {
             publisher: Publisher::new(settings)?,
             jobs,
@@ -233,24 +231,44 @@ impl TickProducer {
         let topic = self.publisher.topic.clone();
         let partitions = tick_partitions(&self.settings).await?;
         let cfg = self.history.clone();
-        let consumer: Arc<BaseConsumer> = Arc::new(blocking(move || Ok(kafka::create(&cfg)?)).await?);
-        for partition in partitions {
-            let (c, t) = (consumer.clone(), topic.clone());
-            let (low, high) = blocking(move || {
-                c.fetch_watermarks(&t, partition, KAFKA_TIMEOUT).map_err(|e| KafkaClientError::kafka("fetch watermarks", e).into())
+        let consumer: Arc<BaseConsumer<HistoryContext>> = Arc::new(
+            blocking(move || {
+                cfg.create_with_context(HistoryContext)
+                    .map_err(|e| KafkaClientError::kafka("create consumer", e).into())
             })
-            .await?;
+            .await?,
+        );
+        // All watermarks before the first assignment: once a partition is assigned, the
+        // broker answers offset requests only after the consumer's pending long-poll fetch.
+        let (c, t) = (consumer.clone(), topic.clone());
+        let watermarks = blocking(move || {
+            partitions
+                .into_iter()
+                .map(|p| {
+                    let (low, high) = c
+                        .fetch_watermarks(&t, p, KAFKA_TIMEOUT)
+                        .map_err(|e| KafkaClientError::kafka("fetch watermarks", e))?;
+                    Ok((p, low, high))
+                })
+                .collect::<Result<Vec<_>, TickError>>()
+        })
+        .await?;
+        for (partition, low, high) in watermarks {
             let mut seen: BTreeSet<String> = BTreeSet::new();
             let mut hi = high;
             while hi > low && seen.len() < wanted.len() {
                 let lo = (hi - HISTORY_WINDOW).max(low);
                 let (c, t) = (consumer.clone(), topic.clone());
-                let payloads = blocking(move || read_window(&c, &t, partition, lo, hi)).await?;
+                let at_end = hi == high;
+                let payloads = blocking(move || read_window(&c, &t, partition, lo, hi, at_end)).await?;
                 for payload in payloads {
                     // Anything that is not a tick we understand is not history: skip it.
                     let Ok(decoded) = self.publisher.codec.decode(&payload).await else { continue };
                     let Ok(tick) = Tick::from_avro(decoded.value) else { continue };
-                    if tick.trigger == Trigger::Manual || tick.scheduled_at > horizon || !wanted.contains(tick.job.as_str()) {
+                    if tick.trigger == Trigger::Manual
+                        || tick.scheduled_at > horizon
+                        || !wanted.contains(tick.job.as_str())
+                    {
                         continue;
                     }
                     seen.insert(tick.job.clone());
@@ -420,7 +438,13 @@ pub async fn trigger(
 
 /// The fire times a restart publishes for (last, now]: Latest → only the most recent; All →
 /// every one, oldest first, but at most the `max` most recent.
-fn catch_up_times(schedule: &Schedule, last: DateTime<Utc>, now: DateTime<Utc>, policy: CatchUp, max: u32) -> Vec<DateTime<Utc>> {
+fn catch_up_times(
+    schedule: &Schedule,
+    last: DateTime<Utc>,
+    now: DateTime<Utc>,
+    policy: CatchUp,
+    max: u32,
+) -> Vec<DateTime<Utc>> {
     let keep = match policy {
         CatchUp::Latest => 1,
         CatchUp::All => usize::try_from(max.max(1)).unwrap_or(usize::MAX),
@@ -461,7 +485,9 @@ fn millis(t: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// Runs a blocking librdkafka call off the async worker threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, TickError> + Send + 'static) -> Result<T, TickError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, TickError> + Send + 'static,
+) -> Result<T, TickError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| TickError::Task(e.to_string()))?
 }
 
@@ -483,8 +509,31 @@ async fn tick_partitions(settings: &Settings) -> Result<Vec<i32>, TickError> {
     .await
 }
 
+/// The history consumer's context: rdkafka 0.39 also reports every end-of-partition event
+/// (which the scan relies on) to the context as a "global error", logged at ERROR by default.
+struct HistoryContext;
+
+impl ClientContext for HistoryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error != KafkaError::Global(RDKafkaErrorCode::PartitionEOF) {
+            tracing::error!(error = %error, reason, "kafka client error while reading tick history");
+        }
+    }
+}
+
+impl ConsumerContext for HistoryContext {}
+
 /// Payloads of the committed records at offsets [lo, hi) of one partition (blocking).
-fn read_window(consumer: &BaseConsumer, topic: &str, partition: i32, lo: i64, hi: i64) -> Result<Vec<Vec<u8>>, TickError> {
+/// `at_end`: `hi` is the high watermark, so the window also waits for the end-of-partition
+/// event (consuming it here instead of leaving it to surface as a "global error" later).
+fn read_window(
+    consumer: &BaseConsumer<HistoryContext>,
+    topic: &str,
+    partition: i32,
+    lo: i64,
+    hi: i64,
+    at_end: bool,
+) -> Result<Vec<Vec<u8>>, TickError> {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(lo)).map_err(|e| KafkaClientError::kafka("assign", e))?;
     consumer.assign(&tpl).map_err(|e| KafkaClientError::kafka("assign", e))?;
@@ -508,7 +557,7 @@ fn read_window(consumer: &BaseConsumer, topic: &str, partition: i32, lo: i64, hi
                 if let Some(p) = m.payload() {
                     out.push(p.to_vec());
                 }
-                if m.offset() == hi - 1 {
+                if m.offset() == hi - 1 && !at_end {
                     break;
                 }
             }
@@ -535,7 +584,13 @@ mod tests {
 
     #[test]
     fn latest_policy_catches_up_only_the_most_recent_missed_fire_time() {
-        let got = catch_up_times(&ten_minutes(), utc("2026-11-25T10:00:00Z"), utc("2026-11-25T10:53:00Z"), CatchUp::Latest, 7);
+        let got = catch_up_times(
+            &ten_minutes(),
+            utc("2026-11-25T10:00:00Z"),
+            utc("2026-11-25T10:53:00Z"),
+            CatchUp::Latest,
+            7,
+        );
         assert_eq!(got, vec![utc("2026-11-25T10:50:00Z")]);
     }
 
@@ -551,10 +606,17 @@ mod tests {
 
     #[test]
     fn nothing_missed_means_no_catch_up() {
-        let got = catch_up_times(&ten_minutes(), utc("2026-11-25T10:00:00Z"), utc("2026-11-25T10:09:59Z"), CatchUp::All, 7);
+        let got =
+            catch_up_times(&ten_minutes(), utc("2026-11-25T10:00:00Z"), utc("2026-11-25T10:09:59Z"), CatchUp::All, 7);
         assert!(got.is_empty());
         // A history ahead of the clock (another producer, skew) is not an error either.
-        let got = catch_up_times(&ten_minutes(), utc("2026-11-25T11:00:00Z"), utc("2026-11-25T10:00:00Z"), CatchUp::Latest, 1);
+        let got = catch_up_times(
+            &ten_minutes(),
+            utc("2026-11-25T11:00:00Z"),
+            utc("2026-11-25T10:00:00Z"),
+            CatchUp::Latest,
+            1,
+        );
         assert!(got.is_empty());
     }
 
@@ -579,7 +641,10 @@ mod tests {
         s.kafka.bootstrap_servers = "127.0.0.1:1".into();
         let e = trigger(&s, "no-such-job", None, BTreeMap::new()).await.unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("`no-such-job`") && msg.contains("order-expiration") && msg.contains("daily-statistics"), "{msg}");
+        assert!(
+            msg.contains("`no-such-job`") && msg.contains("order-expiration") && msg.contains("daily-statistics"),
+            "{msg}"
+        );
         s.jobs.get_mut("noop").unwrap().enabled = false;
         let msg = trigger(&s, "noop", None, BTreeMap::new()).await.unwrap_err().to_string();
         assert!(msg.contains("jobs.noop.enabled"), "{msg}");

@@ -7,7 +7,10 @@
 //! emits the same records. The processor writes those records in the Kafka transaction that
 //! commits the chunk; it owns all transaction plumbing, jobs own none.
 
+pub mod daily_statistics;
 pub mod noop;
+pub mod order_expiration;
+pub mod stock_sync;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -126,6 +129,15 @@ pub trait Job: Send + Sync {
 
     /// Applies one chunk idempotently and returns what to emit.
     fn apply<'a>(&'a self, ctx: &'a JobCtx, item: &'a WorkItem) -> BoxFuture<'a, Result<ChunkOutput, JobError>>;
+
+    /// Called in the transaction of the chunk that completes the run, for records that
+    /// depend on the whole run (e.g. alert severity from the run's total). Reads durable
+    /// state only, so a retried finalisation emits the same records. Its counts are added
+    /// to the run result's.
+    fn finalize<'a>(&'a self, ctx: &'a JobCtx, run: &'a Run) -> BoxFuture<'a, Result<ChunkOutput, JobError>> {
+        let _ = (ctx, run);
+        Box::pin(async { Ok(ChunkOutput::default()) })
+    }
 }
 
 /// The jobs this build knows, by name.
@@ -138,6 +150,9 @@ impl Registry {
     pub fn builtin() -> Registry {
         let mut r = Registry { jobs: BTreeMap::new() };
         r.add(Arc::new(noop::Noop));
+        r.add(Arc::new(order_expiration::OrderExpiration));
+        r.add(Arc::new(stock_sync::StockSync));
+        r.add(Arc::new(daily_statistics::DailyStatistics));
         r
     }
 

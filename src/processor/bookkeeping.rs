@@ -59,19 +59,21 @@ pub async fn record_chunk(
     outcome: ChunkOutcome,
     counts: &BTreeMap<String, i64>,
     message: Option<&str>,
+    instance: &str,
 ) -> Result<(), sqlx::Error> {
     let counts = serde_json::to_value(counts).unwrap_or_default();
     sqlx::query(
-        "INSERT INTO job_run_chunks (run_id, chunk_index, outcome, counts, message, applied_at)
-         VALUES ($1, $2, $3, $4, $5, now())
+        "INSERT INTO job_run_chunks (run_id, chunk_index, outcome, counts, message, applied_at, applied_by)
+         VALUES ($1, $2, $3, $4, $5, now(), $6)
          ON CONFLICT (run_id, chunk_index) DO UPDATE SET outcome = EXCLUDED.outcome, counts = EXCLUDED.counts,
-             message = EXCLUDED.message",
+             message = EXCLUDED.message, applied_by = EXCLUDED.applied_by",
     )
     .bind(run_id)
     .bind(index)
     .bind(outcome.as_str())
     .bind(counts)
     .bind(message)
+    .bind(instance)
     .execute(db)
     .await?;
     Ok(())

@@ -15,8 +15,10 @@
 //! bytes, in the transaction that commits their offset. Any failure of a transaction takes the
 //! one reset path: abort, seek back to the first unhandled record, retry after a pause.
 
+mod apply;
 pub mod bookkeeping;
 pub mod ledger;
+mod plan;
 pub mod txn;
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -34,13 +36,12 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::codec::{Codec, CodecError};
 use crate::config::{JobSettings, Settings, Topic};
 use crate::error::ErrorClass;
-use crate::jobs::{ChunkOutput, Job, JobCtx, JobError, Registry, Run};
+use crate::jobs::{JobCtx, JobError, Registry, Run};
 use crate::kafka::{self, KafkaClientError, Role};
-use crate::wire::internal::{DeadLetter, LedgerEntry, Outcome, RunResult, RunState, WorkItem};
+use crate::wire::internal::{DeadLetter, LedgerEntry, Outcome, RunResult, RunState};
 use crate::wire::tick::{Tick, Trigger};
-use crate::wire::{derived_id, WireError};
-use bookkeeping::ChunkOutcome;
-use ledger::{chunk_key, run_key, LedgerView};
+use crate::wire::derived_id;
+use ledger::{run_key, LedgerView};
 use txn::Txn;
 
 /// Chunk index of the seal work item that closes a plan.
@@ -147,6 +148,7 @@ pub struct Processor {
     tz: chrono_tz::Tz,
     assigned: Arc<AtomicBool>,
     names: Names,
+    instance: String,
 }
 
 impl Processor {
@@ -189,7 +191,8 @@ impl Processor {
         let txn = Txn::new(&settings)?;
         let mut ledger = LedgerView::new(&settings, codec.clone())?;
         ledger.catch_up(LEDGER_CATCH_UP).await?;
-        Ok(Processor { settings, consumer, txn, codec, ledger, jobs, db, redis, tz, assigned, names })
+        let instance = settings.instance_id();
+        Ok(Processor { settings, consumer, txn, codec, ledger, jobs, db, redis, tz, assigned, names, instance })
     }
 
     pub fn settings(&self) -> &Settings {
@@ -223,12 +226,19 @@ impl Processor {
         }
         for i in 0..batch.len() {
             let superseded = match &ticks[i] {
-                Some(Ok(t)) if self.jobs.get(&t.job).is_some_and(|j| j.coalesce()) => ticks[i + 1..]
+                // Manual ticks are explicit requests: never coalesced, never superseding.
+                Some(Ok(t)) if t.trigger != Trigger::Manual && self.jobs.get(&t.job).is_some_and(|j| j.coalesce()) => ticks
+                    [i + 1..]
                     .iter()
                     .flatten()
                     .flatten()
                     // Only a tick that will itself run can supersede one.
-                    .filter(|n| n.job == t.job && n.scheduled_at > t.scheduled_at && self.validate_tick(n).is_ok())
+                    .filter(|n| {
+                        n.job == t.job
+                            && n.trigger != Trigger::Manual
+                            && n.scheduled_at > t.scheduled_at
+                            && self.validate_tick(n).is_ok()
+                    })
                     .max_by_key(|n| n.scheduled_at)
                     .cloned(),
                 _ => None,
@@ -318,272 +328,6 @@ impl Processor {
         JobCtx { db: self.db.clone(), redis: self.redis.clone(), tz: self.tz, settings: self.job_settings(job) }
     }
 
-    async fn decode_tick(&self, m: &OwnedMessage) -> Result<Result<Tick, Reject>, ProcessorError> {
-        let Some(bytes) = m.payload() else {
-            return Ok(Err(reject("UNDECODABLE", "empty record value")));
-        };
-        let decoded = match self.codec.decode(bytes).await {
-            Ok(d) => d,
-            Err(e) if e.class() == ErrorClass::Retry => return Err(e.into()),
-            Err(e) => return Ok(Err(reject("UNDECODABLE", e.to_string()))),
-        };
-        let name = match &decoded.schema {
-            apache_avro::Schema::Record(r) => r.name.fullname(None),
-            other => format!("{other:?}").chars().take(40).collect(),
-        };
-        if name != crate::wire::tick::RECORD {
-            return Ok(Err(reject("WRONG_SCHEMA", format!("expected {} but the record is {name}", crate::wire::tick::RECORD))));
-        }
-        Ok(Tick::from_avro(decoded.value).map_err(|e: WireError| reject("WRONG_SCHEMA", e.to_string())))
-    }
-
-    /// Checks a decoded tick against what this processor can run.
-    fn validate_tick(&self, tick: &Tick) -> Result<(Arc<dyn Job>, String), Reject> {
-        let job = self.jobs.get(&tick.job).cloned().ok_or_else(|| {
-            reject("UNKNOWN_JOB", format!("unknown job `{}` (known: {})", tick.job, self.jobs.names().join(", ")))
-        })?;
-        let now = Utc::now();
-        let horizon = now + chrono::TimeDelta::seconds(self.settings.processor.max_future_secs as i64);
-        if tick.scheduled_at > horizon {
-            return Err(reject(
-                "IMPOSSIBLE_VALUE",
-                format!(
-                    "scheduledAt {} is more than {} s in the future",
-                    tick.scheduled_at.to_rfc3339(),
-                    self.settings.processor.max_future_secs
-                ),
-            ));
-        }
-        if tick.scheduled_at.timestamp() < 946_684_800 {
-            return Err(reject("IMPOSSIBLE_VALUE", format!("scheduledAt {} is before 2000", tick.scheduled_at.to_rfc3339())));
-        }
-        job.validate(tick).map_err(|e| reject("IMPOSSIBLE_VALUE", e.to_string()))?;
-        let period = job.period(tick, self.tz).map_err(|e| reject("IMPOSSIBLE_VALUE", e.to_string()))?;
-        Ok((job, period))
-    }
-
-    async fn handle_tick(
-        &mut self,
-        m: &OwnedMessage,
-        decoded: Result<Tick, Reject>,
-        superseded_by: Option<Tick>,
-    ) -> Result<(), ProcessorError> {
-        let tick = match decoded {
-            Ok(t) => t,
-            Err(r) => return self.dead_letter(m, r).await,
-        };
-        let (job, period) = match self.validate_tick(&tick) {
-            Ok(v) => v,
-            Err(r) => return self.dead_letter(m, r).await,
-        };
-        let key = run_key(&tick.job, &period);
-        let forced = tick.trigger == Trigger::Manual && tick.parameters.get("force").is_some_and(|v| v == "true");
-        let attempt = match self.ledger.get(&key) {
-            Some(prev) if forced => prev.attempt + 1,
-            Some(prev) => {
-                tracing::info!(job = %tick.job, period = %period, tick_id = %tick.tick_id, state = prev.state.as_str(), "run already recorded, tick ignored");
-                return self.commit_offset_only(m).await;
-            }
-            None => 1,
-        };
-        let run = Run {
-            run_id: derived_id(&["run", &tick.job, &period, &attempt.to_string()]).to_string(),
-            job: tick.job.clone(),
-            period: period.clone(),
-            attempt,
-            tick: tick.clone(),
-            planned_at: Utc::now(),
-        };
-        if let Some(newer) = superseded_by {
-            let message = format!("superseded by tick {} for {}", newer.tick_id, newer.scheduled_at.to_rfc3339());
-            tracing::info!(job = %run.job, period = %run.period, "{message}");
-            return self.finish_without_chunks(m, &run, RunState::Skipped, Outcome::Skipped, Some(message)).await;
-        }
-        if !self.job_settings(&run.job).enabled {
-            return self.finish_without_chunks(m, &run, RunState::Skipped, Outcome::Skipped, Some("job disabled".into())).await;
-        }
-        tracing::info!(job = %run.job, period = %run.period, run_id = %run.run_id, tick_id = %tick.tick_id, trigger = tick.trigger.as_str(), "planning run");
-        let timeout = Duration::from_secs(self.job_settings(&run.job).timeout_secs);
-        self.txn.begin()?;
-        let planned = tokio::time::timeout(timeout, self.plan(job.as_ref(), &run)).await;
-        match planned {
-            Err(_) => {
-                self.txn.abort()?;
-                let message = format!("planning exceeded the job timeout of {} s", timeout.as_secs());
-                self.finish_without_chunks(m, &run, RunState::TimedOut, Outcome::TimedOut, Some(message)).await
-            }
-            Ok(Err(ProcessorError::Job { source: JobError::InvalidTick(reason), .. })) => {
-                self.txn.abort()?;
-                self.dead_letter(m, reject("IMPOSSIBLE_VALUE", reason)).await
-            }
-            Ok(Err(ProcessorError::Job { source: JobError::Failed(reason), .. })) => {
-                self.txn.abort()?;
-                self.finish_without_chunks(m, &run, RunState::Failed, Outcome::Failed, Some(reason)).await
-            }
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(0)) => {
-                // Nothing to do: the run is complete with its plan.
-                let entry = self.ledger_entry(&run, RunState::Done, 0);
-                self.send_ledger(&key, &entry).await?;
-                let result = self.run_result(&run, Outcome::Succeeded, BTreeMap::from([("chunks".to_string(), 0)]), None);
-                self.send_result(&result).await?;
-                self.commit(m).await?;
-                self.ledger.write_through(key, entry);
-                Ok(())
-            }
-            Ok(Ok(chunks)) => {
-                let entry = self.ledger_entry(&run, RunState::Planned, chunks);
-                self.send_ledger(&key, &entry).await?;
-                self.commit(m).await?;
-                self.ledger.write_through(key, entry);
-                tracing::info!(job = %run.job, run_id = %run.run_id, chunks, "run planned");
-                Ok(())
-            }
-        }
-    }
-
-    /// Streams the job's chunks into the open transaction as work items, then the seal.
-    async fn plan(&mut self, job: &dyn Job, run: &Run) -> Result<i32, ProcessorError> {
-        let ctx = self.job_ctx(&run.job);
-        let mut chunks = job.plan(&ctx, run);
-        let mut index = 0i32;
-        while let Some(chunk) = chunks.next().await {
-            let ids = chunk.map_err(|source| ProcessorError::Job { job: run.job.clone(), source })?;
-            let item = self.work_item(run, index, ids);
-            self.send_work_item(&item).await?;
-            index += 1;
-        }
-        if index > 0 {
-            let mut seal = self.work_item(run, SEAL, Vec::new());
-            seal.chunk_count = index;
-            self.send_work_item(&seal).await?;
-        }
-        Ok(index)
-    }
-
-    fn work_item(&self, run: &Run, index: i32, ids: Vec<String>) -> WorkItem {
-        WorkItem {
-            run_id: run.run_id.clone(),
-            job: run.job.clone(),
-            period: run.period.clone(),
-            tick_id: run.tick.tick_id.clone(),
-            trigger: run.tick.trigger.as_str().to_string(),
-            chunk_index: index,
-            chunk_count: -1,
-            ids,
-            parameters: run.tick.parameters.clone(),
-            scheduled_at: run.tick.scheduled_at,
-            planned_at: run.planned_at,
-        }
-    }
-
-    async fn send_work_item(&mut self, item: &WorkItem) -> Result<(), ProcessorError> {
-        let bytes = self.codec.encode(&self.names.work_items, item.to_avro()).await?;
-        let topic = self.names.work_items.clone();
-        self.txn.send(&topic, &item.key(), &bytes).await?;
-        Ok(())
-    }
-
-    async fn handle_work_item(&mut self, m: &OwnedMessage) -> Result<(), ProcessorError> {
-        let Some(bytes) = m.payload() else {
-            return self.dead_letter(m, reject("UNDECODABLE", "empty work item")).await;
-        };
-        let item = match self.codec.decode(bytes).await {
-            Ok(d) => match WorkItem::from_avro(d.value) {
-                Ok(i) => i,
-                Err(e) => return self.dead_letter(m, reject("WRONG_SCHEMA", e.to_string())).await,
-            },
-            Err(e) if e.class() == ErrorClass::Retry => return Err(e.into()),
-            Err(e) => return self.dead_letter(m, reject("UNDECODABLE", e.to_string())).await,
-        };
-        let Some(job) = self.jobs.get(&item.job).cloned() else {
-            return self.dead_letter(m, reject("UNKNOWN_JOB", format!("work item of unknown job `{}`", item.job))).await;
-        };
-        let ckey = chunk_key(&item.run_id, item.chunk_index);
-        if self.ledger.get(&ckey).is_some() {
-            tracing::info!(run_id = %item.run_id, chunk = item.chunk_index, "chunk already applied, work item ignored");
-            return self.commit_offset_only(m).await;
-        }
-
-        let (output, state) = if item.chunk_index == SEAL {
-            bookkeeping::seal(&self.db, &item.run_id, &item.job, &item.period, item.chunk_count, item.planned_at).await?;
-            (ChunkOutput::default(), RunState::Done)
-        } else {
-            let settings = self.job_settings(&item.job);
-            let deadline = item.planned_at + chrono::TimeDelta::seconds(settings.timeout_secs as i64);
-            // The deadline is checked before a chunk starts, never during: a chunk that has
-            // begun its effects completes them and emits what they imply.
-            let (output, outcome, message) = if Utc::now() > deadline {
-                (ChunkOutput::default(), ChunkOutcome::TimedOut, Some(format!("run exceeded its timeout of {} s", settings.timeout_secs)))
-            } else {
-                let ctx = self.job_ctx(&item.job);
-                match job.apply(&ctx, &item).await {
-                    Ok(out) => (out, ChunkOutcome::Applied, None),
-                    Err(e) if e.class() == ErrorClass::Retry => return Err(ProcessorError::Job { job: item.job.clone(), source: e }),
-                    Err(e) => {
-                        tracing::error!(run_id = %item.run_id, chunk = item.chunk_index, error = %e, "chunk failed");
-                        (ChunkOutput::default(), ChunkOutcome::Failed, Some(e.to_string()))
-                    }
-                }
-            };
-            bookkeeping::record_chunk(&self.db, &item.run_id, item.chunk_index, outcome, &output.counts, message.as_deref()).await?;
-            let state = match outcome {
-                ChunkOutcome::Applied => RunState::Done,
-                ChunkOutcome::TimedOut => RunState::TimedOut,
-                ChunkOutcome::Failed => RunState::Failed,
-            };
-            (output, state)
-        };
-        let finalized = bookkeeping::try_finalize(&self.db, &item.run_id, item.chunk_index).await?;
-
-        self.txn.begin()?;
-        for rec in &output.records {
-            let topic = self.settings.topic(rec.topic);
-            let bytes = self.codec.encode(&topic, rec.value.clone()).await?;
-            self.txn.send(&topic, &rec.key, &bytes).await?;
-        }
-        let run = Run {
-            run_id: item.run_id.clone(),
-            job: item.job.clone(),
-            period: item.period.clone(),
-            attempt: 0,
-            tick: Tick {
-                tick_id: item.tick_id.clone(),
-                job: item.job.clone(),
-                scheduled_at: item.scheduled_at,
-                produced_at: item.planned_at,
-                trigger: Trigger::parse(&item.trigger).unwrap_or(Trigger::Scheduled),
-                parameters: item.parameters.clone(),
-                producer: None,
-            },
-            planned_at: item.planned_at,
-        };
-        let chunk_entry = self.ledger_entry(&run, state, item.chunk_count.max(0));
-        self.send_ledger(&ckey, &chunk_entry).await?;
-        let mut run_entry = None;
-        if let Some(f) = finalized {
-            let (state, outcome) = match f.outcome {
-                ChunkOutcome::Applied => (RunState::Done, Outcome::Succeeded),
-                ChunkOutcome::TimedOut => (RunState::TimedOut, Outcome::TimedOut),
-                ChunkOutcome::Failed => (RunState::Failed, Outcome::Failed),
-            };
-            let rkey = run_key(&item.job, &item.period);
-            let mut entry = self.ledger_entry(&run, state, f.chunk_count);
-            entry.attempt = self.ledger.get(&rkey).map(|e| e.attempt).unwrap_or(1);
-            self.send_ledger(&rkey, &entry).await?;
-            let result = self.run_result(&run, outcome, f.counts, f.message);
-            self.send_result(&result).await?;
-            tracing::info!(job = %item.job, run_id = %item.run_id, outcome = outcome.as_str(), "run finished");
-            run_entry = Some((rkey, entry));
-        }
-        self.commit(m).await?;
-        self.ledger.write_through(ckey, chunk_entry);
-        if let Some((k, e)) = run_entry {
-            self.ledger.write_through(k, e);
-        }
-        Ok(())
-    }
-
     /// Records a run that ends at planning (skipped, timed out, failed) with its result.
     async fn finish_without_chunks(
         &mut self,
@@ -635,6 +379,15 @@ impl Processor {
             duration_ms: (now - run.planned_at).num_milliseconds().max(0),
             message,
         }
+    }
+
+    async fn send_emits(&mut self, records: &[crate::jobs::Emit]) -> Result<(), ProcessorError> {
+        for rec in records {
+            let topic = self.settings.topic(rec.topic);
+            let bytes = self.codec.encode(&topic, rec.value.clone()).await?;
+            self.txn.send(&topic, &rec.key, &bytes).await?;
+        }
+        Ok(())
     }
 
     async fn send_ledger(&mut self, key: &str, entry: &LedgerEntry) -> Result<(), ProcessorError> {

@@ -44,10 +44,21 @@ pub async fn publish(s: &Settings, ticks: &[Tick]) {
     }
 }
 
-pub async fn processor(s: &Settings) -> Processor {
+/// A fresh, migrated database for one test.
+pub async fn test_db(s: &Settings) -> sqlx::PgPool {
     let (pool, _) = fresh_db(s).await;
     scheduled_jobs::db::migrate(&pool).await.unwrap();
+    pool
+}
+
+/// A processor on `pool` with the built-in jobs.
+pub async fn processor_on(s: &Settings, pool: sqlx::PgPool) -> Processor {
     Processor::new(s.clone(), Registry::builtin(), pool).await.unwrap()
+}
+
+pub async fn processor(s: &Settings) -> Processor {
+    let pool = test_db(s).await;
+    processor_on(s, pool).await
 }
 
 /// Steps until `idle_rounds` consecutive idle steps (after at least one handled record).
@@ -256,8 +267,15 @@ async fn a_stale_tick_is_coalesced_when_a_newer_one_is_queued() {
 #[tokio::test]
 async fn two_processors_with_partitions_moving_lose_and_double_nothing() {
     let s = isolated().await;
-    let ticks: Vec<Tick> = (0..8).map(|i| tick("noop", at(100 - i * 10), &[("chunks", "5"), ("apply_sleep_ms", "50")])).collect();
-    // Each tick on its own partition key so they are not coalesced and spread over partitions.
+    // Manual ticks (never coalesced), each on its own key so they spread over partitions.
+    let ticks: Vec<Tick> = (0..8)
+        .map(|i| {
+            let mut t = tick("noop", at(100 - i * 10), &[("chunks", "5"), ("apply_sleep_ms", "150")]);
+            t.trigger = Trigger::Manual;
+            t.tick_id = uuid::Uuid::new_v4().to_string();
+            t
+        })
+        .collect();
     let codec = Codec::new(&s).unwrap();
     for (i, t) in ticks.iter().enumerate() {
         let bytes = codec.encode(&s.topic(Topic::Tick), t.to_avro()).await.unwrap();
@@ -274,9 +292,11 @@ async fn two_processors_with_partitions_moving_lose_and_double_nothing() {
     s1.processor.instance_id = "one".into();
     let mut s2 = s.clone();
     s2.processor.instance_id = "two".into();
-    let (stop1, h1) = spawn(processor(&s1).await);
+    // One database, as in production: run bookkeeping is shared by all instances.
+    let pool = test_db(&s).await;
+    let (stop1, h1) = spawn(processor_on(&s1, pool.clone()).await);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (stop2, h2) = spawn(processor(&s2).await);
+    let (stop2, h2) = spawn(processor_on(&s2, pool.clone()).await);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     // The first leaves mid-way: its partitions move to the second.
     stop1.send(()).unwrap();
@@ -298,8 +318,38 @@ async fn two_processors_with_partitions_moving_lose_and_double_nothing() {
     let mut want: Vec<&str> = ticks.iter().map(|t| t.tick_id.as_str()).collect();
     want.sort();
     assert_eq!(ids, want, "each run exactly once");
-    // Ticks of one job may be coalesced (SKIPPED) when a newer one is queued behind them;
-    // every run that ran did all its chunks.
-    assert!(r.iter().any(|x| x.outcome == Outcome::Succeeded), "{r:#?}");
-    assert!(r.iter().all(|x| x.outcome == Outcome::Skipped || (x.outcome == Outcome::Succeeded && x.counts["items"] == 5)), "{r:#?}");
+    assert!(r.iter().all(|x| x.outcome == Outcome::Succeeded && x.counts["items"] == 5), "{r:#?}");
+    // The work really was shared: both instances applied chunks.
+    let per_instance: Vec<(String, i64)> =
+        sqlx::query_as("SELECT applied_by, count(*) FROM job_run_chunks GROUP BY applied_by ORDER BY applied_by")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(per_instance.iter().map(|(i, _)| i.as_str()).collect::<Vec<_>>(), vec!["one", "two"], "{per_instance:?}");
+}
+
+#[tokio::test]
+async fn a_forced_manual_rerun_is_explicit_and_recorded_as_a_new_attempt() {
+    let s = isolated().await;
+    let t = tick("noop", at(5), &[]);
+    publish(&s, &[t.clone()]).await;
+    let mut p = processor(&s).await;
+    drive(&mut p, 2).await;
+    // A manual tick for the same period without `force` is a duplicate...
+    let mut again = t.clone();
+    again.trigger = Trigger::Manual;
+    again.tick_id = uuid::Uuid::new_v4().to_string();
+    publish(&s, &[again.clone()]).await;
+    drive(&mut p, 2).await;
+    assert_eq!(results(&s).await.len(), 1);
+    // ...with `force=true` it is a new attempt, with its own run id.
+    again.tick_id = uuid::Uuid::new_v4().to_string();
+    again.parameters.insert("force".into(), "true".into());
+    publish(&s, &[again.clone()]).await;
+    drive(&mut p, 2).await;
+    let r = results(&s).await;
+    assert_eq!(r.len(), 2, "{r:#?}");
+    assert_ne!(r[0].run_id, r[1].run_id);
+    assert_eq!(r[1].trigger, "MANUAL");
+    assert_eq!(r[1].tick_id, again.tick_id);
 }

@@ -91,7 +91,10 @@ async fn restart_after_downtime_catches_up_only_the_latest_missed_fire_time() {
     // Down for five intervals (10:10 … 10:50 missed); B learns where A stopped from Kafka.
     let mut b = TickProducer::new(&s).await.unwrap();
     let now = utc("2026-11-25T10:53:00Z");
-    assert_eq!(b.last_fire_times(now).await.unwrap(), BTreeMap::from([("order-expiration".to_string(), utc("2026-11-25T10:00:00Z"))]));
+    assert_eq!(
+        b.last_fire_times(now).await.unwrap(),
+        BTreeMap::from([("order-expiration".to_string(), utc("2026-11-25T10:00:00Z"))])
+    );
     let caught = b.start(now).await.unwrap();
     assert_eq!(caught.len(), 1, "{caught:?}");
     assert_eq!(caught[0].trigger, Trigger::CatchUp);
@@ -100,7 +103,8 @@ async fn restart_after_downtime_catches_up_only_the_latest_missed_fire_time() {
     assert_eq!(b.next_due(), Some(utc("2026-11-25T11:00:00Z")));
     assert_eq!(scheduled_at(&b.publish_due(utc("2026-11-25T11:00:00Z")).await.unwrap()), [utc("2026-11-25T11:00:00Z")]);
 
-    let on_topic: Vec<(DateTime<Utc>, Trigger)> = ticks_on_topic(&s).await.into_iter().map(|(_, _, t)| (t.scheduled_at, t.trigger)).collect();
+    let on_topic: Vec<(DateTime<Utc>, Trigger)> =
+        ticks_on_topic(&s).await.into_iter().map(|(_, _, t)| (t.scheduled_at, t.trigger)).collect();
     assert_eq!(
         on_topic,
         [
@@ -129,7 +133,10 @@ async fn daily_catch_up(max_catch_up: u32) -> Vec<Tick> {
 #[tokio::test]
 async fn daily_job_with_all_policy_catches_up_every_missed_midnight_in_date_order() {
     let caught = daily_catch_up(7).await;
-    assert_eq!(scheduled_at(&caught), [utc("2026-11-22T00:00:00Z"), utc("2026-11-23T00:00:00Z"), utc("2026-11-24T00:00:00Z")]);
+    assert_eq!(
+        scheduled_at(&caught),
+        [utc("2026-11-22T00:00:00Z"), utc("2026-11-23T00:00:00Z"), utc("2026-11-24T00:00:00Z")]
+    );
 }
 
 #[tokio::test]
@@ -153,7 +160,12 @@ async fn history_scan_crosses_windows_skipping_garbage_and_manual_ticks() {
         let payload = format!("garbage {i}");
         let raw = &raw;
         let topic = &topic;
-        async move { raw.send(FutureRecord::to(topic).key("order-expiration").payload(&payload), None).await.map(|_| ()).map_err(|(e, _)| e) }
+        async move {
+            raw.send(FutureRecord::to(topic).key("order-expiration").payload(&payload), None)
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+        }
     });
     for r in futures::future::join_all(sends).await {
         r.unwrap();
@@ -246,7 +258,11 @@ async fn trigger_publishes_a_manual_tick_with_its_parameters() {
     let tick = trigger(&s, "daily-statistics", Some(at), params.clone()).await.unwrap();
     assert_eq!((tick.job.as_str(), tick.trigger, tick.scheduled_at), ("daily-statistics", Trigger::Manual, at));
     assert_eq!(tick.parameters, params);
-    assert_eq!(uuid::Uuid::parse_str(&tick.tick_id).unwrap().get_version_num(), 4, "a manual trigger is a distinct request");
+    assert_eq!(
+        uuid::Uuid::parse_str(&tick.tick_id).unwrap().get_version_num(),
+        4,
+        "a manual trigger is a distinct request"
+    );
     let again = trigger(&s, "daily_statistics", Some(at), BTreeMap::new()).await.unwrap();
     assert_eq!(again.job, "daily-statistics", "config keys are accepted, the wire name has dashes");
     assert_ne!(again.tick_id, tick.tick_id);
@@ -278,10 +294,17 @@ async fn run_producer_publishes_on_the_wall_clock_and_stops_on_shutdown() {
     let ticks: Vec<Tick> = ticks_on_topic(&s).await.into_iter().map(|(_, _, t)| t).collect();
     assert!(!ticks.is_empty() && ticks.len() <= 4, "{ticks:?}");
     for (i, t) in ticks.iter().enumerate() {
-        assert_eq!((t.job.as_str(), t.trigger, t.producer.as_deref()), ("noop", Trigger::Scheduled, Some("tick-loop-test")));
+        assert_eq!(
+            (t.job.as_str(), t.trigger, t.producer.as_deref()),
+            ("noop", Trigger::Scheduled, Some("tick-loop-test"))
+        );
         assert!(t.scheduled_at > started && t.produced_at >= t.scheduled_at, "{t:?}");
         if i > 0 {
-            assert_eq!(t.scheduled_at - ticks[i - 1].scheduled_at, chrono::TimeDelta::seconds(1), "no fire time skipped or doubled");
+            assert_eq!(
+                t.scheduled_at - ticks[i - 1].scheduled_at,
+                chrono::TimeDelta::seconds(1),
+                "no fire time skipped or doubled"
+            );
         }
     }
 }

@@ -1,0 +1,444 @@
+//! `order-expiration` end to end on the real stack (`cargo bench --bench order_expiration`):
+//! a backlog of expired orders, each with 1–3 items and a Redis reservation, drained until
+//! every event is committed (read_committed) and the run result has appeared. Variants, on
+//! the same data shape, each on fresh topics, database and Redis keys:
+//!
+//! - naive: what the seed's sketch does, order by order — select a page of 100, then per order
+//!   read it, update it, read its items, release its reservation, produce each event and wait
+//!   for it (producer `linger.ms=0`, so the baseline is not slowed by batching delays). Run on
+//!   a sample (`SJ_BENCH_NAIVE_ORDERS`, default min(2000, orders)) and extrapolated linearly.
+//! - floor: one batched UPDATE of all the rows (returning what the events need) plus producing
+//!   the same events with an idempotent producer, no transactions, no Redis, no bookkeeping.
+//! - pipeline: the processor with batch 100 and 1000, then two instances at batch 1000 (the
+//!   table shows how many chunks each applied).
+//!
+//! Size: `SJ_BENCH_ORDERS` (default 100000). Prints a table; asserts only correctness.
+
+#[path = "../tests/it/common.rs"]
+#[allow(dead_code)]
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apache_avro::types::Value;
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use scheduled_jobs::codec::Codec;
+use scheduled_jobs::config::{Settings, Topic};
+use scheduled_jobs::jobs::order_expiration::{OrderExpiration, EXPIRATION_REASON};
+use scheduled_jobs::jobs::{ChunkOutput, Job, JobCtx, JobError, Registry, Run};
+use scheduled_jobs::kafka::{client_config, Role};
+use scheduled_jobs::processor::Processor;
+use scheduled_jobs::stock::{stock_key, Reserve, Stock};
+use scheduled_jobs::wire::internal::WorkItem;
+use scheduled_jobs::wire::tick::{Tick, Trigger};
+use scheduled_jobs::wire::{enum_value, ts};
+use sqlx::PgPool;
+
+use common::{fresh_db, isolated, unique, WAIT};
+
+const JOB: &str = "order-expiration";
+const PRODUCTS: usize = 100;
+const START_STOCK: i64 = 1_000_000_000;
+const DRAIN_LIMIT: Duration = Duration::from_secs(1800);
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn fire_time() -> DateTime<Utc> {
+    let now = Utc::now().timestamp();
+    DateTime::from_timestamp(now - now % 60, 0).expect("valid time")
+}
+
+/// A fresh database and Redis namespace holding `n` expired orders with reservations.
+struct Data {
+    settings: Settings,
+    db_name: String,
+    pool: PgPool,
+    stock: Stock,
+    at: DateTime<Utc>,
+}
+
+async fn seed(mut s: Settings, n: usize, batch: u32) -> Data {
+    s.jobs.get_mut("order_expiration").expect("job settings").batch_size = batch;
+    let (pool, db_name) = fresh_db(&s).await;
+    scheduled_jobs::db::migrate(&pool).await.expect("migrate");
+    let tag = unique("oeb");
+    let products: Vec<String> = (0..PRODUCTS).map(|i| format!("{tag}-p{i}")).collect();
+    sqlx::query("INSERT INTO products (id, name, stock) SELECT id, id, 1000000 FROM UNNEST($1::text[]) AS t(id)")
+        .bind(&products)
+        .execute(&pool)
+        .await
+        .expect("products");
+    let stock = Stock::connect(secrecy::ExposeSecret::expose_secret(&s.redis_url())).await.expect("redis");
+    let mut pipe = redis::pipe();
+    for p in &products {
+        pipe.set(stock_key(p), START_STOCK).ignore();
+    }
+    let _: () = pipe.query_async(&mut stock.connection()).await.expect("stock");
+
+    let at = fire_time();
+    let orders: Vec<(String, Vec<(String, i64)>)> = (0..n)
+        .map(|i| {
+            let items = (0..1 + i % 3).map(|k| (products[(i + k * 7) % PRODUCTS].clone(), 1 + ((i + k) % 3) as i64)).collect();
+            (format!("{tag}-o{i:07}"), items)
+        })
+        .collect();
+    for slice in orders.chunks(20_000) {
+        let ids: Vec<String> = slice.iter().map(|(id, _)| id.clone()).collect();
+        sqlx::query(
+            "INSERT INTO orders (id, user_id, status, total_amount, created_at)
+             SELECT id, 'user-' || (ord % 1000), 'PAYMENT_WAIT', 24.68, $2 - ord * interval '1 millisecond'
+             FROM UNNEST($1::text[]) WITH ORDINALITY AS t(id, ord)",
+        )
+        .bind(&ids)
+        .bind(at - TimeDelta::minutes(30))
+        .execute(&pool)
+        .await
+        .expect("orders");
+        let lines: Vec<(&String, &(String, i64))> = slice.iter().flat_map(|(o, items)| items.iter().map(move |it| (o, it))).collect();
+        sqlx::query(
+            "INSERT INTO order_items (order_id, product_id, quantity, unit_price)
+             SELECT o, p, q, 12.34 FROM UNNEST($1::text[], $2::text[], $3::int[]) AS t(o, p, q)",
+        )
+        .bind(lines.iter().map(|(o, _)| (*o).clone()).collect::<Vec<_>>())
+        .bind(lines.iter().map(|(_, (p, _))| p.clone()).collect::<Vec<_>>())
+        .bind(lines.iter().map(|(_, (_, q))| *q as i32).collect::<Vec<_>>())
+        .execute(&pool)
+        .await
+        .expect("items");
+    }
+    let reserved = futures::stream::iter(&orders)
+        .map(|(id, items)| {
+            let stock = stock.clone();
+            async move { stock.reserve(id, items).await.expect("reserve") }
+        })
+        .buffer_unordered(64)
+        .filter(|r| futures::future::ready(*r == Reserve::Reserved))
+        .count()
+        .await;
+    assert_eq!(reserved, n);
+    sqlx::query("ANALYZE").execute(&pool).await.expect("analyze");
+    Data { settings: s, db_name, pool, stock, at }
+}
+
+impl Data {
+    async fn cancelled(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'ORDER_CANCELLED'").fetch_one(&self.pool).await.expect("count")
+    }
+
+    fn tick(&self, at: DateTime<Utc>) -> Tick {
+        Tick {
+            tick_id: Tick::scheduled_id(JOB, at),
+            job: JOB.into(),
+            scheduled_at: at,
+            produced_at: Utc::now(),
+            trigger: Trigger::Scheduled,
+            parameters: Default::default(),
+            producer: Some("bench".into()),
+        }
+    }
+}
+
+fn event_values(order: &str, user: &str, at: DateTime<Utc>, items: &[(String, i32)]) -> [Value; 2] {
+    let items = items
+        .iter()
+        .map(|(p, q)| Value::Record(vec![("productId".into(), Value::String(p.clone())), ("quantity".into(), Value::Int(*q))]))
+        .collect();
+    let reasons = ["PAYMENT_TIMEOUT", "USER_REQUESTED", "STOCK_UNAVAILABLE", "SYSTEM_ERROR"];
+    [
+        Value::Record(vec![
+            ("eventId".into(), Value::String(uuid::Uuid::new_v4().to_string())),
+            ("eventTimestamp".into(), ts(at)),
+            ("orderId".into(), Value::String(order.into())),
+            ("userId".into(), Value::String(user.into())),
+            ("items".into(), Value::Array(items)),
+            ("cancellationReason".into(), enum_value(&reasons, "PAYMENT_TIMEOUT")),
+            ("cancelledAt".into(), ts(at)),
+        ]),
+        Value::Record(vec![
+            ("eventId".into(), Value::String(uuid::Uuid::new_v4().to_string())),
+            ("eventTimestamp".into(), ts(at)),
+            ("orderId".into(), Value::String(order.into())),
+            ("userId".into(), Value::String(user.into())),
+            ("expirationReason".into(), Value::String(EXPIRATION_REASON.into())),
+            ("expiredAt".into(), ts(at)),
+        ]),
+    ]
+}
+
+/// Seed's sketch, order by order, every event produced and awaited before the next step.
+async fn naive(d: &Data) -> Duration {
+    let s = &d.settings;
+    let codec = Codec::new(s).expect("codec");
+    let mut cfg = client_config(s, Role::Producer);
+    cfg.set("linger.ms", "0");
+    let producer: FutureProducer = cfg.create().expect("producer");
+    let topics = [s.topic(Topic::OrderCancelled), s.topic(Topic::OrderExpirationNotification)];
+    let cutoff = d.at - TimeDelta::minutes(5);
+    let t0 = Instant::now();
+    loop {
+        let page: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM orders WHERE status = 'PAYMENT_WAIT' AND created_at <= $1 ORDER BY created_at LIMIT 100")
+                .bind(cutoff)
+                .fetch_all(&d.pool)
+                .await
+                .expect("page");
+        if page.is_empty() {
+            return t0.elapsed();
+        }
+        for id in page {
+            let (status, user): (String, String) =
+                sqlx::query_as("SELECT status, user_id FROM orders WHERE id = $1").bind(&id).fetch_one(&d.pool).await.expect("order");
+            if status == "ORDER_CANCELLED" {
+                continue;
+            }
+            let at: DateTime<Utc> = sqlx::query_scalar(
+                "UPDATE orders SET status = 'ORDER_CANCELLED', cancel_reason = 'PAYMENT_TIMEOUT', cancelled_at = now()
+                 WHERE id = $1 RETURNING cancelled_at",
+            )
+            .bind(&id)
+            .fetch_one(&d.pool)
+            .await
+            .expect("update");
+            let items: Vec<(String, i32)> = sqlx::query_as("SELECT product_id, quantity FROM order_items WHERE order_id = $1")
+                .bind(&id)
+                .fetch_all(&d.pool)
+                .await
+                .expect("items");
+            d.stock.release(&id).await.expect("release");
+            for (topic, value) in topics.iter().zip(event_values(&id, &user, at, &items)) {
+                let bytes = codec.encode(topic, value).await.expect("encode");
+                producer.send(FutureRecord::to(topic).key(&id).payload(&bytes), WAIT).await.map_err(|(e, _)| e).expect("send");
+            }
+        }
+    }
+}
+
+/// The cost floor: one UPDATE of every row, then the same events, batched, no transactions.
+async fn floor(d: &Data) -> Duration {
+    let s = &d.settings;
+    let codec = Codec::new(s).expect("codec");
+    let producer: FutureProducer = client_config(s, Role::Producer).create().expect("producer");
+    let topics = [s.topic(Topic::OrderCancelled), s.topic(Topic::OrderExpirationNotification)];
+    let t0 = Instant::now();
+    let rows: Vec<(String, String, DateTime<Utc>, Option<String>, Option<i32>)> = sqlx::query_as(
+        "WITH c AS (
+            UPDATE orders SET status = 'ORDER_CANCELLED', cancel_reason = 'PAYMENT_TIMEOUT', cancelled_at = now()
+            WHERE status = 'PAYMENT_WAIT' AND created_at <= $1 RETURNING id, user_id, cancelled_at)
+         SELECT c.id, c.user_id, c.cancelled_at, i.product_id, i.quantity
+         FROM c LEFT JOIN order_items i ON i.order_id = c.id ORDER BY c.id",
+    )
+    .bind(d.at - TimeDelta::minutes(5))
+    .fetch_all(&d.pool)
+    .await
+    .expect("update");
+    let mut pending = Vec::new();
+    let mut i = 0;
+    while i < rows.len() {
+        let (id, user, at) = (&rows[i].0, &rows[i].1, rows[i].2);
+        let mut items = Vec::new();
+        while i < rows.len() && &rows[i].0 == id {
+            if let (Some(p), Some(q)) = (&rows[i].3, rows[i].4) {
+                items.push((p.clone(), q));
+            }
+            i += 1;
+        }
+        for (topic, value) in topics.iter().zip(event_values(id, user, at, &items)) {
+            let bytes = codec.encode(topic, value).await.expect("encode");
+            let mut record = FutureRecord::to(topic).key(id).payload(&bytes);
+            loop {
+                match producer.send_result(record) {
+                    Ok(delivery) => break pending.push(delivery),
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        delivered(&mut pending).await;
+                    }
+                    Err((e, _)) => panic!("send: {e}"),
+                }
+            }
+        }
+    }
+    delivered(&mut pending).await;
+    t0.elapsed()
+}
+
+async fn delivered(pending: &mut Vec<DeliveryFuture>) {
+    for r in futures::future::join_all(pending.drain(..)).await {
+        r.expect("delivery").map_err(|(e, _)| e).expect("delivery");
+    }
+}
+
+/// The real job, counting the chunks this instance applied.
+struct Counted {
+    chunks: Arc<AtomicUsize>,
+}
+
+impl Job for Counted {
+    fn name(&self) -> &'static str {
+        JOB
+    }
+    fn plan<'a>(&'a self, ctx: &'a JobCtx, run: &'a Run) -> BoxStream<'a, Result<Vec<String>, JobError>> {
+        OrderExpiration.plan(ctx, run)
+    }
+    fn apply<'a>(&'a self, ctx: &'a JobCtx, item: &'a WorkItem) -> BoxFuture<'a, Result<ChunkOutput, JobError>> {
+        self.chunks.fetch_add(1, Ordering::Relaxed);
+        OrderExpiration.apply(ctx, item)
+    }
+}
+
+/// Committed records on `topics`, counted until `until` is reached; returns when.
+fn count_until(s: &Settings, topics: &[String], until: usize) -> std::thread::JoinHandle<Instant> {
+    let mut cfg = client_config(s, Role::Consumer);
+    cfg.set("group.id", unique("bench-reader"));
+    let consumer: BaseConsumer = cfg.create().expect("reader");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for t in topics {
+        let md = consumer.fetch_metadata(Some(t), WAIT).expect("metadata");
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition_offset(t, p.id(), rdkafka::Offset::Beginning).expect("tpl");
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+    std::thread::spawn(move || {
+        let (mut seen, deadline) = (0, Instant::now() + DRAIN_LIMIT);
+        while seen < until {
+            assert!(Instant::now() < deadline, "only {seen} of {until} records committed");
+            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                m.expect("read");
+                seen += 1;
+            }
+        }
+        Instant::now()
+    })
+}
+
+fn stable_members(s: &Settings) -> usize {
+    let c: BaseConsumer = client_config(s, Role::Consumer).create().expect("admin consumer");
+    match c.fetch_group_list(Some(&s.processor.group_id), WAIT) {
+        Ok(list) => list.groups().first().filter(|g| g.state() == "Stable").map(|g| g.members().len()).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+async fn publish(d: &Data, tick: &Tick) {
+    let s = &d.settings;
+    let bytes = Codec::new(s).expect("codec").encode(&s.topic(Topic::Tick), tick.to_avro()).await.expect("encode");
+    let producer: FutureProducer = client_config(s, Role::Producer).create().expect("producer");
+    producer.send(FutureRecord::to(&s.topic(Topic::Tick)).key(JOB).payload(&bytes), WAIT).await.map_err(|(e, _)| e).expect("tick");
+}
+
+/// The processor(s), warmed up, then one tick drained: time until every event and the run
+/// result are committed, and the chunks each instance applied.
+async fn pipeline(d: &Data, n: usize, instances: usize) -> (Duration, Vec<usize>) {
+    let mut running = Vec::new();
+    for i in 0..instances {
+        let mut s = d.settings.clone();
+        s.processor.instance_id = format!("bench-{i}");
+        let mut pg = s.postgres.clone();
+        pg.database = d.db_name.clone();
+        let pool = scheduled_jobs::db::connect(&pg).await.expect("pool");
+        let chunks = Arc::new(AtomicUsize::new(0));
+        let mut jobs = Registry::builtin();
+        jobs.add(Arc::new(Counted { chunks: chunks.clone() }));
+        let p = Processor::new(s, jobs, pool).await.expect("processor");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(p.run(async move {
+            let _ = stopped.await;
+        }));
+        running.push((stop, handle, chunks));
+    }
+    let s = &d.settings;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stable_members(s) < instances {
+        assert!(Instant::now() < deadline, "group did not stabilise");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Warm-up: a run with nothing to do (its cutoff precedes every order).
+    let results = [s.topic(Topic::RunResults)];
+    let warm = count_until(s, &results, 1);
+    publish(d, &d.tick(d.at - TimeDelta::hours(2))).await;
+    tokio::task::spawn_blocking(move || warm.join().expect("warm-up")).await.expect("join");
+
+    let events = count_until(s, &[s.topic(Topic::OrderCancelled), s.topic(Topic::OrderExpirationNotification)], 2 * n);
+    let result = count_until(s, &results, 2);
+    let t0 = Instant::now();
+    publish(d, &d.tick(d.at)).await;
+    let done = tokio::task::spawn_blocking(move || events.join().expect("events").max(result.join().expect("result"))).await.expect("join");
+    let elapsed = done - t0;
+    let mut chunks = Vec::new();
+    for (stop, handle, applied) in running {
+        let _ = stop.send(());
+        handle.await.expect("task").expect("processor");
+        chunks.push(applied.load(Ordering::Relaxed));
+    }
+    assert_eq!(d.cancelled().await, n as i64);
+    (elapsed, chunks)
+}
+
+struct Line {
+    variant: String,
+    orders: usize,
+    batch: String,
+    elapsed: Duration,
+    note: String,
+}
+
+impl Line {
+    fn rate(&self) -> f64 {
+        self.orders as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let n = env_usize("SJ_BENCH_ORDERS", 100_000);
+    let sample = env_usize("SJ_BENCH_NAIVE_ORDERS", n.min(2_000));
+    eprintln!("order-expiration bench: {n} orders (SJ_BENCH_ORDERS), naive sample {sample} (SJ_BENCH_NAIVE_ORDERS)");
+    let mut lines = Vec::new();
+
+    let d = seed(isolated().await, sample, 100).await;
+    let t = naive(&d).await;
+    assert_eq!(d.cancelled().await, sample as i64);
+    let extrapolated = t.as_secs_f64() * n as f64 / sample as f64;
+    lines.push(Line {
+        variant: "naive, order by order".into(),
+        orders: sample,
+        batch: "100".into(),
+        elapsed: t,
+        note: format!("sample; {n} orders ≈ {extrapolated:.1} s (linear)"),
+    });
+
+    let d = seed(isolated().await, n, 100).await;
+    let t = floor(&d).await;
+    assert_eq!(d.cancelled().await, n as i64);
+    lines.push(Line { variant: "floor: 1 UPDATE + produce".into(), orders: n, batch: "all".into(), elapsed: t, note: "no txn, no Redis".into() });
+
+    for (batch, instances) in [(100, 1), (1_000, 1), (1_000, 2)] {
+        let d = seed(isolated().await, n, batch).await;
+        let (t, chunks) = pipeline(&d, n, instances).await;
+        let note = if instances > 1 {
+            format!("{instances} instances; chunks applied: {}", chunks.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" + "))
+        } else {
+            format!("1 instance; {} chunks", chunks[0])
+        };
+        lines.push(Line { variant: "pipeline (exactly once)".into(), orders: n, batch: batch.to_string(), elapsed: t, note });
+    }
+
+    println!();
+    println!("{:<28} {:>8} {:>6} {:>9} {:>10}  note", "variant", "orders", "batch", "seconds", "orders/s");
+    for l in &lines {
+        println!("{:<28} {:>8} {:>6} {:>9.3} {:>10.0}  {}", l.variant, l.orders, l.batch, l.elapsed.as_secs_f64(), l.rate(), l.note);
+    }
+    let (naive, floor, best) = (lines[0].rate(), lines[1].rate(), lines[3].rate());
+    println!();
+    println!("batch 1000, 1 instance: {:.1}x the naive baseline, {:.2}x the floor's time", best / naive, floor / best);
+}

@@ -1,0 +1,463 @@
+//! `stock-sync` on the real stack (`cargo bench --bench stock_sync`): N products (default
+//! 1,000,000; `SJ_BENCH_PRODUCTS`), 1% of them with a waiting order, 5% with paid history,
+//! Redis seeded to the expected stock, then 0.1% drifted (+1). Run at N/10 and at N, on a
+//! fresh database, fresh topics and per-run Redis keys, each phase measured in the same run:
+//!
+//! - floor: a streaming `SELECT id, stock FROM products ORDER BY id` plus pipelined `MGET`s
+//!   of the same keys (1000 per command, 4 in flight) and a comparison, nothing else; and the
+//!   same with the expected value computed in the SELECT (the data the job really needs);
+//! - naive: product by product — one SELECT of its expected value, one GET, compare — on a
+//!   sample (`SJ_BENCH_NAIVE_SAMPLE`, default 5000) extrapolated linearly to N;
+//! - job: the job itself in this process without Kafka — plan (stream ids into ranges), apply
+//!   every range (compare, confirm, classify, record, repair), finalize (build the alerts);
+//! - processor: the real pipeline in this process — tick → plan transaction → one Kafka
+//!   transaction per range → finalisation — until the run is finalised.
+//!
+//! Peak RSS per phase is VmHWM of this process after resetting it (`/proc/self/clear_refs`),
+//! so it is the peak of the phase, not of the seeding. `confirm_delay_ms` is
+//! `SJ_BENCH_CONFIRM_DELAY_MS` (default 0): the delay is a deliberate wait per range with a
+//! candidate, not work; what the default would add is printed next to the numbers.
+//! Set `SJ_BENCH_E2E=0` to skip the processor phase.
+
+#[path = "../tests/it/common.rs"]
+#[allow(dead_code)]
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::StreamExt;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use redis::aio::ConnectionManager;
+use scheduled_jobs::codec::Codec;
+use scheduled_jobs::config::{Settings, Topic};
+use scheduled_jobs::jobs::stock_sync::StockSync;
+use scheduled_jobs::jobs::{Job, JobCtx, Registry, Run};
+use scheduled_jobs::kafka::{client_config, Role};
+use scheduled_jobs::processor::{Processor, Step};
+use scheduled_jobs::stock::stock_key;
+use scheduled_jobs::wire::internal::WorkItem;
+use scheduled_jobs::wire::tick::{Tick, Trigger};
+use sqlx::PgPool;
+
+use common::{drop_db, fresh_db, isolated, unique, WAIT};
+
+const JOB: &str = "stock-sync";
+/// Every product with `i % PLANT_EVERY == PLANT_AT` is drifted: 0.1%.
+const PLANT_EVERY: usize = 1000;
+const PLANT_AT: usize = 500;
+const DEFAULT_CONFIRM_DELAY_MS: u64 = 200;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A `/proc/self/status` field in kB.
+fn status_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Resets VmHWM to the current RSS (Linux ≥ 4.0); false if not permitted.
+fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+const EXPECTED_ALL: &str = "
+WITH waiting AS (
+    SELECT oi.product_id, sum(oi.quantity)::bigint AS reserved
+    FROM orders o JOIN order_items oi ON oi.order_id = o.id
+    WHERE o.status = 'PAYMENT_WAIT' GROUP BY oi.product_id)
+SELECT p.id, p.stock::bigint - COALESCE(w.reserved, 0)
+FROM products p LEFT JOIN waiting w ON w.product_id = p.id
+WHERE p.id >= $1 AND p.id <= $2
+ORDER BY p.id";
+
+struct Bench {
+    s: Settings,
+    pool: PgPool,
+    db_name: String,
+    redis: ConnectionManager,
+    tag: String,
+    seeded: usize,
+}
+
+struct Row {
+    size: usize,
+    phase: String,
+    time: Duration,
+    peak_kb: u64,
+    note: String,
+}
+
+impl Bench {
+    fn id(&self, i: usize) -> String {
+        format!("{}-{i:08}", self.tag)
+    }
+
+    /// Adds products [seeded, to) with their orders and Redis counters (0.1% drifted).
+    async fn grow(&mut self, to: usize) {
+        let (from, tag) = (self.seeded as i64, self.tag.clone());
+        let last = to as i64 - 1;
+        let q = |sql: &'static str| sqlx::query(sql).bind(tag.clone()).bind(from).bind(last);
+        q("INSERT INTO products (id, name, stock)
+           SELECT $1 || '-' || lpad(i::text, 8, '0'), 'bench product', 500 + i % 500 FROM generate_series($2, $3) i")
+        .execute(&self.pool)
+        .await
+        .expect("products");
+        // 1% waiting orders, 5% paid history (the expected value's join must skip those).
+        q("INSERT INTO orders (id, user_id, status, total_amount, created_at)
+           SELECT $1 || '-o' || i, 'u', CASE WHEN i % 100 = 7 THEN 'PAYMENT_WAIT' ELSE 'PAYMENT_COMPLETED' END, 10, now()
+           FROM generate_series($2, $3) i WHERE i % 100 = 7 OR i % 20 = 3")
+        .execute(&self.pool)
+        .await
+        .expect("orders");
+        q("INSERT INTO order_items (order_id, product_id, quantity, unit_price)
+           SELECT $1 || '-o' || i, $1 || '-' || lpad(i::text, 8, '0'), 1 + i % 3, 5
+           FROM generate_series($2, $3) i WHERE i % 100 = 7 OR i % 20 = 3")
+        .execute(&self.pool)
+        .await
+        .expect("items");
+        sqlx::query("ANALYZE").execute(&self.pool).await.expect("analyze");
+        // Redis = expected, streamed, except the planted drift.
+        let rows = sqlx::query_as::<_, (String, i64)>(EXPECTED_ALL).bind(self.id(self.seeded)).bind(self.id(to - 1)).fetch(&self.pool);
+        let redis = self.redis.clone();
+        let base = self.seeded;
+        rows.chunks(1000)
+            .enumerate()
+            .map(|(k, chunk)| {
+                let mut conn = redis.clone();
+                async move {
+                    let mut pipe = redis::pipe();
+                    for (j, row) in chunk.into_iter().enumerate() {
+                        let (id, expected) = row.expect("expected row");
+                        let i = base + k * 1000 + j;
+                        let v = if i % PLANT_EVERY == PLANT_AT { expected + 1 } else { expected };
+                        pipe.set(stock_key(&id), v).ignore();
+                    }
+                    pipe.query_async::<()>(&mut conn).await.expect("seed redis");
+                }
+            })
+            .buffer_unordered(4)
+            .collect::<Vec<()>>()
+            .await;
+        self.seeded = to;
+    }
+
+    /// Drifts the planted products again (a job run repaired them).
+    async fn replant(&self) {
+        let ids: Vec<String> = (PLANT_AT..self.seeded).step_by(PLANT_EVERY).map(|i| self.id(i)).collect();
+        for slice in ids.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for id in slice {
+                pipe.incr(stock_key(id), 1).ignore();
+            }
+            pipe.query_async::<()>(&mut self.redis.clone()).await.expect("replant");
+        }
+    }
+
+    /// Streaming SELECT (+ expected, if `with_expected`) and pipelined MGET; returns mismatches.
+    async fn floor(&self, with_expected: bool) -> (Duration, usize) {
+        let t0 = Instant::now();
+        let rows = if with_expected {
+            sqlx::query_as::<_, (String, i64)>(EXPECTED_ALL).bind(self.id(0)).bind(self.id(self.seeded - 1)).fetch(&self.pool)
+        } else {
+            sqlx::query_as::<_, (String, i64)>("SELECT id, stock::bigint FROM products ORDER BY id").fetch(&self.pool)
+        };
+        let redis = self.redis.clone();
+        let mismatches: usize = rows
+            .chunks(1000)
+            .map(|chunk| {
+                let mut conn = redis.clone();
+                async move {
+                    let rows: Vec<(String, i64)> = chunk.into_iter().map(|r| r.expect("row")).collect();
+                    let keys: Vec<String> = rows.iter().map(|(id, _)| stock_key(id)).collect();
+                    let values: Vec<Option<i64>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await.expect("mget");
+                    rows.iter().zip(values).filter(|((_, e), v)| *v != Some(*e)).count()
+                }
+            })
+            .buffered(4)
+            .fold(0, |acc, n| async move { acc + n })
+            .await;
+        (t0.elapsed(), mismatches)
+    }
+
+    /// Product by product, on the first `sample` products.
+    async fn naive(&self, sample: usize) -> (Duration, usize) {
+        let mut conn = self.redis.clone();
+        let t0 = Instant::now();
+        let mut mismatches = 0;
+        for i in 0..sample.min(self.seeded) {
+            let id = self.id(i);
+            let expected: i64 = sqlx::query_scalar(
+                "SELECT p.stock::bigint - COALESCE((SELECT sum(oi.quantity) FROM order_items oi JOIN orders o ON o.id = oi.order_id
+                                                    WHERE oi.product_id = p.id AND o.status = 'PAYMENT_WAIT'), 0)::bigint
+                 FROM products p WHERE p.id = $1",
+            )
+            .bind(&id)
+            .fetch_one(&self.pool)
+            .await
+            .expect("naive select");
+            let v: Option<i64> = redis::cmd("GET").arg(stock_key(&id)).query_async(&mut conn).await.expect("get");
+            if v != Some(expected) {
+                mismatches += 1;
+            }
+        }
+        (t0.elapsed(), mismatches)
+    }
+
+    fn tick(&self, at: DateTime<Utc>) -> Tick {
+        Tick {
+            tick_id: Tick::scheduled_id(JOB, at),
+            job: JOB.into(),
+            scheduled_at: at,
+            produced_at: Utc::now(),
+            trigger: Trigger::Scheduled,
+            parameters: Default::default(),
+            producer: Some("bench".into()),
+        }
+    }
+
+    /// The job's own work without Kafka: (plan time, total time, counts, ranges with a candidate).
+    async fn job(&self, delay_ms: u64) -> (Duration, Duration, BTreeMap<String, i64>, usize) {
+        let mut settings = self.s.job(JOB).cloned().expect("stock_sync settings");
+        settings.confirm_delay_ms = delay_ms;
+        let ctx = JobCtx { db: self.pool.clone(), redis: Some(self.redis.clone()), tz: chrono_tz::UTC, settings };
+        let at = Utc::now();
+        let run = Run {
+            run_id: unique("bench-run"),
+            job: JOB.into(),
+            period: at.to_rfc3339(),
+            attempt: 1,
+            tick: self.tick(at),
+            planned_at: at,
+        };
+        let t0 = Instant::now();
+        // Like the processor: the plan is complete (written as work items) before any apply.
+        let ranges: Vec<Vec<String>> = StockSync.plan(&ctx, &run).map(|r| r.expect("plan")).collect().await;
+        let plan = t0.elapsed();
+        let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+        let mut with_candidates = 0;
+        for (index, ids) in ranges.into_iter().enumerate() {
+            let item = WorkItem {
+                run_id: run.run_id.clone(),
+                job: JOB.into(),
+                period: run.period.clone(),
+                tick_id: run.tick.tick_id.clone(),
+                trigger: "SCHEDULED".into(),
+                chunk_index: index as i32,
+                chunk_count: -1,
+                ids,
+                parameters: BTreeMap::new(),
+                scheduled_at: at,
+                planned_at: at,
+            };
+            let out = StockSync.apply(&ctx, &item).await.expect("apply");
+            if out.counts.get("candidates").copied().unwrap_or(0) > 0 {
+                with_candidates += 1;
+            }
+            for (k, v) in out.counts {
+                *counts.entry(k).or_default() += v;
+            }
+        }
+        let fin = StockSync.finalize(&ctx, &run).await.expect("finalize");
+        counts.extend(fin.counts);
+        counts.insert("alerts".into(), fin.records.len() as i64);
+        (plan, t0.elapsed(), counts, with_candidates)
+    }
+
+    /// The processor in this process, from the tick's first step to the run's finalisation.
+    async fn processor(&self, p: &mut Processor, at: DateTime<Utc>) -> (Duration, usize) {
+        let codec = Codec::new(&self.s).expect("codec");
+        let bytes = codec.encode(&self.s.topic(Topic::Tick), self.tick(at).to_avro()).await.expect("encode tick");
+        let producer: FutureProducer = client_config(&self.s, Role::Producer).create().expect("producer");
+        producer
+            .send(FutureRecord::to(&self.s.topic(Topic::Tick)).key(JOB).payload(&bytes), WAIT)
+            .await
+            .map_err(|(e, _)| e)
+            .expect("publish tick");
+        let done_before: i64 = self.finalized().await;
+        let mut t0 = None;
+        let mut resets = 0;
+        let limit = Instant::now() + Duration::from_secs(3600);
+        loop {
+            assert!(Instant::now() < limit, "processor did not finish the run");
+            let started = Instant::now();
+            match p.step(Duration::from_millis(200)).await.expect("step") {
+                Step::Handled(_) => {
+                    t0.get_or_insert(started);
+                }
+                Step::Reset(why) => {
+                    resets += 1;
+                    eprintln!("processor reset: {why}");
+                }
+                Step::Idle => {}
+            }
+            if t0.is_some() && self.finalized().await > done_before {
+                return (t0.map(|t| t.elapsed()).unwrap_or_default(), resets);
+            }
+        }
+    }
+
+    async fn finalized(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM job_runs WHERE job = $1 AND finalized_by IS NOT NULL")
+            .bind(JOB)
+            .fetch_one(&self.pool)
+            .await
+            .expect("finalized runs")
+    }
+
+    async fn cleanup(self) {
+        let ids: Vec<String> = (0..self.seeded).map(|i| self.id(i)).collect();
+        for slice in ids.chunks(1000) {
+            let keys: Vec<String> = slice.iter().map(|id| stock_key(id)).collect();
+            let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut self.redis.clone()).await.expect("del");
+        }
+        drop_db(&self.s, self.pool, &self.db_name).await;
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let n = env_usize("SJ_BENCH_PRODUCTS", 1_000_000).max(PLANT_EVERY);
+    let sample = env_usize("SJ_BENCH_NAIVE_SAMPLE", 5000);
+    let delay = env_usize("SJ_BENCH_CONFIRM_DELAY_MS", 0) as u64;
+    let e2e = env_usize("SJ_BENCH_E2E", 1) == 1;
+    let sizes = [n / 10, n];
+
+    let mut s = isolated().await;
+    s.jobs.get_mut("stock_sync").expect("stock_sync settings").confirm_delay_ms = delay;
+    let batch = s.job(JOB).map(|j| j.batch_size).unwrap_or(0);
+    let (pool, db_name) = fresh_db(&s).await;
+    scheduled_jobs::db::migrate(&pool).await.expect("migrate");
+    let url = secrecy::ExposeSecret::expose_secret(&s.redis_url()).to_string();
+    let redis = ConnectionManager::new(redis::Client::open(url).expect("redis url")).await.expect("redis");
+    let mut b = Bench { s: s.clone(), pool: pool.clone(), db_name, redis, tag: unique("ssb"), seeded: 0 };
+    let mut processor = if e2e { Some(Processor::new(s.clone(), Registry::builtin(), pool.clone()).await.expect("processor")) } else { None };
+    let can_reset = reset_peak();
+
+    println!(
+        "stock-sync benchmark: sizes {:?}, 0.1% drifted, batch {batch}, confirm delay {delay} ms, naive sample {sample}{}",
+        sizes,
+        if can_reset { "" } else { " (VmHWM cannot be reset here: peaks are cumulative)" }
+    );
+    let mut rows: Vec<Row> = Vec::new();
+    let mut at = {
+        let t = Utc::now() - TimeDelta::minutes(30);
+        DateTime::from_timestamp(t.timestamp() - t.timestamp() % 60, 0).expect("time")
+    };
+    for &size in &sizes {
+        let previous = b.seeded;
+        let t = Instant::now();
+        b.grow(size).await;
+        if previous > 0 {
+            b.replant().await;
+        }
+        eprintln!("seeded {size} products in {:.1} s", t.elapsed().as_secs_f64());
+        let planted = (size + PLANT_EVERY - 1 - PLANT_AT) / PLANT_EVERY;
+
+        reset_peak();
+        let (time, found) = b.floor(false).await;
+        rows.push(Row { size, phase: "floor: SELECT id, stock + MGET".into(), time, peak_kb: status_kb("VmHWM:"), note: format!("{found} differ (stock, not expected)") });
+        reset_peak();
+        let (time, found) = b.floor(true).await;
+        rows.push(Row { size, phase: "floor: SELECT expected + MGET".into(), time, peak_kb: status_kb("VmHWM:"), note: format!("{found} mismatches (planted {planted})") });
+
+        reset_peak();
+        let (time, found) = b.naive(sample).await;
+        let measured = sample.min(size);
+        let extrapolated = time.mul_f64(size as f64 / measured as f64);
+        rows.push(Row {
+            size,
+            phase: "naive: per product SELECT + GET".into(),
+            time: extrapolated,
+            peak_kb: status_kb("VmHWM:"),
+            note: format!("{measured} sampled in {:.2} s, ×{:.0} extrapolated; {found} in sample", time.as_secs_f64(), size as f64 / measured as f64),
+        });
+
+        reset_peak();
+        let (plan, time, counts, with_candidates) = b.job(delay).await;
+        let c = |k: &str| counts.get(k).copied().unwrap_or(0);
+        rows.push(Row {
+            size,
+            phase: "job: plan + apply all + finalize".into(),
+            time,
+            peak_kb: status_kb("VmHWM:"),
+            note: format!(
+                "plan {:.2} s; {} compared, {} mismatches, {} repaired, {} alerts; {with_candidates} ranges waited (+{:.1} s at the default {DEFAULT_CONFIRM_DELAY_MS} ms)",
+                plan.as_secs_f64(),
+                c("products"),
+                c("mismatches"),
+                c("repaired"),
+                c("alerts"),
+                (with_candidates as u64 * DEFAULT_CONFIRM_DELAY_MS.saturating_sub(delay)) as f64 / 1000.0
+            ),
+        });
+
+        if let Some(p) = processor.as_mut() {
+            b.replant().await;
+            at += TimeDelta::minutes(1);
+            reset_peak();
+            let (time, resets) = b.processor(p, at).await;
+            let chunks = size.div_ceil(batch.max(1) as usize);
+            rows.push(Row {
+                size,
+                phase: "processor: tick → run finalised".into(),
+                time,
+                peak_kb: status_kb("VmHWM:"),
+                note: format!("{chunks} chunk transactions ({:.1} ms each); {resets} resets", time.as_secs_f64() * 1000.0 / chunks as f64),
+            });
+            b.replant().await;
+        }
+    }
+
+    println!("{:>9}  {:<34} {:>9} {:>12} {:>9}  note", "products", "phase", "time s", "products/s", "peak MB");
+    for r in &rows {
+        println!(
+            "{:>9}  {:<34} {:>9.3} {:>12.0} {:>9.1}  {}",
+            r.size,
+            r.phase,
+            r.time.as_secs_f64(),
+            r.size as f64 / r.time.as_secs_f64().max(1e-9),
+            mb(r.peak_kb),
+            r.note
+        );
+    }
+    let at_n = |phase: &str, size: usize| rows.iter().find(|r| r.size == size && r.phase.starts_with(phase));
+    if let (Some(job), Some(floor), Some(floor_e)) = (at_n("job", n), at_n("floor: SELECT id", n), at_n("floor: SELECT expected", n)) {
+        println!(
+            "targets at {n}: job {:.2} s (≤ 4 s: {}); job / floor {:.2}× (≤ 2×: {}); job / floor with expected {:.2}×",
+            job.time.as_secs_f64(),
+            if job.time.as_secs_f64() <= 4.0 * n as f64 / 1e6 { "yes, scaled to size" } else { "NO" },
+            job.time.as_secs_f64() / floor.time.as_secs_f64(),
+            if job.time.as_secs_f64() <= 2.0 * floor.time.as_secs_f64() { "yes" } else { "NO" },
+            job.time.as_secs_f64() / floor_e.time.as_secs_f64(),
+        );
+    }
+    if let (Some(small), Some(big)) = (at_n("processor", sizes[0]), at_n("processor", n)) {
+        println!(
+            "processor peak RSS: {:.1} MB at {} products, {:.1} MB at {n} (≤ 150 MB: {})",
+            mb(small.peak_kb),
+            sizes[0],
+            mb(big.peak_kb),
+            if mb(big.peak_kb) <= 150.0 { "yes" } else { "NO" }
+        );
+    }
+    if let (Some(small), Some(big)) = (at_n("job", sizes[0]), at_n("job", n)) {
+        println!("job peak RSS: {:.1} MB at {} products, {:.1} MB at {n}", mb(small.peak_kb), sizes[0], mb(big.peak_kb));
+    }
+    drop(processor);
+    b.cleanup().await;
+}

@@ -1,0 +1,596 @@
+//! `daily-statistics`: aggregates one calendar day of sales and emits one `daily.statistics`
+//! event per date (SPEC §2.3), remembering every emitted date in `daily_statistics` so that
+//! "already aggregated?" has a durable answer (seed: "이미 집계된 날짜는 skip").
+//!
+//! **Period.** A tick stands for the calendar date before its scheduled time, read in
+//! `scheduler.time_zone`: the tick of 00:00 on the 26th aggregates the 25th. A tick may name
+//! the date instead (`date=YYYY-MM-DD`, e.g. `trigger daily-statistics --param date=…`); a
+//! date that is not over at the tick's time is an impossible value. Every date matters, so
+//! ticks of this job never coalesce.
+//!
+//! **Plan** (reads only) makes one chunk whose ids are the dates to aggregate, oldest first:
+//! the run's date, preceded by every date of the 6 days before it that has no row yet. So a
+//! midnight whose tick never came (everything was down, or the producer's catch-up was
+//! bounded) is covered by the next run, at most 7 dates per run. A consequence worth knowing:
+//! the very first run on an empty table also emits the 6 days before its date. The dates are
+//! one chunk, not one chunk per date, because chunks are spread over work-item partitions
+//! and applied in any order, while consumers are promised dates in date order: one chunk
+//! emits its dates oldest first in one transaction, and because every run's list holds all
+//! the not-yet-aggregated dates before its own, whichever run is applied first emits the
+//! oldest dates and later runs only newer ones.
+//!
+//! **Apply** (one chunk):
+//! 1. finds the chunk's dates that have no row (a date aggregated meanwhile by another run is
+//!    skipped and counted `datesSkipped`);
+//! 2. computes each such date's figures with two set-based statements in one REPEATABLE READ
+//!    snapshot (so the totals and the top 10 describe the same data), over the local day
+//!    `[00:00, 24:00)` converted to UTC instants — 23 or 25 hours on DST days;
+//! 3. writes them all in one statement, `INSERT … ON CONFLICT (date) DO NOTHING`, with this
+//!    run as owner, and reads back in the same statement every row this run owns;
+//! 4. emits one event per owned row, built from the stored row, in date order.
+//!
+//! **Delivery guarantee.** Exactly one `daily.statistics` per date under `read_committed`
+//! (E1), also under duplicate ticks (E4) and replay (E3): the date's primary key gives each
+//! date one owning run, and only the owner emits — every attempt of its chunk reads the same
+//! stored row back and emits the same record (same `eventId`, UUIDv5 of the date, and
+//! `eventTimestamp` = the row's `generated_at`), and only the attempt whose Kafka transaction
+//! commits makes it visible. A forced re-run (MANUAL tick with `force=true`, a new run id)
+//! recomputes its own date, takes the row over and emits it again with the same `eventId`,
+//! so consumers that deduplicate by id keep the first version while consumers keyed by date
+//! take the new one; dates it only catches up are never re-emitted.
+//!
+//! **Figures** (all money exact: NUMERIC ↔ `rust_decimal` ↔ Avro decimal, never a float):
+//! `totalOrders` orders created that day; `totalSales` sum of `total_amount` of orders paid
+//! that day (whatever their status now); `avgOrderAmount` that sum / the number of those
+//! orders, rounded half-even to cents; `cancelledOrders` orders cancelled that day;
+//! `refundAmount` sum of `refunded_amount` refunded that day; `topProducts` the 10 products
+//! with the largest quantity in orders paid that day, ties broken by product id in byte
+//! order. A day without orders is emitted with zeros, `avgOrderAmount` 0.00 and no top
+//! products: "nothing sold" is a fact Analytics should receive, not a gap.
+//!
+//! Run-result counts: `datesAggregated` (dates this run emitted), `datesSkipped` (dates in
+//! its list owned by another run), `orders` (sum of `totalOrders` of the emitted dates).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use apache_avro::types::Value;
+use chrono::{DateTime, Days, NaiveDate, NaiveTime, TimeDelta, TimeZone, Utc};
+use chrono_tz::Tz;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::{ChunkOutput, Emit, Job, JobCtx, JobError, Run};
+use crate::avro::decimal_to_avro;
+use crate::config::Topic;
+use crate::wire::internal::WorkItem;
+use crate::wire::tick::{Tick, Trigger};
+use crate::wire::{derived_id, ts};
+
+/// `kind` part of the derived event id.
+pub const EVENT_KIND: &str = "daily-statistics";
+/// Dates one run covers at most: its own and the 6 before it.
+pub const WINDOW_DAYS: u64 = 7;
+/// Length of the top-products list.
+pub const TOP_N: i64 = 10;
+/// Tick parameters this job understands.
+const PARAMETERS: [&str; 2] = ["date", "force"];
+/// Wire format of a date (period, work-item ids, event `date`, key).
+const DATE_FORMAT: &str = "%Y-%m-%d";
+
+/// The event id of a date: one id per date whatever the run, so a consumer deduplicating by
+/// id never sees a date twice.
+pub fn event_id(date: NaiveDate) -> String {
+    derived_id(&[EVENT_KIND, &date.to_string()]).to_string()
+}
+
+/// "Yesterday" of `at` in `tz`.
+pub fn previous_date(at: DateTime<Utc>, tz: Tz) -> Option<NaiveDate> {
+    at.with_timezone(&tz).date_naive().pred_opt()
+}
+
+/// The UTC instants `[start, end)` of the local calendar day `date` in `tz`.
+pub fn day_bounds(date: NaiveDate, tz: Tz) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    Some((day_start(date, tz)?, day_start(date.succ_opt()?, tz)?))
+}
+
+/// The first instant at which local clocks in `tz` show `date`. Midnight itself may be
+/// ambiguous (clocks fall back over it: the day starts at its first occurrence) or may not
+/// exist (clocks jump forward at 00:00, e.g. America/Santiago: the day starts where the gap
+/// ends, the first local minute that exists — transitions are on whole minutes).
+fn day_start(date: NaiveDate, tz: Tz) -> Option<DateTime<Utc>> {
+    let midnight = date.and_time(NaiveTime::MIN);
+    (0..=24 * 60)
+        .find_map(|m| tz.from_local_datetime(&midnight.checked_add_signed(TimeDelta::minutes(m))?).earliest())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn parse_date(s: &str) -> Option<NaiveDate> {
+    NaiveDate::parse_from_str(s, DATE_FORMAT).ok()
+}
+
+/// Whether a run re-does its own date: the processor's definition of a forced re-run.
+fn forced(trigger: &str, parameters: &BTreeMap<String, String>) -> bool {
+    trigger == Trigger::Manual.as_str() && parameters.get("force").is_some_and(|v| v == "true")
+}
+
+/// The dates a run of `date` covers, oldest first: the dates of the window before it that
+/// have no row (`present` holds those that have one), then `date` itself.
+pub fn dates_to_cover(date: NaiveDate, present: &BTreeSet<NaiveDate>) -> Vec<NaiveDate> {
+    let first = date.checked_sub_days(Days::new(WINDOW_DAYS - 1)).unwrap_or(date);
+    first
+        .iter_days()
+        .take_while(|d| *d < date)
+        .filter(|d| !present.contains(d))
+        .chain(std::iter::once(date))
+        .collect()
+}
+
+/// `total / count` rounded half-even to cents, exactly (integer arithmetic on cents); 0.00
+/// when nothing was paid. `None` if `total` has more than 2 decimals (not a NUMERIC(15,2) sum).
+pub fn average_half_even(total: Decimal, count: i64) -> Option<Decimal> {
+    if count <= 0 {
+        return Some(Decimal::new(0, 2));
+    }
+    let scale = total.scale();
+    if scale > 2 {
+        return None;
+    }
+    let cents = total.mantissa().checked_mul(10i128.pow(2 - scale))?;
+    let n = i128::from(count);
+    let (q, r) = (cents / n, cents % n);
+    // |r| < n, so 2|r| compares the remainder with half a cent without leaving integers.
+    let away = match (2 * r.abs()).cmp(&n) {
+        std::cmp::Ordering::Greater => true,
+        std::cmp::Ordering::Equal => q % 2 != 0,
+        std::cmp::Ordering::Less => false,
+    };
+    let q = if away { q + cents.signum() } else { q };
+    Decimal::try_from_i128_with_scale(q, 2).ok()
+}
+
+/// One entry of `topProducts`, also the shape stored in `daily_statistics.top_products`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopProduct {
+    pub product_id: String,
+    pub product_name: String,
+    pub total_sold: i64,
+}
+
+/// A date's figures as computed, before they are stored.
+#[derive(Debug, Clone, PartialEq)]
+struct Figures {
+    date: NaiveDate,
+    total_orders: i64,
+    total_sales: Decimal,
+    avg_order_amount: Decimal,
+    cancelled_orders: i64,
+    refund_amount: Decimal,
+    top_products: Vec<TopProduct>,
+}
+
+/// A `daily_statistics` row: the durable state every event is built from.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Stored {
+    date: NaiveDate,
+    event_id: String,
+    total_orders: i64,
+    total_sales: Decimal,
+    avg_order_amount: Decimal,
+    cancelled_orders: i64,
+    refund_amount: Decimal,
+    top_products: String,
+    generated_at: DateTime<Utc>,
+}
+
+/// $1, $2: the day's UTC bounds. One pass over the orders touching the day in any of the four
+/// ways (each range can use its own index; a whole-table day is one sequential scan), the
+/// figures split by FILTER.
+const TOTALS: &str = "
+SELECT
+    count(*) FILTER (WHERE created_at >= $1 AND created_at < $2),
+    count(*) FILTER (WHERE paid_at >= $1 AND paid_at < $2),
+    coalesce(sum(total_amount) FILTER (WHERE paid_at >= $1 AND paid_at < $2), 0),
+    count(*) FILTER (WHERE cancelled_at >= $1 AND cancelled_at < $2),
+    coalesce(sum(refunded_amount) FILTER (WHERE refunded_at >= $1 AND refunded_at < $2), 0)
+FROM orders
+WHERE (created_at >= $1 AND created_at < $2)
+   OR (paid_at >= $1 AND paid_at < $2)
+   OR (cancelled_at >= $1 AND cancelled_at < $2)
+   OR (refunded_at >= $1 AND refunded_at < $2)";
+
+/// $1, $2: the day's UTC bounds, $3 the list length. Names are joined after the limit (ten
+/// lookups, not one per product sold). COLLATE \"C\": ties break in byte order whatever the
+/// database's locale.
+const TOP_PRODUCTS: &str = "
+SELECT t.product_id, p.name, t.sold
+FROM (
+    SELECT i.product_id, sum(i.quantity)::bigint AS sold
+    FROM order_items i
+    JOIN orders o ON o.id = i.order_id
+    WHERE o.paid_at >= $1 AND o.paid_at < $2
+    GROUP BY i.product_id
+    ORDER BY sold DESC, i.product_id COLLATE \"C\"
+    LIMIT $3
+) t
+JOIN products p ON p.id = t.product_id
+ORDER BY t.sold DESC, t.product_id COLLATE \"C\"";
+
+/// Writes the computed dates and returns every row this run owns among the chunk's dates.
+/// $1 run id; $2..$9 the computed figures as parallel arrays; $10 all the chunk's dates;
+/// $11 the date a forced re-run takes over (NULL otherwise: then a conflict changes nothing).
+/// One statement, so it is atomic: if it fails, nothing was written. `earlier` reads the
+/// statement's snapshot, so it holds the rows an earlier attempt of this run wrote and never
+/// those `written` adds: their union is each owned row once.
+const STORE: &str = "
+WITH input AS (
+    SELECT * FROM unnest($2::date[], $3::bigint[], $4::numeric[], $5::numeric[], $6::bigint[], $7::numeric[], $8::text[], $9::text[])
+        AS t(date, total_orders, total_sales, avg_order_amount, cancelled_orders, refund_amount, top_products, event_id)
+), written AS (
+    INSERT INTO daily_statistics AS s
+        (date, run_id, event_id, total_orders, total_sales, avg_order_amount, cancelled_orders, refund_amount, top_products, generated_at)
+    SELECT date, $1, event_id::uuid, total_orders, total_sales, avg_order_amount, cancelled_orders, refund_amount, top_products::jsonb, now()
+    FROM input
+    ON CONFLICT (date) DO UPDATE SET
+        run_id = EXCLUDED.run_id, total_orders = EXCLUDED.total_orders, total_sales = EXCLUDED.total_sales,
+        avg_order_amount = EXCLUDED.avg_order_amount, cancelled_orders = EXCLUDED.cancelled_orders,
+        refund_amount = EXCLUDED.refund_amount, top_products = EXCLUDED.top_products, generated_at = EXCLUDED.generated_at
+    WHERE s.date = $11 AND s.run_id <> EXCLUDED.run_id
+    RETURNING s.date, s.event_id, s.total_orders, s.total_sales, s.avg_order_amount, s.cancelled_orders, s.refund_amount,
+              s.top_products, s.generated_at
+), earlier AS (
+    SELECT date, event_id, total_orders, total_sales, avg_order_amount, cancelled_orders, refund_amount, top_products, generated_at
+    FROM daily_statistics WHERE date = ANY($10) AND run_id = $1
+)
+SELECT date, event_id::text AS event_id, total_orders, total_sales, avg_order_amount, cancelled_orders, refund_amount,
+       top_products::text AS top_products, generated_at
+FROM (SELECT * FROM written UNION ALL SELECT * FROM earlier) mine
+ORDER BY date";
+
+pub struct DailyStatistics;
+
+impl Job for DailyStatistics {
+    fn name(&self) -> &'static str {
+        "daily-statistics"
+    }
+
+    fn period(&self, tick: &Tick, tz: Tz) -> Result<String, JobError> {
+        let date = match tick.parameters.get("date") {
+            Some(v) => {
+                let date = parse_date(v)
+                    .ok_or_else(|| JobError::InvalidTick(format!("parameter `date` = `{v}` is not a date (YYYY-MM-DD)")))?;
+                let (_, end) = day_bounds(date, tz)
+                    .ok_or_else(|| JobError::InvalidTick(format!("parameter `date` = `{v}` is out of range")))?;
+                // Aggregating a day that is not over would freeze partial figures for good.
+                if end > tick.scheduled_at {
+                    return Err(JobError::InvalidTick(format!(
+                        "parameter `date` = {date} is not over at scheduledAt {} ({tz})",
+                        tick.scheduled_at.to_rfc3339()
+                    )));
+                }
+                date
+            }
+            None => previous_date(tick.scheduled_at, tz).ok_or_else(|| {
+                JobError::InvalidTick(format!("scheduledAt {} has no previous date", tick.scheduled_at.to_rfc3339()))
+            })?,
+        };
+        Ok(date.format(DATE_FORMAT).to_string())
+    }
+
+    fn validate(&self, tick: &Tick) -> Result<(), JobError> {
+        if let Some(k) = tick.parameters.keys().find(|k| !PARAMETERS.contains(&k.as_str())) {
+            return Err(JobError::InvalidTick(format!("unknown parameter `{k}` (daily-statistics accepts: {})", PARAMETERS.join(", "))));
+        }
+        if let Some(v) = tick.parameters.get("force") {
+            if v != "true" && v != "false" {
+                return Err(JobError::InvalidTick(format!("parameter `force` = `{v}` is not true or false")));
+            }
+            // The processor honours `force` only on MANUAL ticks; elsewhere it would be
+            // silently ignored, which is worse than saying so.
+            if tick.trigger != Trigger::Manual {
+                return Err(JobError::InvalidTick(format!("parameter `force` is only accepted on MANUAL ticks, not {}", tick.trigger.as_str())));
+            }
+        }
+        if let Some(v) = tick.parameters.get("date") {
+            match parse_date(v) {
+                Some(d) if d >= NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or(NaiveDate::MIN) => {}
+                Some(d) => return Err(JobError::InvalidTick(format!("parameter `date` = {d} is before 2000"))),
+                None => return Err(JobError::InvalidTick(format!("parameter `date` = `{v}` is not a date (YYYY-MM-DD)"))),
+            }
+        }
+        Ok(())
+    }
+
+    fn coalesce(&self) -> bool {
+        false
+    }
+
+    fn plan<'a>(&'a self, ctx: &'a JobCtx, run: &'a Run) -> BoxStream<'a, Result<Vec<String>, JobError>> {
+        futures::stream::once(plan_dates(ctx, run))
+            .map(|dates| dates.map(|ds| ds.iter().map(|d| d.format(DATE_FORMAT).to_string()).collect()))
+            .boxed()
+    }
+
+    fn apply<'a>(&'a self, ctx: &'a JobCtx, item: &'a WorkItem) -> BoxFuture<'a, Result<ChunkOutput, JobError>> {
+        Box::pin(apply_dates(ctx, item))
+    }
+}
+
+async fn plan_dates(ctx: &JobCtx, run: &Run) -> Result<Vec<NaiveDate>, JobError> {
+    let date = parse_date(&run.period).ok_or_else(|| JobError::Failed(format!("period `{}` is not a date", run.period)))?;
+    let first = date.checked_sub_days(Days::new(WINDOW_DAYS - 1)).unwrap_or(date);
+    let present: Vec<NaiveDate> = sqlx::query_scalar("SELECT date FROM daily_statistics WHERE date >= $1 AND date < $2")
+        .bind(first)
+        .bind(date)
+        .fetch_all(&ctx.db)
+        .await?;
+    Ok(dates_to_cover(date, &present.into_iter().collect()))
+}
+
+async fn apply_dates(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobError> {
+    let dates: Vec<NaiveDate> = item
+        .ids
+        .iter()
+        .map(|id| parse_date(id).ok_or_else(|| JobError::Failed(format!("work item id `{id}` is not a date"))))
+        .collect::<Result<_, _>>()?;
+    let takeover = if forced(&item.trigger, &item.parameters) {
+        Some(parse_date(&item.period).ok_or_else(|| JobError::Failed(format!("period `{}` is not a date", item.period)))?)
+    } else {
+        None
+    };
+
+    // 1. Which dates need figures: no row yet, or the date a forced re-run takes over.
+    let owners: Vec<(NaiveDate, String)> = sqlx::query_as("SELECT date, run_id FROM daily_statistics WHERE date = ANY($1)")
+        .bind(&dates)
+        .fetch_all(&ctx.db)
+        .await?;
+    let owners: BTreeMap<NaiveDate, String> = owners.into_iter().collect();
+    let todo = dates.iter().filter(|d| match owners.get(d) {
+        None => true,
+        Some(owner) => takeover == Some(**d) && *owner != item.run_id,
+    });
+
+    // 2. Figures, all of them before any write: a date that cannot be stored or emitted
+    //    fails the chunk while nothing has changed yet, so no date is left stored but unsent.
+    let mut figures = Vec::new();
+    for date in todo {
+        let f = aggregate(ctx, item, *date).await?;
+        for (field, value, precision) in
+            [("totalSales", f.total_sales, 15), ("avgOrderAmount", f.avg_order_amount, 10), ("refundAmount", f.refund_amount, 15)]
+        {
+            decimal_to_avro(value, precision, 2).map_err(|e| JobError::Failed(format!("{date}: {field}: {e}")))?;
+        }
+        figures.push(f);
+    }
+
+    // 3. Write and read back what this run owns.
+    let rows = store(ctx, &item.run_id, &dates, &figures, takeover).await?;
+
+    // 4. Events from the stored rows. Past the write, a failure here means a row this job
+    //    wrote cannot be read as written: recorded FAILED, naming the remedy.
+    let mut out = ChunkOutput::default();
+    for row in &rows {
+        out.records.push(event(row).map_err(|e| {
+            JobError::Failed(format!("{}: the stored row cannot be emitted ({e}); repair it and force a re-run of the date", row.date))
+        })?);
+    }
+    let emitted = rows.len() as i64;
+    out.counts.insert("datesAggregated".into(), emitted);
+    out.counts.insert("datesSkipped".into(), dates.len() as i64 - emitted);
+    out.counts.insert("orders".into(), rows.iter().map(|r| r.total_orders).sum());
+    Ok(out)
+}
+
+/// One date's figures, computed in one REPEATABLE READ snapshot so the totals and the top
+/// list describe the same orders.
+async fn aggregate(ctx: &JobCtx, item: &WorkItem, date: NaiveDate) -> Result<Figures, JobError> {
+    let (start, end) = day_bounds(date, ctx.tz).ok_or_else(|| JobError::Failed(format!("{date} has no bounds in {}", ctx.tz)))?;
+    // The run's remaining time bounds each statement: a runaway aggregation fails the run
+    // (the next run retries the date) instead of outliving its consumer's poll interval.
+    // 0 (no limit) only if the configured timeout does not fit a timestamp.
+    let deadline = i64::try_from(ctx.settings.timeout_secs)
+        .ok()
+        .and_then(TimeDelta::try_seconds)
+        .and_then(|t| item.planned_at.checked_add_signed(t));
+    let budget_ms = deadline.map_or(0, |d| (d - Utc::now()).num_milliseconds().max(1000));
+
+    let mut tx = ctx.db.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+    // SET takes no bind parameters; the value is an integer we computed.
+    sqlx::query(&format!("SET LOCAL statement_timeout = {budget_ms}")).execute(&mut *tx).await?;
+    let (total_orders, paid_orders, total_sales, cancelled_orders, refund_amount): (i64, i64, Decimal, i64, Decimal) =
+        sqlx::query_as(TOTALS).bind(start).bind(end).fetch_one(&mut *tx).await?;
+    let top: Vec<(String, String, i64)> = sqlx::query_as(TOP_PRODUCTS).bind(start).bind(end).bind(TOP_N).fetch_all(&mut *tx).await?;
+    tx.commit().await?;
+
+    let avg_order_amount = average_half_even(total_sales, paid_orders)
+        .ok_or_else(|| JobError::Failed(format!("{date}: total sales {total_sales} / {paid_orders} orders has no cent value")))?;
+    Ok(Figures {
+        date,
+        total_orders,
+        total_sales,
+        avg_order_amount,
+        cancelled_orders,
+        refund_amount,
+        top_products: top
+            .into_iter()
+            .map(|(product_id, product_name, total_sold)| TopProduct { product_id, product_name, total_sold })
+            .collect(),
+    })
+}
+
+async fn store(
+    ctx: &JobCtx,
+    run_id: &str,
+    dates: &[NaiveDate],
+    figures: &[Figures],
+    takeover: Option<NaiveDate>,
+) -> Result<Vec<Stored>, JobError> {
+    let top: Vec<String> = figures
+        .iter()
+        .map(|f| serde_json::to_string(&f.top_products))
+        .collect::<Result<_, _>>()
+        .map_err(|e| JobError::Failed(format!("top products as JSON: {e}")))?;
+    let rows = sqlx::query_as::<_, Stored>(STORE)
+        .bind(run_id)
+        .bind(figures.iter().map(|f| f.date).collect::<Vec<_>>())
+        .bind(figures.iter().map(|f| f.total_orders).collect::<Vec<_>>())
+        .bind(figures.iter().map(|f| f.total_sales).collect::<Vec<_>>())
+        .bind(figures.iter().map(|f| f.avg_order_amount).collect::<Vec<_>>())
+        .bind(figures.iter().map(|f| f.cancelled_orders).collect::<Vec<_>>())
+        .bind(figures.iter().map(|f| f.refund_amount).collect::<Vec<_>>())
+        .bind(top)
+        .bind(figures.iter().map(|f| event_id(f.date)).collect::<Vec<_>>())
+        .bind(dates)
+        .bind(takeover)
+        .fetch_all(&ctx.db)
+        .await?;
+    Ok(rows)
+}
+
+/// The `DailyStatistics` record of a stored row (schema field order).
+fn event(row: &Stored) -> Result<Emit, String> {
+    let top: Vec<TopProduct> = serde_json::from_str(&row.top_products).map_err(|e| format!("top_products: {e}"))?;
+    let decimal = |v: Decimal, precision| decimal_to_avro(v, precision, 2).map_err(|e| e.to_string());
+    let date = row.date.format(DATE_FORMAT).to_string();
+    let value = Value::Record(vec![
+        ("eventId".into(), Value::String(row.event_id.clone())),
+        // From the row, not the clock: every attempt emits the same record.
+        ("eventTimestamp".into(), ts(row.generated_at)),
+        ("date".into(), Value::String(date.clone())),
+        ("totalOrders".into(), Value::Long(row.total_orders)),
+        ("totalSales".into(), decimal(row.total_sales, 15)?),
+        ("avgOrderAmount".into(), decimal(row.avg_order_amount, 10)?),
+        (
+            "topProducts".into(),
+            Value::Array(
+                top.into_iter()
+                    .map(|p| {
+                        Value::Record(vec![
+                            ("productId".into(), Value::String(p.product_id)),
+                            ("productName".into(), Value::String(p.product_name)),
+                            ("totalSold".into(), Value::Long(p.total_sold)),
+                        ])
+                    })
+                    .collect(),
+            ),
+        ),
+        ("generatedAt".into(), ts(row.generated_at)),
+        ("cancelledOrders".into(), Value::Long(row.cancelled_orders)),
+        ("refundAmount".into(), decimal(row.refund_amount, 15)?),
+    ]);
+    Ok(Emit { topic: Topic::DailyStatistics, key: date, value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn d(s: &str) -> NaiveDate {
+        parse_date(s).unwrap()
+    }
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn dec(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn the_period_is_the_previous_local_date() {
+        // 00:00 on the 26th in Seoul is 15:00 UTC on the 25th: Seoul's yesterday is the 25th.
+        let at = utc("2026-11-25T15:00:00Z");
+        assert_eq!(previous_date(at, chrono_tz::Asia::Seoul), Some(d("2026-11-25")));
+        assert_eq!(previous_date(at, chrono_tz::UTC), Some(d("2026-11-24")));
+    }
+
+    #[test]
+    fn day_bounds_follow_dst_days() {
+        let ny = chrono_tz::America::New_York;
+        // Spring forward: a 23-hour day; fall back: a 25-hour day.
+        let (s, e) = day_bounds(d("2026-03-08"), ny).unwrap();
+        assert_eq!((s, e - s), (utc("2026-03-08T05:00:00Z"), TimeDelta::hours(23)));
+        let (s, e) = day_bounds(d("2026-11-01"), ny).unwrap();
+        assert_eq!((s, e - s), (utc("2026-11-01T04:00:00Z"), TimeDelta::hours(25)));
+        let (s, e) = day_bounds(d("2026-11-25"), chrono_tz::Asia::Seoul).unwrap();
+        assert_eq!((s, e), (utc("2026-11-24T15:00:00Z"), utc("2026-11-25T15:00:00Z")));
+        // Santiago skips 00:00-01:00 on 2022-09-11: the day starts at 01:00 local (04:00 UTC)
+        // and the previous day ends there too.
+        let cl = chrono_tz::America::Santiago;
+        let (s, e) = day_bounds(d("2022-09-11"), cl).unwrap();
+        assert_eq!((s, e - s), (utc("2022-09-11T04:00:00Z"), TimeDelta::hours(23)));
+        assert_eq!(day_bounds(d("2022-09-10"), cl).unwrap().1, s);
+    }
+
+    #[test]
+    fn a_run_covers_the_missing_dates_of_its_window_oldest_first() {
+        let date = d("2026-11-24");
+        let all: BTreeSet<NaiveDate> = d("2026-11-18").iter_days().take(6).collect();
+        assert_eq!(dates_to_cover(date, &all), vec![date]);
+        let some: BTreeSet<NaiveDate> = [d("2026-11-18"), d("2026-11-19"), d("2026-11-21")].into();
+        assert_eq!(dates_to_cover(date, &some), vec![d("2026-11-20"), d("2026-11-22"), d("2026-11-23"), date]);
+        // Bounded: never more than 7 dates, never older than 6 days before.
+        let none = dates_to_cover(date, &BTreeSet::new());
+        assert_eq!(none.len(), 7);
+        assert_eq!(none[0], d("2026-11-18"));
+    }
+
+    #[test]
+    fn the_average_rounds_half_to_even_exactly() {
+        assert_eq!(average_half_even(dec("20.01"), 2), Some(dec("10.00"))); // 10.005 -> 10.00
+        assert_eq!(average_half_even(dec("20.03"), 2), Some(dec("10.02"))); // 10.015 -> 10.02
+        assert_eq!(average_half_even(dec("10.00"), 3), Some(dec("3.33")));
+        assert_eq!(average_half_even(dec("20.00"), 3), Some(dec("6.67")));
+        assert_eq!(average_half_even(dec("0"), 0), Some(dec("0.00")));
+        assert_eq!(average_half_even(dec("5"), 2), Some(dec("2.50")));
+        assert_eq!(average_half_even(dec("0.001"), 1), None);
+        // Large sums stay exact: 9,999,999,999,999.99 over 7 orders.
+        assert_eq!(average_half_even(dec("9999999999999.99"), 7), Some(dec("1428571428571.43")));
+    }
+
+    #[test]
+    fn event_ids_are_one_per_date() {
+        assert_eq!(event_id(d("2026-11-24")), event_id(d("2026-11-24")));
+        assert_ne!(event_id(d("2026-11-24")), event_id(d("2026-11-25")));
+    }
+
+    fn tick(trigger: Trigger, params: &[(&str, &str)]) -> Tick {
+        Tick {
+            tick_id: "t".into(),
+            job: "daily-statistics".into(),
+            scheduled_at: utc("2026-11-25T00:00:00Z"),
+            produced_at: utc("2026-11-25T00:00:00Z"),
+            trigger,
+            parameters: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            producer: None,
+        }
+    }
+
+    #[test]
+    fn impossible_ticks_are_refused() {
+        let job = DailyStatistics;
+        let tz = chrono_tz::UTC;
+        assert_eq!(job.period(&tick(Trigger::Scheduled, &[]), tz).unwrap(), "2026-11-24");
+        let named = tick(Trigger::Manual, &[("date", "2026-11-20"), ("force", "true")]);
+        job.validate(&named).unwrap();
+        assert_eq!(job.period(&named, tz).unwrap(), "2026-11-20");
+        let invalid = |t: &Tick| matches!(job.validate(t).and_then(|_| job.period(t, tz)), Err(JobError::InvalidTick(_)));
+        assert!(invalid(&tick(Trigger::Manual, &[("date", "2026-11-25")])), "today is not over");
+        assert!(invalid(&tick(Trigger::Manual, &[("date", "2026-02-30")])));
+        assert!(invalid(&tick(Trigger::Manual, &[("date", "1999-12-31")])));
+        assert!(invalid(&tick(Trigger::Manual, &[("force", "yes")])));
+        assert!(invalid(&tick(Trigger::Scheduled, &[("force", "true")])));
+        assert!(invalid(&tick(Trigger::Manual, &[("dates", "2026-11-20")])));
+        // At 00:00 UTC on the 25th it is 09:00 in Seoul: the 25th is not over there.
+        assert!(matches!(
+            job.period(&tick(Trigger::Manual, &[("date", "2026-11-25")]), chrono_tz::Asia::Seoul),
+            Err(JobError::InvalidTick(_))
+        ));
+    }
+}

@@ -1,0 +1,226 @@
+//! `order-expiration`: cancels orders left unpaid past the payment timeout, gives their Redis
+//! reservations back to stock, and emits one `order.cancelled` and one
+//! `order.expiration.notification` per cancelled order (SPEC §2.1).
+//!
+//! **Plan** streams the ids of the orders in `PAYMENT_WAIT` created at or before
+//! `scheduledAt - payment_timeout` — the tick's time, never the wall clock, so a replay decides
+//! the same — in chunks of `batch_size`, holding one chunk in memory whatever the backlog.
+//!
+//! **Apply** (one chunk) does, with a constant number of round trips whatever the chunk size:
+//! 1. one SQL statement that cancels the chunk's orders still in `PAYMENT_WAIT` (an order paid
+//!    meanwhile no longer matches: the status predicate decides atomically against the
+//!    payment), records each in `order_expirations` under the run, and returns every order
+//!    this run cancelled in this chunk — newly or by an earlier attempt — with its items;
+//! 2. one Lua call that releases those orders' reservations (`Stock::release_many`);
+//! 3. the events, built from that durable state.
+//!
+//! **Delivery guarantee.** Effects are effectively once: an order is cancelled by one
+//! statement of one run (E2), and a reservation is deleted by the same script that returns its
+//! quantities, so stock comes back once per order however often a chunk is retried. Events are
+//! exactly once under `read_committed` (E1): they are derived from `order_expirations`, so
+//! every attempt of a chunk emits the same records with the same deterministic `eventId`s,
+//! and only the attempt whose Kafka transaction commits makes them visible.
+//!
+//! Run-result counts: `ordersCancelled` and `alreadyHandled` (planned but paid or cancelled
+//! meanwhile) come from durable state; `reservationsReleased`, `reservationsAbsent` and
+//! `productsRestocked` are what this attempt's Redis call did — after a crash retry, a
+//! reservation released by the killed attempt counts as absent (it was released once).
+
+use apache_avro::types::Value;
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, TryChunksError};
+use futures::{StreamExt, TryStreamExt};
+
+use super::{ChunkOutput, Emit, Job, JobCtx, JobError, Run};
+use crate::config::Topic;
+use crate::stock::Stock;
+use crate::wire::internal::WorkItem;
+use crate::wire::{derived_id, enum_value, ts};
+
+/// What the Notification Service pushes to the customer (the seed's wording).
+pub const EXPIRATION_REASON: &str = "주문이 자동 취소되었습니다 (결제 시간 초과)";
+/// `kind` parts of the derived event ids.
+pub const CANCELLED_KIND: &str = "order-cancelled";
+pub const NOTIFICATION_KIND: &str = "order-expiration-notification";
+
+const CANCELLATION_REASONS: [&str; 4] = ["PAYMENT_TIMEOUT", "USER_REQUESTED", "STOCK_UNAVAILABLE", "SYSTEM_ERROR"];
+
+/// The deterministic id of an event about `order_id` decided by `run_id`.
+pub fn event_id(kind: &str, run_id: &str, order_id: &str) -> String {
+    derived_id(&[kind, run_id, order_id]).to_string()
+}
+
+/// Ordered for a stable plan; `(status, created_at)` is the index this scan uses.
+const EXPIRED: &str = "SELECT id FROM orders WHERE status = 'PAYMENT_WAIT' AND created_at <= $1 ORDER BY created_at, id";
+
+/// $1 the chunk's ids, $2 run id, $3 chunk index. All sub-statements of one statement see the
+/// same snapshot, so `earlier` holds exactly the rows recorded before this statement and
+/// `recorded` exactly the rows it adds: their union is everything this run cancelled among
+/// these ids, each once.
+const CANCEL_AND_COLLECT: &str = "
+WITH cancelled AS (
+    UPDATE orders SET status = 'ORDER_CANCELLED', cancel_reason = 'PAYMENT_TIMEOUT', cancelled_at = now()
+    WHERE id = ANY($1) AND status = 'PAYMENT_WAIT'
+    RETURNING id, cancelled_at
+), recorded AS (
+    INSERT INTO order_expirations (run_id, order_id, chunk_index, cancelled_at)
+    SELECT $2, id, $3, cancelled_at FROM cancelled
+    ON CONFLICT (run_id, order_id) DO NOTHING
+    RETURNING order_id, cancelled_at
+), earlier AS (
+    SELECT order_id, cancelled_at FROM order_expirations WHERE run_id = $2 AND order_id = ANY($1)
+), mine AS (
+    SELECT * FROM recorded UNION ALL SELECT * FROM earlier
+)
+SELECT m.order_id, o.user_id, m.cancelled_at, i.product_id, i.quantity
+FROM mine m
+JOIN orders o ON o.id = m.order_id
+LEFT JOIN order_items i ON i.order_id = m.order_id
+ORDER BY m.order_id, i.product_id";
+
+type Row = (String, String, DateTime<Utc>, Option<String>, Option<i32>);
+
+/// One order this run cancelled, as the events describe it.
+#[derive(Debug, Clone, PartialEq)]
+struct Cancelled {
+    order_id: String,
+    user_id: String,
+    cancelled_at: DateTime<Utc>,
+    items: Vec<(String, i32)>,
+}
+
+pub struct OrderExpiration;
+
+impl Job for OrderExpiration {
+    fn name(&self) -> &'static str {
+        "order-expiration"
+    }
+
+    fn plan<'a>(&'a self, ctx: &'a JobCtx, run: &'a Run) -> BoxStream<'a, Result<Vec<String>, JobError>> {
+        let cutoff = match cutoff(run.tick.scheduled_at, ctx.settings.payment_timeout_secs) {
+            Ok(c) => c,
+            Err(e) => return futures::stream::once(async { Err(e) }).boxed(),
+        };
+        let batch = usize::try_from(ctx.settings.batch_size).unwrap_or(usize::MAX).max(1);
+        // `fetch` streams rows off the socket; `try_chunks` holds at most one chunk.
+        sqlx::query_scalar::<_, String>(EXPIRED)
+            .bind(cutoff)
+            .fetch(&ctx.db)
+            .map_err(JobError::from)
+            .try_chunks(batch)
+            .map_err(|TryChunksError(_, e)| e)
+            .boxed()
+    }
+
+    fn apply<'a>(&'a self, ctx: &'a JobCtx, item: &'a WorkItem) -> BoxFuture<'a, Result<ChunkOutput, JobError>> {
+        Box::pin(apply_chunk(ctx, item))
+    }
+}
+
+fn cutoff(scheduled_at: DateTime<Utc>, payment_timeout_secs: u64) -> Result<DateTime<Utc>, JobError> {
+    i64::try_from(payment_timeout_secs)
+        .ok()
+        .and_then(TimeDelta::try_seconds)
+        .and_then(|d| scheduled_at.checked_sub_signed(d))
+        .ok_or_else(|| JobError::Failed(format!("payment_timeout_secs = {payment_timeout_secs} is out of range")))
+}
+
+async fn apply_chunk(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobError> {
+    let redis = ctx.redis.clone().ok_or_else(|| JobError::Failed("order-expiration needs Redis, and none is configured".into()))?;
+    // One statement, one transaction: if it fails nothing changed, so its error keeps the
+    // class sqlx gives it.
+    let rows: Vec<Row> = sqlx::query_as(CANCEL_AND_COLLECT)
+        .bind(&item.ids)
+        .bind(&item.run_id)
+        .bind(item.chunk_index)
+        .fetch_all(&ctx.db)
+        .await?;
+    let orders = group(rows);
+
+    // From here the cancellations are committed: the only correct ending is to release and
+    // emit, so every failure is retried (Transient) rather than recorded FAILED, which would
+    // leave cancelled orders without events and with their stock still reserved.
+    let ids: Vec<String> = orders.iter().map(|o| o.order_id.clone()).collect();
+    let released = Stock::new(redis)
+        .release_many(&ids)
+        .await
+        .map_err(|e| JobError::Transient(format!("redis: releasing reservations of {} cancelled orders: {e}", ids.len())))?;
+
+    let mut out = ChunkOutput::default();
+    let cancelled = orders.len() as i64;
+    out.counts.insert("ordersCancelled".into(), cancelled);
+    out.counts.insert("alreadyHandled".into(), item.ids.len() as i64 - cancelled);
+    out.counts.insert("reservationsReleased".into(), released.iter().filter(|n| **n > 0).count() as i64);
+    out.counts.insert("reservationsAbsent".into(), released.iter().filter(|n| **n == 0).count() as i64);
+    out.counts.insert("productsRestocked".into(), released.iter().sum());
+    out.records = orders.iter().flat_map(|o| events(&item.run_id, o)).collect();
+    Ok(out)
+}
+
+/// Rows come ordered by order, one per item (or one with no item): fold them into orders.
+fn group(rows: Vec<Row>) -> Vec<Cancelled> {
+    let mut orders: Vec<Cancelled> = Vec::new();
+    for (order_id, user_id, cancelled_at, product_id, quantity) in rows {
+        if orders.last().is_none_or(|o| o.order_id != order_id) {
+            orders.push(Cancelled { order_id, user_id, cancelled_at, items: Vec::new() });
+        }
+        if let (Some(o), Some(p), Some(q)) = (orders.last_mut(), product_id, quantity) {
+            o.items.push((p, q));
+        }
+    }
+    orders
+}
+
+/// The two events of one cancelled order. Everything in them comes from durable state and the
+/// run, so a retried chunk produces identical records (eventTimestamp included).
+fn events(run_id: &str, o: &Cancelled) -> [Emit; 2] {
+    let items = o
+        .items
+        .iter()
+        .map(|(p, q)| Value::Record(vec![("productId".into(), Value::String(p.clone())), ("quantity".into(), Value::Int(*q))]))
+        .collect();
+    let cancelled = Value::Record(vec![
+        ("eventId".into(), Value::String(event_id(CANCELLED_KIND, run_id, &o.order_id))),
+        ("eventTimestamp".into(), ts(o.cancelled_at)),
+        ("orderId".into(), Value::String(o.order_id.clone())),
+        ("userId".into(), Value::String(o.user_id.clone())),
+        ("items".into(), Value::Array(items)),
+        ("cancellationReason".into(), enum_value(&CANCELLATION_REASONS, "PAYMENT_TIMEOUT")),
+        ("cancelledAt".into(), ts(o.cancelled_at)),
+    ]);
+    let notification = Value::Record(vec![
+        ("eventId".into(), Value::String(event_id(NOTIFICATION_KIND, run_id, &o.order_id))),
+        ("eventTimestamp".into(), ts(o.cancelled_at)),
+        ("orderId".into(), Value::String(o.order_id.clone())),
+        ("userId".into(), Value::String(o.user_id.clone())),
+        ("expirationReason".into(), Value::String(EXPIRATION_REASON.into())),
+        ("expiredAt".into(), ts(o.cancelled_at)),
+    ]);
+    [
+        Emit { topic: Topic::OrderCancelled, key: o.order_id.clone(), value: cancelled },
+        Emit { topic: Topic::OrderExpirationNotification, key: o.order_id.clone(), value: notification },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cutoff_is_the_tick_time_minus_the_timeout() {
+        let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        assert_eq!(cutoff(at, 300).unwrap(), at - TimeDelta::minutes(5));
+        assert!(matches!(cutoff(at, u64::MAX), Err(JobError::Failed(_))));
+    }
+
+    #[test]
+    fn rows_fold_into_orders_with_their_items() {
+        let t = Utc::now();
+        let row = |o: &str, p: Option<&str>, q: Option<i32>| (o.to_string(), "u".to_string(), t, p.map(String::from), q);
+        let orders = group(vec![row("a", Some("p1"), Some(2)), row("a", Some("p2"), Some(1)), row("b", None, None)]);
+        assert_eq!(orders.len(), 2);
+        assert_eq!(orders[0].items, vec![("p1".to_string(), 2), ("p2".to_string(), 1)]);
+        assert!(orders[1].items.is_empty());
+    }
+}

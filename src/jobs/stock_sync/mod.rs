@@ -1,0 +1,159 @@
+//! `stock-sync` (SPEC §2.2): reconciles the Redis stock counters (`stock:{productId}`) with
+//! PostgreSQL, the trusted source, repairs Redis without clobbering concurrent orders, and
+//! emits one `stock.sync.alert` per mismatch; a run with more than `urgent_after_mismatches`
+//! mismatches is urgent and all its alerts are `CRITICAL`.
+//!
+//! # Shape
+//! - **plan** streams product ids in id order (constant memory) and cuts them into chunks of
+//!   `batch_size` products. A stock-sync work item carries a *range*, `ids = [first_id,
+//!   last_id]` (inclusive, in the database's text order), not every id: 1,000,000 products
+//!   would otherwise put ~40 MB of ids through Kafka for a job that re-reads them anyway.
+//!   A product created after planning is checked by this run if its id falls inside a range,
+//!   otherwise by the next run.
+//! - **apply** ([`apply`]) compares one range: one SQL statement computes
+//!   `expected = products.stock - Σ quantity of order_items whose order is PAYMENT_WAIT`, one
+//!   `MGET` reads the counters. Candidates (key missing, value ≠ expected, invalid DB value)
+//!   are *confirmed* after `confirm_delay_ms`, classified, recorded in
+//!   `stock_sync_mismatches`, then repaired with a compare-and-set on the observed value.
+//!   It returns counts only.
+//! - **finalize** ([`alert`]) runs once per run, in the transaction of the chunk that
+//!   completes it, and emits the alerts from the recorded rows.
+//!
+//! # Delivery guarantee
+//! - Alerts: exactly once per (run, product) mismatch for `read_committed` consumers. They are
+//!   written only by the run's finalisation, which the processor commits exactly once (claimed
+//!   in `job_runs`), and derived from durable rows only, so a retried finalisation emits the
+//!   same alerts. `eventId` = UUIDv5(run, product) for consumers that deduplicate by id.
+//! - Repairs: effectively once. The row is recorded before Redis is touched (a crash cannot
+//!   lose the alert); the write is a compare-and-set on the value observed twice, so a retry, a
+//!   zombie or a concurrent order can never be overwritten — a refused CAS is counted and left
+//!   for the next run. A stale reservation field is deleted *before* the CAS, so its quantity
+//!   can never be given back twice (once by our CAS, once by a late release).
+//!
+//! # The concurrency assumption
+//! The Order service changes Redis and PostgreSQL in two steps (reserve in Redis, then insert
+//! the order; update the order, then release/consume in Redis). A mismatch seen inside such a
+//! window is transient: confirmation re-reads both sides after `confirm_delay_ms` and requires
+//! Redis to still hold the first value, so a window shorter than the delay is never repaired.
+//! A window longer than the delay (a stalled Order service instance) can still be mistaken for
+//! drift; the delay is the knob.
+
+mod alert;
+mod apply;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+use super::{ChunkOutput, Job, JobCtx, JobError, Run};
+use crate::wire::internal::WorkItem;
+
+pub struct StockSync;
+
+/// Why a product's Redis stock differs from the DB (first match wins, in this order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// Negative `products.stock`, or more reserved than in stock: the DB itself is wrong.
+    InvalidDbValue,
+    /// `stock:{id}` does not exist.
+    RedisKeyMissing,
+    /// A `reservation:{order}` field for this product remains for an order no longer waiting.
+    StaleReservation,
+    /// An order of this product waits for payment but holds no reservation for it.
+    MissingReservation,
+    /// Anything else (including a non-integer value in the key).
+    RedisDrift,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::InvalidDbValue => "INVALID_DB_VALUE",
+            Cause::RedisKeyMissing => "REDIS_KEY_MISSING",
+            Cause::StaleReservation => "STALE_RESERVATION",
+            Cause::MissingReservation => "MISSING_RESERVATION",
+            Cause::RedisDrift => "REDIS_DRIFT",
+        }
+    }
+}
+
+/// What the run does about a mismatch (the `SyncAction` enum of the alert).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    RedisRestored,
+    ManualReviewRequired,
+}
+
+pub const ACTIONS: [&str; 2] = ["REDIS_RESTORED", "MANUAL_REVIEW_REQUIRED"];
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        ACTIONS[self as usize]
+    }
+}
+
+/// Plans `ids` per chunk as the inclusive range `[first, last]` of a run of sorted ids.
+fn range_of(ids: Vec<Result<String, sqlx::Error>>) -> Result<Vec<String>, JobError> {
+    let mut ids = ids.into_iter();
+    let first = match ids.next() {
+        Some(first) => first?,
+        None => return Err(JobError::Failed("stock-sync planned an empty chunk".into())),
+    };
+    let mut last = None;
+    for id in ids {
+        last = Some(id?);
+    }
+    let last = last.unwrap_or_else(|| first.clone());
+    Ok(vec![first, last])
+}
+
+impl Job for StockSync {
+    fn name(&self) -> &'static str {
+        "stock-sync"
+    }
+
+    /// The run looks at current state, so an older queued tick is worth nothing once a newer
+    /// one is behind it.
+    fn coalesce(&self) -> bool {
+        true
+    }
+
+    fn plan<'a>(&'a self, ctx: &'a JobCtx, _run: &'a Run) -> BoxStream<'a, Result<Vec<String>, JobError>> {
+        let batch = ctx.settings.batch_size.max(1) as usize;
+        // Streams the primary-key index; at most one chunk of ids is held at a time.
+        sqlx::query_scalar::<_, String>("SELECT id FROM products ORDER BY id")
+            .fetch(&ctx.db)
+            .chunks(batch)
+            .map(range_of)
+            .boxed()
+    }
+
+    fn apply<'a>(&'a self, ctx: &'a JobCtx, item: &'a WorkItem) -> BoxFuture<'a, Result<ChunkOutput, JobError>> {
+        Box::pin(apply::apply(ctx, item))
+    }
+
+    fn finalize<'a>(&'a self, ctx: &'a JobCtx, run: &'a Run) -> BoxFuture<'a, Result<ChunkOutput, JobError>> {
+        Box::pin(alert::finalize(ctx, run))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_is_the_range_of_its_first_and_last_id() {
+        let ok = |v: &[&str]| v.iter().map(|s| Ok(s.to_string())).collect::<Vec<_>>();
+        assert_eq!(range_of(ok(&["a", "b", "c"])).unwrap(), vec!["a", "c"]);
+        assert_eq!(range_of(ok(&["a"])).unwrap(), vec!["a", "a"]);
+        assert!(range_of(Vec::new()).is_err());
+        assert!(range_of(vec![Ok("a".into()), Err(sqlx::Error::RowNotFound)]).is_err());
+    }
+
+    #[test]
+    fn wire_names_match_the_schema() {
+        assert_eq!(Action::RedisRestored.as_str(), "REDIS_RESTORED");
+        assert_eq!(Action::ManualReviewRequired.as_str(), "MANUAL_REVIEW_REQUIRED");
+        assert_eq!(Cause::StaleReservation.as_str(), "STALE_RESERVATION");
+    }
+}

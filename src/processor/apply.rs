@@ -1,0 +1,128 @@
+//! Applying: a work item's chunk gets its job's idempotent effects, its records, a chunk
+//! ledger entry and its offset in one transaction; the chunk that completes the run also
+//! writes the run result.
+
+use chrono::Utc;
+use rdkafka::message::{Message, OwnedMessage};
+
+use super::bookkeeping::{self, ChunkOutcome};
+use super::ledger::{chunk_key, run_key};
+use super::{reject, Processor, ProcessorError, SEAL};
+use crate::error::ErrorClass;
+use crate::jobs::{ChunkOutput, Run};
+use crate::wire::internal::{Outcome, RunState, WorkItem};
+use crate::wire::tick::{Tick, Trigger};
+
+impl Processor {
+    pub(super) async fn handle_work_item(&mut self, m: &OwnedMessage) -> Result<(), ProcessorError> {
+        let Some(bytes) = m.payload() else {
+            return self.dead_letter(m, reject("UNDECODABLE", "empty work item")).await;
+        };
+        let item = match self.codec.decode(bytes).await {
+            Ok(d) => match WorkItem::from_avro(d.value) {
+                Ok(i) => i,
+                Err(e) => return self.dead_letter(m, reject("WRONG_SCHEMA", e.to_string())).await,
+            },
+            Err(e) if e.class() == ErrorClass::Retry => return Err(e.into()),
+            Err(e) => return self.dead_letter(m, reject("UNDECODABLE", e.to_string())).await,
+        };
+        let Some(job) = self.jobs.get(&item.job).cloned() else {
+            return self.dead_letter(m, reject("UNKNOWN_JOB", format!("work item of unknown job `{}`", item.job))).await;
+        };
+        let ckey = chunk_key(&item.run_id, item.chunk_index);
+        if self.ledger.get(&ckey).is_some() {
+            tracing::info!(run_id = %item.run_id, chunk = item.chunk_index, "chunk already applied, work item ignored");
+            return self.commit_offset_only(m).await;
+        }
+
+        let (output, state) = if item.chunk_index == SEAL {
+            bookkeeping::seal(&self.db, &item.run_id, &item.job, &item.period, item.chunk_count, item.planned_at).await?;
+            (ChunkOutput::default(), RunState::Done)
+        } else {
+            let settings = self.job_settings(&item.job);
+            let deadline = item.planned_at + chrono::TimeDelta::seconds(settings.timeout_secs as i64);
+            // The deadline is checked before a chunk starts, never during: a chunk that has
+            // begun its effects completes them and emits what they imply.
+            let (output, outcome, message) = if Utc::now() > deadline {
+                (ChunkOutput::default(), ChunkOutcome::TimedOut, Some(format!("run exceeded its timeout of {} s", settings.timeout_secs)))
+            } else {
+                let ctx = self.job_ctx(&item.job);
+                match job.apply(&ctx, &item).await {
+                    Ok(out) => (out, ChunkOutcome::Applied, None),
+                    Err(e) if e.class() == ErrorClass::Retry => return Err(ProcessorError::Job { job: item.job.clone(), source: e }),
+                    Err(e) => {
+                        tracing::error!(run_id = %item.run_id, chunk = item.chunk_index, error = %e, "chunk failed");
+                        (ChunkOutput::default(), ChunkOutcome::Failed, Some(e.to_string()))
+                    }
+                }
+            };
+            bookkeeping::record_chunk(
+                &self.db,
+                &item.run_id,
+                item.chunk_index,
+                outcome,
+                &output.counts,
+                message.as_deref(),
+                &self.instance,
+            )
+            .await?;
+            let state = match outcome {
+                ChunkOutcome::Applied => RunState::Done,
+                ChunkOutcome::TimedOut => RunState::TimedOut,
+                ChunkOutcome::Failed => RunState::Failed,
+            };
+            (output, state)
+        };
+        let finalized = bookkeeping::try_finalize(&self.db, &item.run_id, item.chunk_index).await?;
+
+        self.txn.begin()?;
+        self.send_emits(&output.records).await?;
+        let run = Run {
+            run_id: item.run_id.clone(),
+            job: item.job.clone(),
+            period: item.period.clone(),
+            attempt: 0,
+            tick: Tick {
+                tick_id: item.tick_id.clone(),
+                job: item.job.clone(),
+                scheduled_at: item.scheduled_at,
+                produced_at: item.planned_at,
+                trigger: Trigger::parse(&item.trigger).unwrap_or(Trigger::Scheduled),
+                parameters: item.parameters.clone(),
+                producer: None,
+            },
+            planned_at: item.planned_at,
+        };
+        let chunk_entry = self.ledger_entry(&run, state, item.chunk_count.max(0));
+        self.send_ledger(&ckey, &chunk_entry).await?;
+        let mut run_entry = None;
+        if let Some(f) = finalized {
+            let (state, outcome) = match f.outcome {
+                ChunkOutcome::Applied => (RunState::Done, Outcome::Succeeded),
+                ChunkOutcome::TimedOut => (RunState::TimedOut, Outcome::TimedOut),
+                ChunkOutcome::Failed => (RunState::Failed, Outcome::Failed),
+            };
+            let rkey = run_key(&item.job, &item.period);
+            let mut entry = self.ledger_entry(&run, state, f.chunk_count);
+            entry.attempt = self.ledger.get(&rkey).map(|e| e.attempt).unwrap_or(1);
+            self.send_ledger(&rkey, &entry).await?;
+            let ctx = self.job_ctx(&item.job);
+            let extra = job.finalize(&ctx, &run).await.map_err(|source| ProcessorError::Job { job: item.job.clone(), source })?;
+            self.send_emits(&extra.records).await?;
+            let mut counts = f.counts;
+            counts.extend(extra.counts);
+            let result = self.run_result(&run, outcome, counts, f.message);
+            self.send_result(&result).await?;
+            tracing::info!(job = %item.job, run_id = %item.run_id, outcome = outcome.as_str(), "run finished");
+            run_entry = Some((rkey, entry));
+        }
+        crate::fault::point(crate::fault::BEFORE_APPLY_COMMIT, &item.job);
+        self.commit(m).await?;
+        self.ledger.write_through(ckey, chunk_entry);
+        if let Some((k, e)) = run_entry {
+            self.ledger.write_through(k, e);
+        }
+        Ok(())
+    }
+
+}

@@ -1,0 +1,174 @@
+//! Redis stock and reservations, through the same Lua scripts the Order service uses, so every
+//! change is atomic on the Redis side:
+//!
+//! - `stock:{productId}` — available stock (integer).
+//! - `reservation:{orderId}` — hash productId → quantity, while the order waits for payment.
+//!
+//! Each script is idempotent per order: reserving twice reserves once, releasing twice gives
+//! stock back once (the reservation hash is deleted in the same script that returns its
+//! quantities), paying twice consumes once. The repair used by stock-sync is a compare-and-set
+//! on the value that was observed, so it never overwrites a concurrent legitimate change.
+//! (The scripts touch keys derived inside them; fine on a standalone Redis, which is what the
+//! platform runs.)
+
+use redis::aio::ConnectionManager;
+use redis::Script;
+
+pub fn stock_key(product_id: &str) -> String {
+    format!("stock:{product_id}")
+}
+
+pub fn reservation_key(order_id: &str) -> String {
+    format!("reservation:{order_id}")
+}
+
+const RESERVE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 1, #ARGV, 2 do
+  local have = tonumber(redis.call('GET', 'stock:' .. ARGV[i]) or '0')
+  if have < tonumber(ARGV[i + 1]) then return -1 end
+end
+for i = 1, #ARGV, 2 do
+  redis.call('DECRBY', 'stock:' .. ARGV[i], ARGV[i + 1])
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return 1
+"#;
+
+const RELEASE: &str = r#"
+local items = redis.call('HGETALL', KEYS[1])
+if #items == 0 then return 0 end
+for i = 1, #items, 2 do
+  redis.call('INCRBY', 'stock:' .. items[i], items[i + 1])
+end
+redis.call('DEL', KEYS[1])
+return #items / 2
+"#;
+
+const RELEASE_MANY: &str = r#"
+local out = {}
+for k = 1, #KEYS do
+  local items = redis.call('HGETALL', KEYS[k])
+  for i = 1, #items, 2 do
+    redis.call('INCRBY', 'stock:' .. items[i], items[i + 1])
+  end
+  if #items > 0 then redis.call('DEL', KEYS[k]) end
+  out[k] = #items / 2
+end
+return out
+"#;
+
+const CONSUME: &str = r#"
+return redis.call('DEL', KEYS[1])
+"#;
+
+const CAS_SET: &str = r#"
+local now = redis.call('GET', KEYS[1])
+if ARGV[1] == '' then
+  if now then return 0 end
+elseif now ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"#;
+
+/// Outcome of a reservation attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserve {
+    Reserved,
+    AlreadyReserved,
+    InsufficientStock,
+}
+
+#[derive(Clone)]
+pub struct Stock {
+    conn: ConnectionManager,
+    reserve: Script,
+    release: Script,
+    release_many: Script,
+    consume: Script,
+    cas: Script,
+}
+
+impl Stock {
+    pub fn new(conn: ConnectionManager) -> Stock {
+        Stock {
+            conn,
+            reserve: Script::new(RESERVE),
+            release: Script::new(RELEASE),
+            release_many: Script::new(RELEASE_MANY),
+            consume: Script::new(CONSUME),
+            cas: Script::new(CAS_SET),
+        }
+    }
+
+    pub async fn connect(url: &str) -> redis::RedisResult<Stock> {
+        Ok(Stock::new(ConnectionManager::new(redis::Client::open(url)?).await?))
+    }
+
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Reserves `items` (productId, quantity) for an order: all or nothing.
+    pub async fn reserve(&self, order_id: &str, items: &[(String, i64)]) -> redis::RedisResult<Reserve> {
+        let mut inv = self.reserve.key(reservation_key(order_id));
+        for (p, q) in items {
+            inv.arg(p).arg(*q);
+        }
+        let r: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(match r {
+            1 => Reserve::Reserved,
+            0 => Reserve::AlreadyReserved,
+            _ => Reserve::InsufficientStock,
+        })
+    }
+
+    /// Gives an order's reserved quantities back to stock and forgets the reservation;
+    /// returns how many products were released (0 if there was no reservation).
+    pub async fn release(&self, order_id: &str) -> redis::RedisResult<i64> {
+        self.release.key(reservation_key(order_id)).invoke_async(&mut self.conn.clone()).await
+    }
+
+    /// [`Stock::release`] for many orders in one atomic round trip; returns, per order, how
+    /// many products were released.
+    pub async fn release_many(&self, order_ids: &[String]) -> redis::RedisResult<Vec<i64>> {
+        if order_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = self.release_many.prepare_invoke();
+        for o in order_ids {
+            inv.key(reservation_key(o));
+        }
+        inv.invoke_async(&mut self.conn.clone()).await
+    }
+
+    /// Payment: the reservation becomes a sale (stock stays taken).
+    pub async fn consume(&self, order_id: &str) -> redis::RedisResult<bool> {
+        let n: i64 = self.consume.key(reservation_key(order_id)).invoke_async(&mut self.conn.clone()).await?;
+        Ok(n == 1)
+    }
+
+    /// Sets `stock:{product}` to `new` only if it still holds `observed` (`None`: missing).
+    pub async fn compare_and_set(&self, product_id: &str, observed: Option<i64>, new: i64) -> redis::RedisResult<bool> {
+        let observed = observed.map(|v| v.to_string()).unwrap_or_default();
+        let n: i64 = self
+            .cas
+            .key(stock_key(product_id))
+            .arg(observed)
+            .arg(new)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Current stock of each product (`None` where the key is missing), in one round trip.
+    pub async fn stocks(&self, product_ids: &[String]) -> redis::RedisResult<Vec<Option<i64>>> {
+        if product_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = product_ids.iter().map(|p| stock_key(p)).collect();
+        redis::cmd("MGET").arg(keys).query_async(&mut self.conn.clone()).await
+    }
+}

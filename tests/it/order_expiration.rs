@@ -1,0 +1,581 @@
+//! `order-expiration` on the real stack: E1 (one event of each kind per cancelled order under
+//! read_committed) and E2 (an order cancelled once, its reservation given back once) with a
+//! concurrent payer racing the run, duplicate and replayed ticks, a SIGKILL between effects
+//! and Kafka commit of the real binary, and the events' contents field by field.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use apache_avro::types::Value;
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::StreamExt;
+use scheduled_jobs::codec::Codec;
+use scheduled_jobs::config::{Settings, Topic};
+use scheduled_jobs::jobs::order_expiration::{event_id, OrderExpiration, CANCELLED_KIND, EXPIRATION_REASON, NOTIFICATION_KIND};
+use scheduled_jobs::jobs::{Job, JobCtx};
+use scheduled_jobs::processor::SEAL;
+use scheduled_jobs::stock::{reservation_key, stock_key, Reserve, Stock};
+use scheduled_jobs::wire::derived_id;
+use scheduled_jobs::wire::internal::{Outcome, RunResult, WorkItem};
+use sqlx::PgPool;
+
+use crate::common::{binary, fresh_db, isolated, read_all, repo_root, unique};
+use crate::processor::{drive, processor_on, publish, reset_group, results, test_db, tick};
+
+const JOB: &str = "order-expiration";
+const START_STOCK: i64 = 1_000_000;
+
+/// The tick's fire time: the current minute (never in the future).
+fn fire_time() -> DateTime<Utc> {
+    let now = Utc::now().timestamp();
+    DateTime::from_timestamp(now - now % 60, 0).unwrap()
+}
+
+fn set_batch(s: &mut Settings, batch: u32) {
+    s.jobs.get_mut("order_expiration").unwrap().batch_size = batch;
+}
+
+async fn stock_of(s: &Settings) -> Stock {
+    let url = secrecy::ExposeSecret::expose_secret(&s.redis_url()).to_string();
+    Stock::connect(&url).await.unwrap()
+}
+
+/// An order as seeded: id, user, creation time, items (productId, quantity).
+#[derive(Debug, Clone)]
+struct Order {
+    id: String,
+    user: String,
+    created_at: DateTime<Utc>,
+    items: Vec<(String, i64)>,
+}
+
+/// Products and orders of one test, under a private tag (Redis is shared between tests).
+struct Shop {
+    pool: PgPool,
+    stock: Stock,
+    tag: String,
+    products: Vec<String>,
+}
+
+impl Shop {
+    async fn new(s: &Settings, pool: PgPool, products: usize) -> Shop {
+        let tag = unique("oe");
+        let products: Vec<String> = (0..products).map(|i| format!("{tag}-p{i}")).collect();
+        sqlx::query("INSERT INTO products (id, name, stock) SELECT id, 'product ' || id, $2 FROM UNNEST($1::text[]) AS t(id)")
+            .bind(&products)
+            .bind(START_STOCK as i32)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let stock = stock_of(s).await;
+        let mut pipe = redis::pipe();
+        for p in &products {
+            pipe.set(stock_key(p), START_STOCK).ignore();
+        }
+        let _: () = pipe.query_async(&mut stock.connection()).await.unwrap();
+        Shop { pool, stock, tag, products }
+    }
+
+    /// `n` orders created at `created(i)`, with 1–3 distinct products each, 1–3 of each.
+    fn orders(&self, name: &str, n: usize, created: impl Fn(usize) -> DateTime<Utc>) -> Vec<Order> {
+        (0..n)
+            .map(|i| Order {
+                id: format!("{}-{name}-{i:05}", self.tag),
+                user: format!("user-{}", i % 37),
+                created_at: created(i),
+                items: (0..1 + i % 3).map(|k| (self.products[(i + k) % self.products.len()].clone(), 1 + ((i + k) % 3) as i64)).collect(),
+            })
+            .collect()
+    }
+
+    /// Inserts the orders in PAYMENT_WAIT and reserves their stock through the Order service's
+    /// Lua script.
+    async fn place(&self, orders: &[Order]) {
+        let col = |f: &dyn Fn(&Order) -> String| orders.iter().map(f).collect::<Vec<String>>();
+        sqlx::query(
+            "INSERT INTO orders (id, user_id, status, total_amount, created_at)
+             SELECT id, u, 'PAYMENT_WAIT', 0, c FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS t(id, u, c)",
+        )
+        .bind(col(&|o| o.id.clone()))
+        .bind(col(&|o| o.user.clone()))
+        .bind(orders.iter().map(|o| o.created_at).collect::<Vec<_>>())
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        let lines: Vec<(&Order, &(String, i64))> = orders.iter().flat_map(|o| o.items.iter().map(move |it| (o, it))).collect();
+        sqlx::query(
+            "INSERT INTO order_items (order_id, product_id, quantity, unit_price)
+             SELECT o, p, q, 12.34 FROM UNNEST($1::text[], $2::text[], $3::int[]) AS t(o, p, q)",
+        )
+        .bind(lines.iter().map(|(o, _)| o.id.clone()).collect::<Vec<_>>())
+        .bind(lines.iter().map(|(_, (p, _))| p.clone()).collect::<Vec<_>>())
+        .bind(lines.iter().map(|(_, (_, q))| *q as i32).collect::<Vec<_>>())
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "UPDATE orders o SET total_amount = t.total
+             FROM (SELECT order_id, sum(quantity * unit_price) AS total FROM order_items GROUP BY order_id) t
+             WHERE o.id = t.order_id AND o.id = ANY($1)",
+        )
+        .bind(col(&|o| o.id.clone()))
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        let reserved: Vec<Reserve> = futures::stream::iter(orders)
+            .map(|o| async move { self.stock.reserve(&o.id, &o.items).await.unwrap() })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        assert!(reserved.iter().all(|r| *r == Reserve::Reserved), "every seeded order holds a reservation");
+    }
+
+    async fn stocks(&self) -> BTreeMap<String, i64> {
+        let v = self.stock.stocks(&self.products).await.unwrap();
+        self.products.iter().cloned().zip(v.into_iter().map(|x| x.unwrap())).collect()
+    }
+
+    /// How many of these orders still hold a reservation.
+    async fn reservations(&self, ids: &BTreeSet<String>) -> i64 {
+        if ids.is_empty() {
+            return 0;
+        }
+        let keys: Vec<String> = ids.iter().map(|o| reservation_key(o)).collect();
+        redis::cmd("EXISTS").arg(keys).query_async(&mut self.stock.connection()).await.unwrap()
+    }
+
+    /// order id → (status, cancel_reason, cancelled_at set)
+    async fn statuses(&self) -> BTreeMap<String, (String, Option<String>, bool)> {
+        let rows: Vec<(String, String, Option<String>, bool)> =
+            sqlx::query_as("SELECT id, status, cancel_reason, cancelled_at IS NOT NULL FROM orders WHERE id LIKE $1 || '%'")
+                .bind(&self.tag)
+                .fetch_all(&self.pool)
+                .await
+                .unwrap();
+        rows.into_iter().map(|(id, st, r, c)| (id, (st, r, c))).collect()
+    }
+}
+
+fn ids(orders: &[Order]) -> BTreeSet<String> {
+    orders.iter().map(|o| o.id.clone()).collect()
+}
+
+/// Stock each product should have after `cancelled` gave their quantities back to `before`.
+fn restocked(before: &BTreeMap<String, i64>, orders: &[&Order]) -> BTreeMap<String, i64> {
+    let mut want = before.clone();
+    for o in orders {
+        for (p, q) in &o.items {
+            *want.get_mut(p).unwrap() += q;
+        }
+    }
+    want
+}
+
+/// Every committed record of `topic` as (key, decoded fields by name).
+async fn events(s: &Settings, topic: Topic) -> Vec<(String, BTreeMap<String, Value>)> {
+    let codec = Codec::new(s).unwrap();
+    let mut out = Vec::new();
+    for (_, key, value) in read_all(s, &s.topic(topic), "read_committed") {
+        let key = String::from_utf8(key.unwrap()).unwrap();
+        match codec.decode(&value.unwrap()).await.unwrap().value {
+            Value::Record(fields) => out.push((key, fields.into_iter().collect())),
+            other => panic!("not a record: {other:?}"),
+        }
+    }
+    out
+}
+
+/// Committed events per key: every key must appear exactly once; returns the keys.
+async fn once_each(s: &Settings, topic: Topic) -> BTreeSet<String> {
+    let mut per_key: BTreeMap<String, usize> = BTreeMap::new();
+    let mut event_ids = BTreeSet::new();
+    for (key, f) in events(s, topic).await {
+        *per_key.entry(key).or_default() += 1;
+        let Value::String(id) = &f["eventId"] else { panic!("eventId: {:?}", f["eventId"]) };
+        assert!(event_ids.insert(id.clone()), "eventId {id} repeated on {topic:?}");
+    }
+    let doubled: Vec<_> = per_key.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(doubled.is_empty(), "{topic:?}: orders with more than one event: {doubled:?}");
+    per_key.into_keys().collect()
+}
+
+async fn work_items(s: &Settings) -> Vec<WorkItem> {
+    let codec = Codec::new(s).unwrap();
+    let mut out = Vec::new();
+    for (_, _, v) in read_all(s, &s.topic(Topic::WorkItems), "read_committed") {
+        out.push(WorkItem::from_avro(codec.decode(&v.unwrap()).await.unwrap().value).unwrap());
+    }
+    out
+}
+
+fn only_result(r: &[RunResult]) -> &RunResult {
+    let mine: Vec<&RunResult> = r.iter().filter(|x| x.job == JOB).collect();
+    assert_eq!(mine.len(), 1, "{r:#?}");
+    mine[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_orders_are_cancelled_once_while_payments_race_the_run() {
+    let mut s = isolated().await;
+    let batch = 100;
+    set_batch(&mut s, batch);
+    let at = fire_time();
+    let shop = Shop::new(&s, test_db(&s).await, 20).await;
+    // 1,100 expired orders in creation order; every 11th is the one a customer pays during the
+    // run, so payments land in every chunk, some before and some after it is applied.
+    let expired = shop.orders("expired", 1_100, |i| at - TimeDelta::minutes(6) - TimeDelta::milliseconds(10 * (1_100 - i as i64)));
+    let to_pay: Vec<Order> = expired.iter().skip(5).step_by(11).cloned().collect();
+    let plain: Vec<Order> = expired.iter().filter(|o| !ids(&to_pay).contains(&o.id)).cloned().collect();
+    assert_eq!((to_pay.len(), plain.len()), (100, 1_000));
+    let fresh = shop.orders("fresh", 200, |i| at - TimeDelta::minutes(4) + TimeDelta::milliseconds(i as i64));
+    shop.place(&expired).await;
+    shop.place(&fresh).await;
+    let reserved = shop.stocks().await;
+    publish(&s, &[tick(JOB, at, &[])]).await;
+
+    let mut p = processor_on(&s, shop.pool.clone()).await;
+    // The payer: what the Order service does on payment — a conditional status change, then
+    // the reservation becomes a sale. It starts with the run and keeps paying through it.
+    let payer = {
+        let (pool, stock, to_pay) = (shop.pool.clone(), shop.stock.clone(), to_pay.clone());
+        tokio::spawn(async move {
+            let mut won = BTreeSet::new();
+            for o in &to_pay {
+                let paid = sqlx::query(
+                    "UPDATE orders SET status = 'PAYMENT_COMPLETED', paid_at = now() WHERE id = $1 AND status = 'PAYMENT_WAIT'",
+                )
+                .bind(&o.id)
+                .execute(&pool)
+                .await
+                .unwrap();
+                if paid.rows_affected() == 1 {
+                    assert!(stock.consume(&o.id).await.unwrap(), "a paid order still had its reservation");
+                    won.insert(o.id.clone());
+                }
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+            won
+        })
+    };
+    drive(&mut p, 3).await;
+    let won = payer.await.unwrap();
+    let lost: BTreeSet<String> = ids(&to_pay).difference(&won).cloned().collect();
+    eprintln!("payments: {} won the race, {} came after the order was cancelled", won.len(), lost.len());
+    assert!(!won.is_empty(), "some payments happened during the run");
+
+    let cancelled: BTreeSet<String> = ids(&plain).union(&lost).cloned().collect();
+    // E1: one event of each kind per cancelled order, none for paid or unexpired orders.
+    assert_eq!(once_each(&s, Topic::OrderCancelled).await, cancelled);
+    assert_eq!(once_each(&s, Topic::OrderExpirationNotification).await, cancelled);
+
+    // DB statuses.
+    let st = shop.statuses().await;
+    for id in &cancelled {
+        assert_eq!(st[id], ("ORDER_CANCELLED".into(), Some("PAYMENT_TIMEOUT".into()), true), "{id}");
+    }
+    for id in &won {
+        assert_eq!(st[id].0, "PAYMENT_COMPLETED", "{id}: a paid order is never cancelled");
+    }
+    for id in ids(&fresh) {
+        assert_eq!(st[&id], ("PAYMENT_WAIT".into(), None, false), "{id}: not yet expired");
+    }
+
+    // E2: reservations of cancelled orders gone (paid ones consumed), unexpired ones kept, and
+    // Redis stock = after reservation + exactly what the cancelled orders held.
+    assert_eq!(shop.reservations(&cancelled).await, 0);
+    assert_eq!(shop.reservations(&won).await, 0);
+    assert_eq!(shop.reservations(&ids(&fresh)).await, 200);
+    let back: Vec<&Order> = expired.iter().filter(|o| cancelled.contains(&o.id)).collect();
+    assert_eq!(shop.stocks().await, restocked(&reserved, &back), "stock given back exactly once per cancelled order");
+
+    // The plan: chunks of at most batch_size distinct ids, all expired, then one seal.
+    let items = work_items(&s).await;
+    let (seals, chunks): (Vec<&WorkItem>, Vec<&WorkItem>) = items.iter().partition(|w| w.chunk_index == SEAL);
+    assert_eq!(seals.len(), 1);
+    assert_eq!(seals[0].chunk_count as usize, chunks.len());
+    assert!(chunks.iter().all(|w| !w.ids.is_empty() && w.ids.len() <= batch as usize), "chunk sizes: {:?}", chunks.iter().map(|w| w.ids.len()).collect::<Vec<_>>());
+    let planned: Vec<&String> = chunks.iter().flat_map(|w| &w.ids).collect();
+    let planned_set: BTreeSet<String> = planned.iter().map(|x| x.to_string()).collect();
+    assert_eq!(planned.len(), planned_set.len(), "an order is in one chunk");
+    assert!(planned_set.is_subset(&ids(&expired)) && planned_set.is_superset(&cancelled));
+
+    let r = results(&s).await;
+    let r = only_result(&r);
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+    assert_eq!(r.counts["ordersCancelled"], cancelled.len() as i64, "{r:?}");
+    assert_eq!(r.counts["reservationsReleased"], cancelled.len() as i64, "{r:?}");
+    assert_eq!(r.counts["alreadyHandled"], (planned_set.len() - cancelled.len()) as i64, "{r:?}");
+    let lines: i64 = back.iter().map(|o| o.items.len() as i64).sum();
+    assert_eq!(r.counts["productsRestocked"], lines, "{r:?}");
+}
+
+/// Everything a run could change or emit, to compare before and after.
+async fn observe(s: &Settings, shop: &Shop) -> impl PartialEq + std::fmt::Debug {
+    let n = |t: Topic| read_all(s, &s.topic(t), "read_committed").len();
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM order_expirations").fetch_one(&shop.pool).await.unwrap();
+    (
+        [n(Topic::OrderCancelled), n(Topic::OrderExpirationNotification), n(Topic::WorkItems), n(Topic::RunResults), n(Topic::DeadLetters)],
+        recorded,
+        shop.statuses().await,
+        shop.stocks().await,
+    )
+}
+
+#[tokio::test]
+async fn the_same_tick_twice_and_a_replay_from_offset_zero_change_and_emit_nothing() {
+    let s = isolated().await;
+    let at = fire_time();
+    let shop = Shop::new(&s, test_db(&s).await, 10).await;
+    let expired = shop.orders("expired", 250, |i| at - TimeDelta::minutes(30) + TimeDelta::seconds(i as i64));
+    let fresh = shop.orders("fresh", 20, |_| at - TimeDelta::minutes(1));
+    shop.place(&expired).await;
+    shop.place(&fresh).await;
+    let t = tick(JOB, at, &[]);
+    publish(&s, &[t.clone()]).await;
+    let mut p = processor_on(&s, shop.pool.clone()).await;
+    drive(&mut p, 3).await;
+    let first = observe(&s, &shop).await;
+    assert_eq!(once_each(&s, Topic::OrderCancelled).await, ids(&expired));
+
+    // The same fire time again (a second tick producer, or a retry of the first).
+    publish(&s, &[t]).await;
+    drive(&mut p, 2).await;
+    assert_eq!(observe(&s, &shop).await, first, "a duplicate tick changed something");
+
+    // Replay: the group back to offset 0 of scheduler.tick, a new processor.
+    drop(p);
+    reset_group(&s, &s.processor.group_id, &s.topic(Topic::Tick));
+    let mut p = processor_on(&s, shop.pool.clone()).await;
+    assert!(drive(&mut p, 3).await >= 2, "the ticks were consumed again");
+    assert_eq!(observe(&s, &shop).await, first, "a replay changed something");
+    assert_eq!(results(&s).await.len(), 1);
+}
+
+/// The real binary as a child, killed when dropped.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn start(s: &Settings, db: &str, batch: u32, fault_after: Option<u32>) -> Proc {
+        let log = std::env::temp_dir().join(format!("{}.log", unique("order-expiration-crash")));
+        let mut cmd = Command::new(binary());
+        cmd.arg("run")
+            .current_dir(repo_root())
+            .env("SJ_TOPICS__PREFIX", &s.topics.prefix)
+            .env("SJ_PROCESSOR__GROUP_ID", &s.processor.group_id)
+            .env("SJ_PROCESSOR__TRANSACTIONAL_ID_PREFIX", &s.processor.transactional_id_prefix)
+            // Fixed, so each incarnation fences the one before it and aborts what it left open.
+            .env("SJ_PROCESSOR__INSTANCE_ID", "crash-test")
+            .env("SJ_POSTGRES__DATABASE", db)
+            .env("SJ_JOBS__ORDER_EXPIRATION__BATCH_SIZE", batch.to_string())
+            .env("RUST_LOG", "info")
+            .env_remove("SJ_FAULT_POINT")
+            .env_remove("SJ_FAULT_JOB")
+            .env_remove("SJ_FAULT_AFTER")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(after) = fault_after {
+            cmd.env("SJ_FAULT_POINT", "before-apply-commit").env("SJ_FAULT_JOB", JOB).env("SJ_FAULT_AFTER", after.to_string());
+        }
+        Proc { child: cmd.spawn().unwrap(), log }
+    }
+
+    fn wait_killed(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(!status.success(), "the processor should have been killed at the fault point");
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                assert!(log.contains("fault point before-apply-commit reached"), "{status}: {log}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "the fault point was never reached: {}", self.tail());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_processor_killed_between_effects_and_commit_leaves_events_and_stock_exact() {
+    let s = isolated().await;
+    let batch = 50;
+    let (pool, db) = fresh_db(&s).await;
+    scheduled_jobs::db::migrate(&pool).await.unwrap();
+    let at = fire_time();
+    let shop = Shop::new(&s, pool, 12).await;
+    let expired = shop.orders("expired", 500, |i| at - TimeDelta::minutes(20) + TimeDelta::seconds(i as i64));
+    shop.place(&expired).await;
+    publish(&s, &[tick(JOB, at, &[])]).await;
+
+    // SIGKILL right before the Kafka commit of a work item, after its DB and Redis effects.
+    // The killed item may be the seal (no effects); then crash again until a chunk's effects
+    // are left without their events.
+    let pending = || async {
+        let cancelled: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'ORDER_CANCELLED'").fetch_one(&shop.pool).await.unwrap();
+        cancelled - events(&s, Topic::OrderCancelled).await.len() as i64
+    };
+    let mut crashes = 0;
+    loop {
+        let mut p = Proc::start(&s, &db, batch, Some(2));
+        p.wait_killed();
+        crashes += 1;
+        if pending().await > 0 {
+            break;
+        }
+        assert!(crashes < 6, "no crash left effects without events");
+    }
+    assert!(shop.reservations(&ids(&expired)).await < 500, "the killed chunk had released reservations");
+
+    // Restart without the fault: the same instance id fences the dead incarnation.
+    let p = Proc::start(&s, &db, batch, None);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while results(&s).await.is_empty() || pending().await > 0 {
+        assert!(Instant::now() < deadline, "the run did not complete after the restart:\n{}", p.tail());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Let any straggling transaction land before counting for duplicates.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(p);
+
+    let all = ids(&expired);
+    assert_eq!(once_each(&s, Topic::OrderCancelled).await, all, "E1 after {crashes} crash(es)");
+    assert_eq!(once_each(&s, Topic::OrderExpirationNotification).await, all);
+    assert!(shop.statuses().await.values().all(|v| v.0 == "ORDER_CANCELLED"));
+    assert_eq!(shop.reservations(&all).await, 0);
+    let start: BTreeMap<String, i64> = shop.products.iter().map(|p| (p.clone(), START_STOCK)).collect();
+    assert_eq!(shop.stocks().await, start, "E2: every reservation given back exactly once");
+    let r = results(&s).await;
+    let r = only_result(&r);
+    assert_eq!(r.outcome, Outcome::Succeeded);
+    assert_eq!(r.counts["ordersCancelled"], 500, "{r:?}");
+    // The killed chunk's reservations were released by the killed attempt; its retry found
+    // them gone and still emitted its events, from order_expirations.
+    assert_eq!(r.counts["reservationsAbsent"], i64::from(batch), "{r:?}");
+    assert_eq!(r.counts["reservationsReleased"], 500 - i64::from(batch), "{r:?}");
+    eprintln!("crash test: {crashes} crash(es), run result counts {:?}", r.counts);
+}
+
+fn string(f: &BTreeMap<String, Value>, name: &str) -> String {
+    match &f[name] {
+        Value::String(s) | Value::Enum(_, s) => s.clone(),
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+fn millis(f: &BTreeMap<String, Value>, name: &str) -> i64 {
+    match &f[name] {
+        Value::TimestampMillis(ms) => *ms,
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn events_carry_the_spec_fields_and_deterministic_ids() {
+    let s = isolated().await;
+    let at = fire_time();
+    let shop = Shop::new(&s, test_db(&s).await, 6).await;
+    let expired = shop.orders("expired", 3, |i| at - TimeDelta::minutes(5) - TimeDelta::seconds(i as i64));
+    let fresh = shop.orders("fresh", 1, |_| at - TimeDelta::minutes(5) + TimeDelta::milliseconds(1));
+    shop.place(&expired).await;
+    shop.place(&fresh).await;
+    publish(&s, &[tick(JOB, at, &[])]).await;
+    let mut p = processor_on(&s, shop.pool.clone()).await;
+    drive(&mut p, 3).await;
+    let r = results(&s).await;
+    let run_id = only_result(&r).run_id.clone();
+
+    let cancelled_at: BTreeMap<String, DateTime<Utc>> =
+        sqlx::query_as("SELECT id, cancelled_at FROM orders WHERE status = 'ORDER_CANCELLED'").fetch_all(&shop.pool).await.unwrap().into_iter().collect();
+    assert_eq!(cancelled_at.keys().cloned().collect::<BTreeSet<_>>(), ids(&expired), "created at or before the cutoff, and only those");
+    let order = |id: &str| expired.iter().find(|o| o.id == id).unwrap();
+
+    let cancelled = events(&s, Topic::OrderCancelled).await;
+    assert_eq!(cancelled.len(), 3);
+    for (key, f) in &cancelled {
+        let o = order(key);
+        let when = cancelled_at[key].timestamp_millis();
+        assert_eq!(f.keys().map(String::as_str).collect::<Vec<_>>(), {
+            let mut v = vec!["eventId", "eventTimestamp", "orderId", "userId", "items", "cancellationReason", "cancelledAt"];
+            v.sort();
+            v
+        });
+        assert_eq!(string(f, "eventId"), derived_id(&["order-cancelled", &run_id, key]).to_string());
+        assert_eq!(string(f, "eventId"), event_id(CANCELLED_KIND, &run_id, key));
+        assert_eq!(millis(f, "eventTimestamp"), when);
+        assert_eq!(&string(f, "orderId"), key);
+        assert_eq!(string(f, "userId"), o.user);
+        let Value::Array(items) = &f["items"] else { panic!("items: {:?}", f["items"]) };
+        let mut got: Vec<(String, i64)> = items
+            .iter()
+            .map(|it| match it {
+                Value::Record(kv) => {
+                    let kv: BTreeMap<String, Value> = kv.iter().cloned().collect();
+                    let Value::Int(q) = kv["quantity"] else { panic!("quantity: {kv:?}") };
+                    (string(&kv, "productId"), i64::from(q))
+                }
+                other => panic!("item: {other:?}"),
+            })
+            .collect();
+        got.sort();
+        let mut want = o.items.clone();
+        want.sort();
+        assert_eq!(got, want, "{key}");
+        assert!(matches!(&f["cancellationReason"], Value::Enum(0, s) if s == "PAYMENT_TIMEOUT"), "{:?}", f["cancellationReason"]);
+        assert_eq!(millis(f, "cancelledAt"), when);
+    }
+
+    let notes = events(&s, Topic::OrderExpirationNotification).await;
+    assert_eq!(notes.len(), 3);
+    for (key, f) in &notes {
+        let when = cancelled_at[key].timestamp_millis();
+        assert_eq!(f.len(), 6, "{f:?}");
+        assert_eq!(string(f, "eventId"), derived_id(&["order-expiration-notification", &run_id, key]).to_string());
+        assert_eq!(string(f, "eventId"), event_id(NOTIFICATION_KIND, &run_id, key));
+        assert_eq!(millis(f, "eventTimestamp"), when);
+        assert_eq!(&string(f, "orderId"), key);
+        assert_eq!(string(f, "userId"), order(key).user);
+        assert_eq!(string(f, "expirationReason"), "주문이 자동 취소되었습니다 (결제 시간 초과)");
+        assert_eq!(string(f, "expirationReason"), EXPIRATION_REASON);
+        assert_eq!(millis(f, "expiredAt"), when);
+    }
+
+    // The same decision applied again (a retry after a crash) yields the very same records.
+    let item = work_items(&s).await.into_iter().find(|w| w.chunk_index == 0).unwrap();
+    let ctx = JobCtx {
+        db: shop.pool.clone(),
+        redis: Some(shop.stock.connection()),
+        tz: chrono_tz::UTC,
+        settings: s.job(JOB).unwrap().clone(),
+    };
+    let again = OrderExpiration.apply(&ctx, &item).await.unwrap();
+    assert_eq!(again.counts["ordersCancelled"], 3);
+    assert_eq!(again.counts["reservationsAbsent"], 3, "released once, by the first attempt");
+    let codec = Codec::new(&s).unwrap();
+    let mut replayed = BTreeSet::new();
+    for e in &again.records {
+        replayed.insert((e.key.clone(), codec.encode(&s.topic(e.topic), e.value.clone()).await.unwrap()));
+    }
+    let mut committed = BTreeSet::new();
+    for t in [Topic::OrderCancelled, Topic::OrderExpirationNotification] {
+        for (_, k, v) in read_all(&s, &s.topic(t), "read_committed") {
+            committed.insert((String::from_utf8(k.unwrap()).unwrap(), v.unwrap()));
+        }
+    }
+    assert_eq!(replayed, committed, "a re-applied chunk emits byte-identical records");
+}

@@ -1,0 +1,527 @@
+//! `stock-sync` on the real stack: one planted mismatch per cause, the urgency threshold,
+//! exactly-once alerts under duplicate ticks and replay, a retried chunk, and a sync running
+//! under a concurrent order load. Products and orders live in each test's own database; Redis
+//! is shared, so every product and order id carries a random per-test prefix.
+//!
+//! The concurrent load plays the Order service with the order of operations the job's
+//! confirmation relies on (see `src/jobs/stock_sync/mod.rs`):
+//! - place: reserve in Redis (`Stock::reserve`, Lua) first, then insert the order
+//!   (PAYMENT_WAIT) and its items in one SQL transaction — stock is never promised in the DB
+//!   that Redis could not reserve;
+//! - pay: one SQL transaction sets PAYMENT_COMPLETED and takes the quantities off
+//!   `products.stock`, then `Stock::consume` drops the reservation (Redis stock stays taken);
+//! - cancel: set ORDER_CANCELLED in SQL, then `Stock::release` gives the quantities back.
+//!
+//! Between the two steps of each, DB and Redis disagree for a moment; confirmation must
+//! never mistake that for drift.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use redis::AsyncCommands;
+use scheduled_jobs::codec::Codec;
+use scheduled_jobs::config::{Settings, Topic};
+use scheduled_jobs::jobs::stock_sync::StockSync;
+use scheduled_jobs::jobs::{Job, JobCtx, Run};
+use scheduled_jobs::stock::{stock_key, Reserve, Stock};
+use scheduled_jobs::wire::derived_id;
+use scheduled_jobs::wire::internal::{Outcome, RunResult, WorkItem};
+use serde_json::Value as Json;
+use sqlx::PgPool;
+
+use crate::common::{isolated, read_all, unique};
+use crate::processor::{drive, processor_on, publish, reset_group, results, test_db, tick};
+
+const JOB: &str = "stock-sync";
+
+struct Env {
+    s: Settings,
+    db: PgPool,
+    stock: Stock,
+    prefix: String,
+}
+
+async fn env(batch_size: u32, confirm_delay_ms: u64) -> Env {
+    let mut s = isolated().await;
+    let job = s.jobs.get_mut("stock_sync").expect("stock_sync settings");
+    job.batch_size = batch_size;
+    job.confirm_delay_ms = confirm_delay_ms;
+    let db = test_db(&s).await;
+    let url = secrecy::ExposeSecret::expose_secret(&s.redis_url()).to_string();
+    let stock = Stock::connect(&url).await.unwrap();
+    Env { s, db, stock, prefix: unique("ss") }
+}
+
+impl Env {
+    fn id(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    /// A product with `db` stock in PostgreSQL and `redis` in `stock:{id}` (None: no key).
+    async fn product(&self, name: &str, db: i32, redis: Option<i64>) -> String {
+        let id = self.id(name);
+        sqlx::query("INSERT INTO products (id, name, stock) VALUES ($1, $2, $3)")
+            .bind(&id)
+            .bind(name)
+            .bind(db)
+            .execute(&self.db)
+            .await
+            .unwrap();
+        let mut c = self.stock.connection();
+        match redis {
+            Some(v) => c.set::<_, _, ()>(stock_key(&id), v).await.unwrap(),
+            None => c.del::<_, ()>(stock_key(&id)).await.unwrap(),
+        }
+        id
+    }
+
+    async fn insert_order(&self, order: &str, status: &str, items: &[(String, i64)]) {
+        let mut tx = self.db.begin().await.unwrap();
+        sqlx::query("INSERT INTO orders (id, user_id, status, total_amount, created_at) VALUES ($1, 'u', $2, 0, now())")
+            .bind(order)
+            .bind(status)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        for (p, q) in items {
+            sqlx::query("INSERT INTO order_items (order_id, product_id, quantity, unit_price) VALUES ($1, $2, $3, 1)")
+                .bind(order)
+                .bind(p)
+                .bind(*q as i32)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+
+    /// The Order service placing an order: Redis first, then SQL. False if out of stock.
+    async fn place(&self, order: &str, items: &[(String, i64)]) -> bool {
+        match self.stock.reserve(order, items).await.unwrap() {
+            Reserve::Reserved => {
+                self.insert_order(order, "PAYMENT_WAIT", items).await;
+                true
+            }
+            Reserve::AlreadyReserved | Reserve::InsufficientStock => false,
+        }
+    }
+
+    /// Payment: SQL (status and DB stock together), then the reservation becomes a sale.
+    async fn pay(&self, order: &str) {
+        let mut tx = self.db.begin().await.unwrap();
+        let paid = sqlx::query("UPDATE orders SET status = 'PAYMENT_COMPLETED', paid_at = now() WHERE id = $1 AND status = 'PAYMENT_WAIT'")
+            .bind(order)
+            .execute(&mut *tx)
+            .await
+            .unwrap()
+            .rows_affected();
+        if paid == 1 {
+            sqlx::query("UPDATE products p SET stock = p.stock - oi.quantity FROM order_items oi WHERE oi.order_id = $1 AND oi.product_id = p.id")
+                .bind(order)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        if paid == 1 {
+            self.stock.consume(order).await.unwrap();
+        }
+    }
+
+    /// Cancellation: SQL, then the reservation goes back to stock.
+    async fn cancel(&self, order: &str) {
+        let n = sqlx::query("UPDATE orders SET status = 'ORDER_CANCELLED', cancelled_at = now() WHERE id = $1 AND status = 'PAYMENT_WAIT'")
+            .bind(order)
+            .execute(&self.db)
+            .await
+            .unwrap()
+            .rows_affected();
+        if n == 1 {
+            self.stock.release(order).await.unwrap();
+        }
+    }
+
+    /// (product, expected from the DB, Redis value) for every product.
+    async fn state(&self) -> Vec<(String, i64, Option<String>)> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT p.id, p.stock::bigint - COALESCE((SELECT sum(oi.quantity) FROM order_items oi JOIN orders o ON o.id = oi.order_id
+                                                      WHERE oi.product_id = p.id AND o.status = 'PAYMENT_WAIT'), 0)::bigint
+             FROM products p ORDER BY p.id",
+        )
+        .fetch_all(&self.db)
+        .await
+        .unwrap();
+        let keys: Vec<String> = rows.iter().map(|(p, _)| stock_key(p)).collect();
+        let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut self.stock.connection()).await.unwrap();
+        rows.into_iter().zip(values).map(|((p, e), v)| (p, e, v)).collect()
+    }
+
+    async fn redis(&self, product: &str) -> Option<String> {
+        self.stock.connection().get(stock_key(product)).await.unwrap()
+    }
+
+    /// Publishes the tick of `at` and runs a processor until it settles.
+    async fn sync(&self, at: DateTime<Utc>) {
+        publish(&self.s, &[tick(JOB, at, &[])]).await;
+        let mut p = processor_on(&self.s, self.db.clone()).await;
+        drive(&mut p, 3).await;
+    }
+
+    fn ctx(&self) -> JobCtx {
+        JobCtx {
+            db: self.db.clone(),
+            redis: Some(self.stock.connection()),
+            tz: chrono_tz::UTC,
+            settings: self.s.job(JOB).cloned().unwrap_or_default(),
+        }
+    }
+}
+
+fn minutes_ago(m: i64) -> DateTime<Utc> {
+    let t = Utc::now() - TimeDelta::minutes(m);
+    DateTime::from_timestamp(t.timestamp() - t.timestamp() % 60, 0).unwrap()
+}
+
+/// Committed alerts, decoded to JSON.
+async fn alerts(s: &Settings) -> Vec<Json> {
+    let codec = Codec::new(s).unwrap();
+    let mut out = Vec::new();
+    for (_, key, value) in read_all(s, &s.topic(Topic::StockSyncAlert), "read_committed") {
+        let d = codec.decode(&value.unwrap()).await.unwrap();
+        let json = scheduled_jobs::avro::to_json(&d.value, &d.schema);
+        assert_eq!(key.as_deref(), json["productId"].as_str().map(str::as_bytes), "key is the productId");
+        out.push(json);
+    }
+    out
+}
+
+fn by_product(alerts: &[Json]) -> BTreeMap<String, Json> {
+    alerts.iter().map(|a| (a["productId"].as_str().unwrap().to_string(), a.clone())).collect()
+}
+
+fn sync_results(r: Vec<RunResult>) -> Vec<RunResult> {
+    r.into_iter().filter(|r| r.job == JOB).collect()
+}
+
+#[tokio::test]
+async fn each_cause_is_detected_classified_and_repaired_except_an_invalid_db_value() {
+    let e = env(3, 100).await;
+    let ok: Vec<String> = vec![e.product("a-ok-1", 50, Some(50)).await, e.product("a-ok-2", 7, Some(7)).await];
+    // Consistent with a waiting order: 20 in stock, 3 reserved.
+    let ok_waiting = e.product("a-ok-3", 20, Some(20)).await;
+    assert!(e.place(&e.id("o-ok"), &[(ok_waiting.clone(), 3)]).await);
+    let missing = e.product("b-missing", 40, None).await;
+    let drift = e.product("c-drift", 30, Some(37)).await;
+    // Cancelled in SQL, but the release never reached Redis: 4 still held by the hash.
+    let stale = e.product("d-stale", 25, Some(25)).await;
+    let stale_order = e.id("o-stale");
+    assert!(e.place(&stale_order, &[(stale.clone(), 4)]).await);
+    sqlx::query("UPDATE orders SET status = 'ORDER_CANCELLED', cancelled_at = now() WHERE id = $1")
+        .bind(&stale_order)
+        .execute(&e.db)
+        .await
+        .unwrap();
+    // A waiting order whose reservation never reached Redis: expected 15, Redis 20.
+    let no_res = e.product("e-no-reservation", 20, Some(20)).await;
+    e.insert_order(&e.id("o-nores"), "PAYMENT_WAIT", &[(no_res.clone(), 5)]).await;
+    let invalid = e.product("f-invalid", -2, Some(0)).await;
+    let garbage = e.product("g-garbage", 10, None).await;
+    let _: () = e.stock.connection().set(stock_key(&garbage), "not-a-number").await.unwrap();
+
+    e.sync(minutes_ago(5)).await;
+
+    let r = sync_results(results(&e.s).await);
+    assert_eq!(r.len(), 1, "{r:#?}");
+    let run = &r[0];
+    assert_eq!(run.outcome, Outcome::Succeeded, "{run:?}");
+    let c = |k: &str| run.counts.get(k).copied().unwrap_or(-1);
+    assert_eq!((c("products"), c("chunks")), (9, 3), "nine products in ranges of three: {run:?}");
+    assert_eq!((c("mismatches"), c("repaired"), c("manualReview"), c("casRefused"), c("urgent")), (6, 4, 2, 0, 0), "{run:?}");
+
+    let a = alerts(&e.s).await;
+    assert_eq!(a.len(), 6, "{a:#?}");
+    let a = by_product(&a);
+    let expect = |p: &str, cause: &str, action: &str, db: i64, redis: Json, severity: &str| {
+        let x = &a[p];
+        assert_eq!(x["cause"], cause, "{p}: {x}");
+        assert_eq!(x["action"], action, "{p}: {x}");
+        assert_eq!(x["dbStock"], db, "{p}: {x}");
+        assert_eq!(x["redisStock"], redis, "{p}: {x}");
+        let discrepancy = db - redis.as_i64().unwrap_or(0);
+        assert_eq!(x["discrepancy"], discrepancy, "{p}: {x}");
+        assert_eq!(x["severity"], severity, "{p}: {x}");
+        assert_eq!(x["runId"], run.run_id.as_str());
+        assert_eq!(x["mismatchesInRun"], 6);
+        assert_eq!(x["eventId"], derived_id(&["stock-sync-alert", &run.run_id, p]).to_string());
+    };
+    expect(&missing, "REDIS_KEY_MISSING", "REDIS_RESTORED", 40, Json::Null, "MEDIUM");
+    expect(&drift, "REDIS_DRIFT", "REDIS_RESTORED", 30, 37.into(), "LOW");
+    expect(&stale, "STALE_RESERVATION", "REDIS_RESTORED", 25, 21.into(), "LOW");
+    expect(&no_res, "MISSING_RESERVATION", "REDIS_RESTORED", 15, 20.into(), "LOW");
+    expect(&invalid, "INVALID_DB_VALUE", "MANUAL_REVIEW_REQUIRED", -2, 0.into(), "HIGH");
+    expect(&garbage, "REDIS_DRIFT", "MANUAL_REVIEW_REQUIRED", 10, Json::Null, "HIGH");
+    for p in ok.iter().chain([&ok_waiting]) {
+        assert!(!a.contains_key(p), "no alert for the consistent {p}");
+    }
+
+    // Repaired: expected == Redis, except where the DB is invalid or Redis holds garbage.
+    for (p, expected, redis) in e.state().await {
+        if p == invalid {
+            assert_eq!(redis.as_deref(), Some("0"), "invalid DB value: Redis left unchanged");
+        } else if p == garbage {
+            assert_eq!(redis.as_deref(), Some("not-a-number"), "left for manual review");
+        } else {
+            assert_eq!(redis, Some(expected.to_string()), "{p}");
+        }
+    }
+    // The stale field is gone: a late release of that order can no longer give 4 back twice.
+    assert_eq!(e.stock.release(&stale_order).await.unwrap(), 0);
+    assert_eq!(e.redis(&stale).await.as_deref(), Some("25"));
+}
+
+/// Plants `n` drifts (+1 each) among 5 consistent products and returns the run's alerts and
+/// counts.
+async fn run_with_mismatches(n: usize) -> (Vec<Json>, BTreeMap<String, i64>) {
+    let e = env(4, 50).await;
+    for i in 0..n {
+        e.product(&format!("m{i:03}"), 100, Some(101)).await;
+    }
+    for i in 0..5 {
+        e.product(&format!("k{i:03}"), 100, Some(100)).await;
+    }
+    e.sync(minutes_ago(5)).await;
+    let r = sync_results(results(&e.s).await);
+    assert_eq!(r.len(), 1, "{r:#?}");
+    (alerts(&e.s).await, r[0].counts.clone())
+}
+
+#[tokio::test]
+async fn eleven_mismatches_make_every_alert_critical_and_ten_do_not() {
+    let ((eleven, c11), (ten, c10)) = tokio::join!(run_with_mismatches(11), run_with_mismatches(10));
+    assert_eq!(eleven.len(), 11);
+    assert!(eleven.iter().all(|a| a["severity"] == "CRITICAL" && a["mismatchesInRun"] == 11), "{eleven:#?}");
+    assert_eq!((c11["mismatches"], c11["urgent"]), (11, 1), "{c11:?}");
+    assert_eq!(ten.len(), 10);
+    assert!(ten.iter().all(|a| a["severity"] == "LOW" && a["mismatchesInRun"] == 10), "{ten:#?}");
+    assert_eq!((c10["mismatches"], c10["urgent"]), (10, 0), "{c10:?}");
+}
+
+#[tokio::test]
+async fn alerts_are_emitted_once_per_mismatch_under_duplicate_ticks_and_replay() {
+    let e = env(2, 50).await;
+    let planted: BTreeSet<String> = [
+        e.product("p1", 10, Some(12)).await,
+        e.product("p2", 10, None).await,
+        e.product("p3", 10, Some(10)).await,
+        e.product("p4", 10, Some(3)).await,
+        e.product("p5", 10, Some(10)).await,
+    ]
+    .into_iter()
+    .filter(|p| !p.ends_with("p3") && !p.ends_with("p5"))
+    .collect();
+    let at = minutes_ago(5);
+    let t = tick(JOB, at, &[]);
+    let mut twin = t.clone();
+    twin.producer = Some("producer-b".into());
+    publish(&e.s, &[t.clone(), twin]).await;
+    let mut p = processor_on(&e.s, e.db.clone()).await;
+    drive(&mut p, 3).await;
+
+    let check = |a: &[Json], when: &str| {
+        assert_eq!(a.len(), 3, "{when}: {a:#?}");
+        let products: BTreeSet<String> = a.iter().map(|x| x["productId"].as_str().unwrap().to_string()).collect();
+        assert_eq!(products, planted, "{when}");
+        let ids: BTreeSet<&str> = a.iter().map(|x| x["eventId"].as_str().unwrap()).collect();
+        assert_eq!(ids.len(), 3, "{when}: distinct event ids");
+    };
+    check(&alerts(&e.s).await, "after the run (two identical ticks)");
+
+    // The same tick again, later.
+    publish(&e.s, &[t.clone()]).await;
+    drive(&mut p, 2).await;
+    check(&alerts(&e.s).await, "after the same tick again");
+    drop(p);
+
+    // Replay the tick topic from offset 0 with a fresh processor.
+    reset_group(&e.s, &e.s.processor.group_id, &e.s.topic(Topic::Tick));
+    let mut p = processor_on(&e.s, e.db.clone()).await;
+    let handled = drive(&mut p, 3).await;
+    assert!(handled >= 3, "the ticks were consumed again ({handled})");
+    check(&alerts(&e.s).await, "after replaying the tick topic");
+    assert_eq!(sync_results(results(&e.s).await).len(), 1, "one run");
+}
+
+/// A chunk applied twice (its Kafka commit lost after the effects) records and repairs once
+/// and keeps the first observation; finalisation from the table is repeatable.
+#[tokio::test]
+async fn a_retried_chunk_keeps_its_first_observation_and_finalize_is_repeatable() {
+    let e = env(100, 10).await;
+    let drift = e.product("r-drift", 30, Some(33)).await;
+    let fine = e.product("r-fine", 5, Some(5)).await;
+    let ctx = e.ctx();
+    let run_id = unique("run");
+    let item = WorkItem {
+        run_id: run_id.clone(),
+        job: JOB.into(),
+        period: "p".into(),
+        tick_id: "t".into(),
+        trigger: "SCHEDULED".into(),
+        chunk_index: 0,
+        chunk_count: -1,
+        ids: vec![drift.clone(), fine.clone()],
+        parameters: BTreeMap::new(),
+        scheduled_at: Utc::now(),
+        planned_at: Utc::now(),
+    };
+    let first = StockSync.apply(&ctx, &item).await.unwrap();
+    assert_eq!(first.counts.get("confirmed"), Some(&1), "{first:?}");
+    assert_eq!(e.redis(&drift).await.as_deref(), Some("30"));
+    let again = StockSync.apply(&ctx, &item).await.unwrap();
+    assert_eq!(again.counts.get("candidates"), Some(&0), "nothing left to repair: {again:?}");
+
+    let run = Run {
+        run_id: run_id.clone(),
+        job: JOB.into(),
+        period: "p".into(),
+        attempt: 1,
+        tick: tick(JOB, minutes_ago(1), &[]),
+        planned_at: Utc::now(),
+    };
+    let f1 = StockSync.finalize(&ctx, &run).await.unwrap();
+    let f2 = StockSync.finalize(&ctx, &run).await.unwrap();
+    assert_eq!(f1.records.len(), 1);
+    assert_eq!(f1.counts, f2.counts);
+    assert_eq!(f1.counts.get("repaired"), Some(&1), "{:?}", f1.counts);
+    let fields = |v: &apache_avro::types::Value| match v {
+        apache_avro::types::Value::Record(f) => {
+            f.iter().filter(|(k, _)| k != "eventTimestamp").cloned().collect::<Vec<_>>()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(fields(&f1.records[0].value), fields(&f2.records[0].value), "same alert from a retried finalisation");
+    let redis_stock = fields(&f1.records[0].value).into_iter().find(|(k, _)| k == "redisStock").unwrap().1;
+    assert_eq!(redis_stock, apache_avro::types::Value::Union(1, Box::new(apache_avro::types::Value::Int(33))), "first observation kept");
+
+    // A malformed work item fails the chunk instead of guessing.
+    let mut bad = item.clone();
+    bad.ids = vec![drift.clone()];
+    assert!(StockSync.apply(&ctx, &bad).await.is_err());
+}
+
+/// A tiny deterministic generator (no extra dependency) for the load.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sync_under_concurrent_orders_overwrites_nothing_and_converges() {
+    // A confirmation window far above the load's two-step windows (milliseconds), so a busy
+    // machine cannot turn an order in flight into a false mismatch.
+    let e = Arc::new(env(5, 400).await);
+    let mut products = Vec::new();
+    for i in 0..40 {
+        products.push(e.product(&format!("c{i:03}"), 10_000, Some(10_000)).await);
+    }
+    // The load orders the first 20 (hot); the rest stay quiet. Real drift on two hot and two
+    // quiet products: the quiet ones can be confirmed and repaired while the load runs.
+    let hot: Vec<String> = products[..20].to_vec();
+    let planted: BTreeSet<String> = [3usize, 7, 25, 33].iter().map(|i| products[*i].clone()).collect();
+    let mut c = e.stock.connection();
+    let _: () = c.set(stock_key(&products[3]), 10_005).await.unwrap();
+    let _: () = c.set(stock_key(&products[7]), 9_990).await.unwrap();
+    let _: () = c.set(stock_key(&products[25]), 10_001).await.unwrap();
+    let _: () = c.del(stock_key(&products[33])).await.unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let placed = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for w in 0..3u64 {
+        let (e, stop, placed, products) = (e.clone(), stop.clone(), placed.clone(), hot.clone());
+        workers.push(tokio::spawn(async move {
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
+            let mut waiting: Vec<String> = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let order = e.id(&format!("w{w}-o{n}"));
+                n += 1;
+                let mut items = vec![(products[rng.next(products.len() as u64) as usize].clone(), 1 + rng.next(3) as i64)];
+                let second = products[rng.next(products.len() as u64) as usize].clone();
+                if rng.next(3) == 0 && second != items[0].0 {
+                    items.push((second, 1 + rng.next(2) as i64));
+                }
+                if e.place(&order, &items).await {
+                    placed.fetch_add(1, Ordering::SeqCst);
+                    waiting.push(order);
+                }
+                // Settle an earlier order now and then; some stay waiting to the end.
+                if waiting.len() > 3 {
+                    let o = waiting.remove(rng.next(waiting.len() as u64) as usize);
+                    match rng.next(10) {
+                        0..=4 => e.pay(&o).await,
+                        5..=8 => e.cancel(&o).await,
+                        _ => {}
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(rng.next(20))).await;
+            }
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    e.sync(minutes_ago(10)).await;
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let placed = placed.load(Ordering::SeqCst);
+    assert!(placed > 50, "the load ran alongside the sync ({placed} orders)");
+    let run1 = sync_results(results(&e.s).await);
+    assert_eq!(run1.len(), 1);
+    let rows1: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT product_id, repair FROM stock_sync_mismatches WHERE run_id = $1")
+            .bind(&run1[0].run_id)
+            .fetch_all(&e.db)
+            .await
+            .unwrap();
+    eprintln!("run 1 under load ({placed} orders): {:?}; rows {rows1:?}", run1[0].counts);
+    for quiet in [&products[25], &products[33]] {
+        assert!(
+            rows1.iter().any(|(p, r)| p == quiet && r.as_deref() == Some("RESTORED")),
+            "a quiet product's drift is repaired while the load runs: {quiet} {rows1:?}"
+        );
+    }
+
+    // With the load stopped, a second run finishes whatever the first had to leave.
+    e.sync(minutes_ago(5)).await;
+    let runs = sync_results(results(&e.s).await);
+    assert_eq!(runs.len(), 2, "{runs:#?}");
+    let run2 = runs.iter().find(|r| r.run_id != run1[0].run_id).unwrap();
+    eprintln!("run 2 after the load: {:?}", run2.counts);
+
+    for (p, expected, redis) in e.state().await {
+        assert_eq!(redis, Some(expected.to_string()), "{p}: expected == Redis after the runs");
+    }
+    let all = alerts(&e.s).await;
+    let alerted: BTreeSet<String> = all.iter().map(|a| a["productId"].as_str().unwrap().to_string()).collect();
+    let false_alarms: Vec<&String> = alerted.difference(&planted).collect();
+    assert!(false_alarms.is_empty(), "an order in flight was taken for drift (and overwritten): {false_alarms:?}");
+    assert_eq!(alerted, planted, "every planted drift was found");
+    // Anything run 1 restored stayed right: a product it restored reappearing in run 2 would
+    // mean its repair overwrote an order.
+    let restored1: BTreeSet<&str> =
+        rows1.iter().filter(|(_, r)| r.as_deref() == Some("RESTORED")).map(|(p, _)| p.as_str()).collect();
+    for a in all.iter().filter(|a| a["runId"] == run2.run_id.as_str()) {
+        let p = a["productId"].as_str().unwrap();
+        assert!(!restored1.contains(p), "{p} was restored by run 1 and is wrong again: {a}");
+    }
+}

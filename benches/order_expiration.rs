@@ -10,15 +10,18 @@
 //! - floor: one batched UPDATE of all the rows (returning what the events need) plus producing
 //!   the same events with an idempotent producer, no transactions, no Redis, no bookkeeping.
 //! - pipeline: the processor with batch 100 and 1000, then two instances at batch 1000 (the
-//!   table shows how many chunks each applied).
+//!   table shows how many chunks each applied, from `job_run_chunks.applied_by`).
 //!
-//! Size: `SJ_BENCH_ORDERS` (default 100000). Prints a table; asserts only correctness.
+//! Size: `SJ_BENCH_ORDERS` (default 100000); `SJ_BENCH_VARIANTS` picks variants (comma list of
+//! naive, floor, batch100, batch1000, batch1000x2; default all). Prints a table; asserts only
+//! correctness (every order cancelled, every event committed). `RUST_LOG=
+//! scheduled_jobs::jobs::order_expiration=debug` shows each chunk's DB and Redis time.
 
 #[path = "../tests/it/common.rs"]
 #[allow(dead_code)]
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -230,7 +233,8 @@ async fn floor(d: &Data) -> Duration {
     let producer: FutureProducer = client_config(s, Role::Producer).create().expect("producer");
     let topics = [s.topic(Topic::OrderCancelled), s.topic(Topic::OrderExpirationNotification)];
     let t0 = Instant::now();
-    let rows: Vec<(String, String, DateTime<Utc>, Option<String>, Option<i32>)> = sqlx::query_as(
+    type Row = (String, String, DateTime<Utc>, Option<String>, Option<i32>);
+    let rows: Vec<Row> = sqlx::query_as(
         "WITH c AS (
             UPDATE orders SET status = 'ORDER_CANCELLED', cancel_reason = 'PAYMENT_TIMEOUT', cancelled_at = now()
             WHERE status = 'PAYMENT_WAIT' AND created_at <= $1 RETURNING id, user_id, cancelled_at)
@@ -277,12 +281,13 @@ async fn delivered(pending: &mut Vec<DeliveryFuture>) {
     }
 }
 
-/// The real job, counting the chunks this instance applied.
-struct Counted {
-    chunks: Arc<AtomicUsize>,
+/// The real job, timed: how much of the drain is the job's own work (DB + Redis).
+#[derive(Default)]
+struct Timed {
+    apply_micros: AtomicU64,
 }
 
-impl Job for Counted {
+impl Job for Timed {
     fn name(&self) -> &'static str {
         JOB
     }
@@ -290,8 +295,12 @@ impl Job for Counted {
         OrderExpiration.plan(ctx, run)
     }
     fn apply<'a>(&'a self, ctx: &'a JobCtx, item: &'a WorkItem) -> BoxFuture<'a, Result<ChunkOutput, JobError>> {
-        self.chunks.fetch_add(1, Ordering::Relaxed);
-        OrderExpiration.apply(ctx, item)
+        Box::pin(async move {
+            let t0 = Instant::now();
+            let out = OrderExpiration.apply(ctx, item).await;
+            self.apply_micros.fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+            out
+        })
     }
 }
 
@@ -337,8 +346,9 @@ async fn publish(d: &Data, tick: &Tick) {
 }
 
 /// The processor(s), warmed up, then one tick drained: time until every event and the run
-/// result are committed, and the chunks each instance applied.
-async fn pipeline(d: &Data, n: usize, instances: usize) -> (Duration, Vec<usize>) {
+/// result are committed, the chunks each instance applied (the processor's own record,
+/// `job_run_chunks.applied_by`) and the time spent in the job's apply, over all instances.
+async fn pipeline(d: &Data, n: usize, instances: usize) -> (Duration, Vec<(String, i64)>, Duration) {
     let mut running = Vec::new();
     for i in 0..instances {
         let mut s = d.settings.clone();
@@ -346,15 +356,15 @@ async fn pipeline(d: &Data, n: usize, instances: usize) -> (Duration, Vec<usize>
         let mut pg = s.postgres.clone();
         pg.database = d.db_name.clone();
         let pool = scheduled_jobs::db::connect(&pg).await.expect("pool");
-        let chunks = Arc::new(AtomicUsize::new(0));
+        let timed = Arc::new(Timed::default());
         let mut jobs = Registry::builtin();
-        jobs.add(Arc::new(Counted { chunks: chunks.clone() }));
+        jobs.add(timed.clone());
         let p = Processor::new(s, jobs, pool).await.expect("processor");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(p.run(async move {
             let _ = stopped.await;
         }));
-        running.push((stop, handle, chunks));
+        running.push((stop, handle, timed));
     }
     let s = &d.settings;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -374,20 +384,26 @@ async fn pipeline(d: &Data, n: usize, instances: usize) -> (Duration, Vec<usize>
     publish(d, &d.tick(d.at)).await;
     let done = tokio::task::spawn_blocking(move || events.join().expect("events").max(result.join().expect("result"))).await.expect("join");
     let elapsed = done - t0;
-    let mut chunks = Vec::new();
-    for (stop, handle, applied) in running {
+    let mut in_apply = Duration::ZERO;
+    for (stop, handle, timed) in running {
         let _ = stop.send(());
         handle.await.expect("task").expect("processor");
-        chunks.push(applied.load(Ordering::Relaxed));
+        in_apply += Duration::from_micros(timed.apply_micros.load(Ordering::Relaxed));
     }
     assert_eq!(d.cancelled().await, n as i64);
-    (elapsed, chunks)
+    let spread: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT coalesce(applied_by, '?'), count(*) FROM job_run_chunks WHERE chunk_index >= 0 GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&d.pool)
+    .await
+    .expect("spread");
+    (elapsed, spread, in_apply)
 }
 
 struct Line {
-    variant: String,
+    variant: &'static str,
     orders: usize,
-    batch: String,
+    batch: &'static str,
     elapsed: Duration,
     note: String,
 }
@@ -398,47 +414,61 @@ impl Line {
     }
 }
 
+const VARIANTS: [&str; 5] = ["naive", "floor", "batch100", "batch1000", "batch1000x2"];
+
 #[tokio::main]
 async fn main() {
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     let n = env_usize("SJ_BENCH_ORDERS", 100_000);
     let sample = env_usize("SJ_BENCH_NAIVE_ORDERS", n.min(2_000));
-    eprintln!("order-expiration bench: {n} orders (SJ_BENCH_ORDERS), naive sample {sample} (SJ_BENCH_NAIVE_ORDERS)");
+    let wanted = std::env::var("SJ_BENCH_VARIANTS").unwrap_or_else(|_| VARIANTS.join(","));
+    eprintln!("order-expiration bench: {n} orders (SJ_BENCH_ORDERS), naive sample {sample} (SJ_BENCH_NAIVE_ORDERS), variants {wanted} (SJ_BENCH_VARIANTS)");
     let mut lines = Vec::new();
-
-    let d = seed(isolated().await, sample, 100).await;
-    let t = naive(&d).await;
-    assert_eq!(d.cancelled().await, sample as i64);
-    let extrapolated = t.as_secs_f64() * n as f64 / sample as f64;
-    lines.push(Line {
-        variant: "naive, order by order".into(),
-        orders: sample,
-        batch: "100".into(),
-        elapsed: t,
-        note: format!("sample; {n} orders ≈ {extrapolated:.1} s (linear)"),
-    });
-
-    let d = seed(isolated().await, n, 100).await;
-    let t = floor(&d).await;
-    assert_eq!(d.cancelled().await, n as i64);
-    lines.push(Line { variant: "floor: 1 UPDATE + produce".into(), orders: n, batch: "all".into(), elapsed: t, note: "no txn, no Redis".into() });
-
-    for (batch, instances) in [(100, 1), (1_000, 1), (1_000, 2)] {
-        let d = seed(isolated().await, n, batch).await;
-        let (t, chunks) = pipeline(&d, n, instances).await;
-        let note = if instances > 1 {
-            format!("{instances} instances; chunks applied: {}", chunks.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" + "))
-        } else {
-            format!("1 instance; {} chunks", chunks[0])
+    for variant in VARIANTS.into_iter().filter(|v| wanted.split(',').any(|w| w.trim() == *v)) {
+        let line = match variant {
+            "naive" => {
+                let d = seed(isolated().await, sample, 100).await;
+                let t = naive(&d).await;
+                assert_eq!(d.cancelled().await, sample as i64);
+                let extrapolated = t.as_secs_f64() * n as f64 / sample as f64;
+                let note = format!("sample of {sample}, extrapolated linearly: {n} orders ≈ {extrapolated:.1} s");
+                Line { variant: "naive, order by order", orders: sample, batch: "100", elapsed: t, note }
+            }
+            "floor" => {
+                let d = seed(isolated().await, n, 100).await;
+                let t = floor(&d).await;
+                assert_eq!(d.cancelled().await, n as i64);
+                Line { variant: "floor: 1 UPDATE + produce", orders: n, batch: "all", elapsed: t, note: "no transactions, no Redis".into() }
+            }
+            _ => {
+                let (batch, instances, label) = match variant {
+                    "batch100" => (100, 1, "100"),
+                    "batch1000" => (1_000, 1, "1000"),
+                    _ => (1_000, 2, "1000"),
+                };
+                let d = seed(isolated().await, n, batch).await;
+                let (t, spread, in_apply) = pipeline(&d, n, instances).await;
+                let applied: Vec<String> = spread.iter().map(|(who, k)| format!("{who}: {k}")).collect();
+                let note = format!(
+                    "chunks applied by {}; {:.0}% of instance time in apply (DB + Redis)",
+                    applied.join(", "),
+                    100.0 * in_apply.as_secs_f64() / t.as_secs_f64() / instances as f64
+                );
+                Line { variant: "pipeline (exactly once)", orders: n, batch: label, elapsed: t, note }
+            }
         };
-        lines.push(Line { variant: "pipeline (exactly once)".into(), orders: n, batch: batch.to_string(), elapsed: t, note });
+        eprintln!("{variant}: {:.3} s", line.elapsed.as_secs_f64());
+        lines.push((variant, line));
     }
 
     println!();
-    println!("{:<28} {:>8} {:>6} {:>9} {:>10}  note", "variant", "orders", "batch", "seconds", "orders/s");
-    for l in &lines {
-        println!("{:<28} {:>8} {:>6} {:>9.3} {:>10.0}  {}", l.variant, l.orders, l.batch, l.elapsed.as_secs_f64(), l.rate(), l.note);
+    println!("{:<26} {:>7} {:>6} {:>9} {:>9}  note", "variant", "orders", "batch", "seconds", "orders/s");
+    for (_, l) in &lines {
+        println!("{:<26} {:>7} {:>6} {:>9.3} {:>9.0}  {}", l.variant, l.orders, l.batch, l.elapsed.as_secs_f64(), l.rate(), l.note);
     }
-    let (naive, floor, best) = (lines[0].rate(), lines[1].rate(), lines[3].rate());
-    println!();
-    println!("batch 1000, 1 instance: {:.1}x the naive baseline, {:.2}x the floor's time", best / naive, floor / best);
+    let rate = |v: &str| lines.iter().find(|(name, _)| *name == v).map(|(_, l)| l.rate());
+    if let (Some(best), Some(naive), Some(floor)) = (rate("batch1000"), rate("naive"), rate("floor")) {
+        println!();
+        println!("batch 1000, 1 instance: {:.1}x the naive baseline's rate; takes {:.2}x the floor's time", best / naive, floor / best);
+    }
 }

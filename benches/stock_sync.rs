@@ -1,23 +1,25 @@
 //! `stock-sync` on the real stack (`cargo bench --bench stock_sync`): N products (default
 //! 1,000,000; `SJ_BENCH_PRODUCTS`), 1% of them with a waiting order, 5% with paid history,
-//! Redis seeded to the expected stock, then 0.1% drifted (+1). Run at N/10 and at N, on a
-//! fresh database, fresh topics and per-run Redis keys, each phase measured in the same run:
+//! Redis seeded to the expected stock, then 0.1% drifted (+1) at fixed pseudo-random products.
+//! Run at N/10 and at N, on a fresh database, fresh topics and per-run Redis keys, every phase
+//! measured in the same run:
 //!
 //! - floor: a streaming `SELECT id, stock FROM products ORDER BY id` plus pipelined `MGET`s
 //!   of the same keys (1000 per command, 4 in flight) and a comparison, nothing else; and the
 //!   same with the expected value computed in the SELECT (the data the job really needs);
 //! - naive: product by product — one SELECT of its expected value, one GET, compare — on a
 //!   sample (`SJ_BENCH_NAIVE_SAMPLE`, default 5000) extrapolated linearly to N;
-//! - job: the job itself in this process without Kafka — plan (stream ids into ranges), apply
-//!   every range (compare, confirm, classify, record, repair), finalize (build the alerts);
+//! - job: the job itself in this process without Kafka — plan (ranges), apply every range
+//!   (compare, confirm, classify, record, repair), finalize (build the alerts) — at the
+//!   configured batch (1000) and at `SJ_BENCH_ALT_BATCH` (default 10000; 0 = skip);
 //! - processor: the real pipeline in this process — tick → plan transaction → one Kafka
-//!   transaction per range → finalisation — until the run is finalised.
+//!   transaction per range → finalisation — at the same two batch sizes (`SJ_BENCH_E2E=0`
+//!   skips it).
 //!
 //! Peak RSS per phase is VmHWM of this process after resetting it (`/proc/self/clear_refs`),
-//! so it is the peak of the phase, not of the seeding. `confirm_delay_ms` is
+//! so it is the peak of that phase, not of the seeding. `confirm_delay_ms` is
 //! `SJ_BENCH_CONFIRM_DELAY_MS` (default 0): the delay is a deliberate wait per range with a
-//! candidate, not work; what the default would add is printed next to the numbers.
-//! Set `SJ_BENCH_E2E=0` to skip the processor phase.
+//! candidate, not work; what the default 200 ms would add is printed next to the numbers.
 
 #[path = "../tests/it/common.rs"]
 #[allow(dead_code)]
@@ -44,9 +46,9 @@ use sqlx::PgPool;
 use common::{drop_db, fresh_db, isolated, unique, WAIT};
 
 const JOB: &str = "stock-sync";
-/// Every product with `i % PLANT_EVERY == PLANT_AT` is drifted: 0.1%.
-const PLANT_EVERY: usize = 1000;
-const PLANT_AT: usize = 500;
+/// One product in this many is drifted (0.1%), at pseudo-random but fixed positions, so about
+/// 63% of the 1000-product ranges hold one (uniform spacing would put one in every range).
+const PLANT_EVERY: u64 = 1000;
 const DEFAULT_CONFIRM_DELAY_MS: u64 = 200;
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -57,18 +59,21 @@ fn env_usize(name: &str, default: usize) -> usize {
 fn status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
 }
 
 /// Resets VmHWM to the current RSS (Linux ≥ 4.0); false if not permitted.
 fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// splitmix64: a fixed, well-spread choice of the drifted products.
+fn planted(i: usize) -> bool {
+    let mut z = (i as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)).is_multiple_of(PLANT_EVERY)
 }
 
 fn mb(kb: u64) -> f64 {
@@ -98,8 +103,17 @@ struct Row {
     size: usize,
     phase: String,
     time: Duration,
+    /// VmHWM after the phase; `base_kb` is VmRSS when the phase started (after the reset), so
+    /// `peak_kb - base_kb` is what the phase itself added.
     peak_kb: u64,
+    base_kb: u64,
     note: String,
+}
+
+/// Resets the peak and returns the RSS the phase starts from.
+fn phase_start() -> u64 {
+    reset_peak();
+    status_kb("VmRSS:")
 }
 
 impl Bench {
@@ -130,7 +144,8 @@ impl Bench {
         .execute(&self.pool)
         .await
         .expect("items");
-        sqlx::query("ANALYZE").execute(&self.pool).await.expect("analyze");
+        // A long-lived table is vacuumed (autovacuum): index-only scans without heap visits.
+        sqlx::query("VACUUM (ANALYZE)").execute(&self.pool).await.expect("vacuum");
         // Redis = expected, streamed, except the planted drift.
         let rows = sqlx::query_as::<_, (String, i64)>(EXPECTED_ALL).bind(self.id(self.seeded)).bind(self.id(to - 1)).fetch(&self.pool);
         let redis = self.redis.clone();
@@ -144,7 +159,7 @@ impl Bench {
                     for (j, row) in chunk.into_iter().enumerate() {
                         let (id, expected) = row.expect("expected row");
                         let i = base + k * 1000 + j;
-                        let v = if i % PLANT_EVERY == PLANT_AT { expected + 1 } else { expected };
+                        let v = if planted(i) { expected + 1 } else { expected };
                         pipe.set(stock_key(&id), v).ignore();
                     }
                     pipe.query_async::<()>(&mut conn).await.expect("seed redis");
@@ -158,7 +173,7 @@ impl Bench {
 
     /// Drifts the planted products again (a job run repaired them).
     async fn replant(&self) {
-        let ids: Vec<String> = (PLANT_AT..self.seeded).step_by(PLANT_EVERY).map(|i| self.id(i)).collect();
+        let ids: Vec<String> = (0..self.seeded).filter(|i| planted(*i)).map(|i| self.id(i)).collect();
         for slice in ids.chunks(1000) {
             let mut pipe = redis::pipe();
             for id in slice {
@@ -231,19 +246,14 @@ impl Bench {
     }
 
     /// The job's own work without Kafka: (plan time, total time, counts, ranges with a candidate).
-    async fn job(&self, delay_ms: u64) -> (Duration, Duration, BTreeMap<String, i64>, usize) {
+    async fn job(&self, batch: u32, delay_ms: u64) -> (Duration, Duration, BTreeMap<String, i64>, usize) {
         let mut settings = self.s.job(JOB).cloned().expect("stock_sync settings");
         settings.confirm_delay_ms = delay_ms;
+        settings.batch_size = batch;
         let ctx = JobCtx { db: self.pool.clone(), redis: Some(self.redis.clone()), tz: chrono_tz::UTC, settings };
         let at = Utc::now();
-        let run = Run {
-            run_id: unique("bench-run"),
-            job: JOB.into(),
-            period: at.to_rfc3339(),
-            attempt: 1,
-            tick: self.tick(at),
-            planned_at: at,
-        };
+        let run =
+            Run { run_id: unique("bench-run"), job: JOB.into(), period: at.to_rfc3339(), attempt: 1, tick: self.tick(at), planned_at: at };
         let t0 = Instant::now();
         // Like the processor: the plan is complete (written as work items) before any apply.
         let ranges: Vec<Vec<String>> = StockSync.plan(&ctx, &run).map(|r| r.expect("plan")).collect().await;
@@ -329,33 +339,43 @@ impl Bench {
     }
 }
 
+fn settings_with(s: &Settings, batch: u32, delay_ms: u64) -> Settings {
+    let mut s = s.clone();
+    let job = s.jobs.get_mut("stock_sync").expect("stock_sync settings");
+    job.batch_size = batch;
+    job.confirm_delay_ms = delay_ms;
+    s
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let n = env_usize("SJ_BENCH_PRODUCTS", 1_000_000).max(PLANT_EVERY);
+    let n = env_usize("SJ_BENCH_PRODUCTS", 1_000_000).max(PLANT_EVERY as usize);
     let sample = env_usize("SJ_BENCH_NAIVE_SAMPLE", 5000);
     let delay = env_usize("SJ_BENCH_CONFIRM_DELAY_MS", 0) as u64;
     let e2e = env_usize("SJ_BENCH_E2E", 1) == 1;
+    let alt_batch = env_usize("SJ_BENCH_ALT_BATCH", 10_000) as u32;
     let sizes = [n / 10, n];
 
-    let mut s = isolated().await;
-    s.jobs.get_mut("stock_sync").expect("stock_sync settings").confirm_delay_ms = delay;
-    let batch = s.job(JOB).map(|j| j.batch_size).unwrap_or(0);
+    let s = isolated().await;
+    let batch = s.job(JOB).map(|j| j.batch_size).expect("stock_sync settings");
+    let mut batches = vec![batch];
+    if alt_batch > 0 && alt_batch != batch {
+        batches.push(alt_batch);
+    }
     let (pool, db_name) = fresh_db(&s).await;
     scheduled_jobs::db::migrate(&pool).await.expect("migrate");
     let url = secrecy::ExposeSecret::expose_secret(&s.redis_url()).to_string();
     let redis = ConnectionManager::new(redis::Client::open(url).expect("redis url")).await.expect("redis");
     let mut b = Bench { s: s.clone(), pool: pool.clone(), db_name, redis, tag: unique("ssb"), seeded: 0 };
-    let mut processor = if e2e { Some(Processor::new(s.clone(), Registry::builtin(), pool.clone()).await.expect("processor")) } else { None };
     let can_reset = reset_peak();
 
     println!(
-        "stock-sync benchmark: sizes {:?}, 0.1% drifted, batch {batch}, confirm delay {delay} ms, naive sample {sample}{}",
-        sizes,
+        "stock-sync benchmark: sizes {sizes:?}, 0.1% drifted, batch {batch} (and {alt_batch}), confirm delay {delay} ms, naive sample {sample}{}",
         if can_reset { "" } else { " (VmHWM cannot be reset here: peaks are cumulative)" }
     );
     let mut rows: Vec<Row> = Vec::new();
     let mut at = {
-        let t = Utc::now() - TimeDelta::minutes(30);
+        let t = Utc::now() - TimeDelta::minutes(60);
         DateTime::from_timestamp(t.timestamp() - t.timestamp() % 60, 0).expect("time")
     };
     for &size in &sizes {
@@ -365,99 +385,140 @@ async fn main() {
         if previous > 0 {
             b.replant().await;
         }
-        eprintln!("seeded {size} products in {:.1} s", t.elapsed().as_secs_f64());
-        let planted = (size + PLANT_EVERY - 1 - PLANT_AT) / PLANT_EVERY;
+        let planted = (0..size).filter(|i| planted(*i)).count();
+        eprintln!("seeded {size} products ({planted} drifted) in {:.1} s", t.elapsed().as_secs_f64());
 
-        reset_peak();
+        let base_kb = phase_start();
         let (time, found) = b.floor(false).await;
-        rows.push(Row { size, phase: "floor: SELECT id, stock + MGET".into(), time, peak_kb: status_kb("VmHWM:"), note: format!("{found} differ (stock, not expected)") });
-        reset_peak();
+        rows.push(Row {
+            size,
+            phase: "floor: SELECT id, stock + MGET".into(),
+            time,
+            peak_kb: status_kb("VmHWM:"),
+            base_kb,
+            note: format!("{found} differ (stock, not expected)"),
+        });
+        let base_kb = phase_start();
         let (time, found) = b.floor(true).await;
-        rows.push(Row { size, phase: "floor: SELECT expected + MGET".into(), time, peak_kb: status_kb("VmHWM:"), note: format!("{found} mismatches (planted {planted})") });
+        rows.push(Row {
+            size,
+            phase: "floor: SELECT expected + MGET".into(),
+            time,
+            peak_kb: status_kb("VmHWM:"),
+            base_kb,
+            note: format!("{found} mismatches ({planted} planted)"),
+        });
 
-        reset_peak();
+        let base_kb = phase_start();
         let (time, found) = b.naive(sample).await;
         let measured = sample.min(size);
-        let extrapolated = time.mul_f64(size as f64 / measured as f64);
         rows.push(Row {
             size,
             phase: "naive: per product SELECT + GET".into(),
-            time: extrapolated,
+            time: time.mul_f64(size as f64 / measured as f64),
             peak_kb: status_kb("VmHWM:"),
-            note: format!("{measured} sampled in {:.2} s, ×{:.0} extrapolated; {found} in sample", time.as_secs_f64(), size as f64 / measured as f64),
-        });
-
-        reset_peak();
-        let (plan, time, counts, with_candidates) = b.job(delay).await;
-        let c = |k: &str| counts.get(k).copied().unwrap_or(0);
-        rows.push(Row {
-            size,
-            phase: "job: plan + apply all + finalize".into(),
-            time,
-            peak_kb: status_kb("VmHWM:"),
+            base_kb,
             note: format!(
-                "plan {:.2} s; {} compared, {} mismatches, {} repaired, {} alerts; {with_candidates} ranges waited (+{:.1} s at the default {DEFAULT_CONFIRM_DELAY_MS} ms)",
-                plan.as_secs_f64(),
-                c("products"),
-                c("mismatches"),
-                c("repaired"),
-                c("alerts"),
-                (with_candidates as u64 * DEFAULT_CONFIRM_DELAY_MS.saturating_sub(delay)) as f64 / 1000.0
+                "{measured} sampled in {:.2} s, ×{:.0} extrapolated; {found} in sample",
+                time.as_secs_f64(),
+                size as f64 / measured as f64
             ),
         });
 
-        if let Some(p) = processor.as_mut() {
-            b.replant().await;
-            at += TimeDelta::minutes(1);
-            reset_peak();
-            let (time, resets) = b.processor(p, at).await;
-            let chunks = size.div_ceil(batch.max(1) as usize);
+        for &batch in &batches {
+            let base_kb = phase_start();
+            let (plan, time, counts, with_candidates) = b.job(batch, delay).await;
+            let c = |k: &str| counts.get(k).copied().unwrap_or(0);
             rows.push(Row {
                 size,
-                phase: "processor: tick → run finalised".into(),
+                phase: format!("job, batch {batch}: plan+apply+finalize"),
                 time,
                 peak_kb: status_kb("VmHWM:"),
-                note: format!("{chunks} chunk transactions ({:.1} ms each); {resets} resets", time.as_secs_f64() * 1000.0 / chunks as f64),
+                base_kb,
+                note: format!(
+                    "plan {:.3} s; {} compared, {} mismatches, {} repaired, {} alerts; {with_candidates} ranges confirmed (+{:.1} s at the default {DEFAULT_CONFIRM_DELAY_MS} ms)",
+                    plan.as_secs_f64(),
+                    c("products"),
+                    c("mismatches"),
+                    c("repaired"),
+                    c("alerts"),
+                    (with_candidates as u64 * DEFAULT_CONFIRM_DELAY_MS.saturating_sub(delay)) as f64 / 1000.0
+                ),
             });
             b.replant().await;
         }
+
+        if e2e {
+            for &batch in &batches {
+                // A processor per batch size (its settings are fixed at start); the previous
+                // one has left the group. Timing starts at the step that takes the tick.
+                let mut p = Processor::new(settings_with(&s, batch, delay), Registry::builtin(), pool.clone()).await.expect("processor");
+                at += TimeDelta::minutes(1);
+                let base_kb = phase_start();
+                let (time, resets) = b.processor(&mut p, at).await;
+                let peak_kb = status_kb("VmHWM:");
+                drop(p);
+                let chunks = size.div_ceil(batch.max(1) as usize);
+                rows.push(Row {
+                    size,
+                    phase: format!("processor, batch {batch}: tick → done"),
+                    time,
+                    peak_kb,
+                    base_kb,
+                    note: format!(
+                        "{chunks} chunk transactions ({:.1} ms each); {resets} resets",
+                        time.as_secs_f64() * 1000.0 / chunks as f64
+                    ),
+                });
+                b.replant().await;
+            }
+        }
     }
 
-    println!("{:>9}  {:<34} {:>9} {:>12} {:>9}  note", "products", "phase", "time s", "products/s", "peak MB");
+    println!("{:>9}  {:<40} {:>8} {:>11} {:>8} {:>7}  note", "products", "phase", "time s", "products/s", "peak MB", "+MB");
     for r in &rows {
         println!(
-            "{:>9}  {:<34} {:>9.3} {:>12.0} {:>9.1}  {}",
+            "{:>9}  {:<40} {:>8.3} {:>11.0} {:>8.1} {:>7.1}  {}",
             r.size,
             r.phase,
             r.time.as_secs_f64(),
             r.size as f64 / r.time.as_secs_f64().max(1e-9),
             mb(r.peak_kb),
+            mb(r.peak_kb.saturating_sub(r.base_kb)),
             r.note
         );
     }
-    let at_n = |phase: &str, size: usize| rows.iter().find(|r| r.size == size && r.phase.starts_with(phase));
-    if let (Some(job), Some(floor), Some(floor_e)) = (at_n("job", n), at_n("floor: SELECT id", n), at_n("floor: SELECT expected", n)) {
+    let find = |prefix: &str, size: usize| rows.iter().find(|r| r.size == size && r.phase.starts_with(prefix));
+    let job_default = format!("job, batch {batch}:");
+    if let (Some(job), Some(floor), Some(floor_e)) = (find(&job_default, n), find("floor: SELECT id", n), find("floor: SELECT expected", n))
+    {
+        let budget = 4.0 * n as f64 / 1e6;
         println!(
-            "targets at {n}: job {:.2} s (≤ 4 s: {}); job / floor {:.2}× (≤ 2×: {}); job / floor with expected {:.2}×",
+            "targets at {n} products, batch {batch}: job {:.2} s (≤ {budget:.2} s, i.e. 4 s per 1,000,000: {}); job / floor {:.2}× (≤ 2×: {}); job / floor with expected {:.2}×",
             job.time.as_secs_f64(),
-            if job.time.as_secs_f64() <= 4.0 * n as f64 / 1e6 { "yes, scaled to size" } else { "NO" },
+            if job.time.as_secs_f64() <= budget { "yes" } else { "NO" },
             job.time.as_secs_f64() / floor.time.as_secs_f64(),
             if job.time.as_secs_f64() <= 2.0 * floor.time.as_secs_f64() { "yes" } else { "NO" },
             job.time.as_secs_f64() / floor_e.time.as_secs_f64(),
         );
     }
-    if let (Some(small), Some(big)) = (at_n("processor", sizes[0]), at_n("processor", n)) {
-        println!(
-            "processor peak RSS: {:.1} MB at {} products, {:.1} MB at {n} (≤ 150 MB: {})",
-            mb(small.peak_kb),
-            sizes[0],
-            mb(big.peak_kb),
-            if mb(big.peak_kb) <= 150.0 { "yes" } else { "NO" }
-        );
+    for prefix in [format!("processor, batch {batch}:"), job_default] {
+        if let (Some(small), Some(big)) = (find(&prefix, sizes[0]), find(&prefix, n)) {
+            println!(
+                "peak RSS, {}: {:.1} MB (+{:.1}) at {} products, {:.1} MB (+{:.1}) at {n} products{}",
+                prefix.trim_end_matches(':'),
+                mb(small.peak_kb),
+                mb(small.peak_kb.saturating_sub(small.base_kb)),
+                sizes[0],
+                mb(big.peak_kb),
+                mb(big.peak_kb.saturating_sub(big.base_kb)),
+                if prefix.starts_with("processor") {
+                    format!(" (≤ 150 MB: {})", if mb(big.peak_kb) <= 150.0 { "yes" } else { "NO" })
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
-    if let (Some(small), Some(big)) = (at_n("job", sizes[0]), at_n("job", n)) {
-        println!("job peak RSS: {:.1} MB at {} products, {:.1} MB at {n}", mb(small.peak_kb), sizes[0], mb(big.peak_kb));
-    }
-    drop(processor);
     b.cleanup().await;
 }

@@ -17,7 +17,10 @@
 //! and applied in any order, while consumers are promised dates in date order: one chunk
 //! emits its dates oldest first in one transaction, and because every run's list holds all
 //! the not-yet-aggregated dates before its own, whichever run is applied first emits the
-//! oldest dates and later runs only newer ones.
+//! oldest dates and later runs only newer ones. That order is exact for one processor whose
+//! transactions commit; when two instances apply runs side by side, or a run's transaction
+//! is retried after a newer run committed, each date is still emitted once but dates of
+//! different runs may arrive out of order (consumers should key by `date`).
 //!
 //! **Apply** (one chunk):
 //! 1. finds the chunk's dates that have no row (a date aggregated meanwhile by another run is
@@ -38,6 +41,12 @@
 //! recomputes its own date, takes the row over and emits it again with the same `eventId`,
 //! so consumers that deduplicate by id keep the first version while consumers keyed by date
 //! take the new one; dates it only catches up are never re-emitted.
+//!
+//! Known limit: the processor checks a run's deadline before a chunk starts. If the chunk's
+//! rows are written, its Kafka transaction fails, and the retry begins after the deadline
+//! (600 s after planning, e.g. a long broker outage), the retry is recorded TIMED_OUT without
+//! emitting: those dates are stored but not sent. The run result says TIMED_OUT (alerted);
+//! the remedy is a forced re-run of each such date.
 //!
 //! **Figures** (all money exact: NUMERIC ↔ `rust_decimal` ↔ Avro decimal, never a float):
 //! `totalOrders` orders created that day; `totalSales` sum of `total_amount` of orders paid
@@ -120,12 +129,7 @@ fn forced(trigger: &str, parameters: &BTreeMap<String, String>) -> bool {
 /// have no row (`present` holds those that have one), then `date` itself.
 pub fn dates_to_cover(date: NaiveDate, present: &BTreeSet<NaiveDate>) -> Vec<NaiveDate> {
     let first = date.checked_sub_days(Days::new(WINDOW_DAYS - 1)).unwrap_or(date);
-    first
-        .iter_days()
-        .take_while(|d| *d < date)
-        .filter(|d| !present.contains(d))
-        .chain(std::iter::once(date))
-        .collect()
+    first.iter_days().take_while(|d| *d < date).filter(|d| !present.contains(d)).chain(std::iter::once(date)).collect()
 }
 
 /// `total / count` rounded half-even to cents, exactly (integer arithmetic on cents); 0.00
@@ -260,10 +264,10 @@ impl Job for DailyStatistics {
     fn period(&self, tick: &Tick, tz: Tz) -> Result<String, JobError> {
         let date = match tick.parameters.get("date") {
             Some(v) => {
-                let date = parse_date(v)
-                    .ok_or_else(|| JobError::InvalidTick(format!("parameter `date` = `{v}` is not a date (YYYY-MM-DD)")))?;
-                let (_, end) = day_bounds(date, tz)
-                    .ok_or_else(|| JobError::InvalidTick(format!("parameter `date` = `{v}` is out of range")))?;
+                let date =
+                    parse_date(v).ok_or_else(|| JobError::InvalidTick(format!("parameter `date` = `{v}` is not a date (YYYY-MM-DD)")))?;
+                let (_, end) =
+                    day_bounds(date, tz).ok_or_else(|| JobError::InvalidTick(format!("parameter `date` = `{v}` is out of range")))?;
                 // Aggregating a day that is not over would freeze partial figures for good.
                 if end > tick.scheduled_at {
                     return Err(JobError::InvalidTick(format!(
@@ -273,9 +277,8 @@ impl Job for DailyStatistics {
                 }
                 date
             }
-            None => previous_date(tick.scheduled_at, tz).ok_or_else(|| {
-                JobError::InvalidTick(format!("scheduledAt {} has no previous date", tick.scheduled_at.to_rfc3339()))
-            })?,
+            None => previous_date(tick.scheduled_at, tz)
+                .ok_or_else(|| JobError::InvalidTick(format!("scheduledAt {} has no previous date", tick.scheduled_at.to_rfc3339())))?,
         };
         Ok(date.format(DATE_FORMAT).to_string())
     }
@@ -291,7 +294,10 @@ impl Job for DailyStatistics {
             // The processor honours `force` only on MANUAL ticks; elsewhere it would be
             // silently ignored, which is worse than saying so.
             if tick.trigger != Trigger::Manual {
-                return Err(JobError::InvalidTick(format!("parameter `force` is only accepted on MANUAL ticks, not {}", tick.trigger.as_str())));
+                return Err(JobError::InvalidTick(format!(
+                    "parameter `force` is only accepted on MANUAL ticks, not {}",
+                    tick.trigger.as_str()
+                )));
             }
         }
         if let Some(v) = tick.parameters.get("date") {
@@ -343,10 +349,8 @@ async fn apply_dates(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobEr
     };
 
     // 1. Which dates need figures: no row yet, or the date a forced re-run takes over.
-    let owners: Vec<(NaiveDate, String)> = sqlx::query_as("SELECT date, run_id FROM daily_statistics WHERE date = ANY($1)")
-        .bind(&dates)
-        .fetch_all(&ctx.db)
-        .await?;
+    let owners: Vec<(NaiveDate, String)> =
+        sqlx::query_as("SELECT date, run_id FROM daily_statistics WHERE date = ANY($1)").bind(&dates).fetch_all(&ctx.db).await?;
     let owners: BTreeMap<NaiveDate, String> = owners.into_iter().collect();
     let todo = dates.iter().filter(|d| match owners.get(d) {
         None => true,
@@ -391,19 +395,21 @@ async fn aggregate(ctx: &JobCtx, item: &WorkItem, date: NaiveDate) -> Result<Fig
     // The run's remaining time bounds each statement: a runaway aggregation fails the run
     // (the next run retries the date) instead of outliving its consumer's poll interval.
     // 0 (no limit) only if the configured timeout does not fit a timestamp.
-    let deadline = i64::try_from(ctx.settings.timeout_secs)
-        .ok()
-        .and_then(TimeDelta::try_seconds)
-        .and_then(|t| item.planned_at.checked_add_signed(t));
+    let deadline =
+        i64::try_from(ctx.settings.timeout_secs).ok().and_then(TimeDelta::try_seconds).and_then(|t| item.planned_at.checked_add_signed(t));
     let budget_ms = deadline.map_or(0, |d| (d - Utc::now()).num_milliseconds().max(1000));
 
     let mut tx = ctx.db.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
-    // SET takes no bind parameters; the value is an integer we computed.
-    sqlx::query(&format!("SET LOCAL statement_timeout = {budget_ms}")).execute(&mut *tx).await?;
+    // set_config(…, true) is SET LOCAL with a bind parameter: it ends with the transaction.
+    sqlx::query("SELECT set_config('statement_timeout', $1, true)").bind(budget_ms.to_string()).execute(&mut *tx).await?;
+    // Not persistent (unnamed statements): each run is planned for its own bounds. A cached
+    // generic plan would assume a default selectivity for the day's ranges, and a day that is
+    // most of the table wants a sequential scan, not the index scans such a plan picks.
     let (total_orders, paid_orders, total_sales, cancelled_orders, refund_amount): (i64, i64, Decimal, i64, Decimal) =
-        sqlx::query_as(TOTALS).bind(start).bind(end).fetch_one(&mut *tx).await?;
-    let top: Vec<(String, String, i64)> = sqlx::query_as(TOP_PRODUCTS).bind(start).bind(end).bind(TOP_N).fetch_all(&mut *tx).await?;
+        sqlx::query_as(TOTALS).persistent(false).bind(start).bind(end).fetch_one(&mut *tx).await?;
+    let top: Vec<(String, String, i64)> =
+        sqlx::query_as(TOP_PRODUCTS).persistent(false).bind(start).bind(end).bind(TOP_N).fetch_all(&mut *tx).await?;
     tx.commit().await?;
 
     let avg_order_amount = average_half_even(total_sales, paid_orders)

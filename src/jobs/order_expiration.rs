@@ -7,10 +7,11 @@
 //! the same — in chunks of `batch_size`, holding one chunk in memory whatever the backlog.
 //!
 //! **Apply** (one chunk) does, with a constant number of round trips whatever the chunk size:
-//! 1. one SQL statement that cancels the chunk's orders still in `PAYMENT_WAIT` (an order paid
-//!    meanwhile no longer matches: the status predicate decides atomically against the
-//!    payment), records each in `order_expirations` under the run, and returns every order
-//!    this run cancelled in this chunk — newly or by an earlier attempt — with its items;
+//! 1. one PostgreSQL transaction (one statement, behind a lock on the chunk) that cancels the
+//!    chunk's orders still in `PAYMENT_WAIT` (an order paid meanwhile no longer matches: the
+//!    status predicate decides atomically against the payment), records their ids in
+//!    `order_expirations` under (run, chunk), and returns every order the chunk has cancelled
+//!    — in this attempt or an earlier one — with its items;
 //! 2. one Lua call that releases those orders' reservations (`Stock::release_many`);
 //! 3. the events, built from that durable state.
 //!
@@ -19,7 +20,9 @@
 //! quantities, so stock comes back once per order however often a chunk is retried. Events are
 //! exactly once under `read_committed` (E1): they are derived from `order_expirations`, so
 //! every attempt of a chunk emits the same records with the same deterministic `eventId`s,
-//! and only the attempt whose Kafka transaction commits makes them visible.
+//! and only the attempt whose Kafka transaction commits makes them visible. Two attempts at
+//! the same chunk at once (a zombie and the partition's new owner) are serialised by a lock
+//! on the chunk, so the later one sees, and emits, what the earlier one cancelled.
 //!
 //! Run-result counts: `ordersCancelled` and `alreadyHandled` (planned but paid or cancelled
 //! meanwhile) come from durable state; `reservationsReleased`, `reservationsAbsent` and
@@ -54,35 +57,40 @@ pub fn event_id(kind: &str, run_id: &str, order_id: &str) -> String {
 /// Ordered for a stable plan; `(status, created_at)` is the index this scan uses.
 const EXPIRED: &str = "SELECT id FROM orders WHERE status = 'PAYMENT_WAIT' AND created_at <= $1 ORDER BY created_at, id";
 
-/// $1 the chunk's ids, $2 run id, $3 chunk index. All sub-statements of one statement see the
-/// same snapshot, so `earlier` holds exactly the rows recorded before this statement and
-/// `recorded` exactly the rows it adds: their union is everything this run cancelled among
-/// these ids, each once.
+/// $1 the chunk's ids, $2 run id, $3 chunk index. Cancels what is still waiting, appends
+/// those ids to the chunk's record, and returns every order the chunk has cancelled — in this
+/// attempt (`cancelled`) or an earlier one (`earlier`) — with its items. All parts of one
+/// statement see the snapshot taken when it started, so `earlier` cannot see this statement's
+/// own changes: the two sets are disjoint and together complete.
 const CANCEL_AND_COLLECT: &str = "
 WITH cancelled AS (
     UPDATE orders SET status = 'ORDER_CANCELLED', cancel_reason = 'PAYMENT_TIMEOUT', cancelled_at = now()
     WHERE id = ANY($1) AND status = 'PAYMENT_WAIT'
-    RETURNING id, cancelled_at
+    RETURNING id, user_id, cancelled_at
 ), recorded AS (
-    INSERT INTO order_expirations (run_id, order_id, chunk_index, cancelled_at)
-    SELECT $2, id, $3, cancelled_at FROM cancelled
-    ON CONFLICT (run_id, order_id) DO NOTHING
-    RETURNING order_id, cancelled_at
+    INSERT INTO order_expirations (run_id, chunk_index, order_ids)
+    SELECT $2, $3, array_agg(id) FROM cancelled HAVING count(*) > 0
+    ON CONFLICT (run_id, chunk_index) DO UPDATE SET order_ids = order_expirations.order_ids || EXCLUDED.order_ids
 ), earlier AS (
-    SELECT order_id, cancelled_at FROM order_expirations WHERE run_id = $2 AND order_id = ANY($1)
+    SELECT o.id, o.user_id, o.cancelled_at
+    FROM order_expirations e CROSS JOIN unnest(e.order_ids) AS x(id) JOIN orders o ON o.id = x.id
+    WHERE e.run_id = $2 AND e.chunk_index = $3
 ), mine AS (
-    SELECT * FROM recorded UNION ALL SELECT * FROM earlier
+    SELECT * FROM cancelled UNION ALL SELECT * FROM earlier
 )
-SELECT m.order_id, o.user_id, m.cancelled_at, i.product_id, i.quantity
-FROM mine m
-JOIN orders o ON o.id = m.order_id
-LEFT JOIN order_items i ON i.order_id = m.order_id
-ORDER BY m.order_id, i.product_id";
+SELECT m.id, m.user_id, m.cancelled_at, i.product_id, i.quantity
+FROM mine m LEFT JOIN order_items i ON i.order_id = m.id
+ORDER BY m.id, i.product_id";
+
+/// Serialises attempts at the same chunk (a zombie and the partition's new owner): the
+/// second one's statement then starts after the first committed, so its snapshot sees the
+/// first one's record and it emits the orders the first one cancelled.
+const LOCK_CHUNK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
 
 type Row = (String, String, DateTime<Utc>, Option<String>, Option<i32>);
 
 /// One order this run cancelled, as the events describe it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 struct Cancelled {
     order_id: String,
     user_id: String,
@@ -128,14 +136,19 @@ fn cutoff(scheduled_at: DateTime<Utc>, payment_timeout_secs: u64) -> Result<Date
 
 async fn apply_chunk(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobError> {
     let redis = ctx.redis.clone().ok_or_else(|| JobError::Failed("order-expiration needs Redis, and none is configured".into()))?;
-    // One statement, one transaction: if it fails nothing changed, so its error keeps the
-    // class sqlx gives it.
+    let started = std::time::Instant::now();
+    let mut tx = ctx.db.begin().await?;
+    sqlx::query(LOCK_CHUNK).bind(format!("order-expiration/{}/{}", item.run_id, item.chunk_index)).execute(&mut *tx).await?;
     let rows: Vec<Row> = sqlx::query_as(CANCEL_AND_COLLECT)
         .bind(&item.ids)
         .bind(&item.run_id)
         .bind(item.chunk_index)
-        .fetch_all(&ctx.db)
+        .fetch_all(&mut *tx)
         .await?;
+    // Until this commit nothing has changed, so an error up to here keeps the class sqlx gives
+    // it (a failed chunk leaves its orders waiting for the next run).
+    tx.commit().await?;
+    let in_db = started.elapsed();
     let orders = group(rows);
 
     // From here the cancellations are committed: the only correct ending is to release and
@@ -147,6 +160,10 @@ async fn apply_chunk(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobEr
         .await
         .map_err(|e| JobError::Transient(format!("redis: releasing reservations of {} cancelled orders: {e}", ids.len())))?;
 
+    tracing::debug!(
+        run_id = %item.run_id, chunk = item.chunk_index, ids = item.ids.len(), cancelled = orders.len(),
+        db_ms = in_db.as_millis() as u64, redis_ms = (started.elapsed() - in_db).as_millis() as u64, "chunk applied"
+    );
     let mut out = ChunkOutput::default();
     let cancelled = orders.len() as i64;
     out.counts.insert("ordersCancelled".into(), cancelled);

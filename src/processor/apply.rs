@@ -41,9 +41,18 @@ impl Processor {
         } else {
             let settings = self.job_settings(&item.job);
             let deadline = item.planned_at + chrono::TimeDelta::seconds(settings.timeout_secs as i64);
-            // The deadline is checked before a chunk starts, never during: a chunk that has
-            // begun its effects completes them and emits what they imply.
-            let (output, outcome, message) = if Utc::now() > deadline {
+            // The deadline is checked before a chunk starts, never during, and never again once
+            // it has started: a chunk whose effects may have begun (an earlier attempt whose
+            // commit failed) always completes them and emits what they imply.
+            let started = bookkeeping::chunk_started(&self.db, &item.run_id, item.chunk_index).await?;
+            let timed_out = match started {
+                Some(prev) => prev == ChunkOutcome::TimedOut,
+                None => Utc::now() > deadline,
+            };
+            if !timed_out && started.is_none() {
+                bookkeeping::start_chunk(&self.db, &item.run_id, item.chunk_index, &self.instance).await?;
+            }
+            let (output, outcome, message) = if timed_out {
                 (ChunkOutput::default(), ChunkOutcome::TimedOut, Some(format!("run exceeded its timeout of {} s", settings.timeout_secs)))
             } else {
                 let ctx = self.job_ctx(&item.job);
@@ -69,7 +78,7 @@ impl Processor {
             let state = match outcome {
                 ChunkOutcome::Applied => RunState::Done,
                 ChunkOutcome::TimedOut => RunState::TimedOut,
-                ChunkOutcome::Failed => RunState::Failed,
+                ChunkOutcome::Failed | ChunkOutcome::Started => RunState::Failed,
             };
             (output, state)
         };
@@ -100,7 +109,7 @@ impl Processor {
             let (state, outcome) = match f.outcome {
                 ChunkOutcome::Applied => (RunState::Done, Outcome::Succeeded),
                 ChunkOutcome::TimedOut => (RunState::TimedOut, Outcome::TimedOut),
-                ChunkOutcome::Failed => (RunState::Failed, Outcome::Failed),
+                ChunkOutcome::Failed | ChunkOutcome::Started => (RunState::Failed, Outcome::Failed),
             };
             let rkey = run_key(&item.job, &item.period);
             let mut entry = self.ledger_entry(&run, state, f.chunk_count);

@@ -13,6 +13,8 @@ use sqlx::PgPool;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkOutcome {
+    /// Effects may have begun; the chunk's Kafka transaction has not committed yet.
+    Started,
     Applied,
     TimedOut,
     Failed,
@@ -21,11 +23,47 @@ pub enum ChunkOutcome {
 impl ChunkOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
+            ChunkOutcome::Started => "STARTED",
             ChunkOutcome::Applied => "APPLIED",
             ChunkOutcome::TimedOut => "TIMED_OUT",
             ChunkOutcome::Failed => "FAILED",
         }
     }
+
+    fn parse(s: &str) -> Option<ChunkOutcome> {
+        Some(match s {
+            "STARTED" => ChunkOutcome::Started,
+            "APPLIED" => ChunkOutcome::Applied,
+            "TIMED_OUT" => ChunkOutcome::TimedOut,
+            "FAILED" => ChunkOutcome::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// What an earlier attempt recorded for this chunk, if anything.
+pub async fn chunk_started(db: &PgPool, run_id: &str, index: i32) -> Result<Option<ChunkOutcome>, sqlx::Error> {
+    let row: Option<String> = sqlx::query_scalar("SELECT outcome FROM job_run_chunks WHERE run_id = $1 AND chunk_index = $2")
+        .bind(run_id)
+        .bind(index)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.and_then(|o| ChunkOutcome::parse(&o)))
+}
+
+/// Marks a chunk as started before its effects, so a retry after the run's deadline still
+/// completes it instead of abandoning effects that may have happened.
+pub async fn start_chunk(db: &PgPool, run_id: &str, index: i32, instance: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO job_run_chunks (run_id, chunk_index, outcome, applied_at, applied_by)
+         VALUES ($1, $2, 'STARTED', now(), $3) ON CONFLICT (run_id, chunk_index) DO NOTHING",
+    )
+    .bind(run_id)
+    .bind(index)
+    .bind(instance)
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// Records the plan's seal: the run exists with this many chunks.
@@ -95,7 +133,7 @@ pub async fn try_finalize(db: &PgPool, run_id: &str, claimant: i32) -> Result<Op
     let claimed: Option<(i32, DateTime<Utc>)> = sqlx::query_as(
         "UPDATE job_runs r SET finalized_by = $2
          WHERE r.run_id = $1 AND (r.finalized_by IS NULL OR r.finalized_by = $2)
-           AND r.chunk_count = (SELECT count(*) FROM job_run_chunks c WHERE c.run_id = $1)
+           AND r.chunk_count = (SELECT count(*) FROM job_run_chunks c WHERE c.run_id = $1 AND c.outcome <> 'STARTED')
          RETURNING r.chunk_count, r.planned_at",
     )
     .bind(run_id)

@@ -178,7 +178,15 @@ impl Processor {
             .set("auto.offset.reset", "earliest")
             // A chunk is applied between polls; the group must not evict a member for a
             // chunk that legitimately runs up to its job's timeout.
-            .set("max.poll.interval.ms", ((max_timeout + 60) * 1000).to_string());
+            .set("max.poll.interval.ms", ((max_timeout + 60) * 1000).to_string())
+            // A dead or paused member is noticed within seconds (heartbeats stop with it).
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "2000");
+        if !settings.processor.instance_id.is_empty() {
+            // Static membership: a restarted instance with the same id takes its partitions
+            // back at once instead of waiting for its dead predecessor's session to expire.
+            cfg.set("group.instance.id", &settings.processor.instance_id);
+        }
         for (k, v) in &settings.kafka.properties {
             cfg.set(k, v);
         }
@@ -210,19 +218,46 @@ impl Processor {
             Ok(Ok(m)) => m.detach(),
         };
         let mut batch = vec![first];
+        let mut poll_error = None;
         while batch.len() < BATCH {
             match self.consumer.recv().now_or_never() {
                 Some(Ok(m)) => batch.push(m.detach()),
-                Some(Err(e)) => return Err(KafkaClientError::kafka("consume", e).into()),
+                Some(Err(e)) => {
+                    poll_error = Some(e);
+                    break;
+                }
                 None => break,
             }
         }
-        self.refresh_ledger_if_assigned().await?;
+        if let Some(e) = poll_error {
+            tracing::debug!(error = %e, "consume error after a partial batch; handling what arrived");
+        }
+        match self.handle_batch(&batch).await {
+            Ok(()) => Ok(Step::Handled(batch.len())),
+            Err((i, e)) => {
+                let class = e.class();
+                let m = &batch[i];
+                tracing::warn!(error = %e, class = %class, topic = m.topic(), partition = m.partition(), offset = m.offset(), "transaction failed, resetting");
+                // Never lose a record: everything from the failed one on is consumed again.
+                self.reset(&batch[i..])?;
+                if class == ErrorClass::Fatal {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(Step::Reset(e.to_string()))
+            }
+        }
+    }
 
+    /// Handles a batch in order, one transaction per record; on failure returns the index of
+    /// the first record not committed.
+    async fn handle_batch(&mut self, batch: &[OwnedMessage]) -> Result<(), (usize, ProcessorError)> {
+        self.refresh_ledger_if_assigned().await.map_err(|e| (0, e))?;
         // Decode ticks up front so a stale tick can see the newer one queued behind it.
         let mut ticks: Vec<Option<Result<Tick, Reject>>> = Vec::with_capacity(batch.len());
-        for m in &batch {
-            ticks.push(if m.topic() == self.names.tick { Some(self.decode_tick(m).await?) } else { None });
+        for m in batch {
+            let decoded = if m.topic() == self.names.tick { Some(self.decode_tick(m).await.map_err(|e| (0, e))?) } else { None };
+            ticks.push(decoded);
         }
         for i in 0..batch.len() {
             let superseded = match &ticks[i] {
@@ -248,23 +283,9 @@ impl Processor {
                 Some(decoded) => self.handle_tick(m, decoded, superseded).await,
                 None => self.handle_work_item(m).await,
             };
-            if let Err(e) = result {
-                let class = e.class();
-                if class == ErrorClass::Fatal && !matches!(e, ProcessorError::Kafka(_)) {
-                    // Never lose the record: leave it uncommitted and stop this instance.
-                    self.reset(&batch[i..])?;
-                    return Err(e);
-                }
-                tracing::warn!(error = %e, class = %class, topic = m.topic(), partition = m.partition(), offset = m.offset(), "transaction failed, resetting");
-                self.reset(&batch[i..])?;
-                if class == ErrorClass::Fatal {
-                    return Err(e);
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                return Ok(Step::Reset(e.to_string()));
-            }
+            result.map_err(|e| (i, e))?;
         }
-        Ok(Step::Handled(batch.len()))
+        Ok(())
     }
 
     /// Runs steps until `shutdown` completes, then leaves the group cleanly (a step in
@@ -304,7 +325,8 @@ impl Processor {
     /// The one reset path: abort the transaction and rewind every partition of the dropped
     /// records to the first of them, so they are consumed again.
     fn reset(&mut self, dropped: &[OwnedMessage]) -> Result<(), ProcessorError> {
-        self.txn.abort()?;
+        // Rewind first, whatever the abort says: a record must never be skipped.
+        let aborted = self.txn.abort();
         let mut first: HashMap<(String, i32), i64> = HashMap::new();
         for m in dropped {
             let e = first.entry((m.topic().to_string(), m.partition())).or_insert(m.offset());
@@ -317,7 +339,7 @@ impl Processor {
                 tracing::debug!(topic, partition, error = %e, "seek after reset failed");
             }
         }
-        Ok(())
+        aborted.map_err(ProcessorError::from)
     }
 
     fn job_settings(&self, job: &str) -> JobSettings {

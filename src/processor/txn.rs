@@ -42,6 +42,10 @@ impl Txn {
     }
 
     pub fn begin(&mut self) -> Result<(), KafkaClientError> {
+        // A transaction a failed step could not abort (broker away) is aborted first.
+        if self.open {
+            self.abort()?;
+        }
         self.producer.begin_transaction().map_err(|e| KafkaClientError::kafka("begin transaction", e))?;
         self.open = true;
         self.pending.clear();
@@ -94,17 +98,24 @@ impl Txn {
         Ok(())
     }
 
-    /// Aborts the open transaction, if any. Errors here mean the producer itself is unusable
-    /// (fenced or fatal) and are returned so the caller stops.
+    /// Aborts the open transaction, if any. On error the transaction is still considered open,
+    /// so the next reset or `begin` tries again; the error's class tells the caller whether
+    /// the producer is unusable (fenced, fatal) and it must stop.
     pub fn abort(&mut self) -> Result<(), KafkaClientError> {
         self.pending.clear();
         if !self.open {
             return Ok(());
         }
-        self.open = false;
         match self.producer.abort_transaction(TXN_TIMEOUT) {
-            Ok(()) => Ok(()),
-            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::State) => Ok(()),
+            Ok(()) => {
+                self.open = false;
+                Ok(())
+            }
+            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::State) => {
+                self.open = false;
+                Ok(())
+            }
+            // Still open: the next reset or begin tries again.
             Err(e) => Err(KafkaClientError::kafka("abort transaction", e)),
         }
     }

@@ -396,8 +396,15 @@ async fn three_days_match_independent_sql(zone: &str) {
     let orders = around_midnights(tz, first, 3, 0x5eed_0000 + zone.len() as u64);
     seed_orders(&pool, &orders).await;
 
-    publish(&s, &[tick_for(first, tz, Trigger::Scheduled), tick_for(plus(first, 1), tz, Trigger::Scheduled), tick_for(plus(first, 2), tz, Trigger::Scheduled)])
-        .await;
+    publish(
+        &s,
+        &[
+            tick_for(first, tz, Trigger::Scheduled),
+            tick_for(plus(first, 1), tz, Trigger::Scheduled),
+            tick_for(plus(first, 2), tz, Trigger::Scheduled),
+        ],
+    )
+    .await;
     let mut p = processor_on(&s, pool.clone()).await;
     drive(&mut p, 3).await;
 

@@ -1,7 +1,8 @@
 //! `order-expiration` on the real stack: E1 (one event of each kind per cancelled order under
 //! read_committed) and E2 (an order cancelled once, its reservation given back once) with a
 //! concurrent payer racing the run, duplicate and replayed ticks, a SIGKILL between effects
-//! and Kafka commit of the real binary, and the events' contents field by field.
+//! and Kafka commit of the real binary, two attempts at one chunk at once (zombie), and the
+//! events' contents field by field.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -333,7 +334,7 @@ async fn the_same_tick_twice_and_a_replay_from_offset_zero_change_and_emit_nothi
     shop.place(&expired).await;
     shop.place(&fresh).await;
     let t = tick(JOB, at, &[]);
-    publish(&s, &[t.clone()]).await;
+    publish(&s, std::slice::from_ref(&t)).await;
     let mut p = processor_on(&s, shop.pool.clone()).await;
     drive(&mut p, 3).await;
     let first = observe(&s, &shop).await;
@@ -578,4 +579,49 @@ async fn events_carry_the_spec_fields_and_deterministic_ids() {
         }
     }
     assert_eq!(replayed, committed, "a re-applied chunk emits byte-identical records");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_attempts_at_the_same_chunk_at_once_both_emit_every_order_it_cancelled() {
+    // A zombie and the partition's new owner applying the same work item concurrently: whichever
+    // cancels an order, both must emit it (only one of them can commit its Kafka transaction),
+    // and stock must come back once.
+    let s = crate::common::settings();
+    let at = fire_time();
+    let shop = Shop::new(&s, test_db(&s).await, 8).await;
+    let ctx = JobCtx { db: shop.pool.clone(), redis: Some(shop.stock.connection()), tz: chrono_tz::UTC, settings: s.job(JOB).unwrap().clone() };
+    for round in 0..5 {
+        let orders = shop.orders(&format!("r{round}"), 200, |i| at - TimeDelta::minutes(10) + TimeDelta::milliseconds(i as i64));
+        shop.place(&orders).await;
+        let before = shop.stocks().await;
+        let item = WorkItem {
+            run_id: format!("run-{round}"),
+            job: JOB.into(),
+            period: at.to_rfc3339(),
+            tick_id: "t".into(),
+            trigger: "SCHEDULED".into(),
+            chunk_index: 0,
+            chunk_count: -1,
+            ids: orders.iter().map(|o| o.id.clone()).collect(),
+            parameters: BTreeMap::new(),
+            scheduled_at: at,
+            planned_at: at,
+        };
+        let (a, b) = tokio::join!(
+            tokio::spawn({
+                let (ctx, item) = (ctx.clone(), item.clone());
+                async move { OrderExpiration.apply(&ctx, &item).await.unwrap() }
+            }),
+            tokio::spawn({
+                let (ctx, item) = (ctx.clone(), item.clone());
+                async move { OrderExpiration.apply(&ctx, &item).await.unwrap() }
+            })
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let keys = |o: &scheduled_jobs::jobs::ChunkOutput| o.records.iter().map(|e| (e.topic.base_name(), e.key.clone())).collect::<BTreeSet<_>>();
+        assert_eq!(keys(&a).len(), 400, "round {round}: {:?}", a.counts);
+        assert_eq!(keys(&a), keys(&b), "round {round}");
+        assert_eq!(a.counts["reservationsReleased"] + b.counts["reservationsReleased"], 200, "round {round}: released once");
+        assert_eq!(shop.stocks().await, restocked(&before, &orders.iter().collect::<Vec<_>>()), "round {round}");
+    }
 }

@@ -353,3 +353,61 @@ async fn a_forced_manual_rerun_is_explicit_and_recorded_as_a_new_attempt() {
     assert_eq!(r[1].trigger, "MANUAL");
     assert_eq!(r[1].tick_id, again.tick_id);
 }
+
+/// Starts the real binary as a processor for `s`'s private topics and `database`.
+pub fn spawn_processor(s: &Settings, database: &str, env: &[(&str, &str)]) -> std::process::Child {
+    let mut cmd = std::process::Command::new(crate::common::binary());
+    cmd.current_dir(crate::common::repo_root())
+        .arg("run")
+        .env("SJ_TOPICS__PREFIX", &s.topics.prefix)
+        .env("SJ_PROCESSOR__GROUP_ID", &s.processor.group_id)
+        .env("SJ_PROCESSOR__TRANSACTIONAL_ID_PREFIX", &s.processor.transactional_id_prefix)
+        .env("SJ_PROCESSOR__INSTANCE_ID", "crash-test")
+        .env("SJ_POSTGRES__DATABASE", database)
+        .stdout(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn scheduled-jobs run")
+}
+
+/// Waits until `n` run results are committed.
+pub async fn wait_for_results(s: &Settings, n: usize, within: Duration) -> Vec<RunResult> {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = results(s).await;
+        if r.len() >= n || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_chunk_killed_before_its_commit_is_completed_even_after_the_deadline() {
+    let s = isolated().await;
+    let (pool, database) = fresh_db(&s).await;
+    scheduled_jobs::db::migrate(&pool).await.unwrap();
+    publish(&s, &[tick("noop", at(1), &[("chunks", "3")])]).await;
+    // The first chunk's effects are done, then the process dies before its commit.
+    let mut first = spawn_processor(
+        &s,
+        &database,
+        &[("SJ_JOBS__NOOP__TIMEOUT_SECS", "3"), ("SJ_FAULT_POINT", "before-apply-commit"), ("SJ_FAULT_JOB", "noop")],
+    );
+    let status = tokio::task::spawn_blocking(move || first.wait()).await.unwrap().unwrap();
+    assert!(!status.success(), "the fault point killed it");
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM job_run_chunks").fetch_one(&pool).await.unwrap();
+    assert_eq!(recorded, 1, "one chunk's effects done, its Kafka commit never happened");
+    assert!(results(&s).await.is_empty());
+    // Restart past the run's deadline: the started chunk completes, the others time out.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut second = spawn_processor(&s, &database, &[("SJ_JOBS__NOOP__TIMEOUT_SECS", "3")]);
+    let r = wait_for_results(&s, 1, Duration::from_secs(60)).await;
+    second.kill().ok();
+    second.wait().ok();
+    assert_eq!(r.len(), 1, "{r:#?}");
+    assert_eq!(r[0].outcome, Outcome::TimedOut, "{r:#?}");
+    assert_eq!(r[0].counts.get("items"), Some(&1), "the started chunk completed: {r:#?}");
+    assert_eq!(r[0].counts.get("chunksTimedOut"), Some(&2), "{r:#?}");
+}

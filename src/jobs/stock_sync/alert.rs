@@ -25,10 +25,10 @@ pub const MEDIUM_FROM: i64 = 10;
 pub const SEVERITIES: [&str; 4] = ["LOW", "MEDIUM", "HIGH", "CRITICAL"];
 
 const RUN_MISMATCHES: &str = "
-SELECT product_id, db_stock, redis_stock, cause, action, repair, detected_at
+SELECT product_id, db_stock, redis_stock, cause, action, detected_at
 FROM stock_sync_mismatches WHERE run_id = $1 ORDER BY product_id";
 
-type Row = (String, i64, Option<i64>, String, String, Option<String>, DateTime<Utc>);
+type Row = (String, i64, Option<i64>, String, String, DateTime<Utc>);
 
 pub fn severity(urgent: bool, action: &str, db_stock: i64, redis_stock: Option<i64>) -> &'static str {
     if urgent {
@@ -59,14 +59,8 @@ pub async fn finalize(ctx: &JobCtx, run: &Run) -> Result<ChunkOutput, JobError> 
     let urgent = total > i64::from(ctx.settings.urgent_after_mismatches);
     let now = Utc::now();
     let mut out = ChunkOutput::default();
-    let (mut repaired, mut refused, mut unresolved, mut manual) = (0, 0, 0, 0);
-    for (product_id, db_stock, redis_stock, cause, action, repair, detected_at) in rows {
-        match repair.as_deref() {
-            Some("RESTORED") => repaired += 1,
-            Some("CAS_REFUSED") => refused += 1,
-            Some(_) => {}
-            None => unresolved += 1,
-        }
+    let mut manual = 0;
+    for (product_id, db_stock, redis_stock, cause, action, detected_at) in rows {
         if action == "MANUAL_REVIEW_REQUIRED" {
             manual += 1;
         }
@@ -95,14 +89,9 @@ pub async fn finalize(ctx: &JobCtx, run: &Run) -> Result<ChunkOutput, JobError> 
     if urgent {
         tracing::warn!(run_id = %run.run_id, mismatches = total, "stock-sync run is urgent: alerts carry CRITICAL");
     }
-    for (k, v) in [
-        ("mismatches", total),
-        ("repaired", repaired),
-        ("casRefused", refused),
-        ("unresolved", unresolved),
-        ("manualReview", manual),
-        ("urgent", i64::from(urgent)),
-    ] {
+    // `repaired`, `casRefused` and `unresolved` come from the chunks (see `apply`); these are
+    // the run-level ones. Distinct names: the processor lets these override the chunk sums.
+    for (k, v) in [("mismatches", total), ("manualReview", manual), ("urgent", i64::from(urgent))] {
         out.counts.insert(k.into(), v);
     }
     Ok(out)

@@ -1,18 +1,26 @@
 //! Applying one range `[first_id, last_id]`: compare, confirm, classify, record, repair.
 //!
 //! Order of effects, and why:
-//! 1. compare (reads): one SQL statement for the expected values, one `MGET`;
-//! 2. confirm (reads): after `confirm_delay_ms`, re-read both sides of every candidate; a
-//!    candidate is confirmed only if still mismatched *and* Redis still holds the value first
-//!    observed — anything that moved is a change in flight, not drift;
-//! 3. record: insert the confirmed rows (`ON CONFLICT DO NOTHING`: a retry keeps the first
-//!    observation) — before any write, so a crash after a repair never loses its alert;
-//! 4. repair: delete stale reservation fields, then compare-and-set `observed → expected`;
-//! 5. note each repair's outcome on its row (finalize counts from there).
+//! 1. compare (reads): the range's products stream in while `MGET`s of their counters go
+//!    out; the waiting orders' quantities for the range are read alongside;
+//! 2. confirm (reads): after `confirm_delay_ms`, one SQL statement re-reads the candidates'
+//!    expected values and their orders, then one Redis round trip re-reads their counters and
+//!    reservation fields. A candidate is confirmed only if still mismatched *and* Redis still
+//!    holds the value first observed — anything that moved is a change in flight, not drift;
+//! 3. record: insert the confirmed rows, durably, before any write (`ON CONFLICT DO NOTHING`:
+//!    a retry keeps the first observation), so a crash after a repair never loses its alert;
+//! 4. repair: per product, delete stale reservation fields, then compare-and-set
+//!    `observed → expected`;
+//! 5. note each repair's outcome on its row (diagnostics; the counts the run result reports
+//!    are returned from here and recorded by the processor with the chunk).
+//!
+//! A chunk that is applied again (its Kafka commit lost) finds the rows it recorded: those
+//! now consistent count as repaired, the others go through 2–5 again.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::{StreamExt, TryStreamExt};
 use redis::aio::ConnectionManager;
 
 use super::{Action, Cause};
@@ -22,52 +30,44 @@ use crate::wire::internal::WorkItem;
 
 /// How many of a candidate product's most recent orders that no longer wait are checked for a
 /// stale reservation field. Bounds the cost for a product with a long order history; an older
-/// stale field is classified `REDIS_DRIFT` and left in place (see the module limits).
+/// stale field is classified `REDIS_DRIFT` and left in place.
 const RECENT_ORDERS_CHECKED: i64 = 1000;
+/// Rows per `MGET` while the range streams in (several in flight).
+const MGET_BATCH: usize = 250;
+const MGETS_IN_FLIGHT: usize = 4;
 
-/// Expected Redis stock of every product in the range, plus whether this run already has a
-/// row for it whose repair is pending (an earlier attempt of this chunk stopped in between).
-/// One statement, so products and orders are read from one snapshot.
-const EXPECTED_IN_RANGE: &str = "
-WITH waiting AS (
-    SELECT oi.product_id, sum(oi.quantity)::bigint AS reserved
-    FROM orders o JOIN order_items oi ON oi.order_id = o.id
-    WHERE o.status = 'PAYMENT_WAIT' AND oi.product_id >= $1 AND oi.product_id <= $2
-    GROUP BY oi.product_id)
-SELECT p.id, p.stock, p.stock::bigint - COALESCE(w.reserved, 0) AS expected,
-       m.product_id IS NOT NULL AS pending
+/// The range's products, and the action of this run's row for each if an earlier attempt of
+/// this chunk recorded one.
+const PRODUCTS_IN_RANGE: &str = "
+SELECT p.id, p.stock, m.action AS recorded
 FROM products p
-LEFT JOIN waiting w ON w.product_id = p.id
-LEFT JOIN stock_sync_mismatches m ON m.run_id = $3 AND m.product_id = p.id AND m.repair IS NULL
+LEFT JOIN stock_sync_mismatches m ON m.run_id = $3 AND m.product_id = p.id
 WHERE p.id >= $1 AND p.id <= $2
 ORDER BY p.id";
 
-/// The same expected value for a few products (the confirmation re-read).
-const EXPECTED_OF: &str = "
+/// Quantities reserved by waiting orders, per product of the range (few rows).
+const RESERVED_IN_RANGE: &str = "
+SELECT oi.product_id, sum(oi.quantity)::bigint
+FROM orders o JOIN order_items oi ON oi.order_id = o.id
+WHERE o.status = 'PAYMENT_WAIT' AND oi.product_id >= $1 AND oi.product_id <= $2
+GROUP BY oi.product_id";
+
+/// The confirmation re-read of a few products: expected value, the orders waiting for them,
+/// and their most recent orders that no longer wait (for the reservation checks).
+const CONFIRM: &str = "
 WITH waiting AS (
     SELECT oi.product_id, sum(oi.quantity)::bigint AS reserved
     FROM orders o JOIN order_items oi ON oi.order_id = o.id
     WHERE o.status = 'PAYMENT_WAIT' AND oi.product_id = ANY($1)
     GROUP BY oi.product_id)
-SELECT p.id, p.stock, p.stock::bigint - COALESCE(w.reserved, 0) AS expected
+SELECT p.id, p.stock, p.stock::bigint - COALESCE(w.reserved, 0) AS expected,
+       ARRAY(SELECT oi.order_id FROM order_items oi JOIN orders o ON o.id = oi.order_id
+             WHERE oi.product_id = p.id AND o.status = 'PAYMENT_WAIT') AS waiting_orders,
+       ARRAY(SELECT oi.order_id FROM order_items oi JOIN orders o ON o.id = oi.order_id
+             WHERE oi.product_id = p.id AND o.status <> 'PAYMENT_WAIT'
+             ORDER BY o.created_at DESC LIMIT $2) AS settled_orders
 FROM products p LEFT JOIN waiting w ON w.product_id = p.id
 WHERE p.id = ANY($1)";
-
-/// Per confirmed product: its waiting orders, and its most recent orders that no longer wait.
-const ORDERS_OF: &str = "
-SELECT c.product_id, x.order_id, x.waiting
-FROM unnest($1::text[]) AS c(product_id)
-CROSS JOIN LATERAL (
-    (SELECT oi.order_id, true AS waiting
-     FROM order_items oi JOIN orders o ON o.id = oi.order_id
-     WHERE oi.product_id = c.product_id AND o.status = 'PAYMENT_WAIT')
-    UNION ALL
-    (SELECT oi.order_id, false
-     FROM order_items oi JOIN orders o ON o.id = oi.order_id
-     WHERE oi.product_id = c.product_id AND o.status <> 'PAYMENT_WAIT'
-     ORDER BY o.created_at DESC
-     LIMIT $2)
-) x";
 
 const RECORD: &str = "
 INSERT INTO stock_sync_mismatches
@@ -78,10 +78,14 @@ FROM unnest($2::text[], $3::int[], $4::bigint[], $5::bigint[], $6::text[], $7::t
     AS u(product_id, product_stock, db_stock, redis_stock, cause, action, repair, stale)
 ON CONFLICT (run_id, product_id) DO NOTHING";
 
-/// The latest attempt's outcome wins: it describes Redis as it is now.
+/// The latest attempt's outcome wins: it describes Redis as it is now. Committed without
+/// waiting for the WAL flush (`set_config(..., true)` is local to this statement's
+/// transaction): the outcome is diagnostic, and the processor's synchronous record of the
+/// chunk, which follows, flushes it anyway. Saves one fsync per chunk with a repair.
 const MARK: &str = "
 UPDATE stock_sync_mismatches m SET repair = u.repair, repaired_at = now()
-FROM unnest($2::text[], $3::text[]) AS u(product_id, repair)
+FROM unnest($2::text[], $3::text[]) AS u(product_id, repair),
+     (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 WHERE m.run_id = $1 AND m.product_id = u.product_id AND m.action = 'REDIS_RESTORED'";
 
 /// What `stock:{id}` held.
@@ -126,6 +130,8 @@ fn is_candidate(stock: i32, expected: i64, observed: &Observed) -> bool {
 struct Seen {
     id: String,
     observed: Observed,
+    /// This run already has a row for the product (an earlier attempt of this chunk).
+    recorded: Option<String>,
 }
 
 /// A mismatch that survived confirmation, with the values read at confirmation.
@@ -147,6 +153,39 @@ struct Reservations {
     missing: bool,
 }
 
+/// The chunk's counters (the run result sums them over chunks; a retry replaces them).
+#[derive(Default)]
+struct Counts {
+    products: i64,
+    candidates: i64,
+    confirmed: i64,
+    unconfirmed: i64,
+    repaired: i64,
+    cas_refused: i64,
+    unresolved: i64,
+}
+
+impl Counts {
+    fn into_output(self) -> ChunkOutput {
+        let mut out = ChunkOutput::default();
+        for (k, v) in [
+            ("products", self.products),
+            ("candidates", self.candidates),
+            ("confirmed", self.confirmed),
+            ("unconfirmed", self.unconfirmed),
+            ("repaired", self.repaired),
+            ("casRefused", self.cas_refused),
+            ("unresolved", self.unresolved),
+        ] {
+            out.counts.insert(k.into(), v);
+        }
+        out
+    }
+}
+
+type RangeRow = (String, i32, Option<String>);
+type ConfirmRow = (String, i32, i64, Vec<String>, Vec<String>);
+
 pub async fn apply(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobError> {
     let (first, last) = match item.ids.as_slice() {
         [first, last] => (first, last),
@@ -158,65 +197,71 @@ pub async fn apply(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobErro
             )))
         }
     };
-    let mut redis = ctx
-        .redis
-        .clone()
-        .ok_or_else(|| JobError::Failed("stock-sync needs Redis but the processor has no Redis connection".into()))?;
+    let redis =
+        ctx.redis.clone().ok_or_else(|| JobError::Failed("stock-sync needs Redis but the processor has no Redis connection".into()))?;
 
-    let rows: Vec<(String, i32, i64, bool)> =
-        sqlx::query_as(EXPECTED_IN_RANGE).bind(first).bind(last).bind(&item.run_id).fetch_all(&ctx.db).await?;
-    let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-    let observed = observe(&mut redis, &ids).await?;
-
-    let mut out = ChunkOutput::default();
-    out.counts.insert("products".into(), rows.len() as i64);
+    let mut counts = Counts::default();
     let mut candidates = Vec::new();
-    // Rows an earlier attempt recorded but did not get to mark, and that are consistent now.
+    // Products an earlier attempt recorded for repair and that are consistent now.
     let mut settled = Vec::new();
-    for ((id, stock, expected, pending), observed) in rows.into_iter().zip(observed) {
-        if is_candidate(stock, expected, &observed) {
-            candidates.push(Seen { id, observed });
-        } else if pending {
-            settled.push(id);
+    // The first pass only nominates candidates; confirmation re-reads everything in one
+    // statement. So the two halves of `expected` are read concurrently (two simple statements
+    // plan and run faster than their join, and the MGETs go out while the products stream
+    // in) at the price of two snapshots a few milliseconds apart: a skew can only add a
+    // candidate that confirmation drops, or (an order landing exactly then, on a drifted
+    // product, by exactly the drift) hide one until the next run.
+    let reserved = sqlx::query_as::<_, (String, i64)>(RESERVED_IN_RANGE).bind(first).bind(last).fetch_all(&ctx.db);
+    let observed = sqlx::query_as::<_, RangeRow>(PRODUCTS_IN_RANGE)
+        .bind(first)
+        .bind(last)
+        .bind(&item.run_id)
+        .fetch(&ctx.db)
+        .map_err(JobError::from)
+        .try_chunks(MGET_BATCH)
+        .map(|batch| {
+            let mut conn = redis.clone();
+            async move {
+                let rows = batch.map_err(|e| e.1)?;
+                let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+                let observed = observe(&mut conn, &ids).await?;
+                Ok::<_, JobError>((rows, observed))
+            }
+        })
+        .buffered(MGETS_IN_FLIGHT)
+        .try_collect::<Vec<_>>();
+    let (reserved, observed) = tokio::try_join!(async { reserved.await.map_err(JobError::from) }, observed)?;
+    let reserved: HashMap<String, i64> = reserved.into_iter().collect();
+    for (rows, observed) in observed {
+        counts.products += rows.len() as i64;
+        for ((id, stock, recorded), observed) in rows.into_iter().zip(observed) {
+            let expected = i64::from(stock) - reserved.get(&id).copied().unwrap_or(0);
+            if is_candidate(stock, expected, &observed) {
+                candidates.push(Seen { id, observed, recorded });
+            } else if recorded.as_deref() == Some(Action::RedisRestored.as_str()) {
+                settled.push(id);
+            }
         }
     }
-    out.counts.insert("candidates".into(), candidates.len() as i64);
-    if candidates.is_empty() && settled.is_empty() {
-        return Ok(out);
-    }
+    counts.candidates = candidates.len() as i64;
+    counts.repaired = settled.len() as i64;
 
-    let (confirmed, unconfirmed) = confirm(ctx, &mut redis, candidates).await?;
-    out.counts.insert("unconfirmed".into(), unconfirmed as i64);
-    out.counts.insert("confirmed".into(), confirmed.len() as i64);
-
-    let to_restore: Vec<String> = confirmed
-        .iter()
-        .filter(|(_, stock, expected, observed)| action_for(*stock, *expected, observed) == Action::RedisRestored)
-        .map(|(id, ..)| id.clone())
-        .collect();
-    let mut reservations = reservations_of(&ctx.db, &mut redis, &to_restore).await?;
-    let mismatches: Vec<Mismatch> = confirmed
-        .into_iter()
-        .map(|(id, stock, expected, observed)| {
-            let r = reservations.remove(&id).unwrap_or_default();
-            let action = action_for(stock, expected, &observed);
-            let cause = classify(stock, expected, &observed, &r);
-            // Stale fields are removed for every product we restore, whatever the cause, so
-            // a late release can never give the same quantity back on top of our repair.
-            let stale_orders = if action == Action::RedisRestored { r.stale_orders } else { Vec::new() };
-            Mismatch { id, stock, expected, observed, cause, action, stale_orders }
-        })
-        .collect();
-
+    let mismatches = confirm(ctx, &redis, candidates, &mut counts).await?;
     record(&ctx.db, &item.run_id, &mismatches).await?;
     let mut outcomes = repair(&redis, &mismatches).await?;
-    let refused = outcomes.iter().filter(|(_, o)| *o == "CAS_REFUSED").count();
-    if refused > 0 {
-        tracing::warn!(run_id = %item.run_id, chunk = item.chunk_index, refused, "stock changed after confirmation; repair left for the next run");
+    for (_, applied) in &outcomes {
+        if *applied == "RESTORED" {
+            counts.repaired += 1;
+        } else {
+            counts.cas_refused += 1;
+        }
+    }
+    if counts.cas_refused > 0 {
+        tracing::warn!(run_id = %item.run_id, chunk = item.chunk_index, refused = counts.cas_refused,
+            "stock changed after confirmation; repair left for the next run");
     }
     outcomes.extend(settled.into_iter().map(|id| (id, "RESTORED")));
     mark(&ctx.db, &item.run_id, &outcomes).await?;
-    Ok(out)
+    Ok(counts.into_output())
 }
 
 /// `MGET` of the products' counters, values kept raw so a non-integer does not fail the chunk.
@@ -232,40 +277,82 @@ async fn observe(redis: &mut ConnectionManager, ids: &[&str]) -> Result<Vec<Obse
     Ok(raw.into_iter().map(Observed::parse).collect())
 }
 
-/// Waits `confirm_delay_ms`, re-reads both sides; returns the confirmed candidates as
-/// (id, stock, expected, observed) with the values of the re-read, and how many were not.
-async fn confirm(
-    ctx: &JobCtx,
-    redis: &mut ConnectionManager,
-    candidates: Vec<Seen>,
-) -> Result<(Vec<(String, i32, i64, Observed)>, usize), JobError> {
+/// Waits `confirm_delay_ms`, re-reads both sides (DB first, Redis last: the CAS compares
+/// against the Redis value, so the gap to it stays short), and returns the confirmed
+/// mismatches, classified.
+async fn confirm(ctx: &JobCtx, redis: &ConnectionManager, candidates: Vec<Seen>, counts: &mut Counts) -> Result<Vec<Mismatch>, JobError> {
     if candidates.is_empty() {
-        return Ok((Vec::new(), 0));
+        return Ok(Vec::new());
     }
-    tokio::time::sleep(Duration::from_millis(ctx.settings.confirm_delay_ms)).await;
-    let ids: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
-    let db: HashMap<String, (i32, i64)> = sqlx::query_as::<_, (String, i32, i64)>(EXPECTED_OF)
+    if ctx.settings.confirm_delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ctx.settings.confirm_delay_ms)).await;
+    }
+    let ids: Vec<&str> = candidates.iter().map(|c| c.id.as_str()).collect();
+    let db: HashMap<String, (i32, i64, Vec<String>, Vec<String>)> = sqlx::query_as::<_, ConfirmRow>(CONFIRM)
         .bind(&ids)
+        .bind(RECENT_ORDERS_CHECKED)
         .fetch_all(&ctx.db)
         .await?
         .into_iter()
-        .map(|(id, stock, expected)| (id, (stock, expected)))
+        .map(|(id, stock, expected, waiting, settled)| (id, (stock, expected, waiting, settled)))
         .collect();
-    // Redis last: the CAS compares against this value, so keep the gap to it short.
-    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let again = observe(redis, &refs).await?;
-    let mut confirmed = Vec::new();
-    let mut unconfirmed = 0;
-    for (seen, now) in candidates.into_iter().zip(again) {
-        match db.get(&seen.id) {
-            // Redis moved (an order in flight) or the mismatch is gone: not ours to touch.
-            Some(&(stock, expected)) if now == seen.observed && is_candidate(stock, expected, &now) => {
-                confirmed.push((seen.id, stock, expected, now));
-            }
-            _ => unconfirmed += 1,
+
+    // Which reservation fields exist, for every (order, product) of the candidates: one
+    // pipeline, sent together with the MGET (the connection multiplexes both).
+    let mut pairs: Vec<(&str, &str, bool)> = Vec::new();
+    for c in &candidates {
+        if let Some((_, _, waiting, settled)) = db.get(&c.id) {
+            pairs.extend(waiting.iter().map(|o| (c.id.as_str(), o.as_str(), true)));
+            pairs.extend(settled.iter().map(|o| (c.id.as_str(), o.as_str(), false)));
         }
     }
-    Ok((confirmed, unconfirmed))
+    let mut pipe = redis::pipe();
+    for (product, order, _) in &pairs {
+        pipe.cmd("HEXISTS").arg(reservation_key(order)).arg(*product);
+    }
+    let (mut c1, mut c2) = (redis.clone(), redis.clone());
+    let held = async {
+        if pairs.is_empty() {
+            Ok(Vec::new())
+        } else {
+            pipe.query_async::<Vec<bool>>(&mut c2).await.map_err(JobError::from)
+        }
+    };
+    let (again, held) = tokio::try_join!(observe(&mut c1, &ids), held)?;
+    let mut reservations: HashMap<&str, Reservations> = HashMap::new();
+    for ((product, order, waiting), held) in pairs.iter().zip(held) {
+        let r = reservations.entry(product).or_default();
+        match (waiting, held) {
+            (true, false) => r.missing = true,
+            (false, true) => r.stale_orders.push(order.to_string()),
+            _ => {}
+        }
+    }
+
+    let mut confirmed = Vec::new();
+    for (seen, now) in candidates.iter().zip(again) {
+        match db.get(&seen.id) {
+            Some(&(stock, expected, ..)) if now == seen.observed && is_candidate(stock, expected, &now) => {
+                let r = reservations.remove(seen.id.as_str()).unwrap_or_default();
+                let action = action_for(stock, expected, &now);
+                let cause = classify(stock, expected, &now, &r);
+                // Stale fields are removed for every product we restore, whatever the cause,
+                // so a late release can never give the same quantity back on top of our repair.
+                let stale_orders = if action == Action::RedisRestored { r.stale_orders } else { Vec::new() };
+                confirmed.push(Mismatch { id: seen.id.clone(), stock, expected, observed: now, cause, action, stale_orders });
+            }
+            // Redis moved (an order in flight) or the mismatch is gone: not ours to touch.
+            _ => {
+                counts.unconfirmed += 1;
+                if seen.recorded.as_deref() == Some(Action::RedisRestored.as_str()) {
+                    // Recorded by an earlier attempt, still wrong, not confirmable now.
+                    counts.unresolved += 1;
+                }
+            }
+        }
+    }
+    counts.confirmed = confirmed.len() as i64;
+    Ok(confirmed)
 }
 
 fn action_for(stock: i32, expected: i64, observed: &Observed) -> Action {
@@ -290,44 +377,13 @@ fn classify(stock: i32, expected: i64, observed: &Observed, r: &Reservations) ->
     }
 }
 
-/// Which reservations of the products' orders exist in Redis: one SQL query, one pipeline.
-async fn reservations_of(
-    db: &sqlx::PgPool,
-    redis: &mut ConnectionManager,
-    ids: &[String],
-) -> Result<HashMap<String, Reservations>, JobError> {
-    let mut out: HashMap<String, Reservations> = HashMap::new();
-    if ids.is_empty() {
-        return Ok(out);
-    }
-    let orders: Vec<(String, String, bool)> =
-        sqlx::query_as(ORDERS_OF).bind(ids).bind(RECENT_ORDERS_CHECKED).fetch_all(db).await?;
-    if orders.is_empty() {
-        return Ok(out);
-    }
-    let mut pipe = redis::pipe();
-    for (product, order, _) in &orders {
-        pipe.cmd("HEXISTS").arg(reservation_key(order)).arg(product);
-    }
-    let held: Vec<bool> = pipe.query_async(redis).await?;
-    for ((product, order, waiting), held) in orders.into_iter().zip(held) {
-        let r = out.entry(product).or_default();
-        match (waiting, held) {
-            (true, false) => r.missing = true,
-            (false, true) => r.stale_orders.push(order),
-            _ => {}
-        }
-    }
-    Ok(out)
-}
-
 async fn record(db: &sqlx::PgPool, run_id: &str, mismatches: &[Mismatch]) -> Result<(), JobError> {
     if mismatches.is_empty() {
         return Ok(());
     }
     let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for m in mismatches {
-        cols.0.push(m.id.clone());
+        cols.0.push(m.id.as_str());
         cols.1.push(m.stock);
         cols.2.push(m.expected);
         cols.3.push(m.observed.value());
@@ -354,36 +410,38 @@ async fn record(db: &sqlx::PgPool, run_id: &str, mismatches: &[Mismatch]) -> Res
     Ok(())
 }
 
-/// Repairs every restorable mismatch; returns (product, RESTORED | CAS_REFUSED).
+/// Repairs every restorable mismatch (products concurrently); returns (product, RESTORED |
+/// CAS_REFUSED).
 async fn repair(redis: &ConnectionManager, mismatches: &[Mismatch]) -> Result<Vec<(String, &'static str)>, JobError> {
-    let mut outcomes = Vec::new();
     if mismatches.iter().all(|m| m.action != Action::RedisRestored) {
-        return Ok(outcomes);
+        return Ok(Vec::new());
     }
     let stock = Stock::new(redis.clone());
-    let mut conn = redis.clone();
-    for m in mismatches.iter().filter(|m| m.action == Action::RedisRestored) {
+    let repairs = mismatches.iter().filter(|m| m.action == Action::RedisRestored).filter_map(|m| {
         let observed = match &m.observed {
             Observed::Missing => None,
             Observed::Value(v) => Some(*v),
             // Unreachable by `action_for`; never guess a value to compare against.
-            Observed::NotANumber(_) => continue,
+            Observed::NotANumber(_) => return None,
         };
-        if !m.stale_orders.is_empty() {
-            // First make the stale quantity impossible to release; only then give it back
-            // through the CAS. The other order would leave a window in which a late release
-            // adds the same quantity on top of our repair. If the CAS is then refused, Redis
-            // stays too low (never oversells) and the next run restores it as drift.
-            let mut pipe = redis::pipe();
-            for order in &m.stale_orders {
-                pipe.cmd("HDEL").arg(reservation_key(order)).arg(&m.id).ignore();
+        let (stock, mut conn) = (stock.clone(), redis.clone());
+        Some(async move {
+            if !m.stale_orders.is_empty() {
+                // First make the stale quantity impossible to release; only then give it back
+                // through the CAS. The other order would leave a window in which a late
+                // release adds the same quantity on top of our repair. If the CAS is then
+                // refused, Redis stays too low (never oversells) and the next run restores it.
+                let mut pipe = redis::pipe();
+                for order in &m.stale_orders {
+                    pipe.cmd("HDEL").arg(reservation_key(order)).arg(&m.id).ignore();
+                }
+                pipe.query_async::<()>(&mut conn).await?;
             }
-            pipe.query_async::<()>(&mut conn).await?;
-        }
-        let applied = stock.compare_and_set(&m.id, observed, m.expected).await?;
-        outcomes.push((m.id.clone(), if applied { "RESTORED" } else { "CAS_REFUSED" }));
-    }
-    Ok(outcomes)
+            let applied = stock.compare_and_set(&m.id, observed, m.expected).await?;
+            Ok::<_, JobError>((m.id.clone(), if applied { "RESTORED" } else { "CAS_REFUSED" }))
+        })
+    });
+    futures::future::try_join_all(repairs).await
 }
 
 async fn mark(db: &sqlx::PgPool, run_id: &str, outcomes: &[(String, &'static str)]) -> Result<(), JobError> {

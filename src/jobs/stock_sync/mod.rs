@@ -4,16 +4,17 @@
 //! mismatches is urgent and all its alerts are `CRITICAL`.
 //!
 //! # Shape
-//! - **plan** streams product ids in id order (constant memory) and cuts them into chunks of
-//!   `batch_size` products. A stock-sync work item carries a *range*, `ids = [first_id,
-//!   last_id]` (inclusive, in the database's text order), not every id: 1,000,000 products
-//!   would otherwise put ~40 MB of ids through Kafka for a job that re-reads them anyway.
-//!   A product created after planning is checked by this run if its id falls inside a range,
-//!   otherwise by the next run.
+//! - **plan** walks product ids in id order (one streamed statement, constant memory) and
+//!   cuts them into chunks of `batch_size` products. A stock-sync work item carries a
+//!   *range*, `ids = [first_id, last_id]` (inclusive, in the database's text order), not every
+//!   id: 1,000,000 products would otherwise put ~40 MB of ids through Kafka for a job that
+//!   re-reads them anyway. A product created after planning is checked by this run if its id
+//!   falls inside a range, otherwise by the next run. Plan reads only.
 //! - **apply** ([`apply`]) compares one range: one SQL statement computes
-//!   `expected = products.stock - Σ quantity of order_items whose order is PAYMENT_WAIT`, one
-//!   `MGET` reads the counters. Candidates (key missing, value ≠ expected, invalid DB value)
-//!   are *confirmed* after `confirm_delay_ms`, classified, recorded in
+//!   `expected = products.stock - Σ quantity of order_items whose order is PAYMENT_WAIT`, and
+//!   `MGET`s of the same products' `stock:{id}` go out while its rows stream in (memory per
+//!   chunk does not depend on `batch_size`). Candidates (key missing, value ≠ expected,
+//!   invalid DB value) are *confirmed* after `confirm_delay_ms`, classified, recorded in
 //!   `stock_sync_mismatches`, then repaired with a compare-and-set on the observed value.
 //!   It returns counts only.
 //! - **finalize** ([`alert`]) runs once per run, in the transaction of the chunk that
@@ -36,7 +37,28 @@
 //! window is transient: confirmation re-reads both sides after `confirm_delay_ms` and requires
 //! Redis to still hold the first value, so a window shorter than the delay is never repaired.
 //! A window longer than the delay (a stalled Order service instance) can still be mistaken for
-//! drift; the delay is the knob.
+//! drift; the delay is the knob. A release or consume that lands *after* the repair composes
+//! correctly (it is relative, and a stale field is gone before the CAS).
+//!
+//! # Run result counts
+//! From the chunks (summed; a retried chunk replaces its own): `products` compared,
+//! `candidates`, `confirmed`, `unconfirmed` (moved during confirmation: left for the next run),
+//! `repaired`, `casRefused` (Redis moved between confirmation and the CAS: left for the next
+//! run), `unresolved` (recorded by an earlier attempt, still wrong, not confirmable now). From
+//! the finalisation: `mismatches` (= alerts), `manualReview`, `urgent` (0/1).
+//!
+//! # Limits
+//! - All of a run's alerts are built in memory and sent in the one finalising transaction:
+//!   memory and transaction size grow with the number of mismatches (fine for thousands; a
+//!   Redis that lost every key would make it one alert per product).
+//! - A stale reservation is looked for among each candidate's 1000 most recent orders that no
+//!   longer wait; an older one is classified `REDIS_DRIFT` and its field left in place.
+//! - `MISSING_RESERVATION` is repaired like drift (CAS to expected); the reservation hash is
+//!   not recreated, so if that order is later cancelled its release gives nothing back and
+//!   Redis stays low by its quantity (never oversells) until the next run.
+//! - A non-integer value in `stock:{id}` cannot be compared-and-set through the Order
+//!   service's script: reported `REDIS_DRIFT` with `MANUAL_REVIEW_REQUIRED`, left unchanged.
+//! - `stock:{id}` keys without a product row are not visited (ranges come from the DB).
 
 mod alert;
 mod apply;
@@ -92,20 +114,23 @@ impl Action {
     }
 }
 
-/// Plans `ids` per chunk as the inclusive range `[first, last]` of a run of sorted ids.
-fn range_of(ids: Vec<Result<String, sqlx::Error>>) -> Result<Vec<String>, JobError> {
-    let mut ids = ids.into_iter();
-    let first = match ids.next() {
-        Some(first) => first?,
-        None => return Err(JobError::Failed("stock-sync planned an empty chunk".into())),
-    };
-    let mut last = None;
-    for id in ids {
-        last = Some(id?);
-    }
-    let last = last.unwrap_or_else(|| first.clone());
-    Ok(vec![first, last])
-}
+/// The run's ranges, `batch_size` ($1) products each, in id order: the database walks the
+/// primary-key index and returns only each range's first and last id, so planning 1,000,000
+/// products moves 1,000 rows instead of 1,000,000 (and decodes as few). One statement: one
+/// snapshot, contiguous ranges. The last range ends at the largest id.
+const RANGES: &str = "
+WITH RECURSIVE r(first_id, last_id) AS (
+    SELECT s.first_id, COALESCE(s.last_id, (SELECT max(id) FROM products))
+    FROM (SELECT (SELECT min(id) FROM products) AS first_id,
+                 (SELECT id FROM products ORDER BY id OFFSET $1 - 1 LIMIT 1) AS last_id) s
+    WHERE s.first_id IS NOT NULL
+  UNION ALL
+    SELECT n.first_id, COALESCE(n.last_id, (SELECT max(id) FROM products))
+    FROM r, LATERAL (
+        SELECT (SELECT id FROM products WHERE id > r.last_id ORDER BY id LIMIT 1) AS first_id,
+               (SELECT id FROM products WHERE id > r.last_id ORDER BY id OFFSET $1 - 1 LIMIT 1) AS last_id) n
+    WHERE n.first_id IS NOT NULL)
+SELECT first_id, last_id FROM r";
 
 impl Job for StockSync {
     fn name(&self) -> &'static str {
@@ -119,12 +144,12 @@ impl Job for StockSync {
     }
 
     fn plan<'a>(&'a self, ctx: &'a JobCtx, _run: &'a Run) -> BoxStream<'a, Result<Vec<String>, JobError>> {
-        let batch = ctx.settings.batch_size.max(1) as usize;
-        // Streams the primary-key index; at most one chunk of ids is held at a time.
-        sqlx::query_scalar::<_, String>("SELECT id FROM products ORDER BY id")
+        let batch = i64::from(ctx.settings.batch_size.max(1));
+        // Streamed: one range (two ids) is held at a time.
+        sqlx::query_as::<_, (String, String)>(RANGES)
+            .bind(batch)
             .fetch(&ctx.db)
-            .chunks(batch)
-            .map(range_of)
+            .map(|r| r.map(|(first, last)| vec![first, last]).map_err(JobError::from))
             .boxed()
     }
 
@@ -140,15 +165,6 @@ impl Job for StockSync {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_chunk_is_the_range_of_its_first_and_last_id() {
-        let ok = |v: &[&str]| v.iter().map(|s| Ok(s.to_string())).collect::<Vec<_>>();
-        assert_eq!(range_of(ok(&["a", "b", "c"])).unwrap(), vec!["a", "c"]);
-        assert_eq!(range_of(ok(&["a"])).unwrap(), vec!["a", "a"]);
-        assert!(range_of(Vec::new()).is_err());
-        assert!(range_of(vec![Ok("a".into()), Err(sqlx::Error::RowNotFound)]).is_err());
-    }
 
     #[test]
     fn wire_names_match_the_schema() {

@@ -18,6 +18,10 @@
 //! end unless SJ_BENCH_KEEP_DB=1) and its own topics:
 //! `SJ_BENCH_ORDERS=10000000 cargo bench --bench daily_statistics`
 
+#[path = "../tests/it/common.rs"]
+#[allow(dead_code)]
+mod common;
+
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
@@ -42,18 +46,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-async fn isolated() -> anyhow::Result<Settings> {
-    let mut s = Settings::load(None)?;
-    let tag = uuid::Uuid::new_v4().simple().to_string();
-    s.topics.prefix = format!("bench-{}.", &tag[..8]);
-    s.processor.group_id = format!("bench-{tag}");
-    s.processor.transactional_id_prefix = format!("bench-{tag}");
-    let specs = scheduled_jobs::topics::configured_specs(&s)?;
-    scheduled_jobs::topics::apply(&s, &specs, false).await?;
-    let schemas = scheduled_jobs::schemas::load(&s.schemas.dir, &specs)?;
-    scheduled_jobs::schemas::register(&scheduled_jobs::schemas::Registry::new(&s)?, &schemas).await?;
-    Ok(s)
-}
 
 /// A new database for the bench (the dev database keeps its data), migrated.
 async fn bench_db(s: &mut Settings) -> anyhow::Result<(PgPool, String)> {
@@ -153,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
     let n: i64 = env_or("SJ_BENCH_ORDERS", 10_000_000);
     let reps: usize = env_or("SJ_BENCH_REPS", 3).max(1);
     let keep = std::env::var("SJ_BENCH_KEEP_DB").is_ok_and(|v| v == "1");
-    let mut s = isolated().await?;
+    let mut s = common::isolated().await;
     let tz = s.time_zone()?;
     let (pool, db_name) = bench_db(&mut s).await?;
     let date: NaiveDate = Utc::now().with_timezone(&tz).date_naive() - Days::new(2);

@@ -45,7 +45,7 @@ use scheduled_jobs::wire::tick::{Tick, Trigger};
 use scheduled_jobs::wire::{enum_value, ts};
 use sqlx::PgPool;
 
-use common::{fresh_db, isolated, unique, WAIT};
+use common::{drop_db, fresh_db, isolated, unique, WAIT};
 
 const JOB: &str = "order-expiration";
 const PRODUCTS: usize = 100;
@@ -134,20 +134,16 @@ async fn seed(mut s: Settings, n: usize, batch: u32) -> Data {
 }
 
 impl Data {
+    async fn drop(self) {
+        drop_db(&self.settings, self.pool, &self.db_name).await;
+    }
+
     async fn cancelled(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'ORDER_CANCELLED'").fetch_one(&self.pool).await.expect("count")
     }
 
     fn tick(&self, at: DateTime<Utc>) -> Tick {
-        Tick {
-            tick_id: Tick::scheduled_id(JOB, at),
-            job: JOB.into(),
-            scheduled_at: at,
-            produced_at: Utc::now(),
-            trigger: Trigger::Scheduled,
-            parameters: Default::default(),
-            producer: Some("bench".into()),
-        }
+        Tick::for_fire_time(JOB, at, Trigger::Scheduled, Some("bench".into()))
     }
 }
 
@@ -430,6 +426,7 @@ async fn main() {
                 let d = seed(isolated().await, sample, 100).await;
                 let t = naive(&d).await;
                 assert_eq!(d.cancelled().await, sample as i64);
+                d.drop().await;
                 let extrapolated = t.as_secs_f64() * n as f64 / sample as f64;
                 let note = format!("sample of {sample}, extrapolated linearly: {n} orders ≈ {extrapolated:.1} s");
                 Line { variant: "naive, order by order", orders: sample, batch: "100", elapsed: t, note }
@@ -438,6 +435,7 @@ async fn main() {
                 let d = seed(isolated().await, n, 100).await;
                 let t = floor(&d).await;
                 assert_eq!(d.cancelled().await, n as i64);
+                d.drop().await;
                 Line { variant: "floor: 1 UPDATE + produce", orders: n, batch: "all", elapsed: t, note: "no transactions, no Redis".into() }
             }
             _ => {
@@ -448,6 +446,7 @@ async fn main() {
                 };
                 let d = seed(isolated().await, n, batch).await;
                 let (t, spread, in_apply) = pipeline(&d, n, instances).await;
+                d.drop().await;
                 let applied: Vec<String> = spread.iter().map(|(who, k)| format!("{who}: {k}")).collect();
                 let note = format!(
                     "chunks applied by {}; {:.0}% of instance time in apply (DB + Redis)",

@@ -234,15 +234,7 @@ impl Bench {
     }
 
     fn tick(&self, at: DateTime<Utc>) -> Tick {
-        Tick {
-            tick_id: Tick::scheduled_id(JOB, at),
-            job: JOB.into(),
-            scheduled_at: at,
-            produced_at: Utc::now(),
-            trigger: Trigger::Scheduled,
-            parameters: Default::default(),
-            producer: Some("bench".into()),
-        }
+        Tick::for_fire_time(JOB, at, Trigger::Scheduled, Some("bench".into()))
     }
 
     /// The job's own work without Kafka: (plan time, total time, counts, ranges with a candidate).

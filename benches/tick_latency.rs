@@ -5,6 +5,10 @@
 //!
 //! Needs the local stack (`scripts/services.sh up`); run with `cargo bench --bench tick_latency`.
 
+#[path = "../tests/it/common.rs"]
+#[allow(dead_code)]
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -41,18 +45,6 @@ fn summary(name: &str, mut v: Vec<Duration>) -> (Duration, Duration) {
     (p50, p99)
 }
 
-async fn isolated() -> anyhow::Result<Settings> {
-    let mut s = Settings::load(None)?;
-    let tag = uuid::Uuid::new_v4().simple().to_string();
-    s.topics.prefix = format!("bench-{}.", &tag[..8]);
-    s.processor.group_id = format!("bench-{tag}");
-    s.processor.transactional_id_prefix = format!("bench-{tag}");
-    let specs = scheduled_jobs::topics::configured_specs(&s)?;
-    scheduled_jobs::topics::apply(&s, &specs, false).await?;
-    let schemas = scheduled_jobs::schemas::load(&s.schemas.dir, &specs)?;
-    scheduled_jobs::schemas::register(&scheduled_jobs::schemas::Registry::new(&s)?, &schemas).await?;
-    Ok(s)
-}
 
 fn reader(s: &Settings, topic: &str) -> anyhow::Result<StreamConsumer> {
     let mut cfg = client_config(s, Role::Consumer);
@@ -160,7 +152,7 @@ async fn pipeline(s: &Settings, n: usize) -> anyhow::Result<Vec<Duration>> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n: usize = std::env::var("SJ_BENCH_TICKS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
-    let s = isolated().await?;
+    let s = common::isolated().await;
     println!("tick-to-committed-output latency, {n} ticks, local stack (topics prefix {})", s.topics.prefix);
     let floor = floor(&s, n.min(300)).await?;
     let (_, floor99) = summary("floor: one EOS hop (consume->txn->visible)", floor);

@@ -3,7 +3,7 @@
 //! reached — optionally only for the job in `SJ_FAULT_JOB` and after `SJ_FAULT_AFTER` earlier
 //! hits. Without the feature every point compiles to nothing.
 
-/// Right before the transaction of an applied chunk commits (its effects are done).
+/// Right before the transaction of an applied chunk (not the seal) commits: its effects are done.
 pub const BEFORE_APPLY_COMMIT: &str = "before-apply-commit";
 /// Right before the transaction of a planned run commits.
 pub const BEFORE_PLAN_COMMIT: &str = "before-plan-commit";

@@ -181,6 +181,9 @@ impl Processor {
             .set("max.poll.interval.ms", ((max_timeout + 60) * 1000).to_string())
             // A dead or paused member is noticed within seconds (heartbeats stop with it).
             .set("session.timeout.ms", "10000")
+            // Work items flow from one transaction to the next: fetch them as soon as they
+            // are committed rather than after a long poll (tick-to-result latency).
+            .set("fetch.wait.max.ms", "10")
             .set("heartbeat.interval.ms", "2000");
         if !settings.processor.instance_id.is_empty() {
             // Static membership: a restarted instance with the same id takes its partitions

@@ -55,6 +55,19 @@ impl Tick {
         derived_id(&["tick", job, &scheduled_at.timestamp_millis().to_string()]).to_string()
     }
 
+    /// A tick for a fire time (SCHEDULED or CATCH_UP), with its deterministic id.
+    pub fn for_fire_time(job: &str, scheduled_at: DateTime<Utc>, trigger: Trigger, producer: Option<String>) -> Tick {
+        Tick {
+            tick_id: Tick::scheduled_id(job, scheduled_at),
+            job: job.to_string(),
+            scheduled_at,
+            produced_at: Utc::now(),
+            trigger,
+            parameters: BTreeMap::new(),
+            producer,
+        }
+    }
+
     pub fn to_avro(&self) -> Value {
         Value::Record(vec![
             ("tickId".into(), Value::String(self.tick_id.clone())),

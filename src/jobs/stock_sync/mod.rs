@@ -10,13 +10,12 @@
 //!   id: 1,000,000 products would otherwise put ~40 MB of ids through Kafka for a job that
 //!   re-reads them anyway. A product created after planning is checked by this run if its id
 //!   falls inside a range, otherwise by the next run. Plan reads only.
-//! - **apply** ([`apply`]) compares one range: one SQL statement computes
-//!   `expected = products.stock - Σ quantity of order_items whose order is PAYMENT_WAIT`, and
-//!   `MGET`s of the same products' `stock:{id}` go out while its rows stream in (memory per
-//!   chunk does not depend on `batch_size`). Candidates (key missing, value ≠ expected,
-//!   invalid DB value) are *confirmed* after `confirm_delay_ms`, classified, recorded in
-//!   `stock_sync_mismatches`, then repaired with a compare-and-set on the observed value.
-//!   It returns counts only.
+//! - **apply** ([`apply`]) compares one range:
+//!   `expected = products.stock - Σ quantity of order_items whose order is PAYMENT_WAIT`
+//!   against `stock:{id}`, read with `MGET`s that go out while the products stream in.
+//!   Candidates (key missing, value ≠ expected, invalid DB value) are *confirmed* after
+//!   `confirm_delay_ms`, classified, recorded in `stock_sync_mismatches`, then repaired with a
+//!   compare-and-set on the observed value. It returns counts only. Memory: one range.
 //! - **finalize** ([`alert`]) runs once per run, in the transaction of the chunk that
 //!   completes it, and emits the alerts from the recorded rows.
 //!

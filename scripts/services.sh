@@ -53,6 +53,9 @@ KAFKA_DIR=$LOCAL_DIR/kafka
 REGISTRY_DIR=$LOCAL_DIR/registry
 REDIS_DIR=$LOCAL_DIR/redis
 PG_DIR=$LOCAL_DIR/postgres
+# Where postgres_start moved the data when the postgres OS user cannot reach $LOCAL_DIR.
+PG_POINTER=$LOCAL_DIR/postgres.location
+[[ -f $PG_POINTER ]] && PG_DIR=$(<"$PG_POINTER")
 PG_DATA=$PG_DIR/data
 
 # ---------------------------------------------------------------------------------------------
@@ -549,6 +552,19 @@ postgres_start() {
   fi
   mkdir -p "$PG_DIR"
   [[ $EUID -eq 0 ]] && chown postgres: "$PG_DIR"
+  if [[ $EUID -eq 0 ]] && ! as_pg test -w "$PG_DIR"; then
+    # The project sits under a folder the postgres user cannot traverse (e.g. a mktemp
+    # clone, mode 700): keep this checkout's cluster under /var/lib instead, and remember
+    # where, so status/stop/logs find it.
+    rmdir "$PG_DIR" 2>/dev/null || true
+    PG_DIR=/var/lib/scheduled-jobs/$(printf '%s' "$LOCAL_DIR" | sha1sum | cut -c1-12)/postgres
+    PG_DATA=$PG_DIR/data
+    mkdir -p "$PG_DIR"
+    chmod 755 "$(dirname "$(dirname "$PG_DIR")")" "$(dirname "$PG_DIR")"
+    chown postgres: "$PG_DIR"
+    printf '%s\n' "$PG_DIR" >"$PG_POINTER"
+    say "postgres: $LOCAL_DIR is not reachable by the postgres user; its data lives in $PG_DIR"
+  fi
   as_pg test -w "$PG_DIR" ||
     die "postgres: the postgres OS user cannot write $PG_DIR (every parent folder needs o+x); set SJ_LOCAL_DIR elsewhere"
   if [[ ! -f $PG_DATA/PG_VERSION ]]; then

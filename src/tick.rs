@@ -129,15 +129,9 @@ impl Publisher {
     }
 
     fn scheduled(&self, job: &str, at: DateTime<Utc>, trigger: Trigger, now: DateTime<Utc>) -> Tick {
-        Tick {
-            tick_id: Tick::scheduled_id(job, at),
-            job: job.to_string(),
-            scheduled_at: at,
-            produced_at: millis(now),
-            trigger,
-            parameters: BTreeMap::new(),
-            producer: Some(self.name.clone()),
-        }
+        let mut tick = Tick::for_fire_time(job, at, trigger, Some(self.name.clone()));
+        tick.produced_at = millis(now);
+        tick
     }
 
     async fn publish(&self, tick: &Tick) -> Result<(), TickError> {

@@ -20,15 +20,9 @@ use scheduled_jobs::wire::tick::{Tick, Trigger};
 use crate::common::{fresh_db, isolated, read_all, WAIT};
 
 pub fn tick(job: &str, at: DateTime<Utc>, params: &[(&str, &str)]) -> Tick {
-    Tick {
-        tick_id: Tick::scheduled_id(job, at),
-        job: job.into(),
-        scheduled_at: at,
-        produced_at: Utc::now(),
-        trigger: Trigger::Scheduled,
-        parameters: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        producer: Some("test".into()),
-    }
+    let mut t = Tick::for_fire_time(job, at, Trigger::Scheduled, Some("test".into()));
+    t.parameters = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    t
 }
 
 pub async fn publish_raw(s: &Settings, key: &str, bytes: &[u8]) {

@@ -55,8 +55,12 @@ REDIS_DIR=$LOCAL_DIR/redis
 PG_DIR=$LOCAL_DIR/postgres
 # Where postgres_start moved the data when the postgres OS user cannot reach $LOCAL_DIR.
 PG_POINTER=$LOCAL_DIR/postgres.location
-[[ -f $PG_POINTER ]] && PG_DIR=$(<"$PG_POINTER")
-PG_DATA=$PG_DIR/data
+# Re-read after a start: postgres_start may move the data (in a subshell) and record it.
+pg_resolve() {
+  [[ -f $PG_POINTER ]] && PG_DIR=$(<"$PG_POINTER")
+  PG_DATA=$PG_DIR/data
+}
+pg_resolve
 
 # ---------------------------------------------------------------------------------------------
 # generic helpers
@@ -743,6 +747,7 @@ start_services() { # services...
         # rather than `if (...)` because bash ignores set -e inside a tested subshell.
         (svc_start "$svc") &
         if wait $!; then to_wait+=("$svc"); else failed=1; fi
+        [[ $svc == postgres ]] && pg_resolve
         ;;
     esac
   done

@@ -258,7 +258,9 @@ async fn a_stale_tick_is_coalesced_when_a_newer_one_is_queued() {
     assert!(r.iter().find(|x| x.tick_id == t1.tick_id).unwrap().message.as_deref().unwrap().contains(&t3.tick_id));
 }
 
-#[tokio::test]
+// Multi-threaded like the real binary: each processor makes blocking librdkafka calls
+// (transaction commit, offsets) that must not starve the other member's polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_processors_with_partitions_moving_lose_and_double_nothing() {
     let s = isolated().await;
     // Manual ticks (never coalesced), each on its own key so they spread over partitions.
@@ -294,7 +296,7 @@ async fn two_processors_with_partitions_moving_lose_and_double_nothing() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     // The first leaves mid-way: its partitions move to the second.
     stop1.send(()).unwrap();
-    h1.await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(90), h1).await.expect("first processor stops").unwrap().unwrap();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let r = results(&s).await;
@@ -305,7 +307,7 @@ async fn two_processors_with_partitions_moving_lose_and_double_nothing() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop2.send(()).unwrap();
-    h2.await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(90), h2).await.expect("second processor stops").unwrap().unwrap();
     let r = results(&s).await;
     let mut ids: Vec<&str> = r.iter().map(|x| x.tick_id.as_str()).collect();
     ids.sort();

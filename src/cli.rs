@@ -66,7 +66,9 @@ pub enum Command {
         idle_timeout: Option<f64>,
     },
     /// Run the processor: consume ticks and work items in the consumer group and run the
-    /// jobs exactly once, until SIGTERM/Ctrl-C (then leave the group cleanly).
+    /// jobs exactly once, until SIGTERM/Ctrl-C (the record in hand is finished or aborted,
+    /// then the group is left; with processor.instance_id set, static membership keeps the
+    /// partitions for the 10 s session so a restart takes them straight back).
     Run,
     /// Run the tick producer: publish a tick for every fire time of every enabled job's
     /// schedule, catching up fire times missed while it was down. Safe to run two side by side.

@@ -98,31 +98,35 @@ impl Fields {
     }
 
     pub fn string_map(&mut self, field: &'static str) -> Result<BTreeMap<String, String>, WireError> {
-        if !self.0.contains_key(field) {
-            return Ok(BTreeMap::new());
-        }
-        match self.take(field)? {
-            Value::Map(m) => m
-                .into_iter()
-                .map(|(k, v)| match v {
-                    Value::String(s) => Ok((k, s)),
-                    other => Err(field_err(field, format!("value of `{k}` is not a string: {other:?}"))),
-                })
-                .collect(),
-            other => Err(field_err(field, format!("expected a map, got {other:?}"))),
-        }
+        self.map(field, "a string", |v| match v {
+            Value::String(s) => Ok(s),
+            other => Err(other),
+        })
     }
 
     pub fn long_map(&mut self, field: &'static str) -> Result<BTreeMap<String, i64>, WireError> {
+        self.map(field, "a long", |v| match v {
+            Value::Long(n) => Ok(n),
+            other => Err(other),
+        })
+    }
+
+    /// A map field (absent: empty, as its schema default) whose values `convert` accepts.
+    fn map<T>(
+        &mut self,
+        field: &'static str,
+        expected: &str,
+        convert: impl Fn(Value) -> Result<T, Value>,
+    ) -> Result<BTreeMap<String, T>, WireError> {
         if !self.0.contains_key(field) {
             return Ok(BTreeMap::new());
         }
         match self.take(field)? {
             Value::Map(m) => m
                 .into_iter()
-                .map(|(k, v)| match v {
-                    Value::Long(n) => Ok((k, n)),
-                    other => Err(field_err(field, format!("value of `{k}` is not a long: {other:?}"))),
+                .map(|(k, v)| match convert(v) {
+                    Ok(t) => Ok((k, t)),
+                    Err(other) => Err(field_err(field, format!("value of `{k}` is not {expected}: {other:?}"))),
                 })
                 .collect(),
             other => Err(field_err(field, format!("expected a map, got {other:?}"))),
@@ -169,4 +173,24 @@ pub fn opt_string(v: &Option<String>) -> Value {
 pub fn enum_value(symbols: &[&str], symbol: &str) -> Value {
     let idx = symbols.iter().position(|s| *s == symbol).unwrap_or(0) as u32;
     Value::Enum(idx, symbol.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_convert_values_and_name_a_bad_one() {
+        let rec = Value::Record(vec![
+            ("s".into(), Value::Map([("a".to_string(), Value::String("x".into()))].into_iter().collect())),
+            ("n".into(), Value::Map([("c".to_string(), Value::Long(7))].into_iter().collect())),
+            ("bad".into(), Value::Map([("k".to_string(), Value::Int(1))].into_iter().collect())),
+        ]);
+        let mut f = Fields::of(rec, "T").unwrap();
+        assert_eq!(f.string_map("s").unwrap()["a"], "x");
+        assert_eq!(f.long_map("n").unwrap()["c"], 7);
+        assert!(f.long_map("absent").unwrap().is_empty());
+        let e = f.long_map("bad").unwrap_err().to_string();
+        assert!(e.contains("bad") && e.contains("`k`") && e.contains("a long"), "{e}");
+    }
 }

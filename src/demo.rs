@@ -120,7 +120,7 @@ pub async fn seed(settings: &Settings, pool: &sqlx::PgPool, now: DateTime<Utc>) 
     for k in 0..12 {
         let id = order(n);
         let product = format!("demo-p-{:02}", k % 5);
-        let qty = (k % 4 + 1) as i32;
+        let qty = k % 4 + 1;
         let at = yesterday - TimeDelta::minutes(40 * k as i64);
         let status = match k % 6 {
             0 => "ORDER_CANCELLED",

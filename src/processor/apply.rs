@@ -35,23 +35,21 @@ impl Processor {
             return self.commit_offset_only(m).await;
         }
 
-        let (output, state) = if item.chunk_index == SEAL {
+        let (output, state, finalized) = if item.chunk_index == SEAL {
             bookkeeping::seal(&self.db, &item.run_id, &item.job, &item.period, item.chunk_count, item.planned_at).await?;
-            (ChunkOutput::default(), RunState::Done)
+            let finalized = bookkeeping::try_finalize(&self.db, &item.run_id, item.chunk_index).await?;
+            (Vec::new(), RunState::Done, finalized)
         } else {
             let settings = self.job_settings(&item.job);
             let deadline = item.planned_at + chrono::TimeDelta::seconds(settings.timeout_secs as i64);
             // The deadline is checked before a chunk starts, never during, and never again once
             // it has started: a chunk whose effects may have begun (an earlier attempt whose
             // commit failed) always completes them and emits what they imply.
-            let started = bookkeeping::chunk_started(&self.db, &item.run_id, item.chunk_index).await?;
-            let timed_out = match started {
-                Some(prev) => prev == ChunkOutcome::TimedOut,
-                None => Utc::now() > deadline,
+            let timed_out = match bookkeeping::start_chunk(&self.db, &item.run_id, item.chunk_index, &self.instance, Utc::now() > deadline).await? {
+                bookkeeping::Start::Fresh => false,
+                bookkeeping::Start::Again(previous) => previous == ChunkOutcome::TimedOut,
+                bookkeeping::Start::PastDeadline => true,
             };
-            if !timed_out && started.is_none() {
-                bookkeeping::start_chunk(&self.db, &item.run_id, item.chunk_index, &self.instance).await?;
-            }
             let (output, outcome, message) = if timed_out {
                 (ChunkOutput::default(), ChunkOutcome::TimedOut, Some(format!("run exceeded its timeout of {} s", settings.timeout_secs)))
             } else {
@@ -65,27 +63,24 @@ impl Processor {
                     }
                 }
             };
-            bookkeeping::record_chunk(
-                &self.db,
-                &item.run_id,
-                item.chunk_index,
-                outcome,
-                &output.counts,
-                message.as_deref(),
-                &self.instance,
-            )
-            .await?;
+            // The chunk's records are encoded while PostgreSQL records the chunk (the
+            // bookkeeping future is polled first, so its query is in flight during encoding).
+            let bookkeeping = async {
+                bookkeeping::record_chunk(&self.db, &item.run_id, item.chunk_index, outcome, &output.counts, message.as_deref(), &self.instance)
+                    .await?;
+                bookkeeping::try_finalize(&self.db, &item.run_id, item.chunk_index).await
+            };
+            let (finalized, encoded) = tokio::join!(bookkeeping, self.encode_emits(output.records));
             let state = match outcome {
                 ChunkOutcome::Applied => RunState::Done,
                 ChunkOutcome::TimedOut => RunState::TimedOut,
                 ChunkOutcome::Failed | ChunkOutcome::Started => RunState::Failed,
             };
-            (output, state)
+            (encoded?, state, finalized?)
         };
-        let finalized = bookkeeping::try_finalize(&self.db, &item.run_id, item.chunk_index).await?;
 
-        self.txn.begin()?;
-        self.send_emits(&output.records).await?;
+        self.begin().await?;
+        self.send_encoded(output).await?;
         let run = Run {
             run_id: item.run_id.clone(),
             job: item.job.clone(),
@@ -117,7 +112,8 @@ impl Processor {
             self.send_ledger(&rkey, &entry).await?;
             let ctx = self.job_ctx(&item.job);
             let extra = job.finalize(&ctx, &run).await.map_err(|source| ProcessorError::Job { job: item.job.clone(), source })?;
-            self.send_emits(&extra.records).await?;
+            let records = self.encode_emits(extra.records).await?;
+            self.send_encoded(records).await?;
             let mut counts = f.counts;
             counts.extend(extra.counts);
             let result = self.run_result(&run, outcome, counts, f.message);
@@ -129,9 +125,9 @@ impl Processor {
             crate::fault::point(crate::fault::BEFORE_APPLY_COMMIT, &item.job);
         }
         self.commit(m).await?;
-        self.ledger.write_through(ckey, chunk_entry);
+        self.write_through(ckey, chunk_entry);
         if let Some((k, e)) = run_entry {
-            self.ledger.write_through(k, e);
+            self.write_through(k, e);
         }
         Ok(())
     }

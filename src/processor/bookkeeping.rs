@@ -41,29 +41,45 @@ impl ChunkOutcome {
     }
 }
 
-/// What an earlier attempt recorded for this chunk, if anything.
-pub async fn chunk_started(db: &PgPool, run_id: &str, index: i32) -> Result<Option<ChunkOutcome>, sqlx::Error> {
-    let row: Option<String> = sqlx::query_scalar("SELECT outcome FROM job_run_chunks WHERE run_id = $1 AND chunk_index = $2")
+/// What [`start_chunk`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// First attempt, within the deadline: marked `STARTED`.
+    Fresh,
+    /// An earlier attempt recorded this outcome (its Kafka transaction did not commit).
+    Again(ChunkOutcome),
+    /// First attempt, after the run's deadline: not started.
+    PastDeadline,
+}
+
+/// Marks a chunk as started before its effects, so a retry after the run's deadline still
+/// completes it instead of abandoning effects that may have happened. One round trip on the
+/// common path (a first attempt within the deadline).
+pub async fn start_chunk(db: &PgPool, run_id: &str, index: i32, instance: &str, past_deadline: bool) -> Result<Start, sqlx::Error> {
+    if !past_deadline {
+        let inserted: Option<i32> = sqlx::query_scalar(
+            "INSERT INTO job_run_chunks (run_id, chunk_index, outcome, applied_at, applied_by)
+             VALUES ($1, $2, 'STARTED', now(), $3) ON CONFLICT (run_id, chunk_index) DO NOTHING
+             RETURNING chunk_index",
+        )
+        .bind(run_id)
+        .bind(index)
+        .bind(instance)
+        .fetch_optional(db)
+        .await?;
+        if inserted.is_some() {
+            return Ok(Start::Fresh);
+        }
+    }
+    let previous: Option<String> = sqlx::query_scalar("SELECT outcome FROM job_run_chunks WHERE run_id = $1 AND chunk_index = $2")
         .bind(run_id)
         .bind(index)
         .fetch_optional(db)
         .await?;
-    Ok(row.and_then(|o| ChunkOutcome::parse(&o)))
-}
-
-/// Marks a chunk as started before its effects, so a retry after the run's deadline still
-/// completes it instead of abandoning effects that may have happened.
-pub async fn start_chunk(db: &PgPool, run_id: &str, index: i32, instance: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO job_run_chunks (run_id, chunk_index, outcome, applied_at, applied_by)
-         VALUES ($1, $2, 'STARTED', now(), $3) ON CONFLICT (run_id, chunk_index) DO NOTHING",
-    )
-    .bind(run_id)
-    .bind(index)
-    .bind(instance)
-    .execute(db)
-    .await?;
-    Ok(())
+    Ok(match previous.and_then(|o| ChunkOutcome::parse(&o)) {
+        Some(outcome) => Start::Again(outcome),
+        None => Start::PastDeadline,
+    })
 }
 
 /// Records the plan's seal: the run exists with this many chunks.

@@ -66,9 +66,17 @@ impl LedgerView {
         self.entries.get(key)
     }
 
-    /// Records an entry this instance has just committed.
-    pub fn write_through(&mut self, key: String, entry: LedgerEntry) {
-        self.entries.insert(key, entry);
+    /// Records an entry this instance is committing; returns the one it replaces.
+    pub fn write_through(&mut self, key: String, entry: LedgerEntry) -> Option<LedgerEntry> {
+        self.entries.insert(key, entry)
+    }
+
+    /// Takes back a write-through whose transaction failed.
+    pub fn restore(&mut self, key: String, previous: Option<LedgerEntry>) {
+        match previous {
+            Some(e) => self.entries.insert(key, e),
+            None => self.entries.remove(&key),
+        };
     }
 
     pub fn len(&self) -> usize {

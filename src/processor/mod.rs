@@ -128,6 +128,22 @@ fn reject(code: &'static str, reason: impl Into<String>) -> Reject {
     Reject { code, reason: reason.into() }
 }
 
+/// A record's transaction being committed while the next record is prepared.
+struct Inflight {
+    /// The record's index in its batch: where the reset path rewinds to if the commit fails.
+    index: usize,
+    commit: txn::Committing,
+    /// Ledger entries written through for it, with what they replaced (restored on failure).
+    replaced: Vec<(String, Option<LedgerEntry>)>,
+}
+
+/// A job record ready to send.
+struct Encoded {
+    topic: String,
+    key: String,
+    bytes: Vec<u8>,
+}
+
 struct Names {
     tick: String,
     work_items: String,
@@ -149,6 +165,11 @@ pub struct Processor {
     assigned: Arc<AtomicBool>,
     names: Names,
     instance: String,
+    inflight: Option<Inflight>,
+    /// Index in the batch of the record being handled.
+    current: usize,
+    /// Set when a record's handling failed because the previous record's commit did.
+    failed_at: Option<usize>,
 }
 
 impl Processor {
@@ -203,7 +224,23 @@ impl Processor {
         let mut ledger = LedgerView::new(&settings, codec.clone())?;
         ledger.catch_up(LEDGER_CATCH_UP).await?;
         let instance = settings.instance_id();
-        Ok(Processor { settings, consumer, txn, codec, ledger, jobs, db, redis, tz, assigned, names, instance })
+        Ok(Processor {
+            settings,
+            consumer,
+            txn,
+            codec,
+            ledger,
+            jobs,
+            db,
+            redis,
+            tz,
+            assigned,
+            names,
+            instance,
+            inflight: None,
+            current: 0,
+            failed_at: None,
+        })
     }
 
     pub fn settings(&self) -> &Settings {
@@ -253,8 +290,10 @@ impl Processor {
     }
 
     /// Handles a batch in order, one transaction per record; on failure returns the index of
-    /// the first record not committed.
+    /// the first record not committed. A record's commit overlaps the next record's
+    /// preparation (see [`Txn::start_commit`]); everything is committed when this returns Ok.
     async fn handle_batch(&mut self, batch: &[OwnedMessage]) -> Result<(), (usize, ProcessorError)> {
+        self.failed_at = None;
         self.refresh_ledger_if_assigned().await.map_err(|e| (0, e))?;
         // Decode ticks up front so a stale tick can see the newer one queued behind it.
         let mut ticks: Vec<Option<Result<Tick, Reject>>> = Vec::with_capacity(batch.len());
@@ -282,13 +321,57 @@ impl Processor {
                 _ => None,
             };
             let m = &batch[i];
+            self.current = i;
             let result = match ticks[i].take() {
                 Some(decoded) => self.handle_tick(m, decoded, superseded).await,
                 None => self.handle_work_item(m).await,
             };
-            result.map_err(|e| (i, e))?;
+            if let Err(e) = result {
+                // An earlier record whose commit fails is where the rewind must start.
+                return Err(match self.settle().await {
+                    Err(earlier) => earlier,
+                    Ok(()) => (self.failed_at.take().unwrap_or(i), e),
+                });
+            }
         }
+        self.settle().await
+    }
+
+    /// Waits for the commit in flight, if any. On failure the ledger entries written through
+    /// for it are taken back and the failed record's index is returned.
+    async fn settle(&mut self) -> Result<(), (usize, ProcessorError)> {
+        let Some(f) = self.inflight.take() else {
+            return Ok(());
+        };
+        match self.txn.finish_commit(f.commit).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                for (key, previous) in f.replaced.into_iter().rev() {
+                    self.ledger.restore(key, previous);
+                }
+                Err((f.index, e.into()))
+            }
+        }
+    }
+
+    /// Begins a record's transaction once the previous one's commit has succeeded.
+    async fn begin(&mut self) -> Result<(), ProcessorError> {
+        if let Err((index, e)) = self.settle().await {
+            self.failed_at = Some(index);
+            return Err(e);
+        }
+        self.txn.begin()?;
         Ok(())
+    }
+
+    /// Records a ledger entry of the transaction being committed; it is taken back if that
+    /// commit fails. Written at once so the next record already sees it (a twin tick behind
+    /// this one must not plan the same run again).
+    fn write_through(&mut self, key: String, entry: LedgerEntry) {
+        let previous = self.ledger.write_through(key.clone(), entry);
+        if let Some(f) = self.inflight.as_mut() {
+            f.replaced.push((key, previous));
+        }
     }
 
     /// Runs steps until `shutdown` completes, then leaves the group cleanly (a step in
@@ -302,6 +385,7 @@ impl Processor {
                 r = self.step(Duration::from_millis(500)) => {
                     if let Err(e) = r {
                         if e.class() == ErrorClass::Fatal {
+                            self.settle().await.ok();
                             self.txn.abort().ok();
                             return Err(e);
                         }
@@ -310,6 +394,10 @@ impl Processor {
                     }
                 }
             }
+        }
+        // A step cut short by the shutdown may have left a commit in flight.
+        if let Err((_, e)) = self.settle().await {
+            tracing::warn!(error = %e, "last commit failed at shutdown; its records will be consumed again");
         }
         self.txn.abort()?;
         self.consumer.unsubscribe();
@@ -364,12 +452,12 @@ impl Processor {
     ) -> Result<(), ProcessorError> {
         let key = run_key(&run.job, &run.period);
         let entry = self.ledger_entry(run, state, 0);
-        self.txn.begin()?;
+        self.begin().await?;
         self.send_ledger(&key, &entry).await?;
         let result = self.run_result(run, outcome, BTreeMap::new(), message);
         self.send_result(&result).await?;
         self.commit(m).await?;
-        self.ledger.write_through(key, entry);
+        self.write_through(key, entry);
         Ok(())
     }
 
@@ -406,11 +494,20 @@ impl Processor {
         }
     }
 
-    async fn send_emits(&mut self, records: &[crate::jobs::Emit]) -> Result<(), ProcessorError> {
+    /// Encodes job records with their topics' latest schemas (before the transaction begins).
+    async fn encode_emits(&self, records: Vec<crate::jobs::Emit>) -> Result<Vec<Encoded>, ProcessorError> {
+        let mut out = Vec::with_capacity(records.len());
         for rec in records {
             let topic = self.settings.topic(rec.topic);
-            let bytes = self.codec.encode(&topic, rec.value.clone()).await?;
-            self.txn.send(&topic, &rec.key, &bytes).await?;
+            let bytes = self.codec.encode(&topic, rec.value).await?;
+            out.push(Encoded { topic, key: rec.key, bytes });
+        }
+        Ok(out)
+    }
+
+    async fn send_encoded(&mut self, records: Vec<Encoded>) -> Result<(), ProcessorError> {
+        for rec in records {
+            self.txn.send(&rec.topic, &rec.key, &rec.bytes).await?;
         }
         Ok(())
     }
@@ -446,18 +543,19 @@ impl Processor {
         };
         let bytes = self.codec.encode(&self.names.dead_letters, letter.to_avro()).await?;
         let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
-        self.txn.begin()?;
+        self.begin().await?;
         let topic = self.names.dead_letters.clone();
         self.txn.send(&topic, &key, &bytes).await?;
         self.commit(m).await
     }
 
     async fn commit_offset_only(&mut self, m: &OwnedMessage) -> Result<(), ProcessorError> {
-        self.txn.begin()?;
+        self.begin().await?;
         self.commit(m).await
     }
 
-    /// Commits the open transaction with `m`'s offset (the next one to read).
+    /// Starts committing the open transaction with `m`'s offset (the next one to read); the
+    /// next [`Processor::begin`] or the end of the batch waits for it.
     async fn commit(&mut self, m: &OwnedMessage) -> Result<(), ProcessorError> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(m.topic(), m.partition(), Offset::Offset(m.offset() + 1))
@@ -465,7 +563,8 @@ impl Processor {
         let group = self.consumer.group_metadata().ok_or_else(|| {
             KafkaClientError::kafka("group metadata", rdkafka::error::KafkaError::Global(rdkafka::types::RDKafkaErrorCode::State))
         })?;
-        self.txn.commit(&tpl, &group).await?;
+        let commit = self.txn.start_commit(tpl, group);
+        self.inflight = Some(Inflight { index: self.current, commit, replaced: Vec::new() });
         Ok(())
     }
 }

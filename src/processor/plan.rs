@@ -105,7 +105,7 @@ impl Processor {
         }
         tracing::info!(job = %run.job, period = %run.period, run_id = %run.run_id, tick_id = %tick.tick_id, trigger = tick.trigger.as_str(), "planning run");
         let timeout = Duration::from_secs(self.job_settings(&run.job).timeout_secs);
-        self.txn.begin()?;
+        self.begin().await?;
         let planned = tokio::time::timeout(timeout, self.plan(job.as_ref(), &run)).await;
         match planned {
             Err(_) => {
@@ -129,7 +129,7 @@ impl Processor {
                 let result = self.run_result(&run, Outcome::Succeeded, BTreeMap::from([("chunks".to_string(), 0)]), None);
                 self.send_result(&result).await?;
                 self.commit(m).await?;
-                self.ledger.write_through(key, entry);
+                self.write_through(key, entry);
                 Ok(())
             }
             Ok(Ok(chunks)) => {
@@ -137,7 +137,7 @@ impl Processor {
                 self.send_ledger(&key, &entry).await?;
                 crate::fault::point(crate::fault::BEFORE_PLAN_COMMIT, &run.job);
                 self.commit(m).await?;
-                self.ledger.write_through(key, entry);
+                self.write_through(key, entry);
                 tracing::info!(job = %run.job, run_id = %run.run_id, chunks, "run planned");
                 Ok(())
             }

@@ -20,6 +20,18 @@ use crate::kafka::{self, KafkaClientError, Role};
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Waits until every record is acknowledged; the first failure is the transaction's.
+async fn delivered(pending: Vec<DeliveryFuture>) -> Result<(), KafkaClientError> {
+    let results = try_join_all(pending).await.map_err(|_| KafkaClientError::kafka("send", KafkaError::Canceled))?;
+    for r in results {
+        r.map_err(|(e, _)| KafkaClientError::kafka("deliver", e))?;
+    }
+    Ok(())
+}
+
+/// A commit in progress on a blocking thread.
+pub struct Committing(tokio::task::JoinHandle<Result<(), KafkaClientError>>);
+
 pub struct Txn {
     producer: FutureProducer,
     pending: Vec<DeliveryFuture>,
@@ -73,29 +85,43 @@ impl Txn {
     }
 
     async fn await_pending(&mut self) -> Result<(), KafkaClientError> {
-        let pending = std::mem::take(&mut self.pending);
-        let results = try_join_all(pending)
-            .await
-            .map_err(|_| KafkaClientError::kafka("send", KafkaError::Canceled))?;
-        for r in results {
-            r.map_err(|(e, _)| KafkaClientError::kafka("deliver", e))?;
-        }
-        Ok(())
+        delivered(std::mem::take(&mut self.pending)).await
     }
 
-    /// Adds the consumed offsets and commits everything sent since `begin`.
-    pub async fn commit(
-        &mut self,
-        offsets: &TopicPartitionList,
-        group: &ConsumerGroupMetadata,
-    ) -> Result<(), KafkaClientError> {
-        self.await_pending().await?;
-        self.producer
-            .send_offsets_to_transaction(offsets, group, TXN_TIMEOUT)
-            .map_err(|e| KafkaClientError::kafka("send offsets to transaction", e))?;
-        self.producer.commit_transaction(TXN_TIMEOUT).map_err(|e| KafkaClientError::kafka("commit transaction", e))?;
-        self.open = false;
-        Ok(())
+    /// Starts committing everything sent since `begin`, with the consumed offsets, on a
+    /// blocking thread: librdkafka's commit blocks until the broker has written the markers,
+    /// and the processor prepares the next record's effects meanwhile (they are idempotent
+    /// and keyed, so preparing them before this commit is known to succeed is safe). The
+    /// producer must not be used again until [`Txn::finish_commit`] has returned.
+    pub fn start_commit(&mut self, offsets: TopicPartitionList, group: ConsumerGroupMetadata) -> Committing {
+        let pending = std::mem::take(&mut self.pending);
+        let producer = self.producer.clone();
+        Committing(tokio::spawn(async move {
+            // Deliveries are awaited before committing: librdkafka's commit would flush them
+            // too, but its flush waits on the delivery-report poll interval (≈ 100 ms).
+            delivered(pending).await?;
+            tokio::task::spawn_blocking(move || {
+                producer
+                    .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
+                    .map_err(|e| KafkaClientError::kafka("send offsets to transaction", e))?;
+                producer.commit_transaction(TXN_TIMEOUT).map_err(|e| KafkaClientError::kafka("commit transaction", e))
+            })
+            .await
+            .unwrap_or_else(|_| Err(KafkaClientError::kafka("commit transaction", KafkaError::Canceled)))
+        }))
+    }
+
+    /// Waits for a commit started by [`Txn::start_commit`]. On error the transaction is still
+    /// open: the caller takes the reset path, which aborts it.
+    pub async fn finish_commit(&mut self, committing: Committing) -> Result<(), KafkaClientError> {
+        let result = committing
+            .0
+            .await
+            .unwrap_or_else(|_| Err(KafkaClientError::kafka("commit transaction", KafkaError::Canceled)));
+        if result.is_ok() {
+            self.open = false;
+        }
+        result
     }
 
     /// Aborts the open transaction, if any. On error the transaction is still considered open,

@@ -6,7 +6,7 @@
 //! - naive: what the seed's sketch does, order by order — select a page of 100, then per order
 //!   read it, update it, read its items, release its reservation, produce each event and wait
 //!   for it (producer `linger.ms=0`, so the baseline is not slowed by batching delays). Run on
-//!   a sample (`SJ_BENCH_NAIVE_ORDERS`, default min(2000, orders)) and extrapolated linearly.
+//!   a sample (`SJ_BENCH_NAIVE_ORDERS`, default min(5000, orders)) and extrapolated linearly; it runs after the floor, so both meet a warmed-up broker.
 //! - floor: one batched UPDATE of all the rows (returning what the events need) plus producing
 //!   the same events with an idempotent producer, no transactions, no Redis, no bookkeeping.
 //! - pipeline: the processor with batch 100 and 1000, then two instances at batch 1000 (the
@@ -410,13 +410,13 @@ impl Line {
     }
 }
 
-const VARIANTS: [&str; 5] = ["naive", "floor", "batch100", "batch1000", "batch1000x2"];
+const VARIANTS: [&str; 5] = ["floor", "naive", "batch100", "batch1000", "batch1000x2"];
 
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     let n = env_usize("SJ_BENCH_ORDERS", 100_000);
-    let sample = env_usize("SJ_BENCH_NAIVE_ORDERS", n.min(2_000));
+    let sample = env_usize("SJ_BENCH_NAIVE_ORDERS", n.min(5_000));
     let wanted = std::env::var("SJ_BENCH_VARIANTS").unwrap_or_else(|_| VARIANTS.join(","));
     eprintln!("order-expiration bench: {n} orders (SJ_BENCH_ORDERS), naive sample {sample} (SJ_BENCH_NAIVE_ORDERS), variants {wanted} (SJ_BENCH_VARIANTS)");
     let mut lines = Vec::new();

@@ -589,6 +589,11 @@ unix_socket_directories = '$PG_DATA'
 max_connections = 200
 password_encryption = 'scram-sha-256'
 log_line_prefix = '%m [%p] %q%u@%d '
+# Sized for the jobs' batch statements on a small machine (defaults are 128MB / 1GB / 4MB):
+# fewer checkpoints during bulk cancellations, aggregates and hashes kept in memory.
+shared_buffers = 256MB
+max_wal_size = 4GB
+work_mem = 32MB
 EOF
   rotate_log "$(pg_log)"
   # pg_ctl -W: return at once; readiness is checked like for every other service. pg_ctl starts

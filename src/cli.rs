@@ -196,12 +196,33 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             println!("applied {applied} migration(s); {} known", crate::db::MIGRATOR.iter().count());
         }
         Command::Run => {
-            let pool = crate::db::connect(&settings.postgres).await.map_err(anyhow::Error::from)?;
-            let processor = crate::processor::Processor::new(settings.clone(), crate::jobs::Registry::builtin(), pool)
-                .await
-                .map_err(anyhow::Error::from)?;
+            let shutdown = crate::shutdown::signal();
+            tokio::pin!(shutdown);
+            // A broker, coordinator or database that is (re)starting is waited for; a
+            // configuration or authorisation problem ends the command at once.
+            let mut backoff = Duration::from_millis(500);
+            let processor = loop {
+                let started = async {
+                    let pool = crate::db::connect(&settings.postgres).await?;
+                    Ok::<_, crate::processor::ProcessorError>(
+                        crate::processor::Processor::new(settings.clone(), crate::jobs::Registry::builtin(), pool).await?,
+                    )
+                };
+                match started.await {
+                    Ok(p) => break p,
+                    Err(e) if e.class() == crate::error::ErrorClass::Retry => {
+                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "processor cannot start yet; retrying");
+                        tokio::select! {
+                            _ = &mut shutdown => return Ok(()),
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                    Err(e) => return Err(anyhow::Error::from(e).into()),
+                }
+            };
             tracing::info!(instance = %settings.instance_id(), group = %settings.processor.group_id, "processor started");
-            processor.run(crate::shutdown::signal()).await.map_err(anyhow::Error::from)?;
+            processor.run(shutdown).await.map_err(anyhow::Error::from)?;
         }
         Command::Demo { fast } => {
             crate::demo::run(settings, fast, crate::shutdown::signal()).await.map_err(anyhow::Error::from)?;

@@ -32,7 +32,7 @@ impl DbError {
         };
         match e {
             sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => ErrorClass::Retry,
-            sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("08") || c == "40001" || c == "40P01" || c == "57P01") => {
+            sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("08") || c == "40001" || c == "40P01" || c.starts_with("57P")) => {
                 ErrorClass::Retry
             }
             _ => ErrorClass::Fatal,

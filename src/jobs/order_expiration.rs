@@ -155,10 +155,16 @@ async fn apply_chunk(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobEr
     // emit, so every failure is retried (Transient) rather than recorded FAILED, which would
     // leave cancelled orders without events and with their stock still reserved.
     let ids: Vec<String> = orders.iter().map(|o| o.order_id.clone()).collect();
-    let released = Stock::new(redis)
-        .release_many(&ids)
-        .await
-        .map_err(|e| JobError::Transient(format!("redis: releasing reservations of {} cancelled orders: {e}", ids.len())))?;
+    let stock = Stock::new(redis);
+    // The events are built while Redis runs the release script: the release is polled first,
+    // and the yield lets the connection's driver task put its command on the wire before the
+    // CPU work starts.
+    let (released, records) = tokio::join!(stock.release_many(&ids), async {
+        tokio::task::yield_now().await;
+        orders.iter().flat_map(|o| events(&item.run_id, o)).collect::<Vec<_>>()
+    });
+    let released =
+        released.map_err(|e| JobError::Transient(format!("redis: releasing reservations of {} cancelled orders: {e}", ids.len())))?;
 
     tracing::debug!(
         run_id = %item.run_id, chunk = item.chunk_index, ids = item.ids.len(), cancelled = orders.len(),
@@ -171,7 +177,7 @@ async fn apply_chunk(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobEr
     out.counts.insert("reservationsReleased".into(), released.iter().filter(|n| **n > 0).count() as i64);
     out.counts.insert("reservationsAbsent".into(), released.iter().filter(|n| **n == 0).count() as i64);
     out.counts.insert("productsRestocked".into(), released.iter().sum());
-    out.records = orders.iter().flat_map(|o| events(&item.run_id, o)).collect();
+    out.records = records;
     Ok(out)
 }
 

@@ -254,7 +254,17 @@ impl Processor {
                 self.refresh_ledger_if_assigned().await?;
                 return Ok(Step::Idle);
             }
-            Ok(Err(e)) => return Err(KafkaClientError::kafka("consume", e).into()),
+            Ok(Err(e)) => {
+                // librdkafka reports connection trouble as events on the consumer queue and
+                // recovers by itself; such an event is not a failed step (failing the step
+                // would pause a second per queued event after an outage).
+                let e = KafkaClientError::kafka("consume", e);
+                if e.class() == ErrorClass::Fatal {
+                    return Err(e.into());
+                }
+                tracing::warn!(error = %e, "consumer reported a transient error");
+                return Ok(Step::Idle);
+            }
             Ok(Ok(m)) => m.detach(),
         };
         let mut batch = vec![first];

@@ -16,9 +16,23 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::TopicPartitionList;
 
 use crate::config::Settings;
+use crate::error::ErrorClass;
 use crate::kafka::{self, KafkaClientError, Role};
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn is_fenced(e: &KafkaClientError) -> bool {
+    let KafkaClientError::Kafka { source, .. } = e else { return false };
+    matches!(
+        source.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+        )
+    )
+}
 
 /// Waits until every record is acknowledged; the first failure is the transaction's.
 async fn delivered(pending: Vec<DeliveryFuture>) -> Result<(), KafkaClientError> {
@@ -34,6 +48,8 @@ pub struct Committing(tokio::task::JoinHandle<Result<(), KafkaClientError>>);
 
 pub struct Txn {
     producer: FutureProducer,
+    /// To replace a producer left unusable (see [`Txn::abort`]).
+    cfg: rdkafka::ClientConfig,
     pending: Vec<DeliveryFuture>,
     open: bool,
 }
@@ -48,9 +64,16 @@ impl Txn {
             format!("{}-{}", settings.processor.transactional_id_prefix, settings.instance_id()),
         )
         .set("transaction.timeout.ms", settings.processor.transaction_timeout_ms.to_string());
-        let producer: FutureProducer = kafka::create(&cfg)?;
+        let producer = Txn::producer(&cfg)?;
+        Ok(Txn { producer, cfg, pending: Vec::new(), open: false })
+    }
+
+    /// A transactional producer that has fenced every earlier one with the same id, aborting
+    /// whatever they left open.
+    fn producer(cfg: &rdkafka::ClientConfig) -> Result<FutureProducer, KafkaClientError> {
+        let producer: FutureProducer = kafka::create(cfg)?;
         producer.init_transactions(TXN_TIMEOUT).map_err(|e| KafkaClientError::kafka("init transactions", e))?;
-        Ok(Txn { producer, pending: Vec::new(), open: false })
+        Ok(producer)
     }
 
     pub fn begin(&mut self) -> Result<(), KafkaClientError> {
@@ -141,8 +164,24 @@ impl Txn {
                 self.open = false;
                 Ok(())
             }
-            // Still open: the next reset or begin tries again.
-            Err(e) => Err(KafkaClientError::kafka("abort transaction", e)),
+            Err(e) => {
+                let e = KafkaClientError::kafka("abort transaction", e);
+                match e.class() {
+                    // Still open: the next reset or begin tries again.
+                    ErrorClass::Retry => Err(e),
+                    // Another incarnation owns the transactional id: this one must stop.
+                    ErrorClass::Fatal if is_fenced(&e) => Err(e),
+                    // The producer cannot abort (e.g. an earlier call that timed out while the
+                    // broker was away is still "in progress" inside librdkafka): replace it.
+                    // Its successor's init_transactions aborts the open transaction broker-side.
+                    _ => {
+                        tracing::warn!(error = %e, "transactional producer unusable; replacing it");
+                        self.producer = Txn::producer(&self.cfg)?;
+                        self.open = false;
+                        Ok(())
+                    }
+                }
+            }
         }
     }
 

@@ -1,0 +1,240 @@
+//! The real processes under test (`scheduled-jobs run` and `scheduled-jobs tick`), and the
+//! fault injector that kills, freezes, stops and bounces them and the services beneath them.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::common;
+
+/// The processor's consumer session timeout (`session.timeout.ms` set by the processor).
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// SIGKILL a processor, restart it.
+    Kill,
+    /// SIGSTOP a processor past its session timeout (a zombie), then SIGCONT.
+    Freeze,
+    /// SIGTERM a processor (clean bounce), restart it.
+    Term,
+    /// `scripts/services.sh restart <svc>`.
+    Restart(&'static str),
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] =
+        [Kind::Kill, Kind::Freeze, Kind::Term, Kind::Restart("kafka"), Kind::Restart("redis"), Kind::Restart("postgres")];
+
+    pub fn name(self) -> String {
+        match self {
+            Kind::Kill => "SIGKILL processor".into(),
+            Kind::Freeze => "SIGSTOP processor > session timeout".into(),
+            Kind::Term => "SIGTERM processor".into(),
+            Kind::Restart(svc) => format!("restart {svc}"),
+        }
+    }
+}
+
+/// One planned fault: when (after the start of traffic), what, on which processor.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub at: Duration,
+    pub kind: Kind,
+    pub target: usize,
+    /// Kill: down time before the restart; Freeze: how long frozen.
+    pub hold: Duration,
+}
+
+/// The whole fault schedule, decided by the seed alone: every kind once in a random order,
+/// then random kinds, one fault at a time with random gaps, until `span`.
+pub fn schedule(seed: u64, span: Duration, processors: usize, gap: (u64, u64)) -> Vec<Fault> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut kinds = Kind::ALL.to_vec();
+    kinds.shuffle(&mut rng);
+    let mut out = Vec::new();
+    // A broker restart is slow (every partition of the local broker is reloaded): beyond the
+    // first, only long profiles draw more of them.
+    let extra: Vec<Kind> = Kind::ALL.iter().copied().filter(|k| span > Duration::from_secs(600) || *k != Kind::Restart("kafka")).collect();
+    let mut at = Duration::from_secs(rng.random_range(gap.0..=gap.1));
+    loop {
+        let kind = if out.len() < kinds.len() { kinds[out.len()] } else { extra[rng.random_range(0..extra.len())] };
+        let hold = match kind {
+            Kind::Freeze => SESSION_TIMEOUT + Duration::from_millis(rng.random_range(3000..7000)),
+            _ => Duration::from_millis(rng.random_range(500..3000)),
+        };
+        if at + hold > span {
+            break;
+        }
+        out.push(Fault { at, kind, target: rng.random_range(0..processors), hold });
+        // Room for the fault itself (a broker restart takes a while) before the next one.
+        let busy = match kind {
+            Kind::Restart("kafka") => 20,
+            Kind::Restart(_) => 5,
+            _ => hold.as_secs() + 2,
+        };
+        at += Duration::from_secs(busy + rng.random_range(gap.0..=gap.1));
+    }
+    out
+}
+
+/// A supervised child: restarted when it exits outside a fault.
+pub struct Managed {
+    pub name: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+    pub unexpected_exits: usize,
+    pub starts: usize,
+}
+
+impl Managed {
+    pub fn new(name: &str, args: &[&str], env: Vec<(String, String)>, logs: &Path) -> Managed {
+        Managed {
+            name: name.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env,
+            log: logs.join(format!("{name}.log")),
+            child: None,
+            unexpected_exits: 0,
+            starts: 0,
+        }
+    }
+
+    pub fn start(&mut self) {
+        let log = File::options().create(true).append(true).open(&self.log).expect("process log");
+        let mut cmd = Command::new(common::binary());
+        cmd.current_dir(common::repo_root())
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn scheduled-jobs"));
+        self.starts += 1;
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+        }
+    }
+
+    /// Waits for the child to exit, at most `within`; true if it did.
+    pub fn wait_exit(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while let Some(c) = self.child.as_mut() {
+            if matches!(c.try_wait(), Ok(Some(_))) {
+                self.child = None;
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
+
+    /// Restarts the child if it exited on its own.
+    pub fn supervise(&mut self) {
+        let exited = match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(Some(_))),
+            None => true,
+        };
+        if exited {
+            self.unexpected_exits += 1;
+            eprintln!("[faults] {} exited unexpectedly; restarting (see {})", self.name, self.log.display());
+            self.start();
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    pub fn stop(&mut self, grace: Duration) -> bool {
+        self.signal("CONT");
+        self.signal("TERM");
+        if self.wait_exit(grace) {
+            return true;
+        }
+        self.signal("KILL");
+        self.wait_exit(Duration::from_secs(5));
+        false
+    }
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// What the injector did, for the summary.
+#[derive(Debug, Default)]
+pub struct Injected {
+    pub by_kind: BTreeMap<String, usize>,
+    /// Clean stops (SIGTERM) that did not finish within their grace period.
+    pub slow_clean_stops: usize,
+    /// Service restarts that failed.
+    pub failed_restarts: usize,
+}
+
+/// Injects one fault (blocking; run on a blocking thread).
+pub fn inject(f: &Fault, processors: &mut [Managed], injected: &mut Injected) {
+    let p = &mut processors[f.target];
+    eprintln!("[faults] t+{:>4}s {} {}", f.at.as_secs(), f.kind.name(), if matches!(f.kind, Kind::Restart(_)) { String::new() } else { p.name.clone() });
+    match f.kind {
+        Kind::Kill => {
+            p.signal("KILL");
+            p.wait_exit(Duration::from_secs(10));
+            std::thread::sleep(f.hold);
+            p.start();
+        }
+        Kind::Freeze => {
+            p.signal("STOP");
+            std::thread::sleep(f.hold);
+            p.signal("CONT");
+        }
+        Kind::Term => {
+            p.signal("TERM");
+            if !p.wait_exit(Duration::from_secs(40)) {
+                injected.slow_clean_stops += 1;
+                p.signal("KILL");
+                p.wait_exit(Duration::from_secs(5));
+            }
+            p.start();
+        }
+        Kind::Restart(svc) => {
+            let out = Command::new("bash").arg(common::repo_root().join("scripts/services.sh")).args(["restart", svc]).output();
+            match out {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => {
+                    injected.failed_restarts += 1;
+                    eprintln!(
+                        "[faults] services.sh restart {svc} failed:\n{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    );
+                }
+                Err(e) => {
+                    injected.failed_restarts += 1;
+                    eprintln!("[faults] services.sh restart {svc}: {e}");
+                }
+            }
+        }
+    }
+    *injected.by_kind.entry(f.kind.name()).or_default() += 1;
+}

@@ -1,0 +1,250 @@
+//! Checks from the outside: every output topic read under read_committed, compared with
+//! PostgreSQL and Redis. Each check adds its counts to the summary and its violations to the
+//! list that decides the exit code.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use scheduled_jobs::codec::Codec;
+use scheduled_jobs::config::{Settings, Topic};
+use scheduled_jobs::stock::{reservation_key, stock_key};
+use scheduled_jobs::wire::internal::RunResult;
+use serde_json::Value as Json;
+
+use crate::common::read_all;
+use crate::traffic::Shop;
+
+#[derive(Default)]
+pub struct Report {
+    /// (check, value) rows of the summary, in order.
+    pub rows: Vec<(String, String)>,
+    pub violations: Vec<String>,
+}
+
+impl Report {
+    pub fn row(&mut self, name: impl Into<String>, value: impl ToString) {
+        self.rows.push((name.into(), value.to_string()));
+    }
+
+    pub fn violation(&mut self, v: impl Into<String>) {
+        let v = v.into();
+        eprintln!("[faults] VIOLATION: {v}");
+        self.violations.push(v);
+    }
+}
+
+/// A topic's committed records decoded to JSON, and how many more records a read_uncommitted
+/// reader sees (records of aborted transactions).
+pub async fn committed(s: &Settings, topic: Topic) -> (Vec<(String, Json)>, usize) {
+    let codec = Codec::new(s).expect("codec");
+    let name = s.topic(topic);
+    let mut out = Vec::new();
+    for (_, key, value) in read_all(s, &name, "read_committed") {
+        let key = key.map(|k| String::from_utf8_lossy(&k).into_owned()).unwrap_or_default();
+        let d = codec.decode(&value.expect("payload")).await.expect("decode committed record");
+        out.push((key, scheduled_jobs::avro::to_json(&d.value, &d.schema)));
+    }
+    let uncommitted = read_all(s, &name, "read_uncommitted").len();
+    let aborted = uncommitted.saturating_sub(out.len());
+    (out, aborted)
+}
+
+fn str_field(j: &Json, f: &str) -> String {
+    j[f].as_str().unwrap_or_default().to_string()
+}
+
+/// Counts per value of `field`; the values seen more than once.
+fn repeated(records: &[(String, Json)], field: &str) -> Vec<(String, usize)> {
+    let mut n: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, j) in records {
+        *n.entry(str_field(j, field)).or_default() += 1;
+    }
+    n.into_iter().filter(|(_, c)| *c > 1).collect()
+}
+
+fn sample<T: std::fmt::Debug>(v: &[T]) -> String {
+    format!("{:?}{}", &v[..v.len().min(5)], if v.len() > 5 { " …" } else { "" })
+}
+
+/// E1/E2: one OrderCancelled and one OrderExpirationNotification per cancelled order, none
+/// for any other order.
+pub async fn order_events(s: &Settings, shop: &Shop, r: &mut Report) {
+    let cancelled: BTreeSet<String> =
+        sqlx::query_scalar("SELECT id FROM orders WHERE status = 'ORDER_CANCELLED' AND cancel_reason = 'PAYMENT_TIMEOUT'")
+            .fetch_all(&shop.db)
+            .await
+            .expect("cancelled orders")
+            .into_iter()
+            .collect();
+    r.row("orders cancelled (DB)", cancelled.len());
+    for (topic, label) in [(Topic::OrderCancelled, "order.cancelled"), (Topic::OrderExpirationNotification, "order.expiration.notification")] {
+        let (records, aborted) = committed(s, topic).await;
+        r.row(format!("{label}: committed events"), records.len());
+        r.row(format!("{label}: records of aborted transactions"), aborted);
+        let dup_ids = repeated(&records, "eventId");
+        let dup_orders = repeated(&records, "orderId");
+        let seen: BTreeSet<String> = records.iter().map(|(_, j)| str_field(j, "orderId")).collect();
+        let missing: Vec<&String> = cancelled.difference(&seen).collect();
+        let extra: Vec<&String> = seen.difference(&cancelled).collect();
+        let wrong_key = records.iter().filter(|(k, j)| *k != str_field(j, "orderId")).count();
+        r.row(format!("{label}: duplicates"), dup_ids.len() + dup_orders.len());
+        r.row(format!("{label}: missing"), missing.len());
+        if !dup_ids.is_empty() || !dup_orders.is_empty() {
+            r.violation(format!("{label}: duplicate events {} {}", sample(&dup_ids), sample(&dup_orders)));
+        }
+        if !missing.is_empty() {
+            r.violation(format!("{label}: {} cancelled orders without an event: {}", missing.len(), sample(&missing)));
+        }
+        if !extra.is_empty() {
+            r.violation(format!("{label}: {} events for orders not cancelled: {}", extra.len(), sample(&extra)));
+        }
+        if wrong_key > 0 {
+            r.violation(format!("{label}: {wrong_key} events not keyed by orderId"));
+        }
+    }
+}
+
+/// Orders still waiting for payment longer than `limit_secs`.
+pub async fn overdue(shop: &Shop, limit_secs: i64) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'PAYMENT_WAIT' AND created_at < now() - make_interval(secs => $1)")
+        .bind(limit_secs as f64)
+        .fetch_one(&shop.db)
+        .await
+        .unwrap_or(-1)
+}
+
+/// No reservation is left for an order that is no longer waiting (a lost release), and every
+/// waiting order still holds one.
+pub async fn reservations(shop: &Shop, r: &mut Report) {
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, status FROM orders").fetch_all(&shop.db).await.expect("orders");
+    let mut conn = shop.stock.connection();
+    let mut leaked = Vec::new();
+    let mut lost = Vec::new();
+    for chunk in rows.chunks(500) {
+        let mut pipe = redis::pipe();
+        for (id, _) in chunk {
+            pipe.exists(reservation_key(id));
+        }
+        let exists: Vec<bool> = pipe.query_async(&mut conn).await.expect("EXISTS");
+        for ((id, status), e) in chunk.iter().zip(exists) {
+            match (status.as_str(), e) {
+                ("PAYMENT_WAIT", false) => lost.push(id.clone()),
+                (s, true) if s != "PAYMENT_WAIT" => leaked.push(id.clone()),
+                _ => {}
+            }
+        }
+    }
+    r.row("reservations left for resolved orders", leaked.len());
+    if !leaked.is_empty() {
+        r.violation(format!("{} resolved orders still hold a reservation (release lost): {}", leaked.len(), sample(&leaked)));
+    }
+    if !lost.is_empty() {
+        r.violation(format!("{} waiting orders without a reservation: {}", lost.len(), sample(&lost)));
+    }
+}
+
+/// Redis stock equals DB stock minus what waiting orders reserve, for `products`.
+pub async fn stock_matches(shop: &Shop, products: &[String], label: &str, r: &mut Report) {
+    let expected: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT p.id, p.stock::bigint - COALESCE((SELECT sum(oi.quantity) FROM order_items oi JOIN orders o ON o.id = oi.order_id
+                                                  WHERE oi.product_id = p.id AND o.status = 'PAYMENT_WAIT'), 0)::bigint
+         FROM products p WHERE p.id = ANY($1) ORDER BY p.id",
+    )
+    .bind(products)
+    .fetch_all(&shop.db)
+    .await
+    .expect("expected stock");
+    let keys: Vec<String> = expected.iter().map(|(p, _)| stock_key(p)).collect();
+    let actual: Vec<Option<i64>> = redis::cmd("MGET").arg(&keys).query_async(&mut shop.stock.connection()).await.expect("MGET");
+    let wrong: Vec<(String, i64, Option<i64>)> =
+        expected.into_iter().zip(actual).filter(|((_, e), a)| Some(*e) != *a).map(|((p, e), a)| (p, e, a)).collect();
+    r.row(format!("{label}: Redis ≠ expected"), wrong.len());
+    if !wrong.is_empty() {
+        r.violation(format!("{label}: {} products with Redis stock ≠ DB stock − waiting reservations: {}", wrong.len(), sample(&wrong)));
+    }
+}
+
+/// Stock-sync: one alert per recorded mismatch per run, none twice; alerts on products the
+/// traffic never drifted are reported (a repair of a product whose change was legitimate).
+pub async fn alerts(s: &Settings, shop: &Shop, r: &mut Report) {
+    let (records, aborted) = committed(s, Topic::StockSyncAlert).await;
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM stock_sync_mismatches").fetch_one(&shop.db).await.expect("mismatches");
+    r.row("stock.sync.alert: committed alerts", records.len());
+    r.row("stock.sync.alert: records of aborted transactions", aborted);
+    r.row("stock-sync mismatches recorded (DB)", recorded);
+    let dup = repeated(&records, "eventId");
+    r.row("stock.sync.alert: duplicates", dup.len());
+    if !dup.is_empty() {
+        r.violation(format!("stock.sync.alert: an alert repeated within a run: {}", sample(&dup)));
+    }
+    if records.len() as i64 != recorded {
+        r.violation(format!("stock.sync.alert: {} alerts for {recorded} recorded mismatches", records.len()));
+    }
+    let undrifted: Vec<String> =
+        records.iter().map(|(_, j)| str_field(j, "productId")).filter(|p| shop.order_products.contains(p)).collect();
+    r.row("alerts on products never drifted", undrifted.len());
+    if !undrifted.is_empty() {
+        r.violation(format!("stock-sync flagged products whose only changes were orders: {}", sample(&undrifted)));
+    }
+}
+
+/// Daily statistics: one event per date, the same dates as the processor's table.
+pub async fn daily(s: &Settings, shop: &Shop, r: &mut Report) {
+    let (records, aborted) = committed(s, Topic::DailyStatistics).await;
+    let stored: BTreeSet<String> = sqlx::query_scalar("SELECT date::text FROM daily_statistics")
+        .fetch_all(&shop.db)
+        .await
+        .expect("daily_statistics")
+        .into_iter()
+        .collect();
+    let dup = repeated(&records, "date");
+    let emitted: BTreeSet<String> = records.iter().map(|(_, j)| str_field(j, "date")).collect();
+    r.row("daily.statistics: committed events (dates)", records.len());
+    r.row("daily.statistics: records of aborted transactions", aborted);
+    r.row("daily.statistics: duplicates", dup.len());
+    if !dup.is_empty() {
+        r.violation(format!("daily.statistics: a date emitted twice: {}", sample(&dup)));
+    }
+    if emitted != stored {
+        r.violation(format!("daily.statistics: emitted dates {emitted:?} ≠ stored dates {stored:?}"));
+    }
+}
+
+/// Every run has one result; nothing went to dead letters.
+pub async fn runs(s: &Settings, r: &mut Report) -> Vec<RunResult> {
+    let codec = Codec::new(s).expect("codec");
+    let mut results = Vec::new();
+    for (_, _, value) in read_all(s, &s.topic(Topic::RunResults), "read_committed") {
+        let d = codec.decode(&value.expect("payload")).await.expect("decode run result");
+        results.push(RunResult::from_avro(d.value).expect("run result"));
+    }
+    let mut per_run: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut per_job: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for res in &results {
+        *per_run.entry(&res.run_id).or_default() += 1;
+        *per_job.entry(res.job.clone()).or_default().entry(res.outcome.as_str().to_string()).or_default() += 1;
+    }
+    for (job, outcomes) in &per_job {
+        let text: Vec<String> = outcomes.iter().map(|(o, n)| format!("{n} {o}")).collect();
+        r.row(format!("runs of {job}"), text.join(", "));
+    }
+    let doubled: Vec<_> = per_run.iter().filter(|(_, n)| **n > 1).collect();
+    r.row("run results: duplicates", doubled.len());
+    if !doubled.is_empty() {
+        r.violation(format!("runs with more than one result: {}", sample(&doubled)));
+    }
+    let letters = read_all(s, &s.topic(Topic::DeadLetters), "read_committed");
+    r.row("dead letters", letters.len());
+    if !letters.is_empty() {
+        let codec = Codec::new(s).expect("codec");
+        let mut reasons = Vec::new();
+        for (_, _, v) in letters.iter().take(3) {
+            if let Some(v) = v {
+                if let Ok(d) = codec.decode(v).await {
+                    reasons.push(scheduled_jobs::avro::to_json(&d.value, &d.schema)["reason"].to_string());
+                }
+            }
+        }
+        r.violation(format!("{} records went to dead letters: {}", letters.len(), reasons.join("; ")));
+    }
+    results
+}

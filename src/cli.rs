@@ -208,7 +208,11 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                         crate::processor::Processor::new(settings.clone(), crate::jobs::Registry::builtin(), pool).await?,
                     )
                 };
-                match started.await {
+                let started = tokio::select! {
+                    r = started => r,
+                    _ = &mut shutdown => return Ok(()),
+                };
+                match started {
                     Ok(p) => break p,
                     Err(e) if e.class() == crate::error::ErrorClass::Retry => {
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "processor cannot start yet; retrying");

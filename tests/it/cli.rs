@@ -59,3 +59,29 @@ fn config_show_never_prints_secrets() {
     assert!(!stdout.contains("pg-secret-123") && !stdout.contains("kafka-secret-456"), "{stdout}");
     assert!(stdout.contains("sasl.password"), "{stdout}");
 }
+
+/// Regression (found by the fault suite): `run` exited when a service it needs was
+/// restarting at its start-up; it now waits, and a SIGTERM while waiting ends it cleanly.
+#[test]
+fn run_waits_for_an_unreachable_database_and_stops_cleanly_on_sigterm() {
+    let err = std::env::temp_dir().join(format!("sj-run-wait-{}.log", std::process::id()));
+    let mut child = Command::new(binary())
+        .current_dir(repo_root())
+        .arg("run")
+        // Nothing listens on port 1: every connection attempt is refused.
+        .env("SJ_POSTGRES__PORT", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err).expect("log file"))
+        .spawn()
+        .expect("spawn run");
+    // The first attempt gives up after the pool's 10 s acquire timeout, then it is retried.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    while !std::fs::read_to_string(&err).unwrap_or_default().contains("cannot start yet; retrying") {
+        assert!(child.try_wait().expect("try_wait").is_none(), "run exited instead of waiting: {}", std::fs::read_to_string(&err).unwrap_or_default());
+        assert!(std::time::Instant::now() < deadline, "no retry logged: {}", std::fs::read_to_string(&err).unwrap_or_default());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "exit {status:?}\n{}", std::fs::read_to_string(&err).unwrap_or_default());
+}

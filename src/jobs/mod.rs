@@ -94,7 +94,10 @@ impl From<sqlx::Error> for JobError {
 
 impl From<redis::RedisError> for JobError {
     fn from(e: redis::RedisError) -> Self {
-        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+        // Redis says which of its errors are worth retrying (LOADING after a restart, TRYAGAIN,
+        // dropped connections…); a wrong password is not, whatever it says.
+        let retriable = e.kind() != redis::ErrorKind::AuthenticationFailed && !matches!(e.retry_method(), redis::RetryMethod::NoRetry);
+        if retriable || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
             JobError::Transient(format!("redis: {e}"))
         } else {
             JobError::Failed(format!("redis: {e}"))
@@ -166,5 +169,23 @@ impl Registry {
 
     pub fn names(&self) -> Vec<&'static str> {
         self.jobs.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+    /// Regression (found by the fault suite): a chunk that met Redis still loading its data
+    /// after a restart was recorded FAILED instead of being retried.
+    #[test]
+    fn redis_errors_worth_retrying_are_transient() {
+        let loading = RedisError::from((ErrorKind::Server(ServerErrorKind::BusyLoading), "Redis is loading the dataset in memory"));
+        assert!(matches!(JobError::from(loading), JobError::Transient(_)));
+        let script = RedisError::from((ErrorKind::Server(ServerErrorKind::ResponseError), "ERR script error"));
+        assert!(matches!(JobError::from(script), JobError::Failed(_)));
+        let auth = RedisError::from((ErrorKind::AuthenticationFailed, "WRONGPASS"));
+        assert!(matches!(JobError::from(auth), JobError::Failed(_)));
     }
 }

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -98,7 +99,14 @@ impl LedgerView {
             let (_, high) = self
                 .consumer
                 .fetch_watermarks(&self.topic, el.partition(), Duration::from_secs(10))
-                .map_err(|e| KafkaClientError::kafka("ledger watermarks", e))?;
+                .map_err(|e| match e.rdkafka_error_code() {
+                    // The partition was in the metadata a moment ago: a broker still loading
+                    // after a restart answers this way. Retried, not fatal.
+                    Some(RDKafkaErrorCode::UnknownPartition | RDKafkaErrorCode::UnknownTopicOrPartition) => {
+                        KafkaClientError::kafka("ledger watermarks", KafkaError::MetadataFetch(RDKafkaErrorCode::LeaderNotAvailable))
+                    }
+                    _ => KafkaClientError::kafka("ledger watermarks", e),
+                })?;
             targets.insert(el.partition(), high);
         }
         let mut read = 0;

@@ -350,10 +350,17 @@ impl Processor {
     /// Waits for the commit in flight, if any. On failure the ledger entries written through
     /// for it are taken back and the failed record's index is returned.
     async fn settle(&mut self) -> Result<(), (usize, ProcessorError)> {
+        // Awaited in place and taken only once complete: if this future is dropped while
+        // waiting, the commit stays in flight for the next settle (the producer must not be
+        // used until it has finished).
+        let Some(f) = self.inflight.as_mut() else {
+            return Ok(());
+        };
+        let outcome = (&mut f.commit.0).await;
         let Some(f) = self.inflight.take() else {
             return Ok(());
         };
-        match self.txn.finish_commit(f.commit).await {
+        match self.txn.finish_commit(outcome) {
             Ok(()) => Ok(()),
             Err(e) => {
                 for (key, previous) in f.replaced.into_iter().rev() {
@@ -409,7 +416,11 @@ impl Processor {
         if let Err((_, e)) = self.settle().await {
             tracing::warn!(error = %e, "last commit failed at shutdown; its records will be consumed again");
         }
-        self.txn.abort()?;
+        if let Err(e) = self.txn.abort() {
+            // Asked to stop: what is left open is aborted by the coordinator on its timeout,
+            // or at once when this instance's successor fences the transactional id.
+            tracing::warn!(error = %e, "could not abort the open transaction while stopping");
+        }
         self.consumer.unsubscribe();
         tracing::info!("processor stopped");
         Ok(())

@@ -43,8 +43,9 @@ async fn delivered(pending: Vec<DeliveryFuture>) -> Result<(), KafkaClientError>
     Ok(())
 }
 
-/// A commit in progress on a blocking thread.
-pub struct Committing(tokio::task::JoinHandle<Result<(), KafkaClientError>>);
+/// A commit in progress on a blocking thread. Awaiting it by reference keeps it owned, so a
+/// caller cancelled while waiting (a step cut short by shutdown) can wait for it again.
+pub struct Committing(pub tokio::task::JoinHandle<Result<(), KafkaClientError>>);
 
 pub struct Txn {
     producer: FutureProducer,
@@ -134,13 +135,10 @@ impl Txn {
         }))
     }
 
-    /// Waits for a commit started by [`Txn::start_commit`]. On error the transaction is still
-    /// open: the caller takes the reset path, which aborts it.
-    pub async fn finish_commit(&mut self, committing: Committing) -> Result<(), KafkaClientError> {
-        let result = committing
-            .0
-            .await
-            .unwrap_or_else(|_| Err(KafkaClientError::kafka("commit transaction", KafkaError::Canceled)));
+    /// Records the outcome of a commit started by [`Txn::start_commit`]. On error the
+    /// transaction is still open: the caller takes the reset path, which aborts it.
+    pub fn finish_commit(&mut self, outcome: Result<Result<(), KafkaClientError>, tokio::task::JoinError>) -> Result<(), KafkaClientError> {
+        let result = outcome.unwrap_or_else(|_| Err(KafkaClientError::kafka("commit transaction", KafkaError::Canceled)));
         if result.is_ok() {
             self.open = false;
         }

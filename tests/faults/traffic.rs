@@ -35,8 +35,8 @@ pub struct Done {
     pub retries: usize,
 }
 
-/// Retries `op` until it succeeds (a service is restarting) or the stop flag is raised with
-/// nothing begun; counts the retries.
+/// Retries `op` until it succeeds (a service is restarting), counting the retries. It never
+/// gives up: an operation once begun is always finished, even after the stop flag is raised.
 macro_rules! retry {
     ($done:expr, $op:expr) => {{
         loop {

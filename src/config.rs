@@ -196,6 +196,9 @@ pub struct KafkaSettings {
     pub client_id: String,
     /// Any librdkafka property, applied after the tool's own (so it can override them).
     pub properties: BTreeMap<String, String>,
+    /// How long `tick` keeps retrying at start-up when the broker reports the tick topic
+    /// unknown before failing: a restarting broker does so until it has loaded its logs.
+    pub missing_topic_grace_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -278,6 +281,7 @@ impl Default for KafkaSettings {
             bootstrap_servers: "127.0.0.1:9092".into(),
             client_id: "scheduled-jobs".into(),
             properties: BTreeMap::new(),
+            missing_topic_grace_secs: 120,
         }
     }
 }

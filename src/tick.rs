@@ -330,6 +330,8 @@ impl TickProducer {
 pub async fn run_producer(settings: &Settings, shutdown: impl Future<Output = ()>) -> Result<(), TickError> {
     tokio::pin!(shutdown);
     let mut backoff = BACKOFF_MIN;
+    let started = std::time::Instant::now();
+    let grace = Duration::from_secs(settings.kafka.missing_topic_grace_secs);
     let mut producer = loop {
         let attempt = async {
             let mut p = TickProducer::new(settings).await?;
@@ -343,6 +345,7 @@ pub async fn run_producer(settings: &Settings, shutdown: impl Future<Output = ()
         match result {
             Ok(p) => break p,
             Err(e) => {
+                let e = within_grace(e, started.elapsed(), grace);
                 if pause_after(e, &mut backoff, &mut shutdown).await? {
                     return Ok(());
                 }
@@ -373,6 +376,24 @@ pub async fn run_producer(settings: &Settings, shutdown: impl Future<Output = ()
     }
     tracing::info!("tick producer stopped");
     Ok(())
+}
+
+/// A tick topic reported unknown at start-up is retried for `grace` (setting
+/// `kafka.missing_topic_grace_secs`): a restarting broker answers `UnknownTopicOrPartition`
+/// for existing topics until it has loaded their logs, which takes minutes on a broker with
+/// many partitions. After that it is the fatal "does not exist".
+fn within_grace(e: TickError, elapsed: Duration, grace: Duration) -> TickError {
+    match e {
+        TickError::NoSuchTopic(topic) if elapsed < grace => TickError::Unavailable {
+            topic,
+            message: format!(
+                "reported unknown (a restarting broker does this until it has loaded its logs); \
+                 retried for up to {} s after start-up (kafka.missing_topic_grace_secs)",
+                grace.as_secs()
+            ),
+        },
+        e => e,
+    }
 }
 
 /// Fatal errors are returned; a retriable one is logged and waited out (doubling `backoff`).
@@ -653,5 +674,18 @@ mod tests {
         assert_eq!(timed_out.class(), ErrorClass::Retry);
         assert_eq!(TickError::Unavailable { topic: "t".into(), message: "m".into() }.class(), ErrorClass::Retry);
         assert_eq!(TickError::NoSuchTopic("t".into()).class(), ErrorClass::Fatal);
+    }
+
+    #[test]
+    fn an_unknown_tick_topic_is_retried_only_within_the_start_up_grace() {
+        let grace = Duration::from_secs(120);
+        let early = within_grace(TickError::NoSuchTopic("t".into()), Duration::from_secs(5), grace);
+        assert_eq!(early.class(), ErrorClass::Retry);
+        assert!(early.to_string().contains("missing_topic_grace_secs"), "{early}");
+        let late = within_grace(TickError::NoSuchTopic("t".into()), Duration::from_secs(121), grace);
+        assert_eq!(late.class(), ErrorClass::Fatal);
+        assert!(late.to_string().contains("does not exist"), "{late}");
+        let other = within_grace(TickError::NotStarted, Duration::ZERO, grace);
+        assert_eq!(other.class(), ErrorClass::Fatal);
     }
 }

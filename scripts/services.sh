@@ -8,10 +8,12 @@
 # Usage: scripts/services.sh up | down | status
 #                            start|stop|restart <kafka|registry|redis|postgres>
 #                            logs <service> [-f]
+#                            kafka-scram-user <name> <password>   (SCRAM-SHA-256 user for the SASL listener)
 #
 # Everything (data, logs, pid files, downloads that are not in ~/.m2) lives in
 # ${SJ_LOCAL_DIR:-<repo>/.local}. Every service listens on 127.0.0.1 only.
-# Ports: SJ_KAFKA_PORT (9092), SJ_KAFKA_CONTROLLER_PORT (9093), SJ_REGISTRY_PORT (8081),
+# Ports: SJ_KAFKA_PORT (9092), SJ_KAFKA_CONTROLLER_PORT (9093), SJ_KAFKA_SASL_PORT (9094:
+#        SASL_PLAINTEXT with SCRAM-SHA-256, users made with kafka-scram-user), SJ_REGISTRY_PORT (8081),
 #        SJ_REGISTRY_MANAGEMENT_PORT (registry port + 10000), SJ_REDIS_PORT (6379), SJ_PG_PORT (5432).
 # Other knobs: SJ_KAFKA_VERSION (4.1.1), SJ_REGISTRY_VERSION (3.3.3, falls back to 3.0.9),
 #   SJ_REGISTRY_STORAGE (file|mem, default file), SJ_KAFKA_HEAP (1g), SJ_REGISTRY_HEAP (512m),
@@ -29,6 +31,7 @@ LOCAL_DIR=$(realpath -m "${SJ_LOCAL_DIR:-$ROOT_DIR/.local}")
 
 KAFKA_PORT=${SJ_KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${SJ_KAFKA_CONTROLLER_PORT:-9093}
+KAFKA_SASL_PORT=${SJ_KAFKA_SASL_PORT:-9094}
 REGISTRY_PORT=${SJ_REGISTRY_PORT:-8081}
 # Quarkus management interface (health/metrics) of the registry; by default it would be 0.0.0.0:9000.
 REGISTRY_MANAGEMENT_PORT=${SJ_REGISTRY_MANAGEMENT_PORT:-$((REGISTRY_PORT + 10000))}
@@ -76,6 +79,7 @@ usage() { # [exit-code]; 0 prints to stdout (help), anything else to stderr
 usage: ${0##*/} up | down | status
        ${0##*/} start|stop|restart <kafka|registry|redis|postgres>
        ${0##*/} logs <kafka|registry|redis|postgres> [-f]
+       ${0##*/} kafka-scram-user <name> <password>
 data and logs: $LOCAL_DIR (override with SJ_LOCAL_DIR)
 EOF
   exit "$rc"
@@ -217,7 +221,7 @@ mvn_quiet() { # logfile mvn-args... ; Maven output goes to the log, not the term
 
 kafka_log() { echo "$KAFKA_DIR/kafka.log"; }
 kafka_pid() { pid_from_file "$KAFKA_DIR/kafka.pid" "-Dsj.service=kafka"; }
-kafka_ports() { echo "$KAFKA_PORT,$KAFKA_CONTROLLER_PORT"; }
+kafka_ports() { echo "$KAFKA_PORT,$KAFKA_CONTROLLER_PORT,$KAFKA_SASL_PORT"; }
 kafka_healthy() { python3 "$SCRIPT_DIR/kafka/probe.py" 127.0.0.1 "$KAFKA_PORT" 2 2>/dev/null; }
 
 # Resolving through Maven takes ~10 s even with a warm ~/.m2, so the classpath is cached and only
@@ -249,11 +253,15 @@ process.roles=broker,controller
 node.id=1
 # Static quorum (no --standalone at format time; Kafka 4.1 rejects mixing both styles).
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+# A second client listener with SCRAM authentication, as production brokers have (the tool's
+# SASL pass-through is tested against it); users: `services.sh kafka-scram-user NAME PASSWORD`.
+sasl.enabled.mechanisms=SCRAM-SHA-256
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 log.dirs=$KAFKA_DIR/data
 
 # One node: every internal topic must be satisfiable with a single replica.
@@ -764,11 +772,11 @@ start_services() { # services...
 
 print_status() { # services... ; returns 1 if any is not healthy
   local svc state pid rc=0
-  printf '%-9s %-12s %-8s %s\n' SERVICE PORT PID STATE
+  printf '%-9s %-15s %-8s %s\n' SERVICE PORT PID STATE
   for svc in "$@"; do
     state=$(svc_state "$svc")
     pid=$(svc_pid "$svc")
-    printf '%-9s %-12s %-8s %s\n' "$svc" "$(svc_ports "$svc")" "${pid:--}" "$state"
+    printf '%-9s %-15s %-8s %s\n' "$svc" "$(svc_ports "$svc")" "${pid:--}" "$state"
     [[ $state == healthy ]] || rc=1
   done
   printf '(data and logs under %s)\n' "$LOCAL_DIR"
@@ -833,6 +841,18 @@ main() {
       esac
       [[ -e $log || ${#follow[@]} -gt 0 ]] || die "$1: no log yet at $log"
       exec tail -n "${SJ_LOG_LINES:-200}" "${follow[@]}" "$log"
+      ;;
+    kafka-scram-user)
+      [[ $# -eq 2 ]] || usage
+      kafka_healthy || die "kafka is not running (scripts/services.sh up)"
+      local java
+      java=$(ensure_java 17) || die "kafka-scram-user: needs Java 17+"
+      # Stored in the cluster metadata (KRaft): takes effect on the SASL listener at once.
+      "$java" -cp "$(cat "$KAFKA_DIR/classpath.txt")" -Dlog4j2.configurationFile="$SCRIPT_DIR/kafka/log4j2.yaml" \
+        kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --alter \
+        --add-config "SCRAM-SHA-256=[iterations=4096,password=$2]" --entity-type users --entity-name "$1" >/dev/null ||
+        die "kafka-scram-user: could not set the credential of $1"
+      say "kafka: SCRAM-SHA-256 user $1 set (SASL_PLAINTEXT on 127.0.0.1:$KAFKA_SASL_PORT)"
       ;;
     -h | --help | help) usage 0 ;;
     *)

@@ -83,6 +83,53 @@ pub enum Command {
         /// A job parameter; repeatable.
         #[arg(long = "param", value_name = "KEY=VALUE")]
         params: Vec<String>,
+        /// Follow the run: a progress bar of chunks applied / planned, then its result.
+        /// Exit status 0 if it succeeded (or was skipped), 1 if it failed or timed out.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long (e.g. 90s, 10m).
+        #[arg(long, value_name = "DURATION", default_value = "10m", requires = "wait")]
+        timeout: String,
+    },
+    /// Run history.
+    Runs {
+        #[command(subcommand)]
+        action: RunsAction,
+    },
+    /// Pause a job: its ticks are answered with a SKIPPED run result (with who paused it and
+    /// why) and no run is recorded, so the skipped periods can run later. Takes effect at the
+    /// next tick on every processor instance.
+    Pause {
+        /// Job name, e.g. stock-sync.
+        job: String,
+        /// Why, for the run results and `runs list`.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Resume a paused job.
+    Resume {
+        /// Job name.
+        job: String,
+    },
+    /// Move a consumer group's offsets so its records are consumed again. Refused while the
+    /// group has active members. Runs already recorded are not redone (see the printed
+    /// explanation).
+    Replay {
+        /// Consumer group; default the processor's (processor.group_id).
+        #[arg(long)]
+        group: Option<String>,
+        /// Topic, as named in topics/ (the prefix is added); default the tick topic.
+        #[arg(long, default_value = "scheduler.tick")]
+        topic: String,
+        /// The offset to move every partition to (clamped to what it holds).
+        #[arg(long, value_name = "N", conflicts_with = "to_time", required_unless_present = "to_time")]
+        to_offset: Option<i64>,
+        /// The first record at or after this instant (RFC 3339) or this long ago (e.g. 2h).
+        #[arg(long, value_name = "TIME")]
+        to_time: Option<String>,
+        /// Show what would move; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Local demo: apply topics, register schemas, migrate, load demo data, then run a tick
     /// producer and a processor in the foreground until Ctrl-C.
@@ -118,6 +165,23 @@ pub enum SchemasAction {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum RunsAction {
+    /// Recent runs, newest first: job, period, trigger, outcome, duration and counts (from
+    /// the committed run results; runs planned but not finished show as RUNNING).
+    List {
+        /// Only this job.
+        #[arg(long)]
+        job: Option<String>,
+        /// Runs started since this long ago (e.g. 24h, 7d) or this instant (RFC 3339).
+        #[arg(long, default_value = "24h", value_name = "TIME")]
+        since: String,
+        /// At most this many rows (the newest).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum DbAction {
     /// Apply pending migrations (safe to run again).
     Migrate,
@@ -141,6 +205,27 @@ impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Self {
         let code = if error.downcast_ref::<ConfigError>().is_some() { 2 } else { 1 };
         Failure { code, error }
+    }
+}
+
+/// `--since`/`--to-time`: a duration ago (`24h`, `7d`, `90m`) or an RFC 3339 instant.
+fn parse_since(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let d = humantime::parse_duration(s)
+        .map_err(|e| anyhow::anyhow!("`{s}` is neither a duration (24h, 7d) nor an RFC 3339 instant: {e}"))?;
+    let d = chrono::TimeDelta::from_std(d).map_err(|e| anyhow::anyhow!("`{s}`: {e}"))?;
+    Ok(chrono::Utc::now() - d)
+}
+
+/// A configured job's wire name, or a usage error listing the known ones.
+fn known_job(settings: &Settings, job: &str) -> anyhow::Result<String> {
+    if settings.job(job).is_some() {
+        Ok(job.to_string())
+    } else {
+        let known: Vec<String> = settings.jobs.keys().map(|k| k.replace('_', "-")).collect();
+        Err(anyhow::anyhow!("unknown job `{job}` (configured jobs: {})", known.join(", ")))
     }
 }
 
@@ -201,6 +286,10 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             // A broker, coordinator or database that is (re)starting is waited for; a
             // configuration or authorisation problem ends the command at once.
             let mut backoff = Duration::from_millis(500);
+            // The endpoint is up while the processor waits for its dependencies: /healthz
+            // answers, /readyz says what it is waiting for.
+            let metrics = crate::metrics::Metrics::new();
+            let _endpoint = crate::metrics::start(&settings, &metrics, true).await.map_err(|e| Failure { code: 2, error: e.into() })?;
             let processor = loop {
                 let started = async {
                     let pool = crate::db::connect(&settings.postgres).await.map_err(crate::processor::ProcessorError::from)?;
@@ -214,6 +303,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                     Ok(p) => break p,
                     Err(e) if e.class() == crate::error::ErrorClass::Retry => {
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "processor cannot start yet; retrying");
+                        metrics.set_ready(Err(format!("cannot start yet: {e}")));
                         tokio::select! {
                             _ = &mut shutdown => return Ok(()),
                             _ = tokio::time::sleep(backoff) => {}
@@ -224,15 +314,67 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             };
             tracing::info!(instance = %settings.instance_id(), group = %settings.processor.group_id, "processor started");
-            processor.run(shutdown).await.map_err(anyhow::Error::from)?;
+            processor.with_metrics(metrics).run(shutdown).await.map_err(anyhow::Error::from)?;
         }
         Command::Demo { fast } => {
             crate::demo::run(settings, fast, crate::shutdown::signal()).await.map_err(anyhow::Error::from)?;
         }
         Command::Tick => {
-            crate::tick::run_producer(&settings, crate::shutdown::signal()).await.map_err(anyhow::Error::from)?;
+            let metrics = crate::metrics::Metrics::new();
+            let _endpoint = crate::metrics::start(&settings, &metrics, false).await.map_err(|e| Failure { code: 2, error: e.into() })?;
+            crate::tick::run_producer(&settings, &metrics, crate::shutdown::signal()).await.map_err(anyhow::Error::from)?;
         }
-        Command::Trigger { job, at, params } => {
+        Command::Runs { action: RunsAction::List { job, since, limit } } => {
+            let since = parse_since(&since).map_err(|error| Failure { code: 2, error })?;
+            let job = job.map(|j| known_job(&settings, &j)).transpose().map_err(|error| Failure { code: 2, error })?;
+            let mut rows = crate::history::recent_runs(&settings, since, job.as_deref()).await.map_err(anyhow::Error::from)?;
+            rows.truncate(limit);
+            let tz = settings.time_zone().map_err(anyhow::Error::from)?;
+            if rows.is_empty() {
+                println!("no runs since {}", since.with_timezone(&tz).to_rfc3339());
+            } else {
+                print!("{}", crate::history::render(&rows, tz));
+            }
+        }
+        Command::Pause { job, reason } => {
+            let job = known_job(&settings, &job).map_err(|error| Failure { code: 2, error })?;
+            let pool = crate::db::connect(&settings.postgres).await.map_err(anyhow::Error::from)?;
+            if crate::control::pause(&pool, &job, &crate::control::operator(), reason.as_deref()).await.context("pause")? {
+                println!("paused {job}: its ticks are skipped (recorded as SKIPPED, not as runs) until `scheduled-jobs resume {job}`");
+            } else {
+                let p = crate::control::paused(&pool, &job).await.context("pause")?;
+                println!("{job} was already paused{}", p.map(|p| format!(" ({})", p.message())).unwrap_or_default());
+            }
+        }
+        Command::Resume { job } => {
+            let job = known_job(&settings, &job).map_err(|error| Failure { code: 2, error })?;
+            let pool = crate::db::connect(&settings.postgres).await.map_err(anyhow::Error::from)?;
+            match crate::control::resume(&pool, &job).await.context("resume")? {
+                Some(p) => println!(
+                    "resumed {job} (paused by {} since {}); ticks skipped meanwhile: `scheduled-jobs runs list --job {job}` (outcome SKIPPED), run one with `trigger {job} --at <fire time>`",
+                    p.paused_by,
+                    p.paused_at.to_rfc3339()
+                ),
+                None => println!("{job} was not paused"),
+            }
+        }
+        Command::Replay { group, topic, to_offset, to_time, dry_run } => {
+            let target = match (to_offset, to_time) {
+                (Some(o), _) => crate::replay::Target::Offset(o),
+                (None, Some(t)) => crate::replay::Target::Time(parse_since(&t).map_err(|error| Failure { code: 2, error })?),
+                (None, None) => return Err(Failure { code: 2, error: anyhow::anyhow!("give --to-offset or --to-time") }),
+            };
+            let group = group.unwrap_or_else(|| settings.processor.group_id.clone());
+            let topic = format!("{}{}", settings.topics.prefix, topic);
+            let (s, g, t) = (settings.clone(), group.clone(), topic.clone());
+            let moves = tokio::task::spawn_blocking(move || crate::replay::replay(&s, &g, &t, target, dry_run))
+                .await
+                .context("replay task")?
+                .map_err(anyhow::Error::from)?;
+            print!("{}", crate::replay::render(&group, &topic, &moves, dry_run));
+            println!("{}", crate::replay::EXPLANATION);
+        }
+        Command::Trigger { job, at, params, wait, timeout } => {
             let at = at
                 .map(|a| {
                     chrono::DateTime::parse_from_rfc3339(&a)
@@ -257,6 +399,15 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 Failure { code, error: e.into() }
             })?;
             println!("published tick {} for {} at {}", tick.tick_id, tick.job, tick.scheduled_at.to_rfc3339());
+            if wait {
+                let timeout = humantime::parse_duration(&timeout)
+                    .map_err(|e| Failure { code: 2, error: anyhow::anyhow!("--timeout `{timeout}`: {e}") })?;
+                let result = crate::follow::follow(&settings, &tick, timeout, crate::shutdown::signal()).await.map_err(anyhow::Error::from)?;
+                println!("{}", crate::follow::describe(&result));
+                if !result.ok() {
+                    return Err(Failure { code: 1, error: anyhow::anyhow!("run of {} ended {}", tick.job, result.outcome_name()) });
+                }
+            }
         }
         Command::Tail { topic, from_beginning, max_messages, idle_timeout } => {
             let idle_timeout = idle_timeout

@@ -55,6 +55,7 @@ pub struct Settings {
     pub schemas: SchemasSettings,
     pub scheduler: SchedulerSettings,
     pub processor: ProcessorSettings,
+    pub metrics: MetricsSettings,
     /// Per-job settings, keyed by job name with `_` for `-` (`order_expiration`), so they
     /// can be set from the environment (`SJ_JOBS__ORDER_EXPIRATION__BATCH_SIZE=500`).
     pub jobs: BTreeMap<String, JobSettings>,
@@ -84,6 +85,21 @@ pub struct ProcessorSettings {
     pub max_future_secs: u64,
     /// Kafka transaction timeout (`transaction.timeout.ms`); one step's work must fit in it.
     pub transaction_timeout_ms: u64,
+}
+
+/// The HTTP endpoint of `run` and `tick`: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// `host:port` to serve on; empty: no endpoint. Port 0 picks a free port (logged).
+    pub listen: String,
+    /// Consumer groups whose lag to export, as comma-separated `group:topic` pairs (topic
+    /// names as in topics/; the prefix is added), e.g.
+    /// `analytics:daily.statistics,notification:order.expiration.notification`. The
+    /// processor's own group is always exported.
+    pub downstream_groups: String,
+    /// How often the processor measures consumer-group lag.
+    pub lag_interval_secs: u64,
 }
 
 /// When a tick producer comes back after downtime, which missed fire times it publishes.
@@ -270,6 +286,7 @@ impl Default for Settings {
             schemas: SchemasSettings::default(),
             scheduler: SchedulerSettings::default(),
             processor: ProcessorSettings::default(),
+            metrics: MetricsSettings::default(),
             jobs: default_jobs(),
         }
     }
@@ -330,6 +347,31 @@ impl Default for TopicsSettings {
 impl Default for SchedulerSettings {
     fn default() -> Self {
         SchedulerSettings { time_zone: "UTC".into(), producer_id: String::new() }
+    }
+}
+
+impl MetricsSettings {
+    /// `downstream_groups` as (group, topic) pairs.
+    pub fn downstream_pairs(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        let mut out = Vec::new();
+        for pair in self.downstream_groups.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match pair.split_once(':') {
+                Some((g, t)) if !g.trim().is_empty() && !t.trim().is_empty() => out.push((g.trim().to_string(), t.trim().to_string())),
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "metrics.downstream_groups",
+                        format!("`{pair}` is not group:topic (e.g. analytics:daily.statistics)"),
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings { listen: String::new(), downstream_groups: String::new(), lag_interval_secs: 15 }
     }
 }
 
@@ -441,6 +483,16 @@ impl Settings {
                     format!("`{server}` is not host:port"),
                 ));
             }
+        }
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::invalid(
+                "metrics.listen",
+                format!("`{}` is not an ip:port address (e.g. 0.0.0.0:9464)", self.metrics.listen),
+            ));
+        }
+        self.metrics.downstream_pairs()?;
+        if self.metrics.lag_interval_secs == 0 {
+            return Err(ConfigError::invalid("metrics.lag_interval_secs", "must be at least 1"));
         }
         if self.kafka.client_id.trim().is_empty() {
             return Err(ConfigError::invalid("kafka.client_id", "must not be empty"));

@@ -24,6 +24,8 @@ pub enum DemoError {
     Db(#[from] crate::db::DbError),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("tick producer: {0}")]
     Tick(#[from] crate::tick::TickError),
     #[error("processor: {0}")]
@@ -199,11 +201,16 @@ pub async fn run(mut settings: Settings, fast: bool, shutdown: impl Future<Outpu
     println!("watch: scheduled-jobs tail order.cancelled | stock.sync.alert | daily.statistics | scheduled-jobs.run-results");
     let processor =
         crate::processor::Processor::new(settings.clone(), crate::jobs::Registry::builtin(), pool).await?;
+    // The processor's metrics on metrics.listen, if set (the tick producer's are not served).
+    let _endpoint = crate::metrics::start(&settings, &processor.metrics(), true).await?;
+    if let Some(addr) = _endpoint.addr {
+        println!("metrics: http://{addr}/metrics");
+    }
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let (mut rx1, mut rx2) = (stop_tx.subscribe(), stop_tx.subscribe());
     let producer_settings = settings.clone();
     let producer = tokio::spawn(async move {
-        crate::tick::run_producer(&producer_settings, async move {
+        crate::tick::run_producer(&producer_settings, &crate::metrics::Metrics::new(), async move {
             let _ = rx1.recv().await;
         })
         .await

@@ -72,6 +72,9 @@ pub enum KafkaClientError {
     Config(String),
     #[error("kafka {operation}: {source}")]
     Kafka { operation: &'static str, source: KafkaError },
+    /// The broker rejected the client's credentials.
+    #[error("kafka authentication failed: {0} (check sasl.mechanism, sasl.username and sasl.password in kafka.properties / SJ_KAFKA_PROP_*)")]
+    Authentication(String),
 }
 
 impl KafkaClientError {
@@ -81,7 +84,7 @@ impl KafkaClientError {
 
     pub fn class(&self) -> ErrorClass {
         match self {
-            KafkaClientError::Config(_) => ErrorClass::Fatal,
+            KafkaClientError::Config(_) | KafkaClientError::Authentication(_) => ErrorClass::Fatal,
             KafkaClientError::Kafka { source, .. } => classify(source),
         }
     }
@@ -151,10 +154,45 @@ pub fn admin_options(timeout: Duration) -> AdminOptions {
     AdminOptions::new().request_timeout(Some(timeout)).operation_timeout(Some(timeout))
 }
 
-/// Cluster metadata for all topics (or one), waiting up to `timeout` for a broker.
+/// Cluster metadata for all topics (or one), waiting up to `timeout` for a broker. Rejected
+/// credentials are reported as [`KafkaClientError::Authentication`] (fatal), not as the
+/// transport failure the request itself ends with.
 pub fn metadata(settings: &Settings, topic: Option<&str>, timeout: Duration) -> Result<Metadata, KafkaClientError> {
     let consumer: BaseConsumer = create(&client_config(settings, Role::Admin))?;
-    consumer.fetch_metadata(topic, timeout).map_err(|e| KafkaClientError::kafka("fetch metadata", e))
+    consumer.fetch_metadata(topic, timeout).map_err(|e| {
+        // The reason arrives only as an error event on the client's queue.
+        for _ in 0..5 {
+            match consumer.poll(Duration::from_millis(50)) {
+                Some(Err(ev))
+                    if matches!(
+                        ev.rdkafka_error_code(),
+                        Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed)
+                    ) =>
+                {
+                    return KafkaClientError::Authentication(ev.to_string());
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        KafkaClientError::kafka("fetch metadata", e)
+    })
+}
+
+/// The partition ids of `topic` as `client` sees them; empty if it does not exist (or is
+/// unavailable), for the caller to name.
+pub fn partitions_of<C: rdkafka::consumer::ConsumerContext>(
+    client: &BaseConsumer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>, KafkaClientError> {
+    let md = client.fetch_metadata(Some(topic), timeout).map_err(|e| KafkaClientError::kafka("fetch metadata", e))?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default())
 }
 
 /// Lets librdkafka judge every pass-through property once at start-up, so a typo fails fast

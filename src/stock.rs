@@ -62,12 +62,21 @@ const CONSUME: &str = r#"
 return redis.call('DEL', KEYS[1])
 "#;
 
+// KEYS[1]: the stock key; KEYS[2..]: reservations whose field ARGV[3] (the product) is stale.
+// All or nothing: the stale fields are dropped only together with the new value, so a refused
+// repair leaves them for their late release to give back.
 const CAS_SET: &str = r#"
 local now = redis.call('GET', KEYS[1])
 if ARGV[1] == '' then
   if now then return 0 end
 elseif now ~= ARGV[1] then
   return 0
+end
+for i = 2, #KEYS do
+  if redis.call('HEXISTS', KEYS[i], ARGV[3]) == 0 then return 0 end
+end
+for i = 2, #KEYS do
+  redis.call('HDEL', KEYS[i], ARGV[3])
 end
 redis.call('SET', KEYS[1], ARGV[2])
 return 1
@@ -152,14 +161,27 @@ impl Stock {
 
     /// Sets `stock:{product}` to `new` only if it still holds `observed` (`None`: missing).
     pub async fn compare_and_set(&self, product_id: &str, observed: Option<i64>, new: i64) -> redis::RedisResult<bool> {
+        self.compare_and_set_dropping(product_id, observed, new, &[]).await
+    }
+
+    /// [`Stock::compare_and_set`] that also removes the product's field from the reservations
+    /// of `stale_orders` (orders already resolved whose release has not happened yet), in the
+    /// same atomic step, and only if every one of those fields is still there. Whatever the
+    /// outcome, each stale quantity is given back exactly once: by this repair (its field is
+    /// gone, so the late release skips it) or, if refused, by the late release itself.
+    pub async fn compare_and_set_dropping(
+        &self,
+        product_id: &str,
+        observed: Option<i64>,
+        new: i64,
+        stale_orders: &[String],
+    ) -> redis::RedisResult<bool> {
         let observed = observed.map(|v| v.to_string()).unwrap_or_default();
-        let n: i64 = self
-            .cas
-            .key(stock_key(product_id))
-            .arg(observed)
-            .arg(new)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+        let mut inv = self.cas.key(stock_key(product_id));
+        for o in stale_orders {
+            inv.key(reservation_key(o));
+        }
+        let n: i64 = inv.arg(observed).arg(new).arg(product_id).invoke_async(&mut self.conn.clone()).await?;
         Ok(n == 1)
     }
 

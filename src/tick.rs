@@ -33,6 +33,7 @@ use crate::codec::{Codec, CodecError};
 use crate::config::{job_key, CatchUp, ConfigError, Settings, Topic};
 use crate::error::ErrorClass;
 use crate::kafka::{self, KafkaClientError, Role};
+use crate::metrics::Metrics;
 use crate::schedule::{Schedule, ScheduleError};
 use crate::wire::tick::{Tick, Trigger};
 
@@ -113,6 +114,7 @@ struct Publisher {
     codec: Codec,
     topic: String,
     name: String,
+    metrics: Metrics,
 }
 
 impl Publisher {
@@ -125,6 +127,7 @@ impl Publisher {
             codec: Codec::new(settings)?,
             topic: settings.topic(Topic::Tick),
             name: producer_name(settings),
+            metrics: Metrics::new(),
         })
     }
 
@@ -151,6 +154,7 @@ impl Publisher {
             offset = delivery.offset,
             "published tick"
         );
+        self.metrics.tick_published(&tick.job, tick.trigger.as_str(), tick.scheduled_at);
         Ok(())
     }
 }
@@ -327,7 +331,7 @@ impl TickProducer {
 /// `scheduled-jobs tick`: start (with catch-up), then publish each fire time when it is due
 /// until `shutdown` completes. Transient failures are retried with backoff; fatal ones
 /// (configuration, authorization, a fatal producer error) end it with the error.
-pub async fn run_producer(settings: &Settings, shutdown: impl Future<Output = ()>) -> Result<(), TickError> {
+pub async fn run_producer(settings: &Settings, metrics: &Metrics, shutdown: impl Future<Output = ()>) -> Result<(), TickError> {
     tokio::pin!(shutdown);
     let mut backoff = BACKOFF_MIN;
     let started = std::time::Instant::now();
@@ -335,6 +339,7 @@ pub async fn run_producer(settings: &Settings, shutdown: impl Future<Output = ()
     let mut producer = loop {
         let attempt = async {
             let mut p = TickProducer::new(settings).await?;
+            p.publisher.metrics = metrics.clone();
             p.start(Utc::now()).await?;
             Ok::<_, TickError>(p)
         };
@@ -346,12 +351,14 @@ pub async fn run_producer(settings: &Settings, shutdown: impl Future<Output = ()
             Ok(p) => break p,
             Err(e) => {
                 let e = within_grace(e, started.elapsed(), grace);
+                metrics.set_ready(Err(format!("not started: {e}")));
                 if pause_after(e, &mut backoff, &mut shutdown).await? {
                     return Ok(());
                 }
             }
         }
     };
+    metrics.set_ready(Ok(()));
     tracing::info!(jobs = ?producer.jobs(), next_due = ?producer.next_due().map(|t| t.to_rfc3339()), "tick producer started");
     loop {
         let wait = producer
@@ -366,8 +373,13 @@ pub async fn run_producer(settings: &Settings, shutdown: impl Future<Output = ()
             _ = &mut shutdown => break,
         };
         match result {
-            Ok(_) => backoff = BACKOFF_MIN,
+            Ok(_) => {
+                backoff = BACKOFF_MIN;
+                metrics.set_ready(Ok(()));
+            }
             Err(e) => {
+                metrics.tick_failed();
+                metrics.set_ready(Err(format!("publishing failed: {e}")));
                 if pause_after(e, &mut backoff, &mut shutdown).await? {
                     break;
                 }

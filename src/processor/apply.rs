@@ -35,6 +35,8 @@ impl Processor {
             return self.commit_offset_only(m).await;
         }
 
+        let started = std::time::Instant::now();
+        let mut chunk_sample = None;
         let (output, state, finalized) = if item.chunk_index == SEAL {
             bookkeeping::seal(&self.db, &item.run_id, &item.job, &item.period, item.chunk_count, item.planned_at).await?;
             let finalized = bookkeeping::try_finalize(&self.db, &item.run_id, item.chunk_index).await?;
@@ -71,6 +73,7 @@ impl Processor {
                 bookkeeping::try_finalize(&self.db, &item.run_id, item.chunk_index).await
             };
             let (finalized, encoded) = tokio::join!(bookkeeping, self.encode_emits(output.records));
+            chunk_sample = Some((outcome.metric_label(), output.counts));
             let state = match outcome {
                 ChunkOutcome::Applied => RunState::Done,
                 ChunkOutcome::TimedOut => RunState::TimedOut,
@@ -115,11 +118,22 @@ impl Processor {
             let records = self.encode_emits(extra.records).await?;
             self.send_encoded(records).await?;
             let mut counts = f.counts;
+            if !extra.counts.is_empty() {
+                self.pending.push(crate::metrics::Sample::Counts { job: item.job.clone(), counts: extra.counts.clone() });
+            }
             counts.extend(extra.counts);
             let result = self.run_result(&run, outcome, counts, f.message);
             self.send_result(&result).await?;
             tracing::info!(job = %item.job, run_id = %item.run_id, outcome = outcome.as_str(), "run finished");
             run_entry = Some((rkey, entry));
+        }
+        if let Some((outcome, counts)) = chunk_sample {
+            self.pending.push(crate::metrics::Sample::Chunk {
+                job: item.job.clone(),
+                outcome,
+                counts,
+                seconds: started.elapsed().as_secs_f64(),
+            });
         }
         if item.chunk_index != SEAL {
             crate::fault::point(crate::fault::BEFORE_APPLY_COMMIT, &item.job);

@@ -30,6 +30,16 @@ impl ChunkOutcome {
         }
     }
 
+    /// The `outcome` label of `scheduled_jobs_chunks_total`.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            ChunkOutcome::Started => "started",
+            ChunkOutcome::Applied => "applied",
+            ChunkOutcome::TimedOut => "timed_out",
+            ChunkOutcome::Failed => "failed",
+        }
+    }
+
     fn parse(s: &str) -> Option<ChunkOutcome> {
         Some(match s {
             "STARTED" => ChunkOutcome::Started,

@@ -80,6 +80,11 @@ impl LedgerView {
         };
     }
 
+    /// The run entries (keys `run/...`), not the chunk entries.
+    pub fn runs(&self) -> impl Iterator<Item = &LedgerEntry> {
+        self.entries.iter().filter(|(k, _)| k.starts_with("run/")).map(|(_, e)| e)
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

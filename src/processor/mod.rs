@@ -38,6 +38,7 @@ use crate::config::{JobSettings, Settings, Topic};
 use crate::error::ErrorClass;
 use crate::jobs::{JobCtx, JobError, Registry, Run};
 use crate::kafka::{self, KafkaClientError, Role};
+use crate::metrics::{Metrics, Sample};
 use crate::wire::internal::{DeadLetter, LedgerEntry, Outcome, RunResult, RunState};
 use crate::wire::tick::{Tick, Trigger};
 use crate::wire::derived_id;
@@ -64,6 +65,8 @@ pub enum ProcessorError {
     Redis(String),
     #[error("job `{job}`: {source}")]
     Job { job: String, source: JobError },
+    #[error("background task failed: {0}")]
+    Task(String),
 }
 
 impl From<sqlx::Error> for ProcessorError {
@@ -80,7 +83,7 @@ impl ProcessorError {
             ProcessorError::Ledger(ledger::LedgerError::Timeout(_)) => ErrorClass::Retry,
             ProcessorError::Ledger(ledger::LedgerError::Kafka(e)) => e.class(),
             ProcessorError::Db(e) => e.class(),
-            ProcessorError::Redis(_) => ErrorClass::Retry,
+            ProcessorError::Redis(_) | ProcessorError::Task(_) => ErrorClass::Retry,
             ProcessorError::Job { source, .. } => source.class(),
         }
     }
@@ -135,6 +138,8 @@ struct Inflight {
     commit: txn::Committing,
     /// Ledger entries written through for it, with what they replaced (restored on failure).
     replaced: Vec<(String, Option<LedgerEntry>)>,
+    /// What it did, counted in the metrics once the commit succeeds.
+    samples: Vec<Sample>,
 }
 
 /// A job record ready to send.
@@ -170,6 +175,11 @@ pub struct Processor {
     current: usize,
     /// Set when a record's handling failed because the previous record's commit did.
     failed_at: Option<usize>,
+    metrics: Metrics,
+    /// Samples of the open transaction.
+    pending: Vec<Sample>,
+    /// A transient consumer error seen by the last step (reported by `/readyz`).
+    transient: Option<String>,
 }
 
 impl Processor {
@@ -183,6 +193,11 @@ impl Processor {
             results: settings.topic(Topic::RunResults),
             dead_letters: settings.topic(Topic::DeadLetters),
         };
+        // Fails fast, and clearly, on rejected credentials (clients would only time out).
+        let (s, tick) = (settings.clone(), names.tick.clone());
+        tokio::task::spawn_blocking(move || kafka::metadata(&s, Some(&tick), Duration::from_secs(10)))
+            .await
+            .map_err(|e| ProcessorError::Task(e.to_string()))??;
         let codec = Codec::new(&settings)?;
         let redis = match redis::Client::open(secrecy::ExposeSecret::expose_secret(&settings.redis_url())) {
             Ok(client) => match redis::aio::ConnectionManager::new(client).await {
@@ -243,6 +258,9 @@ impl Processor {
             inflight: None,
             current: 0,
             failed_at: None,
+            metrics: Metrics::new(),
+            pending: Vec::new(),
+            transient: None,
         })
     }
 
@@ -250,8 +268,32 @@ impl Processor {
         &self.settings
     }
 
-    /// Handles whatever arrives within `wait` (one batch), each record in its own transaction.
+    /// This processor's metrics and readiness (shared handle, for the HTTP endpoint).
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// Records into `metrics` (e.g. the handle the HTTP endpoint already serves) from now on.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Processor {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Handles whatever arrives within `wait` and keeps readiness up to date: ready after a
+    /// step that succeeded, not ready (with the reason) after one that did not.
     pub async fn step(&mut self, wait: Duration) -> Result<Step, ProcessorError> {
+        let r = self.step_inner(wait).await;
+        match &r {
+            Ok(Step::Idle) => self.metrics.set_ready(self.transient.take().map_or(Ok(()), |why| Err(format!("kafka: {why}")))),
+            Ok(Step::Handled(_)) => self.metrics.set_ready(Ok(())),
+            Ok(Step::Reset(why)) => self.metrics.set_ready(Err(format!("last transaction failed: {why}"))),
+            Err(e) => self.metrics.set_ready(Err(e.to_string())),
+        }
+        r
+    }
+
+    /// Handles whatever arrives within `wait` (one batch), each record in its own transaction.
+    async fn step_inner(&mut self, wait: Duration) -> Result<Step, ProcessorError> {
         let first = match tokio::time::timeout(wait, self.consumer.recv()).await {
             Err(_) => {
                 self.refresh_ledger_if_assigned().await?;
@@ -269,6 +311,7 @@ impl Processor {
                     return Err(e.into());
                 }
                 tracing::warn!(error = %e, "consumer reported a transient error");
+                self.transient = Some(e.to_string());
                 return Ok(Step::Idle);
             }
             Ok(Ok(m)) => m.detach(),
@@ -367,8 +410,12 @@ impl Processor {
             return Ok(());
         };
         match self.txn.finish_commit(outcome) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.metrics.record(&f.samples);
+                Ok(())
+            }
             Err(e) => {
+                self.metrics.aborted();
                 for (key, previous) in f.replaced.into_iter().rev() {
                     self.ledger.restore(key, previous);
                 }
@@ -383,6 +430,7 @@ impl Processor {
             self.failed_at = Some(index);
             return Err(e);
         }
+        self.pending.clear();
         self.txn.begin()?;
         Ok(())
     }
@@ -445,6 +493,8 @@ impl Processor {
     fn reset(&mut self, dropped: &[OwnedMessage]) -> Result<(), ProcessorError> {
         // Rewind first, whatever the abort says: a record must never be skipped.
         let aborted = self.txn.abort();
+        self.pending.clear();
+        self.metrics.aborted();
         let mut first: HashMap<(String, i32), i64> = HashMap::new();
         for m in dropped {
             let e = first.entry((m.topic().to_string(), m.partition())).or_insert(m.offset());
@@ -533,9 +583,12 @@ impl Processor {
     }
 
     async fn send_encoded(&mut self, records: Vec<Encoded>) -> Result<(), ProcessorError> {
+        let mut per_topic: BTreeMap<String, u64> = BTreeMap::new();
         for rec in records {
             self.txn.send(&rec.topic, &rec.key, &rec.bytes).await?;
+            *per_topic.entry(rec.topic).or_default() += 1;
         }
+        self.pending.extend(per_topic.into_iter().map(|(topic, count)| Sample::Emitted { topic, count }));
         Ok(())
     }
 
@@ -550,6 +603,11 @@ impl Processor {
         let bytes = self.codec.encode(&self.names.results, result.to_avro()).await?;
         let topic = self.names.results.clone();
         self.txn.send(&topic, &result.job, &bytes).await?;
+        self.pending.push(Sample::Run {
+            job: result.job.clone(),
+            outcome: result.outcome.as_str().to_string(),
+            seconds: result.duration_ms as f64 / 1000.0,
+        });
         Ok(())
     }
 
@@ -573,6 +631,7 @@ impl Processor {
         self.begin().await?;
         let topic = self.names.dead_letters.clone();
         self.txn.send(&topic, &key, &bytes).await?;
+        self.pending.push(Sample::DeadLetter { reason: r.code.to_string() });
         self.commit(m).await
     }
 
@@ -591,7 +650,9 @@ impl Processor {
             KafkaClientError::kafka("group metadata", rdkafka::error::KafkaError::Global(rdkafka::types::RDKafkaErrorCode::State))
         })?;
         let commit = self.txn.start_commit(tpl, group);
-        self.inflight = Some(Inflight { index: self.current, commit, replaced: Vec::new() });
+        let mut samples = std::mem::take(&mut self.pending);
+        samples.push(Sample::Handled { kind: if m.topic() == self.names.tick { "tick" } else { "work-item" } });
+        self.inflight = Some(Inflight { index: self.current, commit, replaced: Vec::new(), samples });
         Ok(())
     }
 }

@@ -100,6 +100,9 @@ impl Processor {
             tracing::info!(job = %run.job, period = %run.period, "{message}");
             return self.finish_without_chunks(m, &run, RunState::Skipped, Outcome::Skipped, Some(message)).await;
         }
+        if let Some(pause) = crate::control::paused(&self.db, &run.job).await? {
+            return self.skip_paused(m, &run, pause).await;
+        }
         if !self.job_settings(&run.job).enabled {
             return self.finish_without_chunks(m, &run, RunState::Skipped, Outcome::Skipped, Some("job disabled".into())).await;
         }
@@ -142,6 +145,18 @@ impl Processor {
                 Ok(())
             }
         }
+    }
+
+    /// A paused job's tick: committed with a SKIPPED result under a run id of its own tick,
+    /// and no ledger entry, so the period stays runnable after `resume`.
+    async fn skip_paused(&mut self, m: &OwnedMessage, run: &Run, pause: crate::control::Pause) -> Result<(), ProcessorError> {
+        let mut run = run.clone();
+        run.run_id = derived_id(&["paused", &run.tick.tick_id]).to_string();
+        tracing::info!(job = %run.job, period = %run.period, tick_id = %run.tick.tick_id, paused_by = %pause.paused_by, "job paused, tick skipped");
+        self.begin().await?;
+        let result = self.run_result(&run, Outcome::Skipped, BTreeMap::new(), Some(pause.message()));
+        self.send_result(&result).await?;
+        self.commit(m).await
     }
 
     /// Streams the job's chunks into the open transaction as work items, then the seal.

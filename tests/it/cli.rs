@@ -85,3 +85,85 @@ fn run_waits_for_an_unreachable_database_and_stops_cleanly_on_sigterm() {
     let status = child.wait().expect("wait");
     assert!(status.success(), "exit {status:?}\n{}", std::fs::read_to_string(&err).unwrap_or_default());
 }
+
+/// Item 5 of the operations issue: the processor authenticates with SASL/SCRAM through the
+/// `kafka.properties` pass-through, and a wrong password ends `run` at start-up with an error
+/// that says so — never printing the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_processor_authenticates_with_scram_and_a_wrong_password_fails_start_up_clearly() {
+    let s = crate::common::isolated().await;
+    let port: u16 = std::env::var("SJ_KAFKA_SASL_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(9094);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "no SASL listener on 127.0.0.1:{port}: this broker was started before services.sh had one; \
+         restart it with `scripts/services.sh restart kafka`"
+    );
+    let user = crate::common::unique("sj-user");
+    let password = format!("right-{}", uuid::Uuid::new_v4().simple());
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/services.sh"))
+        .args(["kafka-scram-user", &user, &password])
+        .output()
+        .expect("services.sh kafka-scram-user");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (pool, db) = crate::common::fresh_db(&s).await;
+    scheduled_jobs::db::migrate(&pool).await.unwrap();
+    let sasl_port = format!("127.0.0.1:{port}");
+    let env = |pw: &str| -> Vec<(String, String)> {
+        [
+            ("SJ_KAFKA__BOOTSTRAP_SERVERS", sasl_port.as_str()),
+            ("SJ_KAFKA_PROP_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+            ("SJ_KAFKA_PROP_SASL_MECHANISM", "SCRAM-SHA-256"),
+            ("SJ_KAFKA_PROP_SASL_USERNAME", user.as_str()),
+            ("SJ_KAFKA_PROP_SASL_PASSWORD", pw),
+            ("SJ_TOPICS__PREFIX", s.topics.prefix.as_str()),
+            ("SJ_PROCESSOR__GROUP_ID", s.processor.group_id.as_str()),
+            ("SJ_PROCESSOR__TRANSACTIONAL_ID_PREFIX", s.processor.transactional_id_prefix.as_str()),
+            ("SJ_POSTGRES__DATABASE", db.as_str()),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    };
+
+    // The right password: a processor and a trigger, both over SCRAM, run a job end to end.
+    let log = std::env::temp_dir().join(format!("{}.log", crate::common::unique("sasl-run")));
+    let mut proc = Command::new(binary())
+        .current_dir(repo_root())
+        .arg("run")
+        .envs(env(&password))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let e = env(&password);
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run(&e, &["trigger", "noop", "--param", "chunks=2", "--wait", "--timeout", "90s"])
+    })
+    .await
+    .unwrap();
+    let _ = proc.kill();
+    let _ = proc.wait();
+    let proc_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(code, 0, "{stdout}\n{stderr}\nprocessor:\n{proc_log}");
+    assert!(stdout.contains("SUCCEEDED"), "{stdout}");
+    assert!(!proc_log.contains(&password) && !stderr.contains(&password), "the password was printed");
+
+    // A wrong password: `run` stops at start-up (no endless retry), saying authentication
+    // failed, without printing either password.
+    let wrong = format!("wrong-{}", uuid::Uuid::new_v4().simple());
+    let e = env(&wrong);
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run(&e, &["run"])
+    })
+    .await
+    .unwrap();
+    assert_ne!(code, 0, "{stdout}\n{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "took {:?}", started.elapsed());
+    let last = stderr.lines().last().unwrap_or_default().to_string();
+    assert!(last.starts_with("error:") && last.to_lowercase().contains("authentication"), "{stderr}");
+    assert!(!stderr.contains(&wrong) && !stderr.contains(&password), "a password was printed:\n{stderr}");
+}

@@ -13,6 +13,7 @@ mod processor;
 mod schemas;
 mod stock;
 mod tick;
+mod operations;
 mod order_expiration;
 mod stock_sync;
 mod topics;

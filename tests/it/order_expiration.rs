@@ -362,6 +362,10 @@ struct Proc {
 
 impl Proc {
     fn start(s: &Settings, db: &str, batch: u32, fault_after: Option<u32>) -> Proc {
+        Proc::start_with(s, db, batch, fault_after, &[])
+    }
+
+    fn start_with(s: &Settings, db: &str, batch: u32, fault_after: Option<u32>, env: &[(&str, &str)]) -> Proc {
         let log = std::env::temp_dir().join(format!("{}.log", unique("order-expiration-crash")));
         let mut cmd = Command::new(binary());
         cmd.arg("run")
@@ -382,6 +386,7 @@ impl Proc {
         if let Some(after) = fault_after {
             cmd.env("SJ_FAULT_POINT", "before-apply-commit").env("SJ_FAULT_JOB", JOB).env("SJ_FAULT_AFTER", after.to_string());
         }
+        cmd.envs(env.iter().copied());
         Proc { child: cmd.spawn().unwrap(), log }
     }
 
@@ -624,4 +629,152 @@ async fn two_attempts_at_the_same_chunk_at_once_both_emit_every_order_it_cancell
         assert_eq!(a.counts["reservationsReleased"] + b.counts["reservationsReleased"], 200, "round {round}: released once");
         assert_eq!(shop.stocks().await, restocked(&before, &orders.iter().collect::<Vec<_>>()), "round {round}");
     }
+}
+
+/// A free loopback port (bound and released: the child binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// GET `path`; (status, body), or None while nothing answers.
+async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let r = reqwest::get(format!("http://127.0.0.1:{port}{path}")).await.ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.text().await.ok()?))
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed); 0 when absent
+/// (a counter is exposed from its first increment).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn the_metrics_endpoint_counts_what_runs_committed_and_downstream_lag() {
+    let s = isolated().await;
+    let (pool, db) = fresh_db(&s).await;
+    scheduled_jobs::db::migrate(&pool).await.unwrap();
+    let at = fire_time();
+    let shop = Shop::new(&s, pool, 6).await;
+    let expired = shop.orders("expired", 45, |i| at - TimeDelta::minutes(20) + TimeDelta::seconds(i as i64));
+    let fresh = shop.orders("fresh", 5, |i| at - TimeDelta::minutes(1) + TimeDelta::seconds(i as i64));
+    shop.place(&expired).await;
+    shop.place(&fresh).await;
+    let port = free_port();
+    let analytics = unique("analytics");
+    let cancelled_topic = s.topic(Topic::OrderCancelled);
+    let p = Proc::start_with(
+        &s,
+        &db,
+        20,
+        None,
+        &[
+            ("SJ_METRICS__LISTEN", &format!("127.0.0.1:{port}")),
+            ("SJ_METRICS__DOWNSTREAM_GROUPS", &format!("{analytics}:order.cancelled")),
+            ("SJ_METRICS__LAG_INTERVAL_SECS", "1"),
+        ],
+    );
+    // Ready once it has joined and stepped; /healthz answers from the start.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match http_get(port, "/readyz").await {
+            Some((200, body)) => {
+                assert_eq!(body, "ready\n");
+                break;
+            }
+            other => assert!(Instant::now() < deadline, "not ready: {other:?}\n{}", p.tail()),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(http_get(port, "/healthz").await, Some((200, "ok\n".into())));
+    let before = http_get(port, "/metrics").await.unwrap().1;
+    // OpenMetrics text; a family appears with its first sample.
+    assert!(before.ends_with("# EOF\n") && before.contains("# TYPE scheduled_jobs_consumer_group_lag_errors counter"), "{before}");
+    assert_eq!(sample(&before, "scheduled_jobs_runs_total{job=\"order-expiration\",outcome=\"succeeded\"}"), 0.0);
+
+    // One run, then the same tick again (a duplicate: handled, nothing re-done or re-counted).
+    let t = tick(JOB, at, &[]);
+    publish(&s, &[t.clone()]).await;
+    let runs = "scheduled_jobs_runs_total{job=\"order-expiration\",outcome=\"succeeded\"}";
+    let scrape = || async { http_get(port, "/metrics").await.map(|(_, b)| b).unwrap_or_default() };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sample(&scrape().await, runs) < 1.0 {
+        assert!(Instant::now() < deadline, "no run counted:\n{}", p.tail());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    publish(&s, &[t]).await;
+    let ticks = "scheduled_jobs_records_handled_total{kind=\"tick\"}";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sample(&scrape().await, ticks) < 2.0 {
+        assert!(Instant::now() < deadline, "the duplicate tick was not handled:\n{}", p.tail());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let m = scrape().await;
+    let oe = |counter: &str| sample(&m, &format!("scheduled_jobs_job_items_total{{job=\"order-expiration\",counter=\"{counter}\"}}"));
+    assert_eq!(sample(&m, runs), 1.0, "{m}");
+    assert_eq!(sample(&m, ticks), 2.0, "{m}");
+    assert_eq!(oe("ordersCancelled"), 45.0, "{m}");
+    assert_eq!(oe("reservationsReleased"), 45.0, "{m}");
+    let lines: i64 = expired.iter().map(|o| o.items.len() as i64).sum();
+    assert_eq!(oe("productsRestocked"), lines as f64, "{m}");
+    // 45 orders in chunks of 20: three chunks and the seal.
+    assert_eq!(sample(&m, "scheduled_jobs_chunks_total{job=\"order-expiration\",outcome=\"applied\"}"), 3.0, "{m}");
+    assert_eq!(sample(&m, "scheduled_jobs_records_handled_total{kind=\"work-item\"}"), 4.0, "{m}");
+    for topic in [Topic::OrderCancelled, Topic::OrderExpirationNotification] {
+        assert_eq!(sample(&m, &format!("scheduled_jobs_records_emitted_total{{topic=\"{}\"}}", s.topic(topic))), 45.0, "{m}");
+    }
+    assert!(sample(&m, "scheduled_jobs_run_duration_seconds_count{job=\"order-expiration\"}") == 1.0, "{m}");
+    // The counters agree with what the run result says.
+    let r = results(&s).await;
+    assert_eq!(only_result(&r).counts["ordersCancelled"], 45);
+
+    // Downstream lag: the Analytics-like group has read nothing yet, so it lags by at least
+    // the 45 events; once it has read and committed everything, by nothing.
+    let lag = format!("scheduled_jobs_consumer_group_lag{{group=\"{analytics}\",topic=\"{cancelled_topic}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sample(&scrape().await, &lag) < 45.0 {
+        assert!(Instant::now() < deadline, "lag not measured:\n{}", scrape().await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    consume_and_commit(&s, &analytics, &cancelled_topic);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sample(&scrape().await, &lag) != 0.0 {
+        assert!(Instant::now() < deadline, "lag did not fall to 0:\n{}", scrape().await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Its own group has consumed every tick and work item.
+    let own = format!("scheduled_jobs_consumer_group_lag{{group=\"{}\",topic=\"{}\"}}", s.processor.group_id, s.topic(Topic::Tick));
+    assert_eq!(sample(&scrape().await, &own), 0.0);
+    drop(p);
+}
+
+/// Reads `topic` to its end as a member of `group` and commits its end.
+fn consume_and_commit(s: &Settings, group: &str, topic: &str) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let mut cfg = scheduled_jobs::kafka::client_config(s, scheduled_jobs::kafka::Role::Consumer);
+    cfg.set("group.id", group).set("enable.partition.eof", "true").set("auto.offset.reset", "earliest").set("enable.auto.commit", "false");
+    let c: BaseConsumer = cfg.create().unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let partitions = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap().topics()[0].partitions().len();
+    let mut at_end = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while at_end.len() < partitions {
+        assert!(Instant::now() < deadline, "could not read {topic} to its end");
+        match c.poll(Duration::from_millis(200)) {
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => panic!("{e}"),
+            _ => {}
+        }
+    }
+    // Its position past the last commit marker, as a Java consumer commits it.
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        let (_, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(high)).unwrap();
+    }
+    c.commit(&tpl, CommitMode::Sync).unwrap();
 }

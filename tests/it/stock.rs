@@ -47,3 +47,37 @@ async fn reserve_release_consume_and_compare_and_set() {
     assert!(!stock.compare_and_set(&missing, None, 6).await.unwrap(), "but only while it is missing");
     assert_eq!(stock.stocks(&[p1, missing]).await.unwrap(), vec![Some(100), Some(5)]);
 }
+
+/// Regression (found by the fault suite, 30-minute profile): stock-sync dropped a stale
+/// reservation field, then its compare-and-set was refused because the product moved; the
+/// order's late release found nothing to give back, and the quantity was lost until a later
+/// run could repair a quiet product. Now the drop and the set are one atomic step.
+#[tokio::test]
+async fn a_refused_repair_keeps_the_stale_reservation_for_its_late_release() {
+    let s = settings();
+    let url = secrecy::ExposeSecret::expose_secret(&s.redis_url()).to_string();
+    let stock = Stock::connect(&url).await.unwrap();
+    let mut conn = stock.connection();
+    let p = unique("p");
+    let _: () = conn.set(stock_key(&p), 10).await.unwrap();
+    // An order holds 2 (cancelled in the DB, its release not yet done): Redis 8, expected 10.
+    let stale = unique("o");
+    stock.reserve(&stale, &[(p.clone(), 2)]).await.unwrap();
+    // Another order reserves 1 between stock-sync's observation (8) and its repair.
+    stock.reserve(&unique("o"), &[(p.clone(), 1)]).await.unwrap();
+    let refused = stock.compare_and_set_dropping(&p, Some(8), 10, &[stale.clone()]).await.unwrap();
+    assert!(!refused, "the product moved: refused");
+    assert_eq!(stock.release(&stale).await.unwrap(), 1, "the stale reservation is still there to release");
+    assert_eq!(stock.stocks(&[p.clone()]).await.unwrap(), vec![Some(9)], "10 - 1 reserved: nothing lost");
+
+    // Accepted: the value is set and the stale field dropped together, so its late release
+    // adds nothing on top of the repair.
+    let late = unique("o");
+    stock.reserve(&late, &[(p.clone(), 3)]).await.unwrap();
+    assert!(stock.compare_and_set_dropping(&p, Some(6), 9, &[late.clone()]).await.unwrap());
+    assert_eq!(stock.release(&late).await.unwrap(), 0);
+    assert_eq!(stock.stocks(&[p.clone()]).await.unwrap(), vec![Some(9)]);
+    // A field already gone (released meanwhile): refused, nothing changed.
+    assert!(!stock.compare_and_set_dropping(&p, Some(9), 12, &[late]).await.unwrap());
+    assert_eq!(stock.stocks(&[p]).await.unwrap(), vec![Some(9)]);
+}

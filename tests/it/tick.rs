@@ -290,7 +290,7 @@ async fn run_producer_publishes_on_the_wall_clock_and_stops_on_shutdown() {
     let mut s = only("noop", "* * * * * *", CatchUp::Latest, 1).await;
     s.scheduler.producer_id = "tick-loop-test".into();
     let started = Utc::now();
-    scheduled_jobs::tick::run_producer(&s, tokio::time::sleep(std::time::Duration::from_millis(3500))).await.unwrap();
+    scheduled_jobs::tick::run_producer(&s, &scheduled_jobs::metrics::Metrics::new(), tokio::time::sleep(std::time::Duration::from_millis(3500))).await.unwrap();
     let ticks: Vec<Tick> = ticks_on_topic(&s).await.into_iter().map(|(_, _, t)| t).collect();
     assert!(!ticks.is_empty() && ticks.len() <= 4, "{ticks:?}");
     for (i, t) in ticks.iter().enumerate() {
@@ -313,7 +313,14 @@ async fn run_producer_publishes_on_the_wall_clock_and_stops_on_shutdown() {
 async fn run_producer_ends_with_an_error_when_the_tick_topic_is_missing() {
     let mut s = settings();
     s.topics.prefix = format!("{}.", unique("missing"));
-    let err = scheduled_jobs::tick::run_producer(&s, std::future::pending()).await.unwrap_err();
+    // Retried for the start-up grace (a restarting broker reports existing topics unknown),
+    // then the error that names the fix.
+    s.kafka.missing_topic_grace_secs = 2;
+    let started = std::time::Instant::now();
+    let metrics = scheduled_jobs::metrics::Metrics::new();
+    let err = scheduled_jobs::tick::run_producer(&s, &metrics, std::future::pending()).await.unwrap_err();
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2), "gave up after {:?}", started.elapsed());
     assert!(matches!(err, TickError::NoSuchTopic(_)), "{err:?}");
+    assert!(metrics.readiness().is_err(), "a producer that never started is not ready");
     assert!(err.to_string().contains("topics apply"), "{err}");
 }

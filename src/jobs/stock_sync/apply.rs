@@ -9,8 +9,8 @@
 //!    holds the value first observed — anything that moved is a change in flight, not drift;
 //! 3. record: insert the confirmed rows, durably, before any write (`ON CONFLICT DO NOTHING`:
 //!    a retry keeps the first observation), so a crash after a repair never loses its alert;
-//! 4. repair: per product, delete stale reservation fields, then compare-and-set
-//!    `observed → expected`;
+//! 4. repair: per product, one atomic compare-and-set `observed → expected` that also drops
+//!    the stale reservation fields (all or nothing);
 //! 5. note each repair's outcome on its row (diagnostics; the counts the run result reports
 //!    are returned from here and recorded by the processor with the chunk).
 //!
@@ -424,20 +424,14 @@ async fn repair(redis: &ConnectionManager, mismatches: &[Mismatch]) -> Result<Ve
             // Unreachable by `action_for`; never guess a value to compare against.
             Observed::NotANumber(_) => return None,
         };
-        let (stock, mut conn) = (stock.clone(), redis.clone());
+        let stock = stock.clone();
         Some(async move {
-            if !m.stale_orders.is_empty() {
-                // First make the stale quantity impossible to release; only then give it back
-                // through the CAS. The other order would leave a window in which a late
-                // release adds the same quantity on top of our repair. If the CAS is then
-                // refused, Redis stays too low (never oversells) and the next run restores it.
-                let mut pipe = redis::pipe();
-                for order in &m.stale_orders {
-                    pipe.cmd("HDEL").arg(reservation_key(order)).arg(&m.id).ignore();
-                }
-                pipe.query_async::<()>(&mut conn).await?;
-            }
-            let applied = stock.compare_and_set(&m.id, observed, m.expected).await?;
+            // The stale reservation fields go in the same atomic step as the new value: a late
+            // release then finds nothing to add on top of the repair, and a refused repair
+            // leaves them for that release to give back. (Dropping them first and then being
+            // refused lost their quantity until a later run could repair the product — found
+            // by the fault suite.)
+            let applied = stock.compare_and_set_dropping(&m.id, observed, m.expected, &m.stale_orders).await?;
             Ok::<_, JobError>((m.id.clone(), if applied { "RESTORED" } else { "CAS_REFUSED" }))
         })
     });

@@ -27,8 +27,9 @@
 //! - Repairs: effectively once. The row is recorded before Redis is touched (a crash cannot
 //!   lose the alert); the write is a compare-and-set on the value observed twice, so a retry, a
 //!   zombie or a concurrent order can never be overwritten — a refused CAS is counted and left
-//!   for the next run. A stale reservation field is deleted *before* the CAS, so its quantity
-//!   can never be given back twice (once by our CAS, once by a late release).
+//!   for the next run. A stale reservation field is deleted in the *same atomic step* as the
+//!   CAS, so its quantity is given back exactly once: by the repair, or (CAS refused) by its
+//!   late release.
 //!
 //! # The concurrency assumption
 //! The Order service changes Redis and PostgreSQL in two steps (reserve in Redis, then insert
@@ -37,7 +38,7 @@
 //! Redis to still hold the first value, so a window shorter than the delay is never repaired.
 //! A window longer than the delay (a stalled Order service instance) can still be mistaken for
 //! drift; the delay is the knob. A release or consume that lands *after* the repair composes
-//! correctly (it is relative, and a stale field is gone before the CAS).
+//! correctly (it is relative, and a stale field goes with the CAS that accounted for it).
 //!
 //! # Run result counts
 //! From the chunks (summed; a retried chunk replaces its own): `products` compared,

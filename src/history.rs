@@ -1,0 +1,250 @@
+//! Run history, read back from Kafka: the run results (`scheduled-jobs.run-results`, one per
+//! ended run, committed with the run's last transaction) and the run ledger for runs still in
+//! progress. Read-only and read_committed: what it shows is exactly what was committed.
+//! Used by `runs list`, `trigger --wait` and the report jobs.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::codec::{Codec, CodecError};
+use crate::config::{Settings, Topic};
+use crate::kafka::{self, KafkaClientError, Role};
+use crate::processor::ledger::{LedgerError, LedgerView};
+use crate::wire::internal::{RunResult, RunState};
+
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("topic `{0}` does not exist (run `scheduled-jobs topics apply`)")]
+    NoSuchTopic(String),
+    #[error(transparent)]
+    Kafka(#[from] KafkaClientError),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("reading {topic} did not reach its end within {secs} s")]
+    Timeout { topic: String, secs: u64 },
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// One run as `runs list` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    pub run_id: String,
+    pub job: String,
+    pub period: String,
+    pub trigger: String,
+    /// SUCCEEDED, FAILED, TIMED_OUT, SKIPPED, or RUNNING (planned, no result yet).
+    pub outcome: String,
+    pub counts: std::collections::BTreeMap<String, i64>,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: Option<i64>,
+    pub message: Option<String>,
+}
+
+impl From<&RunResult> for RunRow {
+    fn from(r: &RunResult) -> RunRow {
+        RunRow {
+            run_id: r.run_id.clone(),
+            job: r.job.clone(),
+            period: r.period.clone(),
+            trigger: r.trigger.clone(),
+            outcome: r.outcome.as_str().to_string(),
+            counts: r.counts.clone(),
+            started_at: r.started_at,
+            duration_ms: Some(r.duration_ms),
+            message: r.message.clone(),
+        }
+    }
+}
+
+/// Committed payloads of `topic` written at or after `since`, up to the topic's end when
+/// called (blocking).
+fn payloads_since(settings: &Settings, topic: &str, since: DateTime<Utc>, timeout: Duration) -> Result<Vec<Vec<u8>>, HistoryError> {
+    let mut cfg = kafka::client_config(settings, Role::Consumer);
+    cfg.set("group.id", format!("{}-history-{}", settings.kafka.client_id, uuid::Uuid::new_v4()))
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "50");
+    let consumer: BaseConsumer = kafka::create(&cfg)?;
+    let partitions = kafka::partitions_of(&consumer, topic, KAFKA_TIMEOUT)?;
+    if partitions.is_empty() {
+        return Err(HistoryError::NoSuchTopic(topic.to_string()));
+    }
+    let mut query = TopicPartitionList::new();
+    for p in &partitions {
+        query
+            .add_partition_offset(topic, *p, Offset::Offset(since.timestamp_millis()))
+            .map_err(|e| KafkaClientError::kafka("offsets for times", e))?;
+    }
+    let starts = consumer.offsets_for_times(query, KAFKA_TIMEOUT).map_err(|e| KafkaClientError::kafka("offsets for times", e))?;
+    // Where each partition's read ends: its end now.
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    let mut assign = TopicPartitionList::new();
+    for e in starts.elements() {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, e.partition(), KAFKA_TIMEOUT)
+            .map_err(|err| KafkaClientError::kafka("watermarks", err))?;
+        // No record at or after `since`: nothing to read there.
+        let Offset::Offset(start) = e.offset() else { continue };
+        if start < high {
+            ends.insert(e.partition(), high);
+            assign.add_partition_offset(topic, e.partition(), Offset::Offset(start)).map_err(|err| KafkaClientError::kafka("assign", err))?;
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&assign).map_err(|e| KafkaClientError::kafka("assign", e))?;
+    let deadline = Instant::now() + timeout;
+    while !ends.is_empty() {
+        if Instant::now() > deadline {
+            return Err(HistoryError::Timeout { topic: topic.to_string(), secs: timeout.as_secs() });
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(m)) => {
+                if let Some(p) = m.payload() {
+                    out.push(p.to_vec());
+                }
+                if ends.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
+                    ends.remove(&m.partition());
+                }
+            }
+            // Under read_committed the end may be a commit marker, never delivered.
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                ends.remove(&p);
+            }
+            Some(Err(e)) => {
+                let e = KafkaClientError::kafka("read", e);
+                if e.class() == crate::error::ErrorClass::Fatal {
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Run results committed at or after `since`, in commit order per partition.
+pub async fn results_since(settings: &Settings, since: DateTime<Utc>) -> Result<Vec<RunResult>, HistoryError> {
+    let topic = settings.topic(Topic::RunResults);
+    let s = settings.clone();
+    let payloads = tokio::task::spawn_blocking(move || payloads_since(&s, &topic, since, Duration::from_secs(60)))
+        .await
+        .map_err(|e| HistoryError::Task(e.to_string()))??;
+    let codec = Codec::new(settings)?;
+    let mut out = Vec::with_capacity(payloads.len());
+    for p in payloads {
+        match codec.decode(&p).await {
+            Ok(d) => match RunResult::from_avro(d.value) {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::warn!(error = %e, "skipping a malformed run result"),
+            },
+            Err(e) if e.class() == crate::error::ErrorClass::Retry => return Err(e.into()),
+            Err(e) => tracing::warn!(error = %e, "skipping an undecodable run result"),
+        }
+    }
+    Ok(out)
+}
+
+/// Recent runs, newest first: ended runs from their results, and runs the ledger shows
+/// planned without a result yet (RUNNING). `job` filters by job name.
+pub async fn recent_runs(settings: &Settings, since: DateTime<Utc>, job: Option<&str>) -> Result<Vec<RunRow>, HistoryError> {
+    let results = results_since(settings, since).await?;
+    let mut rows: Vec<RunRow> = results.iter().map(RunRow::from).collect();
+    let ended: std::collections::HashSet<&str> = results.iter().map(|r| r.run_id.as_str()).collect();
+    let mut ledger = LedgerView::new(settings, Codec::new(settings)?)?;
+    ledger.catch_up(Duration::from_secs(60)).await?;
+    for e in ledger.runs() {
+        if e.state == RunState::Planned && e.updated_at >= since && !ended.contains(e.run_id.as_str()) {
+            rows.push(RunRow {
+                run_id: e.run_id.clone(),
+                job: e.job.clone(),
+                period: e.period.clone(),
+                trigger: e.trigger.clone(),
+                outcome: "RUNNING".into(),
+                counts: [("chunks".to_string(), i64::from(e.chunk_count))].into_iter().collect(),
+                started_at: e.updated_at,
+                duration_ms: None,
+                message: None,
+            });
+        }
+    }
+    if let Some(job) = job {
+        rows.retain(|r| r.job == job);
+    }
+    rows.sort_by(|a, b| b.started_at.cmp(&a.started_at).then_with(|| a.run_id.cmp(&b.run_id)));
+    Ok(rows)
+}
+
+/// `runs list` output: an aligned table, newest first.
+pub fn render(rows: &[RunRow], tz: chrono_tz::Tz) -> String {
+    let header = ["STARTED", "JOB", "PERIOD", "TRIGGER", "OUTCOME", "DURATION", "COUNTS"];
+    let mut table: Vec<[String; 7]> = vec![header.map(String::from)];
+    for r in rows {
+        let counts = r.counts.iter().filter(|(_, v)| **v != 0).map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+        let counts = match &r.message {
+            Some(m) if r.outcome != "SUCCEEDED" => format!("{counts}{}{m}", if counts.is_empty() { "" } else { " | " }),
+            _ => counts,
+        };
+        table.push([
+            r.started_at.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S").to_string(),
+            r.job.clone(),
+            r.period.clone(),
+            r.trigger.clone(),
+            r.outcome.clone(),
+            r.duration_ms.map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
+            counts,
+        ]);
+    }
+    let widths: Vec<usize> = (0..6).map(|i| table.iter().map(|row| row[i].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in &table {
+        for (i, w) in widths.iter().enumerate() {
+            out.push_str(&format!("{:<w$}  ", row[i], w = *w));
+        }
+        out.push_str(&row[6]);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_aligned_and_shows_why_a_run_did_not_succeed() {
+        let at = DateTime::parse_from_rfc3339("2026-11-25T00:00:01Z").unwrap().with_timezone(&Utc);
+        let ok = RunRow {
+            run_id: "a".into(),
+            job: "daily-statistics".into(),
+            period: "2026-11-24".into(),
+            trigger: "SCHEDULED".into(),
+            outcome: "SUCCEEDED".into(),
+            counts: [("datesAggregated".to_string(), 1i64), ("datesSkipped".to_string(), 0)].into_iter().collect(),
+            started_at: at,
+            duration_ms: Some(1234),
+            message: None,
+        };
+        let failed = RunRow { run_id: "b".into(), job: "stock-sync".into(), outcome: "FAILED".into(), duration_ms: None, message: Some("redis down".into()), counts: Default::default(), ..ok.clone() };
+        let text = render(&[ok, failed], chrono_tz::Asia::Seoul);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("STARTED"), "{text}");
+        assert!(lines[1].contains("2026-11-25 09:00:01") && lines[1].contains("1.2s") && lines[1].ends_with("datesAggregated=1"), "{text}");
+        assert!(lines[2].contains("FAILED") && lines[2].ends_with("redis down"), "{text}");
+        let col = lines[0].find("JOB").unwrap();
+        assert_eq!(lines[2].find("stock-sync"), Some(col), "{text}");
+    }
+}

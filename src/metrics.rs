@@ -1,0 +1,487 @@
+//! Metrics and health of one process (`run` or `tick`), served over HTTP at `/metrics`
+//! (Prometheus/OpenMetrics text), `/healthz` (the process answers) and `/readyz` (it is doing
+//! its work: connected, and its last step succeeded).
+//!
+//! Delivery guarantee: none of its own — the numbers describe what *this* process committed.
+//! The processor records a transaction's samples only once its commit succeeded, so a counter
+//! never counts work that was aborted and redone; summed over instances, the job counters equal
+//! the counts of the run results. Counters restart at zero with the process (Prometheus'
+//! `rate()`/`increase()` handle resets).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::{Settings, Topic};
+use crate::kafka::{self, Role};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot listen on metrics.listen `{addr}`: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("metrics endpoint failed: {0}")]
+    Serve(std::io::Error),
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    job: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobOutcome {
+    job: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobCounter {
+    job: String,
+    counter: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobTrigger {
+    job: String,
+    trigger: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabels {
+    topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupTopic {
+    group: String,
+    topic: String,
+}
+
+/// One thing a committed transaction did, recorded by [`Metrics::record`].
+#[derive(Debug, Clone)]
+pub enum Sample {
+    /// A consumed record was handled (kind: `tick` or `work-item`).
+    Handled { kind: &'static str },
+    /// A chunk was applied (outcome: `applied`, `failed`, `timed_out`) with its job counters.
+    Chunk { job: String, outcome: &'static str, counts: BTreeMap<String, i64>, seconds: f64 },
+    /// Job counters added when a run is finalized (e.g. stock-sync's alert totals).
+    Counts { job: String, counts: BTreeMap<String, i64> },
+    /// A run ended with a run result.
+    Run { job: String, outcome: String, seconds: f64 },
+    /// Records written to an output topic.
+    Emitted { topic: String, count: u64 },
+    /// A record went to the dead-letter topic.
+    DeadLetter { reason: String },
+}
+
+struct Inner {
+    registry: Registry,
+    ready: AtomicBool,
+    not_ready_because: Mutex<String>,
+    handled: Family<KindLabels, Counter>,
+    transactions: Family<KindLabels, Counter>,
+    runs: Family<JobOutcome, Counter>,
+    run_seconds: Family<JobLabels, Histogram>,
+    chunks: Family<JobOutcome, Counter>,
+    chunk_seconds: Family<JobLabels, Histogram>,
+    job_counts: Family<JobCounter, Counter>,
+    emitted: Family<TopicLabels, Counter>,
+    dead_letters: Family<ReasonLabels, Counter>,
+    ticks_published: Family<JobTrigger, Counter>,
+    tick_failures: Counter,
+    last_fire_time: Family<JobLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    lag: Family<GroupTopic, Gauge>,
+    lag_errors: Counter,
+}
+
+/// The process' metrics and readiness; cheap to clone (shared).
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+fn seconds_histogram() -> Histogram {
+    // 10 ms .. ~5.5 min: a chunk takes milliseconds, a whole run up to its timeout.
+    Histogram::new(exponential_buckets(0.01, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("scheduled_jobs");
+        let inner = Inner {
+            ready: AtomicBool::new(false),
+            not_ready_because: Mutex::new("starting".into()),
+            handled: Family::default(),
+            transactions: Family::default(),
+            runs: Family::default(),
+            run_seconds: Family::new_with_constructor(seconds_histogram),
+            chunks: Family::default(),
+            chunk_seconds: Family::new_with_constructor(seconds_histogram),
+            job_counts: Family::default(),
+            emitted: Family::default(),
+            dead_letters: Family::default(),
+            ticks_published: Family::default(),
+            tick_failures: Counter::default(),
+            last_fire_time: Family::default(),
+            lag: Family::default(),
+            lag_errors: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("records_handled", "Consumed records handled and committed, by kind (tick, work-item)", inner.handled.clone());
+        registry.register("transactions", "Kafka transactions by result (committed, aborted)", inner.transactions.clone());
+        registry.register("runs", "Runs ended, by job and outcome (succeeded, failed, timed_out, skipped)", inner.runs.clone());
+        registry.register("run_duration_seconds", "Run duration from planning to its run result, by job", inner.run_seconds.clone());
+        registry.register("chunks", "Chunks applied, by job and outcome (applied, failed, timed_out)", inner.chunks.clone());
+        registry.register("chunk_duration_seconds", "Time to apply one chunk and write its transaction, by job", inner.chunk_seconds.clone());
+        registry.register(
+            "job_items",
+            "Job counters of committed chunks (the run result's counts), by job and counter, e.g. ordersCancelled, mismatches",
+            inner.job_counts.clone(),
+        );
+        registry.register("records_emitted", "Records written to output topics in committed transactions, by topic", inner.emitted.clone());
+        registry.register("dead_letters", "Records sent to the dead-letter topic, by reason code", inner.dead_letters.clone());
+        registry.register("ticks_published", "Ticks published by the tick producer, by job and trigger", inner.ticks_published.clone());
+        registry.register("tick_publish_failures", "Failed tick publications (retried)", inner.tick_failures.clone());
+        registry.register(
+            "tick_last_fire_time_seconds",
+            "Fire time (Unix seconds) of the latest tick published per job: alert when it falls behind the schedule",
+            inner.last_fire_time.clone(),
+        );
+        registry.register(
+            "consumer_group_lag",
+            "Records not yet consumed by a consumer group on a topic (sum over partitions, under read_committed)",
+            inner.lag.clone(),
+        );
+        registry.register("consumer_group_lag_errors", "Failed lag measurements", inner.lag_errors.clone());
+        Metrics(Arc::new(Inner { registry, ..inner }))
+    }
+
+    /// Adds the samples of one committed transaction.
+    pub fn record(&self, samples: &[Sample]) {
+        let m = &self.0;
+        m.transactions.get_or_create(&KindLabels { kind: "committed".into() }).inc();
+        for s in samples {
+            match s {
+                Sample::Handled { kind } => {
+                    m.handled.get_or_create(&KindLabels { kind: (*kind).into() }).inc();
+                }
+                Sample::Chunk { job, outcome, counts, seconds } => {
+                    m.chunks.get_or_create(&JobOutcome { job: job.clone(), outcome: (*outcome).into() }).inc();
+                    m.chunk_seconds.get_or_create(&JobLabels { job: job.clone() }).observe(*seconds);
+                    self.add_counts(job, counts);
+                }
+                Sample::Counts { job, counts } => self.add_counts(job, counts),
+                Sample::Run { job, outcome, seconds } => {
+                    m.runs.get_or_create(&JobOutcome { job: job.clone(), outcome: outcome.to_lowercase() }).inc();
+                    m.run_seconds.get_or_create(&JobLabels { job: job.clone() }).observe(*seconds);
+                }
+                Sample::Emitted { topic, count } => {
+                    m.emitted.get_or_create(&TopicLabels { topic: topic.clone() }).inc_by(*count);
+                }
+                Sample::DeadLetter { reason } => {
+                    m.dead_letters.get_or_create(&ReasonLabels { reason: reason.clone() }).inc();
+                }
+            }
+        }
+    }
+
+    fn add_counts(&self, job: &str, counts: &BTreeMap<String, i64>) {
+        for (counter, n) in counts {
+            // Counters only grow; a job never reports a negative count.
+            if let Ok(n) = u64::try_from(*n) {
+                self.0.job_counts.get_or_create(&JobCounter { job: job.into(), counter: counter.clone() }).inc_by(n);
+            }
+        }
+    }
+
+    /// A transaction was aborted (its samples are dropped with it).
+    pub fn aborted(&self) {
+        self.0.transactions.get_or_create(&KindLabels { kind: "aborted".into() }).inc();
+    }
+
+    pub fn tick_published(&self, job: &str, trigger: &str, fire_time: chrono::DateTime<chrono::Utc>) {
+        let m = &self.0;
+        m.ticks_published.get_or_create(&JobTrigger { job: job.into(), trigger: trigger.to_lowercase() }).inc();
+        if trigger != "MANUAL" {
+            m.last_fire_time.get_or_create(&JobLabels { job: job.into() }).set(fire_time.timestamp_millis() as f64 / 1000.0);
+        }
+    }
+
+    pub fn tick_failed(&self) {
+        self.0.tick_failures.inc();
+    }
+
+    /// Marks the process ready, or not ready with the reason `/readyz` reports.
+    pub fn set_ready(&self, ready: Result<(), String>) {
+        match ready {
+            Ok(()) => self.0.ready.store(true, Ordering::SeqCst),
+            Err(why) => {
+                if let Ok(mut r) = self.0.not_ready_because.lock() {
+                    *r = why;
+                }
+                self.0.ready.store(false, Ordering::SeqCst);
+            }
+        }
+    }
+
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.0.ready.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(self.0.not_ready_because.lock().map(|r| r.clone()).unwrap_or_else(|_| "not ready".into()))
+        }
+    }
+
+    /// The exposition text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.0.registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+/// Binds `metrics.listen`; `None` when it is empty (no endpoint).
+pub async fn bind(settings: &Settings) -> Result<Option<tokio::net::TcpListener>, MetricsError> {
+    let addr = settings.metrics.listen.trim();
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr: addr.to_string(), source })?;
+    if let Ok(a) = listener.local_addr() {
+        tracing::info!(addr = %a, "serving /metrics, /healthz and /readyz");
+    }
+    Ok(Some(listener))
+}
+
+/// Serves the endpoints on `listener` until the task is dropped or aborted.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) -> Result<(), MetricsError> {
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+
+    let scrape = metrics.clone();
+    let ready = metrics;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let body = scrape.encode();
+                async move { ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body) }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let r = ready.readiness();
+                async move {
+                    match r {
+                        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                    }
+                }
+            }),
+        );
+    axum::serve(listener, app).await.map_err(MetricsError::Serve)
+}
+
+/// Measures consumer-group lag: the processor's own group on its input topics and every
+/// configured downstream group on its topics. Committed offsets are read with one
+/// non-member consumer per group (it never joins, so it cannot disturb the group).
+pub struct LagMonitor {
+    watched: Vec<(String, Vec<String>, BaseConsumer)>,
+}
+
+impl LagMonitor {
+    pub fn new(settings: &Settings) -> Result<LagMonitor, kafka::KafkaClientError> {
+        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        groups.insert(
+            settings.processor.group_id.clone(),
+            vec![settings.topic(Topic::Tick), settings.topic(Topic::WorkItems)],
+        );
+        // Validated with the settings: a bad pair never gets here.
+        for (group, topic) in settings.metrics.downstream_pairs().unwrap_or_default() {
+            groups.entry(group).or_default().push(format!("{}{}", settings.topics.prefix, topic));
+        }
+        let mut watched = Vec::new();
+        for (group, topics) in groups {
+            let mut cfg = kafka::client_config(settings, Role::Consumer);
+            cfg.set("group.id", &group).set("enable.auto.commit", "false");
+            let consumer: BaseConsumer = cfg.create().map_err(|e| kafka::KafkaClientError::kafka("create lag consumer", e))?;
+            watched.push((group, topics, consumer));
+        }
+        Ok(LagMonitor { watched })
+    }
+
+    /// (group, topic, lag) for each watched pair (blocking: call off the async workers).
+    /// A partition without a committed offset counts from its low watermark.
+    pub fn measure(&self, timeout: Duration) -> Vec<Result<(String, String, i64), String>> {
+        let mut out = Vec::new();
+        for (group, topics, consumer) in &self.watched {
+            for topic in topics {
+                out.push(lag_of(consumer, topic, timeout).map(|lag| (group.clone(), topic.clone(), lag)).map_err(|e| format!("{group} on {topic}: {e}")));
+            }
+        }
+        out
+    }
+}
+
+fn lag_of(consumer: &BaseConsumer, topic: &str, timeout: Duration) -> Result<i64, String> {
+    let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| e.to_string())?;
+    let t = md.topics().iter().find(|t| t.name() == topic).ok_or("no such topic")?;
+    if t.partitions().is_empty() {
+        return Err(format!("no partitions ({:?})", t.error()));
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in t.partitions() {
+        tpl.add_partition(topic, p.id());
+    }
+    let committed = consumer.committed_offsets(tpl, timeout).map_err(|e| e.to_string())?;
+    let mut lag = 0i64;
+    for e in committed.elements() {
+        let (low, high) = consumer.fetch_watermarks(topic, e.partition(), timeout).map_err(|e| e.to_string())?;
+        let from = match e.offset() {
+            Offset::Offset(o) => o.max(low),
+            _ => low,
+        };
+        lag += (high - from).max(0);
+    }
+    Ok(lag)
+}
+
+/// Measures lag every `metrics.lag_interval_secs` into `metrics` (runs until dropped).
+pub async fn watch_lag(settings: Settings, metrics: Metrics) {
+    let monitor = match LagMonitor::new(&settings) {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            tracing::warn!(error = %e, "consumer-group lag will not be measured");
+            return;
+        }
+    };
+    let every = Duration::from_secs(settings.metrics.lag_interval_secs.max(1));
+    loop {
+        let m = monitor.clone();
+        match tokio::task::spawn_blocking(move || m.measure(Duration::from_secs(10))).await {
+            Ok(results) => {
+                for r in results {
+                    match r {
+                        Ok((group, topic, lag)) => {
+                            metrics.0.lag.get_or_create(&GroupTopic { group, topic }).set(lag);
+                        }
+                        Err(e) => {
+                            metrics.0.lag_errors.inc();
+                            tracing::debug!(error = %e, "lag measurement failed");
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "lag measurement task failed"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Starts the endpoint (if `metrics.listen` is set) and, for the processor, the lag watcher.
+/// The returned handles are aborted when dropped via [`Endpoint`].
+pub async fn start(settings: &Settings, metrics: &Metrics, watch_groups: bool) -> Result<Endpoint, MetricsError> {
+    let mut tasks = Vec::new();
+    let mut addr = None;
+    if let Some(listener) = bind(settings).await? {
+        addr = listener.local_addr().ok();
+        let m = metrics.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = serve(listener, m).await {
+                tracing::error!(error = %e, "metrics endpoint stopped");
+            }
+        }));
+        if watch_groups {
+            tasks.push(tokio::spawn(watch_lag(settings.clone(), metrics.clone())));
+        }
+    }
+    Ok(Endpoint { tasks, addr })
+}
+
+/// The running endpoint; stops when dropped.
+pub struct Endpoint {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    pub addr: Option<SocketAddr>,
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_samples_move_the_counters_and_aborts_are_counted_apart() {
+        let m = Metrics::new();
+        m.record(&[
+            Sample::Handled { kind: "work-item" },
+            Sample::Chunk {
+                job: "order-expiration".into(),
+                outcome: "applied",
+                counts: [("ordersCancelled".to_string(), 7i64)].into_iter().collect(),
+                seconds: 0.02,
+            },
+            Sample::Run { job: "order-expiration".into(), outcome: "SUCCEEDED".into(), seconds: 1.5 },
+            Sample::Emitted { topic: "order.cancelled".into(), count: 7 },
+        ]);
+        m.aborted();
+        let text = m.encode();
+        for line in [
+            "scheduled_jobs_job_items_total{job=\"order-expiration\",counter=\"ordersCancelled\"} 7",
+            "scheduled_jobs_runs_total{job=\"order-expiration\",outcome=\"succeeded\"} 1",
+            "scheduled_jobs_records_emitted_total{topic=\"order.cancelled\"} 7",
+            "scheduled_jobs_transactions_total{kind=\"committed\"} 1",
+            "scheduled_jobs_transactions_total{kind=\"aborted\"} 1",
+            "scheduled_jobs_records_handled_total{kind=\"work-item\"} 1",
+        ] {
+            assert!(text.contains(line), "missing `{line}` in\n{text}");
+        }
+    }
+
+    #[test]
+    fn readiness_reports_why_not() {
+        let m = Metrics::new();
+        assert_eq!(m.readiness(), Err("starting".into()));
+        m.set_ready(Ok(()));
+        assert_eq!(m.readiness(), Ok(()));
+        m.set_ready(Err("transaction failed".into()));
+        assert_eq!(m.readiness(), Err("transaction failed".into()));
+    }
+}

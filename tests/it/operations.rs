@@ -1,0 +1,153 @@
+//! Operator commands on the real stack, through the real binary: `trigger --wait`, `pause` /
+//! `resume`, `runs list` and `replay` (with its refusal while the group has members).
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use scheduled_jobs::config::Settings;
+
+use crate::common::{binary, fresh_db, isolated, repo_root};
+use crate::processor::{drive, processor_on, publish, results, spawn_processor, tick};
+
+/// The binary with `s`'s private topics, group and database.
+fn cli(s: &Settings, database: &str, args: &[&str]) -> Output {
+    let out = Command::new(binary())
+        .current_dir(repo_root())
+        .args(args)
+        .env("SJ_TOPICS__PREFIX", &s.topics.prefix)
+        .env("SJ_PROCESSOR__GROUP_ID", &s.processor.group_id)
+        .env("SJ_PROCESSOR__TRANSACTIONAL_ID_PREFIX", &s.processor.transactional_id_prefix)
+        .env("SJ_POSTGRES__DATABASE", database)
+        .output()
+        .expect("run scheduled-jobs");
+    eprintln!(
+        "$ scheduled-jobs {}\n{}{}exit {:?}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        out.status.code()
+    );
+    out
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_wait_pause_resume_and_runs_list_through_the_cli() {
+    let s = isolated().await;
+    let (pool, db) = fresh_db(&s).await;
+    scheduled_jobs::db::migrate(&pool).await.unwrap();
+    let _p = Killed(spawn_processor(&s, &db, &[("SJ_PROCESSOR__INSTANCE_ID", "")]));
+    let args = |extra: &[&'static str]| -> Vec<&'static str> { [&["trigger", "noop"][..], extra].concat() };
+
+    // --wait follows the run's chunks to its result.
+    let at = "2026-01-01T00:00:00Z";
+    let o = cli(&s, &db, &args(&["--at", at, "--param", "chunks=3", "--param", "apply_sleep_ms=300", "--wait", "--timeout", "90s"]));
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("SUCCEEDED") && stdout(&o).contains("items=3"), "{}", stdout(&o));
+    assert!(stderr(&o).contains("3/3 chunk(s) applied"), "progress lines when not on a terminal");
+
+    // The same period again: consumed without a run (E3), and said so.
+    let o = cli(&s, &db, &args(&["--at", at, "--wait", "--timeout", "60s"]));
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("already recorded"), "{}", stdout(&o));
+
+    // Paused: the tick is answered SKIPPED, with who and why; not recorded as a run.
+    let o = cli(&s, &db, &["pause", "noop", "--reason", "maintenance window"]);
+    assert!(o.status.success() && stdout(&o).contains("paused noop"));
+    let o = cli(&s, &db, &["pause", "noop"]);
+    assert!(o.status.success() && stdout(&o).contains("already paused"), "{}", stdout(&o));
+    let paused_at = "2026-01-02T00:00:00Z";
+    let o = cli(&s, &db, &args(&["--at", paused_at, "--wait", "--timeout", "60s"]));
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("SKIPPED") && stdout(&o).contains("maintenance window"), "{}", stdout(&o));
+
+    let o = cli(&s, &db, &["resume", "noop"]);
+    assert!(o.status.success() && stdout(&o).contains("resumed noop"), "{}", stdout(&o));
+    let o = cli(&s, &db, &["resume", "noop"]);
+    assert!(o.status.success() && stdout(&o).contains("was not paused"));
+    // ...so the skipped period still runs once resumed.
+    let o = cli(&s, &db, &args(&["--at", paused_at, "--wait", "--timeout", "60s"]));
+    assert!(o.status.success() && stdout(&o).contains("SUCCEEDED"), "{}", stdout(&o));
+
+    // A failing run: exit status 1, and the result says why.
+    let o = cli(&s, &db, &args(&["--at", "2026-01-03T00:00:00Z", "--param", "fail=0", "--wait", "--timeout", "60s"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("FAILED"), "{}", stdout(&o));
+
+    // The history, newest first: what happened above, exactly.
+    let o = cli(&s, &db, &["runs", "list", "--job", "noop", "--since", "1h"]);
+    assert!(o.status.success());
+    let text = stdout(&o);
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    let outcomes: Vec<&str> = rows.iter().map(|r| r.split_whitespace().nth(5).unwrap_or("")).collect();
+    assert_eq!(outcomes, ["FAILED", "SUCCEEDED", "SKIPPED", "SUCCEEDED"], "{text}");
+    assert!(rows[2].contains("maintenance window"), "{text}");
+    assert!(text.lines().next().unwrap().starts_with("STARTED"), "{text}");
+    assert_eq!(results(&s).await.len(), 4);
+
+    // Usage errors name the problem.
+    let o = cli(&s, &db, &["pause", "no-such-job"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unknown job `no-such-job`"), "{}", stderr(&o));
+    let o = cli(&s, &db, &["runs", "list", "--since", "yesterday-ish"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("neither a duration"), "{}", stderr(&o));
+}
+
+fn at(minutes_ago: i64) -> DateTime<Utc> {
+    let t = Utc::now() - TimeDelta::minutes(minutes_ago);
+    DateTime::from_timestamp(t.timestamp() - t.timestamp() % 60, 0).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_is_refused_while_the_group_is_live_and_redoes_no_recorded_run() {
+    let s = isolated().await;
+    let (pool, db) = fresh_db(&s).await;
+    scheduled_jobs::db::migrate(&pool).await.unwrap();
+    publish(&s, &[tick("noop", at(3), &[]), tick("noop", at(2), &[("chunks", "2")])]).await;
+    let mut p = processor_on(&s, pool.clone()).await;
+    drive(&mut p, 2).await;
+    let before = results(&s).await;
+    assert_eq!(before.len(), 2);
+
+    // A member is in the group: refused, naming it.
+    let o = cli(&s, &db, &["replay", "--to-offset", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("active member"), "{}", stderr(&o));
+    drop(p);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let o = cli(&s, &db, &["replay", "--to-offset", "0", "--dry-run"]);
+    assert!(o.status.success());
+    let plan = stdout(&o);
+    assert!(plan.contains("would move") && plan.contains("What replay redoes"), "{plan}");
+    // The tick topic's partitions: the one holding both ticks goes from 2 back to 0.
+    assert!(plan.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()[1..] == ["2", "0", "2"]), "{plan}");
+    // A dry run changed nothing: the same plan again.
+    assert_eq!(stdout(&cli(&s, &db, &["replay", "--to-offset", "0", "--dry-run"])), plan);
+
+    let o = cli(&s, &db, &["replay", "--to-time", "1h"]);
+    assert!(o.status.success() && stdout(&o).starts_with("moved"), "{}", stdout(&o));
+
+    // Consumed again, nothing run again (E3).
+    let mut p = processor_on(&s, pool).await;
+    assert_eq!(drive(&mut p, 2).await, 2, "both ticks were consumed again");
+    assert_eq!(results(&s).await, before, "no run result added or changed");
+}

@@ -165,6 +165,9 @@ pub fn default_jobs() -> BTreeMap<String, JobSettings> {
         ("stock_sync".to_string(), job("0 0 2 * * *", 1800, 1000, CatchUp::Latest, 1)),
         ("daily_statistics".to_string(), job("0 0 0 * * *", 600, 1, CatchUp::All, 7)),
         ("noop".to_string(), job("", 60, 100, CatchUp::Latest, 1)),
+        // Reports for people (seed: 09:00 stock-sync summary, 10:00 statistics report).
+        ("stock_sync_report".to_string(), job("0 0 9 * * *", 300, 1, CatchUp::Latest, 1)),
+        ("daily_statistics_report".to_string(), job("0 0 10 * * *", 300, 1, CatchUp::Latest, 1)),
     ])
 }
 
@@ -185,6 +188,7 @@ pub enum Topic {
     RunLedger,
     RunResults,
     DeadLetters,
+    JobReport,
 }
 
 impl Topic {
@@ -199,6 +203,7 @@ impl Topic {
             Topic::RunLedger => "scheduled-jobs.run-ledger",
             Topic::RunResults => "scheduled-jobs.run-results",
             Topic::DeadLetters => "scheduled-jobs.dead-letters",
+            Topic::JobReport => "job.report",
         }
     }
 }

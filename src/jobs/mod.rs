@@ -10,6 +10,7 @@
 pub mod daily_statistics;
 pub mod noop;
 pub mod order_expiration;
+pub mod report;
 pub mod stock_sync;
 
 use std::collections::BTreeMap;
@@ -156,6 +157,8 @@ impl Registry {
         r.add(Arc::new(order_expiration::OrderExpiration));
         r.add(Arc::new(stock_sync::StockSync));
         r.add(Arc::new(daily_statistics::DailyStatistics));
+        r.add(Arc::new(report::Report(report::Kind::StockSync)));
+        r.add(Arc::new(report::Report(report::Kind::DailyStatistics)));
         r
     }
 

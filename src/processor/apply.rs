@@ -26,6 +26,11 @@ impl Processor {
             Err(e) if e.class() == ErrorClass::Retry => return Err(e.into()),
             Err(e) => return self.dead_letter(m, reject("UNDECODABLE", e.to_string())).await,
         };
+        let span = tracing::Span::current();
+        span.record("job", item.job.as_str());
+        span.record("tick_id", item.tick_id.as_str());
+        span.record("run_id", item.run_id.as_str());
+        span.record("chunk", item.chunk_index);
         let Some(job) = self.jobs.get(&item.job).cloned() else {
             return self.dead_letter(m, reject("UNKNOWN_JOB", format!("work item of unknown job `{}`", item.job))).await;
         };

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
+use tracing::Instrument;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -381,9 +382,21 @@ impl Processor {
             };
             let m = &batch[i];
             self.current = i;
+            // Every log line about this record carries where it came from and, once known, its
+            // job, tick and run (filled in by the handlers).
+            let span = tracing::info_span!(
+                "record",
+                topic = m.topic(),
+                partition = m.partition(),
+                offset = m.offset(),
+                job = tracing::field::Empty,
+                tick_id = tracing::field::Empty,
+                run_id = tracing::field::Empty,
+                chunk = tracing::field::Empty,
+            );
             let result = match ticks[i].take() {
-                Some(decoded) => self.handle_tick(m, decoded, superseded).await,
-                None => self.handle_work_item(m).await,
+                Some(decoded) => self.handle_tick(m, decoded, superseded).instrument(span).await,
+                None => self.handle_work_item(m).instrument(span).await,
             };
             if let Err(e) = result {
                 // An earlier record whose commit fails is where the rewind must start.

@@ -73,6 +73,9 @@ impl Processor {
             Ok(t) => t,
             Err(r) => return self.dead_letter(m, r).await,
         };
+        let span = tracing::Span::current();
+        span.record("job", tick.job.as_str());
+        span.record("tick_id", tick.tick_id.as_str());
         let (job, period) = match self.validate_tick(&tick) {
             Ok(v) => v,
             Err(r) => return self.dead_letter(m, r).await,
@@ -95,6 +98,7 @@ impl Processor {
             tick: tick.clone(),
             planned_at: Utc::now(),
         };
+        span.record("run_id", run.run_id.as_str());
         if let Some(newer) = superseded_by {
             let message = format!("superseded by tick {} for {}", newer.tick_id, newer.scheduled_at.to_rfc3339());
             tracing::info!(job = %run.job, period = %run.period, "{message}");

@@ -10,6 +10,7 @@ mod compose;
 mod daily_statistics;
 mod db;
 mod processor;
+mod reports;
 mod schemas;
 mod stock;
 mod tick;

@@ -674,6 +674,7 @@ async fn the_metrics_endpoint_counts_what_runs_committed_and_downstream_lag() {
             ("SJ_METRICS__LISTEN", &format!("127.0.0.1:{port}")),
             ("SJ_METRICS__DOWNSTREAM_GROUPS", &format!("{analytics}:order.cancelled")),
             ("SJ_METRICS__LAG_INTERVAL_SECS", "1"),
+            ("SJ_LOG_FORMAT", "json"),
         ],
     );
     // Ready once it has joined and stepped; /healthz answers from the start.
@@ -696,6 +697,7 @@ async fn the_metrics_endpoint_counts_what_runs_committed_and_downstream_lag() {
 
     // One run, then the same tick again (a duplicate: handled, nothing re-done or re-counted).
     let t = tick(JOB, at, &[]);
+    let t_id = t.tick_id.clone();
     publish(&s, &[t.clone()]).await;
     let runs = "scheduled_jobs_runs_total{job=\"order-expiration\",outcome=\"succeeded\"}";
     let scrape = || async { http_get(port, "/metrics").await.map(|(_, b)| b).unwrap_or_default() };
@@ -744,6 +746,13 @@ async fn the_metrics_endpoint_counts_what_runs_committed_and_downstream_lag() {
         assert!(Instant::now() < deadline, "lag did not fall to 0:\n{}", scrape().await);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // Structured logs: lines about a work item carry its job, tick, run and chunk.
+    let log = std::fs::read_to_string(&p.log).unwrap();
+    let line = log.lines().find(|l| l.contains("\"run finished\"")).unwrap_or_else(|| panic!("{log}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["span"]["job"], "order-expiration", "{line}");
+    assert_eq!(v["span"]["tick_id"], t_id.as_str(), "{line}");
+    assert!(v["span"]["run_id"].is_string() && v["span"]["chunk"].is_i64(), "{line}");
     // Its own group has consumed every tick and work item.
     let own = format!("scheduled_jobs_consumer_group_lag{{group=\"{}\",topic=\"{}\"}}", s.processor.group_id, s.topic(Topic::Tick));
     assert_eq!(sample(&scrape().await, &own), 0.0);

@@ -1,0 +1,331 @@
+//! The report jobs of the seed's alert policy: `stock-sync-report` (09:00, "재고 동기화 결과
+//! 요약") and `daily-statistics-report` (10:00, "통계 리포트"). Each is a scheduled job of the
+//! same engine that turns the run history of the last 24 hours before its fire time into one
+//! `job.report` event for the Notification Service.
+//!
+//! **Source.** The run history the processor keeps in PostgreSQL (`job_runs`,
+//! `job_run_chunks`), plus the subject job's own durable rows (`stock_sync_mismatches`,
+//! `daily_statistics`). A run is in the window when it was planned in
+//! `[fire time − 24 h, fire time)`.
+//!
+//! **Delivery guarantee.** One report per fire time under `read_committed` (E1, E3, E4): the
+//! run is one chunk; its first attempt stores the report in `job_reports` (keyed by run), and
+//! every attempt emits the stored body — the history keeps growing after the report's time,
+//! so recomputing on a retry could send a different report under the same `eventId`.
+
+use std::collections::BTreeMap;
+
+use apache_avro::types::Value;
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::{ChunkOutput, Emit, Job, JobCtx, JobError, Run};
+use crate::config::Topic;
+use crate::wire::internal::WorkItem;
+use crate::wire::{derived_id, enum_value, long_map, ts};
+
+const REPORT_TYPES: [&str; 2] = ["STOCK_SYNC_SUMMARY", "DAILY_STATISTICS_REPORT"];
+
+/// Which report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    StockSync,
+    DailyStatistics,
+}
+
+impl Kind {
+    fn report_type(self) -> &'static str {
+        match self {
+            Kind::StockSync => REPORT_TYPES[0],
+            Kind::DailyStatistics => REPORT_TYPES[1],
+        }
+    }
+
+    /// The job reported on.
+    fn subject(self) -> &'static str {
+        match self {
+            Kind::StockSync => "stock-sync",
+            Kind::DailyStatistics => "daily-statistics",
+        }
+    }
+}
+
+pub struct Report(pub Kind);
+
+/// The stored report (JSON in `job_reports.body`) from which the event is built.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Body {
+    pub report_type: String,
+    pub job: String,
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    pub generated_at: DateTime<Utc>,
+    pub runs: i32,
+    pub succeeded: i32,
+    pub failed: i32,
+    pub unfinished: i32,
+    pub counts: BTreeMap<String, i64>,
+    pub problems: Vec<String>,
+    pub title: String,
+    pub text: String,
+}
+
+impl Job for Report {
+    fn name(&self) -> &'static str {
+        match self.0 {
+            Kind::StockSync => "stock-sync-report",
+            Kind::DailyStatistics => "daily-statistics-report",
+        }
+    }
+
+    fn plan<'a>(&'a self, _ctx: &'a JobCtx, _run: &'a Run) -> BoxStream<'a, Result<Vec<String>, JobError>> {
+        futures::stream::once(async { Ok(vec!["report".to_string()]) }).boxed()
+    }
+
+    fn apply<'a>(&'a self, ctx: &'a JobCtx, item: &'a WorkItem) -> BoxFuture<'a, Result<ChunkOutput, JobError>> {
+        Box::pin(async move {
+            let body = match stored(ctx, &item.run_id).await? {
+                Some(b) => b,
+                None => {
+                    let made = build(ctx, self.0, item.scheduled_at).await?;
+                    let json = serde_json::to_value(&made).map_err(|e| JobError::Failed(format!("report body: {e}")))?;
+                    sqlx::query("INSERT INTO job_reports (run_id, report_type, body) VALUES ($1, $2, $3) ON CONFLICT (run_id) DO NOTHING")
+                        .bind(&item.run_id)
+                        .bind(self.0.report_type())
+                        .bind(json)
+                        .execute(&ctx.db)
+                        .await?;
+                    // Another attempt may have stored its body first: emit that one.
+                    stored(ctx, &item.run_id).await?.unwrap_or(made)
+                }
+            };
+            let mut out = ChunkOutput::default();
+            out.counts.insert("runsReported".into(), i64::from(body.runs));
+            out.counts.insert("problems".into(), body.problems.len() as i64);
+            out.records.push(Emit { topic: Topic::JobReport, key: body.report_type.clone(), value: to_avro(&body, &item.run_id) });
+            Ok(out)
+        })
+    }
+}
+
+async fn stored(ctx: &JobCtx, run_id: &str) -> Result<Option<Body>, JobError> {
+    let row: Option<serde_json::Value> = sqlx::query_scalar("SELECT body FROM job_reports WHERE run_id = $1")
+        .bind(run_id)
+        .fetch_optional(&ctx.db)
+        .await?;
+    row.map(|v| serde_json::from_value(v).map_err(|e| JobError::Failed(format!("stored report of {run_id}: {e}")))).transpose()
+}
+
+fn to_avro(b: &Body, run_id: &str) -> Value {
+    Value::Record(vec![
+        ("eventId".into(), Value::String(derived_id(&["job-report", run_id]).to_string())),
+        ("eventTimestamp".into(), ts(b.generated_at)),
+        ("reportType".into(), enum_value(&REPORT_TYPES, &b.report_type)),
+        ("job".into(), Value::String(b.job.clone())),
+        ("windowStart".into(), ts(b.window_start)),
+        ("windowEnd".into(), ts(b.window_end)),
+        ("runs".into(), Value::Int(b.runs)),
+        ("succeeded".into(), Value::Int(b.succeeded)),
+        ("failed".into(), Value::Int(b.failed)),
+        ("unfinished".into(), Value::Int(b.unfinished)),
+        ("counts".into(), long_map(&b.counts)),
+        ("problems".into(), Value::Array(b.problems.iter().cloned().map(Value::String).collect())),
+        ("title".into(), Value::String(b.title.clone())),
+        ("text".into(), Value::String(b.text.clone())),
+    ])
+}
+
+/// One run of the subject job in the window.
+#[derive(sqlx::FromRow)]
+struct RunRow {
+    run_id: String,
+    period: String,
+    finished: bool,
+    failed: bool,
+    timed_out: bool,
+    message: Option<String>,
+}
+
+async fn build(ctx: &JobCtx, kind: Kind, end: DateTime<Utc>) -> Result<Body, JobError> {
+    let start = end - TimeDelta::hours(24);
+    let job = kind.subject();
+    let runs: Vec<RunRow> = sqlx::query_as(
+        "SELECT r.run_id, r.period, r.finalized_by IS NOT NULL AS finished,
+                coalesce(bool_or(c.outcome = 'FAILED'), false) AS failed,
+                coalesce(bool_or(c.outcome = 'TIMED_OUT'), false) AS timed_out,
+                max(c.message) FILTER (WHERE c.outcome IN ('FAILED', 'TIMED_OUT')) AS message
+         FROM job_runs r LEFT JOIN job_run_chunks c USING (run_id)
+         WHERE r.job = $1 AND r.planned_at >= $2 AND r.planned_at < $3
+         GROUP BY r.run_id, r.period, r.finalized_by, r.planned_at
+         ORDER BY r.planned_at",
+    )
+    .bind(job)
+    .bind(start)
+    .bind(end)
+    .fetch_all(&ctx.db)
+    .await?;
+    let summed: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT e.key, sum(e.value::bigint)::bigint
+         FROM job_runs r JOIN job_run_chunks c USING (run_id), jsonb_each_text(c.counts) AS e(key, value)
+         WHERE r.job = $1 AND r.planned_at >= $2 AND r.planned_at < $3 AND c.outcome = 'APPLIED'
+         GROUP BY e.key",
+    )
+    .bind(job)
+    .bind(start)
+    .bind(end)
+    .fetch_all(&ctx.db)
+    .await?;
+    let mut counts: BTreeMap<String, i64> = summed.into_iter().collect();
+    let mut problems = Vec::new();
+    let (mut succeeded, mut failed, mut unfinished) = (0, 0, 0);
+    for r in &runs {
+        if r.failed || r.timed_out {
+            failed += 1;
+            let outcome = if r.failed { "FAILED" } else { "TIMED_OUT" };
+            problems.push(format!("run {} ({}) {}: {}", r.run_id, r.period, outcome, r.message.as_deref().unwrap_or("no message")));
+        } else if r.finished {
+            succeeded += 1;
+        } else {
+            unfinished += 1;
+        }
+    }
+    let local = |t: DateTime<Utc>| t.with_timezone(&ctx.tz).format("%Y-%m-%d %H:%M").to_string();
+    let mut lines = vec![format!(
+        "{} runs of {job}: {succeeded} succeeded, {failed} failed or timed out, {unfinished} unfinished",
+        runs.len()
+    )];
+    let title = match kind {
+        Kind::StockSync => {
+            let (extra, detail) = stock_sync_figures(ctx, start, end, &mut problems).await?;
+            counts.extend(extra);
+            lines.extend(detail);
+            format!("Stock sync summary {} – {} ({})", local(start), local(end), ctx.tz)
+        }
+        Kind::DailyStatistics => {
+            let date = (end.with_timezone(&ctx.tz) - TimeDelta::days(1)).date_naive();
+            let (extra, detail) = daily_figures(ctx, date, &mut problems).await?;
+            counts.extend(extra);
+            lines.extend(detail);
+            format!("Daily statistics report for {date} ({})", ctx.tz)
+        }
+    };
+    if !problems.is_empty() {
+        lines.push(format!("{} problem(s):", problems.len()));
+        lines.extend(problems.iter().map(|p| format!("- {p}")));
+    }
+    Ok(Body {
+        report_type: kind.report_type().into(),
+        job: job.into(),
+        window_start: start,
+        window_end: end,
+        generated_at: Utc::now(),
+        runs: i32::try_from(runs.len()).unwrap_or(i32::MAX),
+        succeeded,
+        failed,
+        unfinished,
+        counts,
+        problems,
+        title,
+        text: lines.join("\n"),
+    })
+}
+
+#[derive(sqlx::FromRow)]
+struct MismatchRow {
+    product_id: String,
+    cause: String,
+    action: String,
+    repair: Option<String>,
+    db_stock: i64,
+    redis_stock: Option<i64>,
+}
+
+/// Mismatches recorded by the window's stock-sync runs: by cause and by repair outcome; each
+/// product needing manual review is a problem.
+async fn stock_sync_figures(
+    ctx: &JobCtx,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    problems: &mut Vec<String>,
+) -> Result<(BTreeMap<String, i64>, Vec<String>), JobError> {
+    let rows: Vec<MismatchRow> = sqlx::query_as(
+        "SELECT m.product_id, m.cause, m.action, m.repair, m.db_stock, m.redis_stock
+         FROM stock_sync_mismatches m JOIN job_runs r USING (run_id)
+         WHERE r.job = 'stock-sync' AND r.planned_at >= $1 AND r.planned_at < $2
+         ORDER BY m.detected_at, m.product_id",
+    )
+    .bind(start)
+    .bind(end)
+    .fetch_all(&ctx.db)
+    .await?;
+    let mut counts = BTreeMap::new();
+    counts.insert("mismatchesRecorded".to_string(), rows.len() as i64);
+    for MismatchRow { product_id: product, cause, action, repair, db_stock: db, redis_stock: redis } in &rows {
+        *counts.entry(format!("cause.{cause}")).or_insert(0) += 1;
+        *counts.entry(format!("repair.{}", repair.as_deref().unwrap_or("PENDING"))).or_insert(0) += 1;
+        if action == "MANUAL_REVIEW_REQUIRED" {
+            problems.push(format!(
+                "product {product}: {cause}, DB {db}, Redis {} — manual review required",
+                redis.map_or("missing".into(), |r| r.to_string())
+            ));
+        }
+    }
+    let restored = counts.get("repair.RESTORED").copied().unwrap_or(0);
+    let detail = vec![format!("{} mismatch(es) recorded, {restored} restored in Redis", rows.len())];
+    Ok((counts, detail))
+}
+
+/// Money as stored (`numeric(…,2)`), always with its two decimals: exact, never a float.
+fn money(d: Decimal) -> String {
+    let mut d = d;
+    d.rescale(2);
+    d.to_string()
+}
+
+/// The stored figures of `date`; their absence is a problem.
+async fn daily_figures(
+    ctx: &JobCtx,
+    date: chrono::NaiveDate,
+    problems: &mut Vec<String>,
+) -> Result<(BTreeMap<String, i64>, Vec<String>), JobError> {
+    let row: Option<(i64, Decimal, Decimal, i64, Decimal)> = sqlx::query_as(
+        "SELECT total_orders, total_sales, avg_order_amount, cancelled_orders, refund_amount FROM daily_statistics WHERE date = $1",
+    )
+    .bind(date)
+    .fetch_optional(&ctx.db)
+    .await?;
+    let mut counts = BTreeMap::new();
+    let detail = match row {
+        Some((orders, sales, avg, cancelled, refunds)) => {
+            counts.insert("totalOrders".to_string(), orders);
+            counts.insert("cancelledOrders".to_string(), cancelled);
+            vec![format!(
+                "{date}: {orders} orders, sales {}, average order {}, {cancelled} cancelled, refunds {}",
+                money(sales),
+                money(avg),
+                money(refunds)
+            )]
+        }
+        None => {
+            problems.push(format!("no statistics for {date}: its aggregation has not run or failed"));
+            vec![format!("{date}: not aggregated")]
+        }
+    };
+    Ok((counts, detail))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_keeps_its_cents_exactly() {
+        assert_eq!(money(Decimal::ZERO), "0.00");
+        assert_eq!(money(Decimal::new(1234567890123, 2)), "12345678901.23");
+        assert_eq!(money(Decimal::new(5, 1)), "0.50");
+    }
+}

@@ -64,6 +64,9 @@ pub enum ProcessorError {
     Db(#[from] crate::db::DbError),
     #[error("redis: {0}")]
     Redis(String),
+    /// Redis refused the configured credentials: waiting will not help.
+    #[error("redis authentication failed: {0} (check redis.username / redis.password)")]
+    RedisAuth(String),
     #[error("job `{job}`: {source}")]
     Job { job: String, source: JobError },
     #[error("background task failed: {0}")]
@@ -85,6 +88,7 @@ impl ProcessorError {
             ProcessorError::Ledger(ledger::LedgerError::Kafka(e)) => e.class(),
             ProcessorError::Db(e) => e.class(),
             ProcessorError::Redis(_) | ProcessorError::Task(_) => ErrorClass::Retry,
+            ProcessorError::RedisAuth(_) => ErrorClass::Fatal,
             ProcessorError::Job { source, .. } => source.class(),
         }
     }
@@ -203,6 +207,9 @@ impl Processor {
         let redis = match redis::Client::open(secrecy::ExposeSecret::expose_secret(&settings.redis_url())) {
             Ok(client) => match redis::aio::ConnectionManager::new(client).await {
                 Ok(c) => Some(c),
+                Err(e) if e.kind() == redis::ErrorKind::AuthenticationFailed || matches!(e.code(), Some("WRONGPASS" | "NOAUTH")) => {
+                    return Err(ProcessorError::RedisAuth(e.to_string()))
+                }
                 Err(e) => return Err(ProcessorError::Redis(e.to_string())),
             },
             Err(e) => return Err(ProcessorError::Redis(e.to_string())),

@@ -167,3 +167,76 @@ async fn the_processor_authenticates_with_scram_and_a_wrong_password_fails_start
     assert!(last.starts_with("error:") && last.to_lowercase().contains("authentication"), "{stderr}");
     assert!(!stderr.contains(&wrong) && !stderr.contains(&password), "a password was printed:\n{stderr}");
 }
+
+/// Redis AUTH: a processor with an ACL user's right password starts (ready); a wrong password
+/// ends start-up with an error that says so (not an endless retry) and prints no password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_credentials_are_used_and_a_wrong_password_fails_start_up_clearly() {
+    let s = crate::common::isolated().await;
+    let (pool, db) = crate::common::fresh_db(&s).await;
+    scheduled_jobs::db::migrate(&pool).await.unwrap();
+    let url = secrecy::ExposeSecret::expose_secret(&s.redis_url()).to_string();
+    let mut admin = redis::aio::ConnectionManager::new(redis::Client::open(url).unwrap()).await.unwrap();
+    let user = crate::common::unique("sj-redis");
+    let password = format!("right-{}", uuid::Uuid::new_v4().simple());
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(format!(">{password}"))
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let env = |pw: &str| -> Vec<(String, String)> {
+        [
+            ("SJ_REDIS__USERNAME", user.as_str()),
+            ("SJ_REDIS__PASSWORD", pw),
+            ("SJ_METRICS__LISTEN", &format!("127.0.0.1:{port}")),
+            ("SJ_TOPICS__PREFIX", s.topics.prefix.as_str()),
+            ("SJ_PROCESSOR__GROUP_ID", s.processor.group_id.as_str()),
+            ("SJ_PROCESSOR__TRANSACTIONAL_ID_PREFIX", s.processor.transactional_id_prefix.as_str()),
+            ("SJ_POSTGRES__DATABASE", db.as_str()),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    };
+    let mut proc = Command::new(binary())
+        .current_dir(repo_root())
+        .arg("run")
+        .envs(env(&password))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.map(|r| r.status().as_u16()).unwrap_or(0);
+        if ready == 200 {
+            break;
+        }
+        assert!(proc.try_wait().unwrap().is_none(), "run exited with the right Redis password");
+        assert!(std::time::Instant::now() < deadline, "not ready with the right Redis password");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let _ = proc.kill();
+    let _ = proc.wait();
+
+    let wrong = format!("wrong-{}", uuid::Uuid::new_v4().simple());
+    let e = env(&wrong);
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run(&e, &["run"])
+    })
+    .await
+    .unwrap();
+    let _: () = redis::cmd("ACL").arg("DELUSER").arg(&user).query_async(&mut admin).await.unwrap();
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    let last = stderr.lines().last().unwrap_or_default().to_string();
+    assert!(last.starts_with("error:") && last.contains("redis authentication failed"), "{stderr}");
+    assert!(!stderr.contains(&wrong) && !stderr.contains(&password), "a password was printed:\n{stderr}");
+}

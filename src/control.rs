@@ -44,21 +44,17 @@ pub async fn pause(db: &PgPool, job: &str, by: &str, reason: Option<&str>) -> Re
 
 /// Resumes `job`; returns the pause it lifted, if it was paused.
 pub async fn resume(db: &PgPool, job: &str) -> Result<Option<Pause>, sqlx::Error> {
-    let row: Option<(String, DateTime<Utc>, String, Option<String>)> =
-        sqlx::query_as("DELETE FROM job_pauses WHERE job = $1 RETURNING job, paused_at, paused_by, reason")
-            .bind(job)
-            .fetch_optional(db)
-            .await?;
-    Ok(row.map(|(job, paused_at, paused_by, reason)| Pause { job, paused_at, paused_by, reason }))
+    pause_row(db, "DELETE FROM job_pauses WHERE job = $1 RETURNING job, paused_at, paused_by, reason", job).await
 }
 
 /// The pause of `job`, if any.
 pub async fn paused(db: &PgPool, job: &str) -> Result<Option<Pause>, sqlx::Error> {
-    let row: Option<(String, DateTime<Utc>, String, Option<String>)> =
-        sqlx::query_as("SELECT job, paused_at, paused_by, reason FROM job_pauses WHERE job = $1")
-            .bind(job)
-            .fetch_optional(db)
-            .await?;
+    pause_row(db, "SELECT job, paused_at, paused_by, reason FROM job_pauses WHERE job = $1", job).await
+}
+
+/// The pause row a statement returns for `job`, if any.
+async fn pause_row(db: &PgPool, sql: &'static str, job: &str) -> Result<Option<Pause>, sqlx::Error> {
+    let row: Option<(String, DateTime<Utc>, String, Option<String>)> = sqlx::query_as(sql).bind(job).fetch_optional(db).await?;
     Ok(row.map(|(job, paused_at, paused_by, reason)| Pause { job, paused_at, paused_by, reason }))
 }
 

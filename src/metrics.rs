@@ -174,7 +174,7 @@ impl Metrics {
         );
         registry.register(
             "consumer_group_lag",
-            "Records not yet consumed by a consumer group on a topic (sum over partitions, under read_committed)",
+            "Offsets not yet consumed by a consumer group on a topic, summed over partitions (transaction markers count: a caught-up reader of a transactional topic may show 1 per partition)",
             inner.lag.clone(),
         );
         registry.register("consumer_group_lag_errors", "Failed lag measurements", inner.lag_errors.clone());

@@ -110,20 +110,19 @@ async fn the_processor_authenticates_with_scram_and_a_wrong_password_fails_start
     scheduled_jobs::db::migrate(&pool).await.unwrap();
     let sasl_port = format!("127.0.0.1:{port}");
     let env = |pw: &str| -> Vec<(String, String)> {
-        [
-            ("SJ_KAFKA__BOOTSTRAP_SERVERS", sasl_port.as_str()),
-            ("SJ_KAFKA_PROP_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
-            ("SJ_KAFKA_PROP_SASL_MECHANISM", "SCRAM-SHA-256"),
-            ("SJ_KAFKA_PROP_SASL_USERNAME", user.as_str()),
-            ("SJ_KAFKA_PROP_SASL_PASSWORD", pw),
-            ("SJ_TOPICS__PREFIX", s.topics.prefix.as_str()),
-            ("SJ_PROCESSOR__GROUP_ID", s.processor.group_id.as_str()),
-            ("SJ_PROCESSOR__TRANSACTIONAL_ID_PREFIX", s.processor.transactional_id_prefix.as_str()),
-            ("SJ_POSTGRES__DATABASE", db.as_str()),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        let mut e = crate::common::isolated_env(&s, &db);
+        e.extend(
+            [
+                ("SJ_KAFKA__BOOTSTRAP_SERVERS", sasl_port.as_str()),
+                ("SJ_KAFKA_PROP_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+                ("SJ_KAFKA_PROP_SASL_MECHANISM", "SCRAM-SHA-256"),
+                ("SJ_KAFKA_PROP_SASL_USERNAME", user.as_str()),
+                ("SJ_KAFKA_PROP_SASL_PASSWORD", pw),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        e
     };
 
     // The right password: a processor and a trigger, both over SCRAM, run a job end to end.
@@ -192,18 +191,13 @@ async fn redis_credentials_are_used_and_a_wrong_password_fails_start_up_clearly(
         .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let env = |pw: &str| -> Vec<(String, String)> {
-        [
-            ("SJ_REDIS__USERNAME", user.as_str()),
-            ("SJ_REDIS__PASSWORD", pw),
-            ("SJ_METRICS__LISTEN", &format!("127.0.0.1:{port}")),
-            ("SJ_TOPICS__PREFIX", s.topics.prefix.as_str()),
-            ("SJ_PROCESSOR__GROUP_ID", s.processor.group_id.as_str()),
-            ("SJ_PROCESSOR__TRANSACTIONAL_ID_PREFIX", s.processor.transactional_id_prefix.as_str()),
-            ("SJ_POSTGRES__DATABASE", db.as_str()),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        let mut e = crate::common::isolated_env(&s, &db);
+        e.extend(
+            [("SJ_REDIS__USERNAME", user.as_str()), ("SJ_REDIS__PASSWORD", pw), ("SJ_METRICS__LISTEN", &format!("127.0.0.1:{port}"))]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        e
     };
     let mut proc = Command::new(binary())
         .current_dir(repo_root())

@@ -147,3 +147,17 @@ pub async fn isolated() -> Settings {
     scheduled_jobs::schemas::register(&registry, &schemas).await.expect("register test schemas");
     s
 }
+
+/// The environment that points the binary at `s`'s private topics, group, transactional ids
+/// and `database` (add what a test needs on top).
+pub fn isolated_env(s: &Settings, database: &str) -> Vec<(String, String)> {
+    [
+        ("SJ_TOPICS__PREFIX", s.topics.prefix.as_str()),
+        ("SJ_PROCESSOR__GROUP_ID", s.processor.group_id.as_str()),
+        ("SJ_PROCESSOR__TRANSACTIONAL_ID_PREFIX", s.processor.transactional_id_prefix.as_str()),
+        ("SJ_POSTGRES__DATABASE", database),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}

@@ -15,10 +15,7 @@ fn cli(s: &Settings, database: &str, args: &[&str]) -> Output {
     let out = Command::new(binary())
         .current_dir(repo_root())
         .args(args)
-        .env("SJ_TOPICS__PREFIX", &s.topics.prefix)
-        .env("SJ_PROCESSOR__GROUP_ID", &s.processor.group_id)
-        .env("SJ_PROCESSOR__TRANSACTIONAL_ID_PREFIX", &s.processor.transactional_id_prefix)
-        .env("SJ_POSTGRES__DATABASE", database)
+        .envs(crate::common::isolated_env(s, database))
         .output()
         .expect("run scheduled-jobs");
     eprintln!(

@@ -17,6 +17,8 @@
 //! Needs the local stack (`scripts/services.sh up`). Runs in its own database (dropped at the
 //! end unless SJ_BENCH_KEEP_DB=1) and its own topics:
 //! `SJ_BENCH_ORDERS=10000000 cargo bench --bench daily_statistics`
+//! Generating 10,000,000 orders takes about 15 minutes; `SJ_BENCH_DB=<name>` reuses a database
+//! kept by an earlier run (its day is read from the data, nothing is generated or dropped).
 
 #[path = "../tests/it/common.rs"]
 #[allow(dead_code)]
@@ -24,7 +26,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Days, NaiveDate, Utc};
+use chrono::{DateTime, Days, Utc};
 use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -144,28 +146,44 @@ fn secs(d: Duration) -> String {
 async fn main() -> anyhow::Result<()> {
     let n: i64 = env_or("SJ_BENCH_ORDERS", 10_000_000);
     let reps: usize = env_or("SJ_BENCH_REPS", 3).max(1);
-    let keep = std::env::var("SJ_BENCH_KEEP_DB").is_ok_and(|v| v == "1");
+    let reuse = std::env::var("SJ_BENCH_DB").ok().filter(|v| !v.is_empty());
+    let reused = reuse.is_some();
+    let keep = reused || std::env::var("SJ_BENCH_KEEP_DB").is_ok_and(|v| v == "1");
     let mut s = common::isolated().await;
     let tz = s.time_zone()?;
-    let (pool, db_name) = bench_db(&mut s).await?;
-    let date: NaiveDate = Utc::now().with_timezone(&tz).date_naive() - Days::new(2);
+    let (pool, db_name, n, date) = match reuse {
+        Some(name) => {
+            s.postgres.database = name.clone();
+            let pool = scheduled_jobs::db::connect(&s.postgres).await?;
+            scheduled_jobs::db::migrate(&pool).await?;
+            let first: DateTime<Utc> = sqlx::query_scalar("SELECT min(created_at) FROM orders").fetch_one(&pool).await?;
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&pool).await?;
+            (pool, name, n, first.with_timezone(&tz).date_naive())
+        }
+        None => {
+            let (pool, name) = bench_db(&mut s).await?;
+            (pool, name, n, Utc::now().with_timezone(&tz).date_naive() - Days::new(2))
+        }
+    };
     let (start, end) = day_bounds(date, tz).ok_or_else(|| anyhow::anyhow!("no bounds for {date}"))?;
     println!("daily-statistics, {n} orders on {date} ({tz}), database {db_name}, topics prefix {}", s.topics.prefix);
 
-    let t = Instant::now();
-    generate(&pool, n, start, end).await?;
-    let items: i64 = sqlx::query_scalar("SELECT count(*) FROM order_items").fetch_one(&pool).await?;
-    println!("generated {n} orders and {items} items in {}", secs(t.elapsed()));
-    // Steady state: the days before already aggregated, so a run covers one date.
-    sqlx::query(
-        "INSERT INTO daily_statistics (date, run_id, event_id, total_orders, total_sales, avg_order_amount, cancelled_orders,
-                                       refund_amount, top_products, generated_at)
-         SELECT d::date, 'bench-history', gen_random_uuid(), 0, 0, 0, 0, 0, '[]', now()
-         FROM generate_series($1::date - 6, $1::date - 1, interval '1 day') d",
-    )
-    .bind(date)
-    .execute(&pool)
-    .await?;
+    if !reused {
+        let t = Instant::now();
+        generate(&pool, n, start, end).await?;
+        let items: i64 = sqlx::query_scalar("SELECT count(*) FROM order_items").fetch_one(&pool).await?;
+        println!("generated {n} orders and {items} items in {}", secs(t.elapsed()));
+        // Steady state: the days before already aggregated, so a run covers one date.
+        sqlx::query(
+            "INSERT INTO daily_statistics (date, run_id, event_id, total_orders, total_sales, avg_order_amount, cancelled_orders,
+                                           refund_amount, top_products, generated_at)
+             SELECT d::date, 'bench-history', gen_random_uuid(), 0, 0, 0, 0, 0, '[]', now()
+             FROM generate_series($1::date - 6, $1::date - 1, interval '1 day') d",
+        )
+        .bind(date)
+        .execute(&pool)
+        .await?;
+    }
 
     let processor = Processor::new(s.clone(), scheduled_jobs::jobs::Registry::builtin(), pool.clone()).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

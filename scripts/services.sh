@@ -259,7 +259,7 @@ controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
 # A second client listener with SCRAM authentication, as production brokers have (the tool's
-# SASL pass-through is tested against it); users: `services.sh kafka-scram-user NAME PASSWORD`.
+# SASL pass-through is tested against it); users: scripts/services.sh kafka-scram-user NAME PASSWORD.
 sasl.enabled.mechanisms=SCRAM-SHA-256
 listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 log.dirs=$KAFKA_DIR/data

@@ -18,7 +18,7 @@
 //! now consistent count as repaired, the others go through 2–5 again.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use redis::aio::ConnectionManager;
@@ -32,8 +32,8 @@ use crate::wire::internal::WorkItem;
 /// stale reservation field. Bounds the cost for a product with a long order history; an older
 /// stale field is classified `REDIS_DRIFT` and left in place.
 const RECENT_ORDERS_CHECKED: i64 = 1000;
-/// Rows per `MGET` while the range streams in (several in flight).
-const MGET_BATCH: usize = 250;
+/// Products per streamed batch, and so per `MGET` (several in flight): "1,000 at a time".
+const STREAM_BATCH: usize = 1000;
 const MGETS_IN_FLIGHT: usize = 4;
 
 /// The range's products, and the action of this run's row for each if an earlier attempt of
@@ -205,19 +205,21 @@ pub async fn apply(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobErro
     // Products an earlier attempt recorded for repair and that are consistent now.
     let mut settled = Vec::new();
     // The first pass only nominates candidates; confirmation re-reads everything in one
-    // statement. So the two halves of `expected` are read concurrently (two simple statements
-    // plan and run faster than their join, and the MGETs go out while the products stream
-    // in) at the price of two snapshots a few milliseconds apart: a skew can only add a
-    // candidate that confirmation drops, or (an order landing exactly then, on a drifted
-    // product, by exactly the drift) hide one until the next run.
-    let reserved = sqlx::query_as::<_, (String, i64)>(RESERVED_IN_RANGE).bind(first).bind(last).fetch_all(&ctx.db);
-    let observed = sqlx::query_as::<_, RangeRow>(PRODUCTS_IN_RANGE)
+    // statement. So the two halves of `expected` are read by two simple statements (they plan
+    // and run faster than their join) at the price of two snapshots a few milliseconds apart:
+    // a skew can only add a candidate that confirmation drops, or (an order landing exactly
+    // then, on a drifted product, by exactly the drift) hide one until the next run. The
+    // reserved quantities (few rows: waiting orders only) come first, so the products can be
+    // compared as they stream in and only the candidates are kept, whatever the range size.
+    let reserved: HashMap<String, i64> =
+        sqlx::query_as::<_, (String, i64)>(RESERVED_IN_RANGE).bind(first).bind(last).fetch_all(&ctx.db).await?.into_iter().collect();
+    let mut batches = sqlx::query_as::<_, RangeRow>(PRODUCTS_IN_RANGE)
         .bind(first)
         .bind(last)
         .bind(&item.run_id)
         .fetch(&ctx.db)
         .map_err(JobError::from)
-        .try_chunks(MGET_BATCH)
+        .try_chunks(STREAM_BATCH)
         .map(|batch| {
             let mut conn = redis.clone();
             async move {
@@ -227,25 +229,27 @@ pub async fn apply(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobErro
                 Ok::<_, JobError>((rows, observed))
             }
         })
-        .buffered(MGETS_IN_FLIGHT)
-        .try_collect::<Vec<_>>();
-    let (reserved, observed) = tokio::try_join!(async { reserved.await.map_err(JobError::from) }, observed)?;
-    let reserved: HashMap<String, i64> = reserved.into_iter().collect();
-    for (rows, observed) in observed {
+        .buffered(MGETS_IN_FLIGHT);
+    // Confirmation must re-read every candidate at least `confirm_delay_ms` after it was
+    // observed; the last one observed is the one that binds.
+    let mut last_candidate_seen = None;
+    while let Some((rows, observed)) = batches.try_next().await? {
         counts.products += rows.len() as i64;
         for ((id, stock, recorded), observed) in rows.into_iter().zip(observed) {
             let expected = i64::from(stock) - reserved.get(&id).copied().unwrap_or(0);
             if is_candidate(stock, expected, &observed) {
                 candidates.push(Seen { id, observed, recorded });
+                last_candidate_seen = Some(Instant::now());
             } else if recorded.as_deref() == Some(Action::RedisRestored.as_str()) {
                 settled.push(id);
             }
         }
     }
+    drop(batches);
     counts.candidates = candidates.len() as i64;
     counts.repaired = settled.len() as i64;
 
-    let mismatches = confirm(ctx, &redis, candidates, &mut counts).await?;
+    let mismatches = confirm(ctx, &redis, candidates, last_candidate_seen, &mut counts).await?;
     record(&ctx.db, &item.run_id, &mismatches).await?;
     let mut outcomes = repair(&redis, &mismatches).await?;
     for (_, applied) in &outcomes {
@@ -277,15 +281,21 @@ async fn observe(redis: &mut ConnectionManager, ids: &[&str]) -> Result<Vec<Obse
     Ok(raw.into_iter().map(Observed::parse).collect())
 }
 
-/// Waits `confirm_delay_ms`, re-reads both sides (DB first, Redis last: the CAS compares
+/// Waits until `confirm_delay_ms` after the last candidate was seen, re-reads both sides (DB first, Redis last: the CAS compares
 /// against the Redis value, so the gap to it stays short), and returns the confirmed
 /// mismatches, classified.
-async fn confirm(ctx: &JobCtx, redis: &ConnectionManager, candidates: Vec<Seen>, counts: &mut Counts) -> Result<Vec<Mismatch>, JobError> {
+async fn confirm(
+    ctx: &JobCtx,
+    redis: &ConnectionManager,
+    candidates: Vec<Seen>,
+    last_seen: Option<Instant>,
+    counts: &mut Counts,
+) -> Result<Vec<Mismatch>, JobError> {
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
-    if ctx.settings.confirm_delay_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(ctx.settings.confirm_delay_ms)).await;
+    if let Some(seen) = last_seen {
+        tokio::time::sleep_until((seen + Duration::from_millis(ctx.settings.confirm_delay_ms)).into()).await;
     }
     let ids: Vec<&str> = candidates.iter().map(|c| c.id.as_str()).collect();
     let db: HashMap<String, (i32, i64, Vec<String>, Vec<String>)> = sqlx::query_as::<_, ConfirmRow>(CONFIRM)

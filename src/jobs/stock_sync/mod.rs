@@ -12,10 +12,12 @@
 //!   falls inside a range, otherwise by the next run. Plan reads only.
 //! - **apply** ([`apply`]) compares one range:
 //!   `expected = products.stock - Σ quantity of order_items whose order is PAYMENT_WAIT`
-//!   against `stock:{id}`, read with `MGET`s that go out while the products stream in.
-//!   Candidates (key missing, value ≠ expected, invalid DB value) are *confirmed* after
-//!   `confirm_delay_ms`, classified, recorded in `stock_sync_mismatches`, then repaired with a
-//!   compare-and-set on the observed value. It returns counts only. Memory: one range.
+//!   against `stock:{id}`, read with `MGET`s of 1,000 keys that go out while the products
+//!   stream in, 1,000 at a time. Candidates (key missing, value ≠ expected, invalid DB value)
+//!   are *confirmed* `confirm_delay_ms` after the last of them was seen, classified, recorded
+//!   in `stock_sync_mismatches`, then repaired with a compare-and-set on the observed value.
+//!   It returns counts only. Memory: the batches in flight plus the range's candidates, so a
+//!   range can be large (`batch_size` is products per range).
 //! - **finalize** ([`alert`]) runs once per run, in the transaction of the chunk that
 //!   completes it, and emits the alerts from the recorded rows.
 //!

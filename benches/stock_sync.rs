@@ -11,15 +11,16 @@
 //!   sample (`SJ_BENCH_NAIVE_SAMPLE`, default 5000) extrapolated linearly to N;
 //! - job: the job itself in this process without Kafka — plan (ranges), apply every range
 //!   (compare, confirm, classify, record, repair), finalize (build the alerts) — at the
-//!   configured batch (1000) and at `SJ_BENCH_ALT_BATCH` (default 10000; 0 = skip);
+//!   configured batch (500,000 products per range) and at `SJ_BENCH_ALT_BATCH` (default
+//!   100,000; 0 = skip);
 //! - processor: the real pipeline in this process — tick → plan transaction → one Kafka
 //!   transaction per range → finalisation — at the same two batch sizes (`SJ_BENCH_E2E=0`
 //!   skips it).
 //!
 //! Peak RSS per phase is VmHWM of this process after resetting it (`/proc/self/clear_refs`),
 //! so it is the peak of that phase, not of the seeding. `confirm_delay_ms` is
-//! `SJ_BENCH_CONFIRM_DELAY_MS` (default 0): the delay is a deliberate wait per range with a
-//! candidate, not work; what the default 200 ms would add is printed next to the numbers.
+//! `SJ_BENCH_CONFIRM_DELAY_MS` (default: the configured default, 200 ms): a deliberate wait
+//! per range with a candidate, not work, but part of what a run takes.
 
 #[path = "../tests/it/common.rs"]
 #[allow(dead_code)]
@@ -343,9 +344,9 @@ fn settings_with(s: &Settings, batch: u32, delay_ms: u64) -> Settings {
 async fn main() {
     let n = env_usize("SJ_BENCH_PRODUCTS", 1_000_000).max(PLANT_EVERY as usize);
     let sample = env_usize("SJ_BENCH_NAIVE_SAMPLE", 5000);
-    let delay = env_usize("SJ_BENCH_CONFIRM_DELAY_MS", 0) as u64;
+    let delay = env_usize("SJ_BENCH_CONFIRM_DELAY_MS", DEFAULT_CONFIRM_DELAY_MS as usize) as u64;
     let e2e = env_usize("SJ_BENCH_E2E", 1) == 1;
-    let alt_batch = env_usize("SJ_BENCH_ALT_BATCH", 10_000) as u32;
+    let alt_batch = env_usize("SJ_BENCH_ALT_BATCH", 100_000) as u32;
     let sizes = [n / 10, n];
 
     let s = isolated().await;
@@ -428,7 +429,7 @@ async fn main() {
                 peak_kb: status_kb("VmHWM:"),
                 base_kb,
                 note: format!(
-                    "plan {:.3} s; {} compared, {} mismatches, {} repaired, {} alerts; {with_candidates} ranges confirmed (+{:.1} s at the default {DEFAULT_CONFIRM_DELAY_MS} ms)",
+                    "plan {:.3} s; {} compared, {} mismatches, {} repaired, {} alerts; {with_candidates} ranges confirmed ({delay} ms wait each; +{:.1} s more at the default {DEFAULT_CONFIRM_DELAY_MS} ms)",
                     plan.as_secs_f64(),
                     c("products"),
                     c("mismatches"),
@@ -492,6 +493,16 @@ async fn main() {
             job.time.as_secs_f64() / floor.time.as_secs_f64(),
             if job.time.as_secs_f64() <= 2.0 * floor.time.as_secs_f64() { "yes" } else { "NO" },
             job.time.as_secs_f64() / floor_e.time.as_secs_f64(),
+        );
+    }
+    if let (Some(p), Some(floor_e)) = (find(&format!("processor, batch {batch}:"), n), find("floor: SELECT expected", n)) {
+        let budget = 4.0 * n as f64 / 1e6;
+        println!(
+            "end to end at {n} products, batch {batch}: processor {:.2} s (≤ {budget:.2} s: {}); processor / floor with expected {:.2}× (≤ 2×: {})",
+            p.time.as_secs_f64(),
+            if p.time.as_secs_f64() <= budget { "yes" } else { "NO" },
+            p.time.as_secs_f64() / floor_e.time.as_secs_f64(),
+            if p.time.as_secs_f64() <= 2.0 * floor_e.time.as_secs_f64() { "yes" } else { "NO" },
         );
     }
     for prefix in [format!("processor, batch {batch}:"), job_default] {

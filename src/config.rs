@@ -120,7 +120,8 @@ pub struct JobSettings {
     pub schedule: String,
     /// A run still going after this many seconds is abandoned and recorded TIMED_OUT.
     pub timeout_secs: u64,
-    /// Work-item size (ids per chunk).
+    /// Work-item size: ids per chunk (stock-sync: products per id range, which streams in
+    /// 1,000 at a time whatever its size).
     pub batch_size: u32,
     pub catch_up: CatchUp,
     /// Upper bound on fire times published by one catch-up.
@@ -162,7 +163,7 @@ pub fn default_jobs() -> BTreeMap<String, JobSettings> {
     };
     BTreeMap::from([
         ("order_expiration".to_string(), job("0 */10 * * * *", 300, 100, CatchUp::Latest, 1)),
-        ("stock_sync".to_string(), job("0 0 2 * * *", 1800, 1000, CatchUp::Latest, 1)),
+        ("stock_sync".to_string(), job("0 0 2 * * *", 1800, 500_000, CatchUp::Latest, 1)),
         ("daily_statistics".to_string(), job("0 0 0 * * *", 600, 1, CatchUp::All, 7)),
         ("noop".to_string(), job("", 60, 100, CatchUp::Latest, 1)),
         // Reports for people (seed: 09:00 stock-sync summary, 10:00 statistics report).

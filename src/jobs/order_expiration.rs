@@ -62,6 +62,12 @@ const EXPIRED: &str = "SELECT id FROM orders WHERE status = 'PAYMENT_WAIT' AND c
 /// attempt (`cancelled`) or an earlier one (`earlier`) — with its items. All parts of one
 /// statement see the snapshot taken when it started, so `earlier` cannot see this statement's
 /// own changes: the two sets are disjoint and together complete.
+///
+/// The items are read per order (a lateral aggregate: one primary-key lookup each) rather than
+/// joined: with the chunk's 1,000 ids bound, the planner's custom plans (a connection's first
+/// five executions) estimated the join at a hash over a sequential scan of all of
+/// `order_items` — 130 ms instead of 30 ms per chunk at 200,000 items, and growing with the
+/// table.
 const CANCEL_AND_COLLECT: &str = "
 WITH cancelled AS (
     UPDATE orders SET status = 'ORDER_CANCELLED', cancel_reason = 'PAYMENT_TIMEOUT', cancelled_at = now()
@@ -78,16 +84,21 @@ WITH cancelled AS (
 ), mine AS (
     SELECT * FROM cancelled UNION ALL SELECT * FROM earlier
 )
-SELECT m.id, m.user_id, m.cancelled_at, i.product_id, i.quantity
-FROM mine m LEFT JOIN order_items i ON i.order_id = m.id
-ORDER BY m.id, i.product_id";
+SELECT m.id, m.user_id, m.cancelled_at, it.product_ids, it.quantities
+FROM mine m
+CROSS JOIN LATERAL (
+    SELECT array_agg(i.product_id ORDER BY i.product_id) AS product_ids,
+           array_agg(i.quantity ORDER BY i.product_id) AS quantities
+    FROM order_items i WHERE i.order_id = m.id
+) it
+ORDER BY m.id";
 
 /// Serialises attempts at the same chunk (a zombie and the partition's new owner): the
 /// second one's statement then starts after the first committed, so its snapshot sees the
 /// first one's record and it emits the orders the first one cancelled.
 const LOCK_CHUNK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
 
-type Row = (String, String, DateTime<Utc>, Option<String>, Option<i32>);
+type Row = (String, String, DateTime<Utc>, Option<Vec<String>>, Option<Vec<i32>>);
 
 /// One order this run cancelled, as the events describe it.
 #[derive(Debug)]
@@ -181,18 +192,16 @@ async fn apply_chunk(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobEr
     Ok(out)
 }
 
-/// Rows come ordered by order, one per item (or one with no item): fold them into orders.
+/// One row per order, its items as two parallel arrays (NULL when it has none).
 fn group(rows: Vec<Row>) -> Vec<Cancelled> {
-    let mut orders: Vec<Cancelled> = Vec::new();
-    for (order_id, user_id, cancelled_at, product_id, quantity) in rows {
-        if orders.last().is_none_or(|o| o.order_id != order_id) {
-            orders.push(Cancelled { order_id, user_id, cancelled_at, items: Vec::new() });
-        }
-        if let (Some(o), Some(p), Some(q)) = (orders.last_mut(), product_id, quantity) {
-            o.items.push((p, q));
-        }
-    }
-    orders
+    rows.into_iter()
+        .map(|(order_id, user_id, cancelled_at, products, quantities)| Cancelled {
+            order_id,
+            user_id,
+            cancelled_at,
+            items: products.unwrap_or_default().into_iter().zip(quantities.unwrap_or_default()).collect(),
+        })
+        .collect()
 }
 
 /// The two events of one cancelled order. Everything in them comes from durable state and the
@@ -240,8 +249,8 @@ mod tests {
     #[test]
     fn rows_fold_into_orders_with_their_items() {
         let t = Utc::now();
-        let row = |o: &str, p: Option<&str>, q: Option<i32>| (o.to_string(), "u".to_string(), t, p.map(String::from), q);
-        let orders = group(vec![row("a", Some("p1"), Some(2)), row("a", Some("p2"), Some(1)), row("b", None, None)]);
+        let a = ("a".to_string(), "u".to_string(), t, Some(vec!["p1".to_string(), "p2".to_string()]), Some(vec![2, 1]));
+        let orders = group(vec![a, ("b".to_string(), "u".to_string(), t, None, None)]);
         assert_eq!(orders.len(), 2);
         assert_eq!(orders[0].items, vec![("p1".to_string(), 2), ("p2".to_string(), 1)]);
         assert!(orders[1].items.is_empty());

@@ -42,6 +42,8 @@ impl Processor {
 
         let started = std::time::Instant::now();
         let mut chunk_sample = None;
+        // (start + apply, + bookkeeping and encoding) for the debug timing line.
+        let mut prepared = None;
         let (output, state, finalized) = if item.chunk_index == SEAL {
             bookkeeping::seal(&self.db, &item.run_id, &item.job, &item.period, item.chunk_count, item.planned_at).await?;
             let finalized = bookkeeping::try_finalize(&self.db, &item.run_id, item.chunk_index).await?;
@@ -77,7 +79,9 @@ impl Processor {
                     .await?;
                 bookkeeping::try_finalize(&self.db, &item.run_id, item.chunk_index).await
             };
+            let applied = started.elapsed();
             let (finalized, encoded) = tokio::join!(bookkeeping, self.encode_emits(output.records));
+            prepared = Some((applied, started.elapsed()));
             chunk_sample = Some((outcome.metric_label(), output.counts));
             let state = match outcome {
                 ChunkOutcome::Applied => RunState::Done,
@@ -87,7 +91,9 @@ impl Processor {
             (encoded?, state, finalized?)
         };
 
+        let before_begin = started.elapsed();
         self.begin().await?;
+        let begun = started.elapsed();
         self.send_encoded(output).await?;
         let run = Run {
             run_id: item.run_id.clone(),
@@ -144,6 +150,18 @@ impl Processor {
             crate::fault::point(crate::fault::BEFORE_APPLY_COMMIT, &item.job);
         }
         self.commit(m).await?;
+        if let Some((applied, encoded)) = prepared {
+            // Where a chunk's time goes: its effects, then bookkeeping and encoding, then the
+            // wait for the previous record's Kafka commit, then queueing its records.
+            tracing::debug!(
+                run_id = %item.run_id, chunk = item.chunk_index,
+                apply_ms = applied.as_millis() as u64,
+                bookkeeping_ms = (encoded - applied).as_millis() as u64,
+                commit_wait_ms = (begun - before_begin).as_millis() as u64,
+                send_ms = (started.elapsed() - begun).as_millis() as u64,
+                "chunk timings"
+            );
+        }
         self.write_through(ckey, chunk_entry);
         if let Some((k, e)) = run_entry {
             self.write_through(k, e);

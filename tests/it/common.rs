@@ -63,12 +63,37 @@ pub async fn create_topics(settings: &Settings, names: &[(&str, i32)]) {
     scheduled_jobs::topics::apply(settings, &specs, false).await.expect("create test topics");
 }
 
+/// Test databases older than this are left over from earlier runs (a test run takes minutes).
+const STALE_TEST_DB_SECS: u64 = 6 * 3600;
+
+/// Drops the test databases earlier runs left behind (tests do not tear theirs down), once per
+/// test binary: a developer's local stack would otherwise gain one per test per run. A name
+/// carries its creation time (`sj_test_<unix seconds>_<random>`); one without it is older.
+async fn sweep_stale_test_dbs(admin: &PgPool) {
+    static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if SWEPT.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'sj\\_test\\_%'").fetch_all(admin).await.unwrap_or_default();
+    for name in names {
+        let created = name.strip_prefix("sj_test_").and_then(|rest| rest.split('_').next()).and_then(|t| t.parse::<u64>().ok());
+        if created.is_none_or(|t| now.saturating_sub(t) > STALE_TEST_DB_SECS) {
+            // Best effort: a database another run still uses is simply kept.
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(admin).await;
+        }
+    }
+}
+
 /// A fresh, migrated database; dropped by the caller with [`drop_db`] when it wants.
 pub async fn fresh_db(settings: &Settings) -> (PgPool, String) {
-    let name = format!("sj_test_{}", uuid::Uuid::new_v4().simple());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let name = format!("sj_test_{now}_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
     let admin = PgPool::connect_with(scheduled_jobs::db::connect_options(&settings.postgres, "postgres"))
         .await
         .expect("connect to postgres database");
+    sweep_stale_test_dbs(&admin).await;
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create test database");
     admin.close().await;
     let mut pg = settings.postgres.clone();

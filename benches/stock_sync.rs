@@ -255,17 +255,9 @@ impl Bench {
         let mut with_candidates = 0;
         for (index, ids) in ranges.into_iter().enumerate() {
             let item = WorkItem {
-                run_id: run.run_id.clone(),
-                job: JOB.into(),
                 period: run.period.clone(),
                 tick_id: run.tick.tick_id.clone(),
-                trigger: "SCHEDULED".into(),
-                chunk_index: index as i32,
-                chunk_count: -1,
-                ids,
-                parameters: BTreeMap::new(),
-                scheduled_at: at,
-                planned_at: at,
+                ..common::work_item(JOB, &run.run_id, index as i32, ids, at)
             };
             let out = StockSync.apply(&ctx, &item).await.expect("apply");
             if out.counts.get("candidates").copied().unwrap_or(0) > 0 {

@@ -13,7 +13,6 @@
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::Utc;
@@ -21,7 +20,6 @@ use futures::StreamExt;
 use scheduled_jobs::jobs::stock_sync::StockSync;
 use scheduled_jobs::jobs::{Job, JobCtx};
 use scheduled_jobs::stock::stock_key;
-use scheduled_jobs::wire::internal::WorkItem;
 
 struct Counting;
 
@@ -97,19 +95,7 @@ async fn stock_sync_heap_stays_flat_from_20000_to_200000_products_in_one_range()
     // One range over everything there is: apply it, and measure the heap it needed.
     let apply_all = |n: usize, run: usize| {
         let ctx = &ctx;
-        let item = WorkItem {
-            run_id: format!("{tag}-run-{run}"),
-            job: JOB.into(),
-            period: "p".into(),
-            tick_id: "t".into(),
-            trigger: "SCHEDULED".into(),
-            chunk_index: 0,
-            chunk_count: -1,
-            ids: vec![id(0), id(n - 1)],
-            parameters: BTreeMap::new(),
-            scheduled_at: Utc::now(),
-            planned_at: Utc::now(),
-        };
+        let item = common::work_item(JOB, &format!("{tag}-run-{run}"), 0, vec![id(0), id(n - 1)], Utc::now());
         async move {
             let base = phase_start();
             let out = StockSync.apply(ctx, &item).await.unwrap();

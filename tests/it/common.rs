@@ -3,8 +3,10 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use scheduled_jobs::config::Settings;
 use scheduled_jobs::topics::TopicSpec;
+use scheduled_jobs::wire::internal::WorkItem;
 use sqlx::PgPool;
 
 pub fn repo_root() -> PathBuf {
@@ -39,6 +41,25 @@ pub fn settings() -> Settings {
     s.topics.overrides = Some(repo_root().join("topics/overrides/single-broker.toml"));
     s.schemas.dir = repo_root().join("avro");
     s
+}
+
+/// A work item as the planner publishes one, for tests and benches that drive a job's `apply`
+/// directly: chunk `index` of run `run_id` of `job` over `ids`, scheduled and planned at `at`,
+/// period "p", tick "t". Override fields with struct update syntax where they matter.
+pub fn work_item(job: &str, run_id: &str, index: i32, ids: Vec<String>, at: DateTime<Utc>) -> WorkItem {
+    WorkItem {
+        run_id: run_id.into(),
+        job: job.into(),
+        period: "p".into(),
+        tick_id: "t".into(),
+        trigger: "SCHEDULED".into(),
+        chunk_index: index,
+        chunk_count: -1,
+        ids,
+        parameters: Default::default(),
+        scheduled_at: at,
+        planned_at: at,
+    }
 }
 
 pub fn unique(prefix: &str) -> String {

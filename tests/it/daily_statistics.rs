@@ -556,17 +556,10 @@ async fn apply_repeats_its_records_for_its_run_and_skips_dates_owned_by_another(
     seed_orders(&pool, &around_midnights(tz, plus(d, -1), 2, 11)).await;
     let ctx = JobCtx { db: pool.clone(), redis: None, tz, settings: s.job("daily_statistics").cloned().unwrap() };
     let item = |run: &str| WorkItem {
-        run_id: run.into(),
-        job: JOB.into(),
         period: d.to_string(),
-        tick_id: "t".into(),
-        trigger: "SCHEDULED".into(),
-        chunk_index: 0,
-        chunk_count: -1,
-        ids: vec![plus(d, -1).to_string(), d.to_string()],
-        parameters: BTreeMap::new(),
         scheduled_at: midnight(plus(d, 1), tz),
         planned_at: Utc::now(),
+        ..crate::common::work_item(JOB, run, 0, vec![plus(d, -1).to_string(), d.to_string()], Utc::now())
     };
     let job = DailyStatistics;
     let once = job.apply(&ctx, &item("run-a")).await.unwrap();

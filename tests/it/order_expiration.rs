@@ -600,17 +600,8 @@ async fn two_attempts_at_the_same_chunk_at_once_both_emit_every_order_it_cancell
         shop.place(&orders).await;
         let before = shop.stocks().await;
         let item = WorkItem {
-            run_id: format!("run-{round}"),
-            job: JOB.into(),
             period: at.to_rfc3339(),
-            tick_id: "t".into(),
-            trigger: "SCHEDULED".into(),
-            chunk_index: 0,
-            chunk_count: -1,
-            ids: orders.iter().map(|o| o.id.clone()).collect(),
-            parameters: BTreeMap::new(),
-            scheduled_at: at,
-            planned_at: at,
+            ..crate::common::work_item(JOB, &format!("run-{round}"), 0, orders.iter().map(|o| o.id.clone()).collect(), at)
         };
         let (a, b) = tokio::join!(
             tokio::spawn({

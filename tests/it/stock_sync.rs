@@ -29,7 +29,7 @@ use scheduled_jobs::jobs::stock_sync::StockSync;
 use scheduled_jobs::jobs::{Job, JobCtx, Run};
 use scheduled_jobs::stock::{stock_key, Reserve, Stock};
 use scheduled_jobs::wire::derived_id;
-use scheduled_jobs::wire::internal::{Outcome, RunResult, WorkItem};
+use scheduled_jobs::wire::internal::{Outcome, RunResult};
 use serde_json::Value as Json;
 use sqlx::PgPool;
 
@@ -409,19 +409,7 @@ async fn a_retried_chunk_keeps_its_first_observation_and_finalize_is_repeatable(
     let fine = e.product("r-fine", 5, Some(5)).await;
     let ctx = e.ctx();
     let run_id = unique("run");
-    let item = WorkItem {
-        run_id: run_id.clone(),
-        job: JOB.into(),
-        period: "p".into(),
-        tick_id: "t".into(),
-        trigger: "SCHEDULED".into(),
-        chunk_index: 0,
-        chunk_count: -1,
-        ids: vec![drift.clone(), fine.clone()],
-        parameters: BTreeMap::new(),
-        scheduled_at: Utc::now(),
-        planned_at: Utc::now(),
-    };
+    let item = crate::common::work_item(JOB, &run_id, 0, vec![drift.clone(), fine.clone()], Utc::now());
     let first = StockSync.apply(&ctx, &item).await.unwrap();
     assert_eq!(first.counts.get("confirmed"), Some(&1), "{first:?}");
     assert_eq!(e.redis(&drift).await.as_deref(), Some("30"));

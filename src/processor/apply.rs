@@ -91,7 +91,6 @@ impl Processor {
             (encoded?, state, finalized?)
         };
 
-        let before_begin = started.elapsed();
         self.begin().await?;
         let begun = started.elapsed();
         self.send_encoded(output).await?;
@@ -157,7 +156,7 @@ impl Processor {
                 run_id = %item.run_id, chunk = item.chunk_index,
                 apply_ms = applied.as_millis() as u64,
                 bookkeeping_ms = (encoded - applied).as_millis() as u64,
-                commit_wait_ms = (begun - before_begin).as_millis() as u64,
+                commit_wait_ms = (begun - encoded).as_millis() as u64,
                 send_ms = (started.elapsed() - begun).as_millis() as u64,
                 "chunk timings"
             );

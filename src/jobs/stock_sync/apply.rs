@@ -281,9 +281,9 @@ async fn observe(redis: &mut ConnectionManager, ids: &[&str]) -> Result<Vec<Obse
     Ok(raw.into_iter().map(Observed::parse).collect())
 }
 
-/// Waits until `confirm_delay_ms` after the last candidate was seen, re-reads both sides (DB first, Redis last: the CAS compares
-/// against the Redis value, so the gap to it stays short), and returns the confirmed
-/// mismatches, classified.
+/// Waits until `confirm_delay_ms` after the last candidate was seen, re-reads both sides (DB
+/// first, Redis last: the CAS compares against the Redis value, so the gap to it stays
+/// short), and returns the confirmed mismatches, classified.
 async fn confirm(
     ctx: &JobCtx,
     redis: &ConnectionManager,

@@ -449,7 +449,7 @@ async fn main() {
                 d.drop().await;
                 let applied: Vec<String> = spread.iter().map(|(who, k)| format!("{who}: {k}")).collect();
                 let note = format!(
-                    "chunks applied by {}; {:.0}% of instance time in apply (DB + Redis)",
+                    "chunks applied by {}; apply (DB + Redis) busy {:.0}% of instance time (over 100%: chunks overlap)",
                     applied.join(", "),
                     100.0 * in_apply.as_secs_f64() / t.as_secs_f64() / instances as f64
                 );

@@ -2,19 +2,121 @@
 //! ledger entry and its offset in one transaction; the chunk that completes the run also
 //! writes the run result.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use rdkafka::message::{Message, OwnedMessage};
+use tracing::Instrument;
 
 use super::bookkeeping::{self, ChunkOutcome};
 use super::ledger::{chunk_key, run_key};
 use super::{reject, Processor, ProcessorError, SEAL};
 use crate::error::ErrorClass;
-use crate::jobs::{ChunkOutput, Run};
+use crate::jobs::{ChunkOutput, Job, JobCtx, Run};
 use crate::wire::internal::{Outcome, RunState, WorkItem};
 use crate::wire::tick::{Tick, Trigger};
 
+/// What a chunk's effects came to: the records to emit and how the chunk ended.
+pub(super) struct Effects {
+    output: ChunkOutput,
+    outcome: ChunkOutcome,
+    message: Option<String>,
+}
+
+/// A chunk's effects — marked started, then applied by its job unless its run is past its
+/// deadline — with owned inputs, so they can run as a task of their own ahead of their turn.
+///
+/// The deadline is checked before a chunk starts, never during, and never again once it has
+/// started: a chunk whose effects may have begun (an earlier attempt whose commit failed)
+/// always completes them and emits what they imply.
+async fn effects(db: sqlx::PgPool, instance: String, job: Arc<dyn Job>, ctx: JobCtx, item: WorkItem) -> Result<Effects, ProcessorError> {
+    let timeout_secs = ctx.settings.timeout_secs;
+    let deadline = item.planned_at + chrono::TimeDelta::seconds(timeout_secs as i64);
+    let timed_out = match bookkeeping::start_chunk(&db, &item.run_id, item.chunk_index, &instance, Utc::now() > deadline).await? {
+        bookkeeping::Start::Fresh => false,
+        bookkeeping::Start::Again(previous) => previous == ChunkOutcome::TimedOut,
+        bookkeeping::Start::PastDeadline => true,
+    };
+    if timed_out {
+        let message = Some(format!("run exceeded its timeout of {timeout_secs} s"));
+        return Ok(Effects { output: ChunkOutput::default(), outcome: ChunkOutcome::TimedOut, message });
+    }
+    match job.apply(&ctx, &item).await {
+        Ok(output) => Ok(Effects { output, outcome: ChunkOutcome::Applied, message: None }),
+        Err(e) if e.class() == ErrorClass::Retry => Err(ProcessorError::Job { job: item.job.clone(), source: e }),
+        Err(e) => {
+            tracing::error!(run_id = %item.run_id, chunk = item.chunk_index, error = %e, "chunk failed");
+            Ok(Effects { output: ChunkOutput::default(), outcome: ChunkOutcome::Failed, message: Some(e.to_string()) })
+        }
+    }
+}
+
+/// A later work item of the batch whose effects run while the current one's records are
+/// bookkept, encoded and sent (see [`Processor::apply_ahead`]).
+pub(super) struct Ahead {
+    /// The record it belongs to: topic, partition, offset.
+    at: (String, i32, i64),
+    task: tokio::task::JoinHandle<Result<Effects, ProcessorError>>,
+}
+
+fn position(m: &OwnedMessage) -> (String, i32, i64) {
+    (m.topic().to_string(), m.partition(), m.offset())
+}
+
 impl Processor {
-    pub(super) async fn handle_work_item(&mut self, m: &OwnedMessage) -> Result<(), ProcessorError> {
+    /// Waits for effects started ahead and drops what they returned: their record will be
+    /// consumed again (reset, shutdown) and its effects are idempotent, but they must not run
+    /// at the same time as the retry's.
+    pub(super) async fn drain_ahead(&mut self) {
+        if let Some(a) = self.ahead.take() {
+            if let Ok(Err(e)) | Err(e) = a.task.await.map_err(|e| ProcessorError::Task(e.to_string())) {
+                tracing::debug!(error = %e, "effects started ahead failed; their record will be handled again");
+            }
+        }
+    }
+
+    /// Starts the effects of `next` (the batch's next work item) as a task of their own, so
+    /// they overlap the current chunk's bookkeeping, encoding and sending. Safe because
+    /// effects may always run before their Kafka commit (a crash does the same) and are
+    /// idempotent; skipped when `next` is the chunk being handled (a duplicate) or already
+    /// applied, and for anything that is not a plain chunk — those are handled in turn.
+    async fn apply_ahead(&mut self, next: &OwnedMessage, current: &str) {
+        if next.topic() != self.names.work_items || self.ahead.is_some() {
+            return;
+        }
+        let Some(item) = (match next.payload() {
+            Some(bytes) => self.codec.decode(bytes).await.ok().and_then(|d| WorkItem::from_avro(d.value).ok()),
+            None => None,
+        }) else {
+            return;
+        };
+        let key = chunk_key(&item.run_id, item.chunk_index);
+        let Some(job) = self.jobs.get(&item.job).cloned() else { return };
+        if item.chunk_index == SEAL || key == current || self.ledger.get(&key).is_some() {
+            return;
+        }
+        let span = tracing::info_span!(
+            "record", topic = next.topic(), partition = next.partition(), offset = next.offset(),
+            job = item.job.as_str(), tick_id = item.tick_id.as_str(), run_id = item.run_id.as_str(), chunk = item.chunk_index,
+        );
+        let ctx = self.job_ctx(&item.job);
+        let task = tokio::spawn(effects(self.db.clone(), self.instance.clone(), job, ctx, item).instrument(span));
+        self.ahead = Some(Ahead { at: position(next), task });
+    }
+
+    /// `next` is the batch's next work item, if any, whose effects may start ahead.
+    pub(super) async fn handle_work_item(&mut self, m: &OwnedMessage, next: Option<&OwnedMessage>) -> Result<(), ProcessorError> {
+        if self.ahead.as_ref().is_some_and(|a| a.at != position(m)) {
+            self.drain_ahead().await;
+        }
+        let result = self.handle_work_item_with(m, next).await;
+        if result.is_err() {
+            self.drain_ahead().await;
+        }
+        result
+    }
+
+    async fn handle_work_item_with(&mut self, m: &OwnedMessage, next: Option<&OwnedMessage>) -> Result<(), ProcessorError> {
         let Some(bytes) = m.payload() else {
             return self.dead_letter(m, reject("UNDECODABLE", "empty work item")).await;
         };
@@ -36,6 +138,8 @@ impl Processor {
         };
         let ckey = chunk_key(&item.run_id, item.chunk_index);
         if self.ledger.get(&ckey).is_some() {
+            // Applied again ahead of its turn (idempotent, so nothing changed): discarded.
+            self.drain_ahead().await;
             tracing::info!(run_id = %item.run_id, chunk = item.chunk_index, "chunk already applied, work item ignored");
             return self.commit_offset_only(m).await;
         }
@@ -49,28 +153,14 @@ impl Processor {
             let finalized = bookkeeping::try_finalize(&self.db, &item.run_id, item.chunk_index).await?;
             (Vec::new(), RunState::Done, finalized)
         } else {
-            let settings = self.job_settings(&item.job);
-            let deadline = item.planned_at + chrono::TimeDelta::seconds(settings.timeout_secs as i64);
-            // The deadline is checked before a chunk starts, never during, and never again once
-            // it has started: a chunk whose effects may have begun (an earlier attempt whose
-            // commit failed) always completes them and emits what they imply.
-            let timed_out = match bookkeeping::start_chunk(&self.db, &item.run_id, item.chunk_index, &self.instance, Utc::now() > deadline).await? {
-                bookkeeping::Start::Fresh => false,
-                bookkeeping::Start::Again(previous) => previous == ChunkOutcome::TimedOut,
-                bookkeeping::Start::PastDeadline => true,
-            };
-            let (output, outcome, message) = if timed_out {
-                (ChunkOutput::default(), ChunkOutcome::TimedOut, Some(format!("run exceeded its timeout of {} s", settings.timeout_secs)))
-            } else {
-                let ctx = self.job_ctx(&item.job);
-                match job.apply(&ctx, &item).await {
-                    Ok(out) => (out, ChunkOutcome::Applied, None),
-                    Err(e) if e.class() == ErrorClass::Retry => return Err(ProcessorError::Job { job: item.job.clone(), source: e }),
-                    Err(e) => {
-                        tracing::error!(run_id = %item.run_id, chunk = item.chunk_index, error = %e, "chunk failed");
-                        (ChunkOutput::default(), ChunkOutcome::Failed, Some(e.to_string()))
-                    }
-                }
+            let mine = self.ahead.take();
+            // The next chunk's effects overlap everything this one still has to do.
+            if let Some(next) = next {
+                self.apply_ahead(next, &ckey).await;
+            }
+            let Effects { output, outcome, message } = match mine {
+                Some(a) => a.task.await.map_err(|e| ProcessorError::Task(e.to_string()))??,
+                None => effects(self.db.clone(), self.instance.clone(), job.clone(), self.job_ctx(&item.job), item.clone()).await?,
             };
             // The chunk's records are encoded while PostgreSQL records the chunk (the
             // bookkeeping future is polled first, so its query is in flight during encoding).

@@ -9,7 +9,10 @@
 //! - a **work item** (`scheduled-jobs.work-items`) is *applied*: the job performs the chunk's
 //!   idempotent effects and returns the records to emit; they are written with a chunk ledger
 //!   entry and the work item's offset in one transaction. The chunk that completes the run
-//!   (claimed in PostgreSQL, see [`bookkeeping`]) also writes the run result.
+//!   (claimed in PostgreSQL, see [`bookkeeping`]) also writes the run result. The batch's next
+//!   work item has its effects started while the current one is applied (effects are
+//!   idempotent and may precede their commit, as after a crash); Kafka sees the records, and
+//!   their offsets, strictly in order.
 //!
 //! Records that cannot be accepted go to the dead-letter topic with the reason and original
 //! bytes, in the transaction that commits their offset. Any failure of a transaction takes the
@@ -176,6 +179,8 @@ pub struct Processor {
     names: Names,
     instance: String,
     inflight: Option<Inflight>,
+    /// Effects of the batch's next work item, started ahead of its turn.
+    ahead: Option<apply::Ahead>,
     /// Index in the batch of the record being handled.
     current: usize,
     /// Set when a record's handling failed because the previous record's commit did.
@@ -264,6 +269,7 @@ impl Processor {
             names,
             instance,
             inflight: None,
+            ahead: None,
             current: 0,
             failed_at: None,
             metrics: Metrics::new(),
@@ -345,6 +351,8 @@ impl Processor {
                 let class = e.class();
                 let m = &batch[i];
                 tracing::warn!(error = %e, class = %class, topic = m.topic(), partition = m.partition(), offset = m.offset(), "transaction failed, resetting");
+                // Effects started ahead for a later record finish before it is consumed again.
+                self.drain_ahead().await;
                 // Never lose a record: everything from the failed one on is consumed again.
                 self.reset(&batch[i..])?;
                 if class == ErrorClass::Fatal {
@@ -358,7 +366,9 @@ impl Processor {
 
     /// Handles a batch in order, one transaction per record; on failure returns the index of
     /// the first record not committed. A record's commit overlaps the next record's
-    /// preparation (see [`Txn::start_commit`]); everything is committed when this returns Ok.
+    /// preparation (see [`Txn::start_commit`]), and the next work item's effects overlap the
+    /// current one's (see `apply_ahead`); everything is committed, and no effects are still
+    /// running, when this returns Ok.
     async fn handle_batch(&mut self, batch: &[OwnedMessage]) -> Result<(), (usize, ProcessorError)> {
         self.failed_at = None;
         self.refresh_ledger_if_assigned().await.map_err(|e| (0, e))?;
@@ -403,7 +413,10 @@ impl Processor {
             );
             let result = match ticks[i].take() {
                 Some(decoded) => self.handle_tick(m, decoded, superseded).instrument(span).await,
-                None => self.handle_work_item(m).instrument(span).await,
+                None => {
+                    let next = batch[i + 1..].iter().find(|n| n.topic() == self.names.work_items);
+                    self.handle_work_item(m, next).instrument(span).await
+                }
             };
             if let Err(e) = result {
                 // An earlier record whose commit fails is where the rewind must start.
@@ -486,7 +499,9 @@ impl Processor {
                 }
             }
         }
-        // A step cut short by the shutdown may have left a commit in flight.
+        // A step cut short by the shutdown may have left a commit, and effects started ahead,
+        // in flight.
+        self.drain_ahead().await;
         if let Err((_, e)) = self.settle().await {
             tracing::warn!(error = %e, "last commit failed at shutdown; its records will be consumed again");
         }

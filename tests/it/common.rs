@@ -138,6 +138,29 @@ pub fn binary() -> &'static Path {
 
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// Runs an async test body on its own multi-threaded runtime (like the real binary) and
+/// guards the whole of it, the runtime's shutdown included: a test that hangs instead of
+/// failing — a blocked librdkafka call on a worker keeps tokio's timers and its shutdown
+/// waiting — prints every thread's stack (through gdb, when installed) and aborts the test
+/// binary after `limit`, so CI fails in minutes with the evidence instead of at its time limit.
+pub fn guarded<F: std::future::Future<Output = ()>>(name: &str, limit: Duration, workers: usize, body: F) {
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let label = name.to_string();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(limit) {
+            eprintln!("watchdog: {label} still running after {limit:?}; stacks of every thread follow");
+            let pid = std::process::id().to_string();
+            let _ = Command::new("gdb").args(["-p", &pid, "-batch", "-ex", "thread apply all bt"]).status();
+            std::process::abort();
+        }
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().expect("runtime");
+    rt.block_on(body);
+    drop(rt);
+    let _ = done.send(());
+}
+
+
 /// Every record of `topic` as (partition, key, payload), read from the beginning until each
 /// partition reports end-of-partition, with the given `isolation.level`.
 pub fn read_all(settings: &Settings, topic: &str, isolation: &str) -> Vec<(i32, Option<Vec<u8>>, Option<Vec<u8>>)> {

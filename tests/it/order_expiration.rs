@@ -470,10 +470,13 @@ async fn a_processor_killed_between_effects_and_commit_leaves_events_and_stock_e
     let r = only_result(&r);
     assert_eq!(r.outcome, Outcome::Succeeded);
     assert_eq!(r.counts["ordersCancelled"], 500, "{r:?}");
-    // The killed chunk's reservations were released by the killed attempt; its retry found
-    // them gone and still emitted its events, from order_expirations.
-    assert_eq!(r.counts["reservationsAbsent"], i64::from(batch), "{r:?}");
-    assert_eq!(r.counts["reservationsReleased"], 500 - i64::from(batch), "{r:?}");
+    // The killed chunk's reservations were released by the killed attempt (and those of the
+    // next chunk too when its effects had started ahead and got that far: one Lua call per
+    // chunk, so whole chunks); the retry found them gone and still emitted their events,
+    // from order_expirations.
+    let absent = r.counts["reservationsAbsent"];
+    assert!(absent >= i64::from(batch) && absent % i64::from(batch) == 0, "{r:?}");
+    assert_eq!(r.counts["reservationsReleased"], 500 - absent, "{r:?}");
     eprintln!("crash test: {crashes} crash(es), run result counts {:?}", r.counts);
 }
 

@@ -17,7 +17,7 @@ use scheduled_jobs::processor::{Processor, Step};
 use scheduled_jobs::wire::internal::{Outcome, RunResult};
 use scheduled_jobs::wire::tick::{Tick, Trigger};
 
-use crate::common::{fresh_db, isolated, read_all, WAIT};
+use crate::common::{fresh_db, guarded, isolated, read_all, WAIT};
 
 pub fn tick(job: &str, at: DateTime<Utc>, params: &[(&str, &str)]) -> Tick {
     let mut t = Tick::for_fire_time(job, at, Trigger::Scheduled, Some("test".into()));
@@ -222,7 +222,9 @@ async fn bad_ticks_go_to_dead_letters_and_processing_continues() {
 async fn a_run_past_its_timeout_is_recorded_timed_out_and_the_next_tick_proceeds() {
     let mut s = isolated().await;
     s.jobs.get_mut("noop").unwrap().timeout_secs = 2;
-    let slow = tick("noop", at(20), &[("chunks", "4"), ("apply_sleep_ms", "900")]);
+    // Chunks of 0.9 s against a 2 s timeout: whether they run one at a time or two at once
+    // (the next chunk's effects start ahead), the last ones start past the deadline.
+    let slow = tick("noop", at(20), &[("chunks", "8"), ("apply_sleep_ms", "900")]);
     let slow_plan = tick("noop", at(10), &[("plan_sleep_ms", "4000")]);
     let next = tick("noop", at(1), &[("chunks", "2")]);
     publish(&s, &[slow.clone()]).await;
@@ -244,6 +246,31 @@ async fn a_run_past_its_timeout_is_recorded_timed_out_and_the_next_tick_proceeds
 }
 
 #[tokio::test]
+async fn the_next_chunks_effects_start_while_the_current_chunk_is_applied() {
+    let s = isolated().await;
+    let t = tick("noop", at(2), &[("chunks", "6"), ("apply_sleep_ms", "1000")]);
+    publish(&s, &[t.clone()]).await;
+    let pool = test_db(&s).await;
+    let mut p = processor_on(&s, pool.clone()).await;
+    drive(&mut p, 3).await;
+    let r = results(&s).await;
+    assert_eq!(r.len(), 1, "{r:#?}");
+    assert_eq!(r[0].outcome, Outcome::Succeeded);
+    assert_eq!(r[0].counts["items"], 6, "every chunk applied once: {r:#?}");
+    // Each chunk's effects take 1 s. One at a time, a chunk starts at least 1 s after the one
+    // before it; started ahead, the next one starts while the current one is being applied.
+    let starts: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM applied_at)::float8 FROM job_run_chunks WHERE chunk_index >= 0 ORDER BY applied_at",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(starts.len(), 6);
+    let overlapped = starts.windows(2).filter(|w| w[1] - w[0] < 0.9).count();
+    assert!(overlapped >= 1, "no chunk started while another was applied: starts {starts:?}");
+}
+
+#[tokio::test]
 async fn a_stale_tick_is_coalesced_when_a_newer_one_is_queued() {
     let s = isolated().await;
     let (t1, t2, t3) = (tick("noop", at(30), &[]), tick("noop", at(20), &[]), tick("noop", at(10), &[]));
@@ -260,8 +287,12 @@ async fn a_stale_tick_is_coalesced_when_a_newer_one_is_queued() {
 
 // Multi-threaded like the real binary: each processor makes blocking librdkafka calls
 // (transaction commit, offsets) that must not starve the other member's polls.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_processors_with_partitions_moving_lose_and_double_nothing() {
+#[test]
+fn two_processors_with_partitions_moving_lose_and_double_nothing() {
+    guarded("two_processors_with_partitions_moving_lose_and_double_nothing", Duration::from_secs(420), 4, two_processors());
+}
+
+async fn two_processors() {
     let s = isolated().await;
     // Manual ticks (never coalesced), each on its own key so they spread over partitions.
     let ticks: Vec<Tick> = (0..8)
@@ -393,10 +424,12 @@ async fn a_chunk_killed_before_its_commit_is_completed_even_after_the_deadline()
     );
     let status = tokio::task::spawn_blocking(move || first.wait()).await.unwrap().unwrap();
     assert!(!status.success(), "the fault point killed it");
-    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM job_run_chunks").fetch_one(&pool).await.unwrap();
-    assert_eq!(recorded, 1, "one chunk's effects done, its Kafka commit never happened");
+    // The first chunk's effects are done, its Kafka commit never happened; the second chunk's
+    // may have started ahead of their turn (effects run before their commit, idempotently).
+    let started: i64 = sqlx::query_scalar("SELECT count(*) FROM job_run_chunks").fetch_one(&pool).await.unwrap();
+    assert!((1..=2).contains(&started), "{started} chunks started");
     assert!(results(&s).await.is_empty());
-    // Restart past the run's deadline: the started chunk completes, the others time out.
+    // Restart past the run's deadline: the started chunks complete, the others time out.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let mut second = spawn_processor(&s, &database, &[("SJ_JOBS__NOOP__TIMEOUT_SECS", "3")]);
     let r = wait_for_results(&s, 1, Duration::from_secs(60)).await;
@@ -404,6 +437,6 @@ async fn a_chunk_killed_before_its_commit_is_completed_even_after_the_deadline()
     second.wait().ok();
     assert_eq!(r.len(), 1, "{r:#?}");
     assert_eq!(r[0].outcome, Outcome::TimedOut, "{r:#?}");
-    assert_eq!(r[0].counts.get("items"), Some(&1), "the started chunk completed: {r:#?}");
-    assert_eq!(r[0].counts.get("chunksTimedOut"), Some(&2), "{r:#?}");
+    assert_eq!(r[0].counts.get("items"), Some(&started), "the started chunks completed: {r:#?}");
+    assert_eq!(r[0].counts.get("chunksTimedOut"), Some(&(3 - started)), "{r:#?}");
 }

@@ -45,7 +45,7 @@ use scheduled_jobs::wire::tick::{Tick, Trigger};
 use scheduled_jobs::wire::{enum_value, ts};
 use sqlx::PgPool;
 
-use common::{drop_db, fresh_db, isolated, unique, WAIT};
+use common::{drop_db, fresh_db, isolated, unique, unlink_tagged, WAIT};
 
 const JOB: &str = "order-expiration";
 const PRODUCTS: usize = 100;
@@ -64,6 +64,8 @@ fn fire_time() -> DateTime<Utc> {
 /// A fresh database and Redis namespace holding `n` expired orders with reservations.
 struct Data {
     settings: Settings,
+    /// In every id, so the Redis keys of this data set can be removed with it.
+    tag: String,
     db_name: String,
     pool: PgPool,
     stock: Stock,
@@ -130,12 +132,13 @@ async fn seed(mut s: Settings, n: usize, batch: u32) -> Data {
         .await;
     assert_eq!(reserved, n);
     sqlx::query("ANALYZE").execute(&pool).await.expect("analyze");
-    Data { settings: s, db_name, pool, stock, at }
+    Data { settings: s, tag, db_name, pool, stock, at }
 }
 
 impl Data {
     async fn drop(self) {
         drop_db(&self.settings, self.pool, &self.db_name).await;
+        unlink_tagged(&self.settings, &self.tag).await;
     }
 
     async fn cancelled(&self) -> i64 {

@@ -482,9 +482,12 @@ daemonize yes
 pidfile "$REDIS_DIR/redis.pid"
 logfile "$(redis_log)"
 dir "$REDIS_DIR/data"
-# AOF so a restart (including SIGKILL, minus <=1 s) keeps the data; RDB snapshots stay on too.
+# AOF so a restart (including SIGKILL, minus <=1 s) keeps the data. No periodic RDB snapshots:
+# each forks and writes the whole dataset (seconds of a core at a few million keys), which AOF
+# makes redundant here and which skewed benchmarks that happened to overlap one.
 appendonly yes
 appendfsync everysec
+save ""
 EOF
   rotate_log "$(redis_log)"
   rm -f "$REDIS_DIR/redis.pid"

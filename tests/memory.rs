@@ -144,4 +144,5 @@ async fn stock_sync_heap_stays_flat_from_20000_to_200000_products_in_one_range()
     assert!(holding > (big - small) * 4, "the counter must see a loaded range ({holding} B)");
     drop(held);
     common::drop_db(&s, db, &db_name).await;
+    common::unlink_tagged(&s, &tag).await;
 }

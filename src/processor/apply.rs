@@ -51,12 +51,33 @@ async fn effects(db: sqlx::PgPool, instance: String, job: Arc<dyn Job>, ctx: Job
     }
 }
 
-/// A later work item of the batch whose effects run while the current one's records are
-/// bookkept, encoded and sent (see [`Processor::apply_ahead`]).
+/// A later work item of the batch whose effects run while the current one is applied (see
+/// [`Processor::apply_ahead`]). Dropping it stops them at their next await point, as a crash
+/// would, so they never outlive the step that started them.
 pub(super) struct Ahead {
     /// The record it belongs to: topic, partition, offset.
     at: (String, i32, i64),
     task: tokio::task::JoinHandle<Result<Effects, ProcessorError>>,
+}
+
+impl Ahead {
+    async fn effects(mut self) -> Result<Effects, ProcessorError> {
+        (&mut self.task).await.map_err(|e| ProcessorError::Task(e.to_string()))?
+    }
+
+    /// Stops the effects and waits until they have stopped.
+    async fn cancel(mut self) {
+        self.task.abort();
+        if let Ok(Err(e)) = (&mut self.task).await {
+            tracing::debug!(error = %e, "effects started ahead failed; their record will be handled again");
+        }
+    }
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 fn position(m: &OwnedMessage) -> (String, i32, i64) {
@@ -64,14 +85,12 @@ fn position(m: &OwnedMessage) -> (String, i32, i64) {
 }
 
 impl Processor {
-    /// Waits for effects started ahead and drops what they returned: their record will be
-    /// consumed again (reset, shutdown) and its effects are idempotent, but they must not run
-    /// at the same time as the retry's.
-    pub(super) async fn drain_ahead(&mut self) {
+    /// Stops effects started ahead, if any, and waits until they have: their record will be
+    /// consumed again (reset, shutdown) and their effects are idempotent — stopped part-way,
+    /// as by a crash, they are completed by the retry — but they must never run beside it.
+    pub(super) async fn cancel_ahead(&mut self) {
         if let Some(a) = self.ahead.take() {
-            if let Ok(Err(e)) | Err(e) = a.task.await.map_err(|e| ProcessorError::Task(e.to_string())) {
-                tracing::debug!(error = %e, "effects started ahead failed; their record will be handled again");
-            }
+            a.cancel().await;
         }
     }
 
@@ -107,11 +126,11 @@ impl Processor {
     /// `next` is the batch's next work item, if any, whose effects may start ahead.
     pub(super) async fn handle_work_item(&mut self, m: &OwnedMessage, next: Option<&OwnedMessage>) -> Result<(), ProcessorError> {
         if self.ahead.as_ref().is_some_and(|a| a.at != position(m)) {
-            self.drain_ahead().await;
+            self.cancel_ahead().await;
         }
         let result = self.handle_work_item_with(m, next).await;
         if result.is_err() {
-            self.drain_ahead().await;
+            self.cancel_ahead().await;
         }
         result
     }
@@ -138,8 +157,8 @@ impl Processor {
         };
         let ckey = chunk_key(&item.run_id, item.chunk_index);
         if self.ledger.get(&ckey).is_some() {
-            // Applied again ahead of its turn (idempotent, so nothing changed): discarded.
-            self.drain_ahead().await;
+            // Started again ahead of its turn: stopped (idempotent, so nothing changes either way).
+            self.cancel_ahead().await;
             tracing::info!(run_id = %item.run_id, chunk = item.chunk_index, "chunk already applied, work item ignored");
             return self.commit_offset_only(m).await;
         }
@@ -159,7 +178,7 @@ impl Processor {
                 self.apply_ahead(next, &ckey).await;
             }
             let Effects { output, outcome, message } = match mine {
-                Some(a) => a.task.await.map_err(|e| ProcessorError::Task(e.to_string()))??,
+                Some(a) => a.effects().await?,
                 None => effects(self.db.clone(), self.instance.clone(), job.clone(), self.job_ctx(&item.job), item.clone()).await?,
             };
             // The chunk's records are encoded while PostgreSQL records the chunk (the

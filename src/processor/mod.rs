@@ -351,8 +351,8 @@ impl Processor {
                 let class = e.class();
                 let m = &batch[i];
                 tracing::warn!(error = %e, class = %class, topic = m.topic(), partition = m.partition(), offset = m.offset(), "transaction failed, resetting");
-                // Effects started ahead for a later record finish before it is consumed again.
-                self.drain_ahead().await;
+                // Effects started ahead for a later record stop before it is consumed again.
+                self.cancel_ahead().await;
                 // Never lose a record: everything from the failed one on is consumed again.
                 self.reset(&batch[i..])?;
                 if class == ErrorClass::Fatal {
@@ -501,7 +501,7 @@ impl Processor {
         }
         // A step cut short by the shutdown may have left a commit, and effects started ahead,
         // in flight.
-        self.drain_ahead().await;
+        self.cancel_ahead().await;
         if let Err((_, e)) = self.settle().await {
             tracing::warn!(error = %e, "last commit failed at shutdown; its records will be consumed again");
         }

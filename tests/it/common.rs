@@ -131,6 +131,33 @@ pub async fn drop_db(settings: &Settings, pool: PgPool, name: &str) {
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await.expect("drop test db");
 }
 
+/// Removes every Redis key containing `tag` (a test's or bench's unique prefix), so runs do
+/// not pile keys up in a developer's Redis, whose persistence work grows with them.
+#[allow(dead_code)] // for the binaries that write many keys: tests/memory.rs and the benches
+pub async fn unlink_tagged(settings: &Settings, tag: &str) {
+    let url = secrecy::ExposeSecret::expose_secret(&settings.redis_url()).to_string();
+    let mut redis = redis::aio::ConnectionManager::new(redis::Client::open(url).expect("redis url")).await.expect("redis");
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("*{tag}*"))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut redis)
+            .await
+            .expect("scan");
+        if !keys.is_empty() {
+            let _: () = redis::cmd("UNLINK").arg(&keys).query_async(&mut redis).await.expect("unlink");
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+}
+
 /// The built binary, for tests that check what a user sees.
 pub fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_scheduled-jobs"))

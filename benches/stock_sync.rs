@@ -44,7 +44,7 @@ use scheduled_jobs::wire::internal::WorkItem;
 use scheduled_jobs::wire::tick::{Tick, Trigger};
 use sqlx::PgPool;
 
-use common::{drop_db, fresh_db, isolated, unique, WAIT};
+use common::{drop_db, fresh_db, isolated, unique, unlink_tagged, WAIT};
 
 const JOB: &str = "stock-sync";
 /// One product in this many is drifted (0.1%), at pseudo-random but fixed positions, so about
@@ -315,11 +315,8 @@ impl Bench {
     }
 
     async fn cleanup(self) {
-        let ids: Vec<String> = (0..self.seeded).map(|i| self.id(i)).collect();
-        for slice in ids.chunks(1000) {
-            let keys: Vec<String> = slice.iter().map(|id| stock_key(id)).collect();
-            let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut self.redis.clone()).await.expect("del");
-        }
+        // Every key of the bench carries its tag (product ids are `<tag>-<n>`).
+        unlink_tagged(&self.s, &self.tag).await;
         drop_db(&self.s, self.pool, &self.db_name).await;
     }
 }

@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use super::bookkeeping::{self, ChunkOutcome};
 use super::ledger::{chunk_key, run_key};
-use super::{reject, Processor, ProcessorError, SEAL};
+use super::{record_span, record_work_item, reject, Processor, ProcessorError, SEAL};
 use crate::error::ErrorClass;
 use crate::jobs::{ChunkOutput, Job, JobCtx, Run};
 use crate::wire::internal::{Outcome, RunState, WorkItem};
@@ -57,19 +57,29 @@ async fn effects(db: sqlx::PgPool, instance: String, job: Arc<dyn Job>, ctx: Job
 pub(super) struct Ahead {
     /// The record it belongs to: topic, partition, offset.
     at: (String, i32, i64),
+    /// That record's work item, decoded once.
+    item: WorkItem,
     task: tokio::task::JoinHandle<Result<Effects, ProcessorError>>,
 }
 
 impl Ahead {
+    /// A job that panics takes the processor down as it would applying in turn (a panic is a
+    /// bug, not something to retry).
     async fn effects(mut self) -> Result<Effects, ProcessorError> {
-        (&mut self.task).await.map_err(|e| ProcessorError::Task(e.to_string()))?
+        match (&mut self.task).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(ProcessorError::Task(e.to_string())),
+        }
     }
 
     /// Stops the effects and waits until they have stopped.
     async fn cancel(mut self) {
         self.task.abort();
-        if let Ok(Err(e)) = (&mut self.task).await {
-            tracing::debug!(error = %e, "effects started ahead failed; their record will be handled again");
+        match (&mut self.task).await {
+            Ok(Err(e)) => tracing::debug!(error = %e, "effects started ahead failed; their record will be handled again"),
+            Err(e) if e.is_panic() => tracing::warn!(error = %e, "effects started ahead panicked; their record will be handled again"),
+            _ => {}
         }
     }
 }
@@ -114,44 +124,38 @@ impl Processor {
         if item.chunk_index == SEAL || key == current || self.ledger.get(&key).is_some() {
             return;
         }
-        let span = tracing::info_span!(
-            "record", topic = next.topic(), partition = next.partition(), offset = next.offset(),
-            job = item.job.as_str(), tick_id = item.tick_id.as_str(), run_id = item.run_id.as_str(), chunk = item.chunk_index,
-        );
+        let span = record_span(next);
+        record_work_item(&span, &item);
         let ctx = self.job_ctx(&item.job);
-        let task = tokio::spawn(effects(self.db.clone(), self.instance.clone(), job, ctx, item).instrument(span));
-        self.ahead = Some(Ahead { at: position(next), task });
+        let task = tokio::spawn(effects(self.db.clone(), self.instance.clone(), job, ctx, item.clone()).instrument(span));
+        self.ahead = Some(Ahead { at: position(next), item, task });
     }
 
-    /// `next` is the batch's next work item, if any, whose effects may start ahead.
+    /// `next` is the batch's next work item, if any, whose effects may start ahead. Effects
+    /// started ahead for a record are stopped if that record fails (by the reset path) or
+    /// turns out not to be the one handled next (here).
     pub(super) async fn handle_work_item(&mut self, m: &OwnedMessage, next: Option<&OwnedMessage>) -> Result<(), ProcessorError> {
         if self.ahead.as_ref().is_some_and(|a| a.at != position(m)) {
             self.cancel_ahead().await;
         }
-        let result = self.handle_work_item_with(m, next).await;
-        if result.is_err() {
-            self.cancel_ahead().await;
-        }
-        result
-    }
-
-    async fn handle_work_item_with(&mut self, m: &OwnedMessage, next: Option<&OwnedMessage>) -> Result<(), ProcessorError> {
-        let Some(bytes) = m.payload() else {
-            return self.dead_letter(m, reject("UNDECODABLE", "empty work item")).await;
+        let item = match &self.ahead {
+            // Decoded when its effects were started.
+            Some(a) => a.item.clone(),
+            None => {
+                let Some(bytes) = m.payload() else {
+                    return self.dead_letter(m, reject("UNDECODABLE", "empty work item")).await;
+                };
+                match self.codec.decode(bytes).await {
+                    Ok(d) => match WorkItem::from_avro(d.value) {
+                        Ok(i) => i,
+                        Err(e) => return self.dead_letter(m, reject("WRONG_SCHEMA", e.to_string())).await,
+                    },
+                    Err(e) if e.class() == ErrorClass::Retry => return Err(e.into()),
+                    Err(e) => return self.dead_letter(m, reject("UNDECODABLE", e.to_string())).await,
+                }
+            }
         };
-        let item = match self.codec.decode(bytes).await {
-            Ok(d) => match WorkItem::from_avro(d.value) {
-                Ok(i) => i,
-                Err(e) => return self.dead_letter(m, reject("WRONG_SCHEMA", e.to_string())).await,
-            },
-            Err(e) if e.class() == ErrorClass::Retry => return Err(e.into()),
-            Err(e) => return self.dead_letter(m, reject("UNDECODABLE", e.to_string())).await,
-        };
-        let span = tracing::Span::current();
-        span.record("job", item.job.as_str());
-        span.record("tick_id", item.tick_id.as_str());
-        span.record("run_id", item.run_id.as_str());
-        span.record("chunk", item.chunk_index);
+        record_work_item(&tracing::Span::current(), &item);
         let Some(job) = self.jobs.get(&item.job).cloned() else {
             return self.dead_letter(m, reject("UNKNOWN_JOB", format!("work item of unknown job `{}`", item.job))).await;
         };

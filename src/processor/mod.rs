@@ -401,16 +401,7 @@ impl Processor {
             self.current = i;
             // Every log line about this record carries where it came from and, once known, its
             // job, tick and run (filled in by the handlers).
-            let span = tracing::info_span!(
-                "record",
-                topic = m.topic(),
-                partition = m.partition(),
-                offset = m.offset(),
-                job = tracing::field::Empty,
-                tick_id = tracing::field::Empty,
-                run_id = tracing::field::Empty,
-                chunk = tracing::field::Empty,
-            );
+            let span = record_span(m);
             let result = match ticks[i].take() {
                 Some(decoded) => self.handle_tick(m, decoded, superseded).instrument(span).await,
                 None => {
@@ -690,6 +681,29 @@ impl Processor {
         self.inflight = Some(Inflight { index: self.current, commit, replaced: Vec::new(), samples });
         Ok(())
     }
+}
+
+/// The span of every log line about record `m`; its job, tick, run and chunk are filled in
+/// once known (by the handlers, or [`record_work_item`]).
+fn record_span(m: &OwnedMessage) -> tracing::Span {
+    tracing::info_span!(
+        "record",
+        topic = m.topic(),
+        partition = m.partition(),
+        offset = m.offset(),
+        job = tracing::field::Empty,
+        tick_id = tracing::field::Empty,
+        run_id = tracing::field::Empty,
+        chunk = tracing::field::Empty,
+    )
+}
+
+/// Fills in a record span's fields for the work item it carries.
+fn record_work_item(span: &tracing::Span, item: &crate::wire::internal::WorkItem) {
+    span.record("job", item.job.as_str());
+    span.record("tick_id", item.tick_id.as_str());
+    span.record("run_id", item.run_id.as_str());
+    span.record("chunk", item.chunk_index);
 }
 
 /// How long ago `t` was, for logs.

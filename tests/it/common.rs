@@ -175,7 +175,10 @@ pub fn guarded<F: std::future::Future<Output = ()>>(name: &str, limit: Duration,
     let label = name.to_string();
     std::thread::spawn(move || {
         if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(limit) {
-            eprintln!("watchdog: {label} still running after {limit:?}; stacks of every thread follow");
+            // Written to the stream itself: the test harness captures `eprintln!` (also from
+            // threads a test spawns) and an aborted test never prints what it captured.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "watchdog: {label} still running after {limit:?}; stacks of every thread follow");
             let pid = std::process::id().to_string();
             let _ = Command::new("gdb").args(["-p", &pid, "-batch", "-ex", "thread apply all bt"]).status();
             std::process::abort();
@@ -186,7 +189,6 @@ pub fn guarded<F: std::future::Future<Output = ()>>(name: &str, limit: Duration,
     drop(rt);
     let _ = done.send(());
 }
-
 
 /// Every record of `topic` as (partition, key, payload), read from the beginning until each
 /// partition reports end-of-partition, with the given `isolation.level`.

@@ -472,11 +472,15 @@ async fn a_processor_killed_between_effects_and_commit_leaves_events_and_stock_e
     assert_eq!(r.counts["ordersCancelled"], 500, "{r:?}");
     // The killed chunk's reservations were released by the killed attempt (and those of the
     // next chunk too when its effects had started ahead and got that far: one Lua call per
-    // chunk, so whole chunks); the retry found them gone and still emitted their events,
-    // from order_expirations.
+    // chunk, so whole chunks); its retry found them gone and still emitted their events, from
+    // order_expirations. Which attempt's counts the result shows depends on timing: the killed
+    // attempt had already recorded the chunk (APPLIED, released 50), so when another chunk
+    // completes the run before the retry re-records it (the known limit of
+    // docs/decisions/2026-11-25-plan-apply.md), the result reports released 50 / absent 0 for
+    // it, which is what happened in Redis. Either way every reservation is counted once.
     let absent = r.counts["reservationsAbsent"];
-    assert!(absent >= i64::from(batch) && absent % i64::from(batch) == 0, "{r:?}");
-    assert_eq!(r.counts["reservationsReleased"], 500 - absent, "{r:?}");
+    assert!(absent % i64::from(batch) == 0, "whole chunks: {r:?}");
+    assert_eq!(r.counts["reservationsReleased"] + absent, 500, "{r:?}");
     eprintln!("crash test: {crashes} crash(es), run result counts {:?}", r.counts);
 }
 

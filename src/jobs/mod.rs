@@ -62,6 +62,10 @@ pub struct ChunkOutput {
     pub counts: BTreeMap<String, i64>,
 }
 
+/// What can go wrong in a job. The processor acts on [`JobError::is_transient`]: a transient
+/// error takes the reset path and the same record is handled again; any other error ends the
+/// run recorded FAILED (or, for [`JobError::InvalidTick`], sends the tick to dead letters) and
+/// processing moves on. No job error stops the processor.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     /// The tick asks for something this job cannot do (bad parameter, impossible period).
@@ -73,36 +77,49 @@ pub enum JobError {
     /// A bug or bad data; the run is recorded FAILED and the line moves on.
     #[error("{0}")]
     Failed(String),
+    /// A PostgreSQL statement failed; transient when the connection or a lock was lost.
+    #[error("postgres: {0}")]
+    Db(#[source] sqlx::Error),
+    /// A Redis command failed; transient when Redis says so (LOADING, TRYAGAIN, connection).
+    #[error("redis: {0}")]
+    Redis(#[source] redis::RedisError),
 }
 
 impl JobError {
-    pub fn class(&self) -> ErrorClass {
+    /// Whether the same step may succeed later (the processor retries it).
+    pub fn is_transient(&self) -> bool {
         match self {
-            JobError::Transient(_) => ErrorClass::Retry,
-            JobError::InvalidTick(_) | JobError::Failed(_) => ErrorClass::Fatal,
+            JobError::Transient(_) => true,
+            JobError::InvalidTick(_) | JobError::Failed(_) => false,
+            JobError::Db(e) => crate::db::query_class(e) == ErrorClass::Retry,
+            JobError::Redis(e) => {
+                // Redis says which of its errors are worth retrying (LOADING after a restart,
+                // TRYAGAIN, dropped connections…); a wrong password is not, whatever it says.
+                let retriable = e.kind() != redis::ErrorKind::AuthenticationFailed && !matches!(e.retry_method(), redis::RetryMethod::NoRetry);
+                retriable || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+            }
+        }
+    }
+
+    /// Retry when transient; otherwise the record is handled (the run fails), never fatal.
+    pub fn class(&self) -> ErrorClass {
+        if self.is_transient() {
+            ErrorClass::Retry
+        } else {
+            ErrorClass::Abort
         }
     }
 }
 
 impl From<sqlx::Error> for JobError {
     fn from(e: sqlx::Error) -> Self {
-        match crate::db::DbError::Query(e) {
-            err if err.class() == ErrorClass::Retry => JobError::Transient(err.to_string()),
-            err => JobError::Failed(err.to_string()),
-        }
+        JobError::Db(e)
     }
 }
 
 impl From<redis::RedisError> for JobError {
     fn from(e: redis::RedisError) -> Self {
-        // Redis says which of its errors are worth retrying (LOADING after a restart, TRYAGAIN,
-        // dropped connections…); a wrong password is not, whatever it says.
-        let retriable = e.kind() != redis::ErrorKind::AuthenticationFailed && !matches!(e.retry_method(), redis::RetryMethod::NoRetry);
-        if retriable || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
-            JobError::Transient(format!("redis: {e}"))
-        } else {
-            JobError::Failed(format!("redis: {e}"))
-        }
+        JobError::Redis(e)
     }
 }
 
@@ -185,10 +202,23 @@ mod tests {
     #[test]
     fn redis_errors_worth_retrying_are_transient() {
         let loading = RedisError::from((ErrorKind::Server(ServerErrorKind::BusyLoading), "Redis is loading the dataset in memory"));
-        assert!(matches!(JobError::from(loading), JobError::Transient(_)));
+        assert!(JobError::from(loading).is_transient());
         let script = RedisError::from((ErrorKind::Server(ServerErrorKind::ResponseError), "ERR script error"));
-        assert!(matches!(JobError::from(script), JobError::Failed(_)));
+        assert!(!JobError::from(script).is_transient());
         let auth = RedisError::from((ErrorKind::AuthenticationFailed, "WRONGPASS"));
-        assert!(matches!(JobError::from(auth), JobError::Failed(_)));
+        assert!(!JobError::from(auth).is_transient());
+    }
+
+    /// A job error keeps its cause (for logs and `source()` chains) and is never fatal: the
+    /// run fails, the processor goes on.
+    #[test]
+    fn job_errors_keep_their_source_and_are_never_fatal() {
+        use std::error::Error as _;
+        let e = JobError::from(sqlx::Error::RowNotFound);
+        assert!(e.source().is_some());
+        assert_eq!(e.class(), ErrorClass::Abort);
+        assert_eq!(JobError::Failed("bad data".into()).class(), ErrorClass::Abort);
+        assert_eq!(JobError::InvalidTick("bad".into()).class(), ErrorClass::Abort);
+        assert_eq!(JobError::from(sqlx::Error::PoolTimedOut).class(), ErrorClass::Retry);
     }
 }

@@ -1,56 +1,61 @@
 //! The processor (`scheduled-jobs run`): one consumer-group member that turns ticks into runs
 //! and runs into effects and events, exactly once.
 //!
-//! Two kinds of input, one transaction per record:
-//! - a **tick** (`scheduler.tick`) is *planned*: checked against the run ledger (duplicate
-//!   ticks and replays stop here), then its job streams fixed chunks of ids which are written
-//!   as work items, followed by a seal carrying the chunk count, a `PLANNED` ledger entry and
-//!   the tick's offset — all in one transaction. Planning only reads, so it can be abandoned.
-//! - a **work item** (`scheduled-jobs.work-items`) is *applied*: the job performs the chunk's
-//!   idempotent effects and returns the records to emit; they are written with a chunk ledger
-//!   entry and the work item's offset in one transaction. The chunk that completes the run
-//!   (claimed in PostgreSQL, see [`bookkeeping`]) also writes the run result. The batch's next
-//!   work item has its effects started while the current one is applied (effects are
-//!   idempotent and may precede their commit, as after a crash); Kafka sees the records, and
-//!   their offsets, strictly in order.
+//! One straight line per record, one transaction per record:
+//! 1. [`Processor::step`] takes a batch of records from the tick and work-item topics;
+//! 2. a handler decides what the record's transaction writes, as a [`run::TxnPlan`]:
+//!    - a **tick** ([`tick`]) is *planned*: checked, decided against the run ledger (duplicate
+//!      ticks and replays stop here), then its job's fixed chunks become work items with a seal
+//!      and a `PLANNED` ledger entry;
+//!    - a **work item** ([`work_item`]) is *applied*: the job performs the chunk's idempotent
+//!      effects and returns the records to emit, written with a chunk ledger entry; the chunk
+//!      that completes the run (claimed in PostgreSQL, see [`bookkeeping`]) adds the run result;
+//!    - a record that cannot be accepted becomes a dead letter with the reason and its bytes;
+//! 3. the plan is encoded and the [`committer`] writes it with the record's offset: it waits
+//!    for the previous record's commit, begins, sends, and starts this commit, so the next
+//!    record is prepared while it completes.
 //!
-//! Records that cannot be accepted go to the dead-letter topic with the reason and original
-//! bytes, in the transaction that commits their offset. Any failure of a transaction takes the
-//! one reset path: abort, seek back to the first unhandled record, retry after a pause.
+//! Effects (SQL, Redis) happen outside Kafka transactions, so they are idempotent and may
+//! precede their commit, as after a crash; the batch's next work item has its effects started
+//! while the current one is applied ([`ahead`]). Kafka sees the records, and their offsets,
+//! strictly in order. Any failure takes the one reset path, [`Processor::reset`]: stop effects
+//! started ahead, abort, seek back to the first record not committed, retry after a pause.
+//! Only configuration, authorization and fencing errors stop the processor.
 
-mod apply;
+mod ahead;
 pub mod bookkeeping;
+pub mod committer;
 pub mod ledger;
-mod plan;
-pub mod txn;
+pub mod run;
+mod tick;
+mod work_item;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
-use tracing::Instrument;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
+use tracing::Instrument;
 
 use crate::codec::{Codec, CodecError};
 use crate::config::{JobSettings, Settings, Topic};
 use crate::error::ErrorClass;
-use crate::jobs::{JobCtx, JobError, Registry, Run};
+use crate::jobs::{JobCtx, JobError, Registry};
 use crate::kafka::{self, KafkaClientError, Role};
 use crate::metrics::{Metrics, Sample};
-use crate::wire::internal::{DeadLetter, LedgerEntry, Outcome, RunResult, RunState};
-use crate::wire::tick::{Tick, Trigger};
-use crate::wire::derived_id;
-use ledger::{run_key, LedgerView};
-use txn::Txn;
+use committer::{Committer, Consumed, Ready};
+use ledger::LedgerView;
+use run::{Out, TxnPlan};
+use tick::Reject;
 
-/// Chunk index of the seal work item that closes a plan.
-pub const SEAL: i32 = -1;
+pub use run::SEAL;
+
 /// Upper bound on records taken in one poll (coalescing looks within it).
 const BATCH: usize = 256;
 const LEDGER_CATCH_UP: Duration = Duration::from_secs(120);
@@ -66,10 +71,12 @@ pub enum ProcessorError {
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
     #[error("redis: {0}")]
-    Redis(String),
+    Redis(#[source] redis::RedisError),
     /// Redis refused the configured credentials: waiting will not help.
     #[error("redis authentication failed: {0} (check redis.username / redis.password)")]
-    RedisAuth(String),
+    RedisAuth(#[source] redis::RedisError),
+    #[error("invalid setting: {0}")]
+    Config(String),
     #[error("job `{job}`: {source}")]
     Job { job: String, source: JobError },
     #[error("background task failed: {0}")]
@@ -91,7 +98,7 @@ impl ProcessorError {
             ProcessorError::Ledger(ledger::LedgerError::Kafka(e)) => e.class(),
             ProcessorError::Db(e) => e.class(),
             ProcessorError::Redis(_) | ProcessorError::Task(_) => ErrorClass::Retry,
-            ProcessorError::RedisAuth(_) => ErrorClass::Fatal,
+            ProcessorError::RedisAuth(_) | ProcessorError::Config(_) => ErrorClass::Fatal,
             ProcessorError::Job { source, .. } => source.class(),
         }
     }
@@ -128,33 +135,23 @@ pub enum Step {
     Reset(String),
 }
 
-/// Why a record went to the dead-letter topic.
-#[derive(Debug, Clone)]
-struct Reject {
-    code: &'static str,
-    reason: String,
+/// What jobs are given: the settings, the stores and who is applying.
+struct Env {
+    settings: Settings,
+    db: sqlx::PgPool,
+    redis: Option<redis::aio::ConnectionManager>,
+    tz: chrono_tz::Tz,
+    instance: String,
 }
 
-fn reject(code: &'static str, reason: impl Into<String>) -> Reject {
-    Reject { code, reason: reason.into() }
-}
+impl Env {
+    fn job_settings(&self, job: &str) -> JobSettings {
+        self.settings.job(job).cloned().unwrap_or_default()
+    }
 
-/// A record's transaction being committed while the next record is prepared.
-struct Inflight {
-    /// The record's index in its batch: where the reset path rewinds to if the commit fails.
-    index: usize,
-    commit: txn::Committing,
-    /// Ledger entries written through for it, with what they replaced (restored on failure).
-    replaced: Vec<(String, Option<LedgerEntry>)>,
-    /// What it did, counted in the metrics once the commit succeeds.
-    samples: Vec<Sample>,
-}
-
-/// A job record ready to send.
-struct Encoded {
-    topic: String,
-    key: String,
-    bytes: Vec<u8>,
+    fn job_ctx(&self, job: &str) -> JobCtx {
+        JobCtx { db: self.db.clone(), redis: self.redis.clone(), tz: self.tz, settings: self.job_settings(job) }
+    }
 }
 
 struct Names {
@@ -166,28 +163,16 @@ struct Names {
 }
 
 pub struct Processor {
-    settings: Settings,
+    env: Env,
     consumer: StreamConsumer<GroupContext>,
-    txn: Txn,
+    committer: Committer,
     codec: Codec,
-    ledger: LedgerView,
     jobs: Registry,
-    db: sqlx::PgPool,
-    redis: Option<redis::aio::ConnectionManager>,
-    tz: chrono_tz::Tz,
-    assigned: Arc<AtomicBool>,
     names: Names,
-    instance: String,
-    inflight: Option<Inflight>,
+    /// Set on a new assignment: the ledger view is caught up before the next batch.
+    assigned: Arc<AtomicBool>,
     /// Effects of the batch's next work item, started ahead of its turn.
-    ahead: Option<apply::Ahead>,
-    /// Index in the batch of the record being handled.
-    current: usize,
-    /// Set when a record's handling failed because the previous record's commit did.
-    failed_at: Option<usize>,
-    metrics: Metrics,
-    /// Samples of the open transaction.
-    pending: Vec<Sample>,
+    ahead: Option<ahead::Ahead>,
     /// A transient consumer error seen by the last step (reported by `/readyz`).
     transient: Option<String>,
 }
@@ -209,87 +194,33 @@ impl Processor {
             .await
             .map_err(|e| ProcessorError::Task(e.to_string()))??;
         let codec = Codec::new(&settings)?;
-        let redis = match redis::Client::open(secrecy::ExposeSecret::expose_secret(&settings.redis_url())) {
-            Ok(client) => match redis::aio::ConnectionManager::new(client).await {
-                Ok(c) => Some(c),
-                Err(e) if e.kind() == redis::ErrorKind::AuthenticationFailed || matches!(e.code(), Some("WRONGPASS" | "NOAUTH")) => {
-                    return Err(ProcessorError::RedisAuth(e.to_string()))
-                }
-                Err(e) => return Err(ProcessorError::Redis(e.to_string())),
-            },
-            Err(e) => return Err(ProcessorError::Redis(e.to_string())),
-        };
-        let tz = settings.time_zone().map_err(|e| ProcessorError::Job { job: "-".into(), source: JobError::Failed(e.to_string()) })?;
-        let max_timeout = settings.jobs.values().map(|j| j.timeout_secs).max().unwrap_or(300);
+        let redis = connect_redis(&settings).await?;
+        let tz = settings.time_zone().map_err(|e| ProcessorError::Config(e.to_string()))?;
         let assigned = Arc::new(AtomicBool::new(false));
-        let mut cfg = kafka::client_config(&settings, Role::Consumer);
-        cfg.set("group.id", &settings.processor.group_id)
-            .set("auto.offset.reset", "earliest")
-            // A chunk is applied between polls; the group must not evict a member for a
-            // chunk that legitimately runs up to its job's timeout.
-            .set("max.poll.interval.ms", ((max_timeout + 60) * 1000).to_string())
-            // A dead or paused member is noticed within seconds (heartbeats stop with it).
-            .set("session.timeout.ms", "10000")
-            // Work items flow from one transaction to the next: fetch them as soon as they
-            // are committed rather than after a long poll (tick-to-result latency).
-            .set("fetch.wait.max.ms", "10")
-            .set("heartbeat.interval.ms", "2000")
-            // A topic a broker reported unknown while reloading after a restart is assigned
-            // again at the next metadata refresh: seconds, not librdkafka's default 5 minutes.
-            .set("topic.metadata.refresh.interval.ms", "10000");
-        if !settings.processor.instance_id.is_empty() {
-            // Static membership: a restarted instance with the same id takes its partitions
-            // back at once instead of waiting for its dead predecessor's session to expire.
-            cfg.set("group.instance.id", &settings.processor.instance_id);
-        }
-        for (k, v) in &settings.kafka.properties {
-            cfg.set(k, v);
-        }
-        let consumer: StreamConsumer<GroupContext> = cfg
+        let consumer: StreamConsumer<GroupContext> = group_config(&settings)
             .create_with_context(GroupContext { assigned: assigned.clone() })
             .map_err(|e| KafkaClientError::kafka("create consumer", e))?;
-        consumer
-            .subscribe(&[&names.tick, &names.work_items])
-            .map_err(|e| KafkaClientError::kafka("subscribe", e))?;
-        let txn = Txn::new(&settings)?;
+        consumer.subscribe(&[&names.tick, &names.work_items]).map_err(|e| KafkaClientError::kafka("subscribe", e))?;
         let mut ledger = LedgerView::new(&settings, codec.clone())?;
         ledger.catch_up(LEDGER_CATCH_UP).await?;
+        let committer = Committer::new(&settings, ledger, Metrics::new())?;
         let instance = settings.instance_id();
-        Ok(Processor {
-            settings,
-            consumer,
-            txn,
-            codec,
-            ledger,
-            jobs,
-            db,
-            redis,
-            tz,
-            assigned,
-            names,
-            instance,
-            inflight: None,
-            ahead: None,
-            current: 0,
-            failed_at: None,
-            metrics: Metrics::new(),
-            pending: Vec::new(),
-            transient: None,
-        })
+        let env = Env { settings, db, redis, tz, instance };
+        Ok(Processor { env, consumer, committer, codec, jobs, names, assigned, ahead: None, transient: None })
     }
 
     pub fn settings(&self) -> &Settings {
-        &self.settings
+        &self.env.settings
     }
 
     /// This processor's metrics and readiness (shared handle, for the HTTP endpoint).
     pub fn metrics(&self) -> Metrics {
-        self.metrics.clone()
+        self.committer.metrics().clone()
     }
 
     /// Records into `metrics` (e.g. the handle the HTTP endpoint already serves) from now on.
     pub fn with_metrics(mut self, metrics: Metrics) -> Processor {
-        self.metrics = metrics;
+        self.committer.set_metrics(metrics);
         self
     }
 
@@ -297,11 +228,12 @@ impl Processor {
     /// step that succeeded, not ready (with the reason) after one that did not.
     pub async fn step(&mut self, wait: Duration) -> Result<Step, ProcessorError> {
         let r = self.step_inner(wait).await;
+        let metrics = self.committer.metrics();
         match &r {
-            Ok(Step::Idle) => self.metrics.set_ready(self.transient.take().map_or(Ok(()), |why| Err(format!("kafka: {why}")))),
-            Ok(Step::Handled(_)) => self.metrics.set_ready(Ok(())),
-            Ok(Step::Reset(why)) => self.metrics.set_ready(Err(format!("last transaction failed: {why}"))),
-            Err(e) => self.metrics.set_ready(Err(e.to_string())),
+            Ok(Step::Idle) => metrics.set_ready(self.transient.take().map_or(Ok(()), |why| Err(format!("kafka: {why}")))),
+            Ok(Step::Handled(_)) => metrics.set_ready(Ok(())),
+            Ok(Step::Reset(why)) => metrics.set_ready(Err(format!("last transaction failed: {why}"))),
+            Err(e) => metrics.set_ready(Err(e.to_string())),
         }
         r
     }
@@ -316,9 +248,9 @@ impl Processor {
             Ok(Err(e)) => {
                 // librdkafka reports connection trouble as events on the consumer queue and
                 // recovers by itself; such an event is not a failed step (failing the step
-                // would pause a second per queued event after an outage).
-                // A broker still reloading its partitions after a restart answers "unknown
-                // topic" for topics this consumer subscribed to: transient too.
+                // would pause a second per queued event after an outage). A broker still
+                // reloading its partitions after a restart answers "unknown topic" for topics
+                // this consumer subscribed to: transient too.
                 let unknown = e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition);
                 let e = KafkaClientError::kafka("consume", e);
                 if e.class() == ErrorClass::Fatal && !unknown {
@@ -331,142 +263,144 @@ impl Processor {
             Ok(Ok(m)) => m.detach(),
         };
         let mut batch = vec![first];
-        let mut poll_error = None;
         while batch.len() < BATCH {
             match self.consumer.recv().now_or_never() {
                 Some(Ok(m)) => batch.push(m.detach()),
                 Some(Err(e)) => {
-                    poll_error = Some(e);
+                    tracing::debug!(error = %e, "consume error after a partial batch; handling what arrived");
                     break;
                 }
                 None => break,
             }
         }
-        if let Some(e) = poll_error {
-            tracing::debug!(error = %e, "consume error after a partial batch; handling what arrived");
-        }
         match self.handle_batch(&batch).await {
             Ok(()) => Ok(Step::Handled(batch.len())),
-            Err((i, e)) => {
-                let class = e.class();
-                let m = &batch[i];
-                tracing::warn!(error = %e, class = %class, topic = m.topic(), partition = m.partition(), offset = m.offset(), "transaction failed, resetting");
-                // Effects started ahead for a later record stop before it is consumed again.
-                self.cancel_ahead().await;
-                // Never lose a record: everything from the failed one on is consumed again.
-                self.reset(&batch[i..])?;
-                if class == ErrorClass::Fatal {
-                    return Err(e);
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                Ok(Step::Reset(e.to_string()))
-            }
+            Err((i, e)) => self.reset(&batch[i..], e).await,
         }
     }
 
     /// Handles a batch in order, one transaction per record; on failure returns the index of
-    /// the first record not committed. A record's commit overlaps the next record's
-    /// preparation (see [`Txn::start_commit`]), and the next work item's effects overlap the
-    /// current one's (see `apply_ahead`); everything is committed, and no effects are still
+    /// the first record not committed. Everything is committed, and no effects are still
     /// running, when this returns Ok.
     async fn handle_batch(&mut self, batch: &[OwnedMessage]) -> Result<(), (usize, ProcessorError)> {
-        self.failed_at = None;
         self.refresh_ledger_if_assigned().await.map_err(|e| (0, e))?;
-        // Decode ticks up front so a stale tick can see the newer one queued behind it.
-        let mut ticks: Vec<Option<Result<Tick, Reject>>> = Vec::with_capacity(batch.len());
+        // Ticks are decoded up front so a stale tick can see the newer one queued behind it.
+        let mut ticks = Vec::with_capacity(batch.len());
         for m in batch {
-            let decoded = if m.topic() == self.names.tick { Some(self.decode_tick(m).await.map_err(|e| (0, e))?) } else { None };
-            ticks.push(decoded);
+            ticks.push(if m.topic() == self.names.tick { Some(self.decode_tick(m).await.map_err(|e| (0, e))?) } else { None });
         }
-        for i in 0..batch.len() {
-            let superseded = match &ticks[i] {
-                // Manual ticks are explicit requests: never coalesced, never superseding.
-                Some(Ok(t)) if t.trigger != Trigger::Manual && self.jobs.get(&t.job).is_some_and(|j| j.coalesce()) => ticks
-                    [i + 1..]
-                    .iter()
-                    .flatten()
-                    .flatten()
-                    // Only a tick that will itself run can supersede one.
-                    .filter(|n| {
-                        n.job == t.job
-                            && n.trigger != Trigger::Manual
-                            && n.scheduled_at > t.scheduled_at
-                            && self.validate_tick(n).is_ok()
-                    })
-                    .max_by_key(|n| n.scheduled_at)
-                    .cloned(),
-                _ => None,
-            };
-            let m = &batch[i];
-            self.current = i;
+        for (i, m) in batch.iter().enumerate() {
             // Every log line about this record carries where it came from and, once known, its
             // job, tick and run (filled in by the handlers).
             let span = record_span(m);
-            let result = match ticks[i].take() {
-                Some(decoded) => self.handle_tick(m, decoded, superseded).instrument(span).await,
+            let plan = match ticks[i].take() {
+                Some(decoded) => {
+                    let newer = self.superseding(&decoded, &ticks[i + 1..]);
+                    self.tick_plan(m, decoded, newer).instrument(span.clone()).await
+                }
                 None => {
                     let next = batch[i + 1..].iter().find(|n| n.topic() == self.names.work_items);
-                    self.handle_work_item(m, next).instrument(span).await
+                    self.work_item_plan(m, next).instrument(span.clone()).await
                 }
             };
-            if let Err(e) = result {
-                // An earlier record whose commit fails is where the rewind must start.
-                return Err(match self.settle().await {
-                    Err(earlier) => earlier,
-                    Ok(()) => (self.failed_at.take().unwrap_or(i), e),
-                });
-            }
+            let ready = match plan {
+                Ok(plan) => self.encode(plan, m).await,
+                Err(e) => Err(e),
+            };
+            let ready = match ready {
+                Ok(r) => r,
+                // A commit still in flight for an earlier record that fails is where the rewind
+                // must start.
+                Err(e) => return Err(self.committer.settle().await.err().map_or((i, e), |(j, e)| (j, e.into()))),
+            };
+            let group = self.consumer.group_metadata().ok_or_else(|| {
+                (i, KafkaClientError::kafka("group metadata", rdkafka::error::KafkaError::Global(rdkafka::types::RDKafkaErrorCode::State)).into())
+            })?;
+            let consumed = Consumed { topic: m.topic(), partition: m.partition(), offset: m.offset(), index: i };
+            self.committer.commit(ready, consumed, group).instrument(span).await.map_err(|(j, e)| (j, e.into()))?;
         }
-        self.settle().await
+        self.committer.settle().await.map_err(|(j, e)| (j, e.into()))
     }
 
-    /// Waits for the commit in flight, if any. On failure the ledger entries written through
-    /// for it are taken back and the failed record's index is returned.
-    async fn settle(&mut self) -> Result<(), (usize, ProcessorError)> {
-        // Awaited in place and taken only once complete: if this future is dropped while
-        // waiting, the commit stays in flight for the next settle (the producer must not be
-        // used until it has finished).
-        let Some(f) = self.inflight.as_mut() else {
-            return Ok(());
-        };
-        let outcome = (&mut f.commit.0).await;
-        let Some(f) = self.inflight.take() else {
-            return Ok(());
-        };
-        match self.txn.finish_commit(outcome) {
-            Ok(()) => {
-                self.metrics.record(&f.samples);
-                Ok(())
-            }
-            Err(e) => {
-                self.metrics.aborted();
-                for (key, previous) in f.replaced.into_iter().rev() {
-                    self.ledger.restore(key, previous);
+    /// The newest tick of the same job queued behind `decoded` that will itself run, if the
+    /// job coalesces (looks at current state). Manual ticks are explicit requests: never
+    /// coalesced, never superseding.
+    fn superseding(&self, decoded: &Result<crate::wire::tick::Tick, Reject>, behind: &[Option<Result<crate::wire::tick::Tick, Reject>>]) -> Option<crate::wire::tick::Tick> {
+        use crate::wire::tick::Trigger;
+        let t = decoded.as_ref().ok()?;
+        if t.trigger == Trigger::Manual || !self.jobs.get(&t.job).is_some_and(|j| j.coalesce()) {
+            return None;
+        }
+        behind
+            .iter()
+            .flatten()
+            .flatten()
+            .filter(|n| n.job == t.job && n.trigger != Trigger::Manual && n.scheduled_at > t.scheduled_at && self.validate_tick(n).is_ok())
+            .max_by_key(|n| n.scheduled_at)
+            .cloned()
+    }
+
+    /// Encodes a plan for the committer and counts what it writes (once committed).
+    async fn encode(&self, plan: TxnPlan, m: &OwnedMessage) -> Result<Ready, ProcessorError> {
+        let mut ready = Ready { records: Vec::with_capacity(plan.out.len()), ledger: Vec::new(), samples: plan.samples, fault: plan.fault };
+        let mut emitted: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+        for out in plan.out {
+            let (topic, key, bytes) = match out {
+                Out::Event { topic, key, bytes } => {
+                    *emitted.entry(topic.clone()).or_default() += 1;
+                    (topic, key, bytes)
                 }
-                Err((f.index, e.into()))
-            }
+                Out::WorkItem(item) => (self.names.work_items.clone(), item.key(), self.codec.encode(&self.names.work_items, item.to_avro()).await?),
+                Out::Ledger(key, entry) => {
+                    let bytes = self.codec.encode(&self.names.ledger, entry.to_avro()).await?;
+                    ready.ledger.push((key.clone(), entry));
+                    (self.names.ledger.clone(), key, bytes)
+                }
+                Out::Result(result) => {
+                    let seconds = result.duration_ms as f64 / 1000.0;
+                    ready.samples.push(Sample::Run { job: result.job.clone(), outcome: result.outcome.as_str().to_string(), seconds });
+                    (self.names.results.clone(), result.job.clone(), self.codec.encode(&self.names.results, result.to_avro()).await?)
+                }
+                Out::DeadLetter { key, letter } => {
+                    ready.samples.push(Sample::DeadLetter { reason: letter.reason_code.clone() });
+                    (self.names.dead_letters.clone(), key, self.codec.encode(&self.names.dead_letters, letter.to_avro()).await?)
+                }
+            };
+            ready.records.push((topic, key, bytes));
         }
+        ready.samples.extend(emitted.into_iter().map(|(topic, count)| Sample::Emitted { topic, count }));
+        ready.samples.push(Sample::Handled { kind: if m.topic() == self.names.tick { "tick" } else { "work-item" } });
+        Ok(ready)
     }
 
-    /// Begins a record's transaction once the previous one's commit has succeeded.
-    async fn begin(&mut self) -> Result<(), ProcessorError> {
-        if let Err((index, e)) = self.settle().await {
-            self.failed_at = Some(index);
+    /// The one reset path, for every failure of a record: stop effects started ahead, abort
+    /// the transaction, and rewind every partition of the dropped records to the first of
+    /// them, so nothing is skipped; then pause before they are consumed again.
+    async fn reset(&mut self, dropped: &[OwnedMessage], e: ProcessorError) -> Result<Step, ProcessorError> {
+        let class = e.class();
+        let m = &dropped[0];
+        tracing::warn!(error = %e, class = %class, topic = m.topic(), partition = m.partition(), offset = m.offset(), "transaction failed, resetting");
+        self.cancel_ahead().await;
+        // Rewind first, whatever the abort says: a record must never be skipped.
+        let aborted = self.committer.reset().await;
+        let mut first: HashMap<(&str, i32), i64> = HashMap::new();
+        for m in dropped {
+            let o = first.entry((m.topic(), m.partition())).or_insert(m.offset());
+            *o = (*o).min(m.offset());
+        }
+        for ((topic, partition), offset) in first {
+            if let Err(e) = self.consumer.seek(topic, partition, Offset::Offset(offset), Duration::from_secs(10)) {
+                // The partition may have been revoked meanwhile; its new owner resumes from
+                // the committed offset, which is what we want.
+                tracing::debug!(topic, partition, error = %e, "seek after reset failed");
+            }
+        }
+        aborted?;
+        if class == ErrorClass::Fatal {
             return Err(e);
         }
-        self.pending.clear();
-        self.txn.begin()?;
-        Ok(())
-    }
-
-    /// Records a ledger entry of the transaction being committed; it is taken back if that
-    /// commit fails. Written at once so the next record already sees it (a twin tick behind
-    /// this one must not plan the same run again).
-    fn write_through(&mut self, key: String, entry: LedgerEntry) {
-        let previous = self.ledger.write_through(key.clone(), entry);
-        if let Some(f) = self.inflight.as_mut() {
-            f.replaced.push((key, previous));
-        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(Step::Reset(e.to_string()))
     }
 
     /// Runs steps until `shutdown` completes, then leaves the group cleanly (a step in
@@ -477,26 +411,27 @@ impl Processor {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                r = self.step(Duration::from_millis(500)) => {
-                    if let Err(e) = r {
-                        if e.class() == ErrorClass::Fatal {
-                            self.settle().await.ok();
-                            self.txn.abort().ok();
-                            return Err(e);
-                        }
+                r = self.step(Duration::from_millis(500)) => match r {
+                    Err(e) if e.class() == ErrorClass::Fatal => {
+                        self.cancel_ahead().await;
+                        self.committer.reset().await.ok();
+                        return Err(e);
+                    }
+                    Err(e) => {
                         tracing::warn!(error = %e, "step failed, retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
-                }
+                    Ok(_) => {}
+                },
             }
         }
         // A step cut short by the shutdown may have left a commit, and effects started ahead,
         // in flight.
         self.cancel_ahead().await;
-        if let Err((_, e)) = self.settle().await {
+        if let Err((_, e)) = self.committer.settle().await {
             tracing::warn!(error = %e, "last commit failed at shutdown; its records will be consumed again");
         }
-        if let Err(e) = self.txn.abort() {
+        if let Err(e) = self.committer.reset().await {
             // Asked to stop: what is left open is aborted by the coordinator on its timeout,
             // or at once when this instance's successor fences the transactional id.
             tracing::warn!(error = %e, "could not abort the open transaction while stopping");
@@ -508,179 +443,50 @@ impl Processor {
 
     async fn refresh_ledger_if_assigned(&mut self) -> Result<(), ProcessorError> {
         if self.assigned.swap(false, Ordering::SeqCst) {
-            let n = self.ledger.catch_up(LEDGER_CATCH_UP).await?;
-            tracing::debug!(read = n, entries = self.ledger.len(), "ledger caught up");
+            let n = self.committer.catch_up_ledger(LEDGER_CATCH_UP).await?;
+            tracing::debug!(read = n, entries = self.committer.ledger().len(), "ledger caught up");
         }
         Ok(())
     }
+}
 
-    /// The one reset path: abort the transaction and rewind every partition of the dropped
-    /// records to the first of them, so they are consumed again.
-    fn reset(&mut self, dropped: &[OwnedMessage]) -> Result<(), ProcessorError> {
-        // Rewind first, whatever the abort says: a record must never be skipped.
-        let aborted = self.txn.abort();
-        self.pending.clear();
-        self.metrics.aborted();
-        let mut first: HashMap<(String, i32), i64> = HashMap::new();
-        for m in dropped {
-            let e = first.entry((m.topic().to_string(), m.partition())).or_insert(m.offset());
-            *e = (*e).min(m.offset());
-        }
-        for ((topic, partition), offset) in first {
-            if let Err(e) = self.consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(10)) {
-                // The partition may have been revoked meanwhile; its new owner resumes from
-                // the committed offset, which is what we want.
-                tracing::debug!(topic, partition, error = %e, "seek after reset failed");
-            }
-        }
-        aborted.map_err(ProcessorError::from)
+/// Redis, if it answers; refused credentials are fatal (waiting will not help).
+async fn connect_redis(settings: &Settings) -> Result<Option<redis::aio::ConnectionManager>, ProcessorError> {
+    let client = redis::Client::open(secrecy::ExposeSecret::expose_secret(&settings.redis_url())).map_err(ProcessorError::Redis)?;
+    match redis::aio::ConnectionManager::new(client).await {
+        Ok(c) => Ok(Some(c)),
+        Err(e) if e.kind() == redis::ErrorKind::AuthenticationFailed || matches!(e.code(), Some("WRONGPASS" | "NOAUTH")) => Err(ProcessorError::RedisAuth(e)),
+        Err(e) => Err(ProcessorError::Redis(e)),
     }
+}
 
-    fn job_settings(&self, job: &str) -> JobSettings {
-        self.settings.job(job).cloned().unwrap_or_default()
+/// The consumer of the processor group.
+fn group_config(settings: &Settings) -> rdkafka::ClientConfig {
+    let max_timeout = settings.jobs.values().map(|j| j.timeout_secs).max().unwrap_or(300);
+    let mut cfg = kafka::client_config(settings, Role::Consumer);
+    cfg.set("group.id", &settings.processor.group_id)
+        .set("auto.offset.reset", "earliest")
+        // A chunk is applied between polls; the group must not evict a member for a chunk
+        // that legitimately runs up to its job's timeout.
+        .set("max.poll.interval.ms", ((max_timeout + 60) * 1000).to_string())
+        // A dead or paused member is noticed within seconds (heartbeats stop with it).
+        .set("session.timeout.ms", "10000")
+        // Work items flow from one transaction to the next: fetch them as soon as they are
+        // committed rather than after a long poll (tick-to-result latency).
+        .set("fetch.wait.max.ms", "10")
+        .set("heartbeat.interval.ms", "2000")
+        // A topic a broker reported unknown while reloading after a restart is assigned again
+        // at the next metadata refresh: seconds, not librdkafka's default 5 minutes.
+        .set("topic.metadata.refresh.interval.ms", "10000");
+    if !settings.processor.instance_id.is_empty() {
+        // Static membership: a restarted instance with the same id takes its partitions back
+        // at once instead of waiting for its dead predecessor's session to expire.
+        cfg.set("group.instance.id", &settings.processor.instance_id);
     }
-
-    fn job_ctx(&self, job: &str) -> JobCtx {
-        JobCtx { db: self.db.clone(), redis: self.redis.clone(), tz: self.tz, settings: self.job_settings(job) }
+    for (k, v) in &settings.kafka.properties {
+        cfg.set(k, v);
     }
-
-    /// Records a run that ends at planning (skipped, timed out, failed) with its result.
-    async fn finish_without_chunks(
-        &mut self,
-        m: &OwnedMessage,
-        run: &Run,
-        state: RunState,
-        outcome: Outcome,
-        message: Option<String>,
-    ) -> Result<(), ProcessorError> {
-        let key = run_key(&run.job, &run.period);
-        let entry = self.ledger_entry(run, state, 0);
-        self.begin().await?;
-        self.send_ledger(&key, &entry).await?;
-        let result = self.run_result(run, outcome, BTreeMap::new(), message);
-        self.send_result(&result).await?;
-        self.commit(m).await?;
-        self.write_through(key, entry);
-        Ok(())
-    }
-
-    fn ledger_entry(&self, run: &Run, state: RunState, chunk_count: i32) -> LedgerEntry {
-        LedgerEntry {
-            run_id: run.run_id.clone(),
-            job: run.job.clone(),
-            period: run.period.clone(),
-            tick_id: run.tick.tick_id.clone(),
-            trigger: run.tick.trigger.as_str().to_string(),
-            state,
-            chunk_count,
-            attempt: run.attempt.max(1),
-            updated_at: Utc::now(),
-        }
-    }
-
-    fn run_result(&self, run: &Run, outcome: Outcome, counts: BTreeMap<String, i64>, message: Option<String>) -> RunResult {
-        let now = Utc::now();
-        RunResult {
-            event_id: derived_id(&["run-result", &run.run_id]).to_string(),
-            event_timestamp: now,
-            run_id: run.run_id.clone(),
-            job: run.job.clone(),
-            period: run.period.clone(),
-            tick_id: run.tick.tick_id.clone(),
-            trigger: run.tick.trigger.as_str().to_string(),
-            outcome,
-            counts,
-            started_at: run.planned_at,
-            finished_at: now,
-            duration_ms: (now - run.planned_at).num_milliseconds().max(0),
-            message,
-        }
-    }
-
-    /// Encodes job records with their topics' latest schemas (before the transaction begins).
-    async fn encode_emits(&self, records: Vec<crate::jobs::Emit>) -> Result<Vec<Encoded>, ProcessorError> {
-        let mut out = Vec::with_capacity(records.len());
-        for rec in records {
-            let topic = self.settings.topic(rec.topic);
-            let bytes = self.codec.encode(&topic, rec.value).await?;
-            out.push(Encoded { topic, key: rec.key, bytes });
-        }
-        Ok(out)
-    }
-
-    async fn send_encoded(&mut self, records: Vec<Encoded>) -> Result<(), ProcessorError> {
-        let mut per_topic: BTreeMap<String, u64> = BTreeMap::new();
-        for rec in records {
-            self.txn.send(&rec.topic, &rec.key, &rec.bytes).await?;
-            *per_topic.entry(rec.topic).or_default() += 1;
-        }
-        self.pending.extend(per_topic.into_iter().map(|(topic, count)| Sample::Emitted { topic, count }));
-        Ok(())
-    }
-
-    async fn send_ledger(&mut self, key: &str, entry: &LedgerEntry) -> Result<(), ProcessorError> {
-        let bytes = self.codec.encode(&self.names.ledger, entry.to_avro()).await?;
-        let topic = self.names.ledger.clone();
-        self.txn.send(&topic, key, &bytes).await?;
-        Ok(())
-    }
-
-    async fn send_result(&mut self, result: &RunResult) -> Result<(), ProcessorError> {
-        let bytes = self.codec.encode(&self.names.results, result.to_avro()).await?;
-        let topic = self.names.results.clone();
-        self.txn.send(&topic, &result.job, &bytes).await?;
-        self.pending.push(Sample::Run {
-            job: result.job.clone(),
-            outcome: result.outcome.as_str().to_string(),
-            seconds: result.duration_ms as f64 / 1000.0,
-        });
-        Ok(())
-    }
-
-    /// Sends a dead letter and commits the record's offset with it.
-    async fn dead_letter(&mut self, m: &OwnedMessage, r: Reject) -> Result<(), ProcessorError> {
-        tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), code = r.code, reason = %r.reason, "record sent to dead letters");
-        let letter = DeadLetter {
-            event_id: derived_id(&["dead-letter", m.topic(), &m.partition().to_string(), &m.offset().to_string()]).to_string(),
-            event_timestamp: Utc::now(),
-            source_topic: m.topic().to_string(),
-            source_partition: m.partition(),
-            source_offset: m.offset(),
-            reason_code: r.code.to_string(),
-            reason: r.reason,
-            original_key: m.key().map(|k| k.to_vec()),
-            original_value: m.payload().map(|p| p.to_vec()),
-            headers: BTreeMap::new(),
-        };
-        let bytes = self.codec.encode(&self.names.dead_letters, letter.to_avro()).await?;
-        let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
-        self.begin().await?;
-        let topic = self.names.dead_letters.clone();
-        self.txn.send(&topic, &key, &bytes).await?;
-        self.pending.push(Sample::DeadLetter { reason: r.code.to_string() });
-        self.commit(m).await
-    }
-
-    async fn commit_offset_only(&mut self, m: &OwnedMessage) -> Result<(), ProcessorError> {
-        self.begin().await?;
-        self.commit(m).await
-    }
-
-    /// Starts committing the open transaction with `m`'s offset (the next one to read); the
-    /// next [`Processor::begin`] or the end of the batch waits for it.
-    async fn commit(&mut self, m: &OwnedMessage) -> Result<(), ProcessorError> {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(m.topic(), m.partition(), Offset::Offset(m.offset() + 1))
-            .map_err(|e| KafkaClientError::kafka("offsets", e))?;
-        let group = self.consumer.group_metadata().ok_or_else(|| {
-            KafkaClientError::kafka("group metadata", rdkafka::error::KafkaError::Global(rdkafka::types::RDKafkaErrorCode::State))
-        })?;
-        let commit = self.txn.start_commit(tpl, group);
-        let mut samples = std::mem::take(&mut self.pending);
-        samples.push(Sample::Handled { kind: if m.topic() == self.names.tick { "tick" } else { "work-item" } });
-        self.inflight = Some(Inflight { index: self.current, commit, replaced: Vec::new(), samples });
-        Ok(())
-    }
+    cfg
 }
 
 /// The span of every log line about record `m`; its job, tick, run and chunk are filled in

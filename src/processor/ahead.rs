@@ -1,0 +1,146 @@
+//! Effects ahead: while a work item is applied, the batch's next work item has its effects
+//! started as a task of their own, so two chunks' database and Redis work overlap. Safe for
+//! the reason the whole design is: effects are idempotent, keyed by their decision, and may
+//! precede their Kafka commit (a crash does the same). Kafka still sees the records, and
+//! their offsets, strictly in order: only the effects run early.
+//!
+//! At most one chunk is ahead. Its effects never outlive the step that started them nor run
+//! beside a retry of their record: on a failed record, on shutdown, or when the next record
+//! handled is not theirs, they are stopped at their next await (as a crash would stop them)
+//! and waited for. Everything about them lives here.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use rdkafka::message::{Message, OwnedMessage};
+use tracing::Instrument;
+
+use super::bookkeeping::{self, ChunkOutcome};
+use super::ledger::chunk_key;
+use super::run::SEAL;
+use super::{record_span, record_work_item, Processor, ProcessorError};
+use crate::jobs::{ChunkOutput, Job, JobCtx};
+use crate::wire::internal::WorkItem;
+
+/// What a chunk's effects came to: the records to emit and how the chunk ended.
+pub(super) struct Effects {
+    pub output: ChunkOutput,
+    pub outcome: ChunkOutcome,
+    pub message: Option<String>,
+}
+
+/// A chunk's effects — marked started, then applied by its job unless its run is past its
+/// deadline — with owned inputs, so they can run as a task of their own ahead of their turn.
+///
+/// The deadline is checked before a chunk starts, never during, and never again once it has
+/// started: a chunk whose effects may have begun (an earlier attempt whose commit failed)
+/// always completes them and emits what they imply. A job error that is not transient fails
+/// the chunk (and so the run); a transient one is returned and the record is retried.
+pub(super) async fn effects(db: sqlx::PgPool, instance: String, job: Arc<dyn Job>, ctx: JobCtx, item: WorkItem) -> Result<Effects, ProcessorError> {
+    let timeout_secs = ctx.settings.timeout_secs;
+    let deadline = item.planned_at + chrono::TimeDelta::seconds(timeout_secs as i64);
+    let timed_out = match bookkeeping::start_chunk(&db, &item.run_id, item.chunk_index, &instance, Utc::now() > deadline).await? {
+        bookkeeping::Start::Fresh => false,
+        bookkeeping::Start::Again(previous) => previous == ChunkOutcome::TimedOut,
+        bookkeeping::Start::PastDeadline => true,
+    };
+    if timed_out {
+        let message = Some(format!("run exceeded its timeout of {timeout_secs} s"));
+        return Ok(Effects { output: ChunkOutput::default(), outcome: ChunkOutcome::TimedOut, message });
+    }
+    match job.apply(&ctx, &item).await {
+        Ok(output) => Ok(Effects { output, outcome: ChunkOutcome::Applied, message: None }),
+        Err(e) if e.is_transient() => Err(ProcessorError::Job { job: item.job.clone(), source: e }),
+        Err(e) => {
+            tracing::error!(run_id = %item.run_id, chunk = item.chunk_index, error = %e, "chunk failed");
+            Ok(Effects { output: ChunkOutput::default(), outcome: ChunkOutcome::Failed, message: Some(e.to_string()) })
+        }
+    }
+}
+
+/// A later work item of the batch whose effects run while the current one is applied.
+/// Dropping it stops them at their next await point, as a crash would.
+pub(super) struct Ahead {
+    /// The record it belongs to: topic, partition, offset.
+    at: (String, i32, i64),
+    /// That record's work item, decoded once.
+    pub item: WorkItem,
+    task: tokio::task::JoinHandle<Result<Effects, ProcessorError>>,
+}
+
+impl Ahead {
+    /// A job that panics takes the processor down as it would applying in turn (a panic is a
+    /// bug, not something to retry).
+    pub async fn effects(mut self) -> Result<Effects, ProcessorError> {
+        match (&mut self.task).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(ProcessorError::Task(e.to_string())),
+        }
+    }
+
+    /// Stops the effects and waits until they have stopped.
+    async fn cancel(mut self) {
+        self.task.abort();
+        match (&mut self.task).await {
+            Ok(Err(e)) => tracing::debug!(error = %e, "effects started ahead failed; their record will be handled again"),
+            Err(e) if e.is_panic() => tracing::warn!(error = %e, "effects started ahead panicked; their record will be handled again"),
+            _ => {}
+        }
+    }
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn position(m: &OwnedMessage) -> (String, i32, i64) {
+    (m.topic().to_string(), m.partition(), m.offset())
+}
+
+impl Processor {
+    /// Stops effects started ahead, if any, and waits until they have: their record will be
+    /// consumed again (reset, shutdown) and must never run beside them.
+    pub(super) async fn cancel_ahead(&mut self) {
+        if let Some(a) = self.ahead.take() {
+            a.cancel().await;
+        }
+    }
+
+    /// The effects started ahead for `m`, if they were; effects started for another record
+    /// (it was not handled next) are stopped.
+    pub(super) async fn take_ahead(&mut self, m: &OwnedMessage) -> Option<Ahead> {
+        if self.ahead.as_ref().is_some_and(|a| a.at != position(m)) {
+            self.cancel_ahead().await;
+        }
+        self.ahead.take()
+    }
+
+    /// Starts the effects of `next` (the batch's next work item) as a task of their own, so
+    /// they overlap the current chunk's. Skipped when `next` is the chunk being handled (a
+    /// duplicate) or already applied, and for anything that is not a plain chunk of a known
+    /// job — those are handled in turn.
+    pub(super) async fn start_ahead(&mut self, next: &OwnedMessage, current: &str) {
+        if next.topic() != self.names.work_items || self.ahead.is_some() {
+            return;
+        }
+        let Some(item) = (match next.payload() {
+            Some(bytes) => self.codec.decode(bytes).await.ok().and_then(|d| WorkItem::from_avro(d.value).ok()),
+            None => None,
+        }) else {
+            return;
+        };
+        let key = chunk_key(&item.run_id, item.chunk_index);
+        let Some(job) = self.jobs.get(&item.job).cloned() else { return };
+        if item.chunk_index == SEAL || key == current || self.committer.ledger().get(&key).is_some() {
+            return;
+        }
+        let span = record_span(next);
+        record_work_item(&span, &item);
+        let ctx = self.env.job_ctx(&item.job);
+        let task = tokio::spawn(effects(self.env.db.clone(), self.env.instance.clone(), job, ctx, item.clone()).instrument(span));
+        self.ahead = Some(Ahead { at: position(next), item, task });
+    }
+}

@@ -1,0 +1,246 @@
+//! Planning: a tick becomes a run. It is checked (decodable, a known job, a possible time and
+//! parameters), then decided against the run ledger ([`attempt`]) and the job's state
+//! ([`why_not`]); a run that goes ahead has its job stream fixed chunks of ids, which become
+//! work items, a seal carrying the chunk count and a `PLANNED` ledger entry — one transaction
+//! with the tick's offset. Planning only reads, so it can be abandoned at any point.
+//!
+//! Records that cannot be accepted become dead letters with the reason and the original bytes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use rdkafka::message::{Message, OwnedMessage};
+
+use super::ledger::run_key;
+use super::run::{new_run, work_item, Out, TxnPlan, SEAL};
+use super::{Processor, ProcessorError};
+use crate::control::Pause;
+use crate::error::ErrorClass;
+use crate::jobs::{Job, JobError, Run};
+use crate::wire::derived_id;
+use crate::wire::internal::{DeadLetter, LedgerEntry, Outcome, RunState, WorkItem};
+use crate::wire::tick::{Tick, Trigger};
+use crate::wire::WireError;
+
+/// Why a record goes to the dead-letter topic.
+#[derive(Debug, Clone)]
+pub(super) struct Reject {
+    code: &'static str,
+    reason: String,
+}
+
+pub(super) fn reject(code: &'static str, reason: impl Into<String>) -> Reject {
+    Reject { code, reason: reason.into() }
+}
+
+/// Which attempt of its period a tick starts: `None` when the period is already recorded (a
+/// duplicate tick or a replay: nothing runs again), the next attempt when a manual tick asks
+/// for `force=true`.
+pub(super) fn attempt(tick: &Tick, recorded: Option<&LedgerEntry>) -> Option<i32> {
+    let forced = tick.trigger == Trigger::Manual && tick.parameters.get("force").is_some_and(|v| v == "true");
+    match recorded {
+        None => Some(1),
+        Some(prev) if forced => Some(prev.attempt + 1),
+        Some(_) => None,
+    }
+}
+
+/// Why a run that could go ahead does not: superseded by a newer tick of the same job queued
+/// behind it, paused by an operator, or disabled in the configuration — in that order.
+pub(super) enum NotNow {
+    Superseded(String),
+    Paused(Pause),
+    Disabled,
+}
+
+pub(super) fn why_not(superseded_by: Option<&Tick>, paused: Option<Pause>, enabled: bool) -> Option<NotNow> {
+    if let Some(newer) = superseded_by {
+        return Some(NotNow::Superseded(format!("superseded by tick {} for {}", newer.tick_id, newer.scheduled_at.to_rfc3339())));
+    }
+    if let Some(p) = paused {
+        return Some(NotNow::Paused(p));
+    }
+    (!enabled).then_some(NotNow::Disabled)
+}
+
+impl Processor {
+    pub(super) async fn decode_tick(&self, m: &OwnedMessage) -> Result<Result<Tick, Reject>, ProcessorError> {
+        let Some(bytes) = m.payload() else {
+            return Ok(Err(reject("UNDECODABLE", "empty record value")));
+        };
+        let decoded = match self.codec.decode(bytes).await {
+            Ok(d) => d,
+            Err(e) if e.class() == ErrorClass::Retry => return Err(e.into()),
+            Err(e) => return Ok(Err(reject("UNDECODABLE", e.to_string()))),
+        };
+        let name = match &decoded.schema {
+            apache_avro::Schema::Record(r) => r.name.fullname(None),
+            other => format!("{other:?}").chars().take(40).collect(),
+        };
+        if name != crate::wire::tick::RECORD {
+            return Ok(Err(reject("WRONG_SCHEMA", format!("expected {} but the record is {name}", crate::wire::tick::RECORD))));
+        }
+        Ok(Tick::from_avro(decoded.value).map_err(|e: WireError| reject("WRONG_SCHEMA", e.to_string())))
+    }
+
+    /// Checks a decoded tick against what this processor can run; gives its job and period.
+    pub(super) fn validate_tick(&self, tick: &Tick) -> Result<(Arc<dyn Job>, String), Reject> {
+        let job = self.jobs.get(&tick.job).cloned().ok_or_else(|| {
+            reject("UNKNOWN_JOB", format!("unknown job `{}` (known: {})", tick.job, self.jobs.names().join(", ")))
+        })?;
+        let max_future = self.env.settings.processor.max_future_secs;
+        if tick.scheduled_at > Utc::now() + chrono::TimeDelta::seconds(max_future as i64) {
+            let at = tick.scheduled_at.to_rfc3339();
+            return Err(reject("IMPOSSIBLE_VALUE", format!("scheduledAt {at} is more than {max_future} s in the future")));
+        }
+        if tick.scheduled_at.timestamp() < 946_684_800 {
+            return Err(reject("IMPOSSIBLE_VALUE", format!("scheduledAt {} is before 2000", tick.scheduled_at.to_rfc3339())));
+        }
+        job.validate(tick).map_err(|e| reject("IMPOSSIBLE_VALUE", e.to_string()))?;
+        let period = job.period(tick, self.env.tz).map_err(|e| reject("IMPOSSIBLE_VALUE", e.to_string()))?;
+        Ok((job, period))
+    }
+
+    /// The transaction of tick `m` (decoded up front), given the newer tick of the same job
+    /// queued behind it that supersedes it, if any.
+    pub(super) async fn tick_plan(&mut self, m: &OwnedMessage, decoded: Result<Tick, Reject>, superseded_by: Option<Tick>) -> Result<TxnPlan, ProcessorError> {
+        let tick = match decoded {
+            Ok(t) => t,
+            Err(r) => return Ok(self.dead_letter(m, r)),
+        };
+        let span = tracing::Span::current();
+        span.record("job", tick.job.as_str());
+        span.record("tick_id", tick.tick_id.as_str());
+        let (job, period) = match self.validate_tick(&tick) {
+            Ok(v) => v,
+            Err(r) => return Ok(self.dead_letter(m, r)),
+        };
+        let Some(attempt) = attempt(&tick, self.committer.ledger().get(&run_key(&tick.job, &period))) else {
+            tracing::info!(job = %tick.job, period = %period, tick_id = %tick.tick_id, "run already recorded, tick ignored");
+            return Ok(TxnPlan::offset_only());
+        };
+        let run = new_run(tick, period, attempt);
+        span.record("run_id", run.run_id.as_str());
+        let paused = match superseded_by {
+            None => crate::control::paused(&self.env.db, &run.job).await?,
+            Some(_) => None,
+        };
+        match why_not(superseded_by.as_ref(), paused, self.env.job_settings(&run.job).enabled) {
+            Some(NotNow::Superseded(message)) => {
+                tracing::info!(job = %run.job, period = %run.period, "{message}");
+                return Ok(TxnPlan::ended(&run, RunState::Skipped, Outcome::Skipped, Some(message)));
+            }
+            Some(NotNow::Paused(pause)) => return Ok(skip_paused(&run, pause)),
+            Some(NotNow::Disabled) => return Ok(TxnPlan::ended(&run, RunState::Skipped, Outcome::Skipped, Some("job disabled".into()))),
+            None => {}
+        }
+        tracing::info!(job = %run.job, period = %run.period, run_id = %run.run_id, trigger = run.tick.trigger.as_str(), "planning run");
+        let timeout = Duration::from_secs(self.env.job_settings(&run.job).timeout_secs);
+        match tokio::time::timeout(timeout, self.plan(job.as_ref(), &run)).await {
+            Err(_) => {
+                let message = format!("planning exceeded the job timeout of {} s", timeout.as_secs());
+                Ok(TxnPlan::ended(&run, RunState::TimedOut, Outcome::TimedOut, Some(message)))
+            }
+            Ok(Err(JobError::InvalidTick(reason))) => Ok(self.dead_letter(m, reject("IMPOSSIBLE_VALUE", reason))),
+            Ok(Err(e)) if e.is_transient() => Err(ProcessorError::Job { job: run.job.clone(), source: e }),
+            Ok(Err(e)) => Ok(TxnPlan::ended(&run, RunState::Failed, Outcome::Failed, Some(e.to_string()))),
+            Ok(Ok(items)) if items.is_empty() => {
+                // Nothing to do: the run is complete with its plan.
+                let mut plan = TxnPlan::default();
+                let end = super::run::RunEnd { state: RunState::Done, outcome: Outcome::Succeeded, chunk_count: 0 };
+                plan.finish(&run, end, BTreeMap::from([("chunks".to_string(), 0)]), None);
+                Ok(plan)
+            }
+            Ok(Ok(items)) => {
+                let chunks = items.len() as i32;
+                let mut seal = work_item(&run, SEAL, Vec::new());
+                seal.chunk_count = chunks;
+                let mut out: Vec<Out> = items.into_iter().map(Out::WorkItem).collect();
+                out.push(Out::WorkItem(seal));
+                out.push(Out::Ledger(run_key(&run.job, &run.period), super::run::ledger_entry(&run, RunState::Planned, chunks)));
+                tracing::info!(job = %run.job, run_id = %run.run_id, chunks, "run planned");
+                Ok(TxnPlan { out, samples: Vec::new(), fault: Some((crate::fault::BEFORE_PLAN_COMMIT, run.job.clone())) })
+            }
+        }
+    }
+
+    /// The run's work items, as its job streams its chunks.
+    async fn plan(&self, job: &dyn Job, run: &Run) -> Result<Vec<WorkItem>, JobError> {
+        let ctx = self.env.job_ctx(&run.job);
+        let mut chunks = job.plan(&ctx, run);
+        let mut items = Vec::new();
+        while let Some(ids) = chunks.next().await {
+            items.push(work_item(run, items.len() as i32, ids?));
+        }
+        Ok(items)
+    }
+
+    /// A dead letter for `m` with the reason and its original bytes and headers.
+    pub(super) fn dead_letter(&self, m: &OwnedMessage, r: Reject) -> TxnPlan {
+        tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), code = r.code, reason = %r.reason, "record sent to dead letters");
+        let letter = DeadLetter {
+            event_id: derived_id(&["dead-letter", m.topic(), &m.partition().to_string(), &m.offset().to_string()]).to_string(),
+            event_timestamp: Utc::now(),
+            source_topic: m.topic().to_string(),
+            source_partition: m.partition(),
+            source_offset: m.offset(),
+            reason_code: r.code.to_string(),
+            reason: r.reason,
+            original_key: m.key().map(|k| k.to_vec()),
+            original_value: m.payload().map(|p| p.to_vec()),
+            headers: BTreeMap::new(),
+        };
+        let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+        TxnPlan { out: vec![Out::DeadLetter { key, letter }], ..TxnPlan::default() }
+    }
+}
+
+/// A paused job's tick: a SKIPPED result under a run id of its own tick and no ledger entry,
+/// so the period stays runnable after `resume`.
+fn skip_paused(run: &Run, pause: Pause) -> TxnPlan {
+    let mut run = run.clone();
+    run.run_id = derived_id(&["paused", &run.tick.tick_id]).to_string();
+    tracing::info!(job = %run.job, period = %run.period, tick_id = %run.tick.tick_id, paused_by = %pause.paused_by, "job paused, tick skipped");
+    let result = super::run::run_result(&run, Outcome::Skipped, BTreeMap::new(), Some(pause.message()));
+    TxnPlan { out: vec![Out::Result(result)], ..TxnPlan::default() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tick(trigger: Trigger, force: bool) -> Tick {
+        let mut t = Tick::for_fire_time("noop", chrono::DateTime::from_timestamp(1_764_000_000, 0).unwrap(), trigger, None);
+        if force {
+            t.parameters.insert("force".into(), "true".into());
+        }
+        t
+    }
+
+    fn recorded(attempt: i32) -> LedgerEntry {
+        let run = new_run(tick(Trigger::Scheduled, false), "p".into(), attempt);
+        super::super::run::ledger_entry(&run, RunState::Done, 1)
+    }
+
+    #[test]
+    fn a_recorded_period_runs_again_only_when_a_manual_tick_forces_it() {
+        assert_eq!(attempt(&tick(Trigger::Scheduled, false), None), Some(1));
+        assert_eq!(attempt(&tick(Trigger::Scheduled, false), Some(&recorded(1))), None);
+        assert_eq!(attempt(&tick(Trigger::Manual, false), Some(&recorded(1))), None);
+        assert_eq!(attempt(&tick(Trigger::Scheduled, true), Some(&recorded(1))), None, "force is manual only");
+        assert_eq!(attempt(&tick(Trigger::Manual, true), Some(&recorded(2))), Some(3));
+    }
+
+    #[test]
+    fn superseded_wins_over_paused_which_wins_over_disabled() {
+        let pause = || Pause { job: "noop".into(), paused_by: "op".into(), reason: None, paused_at: Utc::now() };
+        let newer = tick(Trigger::Scheduled, false);
+        assert!(matches!(why_not(Some(&newer), Some(pause()), false), Some(NotNow::Superseded(m)) if m.contains(&newer.tick_id)));
+        assert!(matches!(why_not(None, Some(pause()), false), Some(NotNow::Paused(_))));
+        assert!(matches!(why_not(None, None, false), Some(NotNow::Disabled)));
+        assert!(why_not(None, None, true).is_none());
+    }
+}

@@ -1,0 +1,149 @@
+//! Applying: a work item's chunk gets its job's idempotent effects; its transaction carries
+//! the records they imply, a chunk ledger entry and (through the committer) its offset. The
+//! chunk that completes the run — claimed in PostgreSQL, see [`bookkeeping`] — also carries the
+//! run's ledger entry, the job's whole-run records ([`crate::jobs::Job::finalize`]) and the run
+//! result.
+
+use std::time::Instant;
+
+use rdkafka::message::{Message, OwnedMessage};
+
+use super::ahead::{effects, Effects};
+use super::bookkeeping::{self, ChunkOutcome, Finalized};
+use super::ledger::{chunk_key, run_key};
+use super::run::{ledger_entry, run_of, run_result, Out, RunEnd, TxnPlan, SEAL};
+use super::tick::{reject, Reject};
+use super::{record_work_item, Processor, ProcessorError};
+use crate::error::ErrorClass;
+use crate::jobs::{Emit, Job, Run};
+use crate::metrics::Sample;
+use crate::wire::internal::WorkItem;
+
+impl Processor {
+    /// The transaction of work item `m`. `next` is the batch's next work item, if any, whose
+    /// effects start while this one's are applied.
+    pub(super) async fn work_item_plan(&mut self, m: &OwnedMessage, next: Option<&OwnedMessage>) -> Result<TxnPlan, ProcessorError> {
+        let ahead = self.take_ahead(m).await;
+        let item = match &ahead {
+            // Decoded when its effects were started.
+            Some(a) => a.item.clone(),
+            None => match self.decode_work_item(m).await? {
+                Ok(item) => item,
+                Err(r) => return Ok(self.dead_letter(m, r)),
+            },
+        };
+        record_work_item(&tracing::Span::current(), &item);
+        let Some(job) = self.jobs.get(&item.job).cloned() else {
+            return Ok(self.dead_letter(m, reject("UNKNOWN_JOB", format!("work item of unknown job `{}`", item.job))));
+        };
+        let ckey = chunk_key(&item.run_id, item.chunk_index);
+        if self.committer.ledger().get(&ckey).is_some() {
+            // Started again ahead of its turn: stopped (idempotent, so nothing changes either way).
+            drop(ahead);
+            tracing::info!(run_id = %item.run_id, chunk = item.chunk_index, "chunk already applied, work item ignored");
+            return Ok(TxnPlan::offset_only());
+        }
+        let run = run_of(&item);
+        if item.chunk_index == SEAL {
+            bookkeeping::seal(&self.env.db, &item.run_id, &item.job, &item.period, item.chunk_count, item.planned_at).await?;
+            let finalized = bookkeeping::try_finalize(&self.env.db, &item.run_id, item.chunk_index).await?;
+            let mut plan = TxnPlan::default();
+            plan.out.push(Out::Ledger(ckey, ledger_entry(&run, RunEnd::of_chunks(ChunkOutcome::Applied, 0).state, item.chunk_count.max(0))));
+            if let Some(f) = finalized {
+                self.finish_run(&mut plan, job.as_ref(), &run, f).await?;
+            }
+            return Ok(plan);
+        }
+
+        let started = Instant::now();
+        // The next chunk's effects overlap everything this one still has to do.
+        if let Some(next) = next {
+            self.start_ahead(next, &ckey).await;
+        }
+        let Effects { output, outcome, message } = match ahead {
+            Some(a) => a.effects().await?,
+            None => effects(self.env.db.clone(), self.env.instance.clone(), job.clone(), self.env.job_ctx(&item.job), item.clone()).await?,
+        };
+        let applied = started.elapsed();
+        // The chunk's records are encoded while PostgreSQL records the chunk (the bookkeeping
+        // future is polled first, so its query is in flight during encoding).
+        let bookkeeping = async {
+            bookkeeping::record_chunk(&self.env.db, &item.run_id, item.chunk_index, outcome, &output.counts, message.as_deref(), &self.env.instance).await?;
+            bookkeeping::try_finalize(&self.env.db, &item.run_id, item.chunk_index).await
+        };
+        let (finalized, events) = tokio::join!(bookkeeping, self.encode_events(output.records));
+        let (finalized, mut out) = (finalized?, events?);
+        out.push(Out::Ledger(ckey, ledger_entry(&run, RunEnd::of_chunks(outcome, 0).state, item.chunk_count.max(0))));
+        let mut plan = TxnPlan { out, samples: Vec::new(), fault: Some((crate::fault::BEFORE_APPLY_COMMIT, item.job.clone())) };
+        if let Some(f) = finalized {
+            self.finish_run(&mut plan, job.as_ref(), &run, f).await?;
+        }
+        plan.samples.push(Sample::Chunk {
+            job: item.job.clone(),
+            outcome: outcome.metric_label(),
+            counts: output.counts,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        // Where a chunk's time goes before its transaction: its effects, then bookkeeping and
+        // encoding (the wait for the previous commit and the sending are the committer's).
+        tracing::debug!(
+            run_id = %item.run_id, chunk = item.chunk_index,
+            apply_ms = applied.as_millis() as u64,
+            bookkeeping_ms = (started.elapsed() - applied).as_millis() as u64,
+            "chunk timings"
+        );
+        Ok(plan)
+    }
+
+    /// Adds the end of a run this chunk completed: the run's ledger entry (its attempt from
+    /// the ledger), the job's whole-run records and the run result. A job whose finalisation
+    /// fails for good fails the run; a transient failure retries the record.
+    async fn finish_run(&self, plan: &mut TxnPlan, job: &dyn Job, run: &Run, f: Finalized) -> Result<(), ProcessorError> {
+        let mut run = run.clone();
+        run.attempt = self.committer.ledger().get(&run_key(&run.job, &run.period)).map(|e| e.attempt).unwrap_or(1);
+        let mut end = RunEnd::of_chunks(f.outcome, f.chunk_count);
+        let (mut counts, mut message) = (f.counts, f.message);
+        match job.finalize(&self.env.job_ctx(&run.job), &run).await {
+            Ok(extra) => {
+                plan.out.extend(self.encode_events(extra.records).await?);
+                if !extra.counts.is_empty() {
+                    plan.samples.push(Sample::Counts { job: run.job.clone(), counts: extra.counts.clone() });
+                }
+                counts.extend(extra.counts);
+            }
+            Err(e) if e.is_transient() => return Err(ProcessorError::Job { job: run.job.clone(), source: e }),
+            Err(e) => {
+                tracing::error!(run_id = %run.run_id, error = %e, "finalising the run failed");
+                end = RunEnd::of_chunks(ChunkOutcome::Failed, f.chunk_count);
+                message = Some(format!("finalising the run failed: {e}"));
+            }
+        }
+        tracing::info!(job = %run.job, run_id = %run.run_id, outcome = end.outcome.as_str(), "run finished");
+        plan.out.push(Out::Ledger(run_key(&run.job, &run.period), ledger_entry(&run, end.state, end.chunk_count)));
+        plan.out.push(Out::Result(run_result(&run, end.outcome, counts, message)));
+        Ok(())
+    }
+
+    /// Encodes job records with their topics' latest schemas.
+    pub(super) async fn encode_events(&self, records: Vec<Emit>) -> Result<Vec<Out>, ProcessorError> {
+        let mut out = Vec::with_capacity(records.len());
+        for rec in records {
+            let topic = self.env.settings.topic(rec.topic);
+            let bytes = self.codec.encode(&topic, rec.value).await?;
+            out.push(Out::Event { topic, key: rec.key, bytes });
+        }
+        Ok(out)
+    }
+
+    /// The work item `m` carries, or why it goes to dead letters.
+    async fn decode_work_item(&self, m: &OwnedMessage) -> Result<Result<WorkItem, Reject>, ProcessorError> {
+        let Some(bytes) = m.payload() else {
+            return Ok(Err(reject("UNDECODABLE", "empty work item")));
+        };
+        match self.codec.decode(bytes).await {
+            Ok(d) => Ok(WorkItem::from_avro(d.value).map_err(|e| reject("WRONG_SCHEMA", e.to_string()))),
+            Err(e) if e.class() == ErrorClass::Retry => Err(e.into()),
+            Err(e) => Ok(Err(reject("UNDECODABLE", e.to_string()))),
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! `noop`: the trivial built-in job that exercises the whole pipeline (plan → work items →
 //! apply → run result) with no effect outside Kafka. Parameters: `chunks` (default 1),
 //! `apply_sleep_ms` and `plan_sleep_ms` (to exercise timeouts), `fail` (chunk index that
-//! fails, to exercise FAILED runs).
+//! fails, to exercise FAILED runs), `fail_finalize` (`true`: the whole-run step fails).
 
 use std::time::Duration;
 
@@ -35,6 +35,7 @@ impl Job for Noop {
         param::<u64>(p, "plan_sleep_ms", 0)?;
         param::<u64>(p, "apply_sleep_ms", 0)?;
         param::<i32>(p, "fail", -1)?;
+        param::<bool>(p, "fail_finalize", false)?;
         Ok(())
     }
 
@@ -70,6 +71,15 @@ impl Job for Noop {
             let mut out = ChunkOutput::default();
             out.counts.insert("items".into(), item.ids.len() as i64);
             Ok(out)
+        })
+    }
+
+    fn finalize<'a>(&'a self, _ctx: &'a JobCtx, run: &'a Run) -> BoxFuture<'a, Result<ChunkOutput, JobError>> {
+        Box::pin(async move {
+            if param::<bool>(&run.tick.parameters, "fail_finalize", false)? {
+                return Err(JobError::Failed("finalize failed on request (parameter `fail_finalize`)".into()));
+            }
+            Ok(ChunkOutput::default())
         })
     }
 }

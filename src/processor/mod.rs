@@ -25,6 +25,9 @@
 mod ahead;
 pub mod bookkeeping;
 pub mod committer;
+mod encode;
+mod error;
+mod setup;
 pub mod ledger;
 pub mod run;
 mod tick;
@@ -35,94 +38,29 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use futures::FutureExt;
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::Offset;
 use tracing::Instrument;
 
-use crate::codec::{Codec, CodecError};
-use crate::config::{JobSettings, Settings, Topic};
+use crate::codec::Codec;
+use crate::config::{Settings, Topic};
 use crate::error::ErrorClass;
-use crate::jobs::{JobCtx, JobError, Registry};
-use crate::kafka::{self, KafkaClientError, Role};
-use crate::metrics::{Metrics, Sample};
-use committer::{Committer, Consumed, Ready};
+use crate::jobs::Registry;
+use crate::kafka::{self, KafkaClientError};
+use crate::metrics::Metrics;
+use committer::{Committer, Consumed};
+use setup::{connect_redis, group_config, Env, Names};
 use ledger::LedgerView;
-use run::{Out, TxnPlan};
-use tick::Reject;
 
+pub use error::ProcessorError;
+pub use setup::GroupContext;
 pub use run::SEAL;
 
 /// Upper bound on records taken in one poll (coalescing looks within it).
 const BATCH: usize = 256;
 const LEDGER_CATCH_UP: Duration = Duration::from_secs(120);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProcessorError {
-    #[error(transparent)]
-    Kafka(#[from] KafkaClientError),
-    #[error(transparent)]
-    Codec(#[from] CodecError),
-    #[error(transparent)]
-    Ledger(#[from] ledger::LedgerError),
-    #[error(transparent)]
-    Db(#[from] crate::db::DbError),
-    #[error("redis: {0}")]
-    Redis(#[source] redis::RedisError),
-    /// Redis refused the configured credentials: waiting will not help.
-    #[error("redis authentication failed: {0} (check redis.username / redis.password)")]
-    RedisAuth(#[source] redis::RedisError),
-    #[error("invalid setting: {0}")]
-    Config(String),
-    #[error("job `{job}`: {source}")]
-    Job { job: String, source: JobError },
-    #[error("background task failed: {0}")]
-    Task(String),
-}
-
-impl From<sqlx::Error> for ProcessorError {
-    fn from(e: sqlx::Error) -> Self {
-        ProcessorError::Db(crate::db::DbError::Query(e))
-    }
-}
-
-impl ProcessorError {
-    pub fn class(&self) -> ErrorClass {
-        match self {
-            ProcessorError::Kafka(e) => e.class(),
-            ProcessorError::Codec(e) => e.class(),
-            ProcessorError::Ledger(ledger::LedgerError::Timeout(_)) => ErrorClass::Retry,
-            ProcessorError::Ledger(ledger::LedgerError::Kafka(e)) => e.class(),
-            ProcessorError::Db(e) => e.class(),
-            ProcessorError::Redis(_) | ProcessorError::Task(_) => ErrorClass::Retry,
-            ProcessorError::RedisAuth(_) | ProcessorError::Config(_) => ErrorClass::Fatal,
-            ProcessorError::Job { source, .. } => source.class(),
-        }
-    }
-}
-
-/// Notes assignments so the ledger view is caught up before records of new partitions.
-pub struct GroupContext {
-    assigned: Arc<AtomicBool>,
-}
-
-impl ClientContext for GroupContext {}
-
-impl ConsumerContext for GroupContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions assigned");
-                self.assigned.store(true, Ordering::SeqCst);
-            }
-            Rebalance::Revoke(tpl) => tracing::info!(partitions = tpl.count(), "partitions revoked"),
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
-        }
-    }
-}
 
 /// What one [`Processor::step`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,33 +71,6 @@ pub enum Step {
     Handled(usize),
     /// A transaction failed; it was aborted and the records will be seen again.
     Reset(String),
-}
-
-/// What jobs are given: the settings, the stores and who is applying.
-struct Env {
-    settings: Settings,
-    db: sqlx::PgPool,
-    redis: Option<redis::aio::ConnectionManager>,
-    tz: chrono_tz::Tz,
-    instance: String,
-}
-
-impl Env {
-    fn job_settings(&self, job: &str) -> JobSettings {
-        self.settings.job(job).cloned().unwrap_or_default()
-    }
-
-    fn job_ctx(&self, job: &str) -> JobCtx {
-        JobCtx { db: self.db.clone(), redis: self.redis.clone(), tz: self.tz, settings: self.job_settings(job) }
-    }
-}
-
-struct Names {
-    tick: String,
-    work_items: String,
-    ledger: String,
-    results: String,
-    dead_letters: String,
 }
 
 pub struct Processor {
@@ -322,57 +233,6 @@ impl Processor {
         self.committer.settle().await.map_err(|(j, e)| (j, e.into()))
     }
 
-    /// The newest tick of the same job queued behind `decoded` that will itself run, if the
-    /// job coalesces (looks at current state). Manual ticks are explicit requests: never
-    /// coalesced, never superseding.
-    fn superseding(&self, decoded: &Result<crate::wire::tick::Tick, Reject>, behind: &[Option<Result<crate::wire::tick::Tick, Reject>>]) -> Option<crate::wire::tick::Tick> {
-        use crate::wire::tick::Trigger;
-        let t = decoded.as_ref().ok()?;
-        if t.trigger == Trigger::Manual || !self.jobs.get(&t.job).is_some_and(|j| j.coalesce()) {
-            return None;
-        }
-        behind
-            .iter()
-            .flatten()
-            .flatten()
-            .filter(|n| n.job == t.job && n.trigger != Trigger::Manual && n.scheduled_at > t.scheduled_at && self.validate_tick(n).is_ok())
-            .max_by_key(|n| n.scheduled_at)
-            .cloned()
-    }
-
-    /// Encodes a plan for the committer and counts what it writes (once committed).
-    async fn encode(&self, plan: TxnPlan, m: &OwnedMessage) -> Result<Ready, ProcessorError> {
-        let mut ready = Ready { records: Vec::with_capacity(plan.out.len()), ledger: Vec::new(), samples: plan.samples, fault: plan.fault };
-        let mut emitted: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
-        for out in plan.out {
-            let (topic, key, bytes) = match out {
-                Out::Event { topic, key, bytes } => {
-                    *emitted.entry(topic.clone()).or_default() += 1;
-                    (topic, key, bytes)
-                }
-                Out::WorkItem(item) => (self.names.work_items.clone(), item.key(), self.codec.encode(&self.names.work_items, item.to_avro()).await?),
-                Out::Ledger(key, entry) => {
-                    let bytes = self.codec.encode(&self.names.ledger, entry.to_avro()).await?;
-                    ready.ledger.push((key.clone(), entry));
-                    (self.names.ledger.clone(), key, bytes)
-                }
-                Out::Result(result) => {
-                    let seconds = result.duration_ms as f64 / 1000.0;
-                    ready.samples.push(Sample::Run { job: result.job.clone(), outcome: result.outcome.as_str().to_string(), seconds });
-                    (self.names.results.clone(), result.job.clone(), self.codec.encode(&self.names.results, result.to_avro()).await?)
-                }
-                Out::DeadLetter { key, letter } => {
-                    ready.samples.push(Sample::DeadLetter { reason: letter.reason_code.clone() });
-                    (self.names.dead_letters.clone(), key, self.codec.encode(&self.names.dead_letters, letter.to_avro()).await?)
-                }
-            };
-            ready.records.push((topic, key, bytes));
-        }
-        ready.samples.extend(emitted.into_iter().map(|(topic, count)| Sample::Emitted { topic, count }));
-        ready.samples.push(Sample::Handled { kind: if m.topic() == self.names.tick { "tick" } else { "work-item" } });
-        Ok(ready)
-    }
-
     /// The one reset path, for every failure of a record: stop effects started ahead, abort
     /// the transaction, and rewind every partition of the dropped records to the first of
     /// them, so nothing is skipped; then pause before they are consumed again.
@@ -450,45 +310,6 @@ impl Processor {
     }
 }
 
-/// Redis, if it answers; refused credentials are fatal (waiting will not help).
-async fn connect_redis(settings: &Settings) -> Result<Option<redis::aio::ConnectionManager>, ProcessorError> {
-    let client = redis::Client::open(secrecy::ExposeSecret::expose_secret(&settings.redis_url())).map_err(ProcessorError::Redis)?;
-    match redis::aio::ConnectionManager::new(client).await {
-        Ok(c) => Ok(Some(c)),
-        Err(e) if e.kind() == redis::ErrorKind::AuthenticationFailed || matches!(e.code(), Some("WRONGPASS" | "NOAUTH")) => Err(ProcessorError::RedisAuth(e)),
-        Err(e) => Err(ProcessorError::Redis(e)),
-    }
-}
-
-/// The consumer of the processor group.
-fn group_config(settings: &Settings) -> rdkafka::ClientConfig {
-    let max_timeout = settings.jobs.values().map(|j| j.timeout_secs).max().unwrap_or(300);
-    let mut cfg = kafka::client_config(settings, Role::Consumer);
-    cfg.set("group.id", &settings.processor.group_id)
-        .set("auto.offset.reset", "earliest")
-        // A chunk is applied between polls; the group must not evict a member for a chunk
-        // that legitimately runs up to its job's timeout.
-        .set("max.poll.interval.ms", ((max_timeout + 60) * 1000).to_string())
-        // A dead or paused member is noticed within seconds (heartbeats stop with it).
-        .set("session.timeout.ms", "10000")
-        // Work items flow from one transaction to the next: fetch them as soon as they are
-        // committed rather than after a long poll (tick-to-result latency).
-        .set("fetch.wait.max.ms", "10")
-        .set("heartbeat.interval.ms", "2000")
-        // A topic a broker reported unknown while reloading after a restart is assigned again
-        // at the next metadata refresh: seconds, not librdkafka's default 5 minutes.
-        .set("topic.metadata.refresh.interval.ms", "10000");
-    if !settings.processor.instance_id.is_empty() {
-        // Static membership: a restarted instance with the same id takes its partitions back
-        // at once instead of waiting for its dead predecessor's session to expire.
-        cfg.set("group.instance.id", &settings.processor.instance_id);
-    }
-    for (k, v) in &settings.kafka.properties {
-        cfg.set(k, v);
-    }
-    cfg
-}
-
 /// The span of every log line about record `m`; its job, tick, run and chunk are filled in
 /// once known (by the handlers, or [`record_work_item`]).
 fn record_span(m: &OwnedMessage) -> tracing::Span {
@@ -510,9 +331,4 @@ fn record_work_item(span: &tracing::Span, item: &crate::wire::internal::WorkItem
     span.record("tick_id", item.tick_id.as_str());
     span.record("run_id", item.run_id.as_str());
     span.record("chunk", item.chunk_index);
-}
-
-/// How long ago `t` was, for logs.
-pub fn age(t: DateTime<Utc>) -> Duration {
-    (Utc::now() - t).to_std().unwrap_or_default()
 }

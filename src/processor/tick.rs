@@ -104,6 +104,23 @@ impl Processor {
         Ok((job, period))
     }
 
+    /// The newest tick of the same job queued behind `decoded` that will itself run, if the
+    /// job coalesces (looks at current state). Manual ticks are explicit requests: never
+    /// coalesced, never superseding.
+    pub(super) fn superseding(&self, decoded: &Result<Tick, Reject>, behind: &[Option<Result<Tick, Reject>>]) -> Option<Tick> {
+        let t = decoded.as_ref().ok()?;
+        if t.trigger == Trigger::Manual || !self.jobs.get(&t.job).is_some_and(|j| j.coalesce()) {
+            return None;
+        }
+        behind
+            .iter()
+            .flatten()
+            .flatten()
+            .filter(|n| n.job == t.job && n.trigger != Trigger::Manual && n.scheduled_at > t.scheduled_at && self.validate_tick(n).is_ok())
+            .max_by_key(|n| n.scheduled_at)
+            .cloned()
+    }
+
     /// The transaction of tick `m` (decoded up front), given the newer tick of the same job
     /// queued behind it that supersedes it, if any.
     pub(super) async fn tick_plan(&mut self, m: &OwnedMessage, decoded: Result<Tick, Reject>, superseded_by: Option<Tick>) -> Result<TxnPlan, ProcessorError> {

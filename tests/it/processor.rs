@@ -245,6 +245,28 @@ async fn a_run_past_its_timeout_is_recorded_timed_out_and_the_next_tick_proceeds
     assert_eq!(by_tick[next.tick_id.as_str()].outcome, Outcome::Succeeded);
 }
 
+/// A job whose whole-run step fails for good fails its run, recorded FAILED with the reason;
+/// the processor goes on with the next tick instead of stopping.
+#[tokio::test]
+async fn a_run_whose_finalisation_fails_is_recorded_failed_and_processing_goes_on() {
+    let s = isolated().await;
+    let bad = tick("noop", at(20), &[("chunks", "2"), ("fail_finalize", "true")]);
+    let next = tick("noop", at(10), &[("chunks", "1")]);
+    publish(&s, &[bad.clone()]).await;
+    let mut p = processor(&s).await;
+    drive(&mut p, 2).await;
+    publish(&s, &[next.clone()]).await;
+    drive(&mut p, 2).await;
+    let r = results(&s).await;
+    let by_tick: BTreeMap<&str, &RunResult> = r.iter().map(|x| (x.tick_id.as_str(), x)).collect();
+    assert_eq!(r.len(), 2, "{r:#?}");
+    let failed = by_tick[bad.tick_id.as_str()];
+    assert_eq!(failed.outcome, Outcome::Failed, "{failed:?}");
+    assert!(failed.message.as_deref().is_some_and(|m| m.contains("fail_finalize")), "{failed:?}");
+    assert_eq!(failed.counts["items"], 2, "the chunks' work is kept: {failed:?}");
+    assert_eq!(by_tick[next.tick_id.as_str()].outcome, Outcome::Succeeded);
+}
+
 #[tokio::test]
 async fn the_next_chunks_effects_start_while_the_current_chunk_is_applied() {
     let s = isolated().await;

@@ -1,0 +1,100 @@
+//! What a processor is made of at start-up: the consumer of the processor group (and what it
+//! notes on a rebalance), the Redis connection, its topic names and what jobs are given.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+
+use super::ProcessorError;
+use crate::config::{JobSettings, Settings};
+use crate::jobs::JobCtx;
+use crate::kafka::{self, Role};
+
+/// Notes assignments so the ledger view is caught up before records of new partitions.
+pub struct GroupContext {
+    pub(super) assigned: Arc<AtomicBool>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+                self.assigned.store(true, Ordering::SeqCst);
+            }
+            Rebalance::Revoke(tpl) => tracing::info!(partitions = tpl.count(), "partitions revoked"),
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// Redis, if it answers; refused credentials are fatal (waiting will not help).
+pub(super) async fn connect_redis(settings: &Settings) -> Result<Option<redis::aio::ConnectionManager>, ProcessorError> {
+    let client = redis::Client::open(secrecy::ExposeSecret::expose_secret(&settings.redis_url())).map_err(ProcessorError::Redis)?;
+    match redis::aio::ConnectionManager::new(client).await {
+        Ok(c) => Ok(Some(c)),
+        Err(e) if e.kind() == redis::ErrorKind::AuthenticationFailed || matches!(e.code(), Some("WRONGPASS" | "NOAUTH")) => Err(ProcessorError::RedisAuth(e)),
+        Err(e) => Err(ProcessorError::Redis(e)),
+    }
+}
+
+/// The consumer of the processor group.
+pub(super) fn group_config(settings: &Settings) -> rdkafka::ClientConfig {
+    let max_timeout = settings.jobs.values().map(|j| j.timeout_secs).max().unwrap_or(300);
+    let mut cfg = kafka::client_config(settings, Role::Consumer);
+    cfg.set("group.id", &settings.processor.group_id)
+        .set("auto.offset.reset", "earliest")
+        // A chunk is applied between polls; the group must not evict a member for a chunk
+        // that legitimately runs up to its job's timeout.
+        .set("max.poll.interval.ms", ((max_timeout + 60) * 1000).to_string())
+        // A dead or paused member is noticed within seconds (heartbeats stop with it).
+        .set("session.timeout.ms", "10000")
+        // Work items flow from one transaction to the next: fetch them as soon as they are
+        // committed rather than after a long poll (tick-to-result latency).
+        .set("fetch.wait.max.ms", "10")
+        .set("heartbeat.interval.ms", "2000")
+        // A topic a broker reported unknown while reloading after a restart is assigned again
+        // at the next metadata refresh: seconds, not librdkafka's default 5 minutes.
+        .set("topic.metadata.refresh.interval.ms", "10000");
+    if !settings.processor.instance_id.is_empty() {
+        // Static membership: a restarted instance with the same id takes its partitions back
+        // at once instead of waiting for its dead predecessor's session to expire.
+        cfg.set("group.instance.id", &settings.processor.instance_id);
+    }
+    for (k, v) in &settings.kafka.properties {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+/// What jobs are given: the settings, the stores and who is applying.
+pub(super) struct Env {
+    pub(super) settings: Settings,
+    pub(super) db: sqlx::PgPool,
+    pub(super) redis: Option<redis::aio::ConnectionManager>,
+    pub(super) tz: chrono_tz::Tz,
+    pub(super) instance: String,
+}
+
+impl Env {
+    pub(super) fn job_settings(&self, job: &str) -> JobSettings {
+        self.settings.job(job).cloned().unwrap_or_default()
+    }
+
+    pub(super) fn job_ctx(&self, job: &str) -> JobCtx {
+        JobCtx { db: self.db.clone(), redis: self.redis.clone(), tz: self.tz, settings: self.job_settings(job) }
+    }
+}
+
+/// The topics a processor reads and writes, with the configured prefix.
+pub(super) struct Names {
+    pub(super) tick: String,
+    pub(super) work_items: String,
+    pub(super) ledger: String,
+    pub(super) results: String,
+    pub(super) dead_letters: String,
+}

@@ -177,37 +177,7 @@ pub fn job_key(job: &str) -> String {
     job.replace('-', "_")
 }
 
-/// The topics the tool reads and writes; their names are `topics.prefix` + the base name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Topic {
-    Tick,
-    OrderCancelled,
-    OrderExpirationNotification,
-    StockSyncAlert,
-    DailyStatistics,
-    WorkItems,
-    RunLedger,
-    RunResults,
-    DeadLetters,
-    JobReport,
-}
-
-impl Topic {
-    pub fn base_name(self) -> &'static str {
-        match self {
-            Topic::Tick => "scheduler.tick",
-            Topic::OrderCancelled => "order.cancelled",
-            Topic::OrderExpirationNotification => "order.expiration.notification",
-            Topic::StockSyncAlert => "stock.sync.alert",
-            Topic::DailyStatistics => "daily.statistics",
-            Topic::WorkItems => "scheduled-jobs.work-items",
-            Topic::RunLedger => "scheduled-jobs.run-ledger",
-            Topic::RunResults => "scheduled-jobs.run-results",
-            Topic::DeadLetters => "scheduled-jobs.dead-letters",
-            Topic::JobReport => "job.report",
-        }
-    }
-}
+pub use crate::wire::Topic;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

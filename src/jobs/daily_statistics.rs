@@ -73,7 +73,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ChunkOutput, Emit, Job, JobCtx, JobError, Run};
 use crate::avro::decimal_to_avro;
-use crate::config::Topic;
+use crate::wire::Topic;
 use crate::wire::internal::WorkItem;
 use crate::wire::tick::{Tick, Trigger};
 use crate::wire::{derived_id, ts};
@@ -253,6 +253,12 @@ SELECT date, event_id::text AS event_id, total_orders, total_sales, avg_order_am
        top_products::text AS top_products, generated_at
 FROM (SELECT * FROM written UNION ALL SELECT * FROM earlier) mine
 ORDER BY date";
+
+/// What this job emits: one event per aggregated date.
+#[allow(non_upper_case_globals)]
+impl Topic {
+    pub const DailyStatistics: Topic = Topic::named("daily.statistics");
+}
 
 pub struct DailyStatistics;
 

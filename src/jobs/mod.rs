@@ -22,7 +22,8 @@ use chrono_tz::Tz;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
-use crate::config::{JobSettings, Topic};
+use crate::config::JobSettings;
+use crate::wire::Topic;
 use crate::error::ErrorClass;
 use crate::wire::internal::WorkItem;
 use crate::wire::tick::Tick;

@@ -36,7 +36,7 @@ use futures::stream::{BoxStream, TryChunksError};
 use futures::{StreamExt, TryStreamExt};
 
 use super::{ChunkOutput, Emit, Job, JobCtx, JobError, Run};
-use crate::config::Topic;
+use crate::wire::Topic;
 use crate::stock::Stock;
 use crate::wire::internal::WorkItem;
 use crate::wire::{derived_id, enum_value, ts};
@@ -113,6 +113,14 @@ struct Cancelled {
     user_id: String,
     cancelled_at: DateTime<Utc>,
     items: Vec<(String, i32)>,
+}
+
+/// What this job emits: per cancelled order, one event for Analytics and one for the
+/// Notification service.
+#[allow(non_upper_case_globals)]
+impl Topic {
+    pub const OrderCancelled: Topic = Topic::named("order.cancelled");
+    pub const OrderExpirationNotification: Topic = Topic::named("order.expiration.notification");
 }
 
 pub struct OrderExpiration;

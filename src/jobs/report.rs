@@ -24,7 +24,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::{ChunkOutput, Emit, Job, JobCtx, JobError, Run};
-use crate::config::Topic;
+use crate::wire::Topic;
 use crate::wire::internal::WorkItem;
 use crate::wire::{derived_id, enum_value, long_map, ts};
 
@@ -52,6 +52,12 @@ impl Kind {
             Kind::DailyStatistics => "daily-statistics",
         }
     }
+}
+
+/// What the report jobs emit: one report per fire time.
+#[allow(non_upper_case_globals)]
+impl Topic {
+    pub const JobReport: Topic = Topic::named("job.report");
 }
 
 pub struct Report(pub Kind);

@@ -4,6 +4,9 @@
 
 pub mod internal;
 pub mod tick;
+pub mod topic;
+
+pub use topic::Topic;
 
 use std::collections::BTreeMap;
 

@@ -15,7 +15,7 @@ use apache_avro::types::Value;
 use chrono::{DateTime, Utc};
 
 use super::ACTIONS;
-use crate::config::Topic;
+use crate::wire::Topic;
 use crate::jobs::{ChunkOutput, Emit, JobCtx, JobError, Run};
 use crate::wire::{derived_id, enum_value, ts};
 

@@ -71,6 +71,13 @@ use futures::StreamExt;
 
 use super::{ChunkOutput, Job, JobCtx, JobError, Run};
 use crate::wire::internal::WorkItem;
+use crate::wire::Topic;
+
+/// What this job emits: one alert per confirmed mismatch.
+#[allow(non_upper_case_globals)]
+impl Topic {
+    pub const StockSyncAlert: Topic = Topic::named("stock.sync.alert");
+}
 
 pub struct StockSync;
 

@@ -93,6 +93,14 @@ impl From<sqlx::Error> for JobError {
     }
 }
 
+/// An event that does not fit its schema is the same on every attempt (a struct out of step
+/// with its `.avsc`, or money beyond its decimal): retrying cannot help.
+impl From<crate::wire::events::EventError> for JobError {
+    fn from(e: crate::wire::events::EventError) -> Self {
+        JobError::Failed(format!("event: {e}"))
+    }
+}
+
 impl From<redis::RedisError> for JobError {
     fn from(e: redis::RedisError) -> Self {
         // Redis says which of its errors are worth retrying (LOADING after a restart, TRYAGAIN,

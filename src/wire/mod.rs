@@ -1,7 +1,9 @@
 //! Wire types: the Avro records of `avro/` as Rust values, converted at the edge. Domain code
 //! never sees `apache_avro::types::Value`; a record that does not have the shape its schema
 //! promises is a [`WireError`] naming the field, which the processor sends to dead letters.
+//! The events the jobs publish are the typed structs of [`events`], turned into values there.
 
+pub mod events;
 pub mod internal;
 pub mod tick;
 

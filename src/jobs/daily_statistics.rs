@@ -62,21 +62,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use apache_avro::types::Value;
 use chrono::{DateTime, Days, NaiveDate, NaiveTime, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
 
 use super::{ChunkOutput, Emit, Job, JobCtx, JobError, Run};
-use crate::avro::decimal_to_avro;
-use crate::wire::Topic;
+use crate::wire::derived_id;
+use crate::wire::events::{self, emit};
 use crate::wire::internal::WorkItem;
 use crate::wire::tick::{Tick, Trigger};
-use crate::wire::{derived_id, ts};
+
+/// One entry of `topProducts`, also the shape stored in `daily_statistics.top_products`.
+pub use crate::wire::events::TopProduct;
 
 /// `kind` part of the derived event id.
 pub const EVENT_KIND: &str = "daily-statistics";
@@ -86,7 +86,7 @@ pub const WINDOW_DAYS: u64 = 7;
 pub const TOP_N: i64 = 10;
 /// Tick parameters this job understands.
 const PARAMETERS: [&str; 2] = ["date", "force"];
-/// Wire format of a date (period, work-item ids, event `date`, key).
+/// Wire format of a date (period, work-item ids; the event's `date` and key are written alike).
 const DATE_FORMAT: &str = "%Y-%m-%d";
 
 /// The event id of a date: one id per date whatever the run, so a consumer deduplicating by
@@ -153,15 +153,6 @@ pub fn average_half_even(total: Decimal, count: i64) -> Option<Decimal> {
     };
     let q = if away { q + cents.signum() } else { q };
     Decimal::try_from_i128_with_scale(q, 2).ok()
-}
-
-/// One entry of `topProducts`, also the shape stored in `daily_statistics.top_products`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TopProduct {
-    pub product_id: String,
-    pub product_name: String,
-    pub total_sold: i64,
 }
 
 /// A date's figures as computed, before they are stored.
@@ -253,12 +244,6 @@ SELECT date, event_id::text AS event_id, total_orders, total_sales, avg_order_am
        top_products::text AS top_products, generated_at
 FROM (SELECT * FROM written UNION ALL SELECT * FROM earlier) mine
 ORDER BY date";
-
-/// What this job emits: one event per aggregated date.
-#[allow(non_upper_case_globals)]
-impl Topic {
-    pub const DailyStatistics: Topic = Topic::named("daily.statistics");
-}
 
 pub struct DailyStatistics;
 
@@ -368,11 +353,9 @@ async fn apply_dates(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobEr
     let mut figures = Vec::new();
     for date in todo {
         let f = aggregate(ctx, item, *date).await?;
-        for (field, value, precision) in
-            [("totalSales", f.total_sales, 15), ("avgOrderAmount", f.avg_order_amount, 10), ("refundAmount", f.refund_amount, 15)]
-        {
-            decimal_to_avro(value, precision, 2).map_err(|e| JobError::Failed(format!("{date}: {field}: {e}")))?;
-        }
+        // The event the row will become, made now only to check that its money fits the
+        // schema's decimals; its id and time do not matter here.
+        events::value_of(&f.event(String::new(), Utc::now())).map_err(|e| JobError::Failed(format!("{date}: {e}")))?;
         figures.push(f);
     }
 
@@ -463,38 +446,36 @@ async fn store(
     Ok(rows)
 }
 
-/// The `DailyStatistics` record of a stored row (schema field order).
+/// The `DailyStatistics` event of a stored row.
 fn event(row: &Stored) -> Result<Emit, String> {
-    let top: Vec<TopProduct> = serde_json::from_str(&row.top_products).map_err(|e| format!("top_products: {e}"))?;
-    let decimal = |v: Decimal, precision| decimal_to_avro(v, precision, 2).map_err(|e| e.to_string());
-    let date = row.date.format(DATE_FORMAT).to_string();
-    let value = Value::Record(vec![
-        ("eventId".into(), Value::String(row.event_id.clone())),
-        // From the row, not the clock: every attempt emits the same record.
-        ("eventTimestamp".into(), ts(row.generated_at)),
-        ("date".into(), Value::String(date.clone())),
-        ("totalOrders".into(), Value::Long(row.total_orders)),
-        ("totalSales".into(), decimal(row.total_sales, 15)?),
-        ("avgOrderAmount".into(), decimal(row.avg_order_amount, 10)?),
-        (
-            "topProducts".into(),
-            Value::Array(
-                top.into_iter()
-                    .map(|p| {
-                        Value::Record(vec![
-                            ("productId".into(), Value::String(p.product_id)),
-                            ("productName".into(), Value::String(p.product_name)),
-                            ("totalSold".into(), Value::Long(p.total_sold)),
-                        ])
-                    })
-                    .collect(),
-            ),
-        ),
-        ("generatedAt".into(), ts(row.generated_at)),
-        ("cancelledOrders".into(), Value::Long(row.cancelled_orders)),
-        ("refundAmount".into(), decimal(row.refund_amount, 15)?),
-    ]);
-    Ok(Emit { topic: Topic::DailyStatistics, key: date, value })
+    let figures = Figures {
+        date: row.date,
+        total_orders: row.total_orders,
+        total_sales: row.total_sales,
+        avg_order_amount: row.avg_order_amount,
+        cancelled_orders: row.cancelled_orders,
+        refund_amount: row.refund_amount,
+        top_products: serde_json::from_str(&row.top_products).map_err(|e| format!("top_products: {e}"))?,
+    };
+    // From the row, not the clock: every attempt emits the same record.
+    emit(&figures.event(row.event_id.clone(), row.generated_at)).map_err(|e| e.to_string())
+}
+
+impl Figures {
+    fn event(&self, event_id: String, generated_at: DateTime<Utc>) -> events::DailyStatistics {
+        events::DailyStatistics {
+            event_id,
+            event_timestamp: generated_at,
+            date: self.date,
+            total_orders: self.total_orders,
+            total_sales: self.total_sales,
+            avg_order_amount: self.avg_order_amount,
+            top_products: self.top_products.clone(),
+            generated_at,
+            cancelled_orders: self.cancelled_orders,
+            refund_amount: self.refund_amount,
+        }
+    }
 }
 
 #[cfg(test)]

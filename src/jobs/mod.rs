@@ -16,14 +16,13 @@ pub mod stock_sync;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use apache_avro::types::Value;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
 use crate::config::JobSettings;
-use crate::wire::Topic;
+pub use crate::wire::Emit;
 use crate::error::ErrorClass;
 use crate::wire::internal::WorkItem;
 use crate::wire::tick::Tick;
@@ -46,14 +45,6 @@ pub struct JobCtx {
     pub redis: Option<redis::aio::ConnectionManager>,
     pub tz: Tz,
     pub settings: JobSettings,
-}
-
-/// A record a chunk emits: topic, key and Avro value (encoded by the processor).
-#[derive(Debug, Clone)]
-pub struct Emit {
-    pub topic: Topic,
-    pub key: String,
-    pub value: Value,
 }
 
 /// One applied chunk: the records to emit and counters for the run result.
@@ -115,6 +106,14 @@ impl JobError {
 impl From<sqlx::Error> for JobError {
     fn from(e: sqlx::Error) -> Self {
         JobError::Db(e)
+    }
+}
+
+/// An event that does not fit its schema is the same on every attempt (a struct out of step
+/// with its `.avsc`, or money beyond its decimal): retrying cannot help.
+impl From<crate::wire::events::EventError> for JobError {
+    fn from(e: crate::wire::events::EventError) -> Self {
+        JobError::Failed(format!("event: {e}"))
     }
 }
 

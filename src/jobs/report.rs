@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 
-use apache_avro::types::Value;
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -23,12 +22,10 @@ use futures::StreamExt;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::{ChunkOutput, Emit, Job, JobCtx, JobError, Run};
-use crate::wire::Topic;
+use super::{ChunkOutput, Job, JobCtx, JobError, Run};
+use crate::wire::derived_id;
+use crate::wire::events::{emit, JobReport, ReportType};
 use crate::wire::internal::WorkItem;
-use crate::wire::{derived_id, enum_value, long_map, ts};
-
-const REPORT_TYPES: [&str; 2] = ["STOCK_SYNC_SUMMARY", "DAILY_STATISTICS_REPORT"];
 
 /// Which report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,10 +35,10 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn report_type(self) -> &'static str {
+    fn report_type(self) -> ReportType {
         match self {
-            Kind::StockSync => REPORT_TYPES[0],
-            Kind::DailyStatistics => REPORT_TYPES[1],
+            Kind::StockSync => ReportType::StockSyncSummary,
+            Kind::DailyStatistics => ReportType::DailyStatisticsReport,
         }
     }
 
@@ -54,18 +51,13 @@ impl Kind {
     }
 }
 
-/// What the report jobs emit: one report per fire time.
-#[allow(non_upper_case_globals)]
-impl Topic {
-    pub const JobReport: Topic = Topic::named("job.report");
-}
-
 pub struct Report(pub Kind);
 
 /// The stored report (JSON in `job_reports.body`) from which the event is built.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Body {
-    pub report_type: String,
+    /// Stored as its symbol, so bodies stored before it was typed read the same.
+    pub report_type: ReportType,
     pub job: String,
     pub window_start: DateTime<Utc>,
     pub window_end: DateTime<Utc>,
@@ -101,7 +93,7 @@ impl Job for Report {
                     let json = serde_json::to_value(&made).map_err(|e| JobError::Failed(format!("report body: {e}")))?;
                     sqlx::query("INSERT INTO job_reports (run_id, report_type, body) VALUES ($1, $2, $3) ON CONFLICT (run_id) DO NOTHING")
                         .bind(&item.run_id)
-                        .bind(self.0.report_type())
+                        .bind(self.0.report_type().as_str())
                         .bind(json)
                         .execute(&ctx.db)
                         .await?;
@@ -112,7 +104,7 @@ impl Job for Report {
             let mut out = ChunkOutput::default();
             out.counts.insert("runsReported".into(), i64::from(body.runs));
             out.counts.insert("problems".into(), body.problems.len() as i64);
-            out.records.push(Emit { topic: Topic::JobReport, key: body.report_type.clone(), value: to_avro(&body, &item.run_id) });
+            out.records.push(emit(&event(body, &item.run_id))?);
             Ok(out)
         })
     }
@@ -126,23 +118,23 @@ async fn stored(ctx: &JobCtx, run_id: &str) -> Result<Option<Body>, JobError> {
     row.map(|v| serde_json::from_value(v).map_err(|e| JobError::Failed(format!("stored report of {run_id}: {e}")))).transpose()
 }
 
-fn to_avro(b: &Body, run_id: &str) -> Value {
-    Value::Record(vec![
-        ("eventId".into(), Value::String(derived_id(&["job-report", run_id]).to_string())),
-        ("eventTimestamp".into(), ts(b.generated_at)),
-        ("reportType".into(), enum_value(&REPORT_TYPES, &b.report_type)),
-        ("job".into(), Value::String(b.job.clone())),
-        ("windowStart".into(), ts(b.window_start)),
-        ("windowEnd".into(), ts(b.window_end)),
-        ("runs".into(), Value::Int(b.runs)),
-        ("succeeded".into(), Value::Int(b.succeeded)),
-        ("failed".into(), Value::Int(b.failed)),
-        ("unfinished".into(), Value::Int(b.unfinished)),
-        ("counts".into(), long_map(&b.counts)),
-        ("problems".into(), Value::Array(b.problems.iter().cloned().map(Value::String).collect())),
-        ("title".into(), Value::String(b.title.clone())),
-        ("text".into(), Value::String(b.text.clone())),
-    ])
+fn event(b: Body, run_id: &str) -> JobReport {
+    JobReport {
+        event_id: derived_id(&["job-report", run_id]).to_string(),
+        event_timestamp: b.generated_at,
+        report_type: b.report_type,
+        job: b.job,
+        window_start: b.window_start,
+        window_end: b.window_end,
+        runs: b.runs,
+        succeeded: b.succeeded,
+        failed: b.failed,
+        unfinished: b.unfinished,
+        counts: b.counts,
+        problems: b.problems,
+        title: b.title,
+        text: b.text,
+    }
 }
 
 /// One run of the subject job in the window.
@@ -224,7 +216,7 @@ async fn build(ctx: &JobCtx, kind: Kind, end: DateTime<Utc>) -> Result<Body, Job
         lines.extend(problems.iter().map(|p| format!("- {p}")));
     }
     Ok(Body {
-        report_type: kind.report_type().into(),
+        report_type: kind.report_type(),
         job: job.into(),
         window_start: start,
         window_end: end,

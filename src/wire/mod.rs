@@ -1,12 +1,23 @@
 //! Wire types: the Avro records of `avro/` as Rust values, converted at the edge. Domain code
 //! never sees `apache_avro::types::Value`; a record that does not have the shape its schema
 //! promises is a [`WireError`] naming the field, which the processor sends to dead letters.
+//! The events the jobs publish are the typed structs of [`events`], turned into values there.
 
+pub mod events;
 pub mod internal;
 pub mod tick;
 pub mod topic;
 
 pub use topic::Topic;
+
+/// A record ready for a topic: its key and its Avro value (built by [`events::emit`]; encoded
+/// by the processor with the topic's registered schema).
+#[derive(Debug, Clone)]
+pub struct Emit {
+    pub topic: Topic,
+    pub key: String,
+    pub value: Value,
+}
 
 use std::collections::BTreeMap;
 

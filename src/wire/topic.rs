@@ -1,7 +1,6 @@
-//! Topic names. A [`Topic`] is a base name from `topics/` (the configured prefix is added by
-//! `Settings::topic`); the engine's topics are declared here, and each job declares its output
-//! topics in its own module (`impl Topic { pub const ...: Topic = Topic::named(...) }`), so a
-//! new job needs no edit here.
+//! Topic names: every topic of the contract, by its base name in `topics/` (the configured
+//! prefix is added by `Settings::topic`). A new output topic is one line here, next to its
+//! `topics/<name>.toml` file and the event struct that is written to it (`wire::events`).
 
 /// A topic by its base name, e.g. `order.cancelled`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -16,6 +15,11 @@ impl Topic {
     pub const RunLedger: Topic = Topic::named("scheduled-jobs.run-ledger");
     pub const RunResults: Topic = Topic::named("scheduled-jobs.run-results");
     pub const DeadLetters: Topic = Topic::named("scheduled-jobs.dead-letters");
+    pub const OrderCancelled: Topic = Topic::named("order.cancelled");
+    pub const OrderExpirationNotification: Topic = Topic::named("order.expiration.notification");
+    pub const StockSyncAlert: Topic = Topic::named("stock.sync.alert");
+    pub const DailyStatistics: Topic = Topic::named("daily.statistics");
+    pub const JobReport: Topic = Topic::named("job.report");
 }
 
 impl Topic {

@@ -11,18 +11,15 @@
 //! with more than a few thousand mismatches makes it large (memory and transaction time grow
 //! with the mismatch count, not the product count).
 
-use apache_avro::types::Value;
 use chrono::{DateTime, Utc};
 
-use super::ACTIONS;
-use crate::wire::Topic;
-use crate::jobs::{ChunkOutput, Emit, JobCtx, JobError, Run};
-use crate::wire::{derived_id, enum_value, ts};
+use super::Action;
+use crate::jobs::{ChunkOutput, JobCtx, JobError, Run};
+use crate::wire::derived_id;
+use crate::wire::events::{emit, Severity, StockSyncAlert};
 
 /// Smallest |discrepancy| that makes a repaired drift `MEDIUM` rather than `LOW`.
 pub const MEDIUM_FROM: i64 = 10;
-
-pub const SEVERITIES: [&str; 4] = ["LOW", "MEDIUM", "HIGH", "CRITICAL"];
 
 const RUN_MISMATCHES: &str = "
 SELECT product_id, db_stock, redis_stock, cause, action, detected_at
@@ -30,15 +27,15 @@ FROM stock_sync_mismatches WHERE run_id = $1 ORDER BY product_id";
 
 type Row = (String, i64, Option<i64>, String, String, DateTime<Utc>);
 
-pub fn severity(urgent: bool, action: &str, db_stock: i64, redis_stock: Option<i64>) -> &'static str {
+pub fn severity(urgent: bool, action: Action, db_stock: i64, redis_stock: Option<i64>) -> Severity {
     if urgent {
-        "CRITICAL"
-    } else if action == "MANUAL_REVIEW_REQUIRED" {
-        "HIGH"
+        Severity::Critical
+    } else if action == Action::ManualReviewRequired {
+        Severity::High
     } else if redis_stock.is_none() || discrepancy(db_stock, redis_stock).abs() >= MEDIUM_FROM {
-        "MEDIUM"
+        Severity::Medium
     } else {
-        "LOW"
+        Severity::Low
     }
 }
 
@@ -61,30 +58,26 @@ pub async fn finalize(ctx: &JobCtx, run: &Run) -> Result<ChunkOutput, JobError> 
     let mut out = ChunkOutput::default();
     let mut manual = 0;
     for (product_id, db_stock, redis_stock, cause, action, detected_at) in rows {
-        if action == "MANUAL_REVIEW_REQUIRED" {
+        let action = Action::from_symbol(&action)
+            .ok_or_else(|| JobError::Failed(format!("stock_sync_mismatches of {product_id}: unknown action `{action}`")))?;
+        if action == Action::ManualReviewRequired {
             manual += 1;
         }
-        let value = Value::Record(vec![
-            ("eventId".into(), Value::String(derived_id(&["stock-sync-alert", &run.run_id, &product_id]).to_string())),
-            ("eventTimestamp".into(), ts(now)),
-            ("productId".into(), Value::String(product_id.clone())),
-            ("dbStock".into(), Value::Int(int(db_stock))),
-            (
-                "redisStock".into(),
-                match redis_stock {
-                    None => Value::Union(0, Box::new(Value::Null)),
-                    Some(v) => Value::Union(1, Box::new(Value::Int(int(v)))),
-                },
-            ),
-            ("discrepancy".into(), Value::Int(int(discrepancy(db_stock, redis_stock)))),
-            ("action".into(), enum_value(&ACTIONS, &action)),
-            ("severity".into(), enum_value(&SEVERITIES, severity(urgent, &action, db_stock, redis_stock))),
-            ("detectedAt".into(), ts(detected_at)),
-            ("cause".into(), Value::String(cause)),
-            ("runId".into(), Value::String(run.run_id.clone())),
-            ("mismatchesInRun".into(), Value::Int(int(total))),
-        ]);
-        out.records.push(Emit { topic: Topic::StockSyncAlert, key: product_id, value });
+        let alert = StockSyncAlert {
+            event_id: derived_id(&["stock-sync-alert", &run.run_id, &product_id]).to_string(),
+            event_timestamp: now,
+            product_id,
+            db_stock: int(db_stock),
+            redis_stock: redis_stock.map(int),
+            discrepancy: int(discrepancy(db_stock, redis_stock)),
+            action,
+            severity: severity(urgent, action, db_stock, redis_stock),
+            detected_at,
+            cause,
+            run_id: run.run_id.clone(),
+            mismatches_in_run: int(total),
+        };
+        out.records.push(emit(&alert)?);
     }
     if urgent {
         tracing::warn!(run_id = %run.run_id, mismatches = total, "stock-sync run is urgent: alerts carry CRITICAL");
@@ -103,12 +96,13 @@ mod tests {
 
     #[test]
     fn severity_rule() {
-        assert_eq!(severity(true, "REDIS_RESTORED", 5, Some(4)), "CRITICAL");
-        assert_eq!(severity(false, "MANUAL_REVIEW_REQUIRED", -3, Some(4)), "HIGH");
-        assert_eq!(severity(false, "REDIS_RESTORED", 3, None), "MEDIUM");
-        assert_eq!(severity(false, "REDIS_RESTORED", 30, Some(20)), "MEDIUM");
-        assert_eq!(severity(false, "REDIS_RESTORED", 20, Some(30)), "MEDIUM");
-        assert_eq!(severity(false, "REDIS_RESTORED", 25, Some(20)), "LOW");
+        use Action::{ManualReviewRequired, RedisRestored};
+        assert_eq!(severity(true, RedisRestored, 5, Some(4)), Severity::Critical);
+        assert_eq!(severity(false, ManualReviewRequired, -3, Some(4)), Severity::High);
+        assert_eq!(severity(false, RedisRestored, 3, None), Severity::Medium);
+        assert_eq!(severity(false, RedisRestored, 30, Some(20)), Severity::Medium);
+        assert_eq!(severity(false, RedisRestored, 20, Some(30)), Severity::Medium);
+        assert_eq!(severity(false, RedisRestored, 25, Some(20)), Severity::Low);
         assert_eq!(discrepancy(7, None), 7);
         assert_eq!(int(i64::MAX), i32::MAX);
     }

@@ -71,13 +71,6 @@ use futures::StreamExt;
 
 use super::{ChunkOutput, Job, JobCtx, JobError, Run};
 use crate::wire::internal::WorkItem;
-use crate::wire::Topic;
-
-/// What this job emits: one alert per confirmed mismatch.
-#[allow(non_upper_case_globals)]
-impl Topic {
-    pub const StockSyncAlert: Topic = Topic::named("stock.sync.alert");
-}
 
 pub struct StockSync;
 
@@ -108,20 +101,9 @@ impl Cause {
     }
 }
 
-/// What the run does about a mismatch (the `SyncAction` enum of the alert).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    RedisRestored,
-    ManualReviewRequired,
-}
-
-pub const ACTIONS: [&str; 2] = ["REDIS_RESTORED", "MANUAL_REVIEW_REQUIRED"];
-
-impl Action {
-    pub fn as_str(self) -> &'static str {
-        ACTIONS[self as usize]
-    }
-}
+/// What the run does about a mismatch: the alert's `SyncAction`, one enum for the table and
+/// the event.
+pub use crate::wire::events::SyncAction as Action;
 
 /// The run's ranges, `batch_size` ($1) products each, in id order: the database walks the
 /// primary-key index and returns only each range's first and last id, so planning 1,000,000

@@ -36,7 +36,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use scheduled_jobs::codec::Codec;
 use scheduled_jobs::config::{Settings, Topic};
 use scheduled_jobs::jobs::order_expiration::{OrderExpiration, EXPIRATION_REASON};
-use scheduled_jobs::jobs::{ChunkOutput, Job, JobCtx, JobError, Registry, Run};
+use scheduled_jobs::jobs::{ChunkOutput, Job, JobCtx, JobError, JobSettings, Registry, Run};
 use scheduled_jobs::kafka::{client_config, Role};
 use scheduled_jobs::processor::Processor;
 use scheduled_jobs::stock::{stock_key, Reserve, Stock};
@@ -289,6 +289,9 @@ struct Timed {
 impl Job for Timed {
     fn name(&self) -> &'static str {
         JOB
+    }
+    fn defaults(&self) -> JobSettings {
+        OrderExpiration.defaults()
     }
     fn plan<'a>(&'a self, ctx: &'a JobCtx, run: &'a Run) -> BoxStream<'a, Result<Vec<String>, JobError>> {
         OrderExpiration.plan(ctx, run)

@@ -241,7 +241,7 @@ impl Bench {
     /// The job's own work without Kafka: (plan time, total time, counts, ranges with a candidate).
     async fn job(&self, batch: u32, delay_ms: u64) -> (Duration, Duration, BTreeMap<String, i64>, usize) {
         let mut settings = self.s.job(JOB).cloned().expect("stock_sync settings");
-        settings.confirm_delay_ms = delay_ms;
+        settings.set_option("confirm_delay_ms", delay_ms as i64);
         settings.batch_size = batch;
         let ctx = JobCtx { db: self.pool.clone(), redis: Some(self.redis.clone()), tz: chrono_tz::UTC, settings };
         let at = Utc::now();
@@ -325,7 +325,7 @@ fn settings_with(s: &Settings, batch: u32, delay_ms: u64) -> Settings {
     let mut s = s.clone();
     let job = s.jobs.get_mut("stock_sync").expect("stock_sync settings");
     job.batch_size = batch;
-    job.confirm_delay_ms = delay_ms;
+    job.set_option("confirm_delay_ms", delay_ms as i64);
     s
 }
 

@@ -102,74 +102,11 @@ pub struct MetricsSettings {
     pub lag_interval_secs: u64,
 }
 
-/// When a tick producer comes back after downtime, which missed fire times it publishes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CatchUp {
-    /// Only the most recent missed fire time (the run looks at current state anyway).
-    Latest,
-    /// Every missed fire time, oldest first, up to `max_catch_up`.
-    All,
-}
+pub use crate::jobs::settings::{CatchUp, JobSettings};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct JobSettings {
-    pub enabled: bool,
-    /// 6-field cron (seconds first); empty: never scheduled, only triggered.
-    pub schedule: String,
-    /// A run still going after this many seconds is abandoned and recorded TIMED_OUT.
-    pub timeout_secs: u64,
-    /// Work-item size: ids per chunk (stock-sync: products per id range, which streams in
-    /// 1,000 at a time whatever its size).
-    pub batch_size: u32,
-    pub catch_up: CatchUp,
-    /// Upper bound on fire times published by one catch-up.
-    pub max_catch_up: u32,
-    /// order-expiration: an order still waiting for payment this long after creation expires.
-    pub payment_timeout_secs: u64,
-    /// stock-sync: a run with more mismatches than this is urgent (alerts carry CRITICAL).
-    pub urgent_after_mismatches: u32,
-    /// stock-sync: pause before re-reading a mismatch to confirm it (orders keep arriving).
-    pub confirm_delay_ms: u64,
-}
-
-impl Default for JobSettings {
-    fn default() -> Self {
-        JobSettings {
-            enabled: true,
-            schedule: String::new(),
-            timeout_secs: 300,
-            batch_size: 100,
-            catch_up: CatchUp::Latest,
-            max_catch_up: 1,
-            payment_timeout_secs: 300,
-            urgent_after_mismatches: 10,
-            confirm_delay_ms: 200,
-        }
-    }
-}
-
-/// The seed's jobs with the seed's schedules, timeouts and batch sizes, plus `noop`, the
-/// trivial built-in job that exercises the pipeline (never scheduled by default).
+/// Every job of [`crate::jobs::catalog`] with the defaults it declares, keyed by settings key.
 pub fn default_jobs() -> BTreeMap<String, JobSettings> {
-    let job = |schedule: &str, timeout_secs, batch_size, catch_up, max_catch_up| JobSettings {
-        schedule: schedule.into(),
-        timeout_secs,
-        batch_size,
-        catch_up,
-        max_catch_up,
-        ..JobSettings::default()
-    };
-    BTreeMap::from([
-        ("order_expiration".to_string(), job("0 */10 * * * *", 300, 100, CatchUp::Latest, 1)),
-        ("stock_sync".to_string(), job("0 0 2 * * *", 1800, 500_000, CatchUp::Latest, 1)),
-        ("daily_statistics".to_string(), job("0 0 0 * * *", 600, 1, CatchUp::All, 7)),
-        ("noop".to_string(), job("", 60, 100, CatchUp::Latest, 1)),
-        // Reports for people (seed: 09:00 stock-sync summary, 10:00 statistics report).
-        ("stock_sync_report".to_string(), job("0 0 9 * * *", 300, 1, CatchUp::Latest, 1)),
-        ("daily_statistics_report".to_string(), job("0 0 10 * * *", 300, 1, CatchUp::Latest, 1)),
-    ])
+    crate::jobs::catalog().iter().map(|j| (job_key(j.name()), j.defaults())).collect()
 }
 
 /// Job name (`order-expiration`) to settings key (`order_expiration`).
@@ -515,8 +452,14 @@ impl Settings {
         if self.processor.transaction_timeout_ms < 1000 {
             return Err(ConfigError::invalid("processor.transaction_timeout_ms", "must be at least 1000"));
         }
+        let catalog = crate::jobs::catalog();
         for (key, job) in &self.jobs {
             let setting = |field: &str| format!("jobs.{key}.{field}");
+            let Some(declared) = catalog.iter().find(|j| job_key(j.name()) == *key) else {
+                let known: Vec<String> = catalog.iter().map(|j| job_key(j.name())).collect();
+                return Err(ConfigError::invalid(format!("jobs.{key}"), format!("no such job (known: {})", known.join(", "))));
+            };
+            declared.check(job).map_err(|message| ConfigError::invalid(format!("jobs.{key}"), message))?;
             if !job.schedule.trim().is_empty() {
                 crate::schedule::Schedule::parse(&job.schedule, self.time_zone()?)
                     .map_err(|e| ConfigError::invalid(setting("schedule"), e.to_string()))?;
@@ -679,5 +622,20 @@ mod tests {
         assert!(e.contains("postgres.sslmode"), "{e}");
         let e = Settings::load_from(None, env(&[("SJ_KAFKA__BOOTSTRAP_SERVRES", "x:1")])).unwrap_err().to_string();
         assert!(e.contains("bootstrap_servres"), "{e}");
+    }
+
+    #[test]
+    fn jobs_come_from_the_catalog_with_their_own_options() {
+        let s = Settings::load_from(None, env(&[("SJ_JOBS__STOCK_SYNC__CONFIRM_DELAY_MS", "50")])).unwrap();
+        assert_eq!(s.jobs.len(), crate::jobs::catalog().len());
+        assert_eq!(s.job("order-expiration").unwrap().schedule, "0 */10 * * * *");
+        let o: crate::jobs::stock_sync::Options = s.job("stock-sync").unwrap().options().unwrap();
+        assert_eq!((o.confirm_delay_ms, o.urgent_after_mismatches), (50, 10), "set one option, kept the other's default");
+        let e = Settings::load_from(None, env(&[("SJ_JOBS__STOCK_SYNC__CONFIRM_DELAY", "50")])).unwrap_err().to_string();
+        assert!(e.contains("jobs.stock_sync") && e.contains("confirm_delay"), "{e}");
+        let e = Settings::load_from(None, env(&[("SJ_JOBS__NOOP__CONFIRM_DELAY_MS", "50")])).unwrap_err().to_string();
+        assert!(e.contains("jobs.noop") && e.contains("confirm_delay_ms"), "an option of another job: {e}");
+        let e = Settings::load_from(None, env(&[("SJ_JOBS__ORDER_EXPIRY__BATCH_SIZE", "5")])).unwrap_err().to_string();
+        assert!(e.contains("jobs.order_expiry") && e.contains("no such job"), "{e}");
     }
 }

@@ -46,7 +46,7 @@ pub fn accelerate(settings: &mut Settings) {
             f(j);
         }
     };
-    set(settings, "order_expiration", "*/20 * * * * *", &|j| j.payment_timeout_secs = 60);
+    set(settings, "order_expiration", "*/20 * * * * *", &|j| j.set_option("payment_timeout_secs", 60));
     set(settings, "stock_sync", "5 * * * * *", &|_| {});
     set(settings, "daily_statistics", "10 */2 * * * *", &|_| {});
 }

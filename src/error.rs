@@ -21,3 +21,15 @@ impl std::fmt::Display for ErrorClass {
         })
     }
 }
+
+/// Retry for a lost connection, a serialization failure, a deadlock or a server shutting down;
+/// anything else (a bug, bad data, a refused login) will not succeed by trying again.
+pub fn sqlx_class(e: &sqlx::Error) -> ErrorClass {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => ErrorClass::Retry,
+        sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("08") || c == "40001" || c == "40P01" || c.starts_with("57P")) => {
+            ErrorClass::Retry
+        }
+        _ => ErrorClass::Fatal,
+    }
+}

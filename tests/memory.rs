@@ -57,7 +57,7 @@ const JOB: &str = "stock-sync";
 #[tokio::test]
 async fn stock_sync_heap_stays_flat_from_20000_to_200000_products_in_one_range() {
     let mut s = common::isolated().await;
-    s.jobs.get_mut("stock_sync").expect("stock_sync settings").confirm_delay_ms = 0;
+    s.jobs.get_mut("stock_sync").expect("stock_sync settings").set_option("confirm_delay_ms", 0);
     let (db, db_name) = common::fresh_db(&s).await;
     scheduled_jobs::db::migrate(&db).await.unwrap();
     let url = secrecy::ExposeSecret::expose_secret(&s.redis_url()).to_string();

@@ -69,7 +69,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use rust_decimal::Decimal;
 
-use super::{ChunkOutput, Emit, Job, JobCtx, JobError, Run};
+use super::{CatchUp, ChunkOutput, Emit, Job, JobCtx, JobError, JobSettings, Run};
 use crate::wire::derived_id;
 use crate::wire::events::{self, emit};
 use crate::wire::internal::WorkItem;
@@ -250,6 +250,19 @@ pub struct DailyStatistics;
 impl Job for DailyStatistics {
     fn name(&self) -> &'static str {
         "daily-statistics"
+    }
+
+    /// At midnight, one date per chunk, 10 minutes to run; after downtime every missed
+    /// midnight runs, up to a week.
+    fn defaults(&self) -> JobSettings {
+        JobSettings {
+            schedule: "0 0 0 * * *".into(),
+            timeout_secs: 600,
+            batch_size: 1,
+            catch_up: CatchUp::All,
+            max_catch_up: 7,
+            ..JobSettings::default()
+        }
     }
 
     fn period(&self, tick: &Tick, tz: Tz) -> Result<String, JobError> {

@@ -11,6 +11,7 @@ pub mod daily_statistics;
 pub mod noop;
 pub mod order_expiration;
 pub mod report;
+pub mod settings;
 pub mod stock_sync;
 
 use std::collections::BTreeMap;
@@ -21,7 +22,7 @@ use chrono_tz::Tz;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
-use crate::config::JobSettings;
+pub use settings::{CatchUp, JobSettings};
 pub use crate::wire::Emit;
 use crate::error::ErrorClass;
 use crate::wire::internal::WorkItem;
@@ -83,7 +84,7 @@ impl JobError {
         match self {
             JobError::Transient(_) => true,
             JobError::InvalidTick(_) | JobError::Failed(_) => false,
-            JobError::Db(e) => crate::db::query_class(e) == ErrorClass::Retry,
+            JobError::Db(e) => crate::error::sqlx_class(e) == ErrorClass::Retry,
             JobError::Redis(e) => {
                 // Redis says which of its errors are worth retrying (LOADING after a restart,
                 // TRYAGAIN, dropped connections…); a wrong password is not, whatever it says.
@@ -123,8 +124,21 @@ impl From<redis::RedisError> for JobError {
     }
 }
 
+/// A job: one module behind this interface, listed once in [`catalog`].
 pub trait Job: Send + Sync {
+    /// The job's name in ticks, work items, run results and `trigger <job>` (settings use it
+    /// with `_` for `-`: `jobs.order_expiration`).
     fn name(&self) -> &'static str;
+
+    /// The job's settings before configuration: its schedule, timeout, batch size, catch-up
+    /// policy and its own options with their defaults ([`JobSettings::with_options`]).
+    fn defaults(&self) -> JobSettings;
+
+    /// Checks the configured settings beyond the common ones — the job's options — at
+    /// start-up; an error names the option. A job without options refuses any.
+    fn check(&self, settings: &JobSettings) -> Result<(), String> {
+        settings.options::<settings::NoOptions>().map(|_| ())
+    }
 
     /// The logical period a tick stands for; ticks of the same period are the same run.
     fn period(&self, tick: &Tick, tz: Tz) -> Result<String, JobError> {
@@ -167,15 +181,25 @@ pub struct Registry {
     jobs: BTreeMap<&'static str, Arc<dyn Job>>,
 }
 
+/// Every job this build knows: adding a job is its module and one line here.
+pub fn catalog() -> Vec<Arc<dyn Job>> {
+    vec![
+        Arc::new(noop::Noop),
+        Arc::new(order_expiration::OrderExpiration),
+        Arc::new(stock_sync::StockSync),
+        Arc::new(daily_statistics::DailyStatistics),
+        Arc::new(report::Report(report::Kind::StockSync)),
+        Arc::new(report::Report(report::Kind::DailyStatistics)),
+    ]
+}
+
 impl Registry {
+    /// The jobs of [`catalog`].
     pub fn builtin() -> Registry {
         let mut r = Registry { jobs: BTreeMap::new() };
-        r.add(Arc::new(noop::Noop));
-        r.add(Arc::new(order_expiration::OrderExpiration));
-        r.add(Arc::new(stock_sync::StockSync));
-        r.add(Arc::new(daily_statistics::DailyStatistics));
-        r.add(Arc::new(report::Report(report::Kind::StockSync)));
-        r.add(Arc::new(report::Report(report::Kind::DailyStatistics)));
+        for job in catalog() {
+            r.add(job);
+        }
         r
     }
 

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
-use super::{ChunkOutput, Job, JobCtx, JobError, Run};
+use super::{ChunkOutput, Job, JobCtx, JobError, JobSettings, Run};
 use crate::wire::internal::WorkItem;
 
 pub struct Noop;
@@ -24,6 +24,11 @@ fn param<T: std::str::FromStr>(params: &std::collections::BTreeMap<String, Strin
 impl Job for Noop {
     fn name(&self) -> &'static str {
         "noop"
+    }
+
+    /// Never scheduled: triggered by tests and by hand.
+    fn defaults(&self) -> JobSettings {
+        JobSettings { timeout_secs: 60, ..JobSettings::default() }
     }
 
     fn validate(&self, tick: &crate::wire::tick::Tick) -> Result<(), JobError> {

@@ -34,7 +34,9 @@ use futures::future::BoxFuture;
 use futures::stream::{BoxStream, TryChunksError};
 use futures::{StreamExt, TryStreamExt};
 
-use super::{ChunkOutput, Emit, Job, JobCtx, JobError, Run};
+use serde::{Deserialize, Serialize};
+
+use super::{ChunkOutput, Emit, Job, JobCtx, JobError, JobSettings, Run};
 use crate::stock::Stock;
 use crate::wire::derived_id;
 use crate::wire::events::{emit, CancellationReason, CancelledItem, EventError, OrderCancelled, OrderExpirationNotification};
@@ -114,13 +116,39 @@ struct Cancelled {
 
 pub struct OrderExpiration;
 
+/// order-expiration's own settings (`jobs.order_expiration.*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Options {
+    /// An order still waiting for payment this long after creation expires (seed: 5 min).
+    pub payment_timeout_secs: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { payment_timeout_secs: 300 }
+    }
+}
+
 impl Job for OrderExpiration {
     fn name(&self) -> &'static str {
         "order-expiration"
     }
 
+    /// Every 10 minutes, chunks of at most 100 orders (the seed's batch), 5 minutes to run.
+    fn defaults(&self) -> JobSettings {
+        JobSettings { schedule: "0 */10 * * * *".into(), timeout_secs: 300, batch_size: 100, ..JobSettings::default() }
+            .with_options(&Options::default())
+    }
+
+    fn check(&self, settings: &JobSettings) -> Result<(), String> {
+        let o: Options = settings.options()?;
+        cutoff(Utc::now(), o.payment_timeout_secs).map(|_| ()).map_err(|e| e.to_string())
+    }
+
     fn plan<'a>(&'a self, ctx: &'a JobCtx, run: &'a Run) -> BoxStream<'a, Result<Vec<String>, JobError>> {
-        let cutoff = match cutoff(run.tick.scheduled_at, ctx.settings.payment_timeout_secs) {
+        let options = ctx.settings.options::<Options>().map_err(JobError::Failed);
+        let cutoff = match options.and_then(|o| cutoff(run.tick.scheduled_at, o.payment_timeout_secs)) {
             Ok(c) => c,
             Err(e) => return futures::stream::once(async { Err(e) }).boxed(),
         };

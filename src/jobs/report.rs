@@ -22,7 +22,7 @@ use futures::StreamExt;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::{ChunkOutput, Job, JobCtx, JobError, Run};
+use super::{ChunkOutput, Job, JobCtx, JobError, JobSettings, Run};
 use crate::wire::derived_id;
 use crate::wire::events::{emit, JobReport, ReportType};
 use crate::wire::internal::WorkItem;
@@ -78,6 +78,16 @@ impl Job for Report {
             Kind::StockSync => "stock-sync-report",
             Kind::DailyStatistics => "daily-statistics-report",
         }
+    }
+
+    /// The seed's reports for people: the stock-sync summary at 09:00, the statistics report
+    /// at 10:00.
+    fn defaults(&self) -> JobSettings {
+        let schedule = match self.0 {
+            Kind::StockSync => "0 0 9 * * *",
+            Kind::DailyStatistics => "0 0 10 * * *",
+        };
+        JobSettings { schedule: schedule.into(), timeout_secs: 300, batch_size: 1, ..JobSettings::default() }
     }
 
     fn plan<'a>(&'a self, _ctx: &'a JobCtx, _run: &'a Run) -> BoxStream<'a, Result<Vec<String>, JobError>> {

@@ -49,7 +49,7 @@ async fn env(batch_size: u32, confirm_delay_ms: u64) -> Env {
     let mut s = isolated().await;
     let job = s.jobs.get_mut("stock_sync").expect("stock_sync settings");
     job.batch_size = batch_size;
-    job.confirm_delay_ms = confirm_delay_ms;
+    job.set_option("confirm_delay_ms", confirm_delay_ms as i64);
     let db = test_db(&s).await;
     let url = secrecy::ExposeSecret::expose_secret(&s.redis_url()).to_string();
     let stock = Stock::connect(&url).await.unwrap();

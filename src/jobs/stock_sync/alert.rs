@@ -53,7 +53,8 @@ fn int(v: i64) -> i32 {
 pub async fn finalize(ctx: &JobCtx, run: &Run) -> Result<ChunkOutput, JobError> {
     let rows: Vec<Row> = sqlx::query_as(RUN_MISMATCHES).bind(&run.run_id).fetch_all(&ctx.db).await?;
     let total = rows.len() as i64;
-    let urgent = total > i64::from(ctx.settings.urgent_after_mismatches);
+    let options: super::Options = ctx.settings.options().map_err(JobError::Failed)?;
+    let urgent = total > i64::from(options.urgent_after_mismatches);
     let now = Utc::now();
     let mut out = ChunkOutput::default();
     let mut manual = 0;

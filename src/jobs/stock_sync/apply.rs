@@ -295,7 +295,8 @@ async fn confirm(
         return Ok(Vec::new());
     }
     if let Some(seen) = last_seen {
-        tokio::time::sleep_until((seen + Duration::from_millis(ctx.settings.confirm_delay_ms)).into()).await;
+        let options: super::Options = ctx.settings.options().map_err(JobError::Failed)?;
+        tokio::time::sleep_until((seen + Duration::from_millis(options.confirm_delay_ms)).into()).await;
     }
     let ids: Vec<&str> = candidates.iter().map(|c| c.id.as_str()).collect();
     let db: HashMap<String, (i32, i64, Vec<String>, Vec<String>)> = sqlx::query_as::<_, ConfirmRow>(CONFIRM)

@@ -1,0 +1,128 @@
+//! A job's settings: what the engine needs of every job (enabled, schedule, timeout, batch
+//! size, catch-up) and the job's own options, which the job declares — their names, defaults
+//! and validation — in its module (see [`super::Job::defaults`] and [`super::Job::check`]).
+//!
+//! Options sit beside the common settings, so they are set the same way:
+//! `[jobs.stock_sync] confirm_delay_ms = 100` in the file, or
+//! `SJ_JOBS__STOCK_SYNC__CONFIRM_DELAY_MS=100` in the environment.
+
+use std::collections::BTreeMap;
+
+use figment::providers::Serialized;
+use figment::Figment;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// When a tick producer comes back after downtime, which missed fire times it publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CatchUp {
+    /// Only the most recent missed fire time (the run looks at current state anyway).
+    Latest,
+    /// Every missed fire time, oldest first, up to `max_catch_up`.
+    All,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobSettings {
+    pub enabled: bool,
+    /// 6-field cron (seconds first); empty: never scheduled, only triggered.
+    pub schedule: String,
+    /// A run still going after this many seconds is abandoned and recorded TIMED_OUT.
+    pub timeout_secs: u64,
+    /// Work-item size: ids per chunk (stock-sync: products per id range, which streams in
+    /// 1,000 at a time whatever its size).
+    pub batch_size: u32,
+    pub catch_up: CatchUp,
+    /// Upper bound on fire times published by one catch-up.
+    pub max_catch_up: u32,
+    /// The job's own options, by name (read with [`JobSettings::options`]); any other key is
+    /// refused at start-up by the job's check.
+    #[serde(flatten)]
+    pub options: BTreeMap<String, toml::Value>,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings {
+            enabled: true,
+            schedule: String::new(),
+            timeout_secs: 300,
+            batch_size: 100,
+            catch_up: CatchUp::Latest,
+            max_catch_up: 1,
+            options: BTreeMap::new(),
+        }
+    }
+}
+
+/// The options of a job that has none.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoOptions {}
+
+impl JobSettings {
+    /// The common settings with the options `T` holds by default (a job's declared defaults).
+    pub fn with_options<T: Serialize>(mut self, options: &T) -> JobSettings {
+        if let Ok(toml::Value::Table(t)) = toml::Value::try_from(options) {
+            self.options = t.into_iter().collect();
+        }
+        self
+    }
+
+    /// The options as the job's own type `T` (`#[serde(default, deny_unknown_fields)]`).
+    /// Values set from the environment are strings; they are read as the numbers or flags
+    /// `T` expects. An unknown option or a value of the wrong type is an error naming it.
+    pub fn options<T: DeserializeOwned>(&self) -> Result<T, String> {
+        Figment::from(Serialized::defaults(&self.options)).extract_lossy::<T>().map_err(|e| {
+            e.into_iter()
+                .map(|err| match err.path.last() {
+                    Some(field) => format!("option `{field}`: {}", err.kind),
+                    None => err.kind.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+
+    /// Sets option `name` (tests and the demo adjust options this way).
+    pub fn set_option(&mut self, name: &str, value: impl Into<toml::Value>) {
+        self.options.insert(name.to_string(), value.into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    struct Opts {
+        delay_ms: u64,
+        loud: bool,
+    }
+
+    impl Default for Opts {
+        fn default() -> Self {
+            Opts { delay_ms: 200, loud: false }
+        }
+    }
+
+    #[test]
+    fn options_default_read_strings_lossily_and_refuse_unknown_names() {
+        let mut s = JobSettings::default().with_options(&Opts::default());
+        assert_eq!(s.options::<Opts>().unwrap(), Opts::default());
+        s.set_option("delay_ms", "50");
+        s.set_option("loud", "true");
+        assert_eq!(s.options::<Opts>().unwrap(), Opts { delay_ms: 50, loud: true });
+        s.set_option("delay_ms", "soon");
+        assert!(s.options::<Opts>().unwrap_err().contains("delay_ms"));
+        let mut s = JobSettings::default().with_options(&Opts::default());
+        s.set_option("delay", 5);
+        let e = s.options::<Opts>().unwrap_err();
+        assert!(e.contains("delay"), "{e}");
+        assert!(JobSettings::default().options::<NoOptions>().is_ok());
+        assert!(s.options::<NoOptions>().is_err());
+    }
+}

@@ -33,11 +33,11 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use rust_decimal::Decimal;
-use scheduled_jobs::codec::Codec;
+use scheduled_jobs::kafka::codec::Codec;
 use scheduled_jobs::config::{Settings, Topic};
 use scheduled_jobs::jobs::daily_statistics::day_bounds;
 use scheduled_jobs::kafka::{client_config, Role};
-use scheduled_jobs::processor::Processor;
+use scheduled_jobs::runtime::processor::Processor;
 use scheduled_jobs::wire::tick::{Tick, Trigger};
 use sqlx::PgPool;
 

@@ -18,10 +18,10 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use scheduled_jobs::codec::Codec;
+use scheduled_jobs::kafka::codec::Codec;
 use scheduled_jobs::config::{Settings, Topic};
 use scheduled_jobs::kafka::{client_config, Role};
-use scheduled_jobs::processor::Processor;
+use scheduled_jobs::runtime::processor::Processor;
 use scheduled_jobs::wire::internal::RunResult;
 use scheduled_jobs::wire::tick::{Tick, Trigger};
 

@@ -246,28 +246,28 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Config { action: ConfigAction::Show } => print!("{}", settings.redacted()),
         Command::Config { action: ConfigAction::Check } => {}
         Command::Topics { action: TopicsAction::Apply { dry_run } } => {
-            let specs = crate::topics::configured_specs(&settings).map_err(anyhow::Error::from)?;
-            let report = crate::topics::apply(&settings, &specs, dry_run).await.map_err(anyhow::Error::from)?;
+            let specs = crate::kafka::topics::configured_specs(&settings).map_err(anyhow::Error::from)?;
+            let report = crate::kafka::topics::apply(&settings, &specs, dry_run).await.map_err(anyhow::Error::from)?;
             print!("{report}");
         }
         Command::Schemas { action } => {
-            let specs = crate::topics::configured_specs(&settings).map_err(anyhow::Error::from)?;
-            let schemas = crate::schemas::load(&settings.schemas.dir, &specs).map_err(anyhow::Error::from)?;
-            let registry = crate::schemas::Registry::new(&settings).map_err(anyhow::Error::from)?;
+            let specs = crate::kafka::topics::configured_specs(&settings).map_err(anyhow::Error::from)?;
+            let schemas = crate::kafka::schemas::load(&settings.schemas.dir, &specs).map_err(anyhow::Error::from)?;
+            let registry = crate::kafka::schemas::Registry::new(&settings).map_err(anyhow::Error::from)?;
             match action {
                 SchemasAction::Register => {
-                    for o in crate::schemas::register(&registry, &schemas).await.map_err(anyhow::Error::from)? {
+                    for o in crate::kafka::schemas::register(&registry, &schemas).await.map_err(anyhow::Error::from)? {
                         println!("{o}");
                     }
                 }
                 SchemasAction::Check => {
-                    let outcomes = crate::schemas::check(&registry, &schemas).await.map_err(anyhow::Error::from)?;
+                    let outcomes = crate::kafka::schemas::check(&registry, &schemas).await.map_err(anyhow::Error::from)?;
                     for o in &outcomes {
                         println!("{o}");
                     }
                     let bad = outcomes
                         .iter()
-                        .filter(|o| matches!(o.status, crate::schemas::Status::Incompatible { .. }))
+                        .filter(|o| matches!(o.status, crate::kafka::schemas::Status::Incompatible { .. }))
                         .count();
                     if bad > 0 {
                         return Err(anyhow::anyhow!("{bad} subject(s) not BACKWARD compatible").into());
@@ -281,19 +281,19 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             println!("applied {applied} migration(s); {} known", crate::db::MIGRATOR.iter().count());
         }
         Command::Run => {
-            let shutdown = crate::shutdown::signal();
+            let shutdown = crate::runtime::shutdown::signal();
             tokio::pin!(shutdown);
             // A broker, coordinator or database that is (re)starting is waited for; a
             // configuration or authorisation problem ends the command at once.
             let mut backoff = Duration::from_millis(500);
             // The endpoint is up while the processor waits for its dependencies: /healthz
             // answers, /readyz says what it is waiting for.
-            let metrics = crate::metrics::Metrics::new();
-            let _endpoint = crate::metrics::start(&settings, &metrics, true).await.map_err(|e| Failure { code: 2, error: e.into() })?;
+            let metrics = crate::runtime::metrics::Metrics::new();
+            let _endpoint = crate::runtime::metrics::start(&settings, &metrics, true).await.map_err(|e| Failure { code: 2, error: e.into() })?;
             let processor = loop {
                 let started = async {
-                    let pool = crate::db::connect(&settings.postgres).await.map_err(crate::processor::ProcessorError::from)?;
-                    crate::processor::Processor::new(settings.clone(), crate::jobs::Registry::builtin(), pool).await
+                    let pool = crate::db::connect(&settings.postgres).await.map_err(crate::runtime::processor::ProcessorError::from)?;
+                    crate::runtime::processor::Processor::new(settings.clone(), crate::jobs::Registry::builtin(), pool).await
                 };
                 let started = tokio::select! {
                     r = started => r,
@@ -317,39 +317,39 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             processor.with_metrics(metrics).run(shutdown).await.map_err(anyhow::Error::from)?;
         }
         Command::Demo { fast } => {
-            crate::demo::run(settings, fast, crate::shutdown::signal()).await.map_err(anyhow::Error::from)?;
+            crate::ops::demo::run(settings, fast, crate::runtime::shutdown::signal()).await.map_err(anyhow::Error::from)?;
         }
         Command::Tick => {
-            let metrics = crate::metrics::Metrics::new();
-            let _endpoint = crate::metrics::start(&settings, &metrics, false).await.map_err(|e| Failure { code: 2, error: e.into() })?;
-            crate::tick::run_producer(&settings, &metrics, crate::shutdown::signal()).await.map_err(anyhow::Error::from)?;
+            let metrics = crate::runtime::metrics::Metrics::new();
+            let _endpoint = crate::runtime::metrics::start(&settings, &metrics, false).await.map_err(|e| Failure { code: 2, error: e.into() })?;
+            crate::runtime::tick::run_producer(&settings, &metrics, crate::runtime::shutdown::signal()).await.map_err(anyhow::Error::from)?;
         }
         Command::Runs { action: RunsAction::List { job, since, limit } } => {
             let since = parse_since(&since).map_err(|error| Failure { code: 2, error })?;
             let job = job.map(|j| known_job(&settings, &j)).transpose().map_err(|error| Failure { code: 2, error })?;
-            let mut rows = crate::history::recent_runs(&settings, since, job.as_deref()).await.map_err(anyhow::Error::from)?;
+            let mut rows = crate::ops::history::recent_runs(&settings, since, job.as_deref()).await.map_err(anyhow::Error::from)?;
             rows.truncate(limit);
             let tz = settings.time_zone().map_err(anyhow::Error::from)?;
             if rows.is_empty() {
                 println!("no runs since {}", since.with_timezone(&tz).to_rfc3339());
             } else {
-                print!("{}", crate::history::render(&rows, tz));
+                print!("{}", crate::ops::history::render(&rows, tz));
             }
         }
         Command::Pause { job, reason } => {
             let job = known_job(&settings, &job).map_err(|error| Failure { code: 2, error })?;
             let pool = crate::db::connect(&settings.postgres).await.map_err(anyhow::Error::from)?;
-            if crate::control::pause(&pool, &job, &crate::control::operator(), reason.as_deref()).await.context("pause")? {
+            if crate::ops::control::pause(&pool, &job, &crate::ops::control::operator(), reason.as_deref()).await.context("pause")? {
                 println!("paused {job}: its ticks are skipped (recorded as SKIPPED, not as runs) until `scheduled-jobs resume {job}`");
             } else {
-                let p = crate::control::paused(&pool, &job).await.context("pause")?;
+                let p = crate::ops::control::paused(&pool, &job).await.context("pause")?;
                 println!("{job} was already paused{}", p.map(|p| format!(" ({})", p.message())).unwrap_or_default());
             }
         }
         Command::Resume { job } => {
             let job = known_job(&settings, &job).map_err(|error| Failure { code: 2, error })?;
             let pool = crate::db::connect(&settings.postgres).await.map_err(anyhow::Error::from)?;
-            match crate::control::resume(&pool, &job).await.context("resume")? {
+            match crate::ops::control::resume(&pool, &job).await.context("resume")? {
                 Some(p) => println!(
                     "resumed {job} (paused by {} since {}); ticks skipped meanwhile: `scheduled-jobs runs list --job {job}` (outcome SKIPPED), run one with `trigger {job} --at <fire time>`",
                     p.paused_by,
@@ -360,19 +360,19 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Replay { group, topic, to_offset, to_time, dry_run } => {
             let target = match (to_offset, to_time) {
-                (Some(o), _) => crate::replay::Target::Offset(o),
-                (None, Some(t)) => crate::replay::Target::Time(parse_since(&t).map_err(|error| Failure { code: 2, error })?),
+                (Some(o), _) => crate::ops::replay::Target::Offset(o),
+                (None, Some(t)) => crate::ops::replay::Target::Time(parse_since(&t).map_err(|error| Failure { code: 2, error })?),
                 (None, None) => return Err(Failure { code: 2, error: anyhow::anyhow!("give --to-offset or --to-time") }),
             };
             let group = group.unwrap_or_else(|| settings.processor.group_id.clone());
             let topic = format!("{}{}", settings.topics.prefix, topic);
             let (s, g, t) = (settings.clone(), group.clone(), topic.clone());
-            let moves = tokio::task::spawn_blocking(move || crate::replay::replay(&s, &g, &t, target, dry_run))
+            let moves = tokio::task::spawn_blocking(move || crate::ops::replay::replay(&s, &g, &t, target, dry_run))
                 .await
                 .context("replay task")?
                 .map_err(anyhow::Error::from)?;
-            print!("{}", crate::replay::render(&group, &topic, &moves, dry_run));
-            println!("{}", crate::replay::EXPLANATION);
+            print!("{}", crate::ops::replay::render(&group, &topic, &moves, dry_run));
+            println!("{}", crate::ops::replay::EXPLANATION);
         }
         Command::Trigger { job, at, params, wait, timeout } => {
             let at = at
@@ -390,10 +390,10 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                     .ok_or_else(|| Failure { code: 2, error: anyhow::anyhow!("--param `{p}` is not KEY=VALUE") })?;
                 map.insert(k.to_string(), v.to_string());
             }
-            let tick = crate::tick::trigger(&settings, &job, at, map).await.map_err(|e| {
+            let tick = crate::runtime::tick::trigger(&settings, &job, at, map).await.map_err(|e| {
                 // Naming a job that does not exist (or is disabled) is a usage error.
                 let code = match e {
-                    crate::tick::TickError::UnknownJob { .. } | crate::tick::TickError::JobDisabled { .. } => 2,
+                    crate::runtime::tick::TickError::UnknownJob { .. } | crate::runtime::tick::TickError::JobDisabled { .. } => 2,
                     _ => 1,
                 };
                 Failure { code, error: e.into() }
@@ -402,8 +402,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             if wait {
                 let timeout = humantime::parse_duration(&timeout)
                     .map_err(|e| Failure { code: 2, error: anyhow::anyhow!("--timeout `{timeout}`: {e}") })?;
-                let result = crate::follow::follow(&settings, &tick, timeout, crate::shutdown::signal()).await.map_err(anyhow::Error::from)?;
-                println!("{}", crate::follow::describe(&result));
+                let result = crate::ops::follow::follow(&settings, &tick, timeout, crate::runtime::shutdown::signal()).await.map_err(anyhow::Error::from)?;
+                println!("{}", crate::ops::follow::describe(&result));
                 if !result.ok() {
                     return Err(Failure { code: 1, error: anyhow::anyhow!("run of {} ended {}", tick.job, result.outcome_name()) });
                 }
@@ -420,10 +420,10 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 })
                 .transpose()
                 .map_err(|error| Failure { code: 2, error })?;
-            let opts = crate::tail::TailOptions { topic, from_beginning, max_messages, idle_timeout };
+            let opts = crate::ops::tail::TailOptions { topic, from_beginning, max_messages, idle_timeout };
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
-            crate::tail::tail(&settings, &opts, &mut out).await.context("tail").map_err(Failure::from)?;
+            crate::ops::tail::tail(&settings, &opts, &mut out).await.context("tail").map_err(Failure::from)?;
             out.flush().ok();
         }
     }

@@ -2,51 +2,33 @@
 //! e-commerce platform (order expiration, stock sync, daily statistics).
 //!
 //! # Layout
-//! - [`config`]: typed settings (defaults ← TOML file ← `SJ_*` environment), validated at start.
-//! - [`kafka`]: rdkafka client configuration and error classification ([`error::ErrorClass`]).
-//! - [`topics`]: topic definitions as data (`topics/`) and `topics apply`.
-//! - [`schemas`]: the Avro schemas of `avro/` against the Schema Registry (register/check).
-//! - [`codec`]: Confluent-framed Avro encoding/decoding on the data path.
-//! - [`avro`]: exact decimal conversion and schema-aware JSON rendering.
-//! - [`db`]: PostgreSQL pool and migrations.
-//! - [`control`]: pausing and resuming jobs.
-//! - [`tail`]: `tail <topic>`, committed records as JSON lines.
-//! - [`history`]: run history from the run results and the ledger (`runs list`).
-//! - [`schedule`]: cron schedules in a time zone, DST-correct.
-//! - [`tick`]: the tick producer and manual triggers.
-//! - [`wire`]: Avro records as Rust types, converted at the edge.
-//! - [`stock`]: Redis stock and reservations (the Order service's Lua scripts).
-//! - [`shutdown`]: SIGTERM / Ctrl-C.
-//! - [`processor`]: the exactly-once pipeline (plan → work items → apply → run result).
-//! - [`jobs`]: the job interface and the jobs.
-//! - [`metrics`]: Prometheus metrics, `/healthz` and `/readyz`, consumer-group lag.
-//! - [`demo`]: the one-command local demo.
-//! - [`fault`]: fault points for crash tests (feature `fault-injection`).
-//! - [`follow`]: `trigger --wait`, following one run's progress.
-//! - [`replay`]: `replay`, moving a consumer group's offsets safely.
-//! - [`cli`]: the command line.
+//! The folders are the architecture:
+//! - [`runtime`]: the long-running processes — the [`runtime::processor`] (ticks → runs →
+//!   effects and events, exactly once), the [`runtime::tick`] producer, their metrics and
+//!   health endpoints, shutdown and the crash-test fault points.
+//! - [`jobs`]: the job interface, the one catalog of jobs, and one module per job (with the
+//!   Redis stock scripts they share with the Order service, [`jobs::stock`]).
+//! - [`wire`]: the contract — every topic, and each record on it as a Rust type; only this
+//!   layer builds Avro values.
+//! - [`kafka`]: Kafka and Avro plumbing — client configuration and error classes, the
+//!   Confluent-framed [`kafka::codec`], [`kafka::schemas`] against the registry,
+//!   [`kafka::topics`] as data, exact decimals in [`kafka::avro`].
+//! - [`ops`]: the operator commands — pause/resume, runs list, replay, tail, trigger --wait,
+//!   the demo.
+//! - At the top: [`cli`] (the command line), [`config`] (layered settings, validated at
+//!   start), [`db`] (PostgreSQL pool and migrations), [`schedule`] (cron in a time zone) and
+//!   [`error`] (the one error classification).
+//!
+//! Dependencies point one way: `runtime` and `ops` use `jobs`, `kafka` and `wire`; `jobs` uses
+//! `wire`; `wire` uses nothing of the crate.
 
-pub mod avro;
 pub mod cli;
-pub mod codec;
 pub mod config;
-pub mod control;
 pub mod db;
-pub mod demo;
 pub mod error;
-pub mod fault;
-pub mod follow;
-pub mod history;
 pub mod jobs;
 pub mod kafka;
-pub mod metrics;
-pub mod processor;
-pub mod replay;
+pub mod ops;
+pub mod runtime;
 pub mod schedule;
-pub mod schemas;
-pub mod shutdown;
-pub mod stock;
-pub mod tail;
-pub mod tick;
-pub mod topics;
 pub mod wire;

@@ -19,7 +19,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use scheduled_jobs::jobs::stock_sync::StockSync;
 use scheduled_jobs::jobs::{Job, JobCtx};
-use scheduled_jobs::stock::stock_key;
+use scheduled_jobs::jobs::stock::stock_key;
 
 struct Counting;
 

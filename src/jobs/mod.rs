@@ -12,6 +12,7 @@ pub mod noop;
 pub mod order_expiration;
 pub mod report;
 pub mod settings;
+pub mod stock;
 pub mod stock_sync;
 
 use std::collections::BTreeMap;

@@ -37,7 +37,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::{ChunkOutput, Emit, Job, JobCtx, JobError, JobSettings, Run};
-use crate::stock::Stock;
+use crate::jobs::stock::Stock;
 use crate::wire::derived_id;
 use crate::wire::events::{emit, CancellationReason, CancelledItem, EventError, OrderCancelled, OrderExpirationNotification};
 use crate::wire::internal::WorkItem;

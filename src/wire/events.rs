@@ -2,7 +2,7 @@
 //! Jobs fill a struct and call [`emit`]; only this module turns it into an Avro
 //! [`Value`](apache_avro::types::Value), so no job builds a record by hand.
 //!
-//! The conversion is serde's (`apache_avro::to_value`) followed by [`conform`], which walks the
+//! The conversion is serde's (`apache_avro::to_value`) followed by `conform`, which walks the
 //! result alongside the event's schema (the `.avsc` file, embedded at build time) and gives
 //! each field the Avro type the schema declares: a `timestamp-millis` from the milliseconds
 //! serde wrote, an enum from its symbol, a decimal from the exact text serde wrote, at the
@@ -30,7 +30,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::avro::decimal_to_avro;
+use crate::kafka::avro::decimal_to_avro;
 use super::{Emit, Topic};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -593,7 +593,7 @@ mod tests {
 
     fn money(value: &Value, name: &str) -> Decimal {
         match field(value, name) {
-            Value::Decimal(d) => crate::avro::decimal_from_avro(d, 2).unwrap(),
+            Value::Decimal(d) => crate::kafka::avro::decimal_from_avro(d, 2).unwrap(),
             other => panic!("{name} is not a decimal: {other:?}"),
         }
     }
@@ -802,7 +802,7 @@ mod tests {
     /// the code this module replaced): same values, same bytes.
     #[test]
     fn the_records_are_the_ones_the_jobs_built_by_hand() {
-        use crate::avro::decimal_to_avro;
+        use crate::kafka::avro::decimal_to_avro;
         use crate::wire::{enum_value, long_map, ts};
         fn same<E: Event>(event: &E, by_hand: Value) {
             let schema = E::schema().schema().unwrap();

@@ -33,7 +33,7 @@ use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use scheduled_jobs::config::{Settings, Topic};
-use scheduled_jobs::stock::Stock;
+use scheduled_jobs::jobs::stock::Stock;
 
 use procs::{Injected, Managed};
 use traffic::Shop;
@@ -168,7 +168,7 @@ async fn drained(s: &Settings, within: Duration) -> bool {
 async fn trigger(s: &Settings, job: &str, params: &[(&str, &str)]) -> Option<String> {
     let params: BTreeMap<String, String> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     for _ in 0..60 {
-        match scheduled_jobs::tick::trigger(s, job, None, params.clone()).await {
+        match scheduled_jobs::runtime::tick::trigger(s, job, None, params.clone()).await {
             Ok(t) => return Some(t.tick_id),
             Err(e) => {
                 eprintln!("[faults] trigger {job}: {e}; retrying");

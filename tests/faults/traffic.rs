@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::AsyncCommands;
-use scheduled_jobs::stock::{stock_key, Reserve, Stock};
+use scheduled_jobs::jobs::stock::{stock_key, Reserve, Stock};
 use sqlx::PgPool;
 
 pub const START_STOCK: i64 = 1_000_000;

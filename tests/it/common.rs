@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use scheduled_jobs::config::Settings;
-use scheduled_jobs::topics::TopicSpec;
+use scheduled_jobs::kafka::topics::TopicSpec;
 use scheduled_jobs::wire::internal::WorkItem;
 use sqlx::PgPool;
 
@@ -81,7 +81,7 @@ pub fn topic_spec(name: &str, partitions: i32) -> TopicSpec {
 /// Creates topics for a test through the same code path as `topics apply`.
 pub async fn create_topics(settings: &Settings, names: &[(&str, i32)]) {
     let specs: Vec<TopicSpec> = names.iter().map(|(n, p)| topic_spec(n, *p)).collect();
-    scheduled_jobs::topics::apply(settings, &specs, false).await.expect("create test topics");
+    scheduled_jobs::kafka::topics::apply(settings, &specs, false).await.expect("create test topics");
 }
 
 /// Test databases older than this are left over from earlier runs (a test run takes minutes).
@@ -238,11 +238,11 @@ pub async fn isolated() -> Settings {
     s.topics.prefix = format!("{}.", unique("t"));
     s.processor.group_id = unique("processor");
     s.processor.transactional_id_prefix = unique("txn");
-    let specs = scheduled_jobs::topics::configured_specs(&s).expect("topic specs");
-    scheduled_jobs::topics::apply(&s, &specs, false).await.expect("apply test topics");
-    let schemas = scheduled_jobs::schemas::load(&s.schemas.dir, &specs).expect("schemas");
-    let registry = scheduled_jobs::schemas::Registry::new(&s).expect("registry");
-    scheduled_jobs::schemas::register(&registry, &schemas).await.expect("register test schemas");
+    let specs = scheduled_jobs::kafka::topics::configured_specs(&s).expect("topic specs");
+    scheduled_jobs::kafka::topics::apply(&s, &specs, false).await.expect("apply test topics");
+    let schemas = scheduled_jobs::kafka::schemas::load(&s.schemas.dir, &specs).expect("schemas");
+    let registry = scheduled_jobs::kafka::schemas::Registry::new(&s).expect("registry");
+    scheduled_jobs::kafka::schemas::register(&registry, &schemas).await.expect("register test schemas");
     s
 }
 

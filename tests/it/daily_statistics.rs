@@ -10,8 +10,8 @@ use apache_avro::types::Value;
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use chrono_tz::Tz;
 use rust_decimal::Decimal;
-use scheduled_jobs::avro::decimal_from_avro;
-use scheduled_jobs::codec::Codec;
+use scheduled_jobs::kafka::avro::decimal_from_avro;
+use scheduled_jobs::kafka::codec::Codec;
 use scheduled_jobs::config::{Settings, Topic};
 use scheduled_jobs::jobs::daily_statistics::{day_bounds, DailyStatistics};
 use scheduled_jobs::jobs::{Job, JobCtx};
@@ -577,7 +577,7 @@ async fn apply_repeats_its_records_for_its_run_and_skips_dates_owned_by_another(
 // 4. Missed midnights.
 
 /// History: the run of `d0` on a fresh table (it covers `d0` and the 6 days before).
-async fn with_history(s: &Settings, pool: &PgPool, d0: NaiveDate) -> scheduled_jobs::processor::Processor {
+async fn with_history(s: &Settings, pool: &PgPool, d0: NaiveDate) -> scheduled_jobs::runtime::processor::Processor {
     let tz = tz_of(s);
     seed_products(pool, &PRODUCTS).await;
     seed_orders(pool, &around_midnights(tz, plus(d0, -1), 5, 3)).await;

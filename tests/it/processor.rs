@@ -9,11 +9,11 @@ use chrono::{DateTime, TimeDelta, Utc};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use scheduled_jobs::codec::Codec;
+use scheduled_jobs::kafka::codec::Codec;
 use scheduled_jobs::config::{Settings, Topic};
 use scheduled_jobs::jobs::Registry;
 use scheduled_jobs::kafka::{client_config, Role};
-use scheduled_jobs::processor::{Processor, Step};
+use scheduled_jobs::runtime::processor::{Processor, Step};
 use scheduled_jobs::wire::internal::{Outcome, RunResult};
 use scheduled_jobs::wire::tick::{Tick, Trigger};
 
@@ -195,7 +195,7 @@ async fn bad_ticks_go_to_dead_letters_and_processing_continues() {
     let mut reasons = Vec::new();
     for (_, _, v) in &letters {
         let d = codec.decode(v.as_deref().unwrap()).await.unwrap();
-        let json = scheduled_jobs::avro::to_json(&d.value, &d.schema);
+        let json = scheduled_jobs::kafka::avro::to_json(&d.value, &d.schema);
         reasons.push((json["reasonCode"].as_str().unwrap().to_string(), json["reason"].as_str().unwrap().to_string(), json["originalValue"].clone()));
     }
     // Bad ticks sit on different partitions (different keys), so compare without order.

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use apache_avro::types::Value;
 use chrono::{DateTime, Duration as Delta, Utc};
 use redis::AsyncCommands;
-use scheduled_jobs::codec::Codec;
+use scheduled_jobs::kafka::codec::Codec;
 use scheduled_jobs::config::{Settings, Topic};
-use scheduled_jobs::stock::stock_key;
+use scheduled_jobs::jobs::stock::stock_key;
 
 use crate::common::{isolated, read_all, unique};
 use crate::processor::{drive, processor_on, publish, test_db, tick};

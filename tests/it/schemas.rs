@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use scheduled_jobs::schemas::{check, register, Registry, Status, SubjectSchema};
+use scheduled_jobs::kafka::schemas::{check, register, Registry, Status, SubjectSchema};
 
 use crate::common::{binary, repo_root, settings, unique};
 

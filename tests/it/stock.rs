@@ -1,7 +1,7 @@
 //! The Redis scripts shared with the Order service: atomic, idempotent per order.
 
 use redis::AsyncCommands;
-use scheduled_jobs::stock::{stock_key, Reserve, Stock};
+use scheduled_jobs::jobs::stock::{stock_key, Reserve, Stock};
 
 use crate::common::{settings, unique};
 

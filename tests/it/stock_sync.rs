@@ -23,11 +23,11 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt;
 use redis::AsyncCommands;
-use scheduled_jobs::codec::Codec;
+use scheduled_jobs::kafka::codec::Codec;
 use scheduled_jobs::config::{Settings, Topic};
 use scheduled_jobs::jobs::stock_sync::StockSync;
 use scheduled_jobs::jobs::{Job, JobCtx, Run};
-use scheduled_jobs::stock::{stock_key, Reserve, Stock};
+use scheduled_jobs::jobs::stock::{stock_key, Reserve, Stock};
 use scheduled_jobs::wire::derived_id;
 use scheduled_jobs::wire::internal::{Outcome, RunResult};
 use serde_json::Value as Json;
@@ -194,7 +194,7 @@ async fn alerts(s: &Settings) -> Vec<Json> {
     let mut out = Vec::new();
     for (_, key, value) in read_all(s, &s.topic(Topic::StockSyncAlert), "read_committed") {
         let d = codec.decode(&value.unwrap()).await.unwrap();
-        let json = scheduled_jobs::avro::to_json(&d.value, &d.schema);
+        let json = scheduled_jobs::kafka::avro::to_json(&d.value, &d.schema);
         assert_eq!(key.as_deref(), json["productId"].as_str().map(str::as_bytes), "key is the productId");
         out.push(json);
     }

@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use scheduled_jobs::codec::Codec;
+use scheduled_jobs::kafka::codec::Codec;
 use scheduled_jobs::config::{CatchUp, Settings, Topic};
 use scheduled_jobs::kafka::{client_config, Role};
-use scheduled_jobs::tick::{trigger, TickError, TickProducer};
+use scheduled_jobs::runtime::tick::{trigger, TickError, TickProducer};
 use scheduled_jobs::wire::tick::{Tick, Trigger};
 
 use crate::common::{isolated, read_all, settings, unique};
@@ -290,7 +290,7 @@ async fn run_producer_publishes_on_the_wall_clock_and_stops_on_shutdown() {
     let mut s = only("noop", "* * * * * *", CatchUp::Latest, 1).await;
     s.scheduler.producer_id = "tick-loop-test".into();
     let started = Utc::now();
-    scheduled_jobs::tick::run_producer(&s, &scheduled_jobs::metrics::Metrics::new(), tokio::time::sleep(std::time::Duration::from_millis(3500))).await.unwrap();
+    scheduled_jobs::runtime::tick::run_producer(&s, &scheduled_jobs::runtime::metrics::Metrics::new(), tokio::time::sleep(std::time::Duration::from_millis(3500))).await.unwrap();
     let ticks: Vec<Tick> = ticks_on_topic(&s).await.into_iter().map(|(_, _, t)| t).collect();
     assert!(!ticks.is_empty() && ticks.len() <= 4, "{ticks:?}");
     for (i, t) in ticks.iter().enumerate() {
@@ -317,8 +317,8 @@ async fn run_producer_ends_with_an_error_when_the_tick_topic_is_missing() {
     // then the error that names the fix.
     s.kafka.missing_topic_grace_secs = 2;
     let started = std::time::Instant::now();
-    let metrics = scheduled_jobs::metrics::Metrics::new();
-    let err = scheduled_jobs::tick::run_producer(&s, &metrics, std::future::pending()).await.unwrap_err();
+    let metrics = scheduled_jobs::runtime::metrics::Metrics::new();
+    let err = scheduled_jobs::runtime::tick::run_producer(&s, &metrics, std::future::pending()).await.unwrap_err();
     assert!(started.elapsed() >= std::time::Duration::from_secs(2), "gave up after {:?}", started.elapsed());
     assert!(matches!(err, TickError::NoSuchTopic(_)), "{err:?}");
     assert!(metrics.readiness().is_err(), "a producer that never started is not ready");

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use rdkafka::admin::ResourceSpecifier;
-use scheduled_jobs::topics::{apply, load_specs, Change, TopicsError};
+use scheduled_jobs::kafka::topics::{apply, load_specs, Change, TopicsError};
 
 use crate::common::{binary, repo_root, settings, unique, WAIT};
 

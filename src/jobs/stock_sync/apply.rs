@@ -25,7 +25,7 @@ use redis::aio::ConnectionManager;
 
 use super::{Action, Cause};
 use crate::jobs::{ChunkOutput, JobCtx, JobError};
-use crate::stock::{reservation_key, stock_key, Stock};
+use crate::jobs::stock::{reservation_key, stock_key, Stock};
 use crate::wire::internal::WorkItem;
 
 /// How many of a candidate product's most recent orders that no longer wait are checked for a

@@ -12,24 +12,24 @@ use chrono::{DateTime, TimeDelta, Utc};
 use rust_decimal::Decimal;
 
 use crate::config::{JobSettings, Settings};
-use crate::stock::{stock_key, Stock};
+use crate::jobs::stock::{stock_key, Stock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error("topics: {0}")]
-    Topics(#[from] crate::topics::TopicsError),
+    Topics(#[from] crate::kafka::topics::TopicsError),
     #[error("schemas: {0}")]
-    Schemas(#[from] crate::schemas::SchemaError),
+    Schemas(#[from] crate::kafka::schemas::SchemaError),
     #[error("database: {0}")]
     Db(#[from] crate::db::DbError),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error(transparent)]
-    Metrics(#[from] crate::metrics::MetricsError),
+    Metrics(#[from] crate::runtime::metrics::MetricsError),
     #[error("tick producer: {0}")]
-    Tick(#[from] crate::tick::TickError),
+    Tick(#[from] crate::runtime::tick::TickError),
     #[error("processor: {0}")]
-    Processor(#[from] crate::processor::ProcessorError),
+    Processor(#[from] crate::runtime::processor::ProcessorError),
 }
 
 impl From<sqlx::Error> for DemoError {
@@ -53,12 +53,12 @@ pub fn accelerate(settings: &mut Settings) {
 
 /// Applies topics, registers schemas and migrates.
 pub async fn prepare(settings: &Settings) -> Result<sqlx::PgPool, DemoError> {
-    let specs = crate::topics::configured_specs(settings)?;
-    let report = crate::topics::apply(settings, &specs, false).await?;
+    let specs = crate::kafka::topics::configured_specs(settings)?;
+    let report = crate::kafka::topics::apply(settings, &specs, false).await?;
     print!("{report}");
-    let schemas = crate::schemas::load(&settings.schemas.dir, &specs)?;
-    let registry = crate::schemas::Registry::new(settings)?;
-    for o in crate::schemas::register(&registry, &schemas).await? {
+    let schemas = crate::kafka::schemas::load(&settings.schemas.dir, &specs)?;
+    let registry = crate::kafka::schemas::Registry::new(settings)?;
+    for o in crate::kafka::schemas::register(&registry, &schemas).await? {
         println!("{o}");
     }
     let pool = crate::db::connect(&settings.postgres).await?;
@@ -200,9 +200,9 @@ pub async fn run(mut settings: Settings, fast: bool, shutdown: impl Future<Outpu
     }
     println!("watch: scheduled-jobs tail order.cancelled | stock.sync.alert | daily.statistics | scheduled-jobs.run-results");
     let processor =
-        crate::processor::Processor::new(settings.clone(), crate::jobs::Registry::builtin(), pool).await?;
+        crate::runtime::processor::Processor::new(settings.clone(), crate::jobs::Registry::builtin(), pool).await?;
     // The processor's metrics on metrics.listen, if set (the tick producer's are not served).
-    let _endpoint = crate::metrics::start(&settings, &processor.metrics(), true).await?;
+    let _endpoint = crate::runtime::metrics::start(&settings, &processor.metrics(), true).await?;
     if let Some(addr) = _endpoint.addr {
         println!("metrics: http://{addr}/metrics");
     }
@@ -210,7 +210,7 @@ pub async fn run(mut settings: Settings, fast: bool, shutdown: impl Future<Outpu
     let (mut rx1, mut rx2) = (stop_tx.subscribe(), stop_tx.subscribe());
     let producer_settings = settings.clone();
     let producer = tokio::spawn(async move {
-        crate::tick::run_producer(&producer_settings, &crate::metrics::Metrics::new(), async move {
+        crate::runtime::tick::run_producer(&producer_settings, &crate::runtime::metrics::Metrics::new(), async move {
             let _ = rx1.recv().await;
         })
         .await

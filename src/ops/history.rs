@@ -12,10 +12,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::codec::{Codec, CodecError};
+use crate::kafka::codec::{Codec, CodecError};
 use crate::config::{Settings, Topic};
 use crate::kafka::{self, KafkaClientError, Role};
-use crate::processor::ledger::{LedgerError, LedgerView};
+use crate::runtime::processor::ledger::{LedgerError, LedgerView};
 use crate::wire::internal::{RunResult, RunState};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);

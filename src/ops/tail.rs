@@ -12,7 +12,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value as Json};
 
-use crate::codec::Codec;
+use crate::kafka::codec::Codec;
 use crate::config::Settings;
 use crate::kafka::{self, KafkaClientError, Role};
 
@@ -33,7 +33,7 @@ pub enum TailError {
     #[error(transparent)]
     Kafka(#[from] KafkaClientError),
     #[error(transparent)]
-    Codec(#[from] crate::codec::CodecError),
+    Codec(#[from] crate::kafka::codec::CodecError),
     #[error("writing output: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -60,7 +60,7 @@ pub async fn record_json(codec: &Codec, m: &BorrowedMessage<'_>) -> Json {
         Some(bytes) => match codec.decode(bytes).await {
             Ok(d) => {
                 line["schemaId"] = json!(d.schema_id);
-                line["value"] = crate::avro::to_json(&d.value, &d.schema);
+                line["value"] = crate::kafka::avro::to_json(&d.value, &d.schema);
             }
             Err(e) => {
                 line["value"] = Json::Null;

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::Settings;
-use crate::topics::TopicSpec;
+use crate::kafka::topics::TopicSpec;
 
 pub const COMPATIBILITY: &str = "BACKWARD";
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";

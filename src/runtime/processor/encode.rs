@@ -8,7 +8,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use super::committer::Ready;
 use super::run::{Out, TxnPlan};
 use super::{Processor, ProcessorError};
-use crate::metrics::Sample;
+use crate::runtime::metrics::Sample;
 
 impl Processor {
     /// Encodes a plan for the committer and counts what it writes (once committed).

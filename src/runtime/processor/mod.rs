@@ -4,10 +4,10 @@
 //! One straight line per record, one transaction per record:
 //! 1. [`Processor::step`] takes a batch of records from the tick and work-item topics;
 //! 2. a handler decides what the record's transaction writes, as a [`run::TxnPlan`]:
-//!    - a **tick** ([`tick`]) is *planned*: checked, decided against the run ledger (duplicate
+//!    - a **tick** (`tick.rs`) is *planned*: checked, decided against the run ledger (duplicate
 //!      ticks and replays stop here), then its job's fixed chunks become work items with a seal
 //!      and a `PLANNED` ledger entry;
-//!    - a **work item** ([`work_item`]) is *applied*: the job performs the chunk's idempotent
+//!    - a **work item** (`work_item.rs`) is *applied*: the job performs the chunk's idempotent
 //!      effects and returns the records to emit, written with a chunk ledger entry; the chunk
 //!      that completes the run (claimed in PostgreSQL, see [`bookkeeping`]) adds the run result;
 //!    - a record that cannot be accepted becomes a dead letter with the reason and its bytes;
@@ -17,8 +17,8 @@
 //!
 //! Effects (SQL, Redis) happen outside Kafka transactions, so they are idempotent and may
 //! precede their commit, as after a crash; the batch's next work item has its effects started
-//! while the current one is applied ([`ahead`]). Kafka sees the records, and their offsets,
-//! strictly in order. Any failure takes the one reset path, [`Processor::reset`]: stop effects
+//! while the current one is applied (`ahead.rs`). Kafka sees the records, and their offsets,
+//! strictly in order. Any failure takes the one reset path, `Processor::reset`: stop effects
 //! started ahead, abort, seek back to the first record not committed, retry after a pause.
 //! Only configuration, authorization and fencing errors stop the processor.
 
@@ -44,12 +44,12 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::Offset;
 use tracing::Instrument;
 
-use crate::codec::Codec;
+use crate::kafka::codec::Codec;
 use crate::config::{Settings, Topic};
 use crate::error::ErrorClass;
 use crate::jobs::Registry;
 use crate::kafka::{self, KafkaClientError};
-use crate::metrics::Metrics;
+use crate::runtime::metrics::Metrics;
 use committer::{Committer, Consumed};
 use setup::{connect_redis, group_config, Env, Names};
 use ledger::LedgerView;

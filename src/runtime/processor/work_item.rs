@@ -16,7 +16,7 @@ use super::tick::{reject, Reject};
 use super::{record_work_item, Processor, ProcessorError};
 use crate::error::ErrorClass;
 use crate::jobs::{Emit, Job, Run};
-use crate::metrics::Sample;
+use crate::runtime::metrics::Sample;
 use crate::wire::internal::WorkItem;
 
 impl Processor {
@@ -74,7 +74,7 @@ impl Processor {
         let (finalized, events) = tokio::join!(bookkeeping, self.encode_events(output.records));
         let (finalized, mut out) = (finalized?, events?);
         out.push(Out::Ledger(ckey, ledger_entry(&run, RunEnd::of_chunks(outcome, 0).state, item.chunk_count.max(0))));
-        let mut plan = TxnPlan { out, samples: Vec::new(), fault: Some((crate::fault::BEFORE_APPLY_COMMIT, item.job.clone())) };
+        let mut plan = TxnPlan { out, samples: Vec::new(), fault: Some((crate::runtime::fault::BEFORE_APPLY_COMMIT, item.job.clone())) };
         if let Some(f) = finalized {
             self.finish_run(&mut plan, job.as_ref(), &run, f).await?;
         }

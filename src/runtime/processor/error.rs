@@ -1,7 +1,7 @@
 //! What can stop a step, classed (retry / abort / fatal) so the processor decides uniformly.
 
 use super::ledger;
-use crate::codec::CodecError;
+use crate::kafka::codec::CodecError;
 use crate::error::ErrorClass;
 use crate::jobs::JobError;
 use crate::kafka::KafkaClientError;

@@ -13,7 +13,7 @@ use chrono::Utc;
 use super::bookkeeping::ChunkOutcome;
 use super::ledger::run_key;
 use crate::jobs::Run;
-use crate::metrics::Sample;
+use crate::runtime::metrics::Sample;
 use crate::wire::derived_id;
 use crate::wire::internal::{DeadLetter, LedgerEntry, Outcome, RunResult, RunState, WorkItem};
 use crate::wire::tick::{Tick, Trigger};

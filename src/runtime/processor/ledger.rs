@@ -15,7 +15,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::codec::Codec;
+use crate::kafka::codec::Codec;
 use crate::config::{Settings, Topic};
 use crate::kafka::{self, KafkaClientError, Role};
 use crate::wire::internal::LedgerEntry;

@@ -7,11 +7,11 @@
 //! the commit on a blocking thread, so the processor prepares the next record meanwhile. Its
 //! ledger entries are written through at once (a twin tick queued behind must see them) and
 //! taken back if that commit fails. Everything that fails takes one way back:
-//! [`Committer::abort`], called only by the processor's reset path.
+//! [`Committer::reset`], called only by the processor's reset path.
 //!
-//! States: [`State::Idle`] (no transaction), [`State::Open`] (begun; a failure before the commit
-//! started, or a commit that failed, leaves it open until aborted) and [`State::Committing`]
-//! (a commit in flight, with what it needs if it fails).
+//! States: `Idle` (no transaction), `Open` (begun; a failure before the commit started, or a
+//! commit that failed, leaves it open until aborted) and `Committing` (a commit in flight,
+//! with what it needs if it fails).
 //!
 //! Fencing: a zombie (an instance that lost its partitions while paused) fails at
 //! `send_offsets_to_transaction`/`commit` because its group generation is stale, so nothing it
@@ -29,7 +29,7 @@ use super::ledger::LedgerView;
 use crate::config::Settings;
 use crate::error::ErrorClass;
 use crate::kafka::{self, KafkaClientError, Role};
-use crate::metrics::{Metrics, Sample};
+use crate::runtime::metrics::{Metrics, Sample};
 use crate::wire::internal::LedgerEntry;
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -150,7 +150,7 @@ impl Committer {
             self.send(&mut pending, topic, key, bytes).await.map_err(|e| (at, e))?;
         }
         if let Some((point, job)) = &ready.fault {
-            crate::fault::point(point, job);
+            crate::runtime::fault::point(point, job);
         }
         let mut offsets = TopicPartitionList::new();
         offsets

@@ -12,11 +12,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::codec::Codec;
+use crate::kafka::codec::Codec;
 use crate::config::{Settings, Topic};
-use crate::history::HistoryError;
+use crate::ops::history::HistoryError;
 use crate::kafka::{self, KafkaClientError, Role};
-use crate::processor::SEAL;
+use crate::runtime::processor::SEAL;
 use crate::wire::internal::{Outcome, RunResult, WorkItem};
 use crate::wire::tick::Tick;
 

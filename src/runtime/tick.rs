@@ -29,11 +29,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::codec::{Codec, CodecError};
+use crate::kafka::codec::{Codec, CodecError};
 use crate::config::{job_key, CatchUp, ConfigError, Settings, Topic};
 use crate::error::ErrorClass;
 use crate::kafka::{self, KafkaClientError, Role};
-use crate::metrics::Metrics;
+use crate::runtime::metrics::Metrics;
 use crate::schedule::{Schedule, ScheduleError};
 use crate::wire::tick::{Tick, Trigger};
 

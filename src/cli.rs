@@ -339,17 +339,17 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Pause { job, reason } => {
             let job = known_job(&settings, &job).map_err(|error| Failure { code: 2, error })?;
             let pool = crate::db::connect(&settings.postgres).await.map_err(anyhow::Error::from)?;
-            if crate::ops::control::pause(&pool, &job, &crate::ops::control::operator(), reason.as_deref()).await.context("pause")? {
+            if crate::runtime::control::pause(&pool, &job, &crate::runtime::control::operator(), reason.as_deref()).await.context("pause")? {
                 println!("paused {job}: its ticks are skipped (recorded as SKIPPED, not as runs) until `scheduled-jobs resume {job}`");
             } else {
-                let p = crate::ops::control::paused(&pool, &job).await.context("pause")?;
+                let p = crate::runtime::control::paused(&pool, &job).await.context("pause")?;
                 println!("{job} was already paused{}", p.map(|p| format!(" ({})", p.message())).unwrap_or_default());
             }
         }
         Command::Resume { job } => {
             let job = known_job(&settings, &job).map_err(|error| Failure { code: 2, error })?;
             let pool = crate::db::connect(&settings.postgres).await.map_err(anyhow::Error::from)?;
-            match crate::ops::control::resume(&pool, &job).await.context("resume")? {
+            match crate::runtime::control::resume(&pool, &job).await.context("resume")? {
                 Some(p) => println!(
                     "resumed {job} (paused by {} since {}); ticks skipped meanwhile: `scheduled-jobs runs list --job {job}` (outcome SKIPPED), run one with `trigger {job} --at <fire time>`",
                     p.paused_by,

@@ -6,7 +6,6 @@
 //! auto-committed by clients made here (`enable.auto.commit=false`): the processor commits
 //! them only inside its transactions, and tools such as `tail` need no group at all.
 
-pub mod avro;
 pub mod codec;
 pub mod schemas;
 pub mod topics;

@@ -60,7 +60,7 @@ pub async fn record_json(codec: &Codec, m: &BorrowedMessage<'_>) -> Json {
         Some(bytes) => match codec.decode(bytes).await {
             Ok(d) => {
                 line["schemaId"] = json!(d.schema_id);
-                line["value"] = crate::kafka::avro::to_json(&d.value, &d.schema);
+                line["value"] = crate::wire::avro::to_json(&d.value, &d.schema);
             }
             Err(e) => {
                 line["value"] = Json::Null;

@@ -1,7 +1,9 @@
 //! The long-running processes and what they need to run: the processor (`run`), the tick
-//! producer (`tick`), their `/metrics`, `/healthz` and `/readyz` endpoint, graceful shutdown,
-//! and the fault points of the crash tests.
+//! producer (`tick`), the pause state the processor obeys (`pause`/`resume` write it), their
+//! `/metrics`, `/healthz` and `/readyz` endpoint, graceful shutdown, and the fault points of
+//! the crash tests.
 
+pub mod control;
 pub mod fault;
 pub mod metrics;
 pub mod processor;

@@ -30,7 +30,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::kafka::avro::decimal_to_avro;
+use crate::wire::avro::decimal_to_avro;
 use super::{Emit, Topic};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -593,7 +593,7 @@ mod tests {
 
     fn money(value: &Value, name: &str) -> Decimal {
         match field(value, name) {
-            Value::Decimal(d) => crate::kafka::avro::decimal_from_avro(d, 2).unwrap(),
+            Value::Decimal(d) => crate::wire::avro::decimal_from_avro(d, 2).unwrap(),
             other => panic!("{name} is not a decimal: {other:?}"),
         }
     }
@@ -802,7 +802,7 @@ mod tests {
     /// the code this module replaced): same values, same bytes.
     #[test]
     fn the_records_are_the_ones_the_jobs_built_by_hand() {
-        use crate::kafka::avro::decimal_to_avro;
+        use crate::wire::avro::decimal_to_avro;
         use crate::wire::{enum_value, long_map, ts};
         fn same<E: Event>(event: &E, by_hand: Value) {
             let schema = E::schema().schema().unwrap();

@@ -4,6 +4,7 @@
 //! The events the jobs publish are the typed structs of [`events`], turned into values there.
 
 pub mod events;
+pub mod avro;
 pub mod internal;
 pub mod tick;
 pub mod topic;

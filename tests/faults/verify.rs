@@ -41,7 +41,7 @@ pub async fn committed(s: &Settings, topic: Topic) -> (Vec<(String, Json)>, usiz
     for (_, key, value) in read_all(s, &name, "read_committed") {
         let key = key.map(|k| String::from_utf8_lossy(&k).into_owned()).unwrap_or_default();
         let d = codec.decode(&value.expect("payload")).await.expect("decode committed record");
-        out.push((key, scheduled_jobs::kafka::avro::to_json(&d.value, &d.schema)));
+        out.push((key, scheduled_jobs::wire::avro::to_json(&d.value, &d.schema)));
     }
     let uncommitted = read_all(s, &name, "read_uncommitted").len();
     let aborted = uncommitted.saturating_sub(out.len());
@@ -241,7 +241,7 @@ pub async fn runs(s: &Settings, r: &mut Report) -> Vec<RunResult> {
         for (_, _, v) in letters.iter().take(3) {
             if let Some(v) = v {
                 if let Ok(d) = codec.decode(v).await {
-                    reasons.push(scheduled_jobs::kafka::avro::to_json(&d.value, &d.schema)["reason"].to_string());
+                    reasons.push(scheduled_jobs::wire::avro::to_json(&d.value, &d.schema)["reason"].to_string());
                 }
             }
         }

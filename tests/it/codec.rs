@@ -7,7 +7,7 @@ use std::str::FromStr;
 use apache_avro::types::Value;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rust_decimal::Decimal;
-use scheduled_jobs::kafka::avro::{decimal_from_avro, decimal_to_avro};
+use scheduled_jobs::wire::avro::{decimal_from_avro, decimal_to_avro};
 use scheduled_jobs::kafka::codec::Codec;
 use scheduled_jobs::kafka::{client_config, Role};
 use scheduled_jobs::kafka::schemas::Registry;

@@ -10,7 +10,7 @@ use apache_avro::types::Value;
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use chrono_tz::Tz;
 use rust_decimal::Decimal;
-use scheduled_jobs::kafka::avro::decimal_from_avro;
+use scheduled_jobs::wire::avro::decimal_from_avro;
 use scheduled_jobs::kafka::codec::Codec;
 use scheduled_jobs::config::{Settings, Topic};
 use scheduled_jobs::jobs::daily_statistics::{day_bounds, DailyStatistics};

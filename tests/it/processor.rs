@@ -195,7 +195,7 @@ async fn bad_ticks_go_to_dead_letters_and_processing_continues() {
     let mut reasons = Vec::new();
     for (_, _, v) in &letters {
         let d = codec.decode(v.as_deref().unwrap()).await.unwrap();
-        let json = scheduled_jobs::kafka::avro::to_json(&d.value, &d.schema);
+        let json = scheduled_jobs::wire::avro::to_json(&d.value, &d.schema);
         reasons.push((json["reasonCode"].as_str().unwrap().to_string(), json["reason"].as_str().unwrap().to_string(), json["originalValue"].clone()));
     }
     // Bad ticks sit on different partitions (different keys), so compare without order.

@@ -194,7 +194,7 @@ async fn alerts(s: &Settings) -> Vec<Json> {
     let mut out = Vec::new();
     for (_, key, value) in read_all(s, &s.topic(Topic::StockSyncAlert), "read_committed") {
         let d = codec.decode(&value.unwrap()).await.unwrap();
-        let json = scheduled_jobs::kafka::avro::to_json(&d.value, &d.schema);
+        let json = scheduled_jobs::wire::avro::to_json(&d.value, &d.schema);
         assert_eq!(key.as_deref(), json["productId"].as_str().map(str::as_bytes), "key is the productId");
         out.push(json);
     }

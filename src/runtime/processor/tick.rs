@@ -17,7 +17,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use super::ledger::run_key;
 use super::run::{new_run, work_item, Out, TxnPlan, SEAL};
 use super::{Processor, ProcessorError};
-use crate::ops::control::Pause;
+use crate::runtime::control::Pause;
 use crate::error::ErrorClass;
 use crate::jobs::{Job, JobError, Run};
 use crate::wire::derived_id;
@@ -142,7 +142,7 @@ impl Processor {
         let run = new_run(tick, period, attempt);
         span.record("run_id", run.run_id.as_str());
         let paused = match superseded_by {
-            None => crate::ops::control::paused(&self.env.db, &run.job).await?,
+            None => crate::runtime::control::paused(&self.env.db, &run.job).await?,
             Some(_) => None,
         };
         match why_not(superseded_by.as_ref(), paused, self.env.job_settings(&run.job).enabled) {

@@ -80,7 +80,7 @@ impl Ahead {
     }
 
     /// Stops the effects and waits until they have stopped.
-    async fn cancel(mut self) {
+    pub async fn cancel(mut self) {
         self.task.abort();
         match (&mut self.task).await {
             Ok(Err(e)) => tracing::debug!(error = %e, "effects started ahead failed; their record will be handled again"),

@@ -38,8 +38,11 @@ impl Processor {
         };
         let ckey = chunk_key(&item.run_id, item.chunk_index);
         if self.committer.ledger().get(&ckey).is_some() {
-            // Started again ahead of its turn: stopped (idempotent, so nothing changes either way).
-            drop(ahead);
+            // Started again ahead of its turn: stopped, and waited for so they do not outlive this
+            // step (idempotent, so nothing changes either way).
+            if let Some(a) = ahead {
+                a.cancel().await;
+            }
             tracing::info!(run_id = %item.run_id, chunk = item.chunk_index, "chunk already applied, work item ignored");
             return Ok(TxnPlan::offset_only());
         }

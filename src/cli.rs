@@ -285,34 +285,23 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             tokio::pin!(shutdown);
             // A broker, coordinator or database that is (re)starting is waited for; a
             // configuration or authorisation problem ends the command at once.
-            let mut backoff = Duration::from_millis(500);
+            let mut backoff = crate::runtime::retry::Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
             // The endpoint is up while the processor waits for its dependencies: /healthz
             // answers, /readyz says what it is waiting for.
             let metrics = crate::runtime::metrics::Metrics::new();
             let _endpoint = crate::runtime::metrics::start(&settings, &metrics, true).await.map_err(|e| Failure { code: 2, error: e.into() })?;
-            let processor = loop {
-                let started = async {
-                    let pool = crate::db::connect(&settings.postgres).await.map_err(crate::runtime::processor::ProcessorError::from)?;
-                    crate::runtime::processor::Processor::new(settings.clone(), crate::jobs::Registry::builtin(), pool).await
-                };
-                let started = tokio::select! {
-                    r = started => r,
-                    _ = &mut shutdown => return Ok(()),
-                };
-                match started {
-                    Ok(p) => break p,
-                    Err(e) if e.class() == crate::error::ErrorClass::Retry => {
-                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "processor cannot start yet; retrying");
-                        metrics.set_ready(Err(format!("cannot start yet: {e}")));
-                        tokio::select! {
-                            _ = &mut shutdown => return Ok(()),
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                    }
-                    Err(e) => return Err(anyhow::Error::from(e).into()),
-                }
+            let start = || async {
+                let pool = crate::db::connect(&settings.postgres).await.map_err(crate::runtime::processor::ProcessorError::from)?;
+                crate::runtime::processor::Processor::new(settings.clone(), crate::jobs::Registry::builtin(), pool).await
             };
+            let waiting = |e: &crate::runtime::processor::ProcessorError, wait: Duration| {
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "processor cannot start yet; retrying");
+                metrics.set_ready(Err(format!("cannot start yet: {e}")));
+            };
+            let started = crate::runtime::retry::until_ok(&mut backoff, shutdown.as_mut(), start, crate::runtime::processor::ProcessorError::class, waiting)
+                .await
+                .map_err(anyhow::Error::from)?;
+            let Some(processor) = started else { return Ok(()) };
             tracing::info!(instance = %settings.instance_id(), group = %settings.processor.group_id, "processor started");
             processor.with_metrics(metrics).run(shutdown).await.map_err(anyhow::Error::from)?;
         }

@@ -1,15 +1,16 @@
 //! Kafka client plumbing shared by every command: the rdkafka `ClientConfig` derived from
-//! [`Settings`](crate::config::Settings), and the error classification every caller uses to
-//! decide between retrying, aborting the transaction and stopping.
+//! [`Settings`](crate::config::Settings), the error classification every caller uses to
+//! decide between retrying, aborting the transaction and stopping (with the one "topic does
+//! not exist" error), and [`read`], the bounded reads of a topic up to its end.
 //!
 //! Delivery guarantee: none by itself; this module only builds clients. Offsets are never
 //! auto-committed by clients made here (`enable.auto.commit=false`): the processor commits
 //! them only inside its transactions, and tools such as `tail` need no group at all.
 
 pub mod codec;
+pub mod read;
 pub mod schemas;
 pub mod topics;
-
 
 use std::time::Duration;
 
@@ -80,16 +81,34 @@ pub enum KafkaClientError {
     /// The broker rejected the client's credentials.
     #[error("kafka authentication failed: {0} (check sasl.mechanism, sasl.username and sasl.password in kafka.properties / SJ_KAFKA_PROP_*)")]
     Authentication(String),
+    /// A topic a command needs is not in the cluster (or has no partitions). `hint` is what
+    /// the command suggests: [`RUN_TOPICS_APPLY`] for the tool's own topics; `tail` and
+    /// `replay` take the topic from the operator (it may be a typo, or not ours), so they
+    /// suggest less.
+    #[error("topic `{topic}` does not exist{hint}")]
+    NoSuchTopic { topic: String, hint: &'static str },
 }
+
+/// The fix for a missing topic of the tool's own: `topics apply` creates every one.
+pub const RUN_TOPICS_APPLY: &str = " (run `scheduled-jobs topics apply`)";
 
 impl KafkaClientError {
     pub fn kafka(operation: &'static str, source: KafkaError) -> Self {
         KafkaClientError::Kafka { operation, source }
     }
 
+    /// [`KafkaClientError::NoSuchTopic`] for one of the tool's own topics.
+    pub fn no_such_topic(topic: impl Into<String>) -> Self {
+        KafkaClientError::NoSuchTopic { topic: topic.into(), hint: RUN_TOPICS_APPLY }
+    }
+
+    /// A missing topic is fatal here; a caller that knows better (the tick producer while a
+    /// restarting broker loads its logs) re-classes it.
     pub fn class(&self) -> ErrorClass {
         match self {
-            KafkaClientError::Config(_) | KafkaClientError::Authentication(_) => ErrorClass::Fatal,
+            KafkaClientError::Config(_) | KafkaClientError::Authentication(_) | KafkaClientError::NoSuchTopic { .. } => {
+                ErrorClass::Fatal
+            }
             KafkaClientError::Kafka { source, .. } => classify(source),
         }
     }
@@ -198,6 +217,20 @@ pub fn partitions_of<C: rdkafka::consumer::ConsumerContext>(
         .find(|t| t.name() == topic && t.error().is_none())
         .map(|t| t.partitions().iter().map(|p| p.id()).collect())
         .unwrap_or_default())
+}
+
+/// [`partitions_of`], naming a missing topic: [`KafkaClientError::NoSuchTopic`] with `hint`.
+pub fn existing_partitions<C: rdkafka::consumer::ConsumerContext>(
+    client: &BaseConsumer<C>,
+    topic: &str,
+    timeout: Duration,
+    hint: &'static str,
+) -> Result<Vec<i32>, KafkaClientError> {
+    let partitions = partitions_of(client, topic, timeout)?;
+    if partitions.is_empty() {
+        return Err(KafkaClientError::NoSuchTopic { topic: topic.to_string(), hint });
+    }
+    Ok(partitions)
 }
 
 /// Lets librdkafka judge every pass-through property once at start-up, so a typo fails fast

@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use chrono::TimeDelta;
+use chrono::{DateTime, TimeDelta, Utc};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -15,7 +15,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::kafka::codec::Codec;
 use crate::config::{Settings, Topic};
 use crate::ops::history::HistoryError;
-use crate::kafka::{self, KafkaClientError, Role};
+use crate::kafka::{self, read, KafkaClientError, Role};
 use crate::runtime::processor::SEAL;
 use crate::wire::internal::{Outcome, RunResult, WorkItem};
 use crate::wire::tick::Tick;
@@ -110,26 +110,18 @@ impl Progress {
     }
 }
 
-fn assign_from(consumer: &BaseConsumer, topics: &[&str], since_ms: i64) -> Result<(), HistoryError> {
-    let mut query = TopicPartitionList::new();
-    for topic in topics {
-        let partitions = kafka::partitions_of(consumer, topic, KAFKA_TIMEOUT)?;
-        if partitions.is_empty() {
-            return Err(HistoryError::NoSuchTopic(topic.to_string()));
-        }
-        for p in partitions {
-            query.add_partition_offset(topic, p, Offset::Offset(since_ms)).map_err(|e| KafkaClientError::kafka("offsets", e))?;
-        }
-    }
-    let found = consumer.offsets_for_times(query, KAFKA_TIMEOUT).map_err(|e| KafkaClientError::kafka("offsets for times", e))?;
+/// Assigns `topics` to `consumer` from the first record written at or after `since`. Not a
+/// bounded read ([`crate::kafka::read`]): following has no end but the run's, so it reads on
+/// past the topics' current ends.
+fn assign_from(consumer: &BaseConsumer, topics: &[&str], since: DateTime<Utc>) -> Result<(), HistoryError> {
     let mut starts = TopicPartitionList::new();
-    for e in found.elements() {
-        // A partition with nothing written since: start at its end (new records only).
-        let at = match e.offset() {
-            Offset::Offset(o) => Offset::Offset(o),
-            _ => Offset::End,
-        };
-        starts.add_partition_offset(e.topic(), e.partition(), at).map_err(|err| KafkaClientError::kafka("offsets", err))?;
+    for topic in topics {
+        let partitions = kafka::existing_partitions(consumer, topic, KAFKA_TIMEOUT, kafka::RUN_TOPICS_APPLY)?;
+        for (p, found) in read::offsets_at(consumer, topic, &partitions, since, KAFKA_TIMEOUT)? {
+            // A partition with nothing written since: start at its end (new records only).
+            let at = found.map_or(Offset::End, Offset::Offset);
+            starts.add_partition_offset(topic, p, at).map_err(|err| KafkaClientError::kafka("offsets", err))?;
+        }
     }
     consumer.assign(&starts).map_err(|e| KafkaClientError::kafka("assign", e).into())
 }
@@ -166,16 +158,16 @@ pub async fn follow(
     cfg.set("group.id", format!("{}-follow-{}", settings.kafka.client_id, uuid::Uuid::new_v4())).set("fetch.wait.max.ms", "50");
     let reader: BaseConsumer = kafka::create(&cfg)?;
     // Everything the run writes comes after the tick was produced (clocks allowing a second).
-    let since = (tick.produced_at - TimeDelta::seconds(1)).timestamp_millis();
+    let since = tick.produced_at - TimeDelta::seconds(1);
     assign_from(&reader, &[&work_items, &ledger, &results], since)?;
     let mut gcfg = kafka::client_config(settings, Role::Consumer);
     gcfg.set("group.id", &settings.processor.group_id).set("enable.auto.commit", "false");
     let group: BaseConsumer = kafka::create(&gcfg)?;
-    let mut tick_ends = HashMap::new();
-    for p in kafka::partitions_of(&group, &ticks, KAFKA_TIMEOUT)? {
-        let (_, high) = group.fetch_watermarks(&ticks, p, KAFKA_TIMEOUT).map_err(|e| KafkaClientError::kafka("watermarks", e))?;
-        tick_ends.insert(p, high);
-    }
+    let tick_ends: HashMap<i32, i64> = read::watermarks(&group, &ticks, kafka::partitions_of(&group, &ticks, KAFKA_TIMEOUT)?, KAFKA_TIMEOUT)
+        .map_err(|e| KafkaClientError::kafka("watermarks", e))?
+        .into_iter()
+        .map(|(p, (_, high))| (p, high))
+        .collect();
 
     let mut progress = Progress::new(&tick.job);
     let deadline = Instant::now() + timeout;

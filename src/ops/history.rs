@@ -3,17 +3,14 @@
 //! progress. Read-only and read_committed: what it shows is exactly what was committed.
 //! Used by `runs list`, `trigger --wait` and the report jobs.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::BaseConsumer;
 
 use crate::kafka::codec::{Codec, CodecError};
 use crate::config::{Settings, Topic};
+use crate::kafka::read::{self, BoundedRead, ReadError};
 use crate::kafka::{self, KafkaClientError, Role};
 use crate::runtime::processor::ledger::{LedgerError, LedgerView};
 use crate::wire::internal::{RunResult, RunState};
@@ -22,8 +19,7 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
-    #[error("topic `{0}` does not exist (run `scheduled-jobs topics apply`)")]
-    NoSuchTopic(String),
+    /// Kafka failed, or a topic is missing ([`KafkaClientError::NoSuchTopic`]).
     #[error(transparent)]
     Kafka(#[from] KafkaClientError),
     #[error(transparent)]
@@ -68,71 +64,29 @@ impl From<&RunResult> for RunRow {
 }
 
 /// Committed payloads of `topic` written at or after `since`, up to the topic's end when
-/// called (blocking).
+/// called (blocking). With `enable.partition.eof` a partition's read stops at what is
+/// committed now rather than waiting for an open transaction.
 fn payloads_since(settings: &Settings, topic: &str, since: DateTime<Utc>, timeout: Duration) -> Result<Vec<Vec<u8>>, HistoryError> {
     let mut cfg = kafka::client_config(settings, Role::Consumer);
     cfg.set("group.id", format!("{}-history-{}", settings.kafka.client_id, uuid::Uuid::new_v4()))
         .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "50");
     let consumer: BaseConsumer = kafka::create(&cfg)?;
-    let partitions = kafka::partitions_of(&consumer, topic, KAFKA_TIMEOUT)?;
-    if partitions.is_empty() {
-        return Err(HistoryError::NoSuchTopic(topic.to_string()));
-    }
-    let mut query = TopicPartitionList::new();
-    for p in &partitions {
-        query
-            .add_partition_offset(topic, *p, Offset::Offset(since.timestamp_millis()))
-            .map_err(|e| KafkaClientError::kafka("offsets for times", e))?;
-    }
-    let starts = consumer.offsets_for_times(query, KAFKA_TIMEOUT).map_err(|e| KafkaClientError::kafka("offsets for times", e))?;
-    // Where each partition's read ends: its end now.
-    let mut ends: HashMap<i32, i64> = HashMap::new();
-    let mut assign = TopicPartitionList::new();
-    for e in starts.elements() {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, e.partition(), KAFKA_TIMEOUT)
-            .map_err(|err| KafkaClientError::kafka("watermarks", err))?;
-        // No record at or after `since`: nothing to read there.
-        let Offset::Offset(start) = e.offset() else { continue };
-        if start < high {
-            ends.insert(e.partition(), high);
-            assign.add_partition_offset(topic, e.partition(), Offset::Offset(start)).map_err(|err| KafkaClientError::kafka("assign", err))?;
-        }
-    }
-    let mut out = Vec::new();
-    if ends.is_empty() {
-        return Ok(out);
-    }
-    consumer.assign(&assign).map_err(|e| KafkaClientError::kafka("assign", e))?;
+    let partitions = kafka::existing_partitions(&consumer, topic, KAFKA_TIMEOUT, kafka::RUN_TOPICS_APPLY)?;
+    let starts = read::offsets_at(&consumer, topic, &partitions, since, KAFKA_TIMEOUT)?;
+    let marks = read::watermarks(&consumer, topic, starts.iter().map(|(p, _)| *p), KAFKA_TIMEOUT)
+        .map_err(|e| KafkaClientError::kafka("watermarks", e))?;
+    // No record at or after `since`: nothing to read there.
+    let ranges = starts.into_iter().filter_map(|(p, start)| Some((p, start?, marks.get(&p)?.1)));
     let deadline = Instant::now() + timeout;
-    while !ends.is_empty() {
-        if Instant::now() > deadline {
-            return Err(HistoryError::Timeout { topic: topic.to_string(), secs: timeout.as_secs() });
-        }
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {}
-            Some(Ok(m)) => {
-                if let Some(p) = m.payload() {
-                    out.push(p.to_vec());
-                }
-                if ends.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
-                    ends.remove(&m.partition());
-                }
-            }
-            // Under read_committed the end may be a commit marker, never delivered.
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                ends.remove(&p);
-            }
-            Some(Err(e)) => {
-                let e = KafkaClientError::kafka("read", e);
-                if e.class() == crate::error::ErrorClass::Fatal {
-                    return Err(e.into());
-                }
-            }
-        }
-    }
-    Ok(out)
+    let records = BoundedRead::assign(&consumer, topic, ranges, deadline, "read")?
+        .tolerate_transient()
+        .collect()
+        .map_err(|e| match e {
+            ReadError::Kafka(e) => HistoryError::Kafka(e),
+            ReadError::Timeout => HistoryError::Timeout { topic: topic.to_string(), secs: timeout.as_secs() },
+        })?;
+    Ok(records.into_iter().filter_map(|r| r.payload).collect())
 }
 
 /// Run results committed at or after `since`, in commit order per partition.

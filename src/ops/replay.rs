@@ -7,6 +7,7 @@
 //! replay of the processor's tick topic redoes is decided by the run ledger, not by the
 //! offsets: runs already recorded are not run again (see [`EXPLANATION`]).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -14,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Settings;
-use crate::kafka::{self, KafkaClientError, Role};
+use crate::kafka::{self, read, KafkaClientError, Role};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -31,10 +32,9 @@ deduplicate by eventId.";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    #[error("topic `{0}` does not exist")]
-    NoSuchTopic(String),
     #[error("consumer group `{group}` has {count} active member(s) ({members}); stop them first (a live member would overwrite the reset with its own commits)")]
     ActiveMembers { group: String, count: usize, members: String },
+    /// Kafka failed, or the topic is missing ([`KafkaClientError::NoSuchTopic`]).
     #[error(transparent)]
     Kafka(#[from] KafkaClientError),
 }
@@ -72,36 +72,25 @@ pub fn replay(settings: &Settings, group: &str, topic: &str, target: Target, dry
             return Err(ReplayError::ActiveMembers { group: group.into(), count: g.members().len(), members });
         }
     }
-    let partitions = kafka::partitions_of(&consumer, topic, KAFKA_TIMEOUT)?;
-    if partitions.is_empty() {
-        return Err(ReplayError::NoSuchTopic(topic.into()));
-    }
+    // `--topic` may name any topic, not only ours: no advice to create it.
+    let partitions = kafka::existing_partitions(&consumer, topic, KAFKA_TIMEOUT, "")?;
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
         tpl.add_partition(topic, *p);
     }
     let committed = consumer.committed_offsets(tpl, KAFKA_TIMEOUT).map_err(|e| KafkaClientError::kafka("committed offsets", e))?;
-    let by_time = match target {
-        Target::Time(t) => {
-            let mut q = TopicPartitionList::new();
-            for p in &partitions {
-                q.add_partition_offset(topic, *p, Offset::Offset(t.timestamp_millis())).map_err(|e| KafkaClientError::kafka("offsets", e))?;
-            }
-            Some(consumer.offsets_for_times(q, KAFKA_TIMEOUT).map_err(|e| KafkaClientError::kafka("offsets for times", e))?)
-        }
-        Target::Offset(_) => None,
+    let by_time: HashMap<i32, Option<i64>> = match target {
+        Target::Time(t) => read::offsets_at(&consumer, topic, &partitions, t, KAFKA_TIMEOUT)?.into_iter().collect(),
+        Target::Offset(_) => HashMap::new(),
     };
+    let marks = read::watermarks(&consumer, topic, partitions, KAFKA_TIMEOUT).map_err(|e| KafkaClientError::kafka("watermarks", e))?;
     let mut moves = Vec::new();
     let mut commit = TopicPartitionList::new();
-    for p in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, KAFKA_TIMEOUT).map_err(|e| KafkaClientError::kafka("watermarks", e))?;
+    for (p, (low, high)) in marks {
         let wanted = match target {
             Target::Offset(o) => o,
-            Target::Time(_) => match by_time.as_ref().and_then(|t| t.find_partition(topic, p)).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o,
-                // No record at or after the time: nothing to replay there.
-                _ => high,
-            },
+            // No record at or after the time: nothing to replay there.
+            Target::Time(_) => by_time.get(&p).copied().flatten().unwrap_or(high),
         };
         let to = wanted.clamp(low, high);
         let from = match committed.find_partition(topic, p).map(|e| e.offset()) {

@@ -2,6 +2,9 @@
 //! Confluent-framed Avro with its writer schema. Reads with `isolation.level=read_committed`,
 //! so records of aborted or still-open transactions never show: what `tail` prints is what
 //! downstream consumers see. It joins no consumer group and commits nothing.
+//!
+//! Not a bounded read ([`crate::kafka::read`]): `tail` follows the topic past its current
+//! end, for as long as records keep coming (`--idle-timeout`) or up to `--max-messages`.
 
 use std::io::Write;
 use std::time::Duration;
@@ -16,6 +19,9 @@ use crate::kafka::codec::Codec;
 use crate::config::Settings;
 use crate::kafka::{self, KafkaClientError, Role};
 
+/// What `tail` suggests for a topic that does not exist.
+const MAYBE_TOPICS_APPLY: &str = " (run `scheduled-jobs topics apply`?)";
+
 #[derive(Debug, Clone)]
 pub struct TailOptions {
     pub topic: String,
@@ -28,8 +34,7 @@ pub struct TailOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TailError {
-    #[error("topic `{0}` does not exist (run `scheduled-jobs topics apply`?)")]
-    NoSuchTopic(String),
+    /// Kafka failed, or the topic is missing ([`KafkaClientError::NoSuchTopic`]).
     #[error(transparent)]
     Kafka(#[from] KafkaClientError),
     #[error(transparent)]
@@ -77,7 +82,8 @@ pub async fn tail(settings: &Settings, opts: &TailOptions, out: &mut impl Write)
     let md = kafka::metadata(settings, Some(&opts.topic), Duration::from_secs(10))?;
     let topic = md.topics().iter().find(|t| t.name() == opts.topic).filter(|t| t.error().is_none() && !t.partitions().is_empty());
     let Some(topic) = topic else {
-        return Err(TailError::NoSuchTopic(opts.topic.clone()));
+        // The operator named the topic: it may be a typo rather than one to create.
+        return Err(KafkaClientError::NoSuchTopic { topic: opts.topic.clone(), hint: MAYBE_TOPICS_APPLY }.into());
     };
     let mut cfg = kafka::client_config(settings, Role::Consumer);
     // A group id is required by librdkafka's consumer; nothing is ever committed under it.

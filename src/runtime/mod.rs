@@ -1,11 +1,12 @@
 //! The long-running processes and what they need to run: the processor (`run`), the tick
 //! producer (`tick`), the pause state the processor obeys (`pause`/`resume` write it), their
-//! `/metrics`, `/healthz` and `/readyz` endpoint, graceful shutdown, and the fault points of
-//! the crash tests.
+//! `/metrics`, `/healthz` and `/readyz` endpoint, graceful shutdown, the backoff they wait out
+//! transient failures with, and the fault points of the crash tests.
 
 pub mod control;
 pub mod fault;
 pub mod metrics;
 pub mod processor;
+pub mod retry;
 pub mod shutdown;
 pub mod tick;

@@ -22,18 +22,18 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use rdkafka::{Offset, TopicPartitionList};
 
 use crate::kafka::codec::{Codec, CodecError};
 use crate::config::{job_key, CatchUp, ConfigError, Settings, Topic};
 use crate::error::ErrorClass;
+use crate::kafka::read::{self, BoundedRead, ReadError};
 use crate::kafka::{self, KafkaClientError, Role};
 use crate::runtime::metrics::Metrics;
+use crate::runtime::retry::{self, Backoff};
 use crate::schedule::{Schedule, ScheduleError};
 use crate::wire::tick::{Tick, Trigger};
 
@@ -59,10 +59,9 @@ pub enum TickError {
     Schedule { key: String, source: ScheduleError },
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("topic `{0}` does not exist (run `scheduled-jobs topics apply`)")]
-    NoSuchTopic(String),
     #[error("tick topic `{topic}` is unavailable: {message}")]
     Unavailable { topic: String, message: String },
+    /// Kafka failed, or the tick topic is missing ([`KafkaClientError::NoSuchTopic`]).
     #[error(transparent)]
     Kafka(#[from] KafkaClientError),
     #[error(transparent)]
@@ -236,29 +235,19 @@ impl TickProducer {
             })
             .await?,
         );
-        // All watermarks before the first assignment: once a partition is assigned, the
-        // broker answers offset requests only after the consumer's pending long-poll fetch.
+        // All watermarks before the first assignment (see `read::watermarks`).
         let (c, t) = (consumer.clone(), topic.clone());
         let watermarks = blocking(move || {
-            partitions
-                .into_iter()
-                .map(|p| {
-                    let (low, high) = c
-                        .fetch_watermarks(&t, p, KAFKA_TIMEOUT)
-                        .map_err(|e| KafkaClientError::kafka("fetch watermarks", e))?;
-                    Ok((p, low, high))
-                })
-                .collect::<Result<Vec<_>, TickError>>()
+            read::watermarks(&c, &t, partitions, KAFKA_TIMEOUT).map_err(|e| KafkaClientError::kafka("fetch watermarks", e).into())
         })
         .await?;
-        for (partition, low, high) in watermarks {
+        for (partition, (low, high)) in watermarks {
             let mut seen: BTreeSet<String> = BTreeSet::new();
             let mut hi = high;
             while hi > low && seen.len() < wanted.len() {
                 let lo = (hi - HISTORY_WINDOW).max(low);
                 let (c, t) = (consumer.clone(), topic.clone());
-                let at_end = hi == high;
-                let payloads = blocking(move || read_window(&c, &t, partition, lo, hi, at_end)).await?;
+                let payloads = blocking(move || read_window(&c, &t, partition, lo, hi)).await?;
                 for payload in payloads {
                     // Anything that is not a tick we understand is not history: skip it.
                     let Ok(decoded) = self.publisher.codec.decode(&payload).await else { continue };
@@ -333,30 +322,26 @@ impl TickProducer {
 /// (configuration, authorization, a fatal producer error) end it with the error.
 pub async fn run_producer(settings: &Settings, metrics: &Metrics, shutdown: impl Future<Output = ()>) -> Result<(), TickError> {
     tokio::pin!(shutdown);
-    let mut backoff = BACKOFF_MIN;
+    // One backoff for the whole run: failures right after start-up keep waiting longer.
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     let started = std::time::Instant::now();
     let grace = Duration::from_secs(settings.kafka.missing_topic_grace_secs);
-    let mut producer = loop {
-        let attempt = async {
+    let attempt = || async {
+        let start = async {
             let mut p = TickProducer::new(settings).await?;
             p.publisher.metrics = metrics.clone();
             p.start(Utc::now()).await?;
             Ok::<_, TickError>(p)
         };
-        let result = tokio::select! {
-            r = attempt => r,
-            _ = &mut shutdown => return Ok(()),
-        };
-        match result {
-            Ok(p) => break p,
-            Err(e) => {
-                let e = within_grace(e, started.elapsed(), grace);
-                metrics.set_ready(Err(format!("not started: {e}")));
-                if pause_after(e, &mut backoff, &mut shutdown).await? {
-                    return Ok(());
-                }
-            }
-        }
+        // Every failure is classed after the grace and shown on /readyz, fatal ones too.
+        start.await.map_err(|e| {
+            let e = within_grace(e, started.elapsed(), grace);
+            metrics.set_ready(Err(format!("not started: {e}")));
+            e
+        })
+    };
+    let Some(mut producer) = retry::until_ok(&mut backoff, shutdown.as_mut(), attempt, TickError::class, log_retry).await? else {
+        return Ok(());
     };
     metrics.set_ready(Ok(()));
     tracing::info!(jobs = ?producer.jobs(), next_due = ?producer.next_due().map(|t| t.to_rfc3339()), "tick producer started");
@@ -374,13 +359,14 @@ pub async fn run_producer(settings: &Settings, metrics: &Metrics, shutdown: impl
         };
         match result {
             Ok(_) => {
-                backoff = BACKOFF_MIN;
+                backoff.reset();
                 metrics.set_ready(Ok(()));
             }
             Err(e) => {
                 metrics.tick_failed();
                 metrics.set_ready(Err(format!("publishing failed: {e}")));
-                if pause_after(e, &mut backoff, &mut shutdown).await? {
+                // A fatal error is returned: the caller reports it (the CLI prints it, exits 1).
+                if backoff.wait_out(e, TickError::class, log_retry, shutdown.as_mut()).await? {
                     break;
                 }
             }
@@ -396,7 +382,7 @@ pub async fn run_producer(settings: &Settings, metrics: &Metrics, shutdown: impl
 /// many partitions. After that it is the fatal "does not exist".
 fn within_grace(e: TickError, elapsed: Duration, grace: Duration) -> TickError {
     match e {
-        TickError::NoSuchTopic(topic) if elapsed < grace => TickError::Unavailable {
+        TickError::Kafka(KafkaClientError::NoSuchTopic { topic, .. }) if elapsed < grace => TickError::Unavailable {
             topic,
             message: format!(
                 "reported unknown (a restarting broker does this until it has loaded its logs); \
@@ -408,24 +394,9 @@ fn within_grace(e: TickError, elapsed: Duration, grace: Duration) -> TickError {
     }
 }
 
-/// Fatal errors are returned; a retriable one is logged and waited out (doubling `backoff`).
-/// `Ok(true)` means shutdown was requested while waiting.
-async fn pause_after(
-    e: TickError,
-    backoff: &mut Duration,
-    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Result<bool, TickError> {
-    // The caller reports a fatal error (the CLI prints it and exits 1).
-    if e.class() != ErrorClass::Retry {
-        return Err(e);
-    }
-    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "transient failure, retrying");
-    let wait = *backoff;
-    *backoff = (*backoff * 2).min(BACKOFF_MAX);
-    tokio::select! {
-        _ = tokio::time::sleep(wait) => Ok(false),
-        _ = shutdown.as_mut() => Ok(true),
-    }
+/// A retriable failure is logged before it is waited out.
+fn log_retry(e: &TickError, wait: Duration) {
+    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "transient failure, retrying");
 }
 
 /// `scheduled-jobs trigger`: publishes one MANUAL tick for a configured, enabled job, with a
@@ -518,18 +489,18 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(|e| TickError::Task(e.to_string()))?
 }
 
-/// The tick topic's partitions; [`TickError::NoSuchTopic`] if it does not exist.
+/// The tick topic's partitions; [`KafkaClientError::NoSuchTopic`] if it does not exist.
 async fn tick_partitions(settings: &Settings) -> Result<Vec<i32>, TickError> {
     let settings = settings.clone();
     blocking(move || {
         let topic = settings.topic(Topic::Tick);
         let md = kafka::metadata(&settings, Some(&topic), KAFKA_TIMEOUT)?;
         let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
-            return Err(TickError::NoSuchTopic(topic));
+            return Err(KafkaClientError::no_such_topic(topic).into());
         };
         match t.error().map(RDKafkaErrorCode::from) {
             None if !t.partitions().is_empty() => Ok(t.partitions().iter().map(|p| p.id()).collect()),
-            None | Some(RDKafkaErrorCode::UnknownTopicOrPartition) => Err(TickError::NoSuchTopic(topic)),
+            None | Some(RDKafkaErrorCode::UnknownTopicOrPartition) => Err(KafkaClientError::no_such_topic(topic).into()),
             Some(code) => Err(TickError::Unavailable { topic, message: code.to_string() }),
         }
     })
@@ -537,7 +508,8 @@ async fn tick_partitions(settings: &Settings) -> Result<Vec<i32>, TickError> {
 }
 
 /// The history consumer's context: rdkafka 0.39 also reports every end-of-partition event
-/// (which the scan relies on) to the context as a "global error", logged at ERROR by default.
+/// (which ends a window at the last stable offset) to the context as a "global error", logged
+/// at ERROR by default.
 struct HistoryContext;
 
 impl ClientContext for HistoryContext {
@@ -551,50 +523,28 @@ impl ClientContext for HistoryContext {
 impl ConsumerContext for HistoryContext {}
 
 /// Payloads of the committed records at offsets [lo, hi) of one partition (blocking).
-/// `at_end`: `hi` is the high watermark, so the window also waits for the end-of-partition
-/// event (consuming it here instead of leaving it to surface as a "global error" later).
+/// Control records and aborted transactions leave gaps: the position passing `hi`, a record
+/// at or past it, or the end of the partition (the last stable offset) ends the window too.
 fn read_window(
     consumer: &BaseConsumer<HistoryContext>,
     topic: &str,
     partition: i32,
     lo: i64,
     hi: i64,
-    at_end: bool,
 ) -> Result<Vec<Vec<u8>>, TickError> {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(lo)).map_err(|e| KafkaClientError::kafka("assign", e))?;
-    consumer.assign(&tpl).map_err(|e| KafkaClientError::kafka("assign", e))?;
     let deadline = Instant::now() + KAFKA_TIMEOUT;
-    let mut out = Vec::new();
-    loop {
-        if Instant::now() >= deadline {
-            return Err(TickError::Unavailable {
+    let records = BoundedRead::assign(consumer, topic, [(partition, lo, hi)], deadline, "read tick history")?
+        .collect()
+        .map_err(|e| match e {
+            ReadError::Kafka(e) => TickError::Kafka(e),
+            ReadError::Timeout => TickError::Unavailable {
                 topic: topic.into(),
                 message: format!("timed out reading partition {partition} offsets {lo}..{hi}"),
-            });
-        }
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {}
-            // Control records and aborted transactions leave gaps: a record at or past `hi`,
-            // or the end of the partition (the last stable offset), ends the window too.
-            Some(Ok(m)) if m.partition() == partition && m.offset() >= lo => {
-                if m.offset() >= hi {
-                    break;
-                }
-                if let Some(p) = m.payload() {
-                    out.push(p.to_vec());
-                }
-                if m.offset() == hi - 1 && !at_end {
-                    break;
-                }
-            }
-            Some(Ok(_)) => {}
-            Some(Err(KafkaError::PartitionEOF(p))) if p == partition => break,
-            Some(Err(KafkaError::PartitionEOF(_))) => {}
-            Some(Err(e)) => return Err(KafkaClientError::kafka("read tick history", e).into()),
-        }
-    }
-    Ok(out)
+            },
+        })?;
+    // The read hands out what the consumer delivered, which may run past the window (already
+    // read in the one before it, scanning backwards).
+    Ok(records.into_iter().filter(|r| r.partition == partition && (lo..hi).contains(&r.offset)).filter_map(|r| r.payload).collect())
 }
 
 #[cfg(test)]
@@ -685,16 +635,16 @@ mod tests {
         ));
         assert_eq!(timed_out.class(), ErrorClass::Retry);
         assert_eq!(TickError::Unavailable { topic: "t".into(), message: "m".into() }.class(), ErrorClass::Retry);
-        assert_eq!(TickError::NoSuchTopic("t".into()).class(), ErrorClass::Fatal);
+        assert_eq!(TickError::from(KafkaClientError::no_such_topic("t")).class(), ErrorClass::Fatal);
     }
 
     #[test]
     fn an_unknown_tick_topic_is_retried_only_within_the_start_up_grace() {
         let grace = Duration::from_secs(120);
-        let early = within_grace(TickError::NoSuchTopic("t".into()), Duration::from_secs(5), grace);
+        let early = within_grace(KafkaClientError::no_such_topic("t").into(), Duration::from_secs(5), grace);
         assert_eq!(early.class(), ErrorClass::Retry);
         assert!(early.to_string().contains("missing_topic_grace_secs"), "{early}");
-        let late = within_grace(TickError::NoSuchTopic("t".into()), Duration::from_secs(121), grace);
+        let late = within_grace(KafkaClientError::no_such_topic("t").into(), Duration::from_secs(121), grace);
         assert_eq!(late.class(), ErrorClass::Fatal);
         assert!(late.to_string().contains("does not exist"), "{late}");
         let other = within_grace(TickError::NotStarted, Duration::ZERO, grace);

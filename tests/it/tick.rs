@@ -10,7 +10,7 @@ use chrono_tz::Tz;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use scheduled_jobs::kafka::codec::Codec;
 use scheduled_jobs::config::{CatchUp, Settings, Topic};
-use scheduled_jobs::kafka::{client_config, Role};
+use scheduled_jobs::kafka::{client_config, KafkaClientError, Role};
 use scheduled_jobs::runtime::tick::{trigger, TickError, TickProducer};
 use scheduled_jobs::wire::tick::{Tick, Trigger};
 
@@ -320,7 +320,7 @@ async fn run_producer_ends_with_an_error_when_the_tick_topic_is_missing() {
     let metrics = scheduled_jobs::runtime::metrics::Metrics::new();
     let err = scheduled_jobs::runtime::tick::run_producer(&s, &metrics, std::future::pending()).await.unwrap_err();
     assert!(started.elapsed() >= std::time::Duration::from_secs(2), "gave up after {:?}", started.elapsed());
-    assert!(matches!(err, TickError::NoSuchTopic(_)), "{err:?}");
+    assert!(matches!(err, TickError::Kafka(KafkaClientError::NoSuchTopic { .. })), "{err:?}");
     assert!(metrics.readiness().is_err(), "a producer that never started is not ready");
     assert!(err.to_string().contains("topics apply"), "{err}");
 }

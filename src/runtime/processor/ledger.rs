@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::kafka::codec::Codec;
 use crate::config::{Settings, Topic};
+use crate::kafka::read::{self, BoundedRead, Polled, ReadError};
 use crate::kafka::{self, KafkaClientError, Role};
 use crate::wire::internal::LedgerEntry;
 
@@ -95,52 +95,41 @@ impl LedgerView {
 
     /// Reads the ledger up to its current end. Under read_committed the position cannot pass
     /// an open transaction, so this also waits for the previous owner's in-flight commit or
-    /// abort (bounded by the transaction timeout).
+    /// abort (bounded by the transaction timeout). The view's consumer has no end-of-partition
+    /// events: only the position passing the high watermark ends the read, so an open
+    /// transaction is waited for rather than stopped at.
     pub async fn catch_up(&mut self, timeout: Duration) -> Result<usize, LedgerError> {
         let deadline = Instant::now() + timeout;
         let assignment = self.consumer.assignment().map_err(|e| KafkaClientError::kafka("ledger assignment", e))?;
-        let mut targets: HashMap<i32, i64> = HashMap::new();
-        for el in assignment.elements() {
-            let (_, high) = self
-                .consumer
-                .fetch_watermarks(&self.topic, el.partition(), Duration::from_secs(10))
-                .map_err(|e| match e.rdkafka_error_code() {
-                    // The partition was in the metadata a moment ago: a broker still loading
-                    // after a restart answers this way. Retried, not fatal.
-                    Some(RDKafkaErrorCode::UnknownPartition | RDKafkaErrorCode::UnknownTopicOrPartition) => {
-                        KafkaClientError::kafka("ledger watermarks", KafkaError::MetadataFetch(RDKafkaErrorCode::LeaderNotAvailable))
-                    }
-                    _ => KafkaClientError::kafka("ledger watermarks", e),
-                })?;
-            targets.insert(el.partition(), high);
-        }
+        let partitions = assignment.elements().iter().map(|el| el.partition()).collect::<Vec<_>>();
+        let ends = read::watermarks(&self.consumer, &self.topic, partitions, Duration::from_secs(10))
+            .map_err(|e| match e.rdkafka_error_code() {
+                // The partition was in the metadata a moment ago: a broker still loading
+                // after a restart answers this way. Retried, not fatal.
+                Some(RDKafkaErrorCode::UnknownPartition | RDKafkaErrorCode::UnknownTopicOrPartition) => {
+                    KafkaClientError::kafka("ledger watermarks", KafkaError::MetadataFetch(RDKafkaErrorCode::LeaderNotAvailable))
+                }
+                _ => KafkaClientError::kafka("ledger watermarks", e),
+            })?
+            .into_iter()
+            .map(|(p, (_, high))| (p, high))
+            .collect();
+        let mut reader = BoundedRead::resume(&self.consumer, &self.topic, ends, deadline, "ledger read");
         let mut read = 0;
         loop {
-            let positions = self.consumer.position().ok();
-            let done = targets.iter().all(|(p, high)| {
-                let at = positions
-                    .as_ref()
-                    .and_then(|pos| pos.find_partition(&self.topic, *p))
-                    .map(|e| e.offset());
-                *high == 0 || matches!(at, Some(Offset::Offset(o)) if o >= *high)
-            });
-            if done {
-                return Ok(read);
-            }
-            if Instant::now() > deadline {
-                return Err(LedgerError::Timeout(timeout));
-            }
-            // Copy what is needed out of the borrowed message before any await.
-            let (key, payload) = match self.consumer.poll(Duration::from_millis(50)) {
-                None => {
+            let record = match reader.poll() {
+                Ok(Polled::Done) => return Ok(read),
+                Ok(Polled::Idle) => {
+                    // The poll blocked this worker briefly: let other tasks run.
                     tokio::task::yield_now().await;
                     continue;
                 }
-                Some(Err(e)) => return Err(KafkaClientError::kafka("ledger read", e).into()),
-                Some(Ok(m)) => (m.key().map(|k| String::from_utf8_lossy(k).into_owned()), m.payload().map(|p| p.to_vec())),
+                Ok(Polled::Record(r)) => r,
+                Err(ReadError::Timeout) => return Err(LedgerError::Timeout(timeout)),
+                Err(ReadError::Kafka(e)) => return Err(e.into()),
             };
             read += 1;
-            match (key, payload) {
+            match (record.key.map(|k| String::from_utf8_lossy(&k).into_owned()), record.payload) {
                 (Some(k), None) => {
                     self.entries.remove(&k);
                 }

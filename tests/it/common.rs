@@ -4,7 +4,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use scheduled_jobs::config::Settings;
+use scheduled_jobs::config::{Settings, Topic};
 use scheduled_jobs::kafka::topics::TopicSpec;
 use scheduled_jobs::wire::internal::WorkItem;
 use sqlx::PgPool;
@@ -193,6 +193,14 @@ pub fn guarded<F: std::future::Future<Output = ()>>(name: &str, limit: Duration,
 /// Every record of `topic` as (partition, key, payload), read from the beginning until each
 /// partition reports end-of-partition, with the given `isolation.level`.
 pub fn read_all(settings: &Settings, topic: &str, isolation: &str) -> Vec<(i32, Option<Vec<u8>>, Option<Vec<u8>>)> {
+    read_records(settings, topic, isolation).into_iter().map(|(partition, _, key, payload)| (partition, key, payload)).collect()
+}
+
+/// A record as (partition, offset, key, payload).
+type Record = (i32, i64, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// [`read_all`] with each record's offset.
+fn read_records(settings: &Settings, topic: &str, isolation: &str) -> Vec<Record> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::error::KafkaError;
     use rdkafka::message::Message;
@@ -203,8 +211,7 @@ pub fn read_all(settings: &Settings, topic: &str, isolation: &str) -> Vec<(i32, 
         .set("isolation.level", isolation)
         .set("enable.partition.eof", "true");
     let consumer: BaseConsumer = cfg.create().expect("reader");
-    let md = consumer.fetch_metadata(Some(topic), WAIT).expect("metadata");
-    let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let partitions = partitions_of(&consumer, topic);
     let mut tpl = rdkafka::TopicPartitionList::new();
     for p in &partitions {
         tpl.add_partition_offset(topic, *p, rdkafka::Offset::Beginning).unwrap();
@@ -219,7 +226,7 @@ pub fn read_all(settings: &Settings, topic: &str, isolation: &str) -> Vec<(i32, 
             None => {}
             Some(Ok(m)) => {
                 at_end.remove(&m.partition());
-                out.push((m.partition(), m.key().map(|k| k.to_vec()), m.payload().map(|p| p.to_vec())));
+                out.push((m.partition(), m.offset(), m.key().map(|k| k.to_vec()), m.payload().map(|p| p.to_vec())));
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 at_end.insert(p);
@@ -229,6 +236,133 @@ pub fn read_all(settings: &Settings, topic: &str, isolation: &str) -> Vec<(i32, 
         }
     }
     out
+}
+
+fn partitions_of(consumer: &rdkafka::consumer::BaseConsumer, topic: &str) -> Vec<i32> {
+    use rdkafka::consumer::Consumer;
+    let md = consumer.fetch_metadata(Some(topic), WAIT).expect("metadata");
+    md.topics()[0].partitions().iter().map(|p| p.id()).collect()
+}
+
+/// A consumer that never joins a group (it only looks offsets up), reading with `isolation`;
+/// `group` is whose committed offsets it can look up.
+fn looker(settings: &Settings, group: &str, isolation: &str) -> rdkafka::consumer::BaseConsumer {
+    let mut cfg = scheduled_jobs::kafka::client_config(settings, scheduled_jobs::kafka::Role::Consumer);
+    cfg.set("group.id", group).set("isolation.level", isolation);
+    cfg.create().expect("consumer")
+}
+
+/// Runs blocking Kafka look-ups off the async workers; a failed wait fails the test with
+/// its own message.
+async fn off_the_workers<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// Polls `check` (every 200 ms, the poll interval of this bounded wait) until it reports
+/// nothing left to wait for; fails after [`WAIT`] with `what` and the last report.
+fn wait_until_empty(what: &str, mut check: impl FnMut() -> Vec<String>) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let waiting = check();
+        if waiting.is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what} after {WAIT:?}:\n{}", waiting.join("\n"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Partitions of `topics` with a transaction still open: there a read_committed consumer's
+/// end (the last stable offset) is below a read_uncommitted one's (the high watermark).
+fn open_transactions(committed: &rdkafka::consumer::BaseConsumer, uncommitted: &rdkafka::consumer::BaseConsumer, topics: &[String]) -> Vec<String> {
+    use rdkafka::consumer::Consumer;
+    let mut open = Vec::new();
+    for topic in topics {
+        for p in partitions_of(committed, topic) {
+            // The stable offset first: it never passes the high watermark, so equal ends read
+            // in this order mean no transaction was open when the first was read.
+            let (_, stable) = committed.fetch_watermarks(topic, p, WAIT).expect("last stable offset");
+            let (_, high) = uncommitted.fetch_watermarks(topic, p, WAIT).expect("high watermark");
+            if stable < high {
+                open.push(format!("{topic}[{p}]: last stable offset {stable} < high watermark {high}"));
+            }
+        }
+    }
+    open
+}
+
+/// Waits until no transaction is open on `topics`, so a read_committed reader sees everything
+/// written to them so far (rather than sleeping for straggling transactions to land).
+pub async fn settled(settings: &Settings, topics: &[Topic]) {
+    let names: Vec<String> = topics.iter().map(|t| settings.topic(*t)).collect();
+    let s = settings.clone();
+    off_the_workers(move || {
+        let (committed, uncommitted) = (looker(&s, &unique("settled"), "read_committed"), looker(&s, &unique("settled"), "read_uncommitted"));
+        wait_until_empty("transactions still open", || open_transactions(&committed, &uncommitted, &names));
+    })
+    .await
+}
+
+/// Waits until consumer group `group` has committed past every record of `topics` and no
+/// transaction that could add one is open on them: its members have nothing left to consume,
+/// so nothing more can come of those records.
+pub async fn caught_up(settings: &Settings, group: &str, topics: &[Topic]) {
+    use rdkafka::consumer::Consumer;
+    let names: Vec<String> = topics.iter().map(|t| settings.topic(*t)).collect();
+    let (s, group) = (settings.clone(), group.to_string());
+    off_the_workers(move || {
+        let (committed, uncommitted) = (looker(&s, &group, "read_committed"), looker(&s, &unique("settled"), "read_uncommitted"));
+        wait_until_empty(&format!("{group} has not caught up"), || {
+            let mut behind = open_transactions(&committed, &uncommitted, &names);
+            if !behind.is_empty() {
+                return behind;
+            }
+            for topic in &names {
+                // Past a partition's last record (not its end: a commit marker may follow it).
+                let mut ends = std::collections::BTreeMap::new();
+                for (p, offset, _, _) in read_records(&s, topic, "read_committed") {
+                    ends.insert(p, offset + 1);
+                }
+                let mut tpl = rdkafka::TopicPartitionList::new();
+                for p in ends.keys() {
+                    tpl.add_partition(topic, *p);
+                }
+                let at = committed.committed_offsets(tpl, WAIT).expect("committed offsets");
+                for (p, end) in ends {
+                    let offset = at.find_partition(topic, p).map(|e| e.offset());
+                    if !matches!(offset, Some(rdkafka::Offset::Offset(o)) if o >= end) {
+                        behind.push(format!("{topic}[{p}]: committed {offset:?}, records up to offset {}", end - 1));
+                    }
+                }
+            }
+            behind
+        });
+    })
+    .await
+}
+
+/// Waits until consumer group `group` has exactly `n` members, and for `n > 0` has finished
+/// rebalancing (state Stable: each member has its partitions).
+pub async fn group_has_members(settings: &Settings, group: &str, n: usize) {
+    use rdkafka::consumer::Consumer;
+    let (s, group) = (settings.clone(), group.to_string());
+    off_the_workers(move || {
+        let c = looker(&s, &group, "read_committed");
+        wait_until_empty(&format!("consumer group {group} does not have {n} member(s)"), || {
+            let list = c.fetch_group_list(Some(&group), WAIT).expect("describe group");
+            let (members, state) =
+                list.groups().iter().find(|g| g.name() == group).map_or((0, "absent".to_string()), |g| (g.members().len(), g.state().to_string()));
+            if members == n && (n == 0 || state == "Stable") {
+                Vec::new()
+            } else {
+                vec![format!("{members} member(s), state {state}")]
+            }
+        });
+    })
+    .await
 }
 
 /// Settings with a random `topics.prefix`, every topic of topics/ created under it and every

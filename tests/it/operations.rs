@@ -2,12 +2,11 @@
 //! `resume`, `runs list` and `replay` (with its refusal while the group has members).
 
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use scheduled_jobs::config::Settings;
 
-use crate::common::{binary, fresh_db, isolated, repo_root};
+use crate::common::{binary, fresh_db, group_has_members, isolated, repo_root};
 use crate::processor::{drive, processor_on, publish, results, spawn_processor, tick};
 
 /// The binary with `s`'s private topics, group and database.
@@ -129,7 +128,8 @@ async fn replay_is_refused_while_the_group_is_live_and_redoes_no_recorded_run() 
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("active member"), "{}", stderr(&o));
     drop(p);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Its consumer has left: the group has no member any more.
+    group_has_members(&s, &s.processor.group_id, 0).await;
 
     let o = cli(&s, &db, &["replay", "--to-offset", "0", "--dry-run"]);
     assert!(o.status.success());

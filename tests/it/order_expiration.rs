@@ -22,8 +22,8 @@ use scheduled_jobs::wire::derived_id;
 use scheduled_jobs::wire::internal::{Outcome, RunResult, WorkItem};
 use sqlx::PgPool;
 
-use crate::common::{binary, fresh_db, isolated, read_all, repo_root, unique};
-use crate::processor::{drive, processor_on, publish, reset_group, results, test_db, tick};
+use crate::common::{binary, caught_up, fresh_db, isolated, read_all, repo_root, settled, unique};
+use crate::processor::{drive, processor_on, publish, reset_group, results, test_db, tick, work_items};
 
 const JOB: &str = "order-expiration";
 const START_STOCK: i64 = 1_000_000;
@@ -202,15 +202,6 @@ async fn once_each(s: &Settings, topic: Topic) -> BTreeSet<String> {
     per_key.into_keys().collect()
 }
 
-async fn work_items(s: &Settings) -> Vec<WorkItem> {
-    let codec = Codec::new(s).unwrap();
-    let mut out = Vec::new();
-    for (_, _, v) in read_all(s, &s.topic(Topic::WorkItems), "read_committed") {
-        out.push(WorkItem::from_avro(codec.decode(&v.unwrap()).await.unwrap().value).unwrap());
-    }
-    out
-}
-
 fn only_result(r: &[RunResult]) -> &RunResult {
     let mine: Vec<&RunResult> = r.iter().filter(|x| x.job == JOB).collect();
     assert_eq!(mine.len(), 1, "{r:#?}");
@@ -255,6 +246,7 @@ async fn expired_orders_are_cancelled_once_while_payments_race_the_run() {
                     assert!(stock.consume(&o.id).await.unwrap(), "a paid order still had its reservation");
                     won.insert(o.id.clone());
                 }
+                // Spreads the payments over the run (the simulated customers), not a wait.
                 tokio::time::sleep(Duration::from_millis(15)).await;
             }
             won
@@ -455,8 +447,10 @@ async fn a_processor_killed_between_effects_and_commit_leaves_events_and_stock_e
         assert!(Instant::now() < deadline, "the run did not complete after the restart:\n{}", p.tail());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // Let any straggling transaction land before counting for duplicates.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Before counting for duplicates, nothing left that could add an event: the processor
+    // has consumed every tick and work item, and no transaction is open on what is counted.
+    caught_up(&s, &s.processor.group_id, &[Topic::Tick, Topic::WorkItems]).await;
+    settled(&s, &[Topic::OrderCancelled, Topic::OrderExpirationNotification, Topic::RunResults]).await;
     drop(p);
 
     let all = ids(&expired);

@@ -14,10 +14,10 @@ use scheduled_jobs::config::{Settings, Topic};
 use scheduled_jobs::jobs::Registry;
 use scheduled_jobs::kafka::{client_config, Role};
 use scheduled_jobs::runtime::processor::{Processor, Step};
-use scheduled_jobs::wire::internal::{Outcome, RunResult};
+use scheduled_jobs::wire::internal::{Outcome, RunResult, WorkItem};
 use scheduled_jobs::wire::tick::{Tick, Trigger};
 
-use crate::common::{fresh_db, guarded, isolated, read_all, WAIT};
+use crate::common::{caught_up, fresh_db, group_has_members, guarded, isolated, read_all, settled, WAIT};
 
 pub fn tick(job: &str, at: DateTime<Utc>, params: &[(&str, &str)]) -> Tick {
     let mut t = Tick::for_fire_time(job, at, Trigger::Scheduled, Some("test".into()));
@@ -326,10 +326,20 @@ async fn two_processors() {
         })
         .collect();
     let codec = Codec::new(&s).unwrap();
-    for (i, t) in ticks.iter().enumerate() {
-        let bytes = codec.encode(&s.topic(Topic::Tick), t.to_avro()).await.unwrap();
-        publish_raw(&s, &format!("noop-{i}"), &bytes).await;
-    }
+    let producer: FutureProducer = client_config(&s, Role::Producer).create().unwrap();
+    let publish_ticks = |range: std::ops::Range<usize>| {
+        let (s, codec, ticks, producer) = (&s, &codec, &ticks, &producer);
+        async move {
+            for i in range {
+                let bytes = codec.encode(&s.topic(Topic::Tick), ticks[i].to_avro()).await.unwrap();
+                let key = format!("noop-{i}");
+                producer.send(FutureRecord::to(&s.topic(Topic::Tick)).key(&key).payload(&bytes), WAIT).await.unwrap();
+            }
+        }
+    };
+    // Half the work up front; the other half once both instances are members, so there is
+    // work left to share and to move however fast the first one is.
+    publish_ticks(0..4).await;
     let spawn = |p: Processor| {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(p.run(async move {
@@ -344,11 +354,16 @@ async fn two_processors() {
     // One database, as in production: run bookkeeping is shared by all instances.
     let pool = test_db(&s).await;
     let (stop1, h1) = spawn(processor_on(&s1, pool.clone()).await);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The second joins once the first is at work: the rebalance moves partitions to it.
+    chunk_applied_by(&pool, "one").await;
     let (stop2, h2) = spawn(processor_on(&s2, pool.clone()).await);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    // The first leaves mid-way: its partitions move to the second.
+    group_has_members(&s, &s.processor.group_id, 2).await;
+    publish_ticks(4..ticks.len()).await;
+    // The first leaves mid-way, once the second is at work too: its partitions move to the
+    // second.
+    chunk_applied_by(&pool, "two").await;
     stop1.send(()).unwrap();
+    eprintln!("the first left with {} of {} runs finished", results(&s).await.len(), ticks.len());
     tokio::time::timeout(Duration::from_secs(90), h1).await.expect("first processor stops").unwrap().unwrap();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -358,9 +373,12 @@ async fn two_processors() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Nothing left that could add a result: the group has consumed every tick and work item;
+    // and once the second has stopped, no transaction is open on the results.
+    caught_up(&s, &s.processor.group_id, &[Topic::Tick, Topic::WorkItems]).await;
     stop2.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(90), h2).await.expect("second processor stops").unwrap().unwrap();
+    settled(&s, &[Topic::RunResults]).await;
     let r = results(&s).await;
     let mut ids: Vec<&str> = r.iter().map(|x| x.tick_id.as_str()).collect();
     ids.sort();
@@ -420,6 +438,37 @@ pub fn spawn_processor(s: &Settings, database: &str, env: &[(&str, &str)]) -> st
     cmd.spawn().expect("spawn scheduled-jobs run")
 }
 
+/// Every committed work item (chunks and seals).
+pub async fn work_items(s: &Settings) -> Vec<WorkItem> {
+    let codec = Codec::new(s).unwrap();
+    let mut out = Vec::new();
+    for (_, _, v) in read_all(s, &s.topic(Topic::WorkItems), "read_committed") {
+        out.push(WorkItem::from_avro(codec.decode(&v.unwrap()).await.unwrap().value).unwrap());
+    }
+    out
+}
+
+/// Returns once the wall clock is past `instant` (the sleep is bounded by the very moment
+/// waited for, not a guess at how long something takes).
+async fn past(instant: DateTime<Utc>) {
+    while Utc::now() <= instant {
+        tokio::time::sleep((instant - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(1)).await;
+    }
+}
+
+/// Waits until instance `instance` has applied (or started) a chunk.
+async fn chunk_applied_by(pool: &sqlx::PgPool, instance: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM job_run_chunks WHERE applied_by = $1").bind(instance).fetch_one(pool).await.unwrap();
+        if n > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "instance {instance} applied no chunk within 90 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until `n` run results are committed.
 pub async fn wait_for_results(s: &Settings, n: usize, within: Duration) -> Vec<RunResult> {
     let deadline = Instant::now() + within;
@@ -451,8 +500,10 @@ async fn a_chunk_killed_before_its_commit_is_completed_even_after_the_deadline()
     let started: i64 = sqlx::query_scalar("SELECT count(*) FROM job_run_chunks").fetch_one(&pool).await.unwrap();
     assert!((1..=2).contains(&started), "{started} chunks started");
     assert!(results(&s).await.is_empty());
-    // Restart past the run's deadline: the started chunks complete, the others time out.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Restart past the run's deadline (planned + the 3 s timeout, on this machine's clock as
+    // the processor's): the started chunks complete, the others time out.
+    let planned = work_items(&s).await.first().expect("the plan was committed").planned_at;
+    past(planned + TimeDelta::seconds(3)).await;
     let mut second = spawn_processor(&s, &database, &[("SJ_JOBS__NOOP__TIMEOUT_SECS", "3")]);
     let r = wait_for_results(&s, 1, Duration::from_secs(60)).await;
     second.kill().ok();

@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::StreamExt;
@@ -505,12 +505,18 @@ async fn a_sync_under_concurrent_orders_overwrites_nothing_and_converges() {
                         _ => {}
                     }
                 }
+                // The load's pace (think time between a customer's actions), not a wait.
                 tokio::time::sleep(Duration::from_millis(rng.next(20))).await;
             }
         }));
     }
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The sync starts with the load under way: orders placed, some settled, some waiting.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while placed.load(Ordering::SeqCst) < 20 {
+        assert!(Instant::now() < deadline, "the load placed only {} orders", placed.load(Ordering::SeqCst));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     e.sync(minutes_ago(10)).await;
     stop.store(true, Ordering::SeqCst);
     for w in workers {

@@ -290,6 +290,7 @@ async fn run_producer_publishes_on_the_wall_clock_and_stops_on_shutdown() {
     let mut s = only("noop", "* * * * * *", CatchUp::Latest, 1).await;
     s.scheduler.producer_id = "tick-loop-test".into();
     let started = Utc::now();
+    // The sleep is the shutdown signal: the span of wall clock under test, not a wait.
     scheduled_jobs::runtime::tick::run_producer(&s, &scheduled_jobs::runtime::metrics::Metrics::new(), tokio::time::sleep(std::time::Duration::from_millis(3500))).await.unwrap();
     let ticks: Vec<Tick> = ticks_on_topic(&s).await.into_iter().map(|(_, _, t)| t).collect();
     assert!(!ticks.is_empty() && ticks.len() <= 4, "{ticks:?}");

@@ -61,7 +61,12 @@ async fn apply_is_idempotent_grows_and_refuses_to_shrink() {
     let grown = apply(&s, &specs, false).await.unwrap();
     assert!(grown.changes.contains(&Change::GrewPartitions { name: a.clone(), from: 2, to: 4 }), "{grown}");
     assert!(grown.changes.iter().any(|c| matches!(c, Change::SetConfig { key, .. } if key == "retention.ms")), "{grown}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Metadata and configs show the change once the broker has propagated it.
+    let deadline = std::time::Instant::now() + WAIT;
+    while partitions(&s, &a) != 4 || config_value(&s, &a, "retention.ms").await.as_deref() != Some("7200000") {
+        assert!(std::time::Instant::now() < deadline, "{a} not grown to 4 partitions with the new retention within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(partitions(&s, &a), 4);
     assert_eq!(config_value(&s, &a, "retention.ms").await.as_deref(), Some("7200000"));
     assert!(apply(&s, &specs, false).await.unwrap().changes.is_empty());

@@ -7,7 +7,7 @@
 //! the commit on a blocking thread, so the processor prepares the next record meanwhile. Its
 //! ledger entries are written through at once (a twin tick queued behind must see them) and
 //! taken back if that commit fails. Everything that fails takes one way back:
-//! [`Committer::reset`], called only by the processor's reset path.
+//! [`Committer::reset`], called by the processor's reset path (and when it stops).
 //!
 //! States: `Idle` (no transaction), `Open` (begun; a failure before the commit started, or a
 //! commit that failed, leaves it open until aborted) and `Committing` (a commit in flight,

@@ -20,7 +20,9 @@
 //! while the current one is applied (`ahead.rs`). Kafka sees the records, and their offsets,
 //! strictly in order. Any failure takes the one reset path, `Processor::reset`: stop effects
 //! started ahead, abort, seek back to the first record not committed, retry after a pause.
-//! Only configuration, authorization and fencing errors stop the processor.
+//! Only errors classed fatal stop the processor: configuration, authorization, fencing, and a
+//! bookkeeping statement that cannot succeed (e.g. migrations not applied). A job's own
+//! errors never do: a transient one is retried, any other fails its run.
 
 mod ahead;
 pub mod bookkeeping;

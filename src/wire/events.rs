@@ -258,18 +258,25 @@ pub struct StockSyncAlert {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SyncAction {
+    /// Redis now holds the expected value (the repair's compare-and-set was applied).
     RedisRestored,
+    /// Nothing was written: a person must look (invalid DB value, non-integer counter).
     ManualReviewRequired,
+    /// The repair was not made by this run — Redis moved between confirmation and the
+    /// compare-and-set, or an earlier attempt's mismatch could not be confirmed again — and is
+    /// left for the next run.
+    RepairDeferred,
 }
 
 impl SyncAction {
-    pub const ALL: [SyncAction; 2] = [SyncAction::RedisRestored, SyncAction::ManualReviewRequired];
+    pub const ALL: [SyncAction; 3] = [SyncAction::RedisRestored, SyncAction::ManualReviewRequired, SyncAction::RepairDeferred];
 
     /// The schema's symbol, also how `stock_sync_mismatches.action` stores it.
     pub fn as_str(self) -> &'static str {
         match self {
             SyncAction::RedisRestored => "REDIS_RESTORED",
             SyncAction::ManualReviewRequired => "MANUAL_REVIEW_REQUIRED",
+            SyncAction::RepairDeferred => "REPAIR_DEFERRED",
         }
     }
 
@@ -872,7 +879,7 @@ mod tests {
                         },
                     ),
                     ("discrepancy".into(), Value::Int(i32::MIN)),
-                    ("action".into(), enum_value(&["REDIS_RESTORED", "MANUAL_REVIEW_REQUIRED"], "MANUAL_REVIEW_REQUIRED")),
+                    ("action".into(), enum_value(&["REDIS_RESTORED", "MANUAL_REVIEW_REQUIRED", "REPAIR_DEFERRED"], "MANUAL_REVIEW_REQUIRED")),
                     ("severity".into(), enum_value(&["LOW", "MEDIUM", "HIGH", "CRITICAL"], "CRITICAL")),
                     ("detectedAt".into(), ts(a.detected_at)),
                     ("cause".into(), Value::String("REDIS_DRIFT".into())),

@@ -49,11 +49,18 @@ pub struct JobCtx {
     pub settings: JobSettings,
 }
 
-/// One applied chunk: the records to emit and counters for the run result.
+/// One applied chunk (or part of one): the records to emit and counters for the run result.
 #[derive(Debug, Clone, Default)]
 pub struct ChunkOutput {
     pub records: Vec<Emit>,
     pub counts: BTreeMap<String, i64>,
+    /// More records follow (they would not fit one transaction): the processor commits these
+    /// with a continuation of the chunk — the same work item with `resume_after` = this cursor
+    /// and the counts so far — and the job's `apply` of that continuation emits the next
+    /// records *without repeating any effect*. The chunk completes with the part that returns
+    /// `None`. Records must be derived from durable state in a fixed order, so a retried part
+    /// emits the same ones.
+    pub more: Option<String>,
 }
 
 /// What can go wrong in a job. The processor acts on [`JobError::is_transient`]: a transient

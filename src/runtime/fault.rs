@@ -1,12 +1,48 @@
 //! Fault points for crash tests: with the `fault-injection` feature (enabled only for this
 //! crate's own tests), a point named in `SJ_FAULT_POINT` kills the process with SIGKILL when
 //! reached — optionally only for the job in `SJ_FAULT_JOB` and after `SJ_FAULT_AFTER` earlier
-//! hits. Without the feature every point compiles to nothing.
+//! hits. Pause points hold the work that reaches them for keys a test registered
+//! ([`pause_at`]), so the test can act in a window that is otherwise microseconds wide.
+//! Without the feature every point compiles to nothing.
 
 /// Right before the transaction of an applied chunk (not the seal) commits: its effects are done.
 pub const BEFORE_APPLY_COMMIT: &str = "before-apply-commit";
 /// Right before the transaction of a planned run commits.
 pub const BEFORE_PLAN_COMMIT: &str = "before-plan-commit";
+/// A pause point: stock-sync has recorded a group of confirmed mismatches and is about to
+/// repair them (keys: product ids).
+pub const BEFORE_STOCK_REPAIR: &str = "before-stock-repair";
+
+#[cfg(feature = "fault-injection")]
+static PAUSES: std::sync::Mutex<Vec<(&'static str, String, std::time::Duration)>> = std::sync::Mutex::new(Vec::new());
+
+/// Work reaching pause point `name` for a key equal to `key` waits `pause` there (tests).
+#[cfg(feature = "fault-injection")]
+pub fn pause_at(name: &'static str, key: impl Into<String>, pause: std::time::Duration) {
+    if let Ok(mut p) = PAUSES.lock() {
+        p.push((name, key.into(), pause));
+    }
+}
+
+/// Waits at pause point `name` as long as the longest pause registered for one of `keys`.
+#[cfg(feature = "fault-injection")]
+pub async fn pause<'a>(name: &str, keys: impl IntoIterator<Item = &'a str>) {
+    let wait = match PAUSES.lock() {
+        Ok(p) if !p.is_empty() => {
+            let keys: Vec<&str> = keys.into_iter().collect();
+            p.iter().filter(|(n, k, _)| *n == name && keys.contains(&k.as_str())).map(|(_, _, d)| *d).max()
+        }
+        _ => None,
+    };
+    if let Some(d) = wait {
+        tracing::warn!(point = name, ms = d.as_millis() as u64, "pause point reached: waiting");
+        tokio::time::sleep(d).await;
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub async fn pause<'a>(_name: &str, _keys: impl IntoIterator<Item = &'a str>) {}
 
 #[cfg(feature = "fault-injection")]
 pub fn point(name: &str, job: &str) {

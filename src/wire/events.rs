@@ -115,6 +115,7 @@ static ORDER_CANCELLED: Avsc = Avsc::new("OrderCancelled.avsc", include_str!("..
 static ORDER_EXPIRATION_NOTIFICATION: Avsc =
     Avsc::new("OrderExpirationNotification.avsc", include_str!("../../avro/OrderExpirationNotification.avsc"));
 static STOCK_SYNC_ALERT: Avsc = Avsc::new("StockSyncAlert.avsc", include_str!("../../avro/StockSyncAlert.avsc"));
+static STOCK_SYNC_RUN_SUMMARY: Avsc = Avsc::new("StockSyncRunSummary.avsc", include_str!("../../avro/StockSyncRunSummary.avsc"));
 static DAILY_STATISTICS: Avsc = Avsc::new("DailyStatistics.avsc", include_str!("../../avro/DailyStatistics.avsc"));
 static JOB_REPORT: Avsc = Avsc::new("JobReport.avsc", include_str!("../../avro/JobReport.avsc"));
 
@@ -250,8 +251,48 @@ pub struct StockSyncAlert {
     /// `INVALID_DB_VALUE` or `UNKNOWN` (a string in the schema, not an enum).
     pub cause: String,
     pub run_id: String,
-    /// Mismatches the run found in total; above the urgent threshold every alert is CRITICAL.
+    /// Always 0 since alerts leave with their range, before the run's total is known (kept
+    /// for wire compatibility): the total and the urgency are in [`StockSyncRunSummary`].
     pub mismatches_in_run: i32,
+}
+
+/// `stock.sync.run.summary` (`StockSyncRunSummary.avsc`): one per stock-sync run — urgent or
+/// not, what it found by cause and what was done. Key: `runId`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StockSyncRunSummary {
+    /// Deterministic UUIDv5 of the run.
+    pub event_id: String,
+    #[serde(with = "ts_milliseconds")]
+    pub event_timestamp: DateTime<Utc>,
+    pub run_id: String,
+    /// The fire time the run stands for.
+    pub period: String,
+    /// More than `urgent_after_mismatches` mismatches.
+    pub urgent: bool,
+    /// CRITICAL when urgent, else from what the alerts report.
+    pub severity: Severity,
+    pub urgent_after_mismatches: i32,
+    /// The number of the run's alerts.
+    pub mismatches: i64,
+    /// Mismatches per cause symbol.
+    pub mismatches_by_cause: BTreeMap<String, i64>,
+    /// Alerts reporting `REDIS_RESTORED`, `REPAIR_DEFERRED`, `MANUAL_REVIEW_REQUIRED`.
+    pub restored: i64,
+    pub deferred: i64,
+    pub manual_review: i64,
+}
+
+impl Event for StockSyncRunSummary {
+    const TOPIC: Topic = Topic::StockSyncRunSummary;
+
+    fn schema() -> &'static Avsc {
+        &STOCK_SYNC_RUN_SUMMARY
+    }
+
+    fn key(&self) -> String {
+        self.run_id.clone()
+    }
 }
 
 /// What the run did about a mismatch (`SyncAction`).

@@ -22,6 +22,11 @@ pub struct WorkItem {
     pub parameters: BTreeMap<String, String>,
     pub scheduled_at: DateTime<Utc>,
     pub planned_at: DateTime<Utc>,
+    /// `None` for a chunk's first part; for a continuation, the job's cursor after the records
+    /// its previous part emitted (see [`crate::jobs::ChunkOutput::more`]).
+    pub resume_after: Option<String>,
+    /// A continuation's counts from the chunk's earlier parts.
+    pub carried_counts: BTreeMap<String, i64>,
 }
 
 impl WorkItem {
@@ -42,6 +47,8 @@ impl WorkItem {
             ("parameters".into(), string_map(&self.parameters)),
             ("scheduledAt".into(), ts(self.scheduled_at)),
             ("plannedAt".into(), ts(self.planned_at)),
+            ("resumeAfter".into(), opt_string(&self.resume_after)),
+            ("carriedCounts".into(), long_map(&self.carried_counts)),
         ])
     }
 
@@ -59,6 +66,8 @@ impl WorkItem {
             parameters: f.string_map("parameters")?,
             scheduled_at: f.timestamp("scheduledAt")?,
             planned_at: f.timestamp("plannedAt")?,
+            resume_after: f.opt_string("resumeAfter")?,
+            carried_counts: f.long_map("carriedCounts")?,
         })
     }
 }

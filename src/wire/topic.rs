@@ -18,6 +18,7 @@ impl Topic {
     pub const OrderCancelled: Topic = Topic::named("order.cancelled");
     pub const OrderExpirationNotification: Topic = Topic::named("order.expiration.notification");
     pub const StockSyncAlert: Topic = Topic::named("stock.sync.alert");
+    pub const StockSyncRunSummary: Topic = Topic::named("stock.sync.run.summary");
     pub const DailyStatistics: Topic = Topic::named("daily.statistics");
     pub const JobReport: Topic = Topic::named("job.report");
 }

@@ -59,6 +59,8 @@ pub fn work_item(job: &str, run_id: &str, index: i32, ids: Vec<String>, at: Date
         parameters: Default::default(),
         scheduled_at: at,
         planned_at: at,
+        resume_after: None,
+        carried_counts: Default::default(),
     }
 }
 

@@ -201,6 +201,19 @@ async fn alerts(s: &Settings) -> Vec<Json> {
     out
 }
 
+/// Committed run summaries, decoded to JSON.
+async fn summaries(s: &Settings) -> Vec<Json> {
+    let codec = Codec::new(s).unwrap();
+    let mut out = Vec::new();
+    for (_, key, value) in read_all(s, &s.topic(Topic::StockSyncRunSummary), "read_committed") {
+        let d = codec.decode(&value.unwrap()).await.unwrap();
+        let json = scheduled_jobs::wire::avro::to_json(&d.value, &d.schema);
+        assert_eq!(key.as_deref(), json["runId"].as_str().map(str::as_bytes), "key is the runId");
+        out.push(json);
+    }
+    out
+}
+
 fn by_product(alerts: &[Json]) -> BTreeMap<String, Json> {
     alerts.iter().map(|a| (a["productId"].as_str().unwrap().to_string(), a.clone())).collect()
 }
@@ -243,6 +256,17 @@ async fn each_cause_is_detected_classified_and_repaired_except_an_invalid_db_val
     let c = |k: &str| run.counts.get(k).copied().unwrap_or(-1);
     assert_eq!((c("products"), c("chunks")), (9, 3), "nine products in ranges of three: {run:?}");
     assert_eq!((c("mismatches"), c("repaired"), c("manualReview"), c("casRefused"), c("urgent")), (6, 4, 2, 0, 0), "{run:?}");
+    assert_eq!((c("restored"), c("deferred")), (4, 0), "{run:?}");
+    let summary = summaries(&e.s).await;
+    assert_eq!(summary.len(), 1, "one summary per run: {summary:#?}");
+    let sm = &summary[0];
+    assert_eq!((sm["runId"].as_str(), sm["urgent"].as_bool(), sm["severity"].as_str()), (Some(run.run_id.as_str()), Some(false), Some("HIGH")), "{sm}");
+    assert_eq!((sm["mismatches"].as_i64(), sm["restored"].as_i64(), sm["deferred"].as_i64(), sm["manualReview"].as_i64()), (Some(6), Some(4), Some(0), Some(2)), "{sm}");
+    assert_eq!(
+        sm["mismatchesByCause"],
+        serde_json::json!({"REDIS_KEY_MISSING": 1, "REDIS_DRIFT": 2, "STALE_RESERVATION": 1, "MISSING_RESERVATION": 1, "INVALID_DB_VALUE": 1}),
+        "{sm}"
+    );
 
     let a = alerts(&e.s).await;
     assert_eq!(a.len(), 6, "{a:#?}");
@@ -257,7 +281,7 @@ async fn each_cause_is_detected_classified_and_repaired_except_an_invalid_db_val
         assert_eq!(x["discrepancy"], discrepancy, "{p}: {x}");
         assert_eq!(x["severity"], severity, "{p}: {x}");
         assert_eq!(x["runId"], run.run_id.as_str());
-        assert_eq!(x["mismatchesInRun"], 6);
+        assert_eq!(x["mismatchesInRun"], 0, "the run's total is in its summary");
         assert_eq!(x["eventId"], derived_id(&["stock-sync-alert", &run.run_id, p]).to_string());
     };
     expect(&missing, "REDIS_KEY_MISSING", "REDIS_RESTORED", 40, Json::Null, "MEDIUM");
@@ -285,9 +309,9 @@ async fn each_cause_is_detected_classified_and_repaired_except_an_invalid_db_val
     assert_eq!(e.redis(&stale).await.as_deref(), Some("25"));
 }
 
-/// Plants `n` drifts (+1 each) among 5 consistent products and returns the run's alerts and
-/// counts.
-async fn run_with_mismatches(n: usize) -> (Vec<Json>, BTreeMap<String, i64>) {
+/// Plants `n` drifts (+1 each) among 5 consistent products and returns the run's alerts,
+/// summaries and counts.
+async fn run_with_mismatches(n: usize) -> (Vec<Json>, Vec<Json>, BTreeMap<String, i64>) {
     let e = env(4, 50).await;
     for i in 0..n {
         e.product(&format!("m{i:03}"), 100, Some(101)).await;
@@ -298,18 +322,120 @@ async fn run_with_mismatches(n: usize) -> (Vec<Json>, BTreeMap<String, i64>) {
     e.sync(minutes_ago(5)).await;
     let r = sync_results(results(&e.s).await);
     assert_eq!(r.len(), 1, "{r:#?}");
-    (alerts(&e.s).await, r[0].counts.clone())
+    (alerts(&e.s).await, summaries(&e.s).await, r[0].counts.clone())
 }
 
+/// The seed's "more than 10 mismatches: urgent alert" is the run's one summary, not a
+/// million CRITICAL alerts: the Notification service pages once per run.
 #[tokio::test]
-async fn eleven_mismatches_make_every_alert_critical_and_ten_do_not() {
-    let ((eleven, c11), (ten, c10)) = tokio::join!(run_with_mismatches(11), run_with_mismatches(10));
+async fn eleven_mismatches_make_the_run_urgent_and_ten_do_not() {
+    let ((eleven, s11, c11), (ten, s10, c10)) = tokio::join!(run_with_mismatches(11), run_with_mismatches(10));
     assert_eq!(eleven.len(), 11);
-    assert!(eleven.iter().all(|a| a["severity"] == "CRITICAL" && a["mismatchesInRun"] == 11), "{eleven:#?}");
+    assert!(eleven.iter().all(|a| a["severity"] == "LOW"), "an alert's severity is its own: {eleven:#?}");
+    assert_eq!(s11.len(), 1, "{s11:#?}");
+    assert_eq!((s11[0]["urgent"].as_bool(), s11[0]["severity"].as_str(), s11[0]["mismatches"].as_i64()), (Some(true), Some("CRITICAL"), Some(11)));
+    assert_eq!(s11[0]["urgentAfterMismatches"], 10);
     assert_eq!((c11["mismatches"], c11["urgent"]), (11, 1), "{c11:?}");
     assert_eq!(ten.len(), 10);
-    assert!(ten.iter().all(|a| a["severity"] == "LOW" && a["mismatchesInRun"] == 10), "{ten:#?}");
+    assert_eq!(s10.len(), 1, "{s10:#?}");
+    assert_eq!((s10[0]["urgent"].as_bool(), s10[0]["severity"].as_str(), s10[0]["mismatches"].as_i64()), (Some(false), Some("LOW"), Some(10)));
     assert_eq!((c10["mismatches"], c10["urgent"]), (10, 0), "{c10:?}");
+}
+
+/// Issue 16.1: a repair refused because the product moved between confirmation and the
+/// compare-and-set is reported REPAIR_DEFERRED — by the alert, the run's counts and its
+/// summary — Redis keeps the concurrent change, and the next run repairs it.
+#[tokio::test]
+async fn a_refused_repair_is_reported_deferred_and_the_next_run_repairs_it() {
+    let e = env(10, 20).await;
+    let moved = e.product("moved", 30, Some(37)).await;
+    let plain = e.product("plain", 12, Some(11)).await;
+    // Hold the repair of `moved` after its row is recorded (the window between confirmation
+    // and the CAS), long enough to change its counter there.
+    scheduled_jobs::runtime::fault::pause_at(scheduled_jobs::runtime::fault::BEFORE_STOCK_REPAIR, moved.clone(), Duration::from_secs(3));
+    let intervene = async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM stock_sync_mismatches WHERE product_id = $1")
+                .bind(&moved)
+                .fetch_one(&e.db)
+                .await
+                .unwrap();
+            if n > 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the mismatch of {moved} was never recorded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // An order released 1 in the window: the product moved.
+        let _: i64 = e.stock.connection().incr(stock_key(&moved), 1).await.unwrap();
+    };
+    tokio::join!(e.sync(minutes_ago(10)), intervene);
+
+    let r = sync_results(results(&e.s).await);
+    assert_eq!(r.len(), 1, "{r:#?}");
+    let c = |k: &str| r[0].counts.get(k).copied().unwrap_or(-1);
+    assert_eq!((c("mismatches"), c("casRefused"), c("deferred"), c("restored"), c("repaired")), (2, 1, 1, 1, 1), "{:?}", r[0]);
+    let a = by_product(&alerts(&e.s).await);
+    assert_eq!(a.len(), 2, "{a:#?}");
+    assert_eq!((a[&moved]["action"].as_str(), a[&moved]["severity"].as_str()), (Some("REPAIR_DEFERRED"), Some("MEDIUM")), "{}", a[&moved]);
+    assert_eq!(a[&moved]["redisStock"], 37, "what was observed and confirmed");
+    assert_eq!(a[&plain]["action"], "REDIS_RESTORED");
+    let sm = summaries(&e.s).await;
+    assert_eq!((sm[0]["restored"].as_i64(), sm[0]["deferred"].as_i64(), sm[0]["severity"].as_str()), (Some(1), Some(1), Some("MEDIUM")), "{sm:#?}");
+    assert_eq!(e.redis(&moved).await.as_deref(), Some("38"), "the concurrent change was not overwritten");
+    assert_eq!(e.redis(&plain).await.as_deref(), Some("12"));
+
+    // The next run: the pause holds `moved` again, but nothing moves it this time.
+    e.sync(minutes_ago(5)).await;
+    let r = sync_results(results(&e.s).await);
+    assert_eq!(r.len(), 2, "{r:#?}");
+    let next = r.iter().find(|x| x.run_id != r[0].run_id).unwrap();
+    assert_eq!((next.counts.get("mismatches"), next.counts.get("restored"), next.counts.get("deferred")), (Some(&1), Some(&1), Some(&0)), "{next:?}");
+    assert_eq!(e.redis(&moved).await.as_deref(), Some("30"), "repaired by the next run");
+    let next_alerts: Vec<Json> = alerts(&e.s).await.into_iter().filter(|x| x["runId"] == next.run_id.as_str()).collect();
+    assert_eq!(next_alerts.len(), 1, "{next_alerts:#?}");
+    assert_eq!((next_alerts[0]["productId"].as_str(), next_alerts[0]["action"].as_str()), (Some(moved.as_str()), Some("REDIS_RESTORED")));
+}
+
+/// Issue 16.2 at test scale: every key missing (Redis restarted empty). Every product is
+/// restored, each alert is emitted exactly once, a range's alerts leave in parts of at most
+/// `alerts_per_transaction` (continuations of the chunk, visible on the work-item topic), and
+/// the run's one summary says urgent with the cause.
+#[tokio::test]
+async fn a_redis_that_lost_every_key_is_restored_with_bounded_transactions_and_one_summary() {
+    let mut e = env(40, 20).await;
+    e.s.jobs.get_mut("stock_sync").unwrap().set_option("alerts_per_transaction", 7);
+    let mut products = Vec::new();
+    for i in 0..100 {
+        products.push(e.product(&format!("w{i:03}"), 10 + i, None).await);
+    }
+    e.sync(minutes_ago(5)).await;
+
+    let r = sync_results(results(&e.s).await);
+    assert_eq!(r.len(), 1, "{r:#?}");
+    assert_eq!(r[0].outcome, Outcome::Succeeded, "{:?}", r[0]);
+    let c = |k: &str| r[0].counts.get(k).copied().unwrap_or(-1);
+    assert_eq!((c("products"), c("chunks"), c("mismatches"), c("restored"), c("urgent")), (100, 3, 100, 100, 1), "{:?}", r[0]);
+    for (p, expected, redis) in e.state().await {
+        assert_eq!(redis, Some(expected.to_string()), "{p} restored");
+    }
+    let a = alerts(&e.s).await;
+    assert_eq!(a.len(), 100, "one alert per product, none twice");
+    assert_eq!(by_product(&a).len(), 100);
+    assert!(a.iter().all(|x| x["cause"] == "REDIS_KEY_MISSING" && x["action"] == "REDIS_RESTORED" && x["severity"] == "MEDIUM"));
+    let sm = summaries(&e.s).await;
+    assert_eq!(sm.len(), 1);
+    assert_eq!((sm[0]["urgent"].as_bool(), sm[0]["severity"].as_str()), (Some(true), Some("CRITICAL")));
+    assert_eq!(sm[0]["mismatchesByCause"], serde_json::json!({"REDIS_KEY_MISSING": 100}));
+    // Ranges of 40, 40 and 20 products: ceil(40/7) = 6 parts each for the first two, 3 for the
+    // last; every part but a chunk's last writes a continuation.
+    let continuations = read_all(&e.s, &e.s.topic(Topic::WorkItems), "read_committed")
+        .into_iter()
+        .filter(|(_, key, _)| key.is_some())
+        .count()
+        - 4; // three chunks and the seal
+    assert_eq!(continuations, 5 + 5 + 2, "parts beyond each chunk's first");
 }
 
 #[tokio::test]
@@ -416,6 +542,14 @@ async fn a_retried_chunk_keeps_its_first_observation_and_finalize_is_repeatable(
     let again = StockSync.apply(&ctx, &item).await.unwrap();
     assert_eq!(again.counts.get("candidates"), Some(&0), "nothing left to repair: {again:?}");
     assert_eq!(again.counts.get("repaired"), Some(&1), "the retry still reports the first attempt's repair: {again:?}");
+    let fields = |v: &apache_avro::types::Value| match v {
+        apache_avro::types::Value::Record(f) => f.iter().filter(|(k, _)| k != "eventTimestamp").cloned().collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((first.records.len(), again.records.len(), first.more.as_deref()), (1, 1, None));
+    assert_eq!(fields(&first.records[0].value), fields(&again.records[0].value), "a retried chunk emits the same alert");
+    let redis_stock = fields(&first.records[0].value).into_iter().find(|(k, _)| k == "redisStock").unwrap().1;
+    assert_eq!(redis_stock, apache_avro::types::Value::Union(1, Box::new(apache_avro::types::Value::Int(33))), "first observation kept");
 
     let run = Run {
         run_id: run_id.clone(),
@@ -427,16 +561,10 @@ async fn a_retried_chunk_keeps_its_first_observation_and_finalize_is_repeatable(
     };
     let f1 = StockSync.finalize(&ctx, &run).await.unwrap();
     let f2 = StockSync.finalize(&ctx, &run).await.unwrap();
-    assert_eq!(f1.records.len(), 1);
+    assert_eq!(f1.records.len(), 1, "the run's summary");
     assert_eq!(f1.counts, f2.counts);
-    assert_eq!(f1.counts.get("mismatches"), Some(&1), "{:?}", f1.counts);
-    let fields = |v: &apache_avro::types::Value| match v {
-        apache_avro::types::Value::Record(f) => f.iter().filter(|(k, _)| k != "eventTimestamp").cloned().collect::<Vec<_>>(),
-        other => panic!("{other:?}"),
-    };
-    assert_eq!(fields(&f1.records[0].value), fields(&f2.records[0].value), "same alert from a retried finalisation");
-    let redis_stock = fields(&f1.records[0].value).into_iter().find(|(k, _)| k == "redisStock").unwrap().1;
-    assert_eq!(redis_stock, apache_avro::types::Value::Union(1, Box::new(apache_avro::types::Value::Int(33))), "first observation kept");
+    assert_eq!((f1.counts.get("mismatches"), f1.counts.get("restored")), (Some(&1), Some(&1)), "{:?}", f1.counts);
+    assert_eq!(fields(&f1.records[0].value), fields(&f2.records[0].value), "same summary from a retried finalisation");
 
     // A malformed work item fails the chunk instead of guessing.
     let mut bad = item.clone();

@@ -1,18 +1,26 @@
-//! Applying one range `[first_id, last_id]`: compare, confirm, classify, record, repair.
+//! Applying one range `[first_id, last_id]`: compare, confirm, classify, record, repair, then
+//! emit the range's alerts.
 //!
 //! Order of effects, and why:
 //! 1. compare (reads): the range's products stream in while `MGET`s of their counters go
-//!    out; the waiting orders' quantities for the range are read alongside;
-//! 2. confirm (reads): after `confirm_delay_ms`, one SQL statement re-reads the candidates'
-//!    expected values and their orders, then one Redis round trip re-reads their counters and
+//!    out; the waiting orders' quantities for the range are read alongside. Candidates go on
+//!    in groups of [`CONFIRM_GROUP`], so memory is bounded by a few groups whatever the range
+//!    and however many products mismatch (a Redis that lost every key makes every product a
+//!    candidate);
+//! 2. confirm (reads), one group at a time while the compare goes on: `confirm_delay_ms` after
+//!    the group's last candidate was seen, one SQL statement re-reads the candidates' expected
+//!    values and their orders, then one Redis round trip re-reads their counters and
 //!    reservation fields. A candidate is confirmed only if still mismatched *and* Redis still
 //!    holds the value first observed — anything that moved is a change in flight, not drift;
 //! 3. record: insert the confirmed rows, durably, before any write (`ON CONFLICT DO NOTHING`:
 //!    a retry keeps the first observation), so a crash after a repair never loses its alert;
 //! 4. repair: per product, one atomic compare-and-set `observed → expected` that also drops
 //!    the stale reservation fields (all or nothing);
-//! 5. note each repair's outcome on its row (diagnostics; the counts the run result reports
-//!    are returned from here and recorded by the processor with the chunk).
+//! 5. note each repair's outcome on its row: what the alert reports (`RESTORED` → restored;
+//!    refused or unknown → deferred to the next run);
+//! 6. emit: the range's alerts, read back from the rows in product order, at most
+//!    `alerts_per_transaction` per part ([`super::alert::page`]); a continuation of the chunk
+//!    emits the rest without repeating 1–5.
 //!
 //! A chunk that is applied again (its Kafka commit lost) finds the rows it recorded: those
 //! now consistent count as repaired, the others go through 2–5 again.
@@ -20,10 +28,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::channel::mpsc;
+use futures::{SinkExt, StreamExt, TryStreamExt};
 use redis::aio::ConnectionManager;
 
-use super::{Action, Cause};
+use super::{alert, Action, Cause, Options};
 use crate::jobs::{ChunkOutput, JobCtx, JobError};
 use crate::jobs::stock::{reservation_key, stock_key, Stock};
 use crate::wire::internal::WorkItem;
@@ -35,6 +44,9 @@ const RECENT_ORDERS_CHECKED: i64 = 1000;
 /// Products per streamed batch, and so per `MGET` (several in flight): "1,000 at a time".
 const STREAM_BATCH: usize = 1000;
 const MGETS_IN_FLIGHT: usize = 4;
+/// Candidates confirmed, recorded and repaired together. Bounds memory (a group and the next
+/// one being gathered) and the size of each statement and Redis round trip.
+pub const CONFIRM_GROUP: usize = 5000;
 
 /// The range's products, and the action of this run's row for each if an earlier attempt of
 /// this chunk recorded one.
@@ -166,8 +178,17 @@ struct Counts {
 }
 
 impl Counts {
-    fn into_output(self) -> ChunkOutput {
-        let mut out = ChunkOutput::default();
+    fn add(&mut self, other: &Counts) {
+        self.products += other.products;
+        self.candidates += other.candidates;
+        self.confirmed += other.confirmed;
+        self.unconfirmed += other.unconfirmed;
+        self.repaired += other.repaired;
+        self.cas_refused += other.cas_refused;
+        self.unresolved += other.unresolved;
+    }
+
+    fn into_output(self, mut out: ChunkOutput) -> ChunkOutput {
         for (k, v) in [
             ("products", self.products),
             ("candidates", self.candidates),
@@ -186,6 +207,26 @@ impl Counts {
 type RangeRow = (String, i32, Option<String>);
 type ConfirmRow = (String, i32, i64, Vec<String>, Vec<String>);
 
+/// One group of the compare's output for confirmation.
+struct Group {
+    candidates: Vec<Seen>,
+    /// When the group's last candidate was observed: its confirmation waits for this plus
+    /// `confirm_delay_ms`.
+    last_seen: Option<Instant>,
+    /// Products an earlier attempt recorded for repair and that are consistent now.
+    settled: Vec<String>,
+}
+
+impl Group {
+    fn new() -> Group {
+        Group { candidates: Vec::new(), last_seen: None, settled: Vec::new() }
+    }
+
+    fn len(&self) -> usize {
+        self.candidates.len() + self.settled.len()
+    }
+}
+
 pub async fn apply(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobError> {
     let (first, last) = match item.ids.as_slice() {
         [first, last] => (first, last),
@@ -197,13 +238,41 @@ pub async fn apply(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobErro
             )))
         }
     };
+    let options: Options = ctx.settings.options().map_err(JobError::Failed)?;
+    let per_part = options.alerts_per_transaction as usize;
+    if let Some(after) = &item.resume_after {
+        // A continuation: the first part made every effect; this one only emits.
+        return alert::page(ctx, &item.run_id, first, last, Some(after), per_part).await;
+    }
     let redis =
         ctx.redis.clone().ok_or_else(|| JobError::Failed("stock-sync needs Redis but the processor has no Redis connection".into()))?;
 
+    // The compare feeds groups to the confirmation through a channel of one: the next group is
+    // gathered while one is confirmed and repaired, and at most three exist at once. Both
+    // halves run in this task (no spawned work outlives a cancelled chunk).
+    let (tx, rx) = mpsc::channel::<Group>(1);
+    let (compared, repaired) = tokio::try_join!(compare(ctx, &redis, item, first, last, tx), repair_groups(ctx, &redis, item, &options, rx))?;
+    let mut counts = compared;
+    counts.add(&repaired);
+    if counts.cas_refused > 0 {
+        tracing::warn!(run_id = %item.run_id, chunk = item.chunk_index, refused = counts.cas_refused,
+            "stock changed after confirmation; repair left for the next run (alerts say REPAIR_DEFERRED)");
+    }
+    let out = alert::page(ctx, &item.run_id, first, last, None, per_part).await?;
+    Ok(counts.into_output(out))
+}
+
+/// Streams the range and sends its candidates (and products settled since an earlier
+/// attempt) in groups of [`CONFIRM_GROUP`]. Returns the counts of what it saw.
+async fn compare(
+    ctx: &JobCtx,
+    redis: &ConnectionManager,
+    item: &WorkItem,
+    first: &str,
+    last: &str,
+    mut tx: mpsc::Sender<Group>,
+) -> Result<Counts, JobError> {
     let mut counts = Counts::default();
-    let mut candidates = Vec::new();
-    // Products an earlier attempt recorded for repair and that are consistent now.
-    let mut settled = Vec::new();
     // The first pass only nominates candidates; confirmation re-reads everything in one
     // statement. So the two halves of `expected` are read by two simple statements (they plan
     // and run faster than their join) at the price of two snapshots a few milliseconds apart:
@@ -230,42 +299,59 @@ pub async fn apply(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobErro
             }
         })
         .buffered(MGETS_IN_FLIGHT);
-    // Confirmation must re-read every candidate at least `confirm_delay_ms` after it was
-    // observed; the last one observed is the one that binds.
-    let mut last_candidate_seen = None;
+    let mut group = Group::new();
     while let Some((rows, observed)) = batches.try_next().await? {
         counts.products += rows.len() as i64;
         for ((id, stock, recorded), observed) in rows.into_iter().zip(observed) {
             let expected = i64::from(stock) - reserved.get(&id).copied().unwrap_or(0);
             if is_candidate(stock, expected, &observed) {
-                candidates.push(Seen { id, observed, recorded });
-                last_candidate_seen = Some(Instant::now());
+                counts.candidates += 1;
+                group.candidates.push(Seen { id, observed, recorded });
+                group.last_seen = Some(Instant::now());
             } else if recorded.as_deref() == Some(Action::RedisRestored.as_str()) {
-                settled.push(id);
+                group.settled.push(id);
+            }
+        }
+        if group.len() >= CONFIRM_GROUP {
+            // The receiver only goes away when it failed; its error is the one returned.
+            if tx.send(std::mem::replace(&mut group, Group::new())).await.is_err() {
+                return Ok(counts);
             }
         }
     }
     drop(batches);
-    counts.candidates = candidates.len() as i64;
-    counts.repaired = settled.len() as i64;
+    if group.len() > 0 {
+        let _ = tx.send(group).await;
+    }
+    Ok(counts)
+}
 
-    let mismatches = confirm(ctx, &redis, candidates, last_candidate_seen, &mut counts).await?;
-    record(&ctx.db, &item.run_id, &mismatches).await?;
-    let mut outcomes = repair(&redis, &mismatches).await?;
-    for (_, applied) in &outcomes {
-        if *applied == "RESTORED" {
-            counts.repaired += 1;
-        } else {
-            counts.cas_refused += 1;
+/// Confirms, records and repairs each group as it arrives.
+async fn repair_groups(
+    ctx: &JobCtx,
+    redis: &ConnectionManager,
+    item: &WorkItem,
+    options: &Options,
+    mut rx: mpsc::Receiver<Group>,
+) -> Result<Counts, JobError> {
+    let mut counts = Counts::default();
+    while let Some(group) = rx.next().await {
+        let mismatches = confirm(ctx, redis, group.candidates, group.last_seen, options, &mut counts).await?;
+        record(&ctx.db, &item.run_id, &mismatches).await?;
+        crate::runtime::fault::pause(crate::runtime::fault::BEFORE_STOCK_REPAIR, mismatches.iter().map(|m| m.id.as_str())).await;
+        let mut outcomes = repair(redis, &mismatches).await?;
+        for (_, applied) in &outcomes {
+            if *applied == "RESTORED" {
+                counts.repaired += 1;
+            } else {
+                counts.cas_refused += 1;
+            }
         }
+        counts.repaired += group.settled.len() as i64;
+        outcomes.extend(group.settled.into_iter().map(|id| (id, "RESTORED")));
+        mark(&ctx.db, &item.run_id, &outcomes).await?;
     }
-    if counts.cas_refused > 0 {
-        tracing::warn!(run_id = %item.run_id, chunk = item.chunk_index, refused = counts.cas_refused,
-            "stock changed after confirmation; repair left for the next run");
-    }
-    outcomes.extend(settled.into_iter().map(|id| (id, "RESTORED")));
-    mark(&ctx.db, &item.run_id, &outcomes).await?;
-    Ok(counts.into_output())
+    Ok(counts)
 }
 
 /// `MGET` of the products' counters, values kept raw so a non-integer does not fail the chunk.
@@ -289,13 +375,13 @@ async fn confirm(
     redis: &ConnectionManager,
     candidates: Vec<Seen>,
     last_seen: Option<Instant>,
+    options: &Options,
     counts: &mut Counts,
 ) -> Result<Vec<Mismatch>, JobError> {
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
     if let Some(seen) = last_seen {
-        let options: super::Options = ctx.settings.options().map_err(JobError::Failed)?;
         tokio::time::sleep_until((seen + Duration::from_millis(options.confirm_delay_ms)).into()).await;
     }
     let ids: Vec<&str> = candidates.iter().map(|c| c.id.as_str()).collect();
@@ -362,7 +448,7 @@ async fn confirm(
             }
         }
     }
-    counts.confirmed = confirmed.len() as i64;
+    counts.confirmed += confirmed.len() as i64;
     Ok(confirmed)
 }
 

@@ -1,7 +1,8 @@
 //! `stock-sync` (SPEC §2.2): reconciles the Redis stock counters (`stock:{productId}`) with
-//! PostgreSQL, the trusted source, repairs Redis without clobbering concurrent orders, and
-//! emits one `stock.sync.alert` per mismatch; a run with more than `urgent_after_mismatches`
-//! mismatches is urgent and all its alerts are `CRITICAL`.
+//! PostgreSQL, the trusted source, repairs Redis without clobbering concurrent orders, emits
+//! one `stock.sync.alert` per mismatch saying what was actually done, and one
+//! `stock.sync.run.summary` per run; a run with more than `urgent_after_mismatches`
+//! mismatches is urgent (its summary is `CRITICAL`: the one record to page on).
 //!
 //! # Shape
 //! - **plan** walks product ids in id order (one streamed statement, constant memory) and
@@ -14,18 +15,22 @@
 //!   `expected = products.stock - Σ quantity of order_items whose order is PAYMENT_WAIT`
 //!   against `stock:{id}`, read with `MGET`s of 1,000 keys that go out while the products
 //!   stream in, 1,000 at a time. Candidates (key missing, value ≠ expected, invalid DB value)
-//!   are *confirmed* `confirm_delay_ms` after the last of them was seen, classified, recorded
-//!   in `stock_sync_mismatches`, then repaired with a compare-and-set on the observed value.
-//!   It returns counts only. Memory: the batches in flight plus the range's candidates, so a
-//!   range can be large (`batch_size` is products per range).
+//!   go on in groups of 5,000, each *confirmed* `confirm_delay_ms` after its last candidate
+//!   was seen (while the compare goes on), classified, recorded in `stock_sync_mismatches`,
+//!   then repaired with a compare-and-set on the observed value. Then the range's alerts are
+//!   read back from the rows and emitted, at most `alerts_per_transaction` per transaction:
+//!   more continue in further parts of the chunk (continuation work items, which only emit).
+//!   Memory: the batches in flight plus two or three groups, whatever the range size and
+//!   however many products mismatch.
 //! - **finalize** ([`alert`]) runs once per run, in the transaction of the chunk that
-//!   completes it, and emits the alerts from the recorded rows.
+//!   completes it, and emits the run's summary from the recorded rows.
 //!
 //! # Delivery guarantee
-//! - Alerts: exactly once per (run, product) mismatch for `read_committed` consumers. They are
-//!   written only by the run's finalisation, which the processor commits exactly once (claimed
-//!   in `job_runs`), and derived from durable rows only, so a retried finalisation emits the
-//!   same alerts. `eventId` = UUIDv5(run, product) for consumers that deduplicate by id.
+//! - Alerts: exactly once per (run, product) mismatch for `read_committed` consumers. A range's
+//!   alerts are read from durable rows in product order after its effects, each part
+//!   committed with its offset (or its continuation) exactly once, so a retried part emits the
+//!   same alerts. `eventId` = UUIDv5(run, product) for consumers that deduplicate by id. The
+//!   summary: once per run, in the transaction of the run's completion.
 //! - Repairs: effectively once. The row is recorded before Redis is touched (a crash cannot
 //!   lose the alert); the write is a compare-and-set on the value observed twice, so a retry, a
 //!   zombie or a concurrent order can never be overwritten — a refused CAS is counted and left
@@ -47,12 +52,13 @@
 //! `candidates`, `confirmed`, `unconfirmed` (moved during confirmation: left for the next run),
 //! `repaired`, `casRefused` (Redis moved between confirmation and the CAS: left for the next
 //! run), `unresolved` (recorded by an earlier attempt, still wrong, not confirmable now). From
-//! the finalisation: `mismatches` (= alerts), `manualReview`, `urgent` (0/1).
+//! the finalisation, from the same rows as the alerts: `mismatches` (= alerts), `restored`,
+//! `deferred`, `manualReview` (= alerts of each action), `urgent` (0/1).
 //!
 //! # Limits
-//! - All of a run's alerts are built in memory and sent in the one finalising transaction:
-//!   memory and transaction size grow with the number of mismatches (fine for thousands; a
-//!   Redis that lost every key would make it one alert per product).
+//! - A zombie (a fenced instance whose effects still run) can record and repair a product
+//!   after its range's alerts were emitted: that repair has no alert. The next run finds
+//!   nothing to report for it, as Redis is right.
 //! - A stale reservation is looked for among each candidate's 1000 most recent orders that no
 //!   longer wait; an older one is classified `REDIS_DRIFT` and its field left in place.
 //! - `MISSING_RESERVATION` is repaired like drift (CAS to expected); the reservation hash is
@@ -84,11 +90,30 @@ pub struct Options {
     pub urgent_after_mismatches: u32,
     /// Pause before re-reading a mismatch to confirm it (orders keep arriving).
     pub confirm_delay_ms: u64,
+    /// Alerts per Kafka transaction (a range with more continues in further transactions):
+    /// at most [`MAX_ALERTS_PER_TRANSACTION`], so no transaction exceeds 10,000 records.
+    pub alerts_per_transaction: u32,
 }
+
+/// A part's alerts plus the records that may share its transaction (continuation or chunk
+/// and run ledger entries, run result, run summary) stay within 10,000 records.
+pub const MAX_ALERTS_PER_TRANSACTION: u32 = 9_990;
 
 impl Default for Options {
     fn default() -> Self {
-        Options { urgent_after_mismatches: 10, confirm_delay_ms: 200 }
+        Options { urgent_after_mismatches: 10, confirm_delay_ms: 200, alerts_per_transaction: 5_000 }
+    }
+}
+
+impl Options {
+    fn check(&self) -> Result<(), String> {
+        if !(1..=MAX_ALERTS_PER_TRANSACTION).contains(&self.alerts_per_transaction) {
+            return Err(format!(
+                "jobs.stock_sync.alerts_per_transaction = {}: must be between 1 and {MAX_ALERTS_PER_TRANSACTION} (a Kafka transaction holds at most 10,000 records)",
+                self.alerts_per_transaction
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -153,7 +178,7 @@ impl Job for StockSync {
     }
 
     fn check(&self, settings: &JobSettings) -> Result<(), String> {
-        settings.options::<Options>().map(|_| ())
+        settings.options::<Options>()?.check()
     }
 
     /// The run looks at current state, so an older queued tick is worth nothing once a newer
@@ -162,6 +187,8 @@ impl Job for StockSync {
         true
     }
 
+    /// A range's first part makes its effects and emits its first alerts; a continuation
+    /// (`resume_after`) emits the next ones.
     fn plan<'a>(&'a self, ctx: &'a JobCtx, _run: &'a Run) -> BoxStream<'a, Result<Vec<String>, JobError>> {
         let batch = i64::from(ctx.settings.batch_size.max(1));
         // Streamed: one range (two ids) is held at a time.

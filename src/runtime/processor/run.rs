@@ -129,7 +129,27 @@ pub fn work_item(run: &Run, index: i32, ids: Vec<String>) -> WorkItem {
         parameters: run.tick.parameters.clone(),
         scheduled_at: run.tick.scheduled_at,
         planned_at: run.planned_at,
+        resume_after: None,
+        carried_counts: BTreeMap::new(),
     }
+}
+
+/// The next part of `item`'s chunk: the same chunk, resumed after `cursor`, carrying the counts
+/// of every part so far (`counts` are this part's).
+pub fn continuation(item: &WorkItem, cursor: String, counts: &BTreeMap<String, i64>) -> WorkItem {
+    let mut next = item.clone();
+    next.resume_after = Some(cursor);
+    next.carried_counts = carried(item, counts);
+    next
+}
+
+/// `item`'s carried counts plus this part's.
+pub fn carried(item: &WorkItem, counts: &BTreeMap<String, i64>) -> BTreeMap<String, i64> {
+    let mut all = item.carried_counts.clone();
+    for (k, v) in counts {
+        *all.entry(k.clone()).or_insert(0) += v;
+    }
+    all
 }
 
 pub fn ledger_entry(run: &Run, state: RunState, chunk_count: i32) -> LedgerEntry {

@@ -3,6 +3,11 @@
 //! chunk that completes the run — claimed in PostgreSQL, see [`bookkeeping`] — also carries the
 //! run's ledger entry, the job's whole-run records ([`crate::jobs::Job::finalize`]) and the run
 //! result.
+//!
+//! A chunk whose records would not fit one transaction is applied in parts
+//! ([`crate::jobs::ChunkOutput::more`]): each part's transaction carries its records and the
+//! chunk's continuation work item (with its offset, atomically), so a part is emitted exactly
+//! once and the effects, made by the first part, are never repeated once it committed.
 
 use std::time::Instant;
 
@@ -11,7 +16,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use super::ahead::{effects, Effects};
 use super::bookkeeping::{self, ChunkOutcome, Finalized};
 use super::ledger::{chunk_key, run_key};
-use super::run::{ledger_entry, run_of, run_result, Out, RunEnd, TxnPlan, SEAL};
+use super::run::{carried, continuation, ledger_entry, run_of, run_result, Out, RunEnd, TxnPlan, SEAL};
 use super::tick::{reject, Reject};
 use super::{record_work_item, Processor, ProcessorError};
 use crate::error::ErrorClass;
@@ -68,10 +73,19 @@ impl Processor {
             None => effects(self.env.db.clone(), self.env.instance.clone(), job.clone(), self.env.job_ctx(&item.job), item.clone()).await?,
         };
         let applied = started.elapsed();
+        if let (ChunkOutcome::Applied, Some(cursor)) = (outcome, output.more.clone()) {
+            // A part that filled its transaction: its records and the chunk's continuation, no
+            // chunk record yet (the chunk completes with its last part).
+            let mut out = self.encode_events(output.records).await?;
+            out.push(Out::WorkItem(continuation(&item, cursor, &output.counts)));
+            tracing::debug!(run_id = %item.run_id, chunk = item.chunk_index, records = out.len() - 1, "chunk continues in another transaction");
+            return Ok(TxnPlan { out, samples: Vec::new(), fault: Some((crate::runtime::fault::BEFORE_APPLY_COMMIT, item.job.clone())) });
+        }
+        let counts = carried(&item, &output.counts);
         // The chunk's records are encoded while PostgreSQL records the chunk (the bookkeeping
         // future is polled first, so its query is in flight during encoding).
         let bookkeeping = async {
-            bookkeeping::record_chunk(&self.env.db, &item.run_id, item.chunk_index, outcome, &output.counts, message.as_deref(), &self.env.instance).await?;
+            bookkeeping::record_chunk(&self.env.db, &item.run_id, item.chunk_index, outcome, &counts, message.as_deref(), &self.env.instance).await?;
             bookkeeping::try_finalize(&self.env.db, &item.run_id, item.chunk_index).await
         };
         let (finalized, events) = tokio::join!(bookkeeping, self.encode_events(output.records));
@@ -84,7 +98,7 @@ impl Processor {
         plan.samples.push(Sample::Chunk {
             job: item.job.clone(),
             outcome: outcome.metric_label(),
-            counts: output.counts,
+            counts,
             seconds: started.elapsed().as_secs_f64(),
         });
         // Where a chunk's time goes before its transaction: its effects, then bookkeeping and

@@ -15,6 +15,10 @@
 //!   100,000; 0 = skip);
 //! - processor: the real pipeline in this process — tick → plan transaction → one Kafka
 //!   transaction per range → finalisation — at the same two batch sizes (`SJ_BENCH_E2E=0`
+//!   skips it);
+//! - every key missing: the processor again at the default batch after every `stock:` key of
+//!   the bench was deleted (Redis restarted empty): time next to the drift run's, peak RSS,
+//!   the largest Kafka transaction, and the mismatches left afterwards (`SJ_BENCH_WIPE=0`
 //!   skips it).
 //!
 //! Peak RSS per phase is VmHWM of this process after resetting it (`/proc/self/clear_refs`),
@@ -253,13 +257,21 @@ impl Bench {
         let plan = t0.elapsed();
         let mut counts: BTreeMap<String, i64> = BTreeMap::new();
         let mut with_candidates = 0;
+        let mut alerts = 0;
         for (index, ids) in ranges.into_iter().enumerate() {
             let item = WorkItem {
                 period: run.period.clone(),
                 tick_id: run.tick.tick_id.clone(),
                 ..common::work_item(JOB, &run.run_id, index as i32, ids, at)
             };
-            let out = StockSync.apply(&ctx, &item).await.expect("apply");
+            let mut out = StockSync.apply(&ctx, &item).await.expect("apply");
+            alerts += out.records.len() as i64;
+            while let Some(after) = out.more.take() {
+                let next = WorkItem { resume_after: Some(after), ..item.clone() };
+                let part = StockSync.apply(&ctx, &next).await.expect("apply a continuation");
+                alerts += part.records.len() as i64;
+                out.more = part.more;
+            }
             if out.counts.get("candidates").copied().unwrap_or(0) > 0 {
                 with_candidates += 1;
             }
@@ -269,7 +281,7 @@ impl Bench {
         }
         let fin = StockSync.finalize(&ctx, &run).await.expect("finalize");
         counts.extend(fin.counts);
-        counts.insert("alerts".into(), fin.records.len() as i64);
+        counts.insert("alerts".into(), alerts);
         (plan, t0.elapsed(), counts, with_candidates)
     }
 
@@ -306,6 +318,33 @@ impl Bench {
         }
     }
 
+    /// Redis lost every stock counter of the bench (a restart without persistence, or
+    /// FLUSHALL): returns how many keys went.
+    async fn wipe(&self) -> usize {
+        let mut conn = self.redis.clone();
+        let mut cursor: u64 = 0;
+        let mut gone = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("stock:{}-*", self.tag))
+                .arg("COUNT")
+                .arg(10_000)
+                .query_async(&mut conn)
+                .await
+                .expect("scan");
+            if !keys.is_empty() {
+                gone += keys.len();
+                let _: () = redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await.expect("unlink");
+            }
+            if next == 0 {
+                return gone;
+            }
+            cursor = next;
+        }
+    }
+
     async fn finalized(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM job_runs WHERE job = $1 AND finalized_by IS NOT NULL")
             .bind(JOB)
@@ -336,6 +375,7 @@ async fn main() {
     let delay = env_usize("SJ_BENCH_CONFIRM_DELAY_MS", DEFAULT_CONFIRM_DELAY_MS as usize) as u64;
     let e2e = env_usize("SJ_BENCH_E2E", 1) == 1;
     let alt_batch = env_usize("SJ_BENCH_ALT_BATCH", 100_000) as u32;
+    let wipe = e2e && env_usize("SJ_BENCH_WIPE", 1) == 1;
     let sizes = [n / 10, n];
 
     let s = isolated().await;
@@ -439,6 +479,7 @@ async fn main() {
                 let base_kb = phase_start();
                 let (time, resets) = b.processor(&mut p, at).await;
                 let peak_kb = status_kb("VmHWM:");
+                let largest = p.largest_transaction();
                 drop(p);
                 let chunks = size.div_ceil(batch.max(1) as usize);
                 rows.push(Row {
@@ -448,9 +489,31 @@ async fn main() {
                     peak_kb,
                     base_kb,
                     note: format!(
-                        "{chunks} chunk transactions ({:.1} ms each); {resets} resets",
+                        "{chunks} chunk transactions ({:.1} ms each); largest transaction {largest} records; {resets} resets",
                         time.as_secs_f64() * 1000.0 / chunks as f64
                     ),
+                });
+                b.replant().await;
+            }
+            if wipe {
+                // The day Redis comes back empty: every product is a mismatch, at the default
+                // batch, in the same run as the 0.1% drift above.
+                let gone = b.wipe().await;
+                let mut p = Processor::new(settings_with(&s, batch, delay), Registry::builtin(), pool.clone()).await.expect("processor");
+                at += TimeDelta::minutes(1);
+                let base_kb = phase_start();
+                let (time, resets) = b.processor(&mut p, at).await;
+                let peak_kb = status_kb("VmHWM:");
+                let largest = p.largest_transaction();
+                drop(p);
+                let (_, left) = b.floor(true).await;
+                rows.push(Row {
+                    size,
+                    phase: format!("processor, batch {batch}, every key missing"),
+                    time,
+                    peak_kb,
+                    base_kb,
+                    note: format!("{gone} keys deleted; {left} mismatches left after the run; largest transaction {largest} records; {resets} resets"),
                 });
                 b.replant().await;
             }
@@ -492,6 +555,16 @@ async fn main() {
             if p.time.as_secs_f64() <= budget { "yes" } else { "NO" },
             p.time.as_secs_f64() / floor_e.time.as_secs_f64(),
             if p.time.as_secs_f64() <= 2.0 * floor_e.time.as_secs_f64() { "yes" } else { "NO" },
+        );
+    }
+    if let (Some(drift), Some(wiped)) = (find(&format!("processor, batch {batch}:"), n), find(&format!("processor, batch {batch}, every key missing"), n)) {
+        let ratio = wiped.time.as_secs_f64() / drift.time.as_secs_f64();
+        println!(
+            "every key missing at {n} products: {:.2} s = {ratio:.2}× the 0.1% drift run (≤ 3×: {}); peak RSS {:.1} MB (≤ 150 MB: {})",
+            wiped.time.as_secs_f64(),
+            if ratio <= 3.0 { "yes" } else { "NO" },
+            mb(wiped.peak_kb),
+            if mb(wiped.peak_kb) <= 150.0 { "yes" } else { "NO" },
         );
     }
     for prefix in [format!("processor, batch {batch}:"), job_default] {

@@ -47,6 +47,8 @@ const MGETS_IN_FLIGHT: usize = 4;
 /// Candidates confirmed, recorded and repaired together. Bounds memory (a group and the next
 /// one being gathered) and the size of each statement and Redis round trip.
 pub const CONFIRM_GROUP: usize = 5000;
+/// Groups the compare may gather ahead of their confirmation.
+const GROUPS_AHEAD: usize = 8;
 
 /// The range's products, and the action of this run's row for each if an earlier attempt of
 /// this chunk recorded one.
@@ -247,10 +249,12 @@ pub async fn apply(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobErro
     let redis =
         ctx.redis.clone().ok_or_else(|| JobError::Failed("stock-sync needs Redis but the processor has no Redis connection".into()))?;
 
-    // The compare feeds groups to the confirmation through a channel of one: the next group is
-    // gathered while one is confirmed and repaired, and at most three exist at once. Both
-    // halves run in this task (no spawned work outlives a cancelled chunk).
-    let (tx, rx) = mpsc::channel::<Group>(1);
+    // The compare feeds groups to the confirmation through a channel: it runs up to
+    // GROUPS_AHEAD groups ahead, so their confirmation waits overlap instead of adding up (a
+    // Redis that lost every key fills a group in milliseconds, then waits `confirm_delay_ms`).
+    // A group's candidates are ~0.5 MB. Both halves run in this task (no spawned work
+    // outlives a cancelled chunk).
+    let (tx, rx) = mpsc::channel::<Group>(GROUPS_AHEAD);
     let (compared, repaired) = tokio::try_join!(compare(ctx, &redis, item, first, last, tx), repair_groups(ctx, &redis, item, &options, rx))?;
     let mut counts = compared;
     counts.add(&repaired);

@@ -77,6 +77,8 @@ pub struct Committer {
     state: State,
     ledger: LedgerView,
     metrics: Metrics,
+    /// Records in the largest transaction begun (diagnostics, benchmarks).
+    largest: usize,
 }
 
 fn is_fenced(e: &KafkaClientError) -> bool {
@@ -109,7 +111,7 @@ impl Committer {
         cfg.set("transactional.id", format!("{}-{}", settings.processor.transactional_id_prefix, settings.instance_id()))
             .set("transaction.timeout.ms", settings.processor.transaction_timeout_ms.to_string());
         let producer = Committer::producer(&cfg)?;
-        Ok(Committer { producer, cfg, state: State::Idle, ledger, metrics })
+        Ok(Committer { producer, cfg, state: State::Idle, ledger, metrics, largest: 0 })
     }
 
     /// A transactional producer that has fenced every earlier one with the same id, aborting
@@ -134,6 +136,11 @@ impl Committer {
         &self.metrics
     }
 
+    /// Records (offsets aside) in the largest transaction this committer has begun.
+    pub fn largest_transaction(&self) -> usize {
+        self.largest
+    }
+
     pub fn set_metrics(&mut self, metrics: Metrics) {
         self.metrics = metrics;
     }
@@ -145,6 +152,7 @@ impl Committer {
         self.settle().await?;
         let at = consumed.index;
         self.begin().map_err(|e| (at, e))?;
+        self.largest = self.largest.max(ready.records.len());
         let mut pending = Vec::with_capacity(ready.records.len());
         for (topic, key, bytes) in &ready.records {
             self.send(&mut pending, topic, key, bytes).await.map_err(|e| (at, e))?;

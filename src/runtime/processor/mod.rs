@@ -132,6 +132,12 @@ impl Processor {
     }
 
     /// Records into `metrics` (e.g. the handle the HTTP endpoint already serves) from now on.
+    /// Records (offsets aside) in the largest transaction this processor has begun: the
+    /// bound a job's `alerts_per_transaction`-style settings keep.
+    pub fn largest_transaction(&self) -> usize {
+        self.committer.largest_transaction()
+    }
+
     pub fn with_metrics(mut self, metrics: Metrics) -> Processor {
         self.committer.set_metrics(metrics);
         self

@@ -209,6 +209,19 @@ mod tests {
     }
 
     #[test]
+    fn a_continuation_is_the_same_chunk_resumed_with_the_counts_so_far() {
+        let run = new_run(tick(), "p".into(), 1);
+        let first = work_item(&run, 4, vec!["a".into(), "z".into()]);
+        let part = |n: i64| BTreeMap::from([("alerts".to_string(), n)]);
+        let second = continuation(&first, "m".into(), &part(5));
+        assert_eq!((second.key(), second.ids.clone(), second.resume_after.as_deref()), (first.key(), first.ids.clone(), Some("m")));
+        let third = continuation(&second, "t".into(), &part(5));
+        assert_eq!(third.carried_counts, part(10));
+        assert_eq!(carried(&third, &part(2)), part(12), "the last part completes the chunk with every part's counts");
+        assert_eq!(WorkItem::from_avro(third.to_avro()).unwrap(), third, "survives the wire");
+    }
+
+    #[test]
     fn attempts_of_a_period_get_their_own_ids_and_the_same_period_the_same_id() {
         let a = new_run(tick(), "p".into(), 1);
         assert_eq!(a.run_id, new_run(tick(), "p".into(), 1).run_id);

@@ -38,6 +38,9 @@ pub struct RunRow {
     pub run_id: String,
     pub job: String,
     pub period: String,
+    /// IANA zone the run's schedule and date period were read in (its result's `timeZone`);
+    /// `None` for a run still in progress (the ledger does not say).
+    pub time_zone: Option<String>,
     pub trigger: String,
     /// SUCCEEDED, FAILED, TIMED_OUT, SKIPPED, or RUNNING (planned, no result yet).
     pub outcome: String,
@@ -53,6 +56,7 @@ impl From<&RunResult> for RunRow {
             run_id: r.run_id.clone(),
             job: r.job.clone(),
             period: r.period.clone(),
+            time_zone: Some(r.time_zone.clone()),
             trigger: r.trigger.clone(),
             outcome: r.outcome.as_str().to_string(),
             counts: r.counts.clone(),
@@ -125,6 +129,7 @@ pub async fn recent_runs(settings: &Settings, since: DateTime<Utc>, job: Option<
                 run_id: e.run_id.clone(),
                 job: e.job.clone(),
                 period: e.period.clone(),
+                time_zone: None,
                 trigger: e.trigger.clone(),
                 outcome: "RUNNING".into(),
                 counts: [("chunks".to_string(), i64::from(e.chunk_count))].into_iter().collect(),
@@ -141,10 +146,11 @@ pub async fn recent_runs(settings: &Settings, since: DateTime<Utc>, job: Option<
     Ok(rows)
 }
 
-/// `runs list` output: an aligned table, newest first.
+/// `runs list` output: an aligned table, newest first. STARTED is shown in `tz`; ZONE is the
+/// zone each run was scheduled in and its date period read in, as its result says.
 pub fn render(rows: &[RunRow], tz: chrono_tz::Tz) -> String {
-    let header = ["STARTED", "JOB", "PERIOD", "TRIGGER", "OUTCOME", "DURATION", "COUNTS"];
-    let mut table: Vec<[String; 7]> = vec![header.map(String::from)];
+    let header = ["STARTED", "JOB", "PERIOD", "ZONE", "TRIGGER", "OUTCOME", "DURATION", "COUNTS"];
+    let mut table: Vec<[String; 8]> = vec![header.map(String::from)];
     for r in rows {
         let counts = r.counts.iter().filter(|(_, v)| **v != 0).map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
         let counts = match &r.message {
@@ -155,19 +161,20 @@ pub fn render(rows: &[RunRow], tz: chrono_tz::Tz) -> String {
             r.started_at.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S").to_string(),
             r.job.clone(),
             r.period.clone(),
+            r.time_zone.clone().unwrap_or_else(|| "-".into()),
             r.trigger.clone(),
             r.outcome.clone(),
             r.duration_ms.map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
             counts,
         ]);
     }
-    let widths: Vec<usize> = (0..6).map(|i| table.iter().map(|row| row[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..7).map(|i| table.iter().map(|row| row[i].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for row in &table {
         for (i, w) in widths.iter().enumerate() {
             out.push_str(&format!("{:<w$}  ", row[i], w = *w));
         }
-        out.push_str(&row[6]);
+        out.push_str(&row[7]);
         out.push('\n');
     }
     out
@@ -184,6 +191,7 @@ mod tests {
             run_id: "a".into(),
             job: "daily-statistics".into(),
             period: "2026-11-24".into(),
+            time_zone: Some("Asia/Seoul".into()),
             trigger: "SCHEDULED".into(),
             outcome: "SUCCEEDED".into(),
             counts: [("datesAggregated".to_string(), 1i64), ("datesSkipped".to_string(), 0)].into_iter().collect(),
@@ -198,6 +206,7 @@ mod tests {
         assert!(lines[0].starts_with("STARTED"), "{text}");
         assert!(lines[1].contains("2026-11-25 09:00:01") && lines[1].contains("1.2s") && lines[1].ends_with("datesAggregated=1"), "{text}");
         assert!(lines[2].contains("FAILED") && lines[2].ends_with("redis down"), "{text}");
+        assert!(lines[0].contains("ZONE") && lines[1].contains("2026-11-24  Asia/Seoul"), "the run's zone is shown: {text}");
         let col = lines[0].find("JOB").unwrap();
         assert_eq!(lines[2].find("stock-sync"), Some(col), "{text}");
     }

@@ -92,8 +92,10 @@ async fn trigger_wait_pause_resume_and_runs_list_through_the_cli() {
     assert!(o.status.success());
     let text = stdout(&o);
     let rows: Vec<&str> = text.lines().skip(1).collect();
-    let outcomes: Vec<&str> = rows.iter().map(|r| r.split_whitespace().nth(5).unwrap_or("")).collect();
+    let outcomes: Vec<&str> = rows.iter().map(|r| r.split_whitespace().nth(6).unwrap_or("")).collect();
     assert_eq!(outcomes, ["FAILED", "SUCCEEDED", "SKIPPED", "SUCCEEDED"], "{text}");
+    let zone = s.scheduler.time_zone.as_str();
+    assert!(rows.iter().all(|r| r.split_whitespace().nth(4) == Some(zone)), "every run shows its zone {zone}: {text}");
     assert!(rows[2].contains("maintenance window"), "{text}");
     assert!(text.lines().next().unwrap().starts_with("STARTED"), "{text}");
     assert_eq!(results(&s).await.len(), 4);

@@ -160,14 +160,16 @@ pub enum TopicsAction {
 pub enum SchemasAction {
     /// Check every schema, then (if all are compatible) set BACKWARD and register them.
     Register,
-    /// Check every schema against the registry; register nothing. Fails on any incompatibility.
+    /// Check every schema against the registry and the evolution rules (every enum has a
+    /// default symbol, every field a doc, a field new since the registered version a default);
+    /// register nothing. Fails on any incompatibility or broken rule, naming file and field.
     Check,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RunsAction {
-    /// Recent runs, newest first: job, period, trigger, outcome, duration and counts (from
-    /// the committed run results; runs planned but not finished show as RUNNING).
+    /// Recent runs, newest first: job, period, time zone, trigger, outcome, duration and
+    /// counts (from the committed run results; runs planned but not finished show as RUNNING).
     List {
         /// Only this job.
         #[arg(long)]
@@ -265,12 +267,26 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                     for o in &outcomes {
                         println!("{o}");
                     }
+                    let broken = crate::kafka::schemas::rules(&registry, &schemas).await.map_err(anyhow::Error::from)?;
+                    for v in &broken {
+                        println!("BREAKS RULE {v}");
+                    }
                     let bad = outcomes
                         .iter()
                         .filter(|o| matches!(o.status, crate::kafka::schemas::Status::Incompatible { .. }))
                         .count();
+                    let mut problems = Vec::new();
                     if bad > 0 {
-                        return Err(anyhow::anyhow!("{bad} subject(s) not BACKWARD compatible").into());
+                        problems.push(format!("{bad} subject(s) not BACKWARD compatible"));
+                    }
+                    if !broken.is_empty() {
+                        problems.push(format!(
+                            "{} schema evolution rule(s) broken (docs/decisions/2026-11-29-schema-evolution.md)",
+                            broken.len()
+                        ));
+                    }
+                    if !problems.is_empty() {
+                        return Err(anyhow::anyhow!("{}", problems.join("; ")).into());
                     }
                 }
             }

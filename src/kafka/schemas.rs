@@ -6,7 +6,7 @@
 //! nothing if any change is incompatible; `check` registers nothing at all. An incompatibility
 //! is spelled out twice: the registry's verdict and Avro's own reader/writer resolution error.
 //!
-//! `check` also applies the evolution rules of [`schema_rules`](super::schema_rules) ([`rules`]):
+//! `check` also applies the evolution rules of [`super::schema_rules`] ([`rules`]):
 //! every enum has a default symbol, every field a doc, and a field new since the registered
 //! version has a default. A schema breaking one fails `check`, naming the file and field.
 

@@ -232,16 +232,27 @@ fn results_reader(settings: &Settings) -> Result<BaseConsumer, HistoryError> {
     Ok(consumer)
 }
 
-/// Prints [`summary`] of every run result `reader` reads, until `stop` completes.
+/// Prints [`summary`] of every run result `reader` reads until `stop` completes, then of
+/// those committed by then (the processor has stopped: its last runs are shown too).
 async fn print_results(reader: BaseConsumer, codec: Codec, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
+    let mut stopping = false;
     loop {
-        let polled = tokio::select! {
-            _ = &mut stop => return,
-            p = crate::ops::follow::poll_one(&reader) => p,
+        let polled = if stopping {
+            crate::ops::follow::poll_one(&reader).await
+        } else {
+            tokio::select! {
+                _ = &mut stop => {
+                    stopping = true;
+                    continue;
+                }
+                p = crate::ops::follow::poll_one(&reader) => p,
+            }
         };
         let bytes = match polled {
             Ok(Some((_, _, Some(bytes)))) => bytes,
+            // Caught up with what is committed after the stop.
+            Ok(None) if stopping => return,
             Ok(_) => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read run results; the run summaries stop here");
@@ -281,13 +292,14 @@ pub async fn run(mut settings: Settings, fast: bool, shutdown: impl Future<Outpu
         println!("metrics: http://{addr}/metrics");
     }
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let (mut rx1, mut rx2, mut rx3) = (stop_tx.subscribe(), stop_tx.subscribe(), stop_tx.subscribe());
+    let (mut rx1, mut rx2) = (stop_tx.subscribe(), stop_tx.subscribe());
     let reader_settings = settings.clone();
     let reader = tokio::task::spawn_blocking(move || results_reader(&reader_settings))
         .await
         .map_err(|e| HistoryError::Task(e.to_string()))??;
+    let (summaries_stop, summaries_stopped) = tokio::sync::oneshot::channel::<()>();
     let summaries = tokio::spawn(print_results(reader, Codec::new(&settings).map_err(HistoryError::from)?, async move {
-        let _ = rx3.recv().await;
+        let _ = summaries_stopped.await;
     }));
     println!("runs (one line per ended run; -v for the logs):");
     let producer_settings = settings.clone();
@@ -306,9 +318,12 @@ pub async fn run(mut settings: Settings, fast: bool, shutdown: impl Future<Outpu
     if let Ok(r) = producer.await {
         r?;
     }
-    if let Ok(r) = proc_task.await {
+    let processed = proc_task.await;
+    // After the processor: the runs it ended while stopping are summarised too.
+    let _ = summaries_stop.send(());
+    let _ = summaries.await;
+    if let Ok(r) = processed {
         r?;
     }
-    let _ = summaries.await;
     Ok(())
 }

@@ -6,7 +6,6 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rdkafka::consumer::BaseConsumer;
 
 use crate::kafka::codec::{Codec, CodecError};
 use crate::config::{Settings, Topic};
@@ -73,9 +72,8 @@ impl From<&RunResult> for RunRow {
 fn payloads_since(settings: &Settings, topic: &str, since: DateTime<Utc>, timeout: Duration) -> Result<Vec<Vec<u8>>, HistoryError> {
     let mut cfg = kafka::client_config(settings, Role::Consumer);
     cfg.set("group.id", format!("{}-history-{}", settings.kafka.client_id, uuid::Uuid::new_v4()))
-        .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "50");
-    let consumer: BaseConsumer = kafka::create(&cfg)?;
+    let consumer = read::eof_consumer(&cfg, "run history")?;
     let partitions = kafka::existing_partitions(&consumer, topic, KAFKA_TIMEOUT, kafka::RUN_TOPICS_APPLY)?;
     let starts = read::offsets_at(&consumer, topic, &partitions, since, KAFKA_TIMEOUT)?;
     let marks = read::watermarks(&consumer, topic, starts.iter().map(|(p, _)| *p), KAFKA_TIMEOUT)
@@ -146,17 +144,26 @@ pub async fn recent_runs(settings: &Settings, since: DateTime<Utc>, job: Option<
     Ok(rows)
 }
 
+/// A run's non-zero counts (`key=value …`), then why it did not succeed, if it says.
+pub fn counts_text(r: &RunRow) -> String {
+    let counts = r.counts.iter().filter(|(_, v)| **v != 0).map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+    match &r.message {
+        Some(m) if r.outcome != "SUCCEEDED" => format!("{counts}{}{m}", if counts.is_empty() { "" } else { " | " }),
+        _ => counts,
+    }
+}
+
+/// A run's duration in seconds (`1.5s`), `-` while it runs.
+pub fn duration_text(r: &RunRow) -> String {
+    r.duration_ms.map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0))
+}
+
 /// `runs list` output: an aligned table, newest first. STARTED is shown in `tz`; ZONE is the
 /// zone each run was scheduled in and its date period read in, as its result says.
 pub fn render(rows: &[RunRow], tz: chrono_tz::Tz) -> String {
     let header = ["STARTED", "JOB", "PERIOD", "ZONE", "TRIGGER", "OUTCOME", "DURATION", "COUNTS"];
     let mut table: Vec<[String; 8]> = vec![header.map(String::from)];
     for r in rows {
-        let counts = r.counts.iter().filter(|(_, v)| **v != 0).map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
-        let counts = match &r.message {
-            Some(m) if r.outcome != "SUCCEEDED" => format!("{counts}{}{m}", if counts.is_empty() { "" } else { " | " }),
-            _ => counts,
-        };
         table.push([
             r.started_at.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S").to_string(),
             r.job.clone(),
@@ -164,8 +171,8 @@ pub fn render(rows: &[RunRow], tz: chrono_tz::Tz) -> String {
             r.time_zone.clone().unwrap_or_else(|| "-".into()),
             r.trigger.clone(),
             r.outcome.clone(),
-            r.duration_ms.map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
-            counts,
+            duration_text(r),
+            counts_text(r),
         ]);
     }
     let widths: Vec<usize> = (0..7).map(|i| table.iter().map(|row| row[i].chars().count()).max().unwrap_or(0)).collect();

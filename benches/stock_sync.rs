@@ -370,6 +370,9 @@ fn settings_with(s: &Settings, batch: u32, delay_ms: u64) -> Settings {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    }
     let n = env_usize("SJ_BENCH_PRODUCTS", 1_000_000).max(PLANT_EVERY as usize);
     let sample = env_usize("SJ_BENCH_NAIVE_SAMPLE", 5000);
     let delay = env_usize("SJ_BENCH_CONFIRM_DELAY_MS", DEFAULT_CONFIRM_DELAY_MS as usize) as u64;

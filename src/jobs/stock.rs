@@ -82,6 +82,51 @@ redis.call('SET', KEYS[1], ARGV[2])
 return 1
 "#;
 
+// `CAS_SET` for many products in one atomic round trip (stock-sync's repairs, 1,000 at a
+// time: one script call instead of one per product). KEYS: the stock keys, then every
+// product's stale reservation keys in order. ARGV[1]: n; then per product: observed ('' for
+// missing), new value, product id, number of its reservation keys. Returns 1/0 per product.
+const CAS_SET_MANY: &str = r#"
+local n = tonumber(ARGV[1])
+local out = {}
+local r = n
+for i = 1, n do
+  local a = 2 + (i - 1) * 4
+  local observed, new, product, stale = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+  local now = redis.call('GET', KEYS[i])
+  local ok = 1
+  if observed == '' then
+    if now then ok = 0 end
+  elseif now ~= observed then
+    ok = 0
+  end
+  if ok == 1 then
+    for j = 1, stale do
+      if redis.call('HEXISTS', KEYS[r + j], product) == 0 then ok = 0 end
+    end
+  end
+  if ok == 1 then
+    for j = 1, stale do
+      redis.call('HDEL', KEYS[r + j], product)
+    end
+    redis.call('SET', KEYS[i], new)
+  end
+  r = r + stale
+  out[i] = ok
+end
+return out
+"#;
+
+/// One repair for [`Stock::compare_and_set_many`].
+pub struct Cas<'a> {
+    pub product_id: &'a str,
+    /// The value observed (`None`: the key was missing).
+    pub observed: Option<i64>,
+    pub new: i64,
+    /// Orders whose reservation field for this product is dropped with the new value.
+    pub stale_orders: &'a [String],
+}
+
 /// Outcome of a reservation attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reserve {
@@ -98,6 +143,7 @@ pub struct Stock {
     release_many: Script,
     consume: Script,
     cas: Script,
+    cas_many: Script,
 }
 
 impl Stock {
@@ -109,6 +155,7 @@ impl Stock {
             release_many: Script::new(RELEASE_MANY),
             consume: Script::new(CONSUME),
             cas: Script::new(CAS_SET),
+            cas_many: Script::new(CAS_SET_MANY),
         }
     }
 
@@ -183,6 +230,28 @@ impl Stock {
         }
         let n: i64 = inv.arg(observed).arg(new).arg(product_id).invoke_async(&mut self.conn.clone()).await?;
         Ok(n == 1)
+    }
+
+    /// [`Stock::compare_and_set_dropping`] for many products in one atomic round trip (each
+    /// product's repair is all or nothing on its own); returns, per product, whether it was
+    /// applied.
+    pub async fn compare_and_set_many(&self, repairs: &[Cas<'_>]) -> redis::RedisResult<Vec<bool>> {
+        if repairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = self.cas_many.prepare_invoke();
+        for r in repairs {
+            inv.key(stock_key(r.product_id));
+        }
+        inv.arg(repairs.len());
+        for r in repairs {
+            for o in r.stale_orders {
+                inv.key(reservation_key(o));
+            }
+            inv.arg(r.observed.map(|v| v.to_string()).unwrap_or_default()).arg(r.new).arg(r.product_id).arg(r.stale_orders.len());
+        }
+        let applied: Vec<i64> = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(applied.into_iter().map(|n| n == 1).collect())
     }
 
     /// Current stock of each product (`None` where the key is missing), in one round trip.

@@ -186,6 +186,48 @@ pub async fn alerts(s: &Settings, shop: &Shop, r: &mut Report) {
     // repairs the safe way (stale reservation fields removed first). Harm would show as Redis
     // ≠ expected, which `stock_matches` checks before and after the last sync.
     r.row("alerts on products never drifted (releases held up by faults)", undrifted.len());
+
+    // One summary per stock-sync run whose completion committed, no run twice, and each
+    // summary's totals equal to its run's alerts (alerts say what happened: the same rows,
+    // the same rule).
+    let (summaries, aborted) = committed(s, Topic::StockSyncRunSummary).await;
+    r.row("stock.sync.run.summary: committed summaries", summaries.len());
+    r.row("stock.sync.run.summary: records of aborted transactions", aborted);
+    let dup = repeated(&summaries, "runId");
+    if !dup.is_empty() {
+        r.violation(format!("stock.sync.run.summary: a run summarised twice: {}", sample(&dup)));
+    }
+    let finished: i64 = sqlx::query_scalar("SELECT count(*) FROM job_runs WHERE job = 'stock-sync' AND finalized_by IS NOT NULL")
+        .fetch_one(&shop.db)
+        .await
+        .expect("finished stock-sync runs");
+    r.row("stock-sync runs finished (DB)", finished);
+    if summaries.len() as i64 != finished {
+        r.violation(format!("stock.sync.run.summary: {} summaries for {finished} finished stock-sync runs", summaries.len()));
+    }
+    let mut per_run: BTreeMap<String, [i64; 4]> = BTreeMap::new();
+    for (_, a) in &records {
+        let n = per_run.entry(str_field(a, "runId")).or_default();
+        n[0] += 1;
+        match a["action"].as_str() {
+            Some("REDIS_RESTORED") => n[1] += 1,
+            Some("REPAIR_DEFERRED") => n[2] += 1,
+            _ => n[3] += 1,
+        }
+    }
+    let disagree: Vec<String> = summaries
+        .iter()
+        .filter_map(|(_, sm)| {
+            let said = ["mismatches", "restored", "deferred", "manualReview"].map(|f| sm[f].as_i64().unwrap_or(-1));
+            let seen = per_run.get(&str_field(sm, "runId")).copied().unwrap_or_default();
+            (said != seen).then(|| format!("{}: summary {said:?}, alerts {seen:?}", str_field(sm, "runId")))
+        })
+        .collect();
+    let deferred: i64 = per_run.values().map(|n| n[2]).sum();
+    r.row("stock.sync.alert: REPAIR_DEFERRED (refused or unknown repairs)", deferred);
+    if !disagree.is_empty() {
+        r.violation(format!("stock.sync.run.summary: totals differ from the run's alerts: {}", sample(&disagree)));
+    }
 }
 
 /// Daily statistics: one event per date, the same dates as the processor's table.

@@ -34,7 +34,7 @@ use redis::aio::ConnectionManager;
 
 use super::{alert, Action, Cause, Options};
 use crate::jobs::{ChunkOutput, JobCtx, JobError};
-use crate::jobs::stock::{reservation_key, stock_key, Stock};
+use crate::jobs::stock::{reservation_key, stock_key, Cas, Stock};
 use crate::wire::internal::WorkItem;
 
 /// How many of a candidate product's most recent orders that no longer wait are checked for a
@@ -47,6 +47,11 @@ const MGETS_IN_FLIGHT: usize = 4;
 /// Candidates confirmed, recorded and repaired together. Bounds memory (a group and the next
 /// one being gathered) and the size of each statement and Redis round trip.
 pub const CONFIRM_GROUP: usize = 5000;
+/// Repairs per Redis script call: long enough to save round trips, short enough not to hold
+/// Redis (single-threaded) for more than about a millisecond.
+const CAS_PER_CALL: usize = 1000;
+/// Groups confirmed and repaired at the same time.
+const GROUPS_IN_FLIGHT: usize = 2;
 /// Groups the compare may gather ahead of their confirmation.
 const GROUPS_AHEAD: usize = 8;
 
@@ -330,31 +335,53 @@ async fn compare(
     Ok(counts)
 }
 
-/// Confirms, records and repairs each group as it arrives.
+/// Confirms, records and repairs the groups as they arrive, [`GROUPS_IN_FLIGHT`] at a time
+/// (one group's confirmation reads overlap another's writes). Groups hold disjoint products.
 async fn repair_groups(
     ctx: &JobCtx,
     redis: &ConnectionManager,
     item: &WorkItem,
     options: &Options,
-    mut rx: mpsc::Receiver<Group>,
+    rx: mpsc::Receiver<Group>,
 ) -> Result<Counts, JobError> {
+    let mut done = rx.map(|group| repair_group(ctx, redis, item, options, group)).buffer_unordered(GROUPS_IN_FLIGHT);
     let mut counts = Counts::default();
-    while let Some(group) = rx.next().await {
-        let mismatches = confirm(ctx, redis, group.candidates, group.last_seen, options, &mut counts).await?;
-        record(&ctx.db, &item.run_id, &mismatches).await?;
-        crate::runtime::fault::pause(crate::runtime::fault::BEFORE_STOCK_REPAIR, mismatches.iter().map(|m| m.id.as_str())).await;
-        let mut outcomes = repair(redis, &mismatches).await?;
-        for (_, applied) in &outcomes {
-            if *applied == "RESTORED" {
-                counts.repaired += 1;
-            } else {
-                counts.cas_refused += 1;
-            }
-        }
-        counts.repaired += group.settled.len() as i64;
-        outcomes.extend(group.settled.into_iter().map(|id| (id, "RESTORED")));
-        mark(&ctx.db, &item.run_id, &outcomes).await?;
+    while let Some(group) = done.try_next().await? {
+        counts.add(&group);
     }
+    Ok(counts)
+}
+
+async fn repair_group(ctx: &JobCtx, redis: &ConnectionManager, item: &WorkItem, options: &Options, group: Group) -> Result<Counts, JobError> {
+    let mut counts = Counts::default();
+    let waited = group.last_seen.map(|t| t.elapsed());
+    let t0 = Instant::now();
+    let mismatches = confirm(ctx, redis, group.candidates, group.last_seen, options, &mut counts).await?;
+    let t1 = Instant::now();
+    record(&ctx.db, &item.run_id, &mismatches).await?;
+    let t2 = Instant::now();
+    crate::runtime::fault::pause(crate::runtime::fault::BEFORE_STOCK_REPAIR, mismatches.iter().map(|m| m.id.as_str())).await;
+    let t3 = Instant::now();
+    let mut outcomes = repair(redis, &mismatches).await?;
+    let t4 = Instant::now();
+    for (_, applied) in &outcomes {
+        if *applied == "RESTORED" {
+            counts.repaired += 1;
+        } else {
+            counts.cas_refused += 1;
+        }
+    }
+    counts.repaired += group.settled.len() as i64;
+    outcomes.extend(group.settled.into_iter().map(|id| (id, "RESTORED")));
+    mark(&ctx.db, &item.run_id, &outcomes).await?;
+    // Where a group's time goes (the wait for `confirm_delay_ms` is inside `confirm_ms`).
+    tracing::debug!(
+        run_id = %item.run_id, chunk = item.chunk_index, mismatches = mismatches.len(),
+        since_seen_ms = waited.map(|w| w.as_millis() as u64), confirm_ms = (t1 - t0).as_millis() as u64,
+        record_ms = (t2 - t1).as_millis() as u64, repair_ms = (t4 - t3).as_millis() as u64,
+        mark_ms = t4.elapsed().as_millis() as u64,
+        "stock-sync group repaired"
+    );
     Ok(counts)
 }
 
@@ -511,32 +538,37 @@ async fn record(db: &sqlx::PgPool, run_id: &str, mismatches: &[Mismatch]) -> Res
     Ok(())
 }
 
-/// Repairs every restorable mismatch (products concurrently); returns (product, RESTORED |
-/// CAS_REFUSED).
+/// Repairs every restorable mismatch, [`CAS_PER_CALL`] per atomic script call; returns
+/// (product, RESTORED | CAS_REFUSED).
 async fn repair(redis: &ConnectionManager, mismatches: &[Mismatch]) -> Result<Vec<(String, &'static str)>, JobError> {
-    if mismatches.iter().all(|m| m.action != Action::RedisRestored) {
-        return Ok(Vec::new());
-    }
-    let stock = Stock::new(redis.clone());
-    let repairs = mismatches.iter().filter(|m| m.action == Action::RedisRestored).filter_map(|m| {
-        let observed = match &m.observed {
-            Observed::Missing => None,
-            Observed::Value(v) => Some(*v),
-            // Unreachable by `action_for`; never guess a value to compare against.
-            Observed::NotANumber(_) => return None,
-        };
-        let stock = stock.clone();
-        Some(async move {
+    let restorable: Vec<Cas<'_>> = mismatches
+        .iter()
+        .filter(|m| m.action == Action::RedisRestored)
+        .filter_map(|m| {
+            let observed = match &m.observed {
+                Observed::Missing => None,
+                Observed::Value(v) => Some(*v),
+                // Unreachable by `action_for`; never guess a value to compare against.
+                Observed::NotANumber(_) => return None,
+            };
             // The stale reservation fields go in the same atomic step as the new value: a late
             // release then finds nothing to add on top of the repair, and a refused repair
             // leaves them for that release to give back. (Dropping them first and then being
             // refused lost their quantity until a later run could repair the product — found
             // by the fault suite.)
-            let applied = stock.compare_and_set_dropping(&m.id, observed, m.expected, &m.stale_orders).await?;
-            Ok::<_, JobError>((m.id.clone(), if applied { "RESTORED" } else { "CAS_REFUSED" }))
+            Some(Cas { product_id: &m.id, observed, new: m.expected, stale_orders: &m.stale_orders })
         })
-    });
-    futures::future::try_join_all(repairs).await
+        .collect();
+    let stock = Stock::new(redis.clone());
+    let mut outcomes = Vec::with_capacity(restorable.len());
+    for calls in restorable.chunks(CAS_PER_CALL) {
+        let applied = stock.compare_and_set_many(calls).await?;
+        if applied.len() != calls.len() {
+            return Err(JobError::Failed(format!("compare-and-set of {} products answered {}", calls.len(), applied.len())));
+        }
+        outcomes.extend(calls.iter().zip(applied).map(|(c, ok)| (c.product_id.to_string(), if ok { "RESTORED" } else { "CAS_REFUSED" })));
+    }
+    Ok(outcomes)
 }
 
 async fn mark(db: &sqlx::PgPool, run_id: &str, outcomes: &[(String, &'static str)]) -> Result<(), JobError> {

@@ -101,7 +101,7 @@ pub const MAX_ALERTS_PER_TRANSACTION: u32 = 9_990;
 
 impl Default for Options {
     fn default() -> Self {
-        Options { urgent_after_mismatches: 10, confirm_delay_ms: 200, alerts_per_transaction: 5_000 }
+        Options { urgent_after_mismatches: 10, confirm_delay_ms: 200, alerts_per_transaction: 9_000 }
     }
 }
 

@@ -224,7 +224,7 @@ fn known_job(settings: &Settings, job: &str) -> anyhow::Result<String> {
     if settings.job(job).is_some() {
         Ok(job.to_string())
     } else {
-        let known: Vec<String> = settings.jobs.keys().map(|k| k.replace('_', "-")).collect();
+        let known: Vec<String> = settings.listed_jobs().map(|(k, _)| k.replace('_', "-")).collect();
         Err(anyhow::anyhow!("unknown job `{job}` (configured jobs: {})", known.join(", ")))
     }
 }
@@ -380,9 +380,12 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 map.insert(k.to_string(), v.to_string());
             }
             let tick = crate::runtime::tick::trigger(&settings, &job, at, map).await.map_err(|e| {
-                // Naming a job that does not exist (or is disabled) is a usage error.
+                // Naming a job that does not exist (or is disabled), or a parameter it does not
+                // accept, is a usage error.
                 let code = match e {
-                    crate::runtime::tick::TickError::UnknownJob { .. } | crate::runtime::tick::TickError::JobDisabled { .. } => 2,
+                    crate::runtime::tick::TickError::UnknownJob { .. }
+                    | crate::runtime::tick::TickError::JobDisabled { .. }
+                    | crate::runtime::tick::TickError::InvalidTick(_) => 2,
                     _ => 1,
                 };
                 Failure { code, error: e.into() }

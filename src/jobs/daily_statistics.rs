@@ -69,7 +69,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use rust_decimal::Decimal;
 
-use super::{CatchUp, ChunkOutput, Emit, Job, JobCtx, JobError, JobSettings, Run};
+use super::{CatchUp, ChunkOutput, Emit, Job, JobCtx, JobError, JobSettings, Parameter, Run};
 use crate::wire::derived_id;
 use crate::wire::events::{self, emit};
 use crate::wire::internal::WorkItem;
@@ -84,8 +84,18 @@ pub const EVENT_KIND: &str = "daily-statistics";
 pub const WINDOW_DAYS: u64 = 7;
 /// Length of the top-products list.
 pub const TOP_N: i64 = 10;
-/// Tick parameters this job understands.
-const PARAMETERS: [&str; 2] = ["date", "force"];
+/// Tick parameters this job accepts besides `force`.
+const PARAMETERS: [Parameter; 1] =
+    [Parameter { name: "date", about: "YYYY-MM-DD: the date to count instead of yesterday (2000 or later, already over)", check: check_date }];
+
+/// A `date` parameter's own check; whether the day is over depends on the tick (see `period`).
+fn check_date(v: &str) -> Result<(), String> {
+    match parse_date(v) {
+        Some(d) if d >= NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or(NaiveDate::MIN) => Ok(()),
+        Some(_) => Err("before 2000".into()),
+        None => Err("not a date (YYYY-MM-DD)".into()),
+    }
+}
 /// Wire format of a date (period, work-item ids; the event's `date` and key are written alike).
 const DATE_FORMAT: &str = "%Y-%m-%d";
 
@@ -287,31 +297,8 @@ impl Job for DailyStatistics {
         Ok(date.format(DATE_FORMAT).to_string())
     }
 
-    fn validate(&self, tick: &Tick) -> Result<(), JobError> {
-        if let Some(k) = tick.parameters.keys().find(|k| !PARAMETERS.contains(&k.as_str())) {
-            return Err(JobError::InvalidTick(format!("unknown parameter `{k}` (daily-statistics accepts: {})", PARAMETERS.join(", "))));
-        }
-        if let Some(v) = tick.parameters.get("force") {
-            if v != "true" && v != "false" {
-                return Err(JobError::InvalidTick(format!("parameter `force` = `{v}` is not true or false")));
-            }
-            // The processor honours `force` only on MANUAL ticks; elsewhere it would be
-            // silently ignored, which is worse than saying so.
-            if tick.trigger != Trigger::Manual {
-                return Err(JobError::InvalidTick(format!(
-                    "parameter `force` is only accepted on MANUAL ticks, not {}",
-                    tick.trigger.as_str()
-                )));
-            }
-        }
-        if let Some(v) = tick.parameters.get("date") {
-            match parse_date(v) {
-                Some(d) if d >= NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or(NaiveDate::MIN) => {}
-                Some(d) => return Err(JobError::InvalidTick(format!("parameter `date` = {d} is before 2000"))),
-                None => return Err(JobError::InvalidTick(format!("parameter `date` = `{v}` is not a date (YYYY-MM-DD)"))),
-            }
-        }
-        Ok(())
+    fn parameters(&self) -> &'static [Parameter] {
+        &PARAMETERS
     }
 
     fn coalesce(&self) -> bool {
@@ -584,9 +571,9 @@ mod tests {
         let tz = chrono_tz::UTC;
         assert_eq!(job.period(&tick(Trigger::Scheduled, &[]), tz).unwrap(), "2026-11-24");
         let named = tick(Trigger::Manual, &[("date", "2026-11-20"), ("force", "true")]);
-        job.validate(&named).unwrap();
+        super::super::check_tick(&job, &named).unwrap();
         assert_eq!(job.period(&named, tz).unwrap(), "2026-11-20");
-        let invalid = |t: &Tick| matches!(job.validate(t).and_then(|_| job.period(t, tz)), Err(JobError::InvalidTick(_)));
+        let invalid = |t: &Tick| matches!(super::super::check_tick(&job, t).and_then(|_| job.period(t, tz)), Err(JobError::InvalidTick(_)));
         assert!(invalid(&tick(Trigger::Manual, &[("date", "2026-11-25")])), "today is not over");
         assert!(invalid(&tick(Trigger::Manual, &[("date", "2026-02-30")])));
         assert!(invalid(&tick(Trigger::Manual, &[("date", "1999-12-31")])));

@@ -147,8 +147,15 @@ pub trait Job: Send + Sync {
         Ok(tick.scheduled_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
     }
 
-    /// Checks the tick's parameters before anything is planned; an error sends the tick to
-    /// dead letters (impossible values).
+    /// The tick parameters this job accepts besides [`FORCE`], which every job accepts. A
+    /// tick naming any other parameter, or a value its check refuses, is sent to dead
+    /// letters by [`check_tick`] — the one rule for every job. None by default.
+    fn parameters(&self) -> &'static [Parameter] {
+        &[]
+    }
+
+    /// Checks that involve more than one parameter or the tick itself, after every parameter
+    /// passed [`check_tick`]; an error sends the tick to dead letters (impossible values).
     fn validate(&self, tick: &Tick) -> Result<(), JobError> {
         let _ = tick;
         Ok(())
@@ -174,6 +181,58 @@ pub trait Job: Send + Sync {
         let _ = (ctx, run);
         Box::pin(async { Ok(ChunkOutput::default()) })
     }
+}
+
+/// A tick parameter a job accepts (see [`Job::parameters`]).
+pub struct Parameter {
+    pub name: &'static str,
+    /// What it does, for `--help`-style listings and docs.
+    pub about: &'static str,
+    /// Checks one value; the error says what is wrong with it (the caller names the parameter).
+    pub check: fn(&str) -> Result<(), String>,
+}
+
+/// `force=true`: re-run a period already recorded (a new attempt). The processor honours it
+/// for every job, on MANUAL ticks only.
+pub const FORCE: Parameter =
+    Parameter { name: "force", about: "true: run again a period already recorded (MANUAL ticks only)", check: true_or_false };
+
+/// A [`Parameter::check`] accepting any value that parses as `T` (`u32`, `i32`, …).
+pub fn parses<T: std::str::FromStr>(value: &str) -> Result<(), String> {
+    value.parse::<T>().map(|_| ()).map_err(|_| format!("expected a value of type {}", std::any::type_name::<T>()))
+}
+
+/// A [`Parameter::check`] accepting `true` or `false`.
+pub fn true_or_false(value: &str) -> Result<(), String> {
+    parses::<bool>(value).map_err(|_| "expected true or false".to_string())
+}
+
+/// The one rule for a tick's parameters, whatever the job: each must be [`FORCE`] or one the
+/// job declares, with a value its check accepts, and `force` only on a MANUAL tick; then the
+/// job's own [`Job::validate`]. An error names the parameter; the processor sends such a
+/// tick to dead letters and `trigger` refuses to publish it.
+pub fn check_tick(job: &dyn Job, tick: &Tick) -> Result<(), JobError> {
+    for (name, value) in &tick.parameters {
+        let declared = std::iter::once(&FORCE).chain(job.parameters()).find(|p| p.name == name);
+        let Some(parameter) = declared else {
+            let accepted: Vec<&str> = std::iter::once(&FORCE).chain(job.parameters()).map(|p| p.name).collect();
+            return Err(JobError::InvalidTick(format!(
+                "unknown parameter `{name}` ({} accepts: {})",
+                job.name(),
+                accepted.join(", ")
+            )));
+        };
+        (parameter.check)(value).map_err(|why| JobError::InvalidTick(format!("parameter `{name}` = `{value}`: {why}")))?;
+    }
+    // The processor honours `force` only on MANUAL ticks; elsewhere it would be silently
+    // ignored, which is worse than saying so.
+    if tick.parameters.contains_key(FORCE.name) && tick.trigger != crate::wire::tick::Trigger::Manual {
+        return Err(JobError::InvalidTick(format!(
+            "parameter `force` is only accepted on MANUAL ticks, not {}",
+            tick.trigger.as_str()
+        )));
+    }
+    job.validate(tick)
 }
 
 /// The jobs this build knows, by name.

@@ -99,7 +99,7 @@ impl Processor {
         if tick.scheduled_at.timestamp() < 946_684_800 {
             return Err(reject("IMPOSSIBLE_VALUE", format!("scheduledAt {} is before 2000", tick.scheduled_at.to_rfc3339())));
         }
-        job.validate(tick).map_err(|e| reject("IMPOSSIBLE_VALUE", e.to_string()))?;
+        crate::jobs::check_tick(job.as_ref(), tick).map_err(|e| reject("IMPOSSIBLE_VALUE", e.to_string()))?;
         let period = job.period(tick, self.env.tz).map_err(|e| reject("IMPOSSIBLE_VALUE", e.to_string()))?;
         Ok((job, period))
     }

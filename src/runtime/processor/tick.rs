@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 
 use super::ledger::run_key;
 use super::run::{new_run, work_item, Out, TxnPlan, SEAL};
@@ -208,7 +208,9 @@ impl Processor {
             reason: r.reason,
             original_key: m.key().map(|k| k.to_vec()),
             original_value: m.payload().map(|p| p.to_vec()),
-            headers: BTreeMap::new(),
+            headers: crate::wire::internal::header_map(
+                m.headers().into_iter().flat_map(|h| h.iter()).map(|h| (h.key, h.value)),
+            ),
         };
         let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
         TxnPlan { out: vec![Out::DeadLetter { key, letter }], ..TxnPlan::default() }

@@ -1,9 +1,11 @@
 //! `noop`: the trivial built-in job that exercises the whole pipeline (plan → work items →
-//! apply → run result) with no effect outside Kafka. A test job: disabled unless the
-//! configuration says `jobs.noop.enabled = true` (then listed, triggerable and run; until
-//! then `trigger noop` is refused and a noop tick is recorded SKIPPED). Parameters: `chunks` (default 1),
+//! apply → run result) with no effect outside Kafka. Parameters: `chunks` (default 1),
 //! `apply_sleep_ms` and `plan_sleep_ms` (to exercise timeouts), `fail` (chunk index that
 //! fails, to exercise FAILED runs), `fail_finalize` (`true`: the whole-run step fails).
+//!
+//! A test job, not part of a production configuration: off unless the configuration says
+//! `jobs.noop.enabled = true`. Until then `config show` and job lists leave it out, `trigger
+//! noop` is refused saying how to enable it, and a noop tick is recorded SKIPPED.
 
 use std::time::Duration;
 

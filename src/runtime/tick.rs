@@ -434,7 +434,10 @@ pub async fn trigger(
     // The processor's rule, applied before publishing: a tick it would send to dead letters
     // is refused here, where the user sees why.
     if let Some(j) = crate::jobs::Registry::builtin().get(&tick.job) {
-        crate::jobs::check_tick(j.as_ref(), &tick).map_err(|e| TickError::InvalidTick(e.to_string()))?;
+        crate::jobs::check_tick(j.as_ref(), &tick).map_err(|e| match e {
+            crate::jobs::JobError::InvalidTick(why) => TickError::InvalidTick(why),
+            other => TickError::InvalidTick(other.to_string()),
+        })?;
     }
     // Checked first: a producer sending to a missing topic could have it auto-created with
     // broker defaults instead of our partitions and retention.

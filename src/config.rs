@@ -539,7 +539,7 @@ impl Settings {
     /// [`Settings::listed_jobs`], and a first comment line naming the time zone.
     pub fn redacted(&self) -> String {
         let mut shown = self.clone();
-        shown.jobs.retain(|key, job| job.enabled || !off_by_default(key));
+        shown.jobs = self.listed_jobs().map(|(key, job)| (key.clone(), job.clone())).collect();
         let blank = |p: &mut Option<SecretString>| {
             if p.is_some() {
                 *p = Some(SecretString::from(REDACTED));

@@ -186,7 +186,7 @@ pub trait Job: Send + Sync {
 /// A tick parameter a job accepts (see [`Job::parameters`]).
 pub struct Parameter {
     pub name: &'static str,
-    /// What it does, for `--help`-style listings and docs.
+    /// What it means, in a line: the declaration documents the parameter where it is checked.
     pub about: &'static str,
     /// Checks one value; the error says what is wrong with it (the caller names the parameter).
     pub check: fn(&str) -> Result<(), String>,
@@ -291,6 +291,38 @@ mod tests {
         assert!(!JobError::from(script).is_transient());
         let auth = RedisError::from((ErrorKind::AuthenticationFailed, "WRONGPASS"));
         assert!(!JobError::from(auth).is_transient());
+    }
+
+    /// The one parameter rule, for jobs with and without parameters of their own: only
+    /// declared names (and `force`, on MANUAL ticks), only values their check accepts, and
+    /// the refusal names the parameter.
+    #[test]
+    fn every_job_refuses_unknown_parameters_and_bad_values_naming_them() {
+        use crate::wire::tick::Trigger;
+        let tick = |job: &str, trigger: Trigger, params: &[(&str, &str)]| {
+            let mut t = Tick::for_fire_time(job, chrono::DateTime::from_timestamp(1_764_000_000, 0).unwrap(), trigger, None);
+            t.parameters = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            t
+        };
+        let refusal = |job: &dyn Job, t: &Tick| match check_tick(job, t) {
+            Err(JobError::InvalidTick(why)) => why,
+            other => panic!("{} {:?} accepted: {other:?}", job.name(), t.parameters),
+        };
+        for job in catalog() {
+            let job = job.as_ref();
+            check_tick(job, &tick(job.name(), Trigger::Scheduled, &[])).unwrap();
+            check_tick(job, &tick(job.name(), Trigger::Manual, &[("force", "true")])).unwrap();
+            let why = refusal(job, &tick(job.name(), Trigger::Scheduled, &[("batch", "-1")]));
+            assert!(why.starts_with("unknown parameter `batch`") && why.contains("accepts: force"), "{why}");
+            let why = refusal(job, &tick(job.name(), Trigger::Manual, &[("force", "maybe")]));
+            assert!(why.contains("parameter `force` = `maybe`"), "{why}");
+            let why = refusal(job, &tick(job.name(), Trigger::Scheduled, &[("force", "true")]));
+            assert!(why.contains("only accepted on MANUAL ticks"), "{why}");
+        }
+        let noop = noop::Noop;
+        check_tick(&noop, &tick("noop", Trigger::Scheduled, &[("chunks", "100000"), ("fail", "-1")])).unwrap();
+        assert!(refusal(&noop, &tick("noop", Trigger::Scheduled, &[("chunks", "100001")])).contains("parameter `chunks` = `100001`: exceeds"));
+        assert!(refusal(&noop, &tick("noop", Trigger::Scheduled, &[("apply_sleep_ms", "-5")])).contains("`apply_sleep_ms`"));
     }
 
     /// A job error keeps its cause (for logs and `source()` chains) and is never fatal: the

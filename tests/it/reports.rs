@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use apache_avro::types::Value;
-use chrono::{DateTime, Duration as Delta, Utc};
+use chrono::{DateTime, Duration as Delta, TimeZone, Utc};
 use redis::AsyncCommands;
 use scheduled_jobs::kafka::codec::Codec;
 use scheduled_jobs::config::{Settings, Topic};
@@ -58,13 +58,18 @@ fn problems(f: &BTreeMap<String, Value>) -> Vec<String> {
     }
 }
 
-fn midnight(t: DateTime<Utc>) -> DateTime<Utc> {
-    DateTime::from_timestamp(t.timestamp() - t.timestamp() % 86_400, 0).unwrap()
+/// The local midnight that starts `t`'s day in `tz` (the zones used here have no DST gap at
+/// midnight).
+fn midnight(t: DateTime<Utc>, tz: chrono_tz::Tz) -> DateTime<Utc> {
+    let day = t.with_timezone(&tz).date_naive();
+    tz.from_local_datetime(&day.and_hms_opt(0, 0, 0).unwrap()).earliest().unwrap().with_timezone(&Utc)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_summarise_the_runs_of_the_last_day_once_each() {
     let s = isolated().await;
+    // The default zone, the seed's (Asia/Seoul): days and "yesterday" are Seoul's.
+    let tz = s.time_zone().unwrap();
     let pool = test_db(&s).await;
     // Stock history: one product drifted in Redis (repaired), one with an impossible DB value
     // (left for a person).
@@ -78,7 +83,7 @@ async fn reports_summarise_the_runs_of_the_last_day_once_each() {
     let _: () = redis.set(stock_key(&invalid), 5).await.unwrap();
 
     let now = Utc::now();
-    publish(&s, &[tick("stock-sync", now - Delta::minutes(1), &[]), tick("daily-statistics", midnight(now), &[])]).await;
+    publish(&s, &[tick("stock-sync", now - Delta::minutes(1), &[]), tick("daily-statistics", midnight(now, tz), &[])]).await;
     let mut p = processor_on(&s, pool.clone()).await;
     drive(&mut p, 2).await;
     let restored: Option<i64> = redis.get(stock_key(&drifted)).await.unwrap();
@@ -106,7 +111,7 @@ async fn reports_summarise_the_runs_of_the_last_day_once_each() {
 
     let daily = r.iter().find(|f| text(f, "reportType") == "DAILY_STATISTICS_REPORT").unwrap();
     assert_eq!((int(daily, "runs"), int(daily, "succeeded"), int(daily, "failed")), (1, 1, 0));
-    let yesterday = (midnight(at) - Delta::days(1)).date_naive().to_string();
+    let yesterday = (at.with_timezone(&tz).date_naive() - Delta::days(1)).to_string();
     assert!(text(daily, "title").contains(&yesterday), "{}", text(daily, "title"));
     assert_eq!(count(daily, "totalOrders"), 0);
     assert!(problems(daily).is_empty(), "{:?}", problems(daily));

@@ -219,6 +219,21 @@ async fn bad_ticks_go_to_dead_letters_and_processing_continues() {
     assert_eq!(r[0].outcome, Outcome::Succeeded);
 }
 
+/// Issue 16 item 5: a noop tick reaching a processor whose configuration leaves the test job
+/// off runs nothing: it is recorded SKIPPED, naming the setting that would enable it.
+#[tokio::test]
+async fn a_noop_tick_is_skipped_while_the_test_job_is_off() {
+    let s = isolated().await;
+    publish(&s, &[tick("noop", at(2), &[("chunks", "2")])]).await;
+    let mut p = processor(&s).await;
+    drive(&mut p, 2).await;
+    let r = results(&s).await;
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].outcome, Outcome::Skipped);
+    assert!(r[0].message.as_deref().unwrap_or_default().contains("`jobs.noop.enabled` is false"), "{r:?}");
+    assert_eq!(count(&s, Topic::WorkItems), 0, "nothing planned");
+}
+
 /// Issue 16 item 5: a dead letter keeps the original record's headers — text as it is, and
 /// a value that is not UTF-8 in base64, so no header is lost — and its key.
 #[tokio::test]

@@ -14,7 +14,7 @@ use scheduled_jobs::kafka::{client_config, KafkaClientError, Role};
 use scheduled_jobs::runtime::tick::{trigger, TickError, TickProducer};
 use scheduled_jobs::wire::tick::{Tick, Trigger};
 
-use crate::common::{isolated, read_all, settings, unique};
+use crate::common::{isolated, read_all, settings, unique, with_noop};
 
 fn utc(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -48,6 +48,19 @@ async fn ticks_on_topic(s: &Settings) -> Vec<(i32, String, Tick)> {
 
 fn scheduled_at(ticks: &[Tick]) -> Vec<DateTime<Utc>> {
     ticks.iter().map(|t| t.scheduled_at).collect()
+}
+
+/// Issue 16 item 5: the `noop` test job is not scheduled by a default configuration, even
+/// given a schedule; enabled, it is.
+#[tokio::test]
+async fn the_noop_test_job_is_scheduled_only_when_enabled() {
+    let mut s = isolated().await;
+    s.jobs.get_mut("noop").unwrap().schedule = "* * * * * *".into();
+    let jobs = TickProducer::new(&s).await.unwrap().jobs().iter().map(|j| j.to_string()).collect::<Vec<_>>();
+    assert!(!jobs.contains(&"noop".to_string()) && jobs.contains(&"stock-sync".to_string()), "{jobs:?}");
+    let s = with_noop(s);
+    let jobs = TickProducer::new(&s).await.unwrap().jobs().iter().map(|j| j.to_string()).collect::<Vec<_>>();
+    assert!(jobs.contains(&"noop".to_string()), "{jobs:?}");
 }
 
 #[tokio::test]

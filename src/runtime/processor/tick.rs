@@ -151,7 +151,10 @@ impl Processor {
                 return Ok(TxnPlan::ended(&run, RunState::Skipped, Outcome::Skipped, Some(message)));
             }
             Some(NotNow::Paused(pause)) => return Ok(skip_paused(&run, pause)),
-            Some(NotNow::Disabled) => return Ok(TxnPlan::ended(&run, RunState::Skipped, Outcome::Skipped, Some("job disabled".into()))),
+            Some(NotNow::Disabled) => {
+                let message = format!("job disabled (setting `jobs.{}.enabled` is false)", crate::config::job_key(&run.job));
+                return Ok(TxnPlan::ended(&run, RunState::Skipped, Outcome::Skipped, Some(message)));
+            }
             None => {}
         }
         tracing::info!(job = %run.job, period = %run.period, run_id = %run.run_id, trigger = run.tick.trigger.as_str(), "planning run");

@@ -24,6 +24,10 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, env = "SJ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// More log lines on stderr: -v one level more (info for `demo`, debug otherwise), -vv
+    /// another. RUST_LOG, when set, decides instead.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -163,14 +167,16 @@ pub enum TopicsAction {
 pub enum SchemasAction {
     /// Check every schema, then (if all are compatible) set BACKWARD and register them.
     Register,
-    /// Check every schema against the registry; register nothing. Fails on any incompatibility.
+    /// Check every schema against the registry and the evolution rules (every enum has a
+    /// default symbol, every field a doc, a field new since the registered version a default);
+    /// register nothing. Fails on any incompatibility or broken rule, naming file and field.
     Check,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RunsAction {
-    /// Recent runs, newest first: job, period, trigger, outcome, duration and counts (from
-    /// the committed run results; runs planned but not finished show as RUNNING).
+    /// Recent runs, newest first: job, period, time zone, trigger, outcome, duration and
+    /// counts (from the committed run results; runs planned but not finished show as RUNNING).
     List {
         /// Only this job.
         #[arg(long)]
@@ -233,13 +239,53 @@ fn known_job(settings: &Settings, job: &str) -> anyhow::Result<String> {
     }
 }
 
-pub fn init_tracing(format: LogFormat) {
+/// The log filter when RUST_LOG is not set: `info` for every command but `demo`, whose
+/// output is its run summaries (`warn`, so problems still show); each `-v` one level more.
+/// The clients' own chatter stays at `warn` until `-vv` beyond that.
+fn default_filter(command: &Command, verbose: u8) -> String {
+    const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+    let base = if matches!(command, Command::Demo { .. }) { 1 } else { 2 };
+    let level = LEVELS[(base + usize::from(verbose)).min(LEVELS.len() - 1)];
+    let clients = if verbose >= 2 { level } else { "warn" };
+    format!("{level},rdkafka={clients},sqlx={clients}")
+}
+
+/// Whether text logs may carry ANSI colour codes: only on a terminal, and not when the
+/// `NO_COLOR` convention (<https://no-color.org>: set and not empty) asks for none.
+pub fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+pub fn init_tracing(cli: &Cli) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter(&cli.command, cli.verbose)));
+    let ansi = colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match cli.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The line `main` ends a failed command with, on stderr: `error: …` as text, or under
+/// `--log-format json` one JSON object shaped like the log lines (timestamp, level, target,
+/// fields), whose fields carry the message, each cause of the error chain (outermost
+/// first) and the exit status — so a log pipeline parses every line it is given.
+pub fn fatal_line(format: LogFormat, failure: &Failure) -> String {
+    match format {
+        LogFormat::Text => format!("error: {:#}", failure.error),
+        LogFormat::Json => serde_json::json!({
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "level": "ERROR",
+            "fields": {
+                "message": format!("{:#}", failure.error),
+                "chain": failure.error.chain().map(ToString::to_string).collect::<Vec<_>>(),
+                "exit_code": failure.code,
+            },
+            "target": "scheduled_jobs",
+        })
+        .to_string(),
     }
 }
 
@@ -269,12 +315,26 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                     for o in &outcomes {
                         println!("{o}");
                     }
+                    let broken = crate::kafka::schemas::rules(&registry, &schemas).await.map_err(anyhow::Error::from)?;
+                    for v in &broken {
+                        println!("BREAKS RULE {v}");
+                    }
                     let bad = outcomes
                         .iter()
                         .filter(|o| matches!(o.status, crate::kafka::schemas::Status::Incompatible { .. }))
                         .count();
+                    let mut problems = Vec::new();
                     if bad > 0 {
-                        return Err(anyhow::anyhow!("{bad} subject(s) not BACKWARD compatible").into());
+                        problems.push(format!("{bad} subject(s) not BACKWARD compatible"));
+                    }
+                    if !broken.is_empty() {
+                        problems.push(format!(
+                            "{} schema evolution rule(s) broken (docs/decisions/2026-11-29-schema-evolution.md)",
+                            broken.len()
+                        ));
+                    }
+                    if !problems.is_empty() {
+                        return Err(anyhow::anyhow!("{}", problems.join("; ")).into());
                     }
                 }
             }
@@ -424,4 +484,42 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_logs_warnings_by_default_and_more_with_each_v() {
+        let demo = Command::Demo { fast: true };
+        assert_eq!(default_filter(&demo, 0), "warn,rdkafka=warn,sqlx=warn");
+        assert_eq!(default_filter(&demo, 1), "info,rdkafka=warn,sqlx=warn");
+        assert_eq!(default_filter(&Command::Run, 0), "info,rdkafka=warn,sqlx=warn");
+        assert_eq!(default_filter(&Command::Run, 2), "trace,rdkafka=trace,sqlx=trace");
+        assert_eq!(default_filter(&Command::Run, 9), "trace,rdkafka=trace,sqlx=trace");
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_and_never_under_no_color() {
+        use std::ffi::OsStr;
+        assert!(colour(true, None));
+        assert!(!colour(false, None));
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        // An empty NO_COLOR does not opt out (no-color.org).
+        assert!(colour(true, Some(OsStr::new(""))));
+    }
+
+    #[test]
+    fn the_fatal_line_under_json_is_one_object_with_the_chain() {
+        let error = anyhow::anyhow!("connection refused").context("cannot reach the broker");
+        let line = fatal_line(LogFormat::Json, &Failure { code: 1, error });
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["level"], "ERROR");
+        assert_eq!(v["fields"]["message"], "cannot reach the broker: connection refused");
+        assert_eq!(v["fields"]["chain"], serde_json::json!(["cannot reach the broker", "connection refused"]));
+        let error = anyhow::anyhow!("bad");
+        assert_eq!(fatal_line(LogFormat::Text, &Failure { code: 2, error }), "error: bad");
+    }
 }

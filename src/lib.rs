@@ -12,8 +12,9 @@
 //! - [`wire`]: the contract — every topic, and each record on it as a Rust type; only this
 //!   layer builds Avro values (exact decimals and JSON rendering in [`wire::avro`]).
 //! - [`kafka`]: Kafka and Avro plumbing — client configuration and error classes, the
-//!   Confluent-framed [`kafka::codec`], [`kafka::schemas`] against the registry,
-//!   [`kafka::topics`] as data.
+//!   Confluent-framed [`kafka::codec`], [`kafka::schemas`] against the registry and
+//!   [`kafka::schema_rules`] (the evolution rules `schemas check` lints), [`kafka::topics`] as
+//!   data.
 //! - [`ops`]: the operator commands — runs list, replay, tail, trigger --wait, the demo.
 //! - At the top: [`cli`] (the command line), [`config`] (layered settings, validated at
 //!   start), [`db`] (PostgreSQL pool and migrations), [`schedule`] (cron in a time zone) and

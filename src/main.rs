@@ -6,11 +6,12 @@ use scheduled_jobs::cli::{self, Cli};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::init_tracing(cli.log_format);
+    cli::init_tracing(&cli);
+    let format = cli.log_format;
     match cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("error: {:#}", f.error);
+            eprintln!("{}", cli::fatal_line(format, &f));
             ExitCode::from(f.code)
         }
     }

@@ -57,6 +57,10 @@
 //! order. A day without orders is emitted with zeros, `avgOrderAmount` 0.00 and no top
 //! products: "nothing sold" is a fact Analytics should receive, not a gap.
 //!
+//! **Time zone.** Each row stores the zone its date was counted in (`time_zone`, from
+//! `scheduler.time_zone` when the figures were computed) and every event of the row names it
+//! (`timeZone`), so a consumer never has to guess which midnight bounded the day.
+//!
 //! Run-result counts: `datesAggregated` (dates this run emitted), `datesSkipped` (dates in
 //! its list owned by another run), `orders` (sum of `totalOrders` of the emitted dates).
 
@@ -189,6 +193,8 @@ struct Stored {
     refund_amount: Decimal,
     top_products: String,
     generated_at: DateTime<Utc>,
+    /// IANA name of the zone the date was counted in (`timeZone` of the event).
+    time_zone: String,
 }
 
 /// $1, $2: the day's UTC bounds. One pass over the orders touching the day in any of the four
@@ -226,7 +232,8 @@ ORDER BY t.sold DESC, t.product_id COLLATE \"C\"";
 
 /// Writes the computed dates and returns every row this run owns among the chunk's dates.
 /// $1 run id; $2..$9 the computed figures as parallel arrays; $10 all the chunk's dates;
-/// $11 the date a forced re-run takes over (NULL otherwise: then a conflict changes nothing).
+/// $11 the date a forced re-run takes over (NULL otherwise: then a conflict changes nothing);
+/// $12 the time zone the figures were counted in.
 /// One statement, so it is atomic: if it fails, nothing was written. `earlier` reads the
 /// statement's snapshot, so it holds the rows an earlier attempt of this run wrote and never
 /// those `written` adds: their union is each owned row once.
@@ -236,22 +243,24 @@ WITH input AS (
         AS t(date, total_orders, total_sales, avg_order_amount, cancelled_orders, refund_amount, top_products, event_id)
 ), written AS (
     INSERT INTO daily_statistics AS s
-        (date, run_id, event_id, total_orders, total_sales, avg_order_amount, cancelled_orders, refund_amount, top_products, generated_at)
-    SELECT date, $1, event_id::uuid, total_orders, total_sales, avg_order_amount, cancelled_orders, refund_amount, top_products::jsonb, now()
+        (date, run_id, event_id, total_orders, total_sales, avg_order_amount, cancelled_orders, refund_amount, top_products, generated_at, time_zone)
+    SELECT date, $1, event_id::uuid, total_orders, total_sales, avg_order_amount, cancelled_orders, refund_amount, top_products::jsonb, now(), $12
     FROM input
     ON CONFLICT (date) DO UPDATE SET
         run_id = EXCLUDED.run_id, total_orders = EXCLUDED.total_orders, total_sales = EXCLUDED.total_sales,
         avg_order_amount = EXCLUDED.avg_order_amount, cancelled_orders = EXCLUDED.cancelled_orders,
-        refund_amount = EXCLUDED.refund_amount, top_products = EXCLUDED.top_products, generated_at = EXCLUDED.generated_at
+        refund_amount = EXCLUDED.refund_amount, top_products = EXCLUDED.top_products, generated_at = EXCLUDED.generated_at,
+        time_zone = EXCLUDED.time_zone
     WHERE s.date = $11 AND s.run_id <> EXCLUDED.run_id
     RETURNING s.date, s.event_id, s.total_orders, s.total_sales, s.avg_order_amount, s.cancelled_orders, s.refund_amount,
-              s.top_products, s.generated_at
+              s.top_products, s.generated_at, s.time_zone
 ), earlier AS (
-    SELECT date, event_id, total_orders, total_sales, avg_order_amount, cancelled_orders, refund_amount, top_products, generated_at
+    SELECT date, event_id, total_orders, total_sales, avg_order_amount, cancelled_orders, refund_amount, top_products, generated_at,
+           time_zone
     FROM daily_statistics WHERE date = ANY($10) AND run_id = $1
 )
 SELECT date, event_id::text AS event_id, total_orders, total_sales, avg_order_amount, cancelled_orders, refund_amount,
-       top_products::text AS top_products, generated_at
+       top_products::text AS top_products, generated_at, time_zone
 FROM (SELECT * FROM written UNION ALL SELECT * FROM earlier) mine
 ORDER BY date";
 
@@ -354,8 +363,8 @@ async fn apply_dates(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobEr
     for date in todo {
         let f = aggregate(ctx, item, *date).await?;
         // The event the row will become, made now only to check that its money fits the
-        // schema's decimals; its id and time do not matter here.
-        events::value_of(&f.event(String::new(), Utc::now())).map_err(|e| JobError::Failed(format!("{date}: {e}")))?;
+        // schema's decimals; its time does not matter here.
+        events::value_of(&f.event(event_id(*date), Utc::now(), ctx.tz.name().into())).map_err(|e| JobError::Failed(format!("{date}: {e}")))?;
         figures.push(f);
     }
 
@@ -441,6 +450,7 @@ async fn store(
         .bind(figures.iter().map(|f| event_id(f.date)).collect::<Vec<_>>())
         .bind(dates)
         .bind(takeover)
+        .bind(ctx.tz.name())
         .fetch_all(&ctx.db)
         .await?;
     Ok(rows)
@@ -458,11 +468,11 @@ fn event(row: &Stored) -> Result<Emit, String> {
         top_products: serde_json::from_str(&row.top_products).map_err(|e| format!("top_products: {e}"))?,
     };
     // From the row, not the clock: every attempt emits the same record.
-    emit(&figures.event(row.event_id.clone(), row.generated_at)).map_err(|e| e.to_string())
+    emit(&figures.event(row.event_id.clone(), row.generated_at, row.time_zone.clone())).map_err(|e| e.to_string())
 }
 
 impl Figures {
-    fn event(&self, event_id: String, generated_at: DateTime<Utc>) -> events::DailyStatistics {
+    fn event(&self, event_id: String, generated_at: DateTime<Utc>, time_zone: String) -> events::DailyStatistics {
         events::DailyStatistics {
             event_id,
             event_timestamp: generated_at,
@@ -474,6 +484,7 @@ impl Figures {
             generated_at,
             cancelled_orders: self.cancelled_orders,
             refund_amount: self.refund_amount,
+            time_zone,
         }
     }
 }

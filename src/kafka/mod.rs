@@ -9,6 +9,7 @@
 
 pub mod codec;
 pub mod read;
+pub mod schema_rules;
 pub mod schemas;
 pub mod topics;
 

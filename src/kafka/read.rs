@@ -22,13 +22,19 @@
 //!   event is a failed poll like any other.
 //!
 //! Nothing here commits offsets or joins a group: the consumers are assigned partitions.
+//!
+//! A consumer created for a read that stops at end-of-partition events gets [`EofContext`]:
+//! rdkafka also reports each such event to the client context as a "global error", which its
+//! default context logs at ERROR — on every `runs list`, once per partition.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -38,6 +44,31 @@ use crate::error::ErrorClass;
 /// How long one poll waits for a record: short, so the deadline and the position are checked
 /// often and an async caller gives its thread back soon.
 const POLL: Duration = Duration::from_millis(50);
+
+/// The client context of a consumer with `enable.partition.eof=true`: the end of a partition
+/// is where a bounded read stops, not an error, so it is not logged; any other client error
+/// is logged at ERROR as rdkafka's default context does, naming `reader`.
+pub struct EofContext {
+    pub reader: &'static str,
+}
+
+impl ClientContext for EofContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error != KafkaError::Global(RDKafkaErrorCode::PartitionEOF) {
+            tracing::error!(error = %error, reason, reader = self.reader, "kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for EofContext {}
+
+/// A consumer of `cfg` that reports end-of-partition events (they end a read that assigns)
+/// and does not log them; `reader` names it in the errors it does log.
+pub fn eof_consumer(cfg: &ClientConfig, reader: &'static str) -> Result<BaseConsumer<EofContext>, KafkaClientError> {
+    let mut cfg = cfg.clone();
+    cfg.set("enable.partition.eof", "true");
+    cfg.create_with_context(EofContext { reader }).map_err(|e| KafkaClientError::kafka("create consumer", e))
+}
 
 /// A bounded read that did not finish.
 #[derive(Debug, thiserror::Error)]

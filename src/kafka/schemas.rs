@@ -5,6 +5,10 @@
 //! everything already in the topic). `register` checks all subjects first and registers
 //! nothing if any change is incompatible; `check` registers nothing at all. An incompatibility
 //! is spelled out twice: the registry's verdict and Avro's own reader/writer resolution error.
+//!
+//! `check` also applies the evolution rules of [`super::schema_rules`] ([`rules`]):
+//! every enum has a default symbol, every field a doc, and a field new since the registered
+//! version has a default. A schema breaking one fails `check`, naming the file and field.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +22,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::Settings;
+use crate::kafka::schema_rules::{self, Violation};
 use crate::kafka::topics::TopicSpec;
 
 pub const COMPATIBILITY: &str = "BACKWARD";
@@ -198,6 +203,9 @@ impl Registry {
         };
         let registered = Schema::parse_str(&latest.schema)
             .map_err(|e| self.err(format!("registered schema of {} does not parse: {e}", s.subject)))?;
+        // Canonical form, as the registry itself identifies schemas (Apicurio answers a
+        // registration that differs only in docs, defaults or aliases with the existing id):
+        // such a change is no new version, and the repository's file stays the documentation.
         if registered.canonical_form() == s.parsed.canonical_form() {
             return Ok(Status::Current { id: latest.id, version: latest.version });
         }
@@ -260,6 +268,22 @@ pub async fn check(registry: &Registry, schemas: &[SubjectSchema]) -> Result<Vec
     for s in schemas {
         let status = registry.status(s).await?;
         out.push(Outcome { subject: s.subject.clone(), path: s.path.clone(), status, id: None });
+    }
+    Ok(out)
+}
+
+/// The evolution rules for every subject's schema: enum defaults and field docs from the file
+/// alone, new fields against the subject's latest registered version (none registered:
+/// nothing to compare).
+pub async fn rules(registry: &Registry, schemas: &[SubjectSchema]) -> Result<Vec<Violation>, SchemaError> {
+    let mut out = Vec::new();
+    for s in schemas {
+        out.extend(schema_rules::lint(&s.path, &s.parsed));
+        if let Some(latest) = registry.latest(&s.subject).await? {
+            let registered = Schema::parse_str(&latest.schema)
+                .map_err(|e| registry.err(format!("registered schema of {} does not parse: {e}", s.subject)))?;
+            out.extend(schema_rules::new_fields_without_default(&s.path, &s.parsed, &registered, latest.version));
+        }
     }
     Ok(out)
 }

@@ -5,14 +5,26 @@
 //!
 //! Demo data is added, never reset: each start inserts a fresh batch of orders under new ids,
 //! so existing runs, events and ledger entries stay valid.
+//!
+//! The console shows one line per ended run — job, period, outcome, duration and the run
+//! result's counts — read back from the committed run results (read_committed), so it shows
+//! what the runs did, not what was configured. The processor's logs are left to `-v` /
+//! `RUST_LOG` (at the default verbosity only warnings and errors are logged).
 
 use std::future::Future;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use rust_decimal::Decimal;
 
-use crate::config::{JobSettings, Settings};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::{JobSettings, Settings, Topic};
 use crate::jobs::stock::{stock_key, Stock};
+use crate::kafka::codec::Codec;
+use crate::kafka::{self, read, KafkaClientError, Role};
+use crate::ops::history::{self, HistoryError, RunRow};
+use crate::wire::internal::RunResult;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -30,6 +42,8 @@ pub enum DemoError {
     Tick(#[from] crate::runtime::tick::TickError),
     #[error("processor: {0}")]
     Processor(#[from] crate::runtime::processor::ProcessorError),
+    #[error("run results: {0}")]
+    Results(#[from] crate::ops::history::HistoryError),
 }
 
 impl From<sqlx::Error> for DemoError {
@@ -182,6 +196,77 @@ async fn insert_order(
     Ok(())
 }
 
+/// The console line of one ended run: job, period, outcome, duration, then its counts (and
+/// why it did not succeed, if the result says).
+pub fn summary(r: &RunResult) -> String {
+    let row = RunRow::from(r);
+    format!(
+        "run {:<18} period {}  {:<9} {:>7}  {}",
+        row.job,
+        row.period,
+        row.outcome,
+        history::duration_text(&row),
+        history::counts_text(&row)
+    )
+    .trim_end()
+    .to_string()
+}
+
+/// A reader of the run-result topic positioned at its current end (blocking): it sees the
+/// results committed from now on.
+fn results_reader(settings: &Settings) -> Result<BaseConsumer, HistoryError> {
+    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+    let topic = settings.topic(Topic::RunResults);
+    let mut cfg = kafka::client_config(settings, Role::Consumer);
+    cfg.set("group.id", format!("{}-demo-{}", settings.kafka.client_id, uuid::Uuid::new_v4())).set("fetch.wait.max.ms", "100");
+    let consumer: BaseConsumer = kafka::create(&cfg)?;
+    let partitions = kafka::existing_partitions(&consumer, &topic, TIMEOUT, kafka::RUN_TOPICS_APPLY)?;
+    // Explicit offsets rather than `Offset::End`, which librdkafka resolves later: a run
+    // ending in between would be missed.
+    let ends = read::watermarks(&consumer, &topic, partitions, TIMEOUT).map_err(|e| KafkaClientError::kafka("watermarks", e))?;
+    let mut tpl = TopicPartitionList::new();
+    for (p, (_, high)) in ends {
+        tpl.add_partition_offset(&topic, p, Offset::Offset(high)).map_err(|e| KafkaClientError::kafka("assign", e))?;
+    }
+    consumer.assign(&tpl).map_err(|e| KafkaClientError::kafka("assign", e))?;
+    Ok(consumer)
+}
+
+/// Prints [`summary`] of every run result `reader` reads until `stop` completes, then of
+/// those committed by then (the processor has stopped: its last runs are shown too).
+async fn print_results(reader: BaseConsumer, codec: Codec, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    let mut stopping = false;
+    loop {
+        let polled = if stopping {
+            crate::ops::follow::poll_one(&reader).await
+        } else {
+            tokio::select! {
+                _ = &mut stop => {
+                    stopping = true;
+                    continue;
+                }
+                p = crate::ops::follow::poll_one(&reader) => p,
+            }
+        };
+        let bytes = match polled {
+            Ok(Some((_, _, Some(bytes)))) => bytes,
+            // Caught up with what is committed after the stop.
+            Ok(None) if stopping => return,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read run results; the run summaries stop here");
+                return;
+            }
+        };
+        match codec.decode(&bytes).await.map(|d| RunResult::from_avro(d.value)) {
+            Ok(Ok(r)) => println!("{}", summary(&r)),
+            Ok(Err(e)) => tracing::warn!(error = %e, "skipping a malformed run result"),
+            Err(e) => tracing::warn!(error = %e, "skipping an undecodable run result"),
+        }
+    }
+}
+
 /// Prepares, seeds, then runs a tick producer and a processor until `shutdown`.
 pub async fn run(mut settings: Settings, fast: bool, shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
     if fast {
@@ -209,6 +294,15 @@ pub async fn run(mut settings: Settings, fast: bool, shutdown: impl Future<Outpu
     }
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let (mut rx1, mut rx2) = (stop_tx.subscribe(), stop_tx.subscribe());
+    let reader_settings = settings.clone();
+    let reader = tokio::task::spawn_blocking(move || results_reader(&reader_settings))
+        .await
+        .map_err(|e| HistoryError::Task(e.to_string()))??;
+    let (summaries_stop, summaries_stopped) = tokio::sync::oneshot::channel::<()>();
+    let summaries = tokio::spawn(print_results(reader, Codec::new(&settings).map_err(HistoryError::from)?, async move {
+        let _ = summaries_stopped.await;
+    }));
+    println!("runs (one line per ended run; -v for the logs):");
     let producer_settings = settings.clone();
     let producer = tokio::spawn(async move {
         crate::runtime::tick::run_producer(&producer_settings, &crate::runtime::metrics::Metrics::new(), async move {
@@ -225,7 +319,11 @@ pub async fn run(mut settings: Settings, fast: bool, shutdown: impl Future<Outpu
     if let Ok(r) = producer.await {
         r?;
     }
-    if let Ok(r) = proc_task.await {
+    let processed = proc_task.await;
+    // After the processor: the runs it ended while stopping are summarised too.
+    let _ = summaries_stop.send(());
+    let _ = summaries.await;
+    if let Ok(r) = processed {
         r?;
     }
     Ok(())

@@ -256,8 +256,9 @@ pub async fn follow(
     }))
 }
 
-/// One committed record (topic, key, payload), or None after a short wait with nothing new.
-async fn poll_one(reader: &BaseConsumer) -> Result<Option<(String, String, Option<Vec<u8>>)>, HistoryError> {
+/// One committed record (topic, key, payload), or None after a short wait with nothing new
+/// (or a failed poll librdkafka recovers from by itself). Needs the multi-threaded runtime.
+pub(crate) async fn poll_one(reader: &BaseConsumer) -> Result<Option<(String, String, Option<Vec<u8>>)>, HistoryError> {
     // A short poll keeps the interrupt responsive; librdkafka's poll blocks the thread.
     let r = tokio::task::block_in_place(|| match reader.poll(Duration::from_millis(100)) {
         None => Ok(None),

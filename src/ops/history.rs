@@ -6,7 +6,6 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rdkafka::consumer::BaseConsumer;
 
 use crate::kafka::codec::{Codec, CodecError};
 use crate::config::{Settings, Topic};
@@ -38,6 +37,9 @@ pub struct RunRow {
     pub run_id: String,
     pub job: String,
     pub period: String,
+    /// IANA zone the run's schedule and date period were read in (its result's `timeZone`);
+    /// `None` for a run still in progress (the ledger does not say).
+    pub time_zone: Option<String>,
     pub trigger: String,
     /// SUCCEEDED, FAILED, TIMED_OUT, SKIPPED, or RUNNING (planned, no result yet).
     pub outcome: String,
@@ -53,6 +55,7 @@ impl From<&RunResult> for RunRow {
             run_id: r.run_id.clone(),
             job: r.job.clone(),
             period: r.period.clone(),
+            time_zone: Some(r.time_zone.clone()),
             trigger: r.trigger.clone(),
             outcome: r.outcome.as_str().to_string(),
             counts: r.counts.clone(),
@@ -69,9 +72,8 @@ impl From<&RunResult> for RunRow {
 fn payloads_since(settings: &Settings, topic: &str, since: DateTime<Utc>, timeout: Duration) -> Result<Vec<Vec<u8>>, HistoryError> {
     let mut cfg = kafka::client_config(settings, Role::Consumer);
     cfg.set("group.id", format!("{}-history-{}", settings.kafka.client_id, uuid::Uuid::new_v4()))
-        .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "50");
-    let consumer: BaseConsumer = kafka::create(&cfg)?;
+    let consumer = read::eof_consumer(&cfg, "run history")?;
     let partitions = kafka::existing_partitions(&consumer, topic, KAFKA_TIMEOUT, kafka::RUN_TOPICS_APPLY)?;
     let starts = read::offsets_at(&consumer, topic, &partitions, since, KAFKA_TIMEOUT)?;
     let marks = read::watermarks(&consumer, topic, starts.iter().map(|(p, _)| *p), KAFKA_TIMEOUT)
@@ -125,6 +127,7 @@ pub async fn recent_runs(settings: &Settings, since: DateTime<Utc>, job: Option<
                 run_id: e.run_id.clone(),
                 job: e.job.clone(),
                 period: e.period.clone(),
+                time_zone: None,
                 trigger: e.trigger.clone(),
                 outcome: "RUNNING".into(),
                 counts: [("chunks".to_string(), i64::from(e.chunk_count))].into_iter().collect(),
@@ -141,33 +144,44 @@ pub async fn recent_runs(settings: &Settings, since: DateTime<Utc>, job: Option<
     Ok(rows)
 }
 
-/// `runs list` output: an aligned table, newest first.
+/// A run's non-zero counts (`key=value …`), then why it did not succeed, if it says.
+pub fn counts_text(r: &RunRow) -> String {
+    let counts = r.counts.iter().filter(|(_, v)| **v != 0).map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+    match &r.message {
+        Some(m) if r.outcome != "SUCCEEDED" => format!("{counts}{}{m}", if counts.is_empty() { "" } else { " | " }),
+        _ => counts,
+    }
+}
+
+/// A run's duration in seconds (`1.5s`), `-` while it runs.
+pub fn duration_text(r: &RunRow) -> String {
+    r.duration_ms.map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0))
+}
+
+/// `runs list` output: an aligned table, newest first. STARTED is shown in `tz`; ZONE is the
+/// zone each run was scheduled in and its date period read in, as its result says.
 pub fn render(rows: &[RunRow], tz: chrono_tz::Tz) -> String {
-    let header = ["STARTED", "JOB", "PERIOD", "TRIGGER", "OUTCOME", "DURATION", "COUNTS"];
-    let mut table: Vec<[String; 7]> = vec![header.map(String::from)];
+    let header = ["STARTED", "JOB", "PERIOD", "ZONE", "TRIGGER", "OUTCOME", "DURATION", "COUNTS"];
+    let mut table: Vec<[String; 8]> = vec![header.map(String::from)];
     for r in rows {
-        let counts = r.counts.iter().filter(|(_, v)| **v != 0).map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
-        let counts = match &r.message {
-            Some(m) if r.outcome != "SUCCEEDED" => format!("{counts}{}{m}", if counts.is_empty() { "" } else { " | " }),
-            _ => counts,
-        };
         table.push([
             r.started_at.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S").to_string(),
             r.job.clone(),
             r.period.clone(),
+            r.time_zone.clone().unwrap_or_else(|| "-".into()),
             r.trigger.clone(),
             r.outcome.clone(),
-            r.duration_ms.map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
-            counts,
+            duration_text(r),
+            counts_text(r),
         ]);
     }
-    let widths: Vec<usize> = (0..6).map(|i| table.iter().map(|row| row[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..7).map(|i| table.iter().map(|row| row[i].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for row in &table {
         for (i, w) in widths.iter().enumerate() {
             out.push_str(&format!("{:<w$}  ", row[i], w = *w));
         }
-        out.push_str(&row[6]);
+        out.push_str(&row[7]);
         out.push('\n');
     }
     out
@@ -184,6 +198,7 @@ mod tests {
             run_id: "a".into(),
             job: "daily-statistics".into(),
             period: "2026-11-24".into(),
+            time_zone: Some("Asia/Seoul".into()),
             trigger: "SCHEDULED".into(),
             outcome: "SUCCEEDED".into(),
             counts: [("datesAggregated".to_string(), 1i64), ("datesSkipped".to_string(), 0)].into_iter().collect(),
@@ -198,6 +213,7 @@ mod tests {
         assert!(lines[0].starts_with("STARTED"), "{text}");
         assert!(lines[1].contains("2026-11-25 09:00:01") && lines[1].contains("1.2s") && lines[1].ends_with("datesAggregated=1"), "{text}");
         assert!(lines[2].contains("FAILED") && lines[2].ends_with("redis down"), "{text}");
+        assert!(lines[0].contains("ZONE") && lines[1].contains("2026-11-24  Asia/Seoul"), "the run's zone is shown: {text}");
         let col = lines[0].find("JOB").unwrap();
         assert_eq!(lines[2].find("stock-sync"), Some(col), "{text}");
     }

@@ -119,9 +119,16 @@ struct Inner {
 #[derive(Clone)]
 pub struct Metrics(Arc<Inner>);
 
+/// Upper bounds of the duration histograms: 10 ms doubling to 5,242.88 s (~87 min), 20
+/// buckets plus `+Inf`. A chunk takes milliseconds; a run may last up to its timeout (10 min
+/// for order-expiration and daily-statistics, 30 min for stock-sync, and configurable), so
+/// the top bounds (1,310.72 s, 2,621.44 s, 5,242.88 s) still tell a run near its deadline
+/// from one that overran it by an hour.
+const DURATION_BUCKETS: (f64, f64, u16) = (0.01, 2.0, 20);
+
 fn seconds_histogram() -> Histogram {
-    // 10 ms .. ~5.5 min: a chunk takes milliseconds, a whole run up to its timeout.
-    Histogram::new(exponential_buckets(0.01, 2.0, 16))
+    let (start, factor, count) = DURATION_BUCKETS;
+    Histogram::new(exponential_buckets(start, factor, count))
 }
 
 impl Default for Metrics {
@@ -472,6 +479,41 @@ mod tests {
             "scheduled_jobs_records_handled_total{kind=\"work-item\"} 1",
         ] {
             assert!(text.contains(line), "missing `{line}` in\n{text}");
+        }
+    }
+
+    /// The `le` bounds of `metric`'s buckets for `job`, in order (`+Inf` last).
+    fn bucket_bounds(text: &str, metric: &str, job: &str) -> Vec<(String, u64)> {
+        let prefix = format!("scheduled_jobs_{metric}_bucket{{");
+        text.lines()
+            .filter(|l| l.starts_with(&prefix) && l.contains(&format!("job=\"{job}\"")))
+            .map(|l| {
+                let le = l.split("le=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or_default().to_string();
+                let n = l.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(u64::MAX);
+                (le, n)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn duration_histograms_cover_the_run_timeouts() {
+        let m = Metrics::new();
+        // A stock-sync run of 30 min (its timeout) and a chunk of 25 min.
+        m.record(&[
+            Sample::Run { job: "stock-sync".into(), outcome: "TIMED_OUT".into(), seconds: 1_800.0 },
+            Sample::Chunk { job: "stock-sync".into(), outcome: "applied", counts: BTreeMap::new(), seconds: 1_500.0 },
+        ]);
+        let text = m.encode();
+        for metric in ["run_duration_seconds", "chunk_duration_seconds"] {
+            let buckets = bucket_bounds(&text, metric, "stock-sync");
+            assert!(buckets.len() <= 25, "{metric}: {} buckets is too many series per job", buckets.len());
+            let finite: Vec<(f64, u64)> =
+                buckets.iter().filter(|(le, _)| le != "+Inf").map(|(le, n)| (le.parse::<f64>().expect("numeric le"), *n)).collect();
+            let top = finite.last().expect("finite buckets").0;
+            assert!(top >= 3_600.0, "{metric}: largest finite bucket {top} s is under an hour");
+            // Cumulative counts: the observation is inside a finite bucket, not only in +Inf.
+            let first_holding = finite.iter().find(|(_, n)| *n == 1).map(|(le, _)| *le);
+            assert!(matches!(first_holding, Some(le) if le <= 2_700.0), "{metric}: observation not in a finite bucket: {buckets:?}");
         }
     }
 

@@ -20,17 +20,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
 use crate::kafka::codec::{Codec, CodecError};
 use crate::config::{job_key, CatchUp, ConfigError, Settings, Topic};
 use crate::error::ErrorClass;
-use crate::kafka::read::{self, BoundedRead, ReadError};
+use crate::kafka::read::{self, BoundedRead, EofContext, ReadError};
 use crate::kafka::{self, KafkaClientError, Role};
 use crate::runtime::metrics::Metrics;
 use crate::runtime::retry::{self, Backoff};
@@ -196,7 +195,6 @@ impl TickProducer {
         // librdkafka wants a group id even for assign(); nothing is ever committed under it.
         history
             .set("group.id", format!("{}-tick-history-{}", settings.kafka.client_id, uuid::Uuid::new_v4()))
-            .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
             // Windows end at the partition's end: do not long-poll there.
             .set("fetch.wait.max.ms", "50");
@@ -232,13 +230,8 @@ impl TickProducer {
         let topic = self.publisher.topic.clone();
         let partitions = tick_partitions(&self.settings).await?;
         let cfg = self.history.clone();
-        let consumer: Arc<BaseConsumer<HistoryContext>> = Arc::new(
-            blocking(move || {
-                cfg.create_with_context(HistoryContext)
-                    .map_err(|e| KafkaClientError::kafka("create consumer", e).into())
-            })
-            .await?,
-        );
+        let consumer: Arc<BaseConsumer<EofContext>> =
+            Arc::new(blocking(move || read::eof_consumer(&cfg, "tick history").map_err(TickError::from)).await?);
         // All watermarks before the first assignment (see `read::watermarks`).
         let (c, t) = (consumer.clone(), topic.clone());
         let watermarks = blocking(move || {
@@ -521,26 +514,11 @@ async fn tick_partitions(settings: &Settings) -> Result<Vec<i32>, TickError> {
     .await
 }
 
-/// The history consumer's context: rdkafka 0.39 also reports every end-of-partition event
-/// (which ends a window at the last stable offset) to the context as a "global error", logged
-/// at ERROR by default.
-struct HistoryContext;
-
-impl ClientContext for HistoryContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error != KafkaError::Global(RDKafkaErrorCode::PartitionEOF) {
-            tracing::error!(error = %error, reason, "kafka client error while reading tick history");
-        }
-    }
-}
-
-impl ConsumerContext for HistoryContext {}
-
 /// Payloads of the committed records at offsets [lo, hi) of one partition (blocking).
 /// Control records and aborted transactions leave gaps: the position passing `hi`, a record
 /// at or past it, or the end of the partition (the last stable offset) ends the window too.
 fn read_window(
-    consumer: &BaseConsumer<HistoryContext>,
+    consumer: &BaseConsumer<EofContext>,
     topic: &str,
     partition: i32,
     lo: i64,
@@ -564,6 +542,7 @@ fn read_window(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::error::KafkaError;
 
     fn utc(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)

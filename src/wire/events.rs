@@ -18,12 +18,20 @@
 //!
 //! The tests check every struct against its file, so a schema change the struct does not
 //! follow fails the build's tests rather than a job in production.
+//!
+//! **Evolution** (docs/decisions/2026-11-29-schema-evolution.md): every enum of the schemas
+//! ends with the default symbol `UNKNOWN`, which a reader gets for a symbol added after its
+//! schema was built. Each Rust enum here has the matching `Unknown` variant, and
+//! deserializing an unknown symbol gives it (`#[serde(other)]`), so Rust readers degrade the
+//! same way. Jobs never write it: `conform` refuses an event carrying an enum's default
+//! symbol. `eventId` fields carry the `uuid` logical type: `conform` refuses an id that is
+//! not a UUID in canonical form (lowercase, hyphenated) and keeps it as text, the same bytes.
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
-use apache_avro::schema::{Name, NamespaceRef, ResolvedSchema, Schema, SchemaKind};
+use apache_avro::schema::{Name, NamespaceRef, ResolvedSchema, Schema, SchemaKind, UuidSchema};
 use apache_avro::types::{Value, ValueKind};
 use chrono::serde::ts_milliseconds;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -124,6 +132,9 @@ fn exact<S: Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(d)
 }
 
+/// The default symbol every enum of the schemas ends with (see the module's docs).
+pub const UNKNOWN: &str = "UNKNOWN";
+
 /// How `DailyStatistics` writes its date (field and key), as the jobs' periods do.
 const DATE_FORMAT: &str = "%Y-%m-%d";
 
@@ -160,16 +171,21 @@ pub struct CancelledItem {
 }
 
 /// Why an order was cancelled (`CancellationReason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum CancellationReason {
     PaymentTimeout,
     UserRequested,
     StockUnavailable,
     SystemError,
+    /// The schema's default symbol: what a reader gets for a reason added after its schema.
+    /// Never written.
+    #[serde(other)]
+    Unknown,
 }
 
 impl CancellationReason {
+    /// Every symbol a job may write, in the schema's order (all but `Unknown`).
     pub const ALL: [CancellationReason; 4] = [
         CancellationReason::PaymentTimeout,
         CancellationReason::UserRequested,
@@ -255,7 +271,7 @@ pub struct StockSyncAlert {
 }
 
 /// What the run did about a mismatch (`SyncAction`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SyncAction {
     /// Redis now holds the expected value (the repair's compare-and-set was applied).
@@ -266,9 +282,14 @@ pub enum SyncAction {
     /// compare-and-set, or an earlier attempt's mismatch could not be confirmed again — and is
     /// left for the next run.
     RepairDeferred,
+    /// The schema's default symbol: what a reader gets for an action added after its schema.
+    /// Never written (nor stored in `stock_sync_mismatches`).
+    #[serde(other)]
+    Unknown,
 }
 
 impl SyncAction {
+    /// Every symbol a job may write, in the schema's order (all but `Unknown`).
     pub const ALL: [SyncAction; 3] = [SyncAction::RedisRestored, SyncAction::ManualReviewRequired, SyncAction::RepairDeferred];
 
     /// The schema's symbol, also how `stock_sync_mismatches.action` stores it.
@@ -277,25 +298,33 @@ impl SyncAction {
             SyncAction::RedisRestored => "REDIS_RESTORED",
             SyncAction::ManualReviewRequired => "MANUAL_REVIEW_REQUIRED",
             SyncAction::RepairDeferred => "REPAIR_DEFERRED",
+            SyncAction::Unknown => UNKNOWN,
         }
     }
 
+    /// The action a job wrote (`None` for anything else, `UNKNOWN` included: it is never
+    /// stored).
     pub fn from_symbol(s: &str) -> Option<SyncAction> {
         SyncAction::ALL.into_iter().find(|a| a.as_str() == s)
     }
 }
 
 /// How urgent an alert is (`Severity`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Severity {
     Low,
     Medium,
     High,
     Critical,
+    /// The schema's default symbol: what a reader gets for a severity added after its schema.
+    /// Never written.
+    #[serde(other)]
+    Unknown,
 }
 
 impl Severity {
+    /// Every symbol a job may write, in the schema's order (all but `Unknown`).
     pub const ALL: [Severity; 4] = [Severity::Low, Severity::Medium, Severity::High, Severity::Critical];
 }
 
@@ -344,6 +373,8 @@ pub struct DailyStatistics {
     /// Sum refunded that day; `decimal(15,2)`.
     #[serde(serialize_with = "exact")]
     pub refund_amount: Decimal,
+    /// IANA name of the zone `date` was counted in (`scheduler.time_zone`), e.g. `Asia/Seoul`.
+    pub time_zone: String,
 }
 
 /// One entry of `topProducts`; also the JSON shape stored in `daily_statistics.top_products`.
@@ -408,15 +439,21 @@ pub struct JobReport {
 pub enum ReportType {
     StockSyncSummary,
     DailyStatisticsReport,
+    /// The schema's default symbol: what a reader gets for a report type added after its
+    /// schema. Never written.
+    #[serde(other)]
+    Unknown,
 }
 
 impl ReportType {
+    /// Every symbol a job may write, in the schema's order (all but `Unknown`).
     pub const ALL: [ReportType; 2] = [ReportType::StockSyncSummary, ReportType::DailyStatisticsReport];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ReportType::StockSyncSummary => "STOCK_SYNC_SUMMARY",
             ReportType::DailyStatisticsReport => "DAILY_STATISTICS_REPORT",
+            ReportType::Unknown => UNKNOWN,
         }
     }
 }
@@ -513,9 +550,21 @@ fn conform<S: Borrow<Schema>>(value: Value, schema: &Schema, names: &HashMap<Nam
             let scale = u32::try_from(d.scale).map_err(|_| Mismatch::new(format!("scale {} is out of range", d.scale)))?;
             decimal_to_avro(value, d.precision, scale).map_err(|e| Mismatch::new(e.to_string()))
         }
+        // The default symbol is for readers meeting a newer symbol; a writer never means it.
+        (Schema::Enum(e), Value::String(symbol)) if e.default.as_ref() == Some(&symbol) => Err(Mismatch::new(format!(
+            "`{symbol}` is the default symbol of {}, for readers only: an event never carries it",
+            e.name.fullname(None)
+        ))),
         (Schema::Enum(e), Value::String(symbol)) => match e.symbols.iter().position(|s| *s == symbol) {
             Some(i) => Ok(Value::Enum(i as u32, symbol)),
             None => Err(Mismatch::new(format!("`{symbol}` is not a symbol of {}", e.name.fullname(None)))),
+        },
+        // Kept as its text, in the canonical form, so the bytes are those of a plain string
+        // and a writer whose registered schema still says `string` accepts it too.
+        (Schema::Uuid(UuidSchema::String), Value::String(text)) => match uuid::Uuid::parse_str(&text) {
+            Ok(id) if id.hyphenated().to_string() == text => Ok(Value::String(text)),
+            Ok(id) => Err(Mismatch::new(format!("`{text}` is not a UUID in canonical form (`{id}`)"))),
+            Err(e) => Err(Mismatch::new(format!("`{text}` is not a UUID: {e}"))),
         },
         (Schema::Array(a), Value::Array(items)) => items
             .into_iter()
@@ -587,6 +636,7 @@ mod tests {
         assert!(value.validate(&schema), "{file}: {value:?}");
         let bytes = GenericDatumWriter::builder(&schema).build().unwrap().write_value_to_vec(value.clone()).unwrap();
         let decoded = GenericDatumReader::builder(&schema).build().unwrap().read_value(&mut bytes.as_slice()).unwrap();
+        let decoded = uuids_as_strings(decoded);
         assert_eq!(decoded, value, "{file}: decoding gives back what was encoded");
         decoded
     }
@@ -615,21 +665,41 @@ mod tests {
         }
     }
 
-    /// Every Rust variant in the schema's order: none missing, none extra, same names.
-    fn same_symbols<T: Serialize>(all: &[T], schema: &Schema, field: &str) {
+    /// Every Rust variant in the schema's order, then `Unknown` as the schema's default and
+    /// last symbol: none missing, none extra, same names.
+    fn same_symbols<T: Serialize>(all: &[T], unknown: T, schema: &Schema, field: &str) {
         let ours: Vec<String> = all
             .iter()
+            .chain([&unknown])
             .map(|v| match apache_avro::to_value(v).unwrap() {
                 Value::String(s) => s,
                 other => panic!("{other:?}"),
             })
             .collect();
         assert_eq!(ours, symbols(schema, field), "{field}");
+        let Schema::Record(r) = schema else { panic!() };
+        let Schema::Enum(e) = &r.fields.iter().find(|f| f.name == field).unwrap().schema else { panic!() };
+        assert_eq!(e.default.as_deref(), Some(UNKNOWN), "{field}: the default symbol");
     }
+
+    /// A `uuid` field decodes as a UUID; the events hold it as its (canonical) text.
+    fn uuids_as_strings(v: Value) -> Value {
+        match v {
+            Value::Uuid(u) => Value::String(u.to_string()),
+            Value::Record(fields) => Value::Record(fields.into_iter().map(|(n, v)| (n, uuids_as_strings(v))).collect()),
+            other => other,
+        }
+    }
+
+    const ID_1: &str = "6f1c3c1e-59a4-5b0e-9a53-0d2c4e3b1a01";
+    const ID_2: &str = "6f1c3c1e-59a4-5b0e-9a53-0d2c4e3b1a02";
+    const ID_3: &str = "6f1c3c1e-59a4-5b0e-9a53-0d2c4e3b1a03";
+    const ID_4: &str = "6f1c3c1e-59a4-5b0e-9a53-0d2c4e3b1a04";
+    const ID_5: &str = "6f1c3c1e-59a4-5b0e-9a53-0d2c4e3b1a05";
 
     fn cancelled(reason: CancellationReason, items: Vec<CancelledItem>) -> OrderCancelled {
         OrderCancelled {
-            event_id: "e-1".into(),
+            event_id: ID_1.into(),
             event_timestamp: at(1_764_028_800_123),
             order_id: "o-1".into(),
             user_id: "u-1".into(),
@@ -641,7 +711,7 @@ mod tests {
 
     fn alert(redis_stock: Option<i32>, action: SyncAction, severity: Severity) -> StockSyncAlert {
         StockSyncAlert {
-            event_id: "e-2".into(),
+            event_id: ID_2.into(),
             event_timestamp: at(1_764_028_800_000),
             product_id: "p-1".into(),
             db_stock: -3,
@@ -658,7 +728,7 @@ mod tests {
 
     fn statistics(sales: &str, avg: &str, refund: &str, top: Vec<TopProduct>) -> DailyStatistics {
         DailyStatistics {
-            event_id: "e-3".into(),
+            event_id: ID_3.into(),
             event_timestamp: at(1_764_028_800_000),
             date: NaiveDate::from_ymd_opt(2026, 11, 24).unwrap(),
             total_orders: i64::MAX,
@@ -668,12 +738,13 @@ mod tests {
             generated_at: at(1_764_028_800_000),
             cancelled_orders: 0,
             refund_amount: dec(refund),
+            time_zone: "Asia/Seoul".into(),
         }
     }
 
     fn report(report_type: ReportType, counts: &[(&str, i64)], problems: &[&str]) -> JobReport {
         JobReport {
-            event_id: "e-4".into(),
+            event_id: ID_4.into(),
             event_timestamp: at(1_764_028_800_000),
             report_type,
             job: "stock-sync".into(),
@@ -693,7 +764,7 @@ mod tests {
     #[test]
     fn order_cancelled_follows_its_schema() {
         let schema = ORDER_CANCELLED.schema().unwrap();
-        same_symbols(&CancellationReason::ALL, schema, "cancellationReason");
+        same_symbols(&CancellationReason::ALL, CancellationReason::Unknown, schema, "cancellationReason");
         for (i, reason) in CancellationReason::ALL.into_iter().enumerate() {
             let items = if i % 2 == 0 {
                 Vec::new()
@@ -713,7 +784,7 @@ mod tests {
     #[test]
     fn order_expiration_notification_follows_its_schema() {
         let event = OrderExpirationNotification {
-            event_id: "e-5".into(),
+            event_id: ID_5.into(),
             event_timestamp: at(0),
             order_id: "o-2".into(),
             user_id: "u-2".into(),
@@ -729,12 +800,13 @@ mod tests {
     #[test]
     fn stock_sync_alert_follows_its_schema() {
         let schema = STOCK_SYNC_ALERT.schema().unwrap();
-        same_symbols(&SyncAction::ALL, schema, "action");
-        same_symbols(&Severity::ALL, schema, "severity");
+        same_symbols(&SyncAction::ALL, SyncAction::Unknown, schema, "action");
+        same_symbols(&Severity::ALL, Severity::Unknown, schema, "severity");
         for a in SyncAction::ALL {
             assert_eq!(SyncAction::from_symbol(a.as_str()), Some(a));
         }
         assert_eq!(SyncAction::from_symbol("NOPE"), None);
+        assert_eq!(SyncAction::from_symbol(UNKNOWN), None, "never stored");
         for action in SyncAction::ALL {
             for severity in Severity::ALL {
                 for redis in [None, Some(0), Some(-7), Some(i32::MAX)] {
@@ -792,7 +864,7 @@ mod tests {
     #[test]
     fn job_report_follows_its_schema() {
         let schema = JOB_REPORT.schema().unwrap();
-        same_symbols(&ReportType::ALL, schema, "reportType");
+        same_symbols(&ReportType::ALL, ReportType::Unknown, schema, "reportType");
         for t in ReportType::ALL {
             assert_eq!(serde_json::to_value(t).unwrap(), serde_json::json!(t.as_str()), "stored as its symbol");
             for (counts, problems) in [(vec![], vec![]), (vec![("mismatches", 3), ("cause.REDIS_DRIFT", -1)], vec!["a", "b"])] {
@@ -830,14 +902,14 @@ mod tests {
         same(
             &cancelled(CancellationReason::PaymentTimeout, items),
             Value::Record(vec![
-                ("eventId".into(), Value::String("e-1".into())),
+                ("eventId".into(), Value::String(ID_1.into())),
                 ("eventTimestamp".into(), ts(t)),
                 ("orderId".into(), Value::String("o-1".into())),
                 ("userId".into(), Value::String("u-1".into())),
                 ("items".into(), Value::Array(hand_items)),
                 (
                     "cancellationReason".into(),
-                    enum_value(&["PAYMENT_TIMEOUT", "USER_REQUESTED", "STOCK_UNAVAILABLE", "SYSTEM_ERROR"], "PAYMENT_TIMEOUT"),
+                    enum_value(&["PAYMENT_TIMEOUT", "USER_REQUESTED", "STOCK_UNAVAILABLE", "SYSTEM_ERROR", "UNKNOWN"], "PAYMENT_TIMEOUT"),
                 ),
                 ("cancelledAt".into(), ts(t)),
             ]),
@@ -845,7 +917,7 @@ mod tests {
 
         same(
             &OrderExpirationNotification {
-                event_id: "e-5".into(),
+                event_id: ID_5.into(),
                 event_timestamp: t,
                 order_id: "o-2".into(),
                 user_id: "u-2".into(),
@@ -853,7 +925,7 @@ mod tests {
                 expired_at: t,
             },
             Value::Record(vec![
-                ("eventId".into(), Value::String("e-5".into())),
+                ("eventId".into(), Value::String(ID_5.into())),
                 ("eventTimestamp".into(), ts(t)),
                 ("orderId".into(), Value::String("o-2".into())),
                 ("userId".into(), Value::String("u-2".into())),
@@ -867,7 +939,7 @@ mod tests {
             same(
                 &a,
                 Value::Record(vec![
-                    ("eventId".into(), Value::String("e-2".into())),
+                    ("eventId".into(), Value::String(ID_2.into())),
                     ("eventTimestamp".into(), ts(a.event_timestamp)),
                     ("productId".into(), Value::String("p-1".into())),
                     ("dbStock".into(), Value::Int(-3)),
@@ -879,8 +951,8 @@ mod tests {
                         },
                     ),
                     ("discrepancy".into(), Value::Int(i32::MIN)),
-                    ("action".into(), enum_value(&["REDIS_RESTORED", "MANUAL_REVIEW_REQUIRED", "REPAIR_DEFERRED"], "MANUAL_REVIEW_REQUIRED")),
-                    ("severity".into(), enum_value(&["LOW", "MEDIUM", "HIGH", "CRITICAL"], "CRITICAL")),
+                    ("action".into(), enum_value(&["REDIS_RESTORED", "MANUAL_REVIEW_REQUIRED", "REPAIR_DEFERRED", "UNKNOWN"], "MANUAL_REVIEW_REQUIRED")),
+                    ("severity".into(), enum_value(&["LOW", "MEDIUM", "HIGH", "CRITICAL", "UNKNOWN"], "CRITICAL")),
                     ("detectedAt".into(), ts(a.detected_at)),
                     ("cause".into(), Value::String("REDIS_DRIFT".into())),
                     ("runId".into(), Value::String("r-1".into())),
@@ -896,7 +968,7 @@ mod tests {
             same(
                 &d,
                 Value::Record(vec![
-                    ("eventId".into(), Value::String("e-3".into())),
+                    ("eventId".into(), Value::String(ID_3.into())),
                     ("eventTimestamp".into(), ts(d.generated_at)),
                     ("date".into(), Value::String("2026-11-24".into())),
                     ("totalOrders".into(), Value::Long(i64::MAX)),
@@ -913,6 +985,7 @@ mod tests {
                     ("generatedAt".into(), ts(d.generated_at)),
                     ("cancelledOrders".into(), Value::Long(0)),
                     ("refundAmount".into(), decimal(refund, 15)),
+                    ("timeZone".into(), Value::String("Asia/Seoul".into())),
                 ]),
             );
         }
@@ -923,9 +996,9 @@ mod tests {
             same(
                 &r,
                 Value::Record(vec![
-                    ("eventId".into(), Value::String("e-4".into())),
+                    ("eventId".into(), Value::String(ID_4.into())),
                     ("eventTimestamp".into(), ts(r.event_timestamp)),
-                    ("reportType".into(), enum_value(&["STOCK_SYNC_SUMMARY", "DAILY_STATISTICS_REPORT"], "DAILY_STATISTICS_REPORT")),
+                    ("reportType".into(), enum_value(&["STOCK_SYNC_SUMMARY", "DAILY_STATISTICS_REPORT", "UNKNOWN"], "DAILY_STATISTICS_REPORT")),
                     ("job".into(), Value::String("stock-sync".into())),
                     ("windowStart".into(), ts(r.window_start)),
                     ("windowEnd".into(), ts(r.window_end)),
@@ -961,12 +1034,71 @@ mod tests {
             j["fields"].as_array_mut().unwrap().pop();
         });
         assert!(removed.unwrap_err().1.contains("not in the schema [\"mismatchesInRun\"]"));
-        let symbol = with(&|j| j["fields"][6]["type"]["symbols"] = serde_json::json!(["RESTORED", "MANUAL_REVIEW_REQUIRED"]));
+        let symbol = with(&|j| j["fields"][6]["type"]["symbols"] = serde_json::json!(["RESTORED", "MANUAL_REVIEW_REQUIRED", "UNKNOWN"]));
         assert_eq!(symbol.unwrap_err().0, "action");
         let retyped = with(&|j| j["fields"][3]["type"] = serde_json::json!("long"));
         assert_eq!(retyped.unwrap_err().0, "dbStock");
         let micros = with(&|j| j["fields"][8]["type"] = serde_json::json!({"type": "long", "logicalType": "timestamp-micros"}));
         assert_eq!(micros.unwrap_err().0, "detectedAt");
+    }
+
+    /// `UNKNOWN` is for readers: an event carrying it, or an id that is not a UUID, is refused
+    /// naming the field.
+    #[test]
+    fn events_never_carry_the_default_symbol_and_ids_are_uuids() {
+        for (event, path) in [
+            (alert(None, SyncAction::Unknown, Severity::Low), "action"),
+            (alert(None, SyncAction::RedisRestored, Severity::Unknown), "severity"),
+            (StockSyncAlert { event_id: "e-2".into(), ..alert(None, SyncAction::RedisRestored, Severity::Low) }, "eventId"),
+            (StockSyncAlert { event_id: ID_2.to_uppercase(), ..alert(None, SyncAction::RedisRestored, Severity::Low) }, "eventId"),
+        ] {
+            match value_of(&event) {
+                Err(EventError::Mismatch { path: p, message, .. }) => assert_eq!(p, path, "{message}"),
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+        assert!(value_of(&cancelled(CancellationReason::Unknown, Vec::new())).is_err());
+        assert!(value_of(&report(ReportType::Unknown, &[], &[])).is_err());
+    }
+
+    /// A consumer built with today's schema reads a record written with a newer schema that
+    /// added a symbol: Avro's resolution (what a consumer with a reader schema does) gives the
+    /// default symbol, and the Rust enum gives `Unknown`. Without the default, the same read
+    /// fails: the consumer would be stuck on the record.
+    #[test]
+    fn an_old_reader_decodes_a_newer_symbol_as_unknown() {
+        let reader = STOCK_SYNC_ALERT.schema().unwrap();
+        let writer = {
+            let mut json: serde_json::Value = serde_json::from_str(STOCK_SYNC_ALERT.text).unwrap();
+            json["fields"][6]["type"]["symbols"] =
+                serde_json::json!(["REDIS_RESTORED", "MANUAL_REVIEW_REQUIRED", "REPAIR_DEFERRED", "REDIS_REBUILT", "UNKNOWN"]);
+            json["fields"][7]["type"]["symbols"] = serde_json::json!(["LOW", "MEDIUM", "HIGH", "CRITICAL", "PAGE_NOW", "UNKNOWN"]);
+            Schema::parse(&json).unwrap()
+        };
+        let mut record = value_of(&alert(Some(3), SyncAction::RedisRestored, Severity::High)).unwrap();
+        let Value::Record(fields) = &mut record else { panic!() };
+        fields[6].1 = Value::Enum(3, "REDIS_REBUILT".into());
+        fields[7].1 = Value::Enum(4, "PAGE_NOW".into());
+        let bytes = GenericDatumWriter::builder(&writer).build().unwrap().write_value_to_vec(record).unwrap();
+
+        let read = |reader: &Schema| GenericDatumReader::builder(&writer).reader_schema(reader).build().unwrap().read_value(&mut bytes.as_slice());
+        let decoded = read(reader).unwrap();
+        assert_eq!(field(&decoded, "action"), &Value::Enum(3, UNKNOWN.into()));
+        assert_eq!(field(&decoded, "severity"), &Value::Enum(4, UNKNOWN.into()));
+        assert_eq!(apache_avro::from_value::<SyncAction>(field(&decoded, "action")).unwrap(), SyncAction::Unknown);
+        assert_eq!(apache_avro::from_value::<Severity>(field(&decoded, "severity")).unwrap(), Severity::Unknown);
+        assert_eq!(field(&decoded, "productId"), &Value::String("p-1".into()), "the rest of the record reads as written");
+        // Symbols the reader knows decode as before.
+        assert_eq!(apache_avro::from_value::<SyncAction>(&Value::Enum(2, "REPAIR_DEFERRED".into())).unwrap(), SyncAction::RepairDeferred);
+
+        let mut json: serde_json::Value = serde_json::from_str(STOCK_SYNC_ALERT.text).unwrap();
+        for i in [6, 7] {
+            let symbols = json["fields"][i]["type"]["symbols"].as_array_mut().unwrap();
+            symbols.pop();
+            json["fields"][i]["type"].as_object_mut().unwrap().remove("default");
+        }
+        let without_default = Schema::parse(&json).unwrap();
+        assert!(read(&without_default).is_err(), "a reader enum without a default cannot read a newer symbol");
     }
 
     #[test]

@@ -1,4 +1,9 @@
 //! The processor's own records: work items, run-ledger entries, run results, dead letters.
+//!
+//! Enums follow the schemas' evolution rule (docs/decisions/2026-11-29-schema-evolution.md):
+//! each has an `Unknown` variant for the schema's default symbol `UNKNOWN`, which decoding
+//! gives for any symbol this build does not know (a record from a newer processor) instead of
+//! failing; the processor never writes it.
 
 use std::collections::BTreeMap;
 
@@ -70,23 +75,27 @@ pub enum RunState {
     Failed,
     TimedOut,
     Skipped,
+    /// A state this build does not know (written by a newer processor): the period is
+    /// recorded, so a duplicate tick does not run it again. Never written.
+    Unknown,
 }
 
-const RUN_STATES: [&str; 5] = ["PLANNED", "DONE", "FAILED", "TIMED_OUT", "SKIPPED"];
+const RUN_STATES: [&str; 6] = ["PLANNED", "DONE", "FAILED", "TIMED_OUT", "SKIPPED", "UNKNOWN"];
 
 impl RunState {
     pub fn as_str(self) -> &'static str {
         RUN_STATES[self as usize]
     }
-    pub fn parse(s: &str) -> Option<RunState> {
-        Some(match s {
+    /// The state of a symbol; `Unknown` for one this build does not know.
+    pub fn parse(s: &str) -> RunState {
+        match s {
             "PLANNED" => RunState::Planned,
             "DONE" => RunState::Done,
             "FAILED" => RunState::Failed,
             "TIMED_OUT" => RunState::TimedOut,
             "SKIPPED" => RunState::Skipped,
-            _ => return None,
-        })
+            _ => RunState::Unknown,
+        }
     }
 }
 
@@ -128,8 +137,7 @@ impl LedgerEntry {
             period: f.string("period")?,
             tick_id: f.string("tickId")?,
             trigger: f.string("trigger")?,
-            state: RunState::parse(&state)
-                .ok_or(WireError::Field { field: "state", message: format!("unknown state {state}") })?,
+            state: RunState::parse(&state),
             chunk_count: f.int("chunkCount")?,
             attempt: f.int("attempt")?,
             updated_at: f.timestamp("updatedAt")?,
@@ -143,16 +151,25 @@ pub enum Outcome {
     Failed,
     TimedOut,
     Skipped,
+    /// An outcome this build does not know (written by a newer processor). Never written.
+    Unknown,
 }
 
-const OUTCOMES: [&str; 4] = ["SUCCEEDED", "FAILED", "TIMED_OUT", "SKIPPED"];
+const OUTCOMES: [&str; 5] = ["SUCCEEDED", "FAILED", "TIMED_OUT", "SKIPPED", "UNKNOWN"];
 
 impl Outcome {
     pub fn as_str(self) -> &'static str {
         OUTCOMES[self as usize]
     }
-    pub fn parse(s: &str) -> Option<Outcome> {
-        OUTCOMES.iter().position(|o| *o == s).map(|i| [Outcome::Succeeded, Outcome::Failed, Outcome::TimedOut, Outcome::Skipped][i])
+    /// The outcome of a symbol; `Unknown` for one this build does not know.
+    pub fn parse(s: &str) -> Outcome {
+        match s {
+            "SUCCEEDED" => Outcome::Succeeded,
+            "FAILED" => Outcome::Failed,
+            "TIMED_OUT" => Outcome::TimedOut,
+            "SKIPPED" => Outcome::Skipped,
+            _ => Outcome::Unknown,
+        }
     }
 }
 
@@ -171,7 +188,14 @@ pub struct RunResult {
     pub finished_at: DateTime<Utc>,
     pub duration_ms: i64,
     pub message: Option<String>,
+    /// IANA name of the zone the run was scheduled in and its date period read in
+    /// (`scheduler.time_zone`); `UTC` for a result written before the field existed.
+    pub time_zone: String,
 }
+
+/// What `timeZone` means when a record predates the field: the default configuration of that
+/// time (the schemas' default).
+pub const TIME_ZONE_BEFORE_THE_FIELD: &str = "UTC";
 
 impl RunResult {
     pub fn to_avro(&self) -> Value {
@@ -189,6 +213,7 @@ impl RunResult {
             ("finishedAt".into(), ts(self.finished_at)),
             ("durationMs".into(), Value::Long(self.duration_ms)),
             ("message".into(), opt_string(&self.message)),
+            ("timeZone".into(), Value::String(self.time_zone.clone())),
         ])
     }
 
@@ -203,13 +228,13 @@ impl RunResult {
             period: f.string("period")?,
             tick_id: f.string("tickId")?,
             trigger: f.string("trigger")?,
-            outcome: Outcome::parse(&outcome)
-                .ok_or(WireError::Field { field: "outcome", message: format!("unknown outcome {outcome}") })?,
+            outcome: Outcome::parse(&outcome),
             counts: f.long_map("counts")?,
             started_at: f.timestamp("startedAt")?,
             finished_at: f.timestamp("finishedAt")?,
             duration_ms: f.long("durationMs")?,
             message: f.opt_string("message")?,
+            time_zone: f.opt_string("timeZone")?.unwrap_or_else(|| TIME_ZONE_BEFORE_THE_FIELD.into()),
         })
     }
 }
@@ -297,6 +322,122 @@ impl DeadLetter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::tick::{Tick, Trigger};
+    use apache_avro::reader::datum::GenericDatumReader;
+    use apache_avro::writer::datum::GenericDatumWriter;
+    use apache_avro::Schema;
+
+    fn schema_json(file: &str) -> serde_json::Value {
+        let text = std::fs::read_to_string(format!("{}/avro/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn result() -> RunResult {
+        let t = DateTime::from_timestamp_millis(1_764_028_800_123).unwrap();
+        RunResult {
+            event_id: crate::wire::derived_id(&["run-result", "r"]).to_string(),
+            event_timestamp: t,
+            run_id: "r".into(),
+            job: "daily-statistics".into(),
+            period: "2026-11-24".into(),
+            tick_id: "t".into(),
+            trigger: "SCHEDULED".into(),
+            outcome: Outcome::Succeeded,
+            counts: BTreeMap::from([("datesAggregated".to_string(), 1)]),
+            started_at: t,
+            finished_at: t,
+            duration_ms: 0,
+            message: None,
+            time_zone: "Asia/Seoul".into(),
+        }
+    }
+
+    /// `writer` encodes `value`; a reader with today's `file` resolves and decodes it, as the
+    /// tool's own readers (history, follow) meet records of other versions.
+    fn written_with(writer: &serde_json::Value, value: Value, file: &str) -> Value {
+        let writer = Schema::parse(writer).unwrap();
+        let reader = Schema::parse(&schema_json(file)).unwrap();
+        let bytes = GenericDatumWriter::builder(&writer).build().unwrap().write_value_to_vec(value).unwrap();
+        GenericDatumReader::builder(&writer).reader_schema(&reader).build().unwrap().read_value(&mut bytes.as_slice()).unwrap()
+    }
+
+    #[test]
+    fn a_run_result_round_trips_with_its_time_zone() {
+        let r = result();
+        let schema = Schema::parse(&schema_json("RunResult.avsc")).unwrap();
+        assert!(r.to_avro().validate(&schema));
+        assert_eq!(RunResult::from_avro(written_with(&schema_json("RunResult.avsc"), r.to_avro(), "RunResult.avsc")).unwrap(), r);
+    }
+
+    /// A result written before `timeZone` existed reads as UTC, the schema's default.
+    #[test]
+    fn a_run_result_from_before_the_time_zone_reads_as_utc() {
+        let mut old = schema_json("RunResult.avsc");
+        let removed = old["fields"].as_array_mut().unwrap().pop().unwrap();
+        assert_eq!(removed["name"], "timeZone");
+        let Value::Record(mut fields) = result().to_avro() else { panic!() };
+        fields.pop();
+        let decoded = written_with(&old, Value::Record(fields.clone()), "RunResult.avsc");
+        assert_eq!(RunResult::from_avro(decoded).unwrap().time_zone, "UTC");
+        // Decoded with its writer schema only (no reader schema), as `codec` does: the same.
+        assert_eq!(RunResult::from_avro(Value::Record(fields)).unwrap().time_zone, TIME_ZONE_BEFORE_THE_FIELD);
+    }
+
+    /// A symbol from a newer processor or producer: resolved to `UNKNOWN` by a reader with
+    /// today's schema, and decoded to `Unknown` whether it arrives resolved or as written.
+    #[test]
+    fn newer_symbols_decode_as_unknown() {
+        let mut newer = schema_json("RunResult.avsc");
+        newer["fields"][7]["type"]["symbols"] = serde_json::json!(["SUCCEEDED", "FAILED", "TIMED_OUT", "SKIPPED", "PARTIAL", "UNKNOWN"]);
+        let Value::Record(mut fields) = result().to_avro() else { panic!() };
+        fields[7].1 = Value::Enum(4, "PARTIAL".into());
+        let resolved = written_with(&newer, Value::Record(fields.clone()), "RunResult.avsc");
+        assert_eq!(RunResult::from_avro(resolved).unwrap().outcome, Outcome::Unknown);
+        assert_eq!(RunResult::from_avro(Value::Record(fields)).unwrap().outcome, Outcome::Unknown);
+
+        let entry = LedgerEntry {
+            run_id: "r".into(),
+            job: "j".into(),
+            period: "p".into(),
+            tick_id: "t".into(),
+            trigger: "SCHEDULED".into(),
+            state: RunState::Done,
+            chunk_count: 1,
+            attempt: 1,
+            updated_at: result().started_at,
+        };
+        let Value::Record(mut fields) = entry.to_avro() else { panic!() };
+        fields[5].1 = Value::Enum(5, "ARCHIVED".into());
+        assert_eq!(LedgerEntry::from_avro(Value::Record(fields)).unwrap().state, RunState::Unknown);
+
+        let tick = Tick::for_fire_time("noop", result().started_at, Trigger::Scheduled, None);
+        let Value::Record(mut fields) = tick.to_avro() else { panic!() };
+        fields[4].1 = Value::Enum(3, "BACKFILL".into());
+        assert_eq!(Tick::from_avro(Value::Record(fields)).unwrap().trigger, Trigger::Unknown);
+        for t in [Trigger::Scheduled, Trigger::CatchUp, Trigger::Manual] {
+            assert_eq!(Trigger::parse(t.as_str()), t);
+        }
+        for o in [Outcome::Succeeded, Outcome::Failed, Outcome::TimedOut, Outcome::Skipped] {
+            assert_eq!(Outcome::parse(o.as_str()), o);
+        }
+        for s in [RunState::Planned, RunState::Done, RunState::Failed, RunState::TimedOut, RunState::Skipped] {
+            assert_eq!(RunState::parse(s.as_str()), s);
+        }
+    }
+
+    /// The Rust enums name the schemas' symbols, `UNKNOWN` last and the default.
+    #[test]
+    fn the_enums_match_their_schemas() {
+        let symbols = |file: &str, field: usize| {
+            let json = schema_json(file);
+            let t = &json["fields"][field]["type"];
+            assert_eq!(t["default"], "UNKNOWN", "{file}");
+            serde_json::from_value::<Vec<String>>(t["symbols"].clone()).unwrap()
+        };
+        assert_eq!(symbols("RunResult.avsc", 7), OUTCOMES);
+        assert_eq!(symbols("RunLedgerEntry.avsc", 5), RUN_STATES);
+        assert_eq!(symbols("SchedulerTick.avsc", 4), crate::wire::tick::TRIGGERS);
+    }
 
     /// Every header survives the map<string> of the schema: text as it is, anything else in
     /// base64 (also text that looks encoded), repeated keys under numbered names.

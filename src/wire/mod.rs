@@ -74,6 +74,8 @@ impl Fields {
     pub fn string(&mut self, field: &'static str) -> Result<String, WireError> {
         match self.take(field)? {
             Value::String(s) | Value::Enum(_, s) => Ok(s),
+            // A `uuid` string field decodes as a UUID.
+            Value::Uuid(u) => Ok(u.to_string()),
             other => Err(field_err(field, format!("expected a string, got {other:?}"))),
         }
     }

@@ -14,9 +14,13 @@ pub enum Trigger {
     Scheduled,
     CatchUp,
     Manual,
+    /// The schema's default symbol: a trigger this build does not know (from a newer tick
+    /// producer). Decoded, never written; the processor dead-letters such a tick rather than
+    /// guess what it means.
+    Unknown,
 }
 
-const TRIGGERS: [&str; 3] = ["SCHEDULED", "CATCH_UP", "MANUAL"];
+pub(crate) const TRIGGERS: [&str; 4] = ["SCHEDULED", "CATCH_UP", "MANUAL", "UNKNOWN"];
 
 impl Trigger {
     pub fn as_str(self) -> &'static str {
@@ -24,15 +28,17 @@ impl Trigger {
             Trigger::Scheduled => "SCHEDULED",
             Trigger::CatchUp => "CATCH_UP",
             Trigger::Manual => "MANUAL",
+            Trigger::Unknown => "UNKNOWN",
         }
     }
 
-    pub fn parse(s: &str) -> Option<Trigger> {
+    /// The trigger of a symbol; `Unknown` for one this build does not know.
+    pub fn parse(s: &str) -> Trigger {
         match s {
-            "SCHEDULED" => Some(Trigger::Scheduled),
-            "CATCH_UP" => Some(Trigger::CatchUp),
-            "MANUAL" => Some(Trigger::Manual),
-            _ => None,
+            "SCHEDULED" => Trigger::Scheduled,
+            "CATCH_UP" => Trigger::CatchUp,
+            "MANUAL" => Trigger::Manual,
+            _ => Trigger::Unknown,
         }
     }
 }
@@ -88,8 +94,7 @@ impl Tick {
             job: f.string("job")?,
             scheduled_at: f.timestamp("scheduledAt")?,
             produced_at: f.timestamp("producedAt")?,
-            trigger: Trigger::parse(&trigger)
-                .ok_or(WireError::Field { field: "trigger", message: format!("unknown trigger {trigger}") })?,
+            trigger: Trigger::parse(&trigger),
             parameters: f.string_map("parameters")?,
             producer: f.opt_string("producer")?,
         })

@@ -4,6 +4,14 @@ use std::process::Command;
 
 use crate::common::{binary, repo_root};
 
+/// Every line of `stderr` as JSON, failing on the first that is not.
+fn json_lines(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}\n{stderr}")))
+        .collect()
+}
+
 fn run(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
     let mut cmd = Command::new(binary());
     cmd.current_dir(repo_root()).args(args);
@@ -257,4 +265,69 @@ async fn redis_credentials_are_used_and_a_wrong_password_fails_start_up_clearly(
     let last = stderr.lines().last().unwrap_or_default().to_string();
     assert!(last.starts_with("error:") && last.contains("redis authentication failed"), "{stderr}");
     assert!(!stderr.contains(&wrong) && !stderr.contains(&password), "a password was printed:\n{stderr}");
+}
+
+/// Under `--log-format json` a failing command's last word is JSON too: one object with the
+/// level, the message and each cause of the error chain (issue 16 item 5).
+#[test]
+fn the_fatal_error_is_one_json_line_under_log_format_json() {
+    let (code, _, stderr) = run(&[], &["--log-format", "json", "--config", "/nonexistent/sj.toml", "config", "check"]);
+    assert_eq!(code, 2, "{stderr}");
+    let lines = json_lines(&stderr);
+    let last = lines.last().expect("a fatal line");
+    assert_eq!(last["level"], "ERROR", "{last}");
+    assert_eq!(last["fields"]["exit_code"], 2, "{last}");
+    assert!(last["fields"]["message"].as_str().is_some_and(|m| m.contains("/nonexistent/sj.toml")), "{last}");
+    let chain = last["fields"]["chain"].as_array().expect("an error chain");
+    assert!(!chain.is_empty() && chain.iter().all(|c| c.is_string()), "{last}");
+
+    // A command that fails against the real stack, after its clients have started.
+    crate::common::stack();
+    let topic = crate::common::unique("sj-no-such-topic");
+    let (code, _, stderr) = run(&[], &["--log-format", "json", "tail", &topic, "--max-messages", "1"]);
+    assert_eq!(code, 1, "{stderr}");
+    let lines = json_lines(&stderr);
+    let last = lines.last().expect("a fatal line");
+    assert_eq!(last["level"], "ERROR", "{last}");
+    assert!(last["fields"]["message"].as_str().is_some_and(|m| m.contains(&topic) && m.contains("topics apply")), "{last}");
+}
+
+/// Logs read from a pipe (a file, journald, a log collector) carry no ANSI colour codes, and
+/// under `--log-format json` every line a running command logs is a JSON object
+/// (issue 16 item 5). The tick producer logs at start and at stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_on_a_pipe_have_no_colour_codes_and_json_logs_are_json_throughout() {
+    let s = crate::common::isolated().await;
+    for format in ["text", "json"] {
+        let log = std::env::temp_dir().join(format!("{}.log", crate::common::unique("sj-tick-log")));
+        let mut child = Command::new(binary())
+            .current_dir(repo_root())
+            .args(["--log-format", format, "tick"])
+            .envs(crate::common::isolated_env(&s, &s.postgres.database))
+            // The defaults a user gets: no colour opt-out, no log filter of the caller's.
+            .env_remove("NO_COLOR")
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn tick");
+        let read = || std::fs::read_to_string(&log).unwrap_or_default();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !read().contains("tick producer started") {
+            assert!(child.try_wait().expect("try_wait").is_none(), "tick exited: {}", read());
+            assert!(std::time::Instant::now() < deadline, "tick never said it started: {}", read());
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill");
+        assert!(child.wait().expect("wait").success(), "{}", read());
+        let text = read();
+        let _ = std::fs::remove_file(&log);
+        assert!(text.contains("tick producer stopped"), "{text}");
+        assert!(!text.contains('\x1b'), "{format} logs on a pipe carry escape codes:\n{text:?}");
+        if format == "json" {
+            for line in json_lines(&text) {
+                assert!(line["level"].is_string() && line["fields"]["message"].is_string(), "{line}");
+            }
+        }
+    }
 }

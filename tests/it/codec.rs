@@ -34,6 +34,7 @@ fn daily_statistics(total_sales: &str, avg: &str, refund: &str) -> Value {
         ("generatedAt".into(), ts),
         ("cancelledOrders".into(), Value::Long(1)),
         ("refundAmount".into(), decimal_to_avro(Decimal::from_str(refund).unwrap(), 15, 2).unwrap()),
+        ("timeZone".into(), Value::String("Asia/Seoul".into())),
     ])
 }
 
@@ -85,6 +86,8 @@ async fn confluent_framed_avro_round_trips_through_the_registry() {
     assert_eq!(line["value"]["refundAmount"], "99.90");
     assert_eq!(line["value"]["topProducts"][0]["productName"], "키보드");
     assert_eq!(line["value"]["generatedAt"], "2025-11-25T00:00:00+00:00");
+    assert_eq!(line["value"]["eventId"], "3f1c0c1e-0000-5000-8000-000000000001", "a uuid prints as its text");
+    assert_eq!(line["value"]["timeZone"], "Asia/Seoul");
     assert_eq!(line["schemaId"], id);
 }
 

@@ -252,6 +252,8 @@ struct Stat {
     cancelled_orders: i64,
     refund_amount: String,
     top: Vec<(String, String, i64)>,
+    /// The zone the date was counted in, as the record says.
+    time_zone: String,
 }
 
 fn money(v: &Value) -> String {
@@ -271,6 +273,8 @@ fn long(v: &Value) -> i64 {
 fn string(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
+        // `eventId` is a `uuid` string.
+        Value::Uuid(u) => u.to_string(),
         other => panic!("not a string: {other:?}"),
     }
 }
@@ -302,6 +306,7 @@ async fn statistics(s: &Settings) -> Vec<Stat> {
             cancelled_orders: long(&f["cancelledOrders"]),
             refund_amount: money(&f["refundAmount"]),
             top,
+            time_zone: string(&f["timeZone"]),
         });
     }
     out
@@ -364,6 +369,7 @@ async fn expected(pool: &PgPool, d: NaiveDate, tz: Tz) -> Stat {
         cancelled_orders: row.3,
         refund_amount: cents(row.4),
         top,
+        time_zone: tz.name().to_string(),
     }
 }
 

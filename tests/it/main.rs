@@ -9,6 +9,7 @@ mod codec;
 mod compose;
 mod daily_statistics;
 mod db;
+mod demo;
 mod processor;
 mod reports;
 mod schemas;

@@ -194,7 +194,7 @@ async fn once_each(s: &Settings, topic: Topic) -> BTreeSet<String> {
     let mut event_ids = BTreeSet::new();
     for (key, f) in events(s, topic).await {
         *per_key.entry(key).or_default() += 1;
-        let Value::String(id) = &f["eventId"] else { panic!("eventId: {:?}", f["eventId"]) };
+        let id = string(&f, "eventId");
         assert!(event_ids.insert(id.clone()), "eventId {id} repeated on {topic:?}");
     }
     let doubled: Vec<_> = per_key.iter().filter(|(_, n)| **n != 1).collect();
@@ -481,6 +481,8 @@ async fn a_processor_killed_between_effects_and_commit_leaves_events_and_stock_e
 fn string(f: &BTreeMap<String, Value>, name: &str) -> String {
     match &f[name] {
         Value::String(s) | Value::Enum(_, s) => s.clone(),
+        // `eventId` is a `uuid` string.
+        Value::Uuid(u) => u.to_string(),
         other => panic!("{name}: {other:?}"),
     }
 }

@@ -170,7 +170,7 @@ async fn bad_ticks_go_to_dead_letters_and_processing_continues() {
     publish(&s, &[tick("no-such-job", at(1), &[])]).await;
     // A record of another schema (a run result) on the tick topic.
     let other = RunResult {
-        event_id: "e".into(),
+        event_id: uuid::Uuid::new_v4().to_string(),
         event_timestamp: Utc::now(),
         run_id: "r".into(),
         job: "noop".into(),
@@ -183,6 +183,7 @@ async fn bad_ticks_go_to_dead_letters_and_processing_continues() {
         finished_at: Utc::now(),
         duration_ms: 0,
         message: None,
+        time_zone: "UTC".into(),
     };
     let wrong = codec.encode(&s.topic(Topic::RunResults), other.to_avro()).await.unwrap();
     publish_raw(&s, "noop", &wrong).await;

@@ -402,7 +402,7 @@ async fn record(db: &sqlx::PgPool, run_id: &str, mismatches: &[Mismatch]) -> Res
         cols.5.push(m.action.as_str());
         cols.6.push(match m.action {
             Action::RedisRestored => None,
-            Action::ManualReviewRequired | Action::RepairDeferred => Some("NOT_ATTEMPTED"),
+            Action::ManualReviewRequired | Action::RepairDeferred | Action::Unknown => Some("NOT_ATTEMPTED"),
         });
         cols.7.push(serde_json::to_string(&m.stale_orders).map_err(|e| JobError::Failed(e.to_string()))?);
     }

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
+use chrono_tz::Tz;
 
 use super::bookkeeping::ChunkOutcome;
 use super::ledger::run_key;
@@ -48,17 +49,17 @@ impl TxnPlan {
         TxnPlan::default()
     }
 
-    /// A run that ends here: its ledger entry and its result.
-    pub fn finish(&mut self, run: &Run, end: RunEnd, counts: BTreeMap<String, i64>, message: Option<String>) {
+    /// A run that ends here: its ledger entry and its result (`tz`: the configured zone).
+    pub fn finish(&mut self, run: &Run, tz: Tz, end: RunEnd, counts: BTreeMap<String, i64>, message: Option<String>) {
         let entry = ledger_entry(run, end.state, end.chunk_count);
         self.out.push(Out::Ledger(run_key(&run.job, &run.period), entry));
-        self.out.push(Out::Result(run_result(run, end.outcome, counts, message)));
+        self.out.push(Out::Result(run_result(run, tz, end.outcome, counts, message)));
     }
 
     /// A run that ends at planning (skipped, failed, timed out), with no chunks.
-    pub fn ended(run: &Run, state: RunState, outcome: Outcome, message: Option<String>) -> TxnPlan {
+    pub fn ended(run: &Run, tz: Tz, state: RunState, outcome: Outcome, message: Option<String>) -> TxnPlan {
         let mut plan = TxnPlan::default();
-        plan.finish(run, RunEnd { state, outcome, chunk_count: 0 }, BTreeMap::new(), message);
+        plan.finish(run, tz, RunEnd { state, outcome, chunk_count: 0 }, BTreeMap::new(), message);
         plan
     }
 }
@@ -107,7 +108,7 @@ pub fn run_of(item: &WorkItem) -> Run {
             job: item.job.clone(),
             scheduled_at: item.scheduled_at,
             produced_at: item.planned_at,
-            trigger: Trigger::parse(&item.trigger).unwrap_or(Trigger::Scheduled),
+            trigger: Trigger::parse(&item.trigger),
             parameters: item.parameters.clone(),
             producer: None,
         },
@@ -146,7 +147,9 @@ pub fn ledger_entry(run: &Run, state: RunState, chunk_count: i32) -> LedgerEntry
     }
 }
 
-pub fn run_result(run: &Run, outcome: Outcome, counts: BTreeMap<String, i64>, message: Option<String>) -> RunResult {
+/// The result of `run`; `tz` is the configured zone (`scheduler.time_zone`) it ran in, named in
+/// the result so every consumer knows in which zone its schedule and date period were read.
+pub fn run_result(run: &Run, tz: Tz, outcome: Outcome, counts: BTreeMap<String, i64>, message: Option<String>) -> RunResult {
     let now = Utc::now();
     RunResult {
         event_id: derived_id(&["run-result", &run.run_id]).to_string(),
@@ -162,6 +165,7 @@ pub fn run_result(run: &Run, outcome: Outcome, counts: BTreeMap<String, i64>, me
         finished_at: now,
         duration_ms: (now - run.planned_at).num_milliseconds().max(0),
         message,
+        time_zone: tz.name().to_string(),
     }
 }
 
@@ -199,11 +203,12 @@ mod tests {
     #[test]
     fn a_run_that_ends_writes_its_ledger_entry_then_its_result() {
         let run = new_run(tick(), "p".into(), 3);
-        let plan = TxnPlan::ended(&run, RunState::Skipped, Outcome::Skipped, Some("why".into()));
+        let plan = TxnPlan::ended(&run, chrono_tz::Asia::Seoul, RunState::Skipped, Outcome::Skipped, Some("why".into()));
         let [Out::Ledger(key, entry), Out::Result(result)] = plan.out.as_slice() else { panic!("{:?}", plan.out) };
         assert_eq!(key, "run/noop/p");
         assert_eq!((entry.state, entry.attempt, entry.chunk_count), (RunState::Skipped, 3, 0));
         assert_eq!((result.outcome, result.message.as_deref()), (Outcome::Skipped, Some("why")));
+        assert_eq!(result.time_zone, "Asia/Seoul", "the result names the zone the run was read in");
         assert_eq!(result.event_id, derived_id(&["run-result", &run.run_id]).to_string());
     }
 

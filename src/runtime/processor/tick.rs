@@ -91,6 +91,11 @@ impl Processor {
         let job = self.jobs.get(&tick.job).cloned().ok_or_else(|| {
             reject("UNKNOWN_JOB", format!("unknown job `{}` (known: {})", tick.job, self.jobs.names().join(", ")))
         })?;
+        if tick.trigger == Trigger::Unknown {
+            // A newer producer's trigger: its meaning (e.g. whether it may force a re-run) is
+            // not known here, so the tick is not guessed into a run.
+            return Err(reject("IMPOSSIBLE_VALUE", "trigger is none of SCHEDULED, CATCH_UP, MANUAL (a newer tick producer's?)"));
+        }
         let max_future = self.env.settings.processor.max_future_secs;
         if tick.scheduled_at > Utc::now() + chrono::TimeDelta::seconds(max_future as i64) {
             let at = tick.scheduled_at.to_rfc3339();
@@ -148,12 +153,12 @@ impl Processor {
         match why_not(superseded_by.as_ref(), paused, self.env.job_settings(&run.job).enabled) {
             Some(NotNow::Superseded(message)) => {
                 tracing::info!(job = %run.job, period = %run.period, "{message}");
-                return Ok(TxnPlan::ended(&run, RunState::Skipped, Outcome::Skipped, Some(message)));
+                return Ok(TxnPlan::ended(&run, self.env.tz, RunState::Skipped, Outcome::Skipped, Some(message)));
             }
-            Some(NotNow::Paused(pause)) => return Ok(skip_paused(&run, pause)),
+            Some(NotNow::Paused(pause)) => return Ok(skip_paused(&run, self.env.tz, pause)),
             Some(NotNow::Disabled) => {
                 let message = format!("job disabled (setting `jobs.{}.enabled` is false)", crate::config::job_key(&run.job));
-                return Ok(TxnPlan::ended(&run, RunState::Skipped, Outcome::Skipped, Some(message)));
+                return Ok(TxnPlan::ended(&run, self.env.tz, RunState::Skipped, Outcome::Skipped, Some(message)));
             }
             None => {}
         }
@@ -162,16 +167,16 @@ impl Processor {
         match tokio::time::timeout(timeout, self.plan(job.as_ref(), &run)).await {
             Err(_) => {
                 let message = format!("planning exceeded the job timeout of {} s", timeout.as_secs());
-                Ok(TxnPlan::ended(&run, RunState::TimedOut, Outcome::TimedOut, Some(message)))
+                Ok(TxnPlan::ended(&run, self.env.tz, RunState::TimedOut, Outcome::TimedOut, Some(message)))
             }
             Ok(Err(JobError::InvalidTick(reason))) => Ok(self.dead_letter(m, reject("IMPOSSIBLE_VALUE", reason))),
             Ok(Err(e)) if e.is_transient() => Err(ProcessorError::Job { job: run.job.clone(), source: e }),
-            Ok(Err(e)) => Ok(TxnPlan::ended(&run, RunState::Failed, Outcome::Failed, Some(e.to_string()))),
+            Ok(Err(e)) => Ok(TxnPlan::ended(&run, self.env.tz, RunState::Failed, Outcome::Failed, Some(e.to_string()))),
             Ok(Ok(items)) if items.is_empty() => {
                 // Nothing to do: the run is complete with its plan.
                 let mut plan = TxnPlan::default();
                 let end = super::run::RunEnd { state: RunState::Done, outcome: Outcome::Succeeded, chunk_count: 0 };
-                plan.finish(&run, end, BTreeMap::from([("chunks".to_string(), 0)]), None);
+                plan.finish(&run, self.env.tz, end, BTreeMap::from([("chunks".to_string(), 0)]), None);
                 Ok(plan)
             }
             Ok(Ok(items)) => {
@@ -222,11 +227,11 @@ impl Processor {
 
 /// A paused job's tick: a SKIPPED result under a run id of its own tick and no ledger entry,
 /// so the period stays runnable after `resume`.
-fn skip_paused(run: &Run, pause: Pause) -> TxnPlan {
+fn skip_paused(run: &Run, tz: chrono_tz::Tz, pause: Pause) -> TxnPlan {
     let mut run = run.clone();
     run.run_id = derived_id(&["paused", &run.tick.tick_id]).to_string();
     tracing::info!(job = %run.job, period = %run.period, tick_id = %run.tick.tick_id, paused_by = %pause.paused_by, "job paused, tick skipped");
-    let result = super::run::run_result(&run, Outcome::Skipped, BTreeMap::new(), Some(pause.message()));
+    let result = super::run::run_result(&run, tz, Outcome::Skipped, BTreeMap::new(), Some(pause.message()));
     TxnPlan { out: vec![Out::Result(result)], ..TxnPlan::default() }
 }
 

@@ -123,7 +123,7 @@ impl Processor {
         }
         tracing::info!(job = %run.job, run_id = %run.run_id, outcome = end.outcome.as_str(), "run finished");
         plan.out.push(Out::Ledger(run_key(&run.job, &run.period), ledger_entry(&run, end.state, end.chunk_count)));
-        plan.out.push(Out::Result(run_result(&run, end.outcome, counts, message)));
+        plan.out.push(Out::Result(run_result(&run, self.env.tz, end.outcome, counts, message)));
         Ok(())
     }
 

@@ -14,7 +14,7 @@ use scheduled_jobs::wire::avro::decimal_from_avro;
 use scheduled_jobs::kafka::codec::Codec;
 use scheduled_jobs::config::{Settings, Topic};
 use scheduled_jobs::jobs::daily_statistics::{day_bounds, DailyStatistics};
-use scheduled_jobs::jobs::{Job, JobCtx};
+use scheduled_jobs::jobs::{Deadline, Job, JobCtx};
 use scheduled_jobs::wire::derived_id;
 use scheduled_jobs::wire::internal::{Outcome, RunResult, WorkItem};
 use scheduled_jobs::wire::tick::{Tick, Trigger};
@@ -554,7 +554,7 @@ async fn apply_repeats_its_records_for_its_run_and_skips_dates_owned_by_another(
     let d = days_ago(tz, 4);
     seed_products(&pool, &PRODUCTS).await;
     seed_orders(&pool, &around_midnights(tz, plus(d, -1), 2, 11)).await;
-    let ctx = JobCtx { db: pool.clone(), redis: None, tz, settings: s.job("daily_statistics").cloned().unwrap() };
+    let ctx = JobCtx { db: pool.clone(), redis: None, tz, settings: s.job("daily_statistics").cloned().unwrap(), deadline: Deadline::none() };
     let item = |run: &str| WorkItem {
         period: d.to_string(),
         scheduled_at: midnight(plus(d, 1), tz),

@@ -26,7 +26,7 @@ use redis::AsyncCommands;
 use scheduled_jobs::kafka::codec::Codec;
 use scheduled_jobs::config::{Settings, Topic};
 use scheduled_jobs::jobs::stock_sync::StockSync;
-use scheduled_jobs::jobs::{Job, JobCtx, Run};
+use scheduled_jobs::jobs::{Deadline, Job, JobCtx, Run};
 use scheduled_jobs::jobs::stock::{stock_key, Reserve, Stock};
 use scheduled_jobs::wire::derived_id;
 use scheduled_jobs::wire::internal::{Outcome, RunResult};
@@ -179,6 +179,7 @@ impl Env {
             redis: Some(self.stock.connection()),
             tz: chrono_tz::UTC,
             settings: self.s.job(JOB).cloned().unwrap_or_default(),
+            deadline: Deadline::none(),
         }
     }
 }
@@ -366,7 +367,7 @@ async fn plan_cuts_ranges_that_cover_every_product_once() {
     let ctx = |batch: u32| {
         let mut settings = s.job(JOB).cloned().unwrap_or_default();
         settings.batch_size = batch;
-        JobCtx { db: db.clone(), redis: None, tz: chrono_tz::UTC, settings }
+        JobCtx { db: db.clone(), redis: None, tz: chrono_tz::UTC, settings, deadline: Deadline::none() }
     };
     let run = Run {
         run_id: unique("run"),

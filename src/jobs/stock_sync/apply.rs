@@ -234,6 +234,8 @@ pub async fn apply(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobErro
     // observed; the last one observed is the one that binds.
     let mut last_candidate_seen = None;
     while let Some((rows, observed)) = batches.try_next().await? {
+        // The run's deadline holds between batches (comparing is reads only: nothing to emit).
+        ctx.deadline.check()?;
         counts.products += rows.len() as i64;
         for ((id, stock, recorded), observed) in rows.into_iter().zip(observed) {
             let expected = i64::from(stock) - reserved.get(&id).copied().unwrap_or(0);
@@ -250,6 +252,9 @@ pub async fn apply(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobErro
     counts.repaired = settled.len() as i64;
 
     let mismatches = confirm(ctx, &redis, candidates, last_candidate_seen, &mut counts).await?;
+    // The last point where the deadline stops the chunk: from the record on, effects begin,
+    // and they complete (their alerts come from the recorded rows).
+    ctx.deadline.check()?;
     record(&ctx.db, &item.run_id, &mismatches).await?;
     let mut outcomes = repair(&redis, &mismatches).await?;
     for (_, applied) in &outcomes {
@@ -296,7 +301,7 @@ async fn confirm(
     }
     if let Some(seen) = last_seen {
         let options: super::Options = ctx.settings.options().map_err(JobError::Failed)?;
-        tokio::time::sleep_until((seen + Duration::from_millis(options.confirm_delay_ms)).into()).await;
+        ctx.deadline.sleep_until((seen + Duration::from_millis(options.confirm_delay_ms)).into()).await?;
     }
     let ids: Vec<&str> = candidates.iter().map(|c| c.id.as_str()).collect();
     let db: HashMap<String, (i32, i64, Vec<String>, Vec<String>)> = sqlx::query_as::<_, ConfirmRow>(CONFIRM)

@@ -24,7 +24,7 @@ use futures::{StreamExt, TryStreamExt};
 use redis::aio::ConnectionManager;
 
 use super::{Action, Cause};
-use crate::jobs::{ChunkOutput, JobCtx, JobError};
+use crate::jobs::{ChunkOutput, Deadline, JobCtx, JobError};
 use crate::jobs::stock::{reservation_key, stock_key, Stock};
 use crate::wire::internal::WorkItem;
 
@@ -225,7 +225,7 @@ pub async fn apply(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobErro
             async move {
                 let rows = batch.map_err(|e| e.1)?;
                 let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-                let observed = observe(&mut conn, &ids).await?;
+                let observed = observe(&mut conn, &ids, ctx.deadline).await?;
                 Ok::<_, JobError>((rows, observed))
             }
         })
@@ -273,13 +273,14 @@ pub async fn apply(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobErro
     Ok(counts.into_output())
 }
 
-/// `MGET` of the products' counters, values kept raw so a non-integer does not fail the chunk.
-async fn observe(redis: &mut ConnectionManager, ids: &[&str]) -> Result<Vec<Observed>, JobError> {
+/// `MGET` of the products' counters, values kept raw so a non-integer does not fail the chunk;
+/// a read, so the run's deadline bounds it.
+async fn observe(redis: &mut ConnectionManager, ids: &[&str], deadline: Deadline) -> Result<Vec<Observed>, JobError> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     let keys: Vec<String> = ids.iter().map(|id| stock_key(id)).collect();
-    let raw: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(redis).await?;
+    let raw: Vec<Option<String>> = deadline.redis(redis::cmd("MGET").arg(&keys).query_async(redis)).await?;
     if raw.len() != ids.len() {
         return Err(JobError::Failed(format!("MGET of {} keys returned {} values", ids.len(), raw.len())));
     }
@@ -331,10 +332,10 @@ async fn confirm(
         if pairs.is_empty() {
             Ok(Vec::new())
         } else {
-            pipe.query_async::<Vec<bool>>(&mut c2).await.map_err(JobError::from)
+            ctx.deadline.redis(pipe.query_async::<Vec<bool>>(&mut c2)).await
         }
     };
-    let (again, held) = tokio::try_join!(observe(&mut c1, &ids), held)?;
+    let (again, held) = tokio::try_join!(observe(&mut c1, &ids, ctx.deadline), held)?;
     let mut reservations: HashMap<&str, Reservations> = HashMap::new();
     for ((product, order, waiting), held) in pairs.iter().zip(held) {
         let r = reservations.entry(product).or_default();

@@ -386,11 +386,12 @@ async fn apply_dates(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobEr
         figures.push(f);
     }
 
-    // 3. Write and read back what this run owns. Cut, only read back — without a limit: rows
-    //    an earlier attempt of this run wrote are effects made, and are emitted whatever the
-    //    deadline.
+    // 3. Write and read back what this run owns, the write under the deadline. Cut (or with
+    //    nothing to write), only read back, without a limit: rows an earlier attempt of this
+    //    run wrote are effects made, and are emitted whatever the deadline.
+    let write_by = if figures.is_empty() { Deadline::none() } else { ctx.deadline };
     let rows = match cut {
-        false => match store(ctx, ctx.deadline, &item.run_id, &dates, &figures, takeover).await {
+        false => match store(ctx, write_by, &item.run_id, &dates, &figures, takeover).await {
             Err(JobError::DeadlineReached(_)) => {
                 cut = true;
                 store(ctx, Deadline::none(), &item.run_id, &dates, &[], takeover).await?

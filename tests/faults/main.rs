@@ -12,8 +12,9 @@
 //! alone, SIGKILLs, SIGSTOPs (past the 10 s session timeout: a zombie that must be fenced) and
 //! SIGTERMs processors, restarts Kafka, Redis and PostgreSQL through `scripts/services.sh`,
 //! and stops the broker for longer than a run's timeout (every job's `timeout_secs` is
-//! [`procs::RUN_TIMEOUT`] here): runs in flight are cut at their deadline or completed by a
-//! retry after it, and their events must still match their effects.
+//! [`procs::RUN_TIMEOUT`] here) with an order-expiration chunk held in flight across the
+//! broker's shutdown ([`in_flight`]): its effects are made, its Kafka transaction fails, its
+//! retry comes after the deadline, and its events must still match its effects.
 //! Then it quiesces, lets the system catch up, and verifies from the outside (see verify.rs),
 //! prints a summary and exits non-zero on any violation.
 //!
@@ -186,6 +187,54 @@ async fn trigger(s: &Settings, job: &str, params: &[(&str, &str)]) -> Option<Str
     None
 }
 
+/// Puts an order-expiration chunk in flight across a broker outage (blocking; on the
+/// injector's thread): holds row locks on waiting orders about to expire, so the next run's
+/// chunk blocks on them, and waits until one does. The returned step, called once the broker
+/// has stopped, lets it go: the chunk cancels its orders and releases their stock, then its
+/// Kafka transaction fails, and its retry comes after the run's deadline — its events must
+/// still match its effects. If no chunk blocks within 20 s, the outage goes on without one.
+fn in_flight(rt: &tokio::runtime::Handle, db: &sqlx::PgPool) -> Box<dyn FnOnce()> {
+    let held = rt.block_on(async {
+        let mut tx = db.begin().await.ok()?;
+        let n = sqlx::query(
+            "SELECT id FROM orders WHERE status = 'PAYMENT_WAIT' AND created_at < now() - interval '5 seconds' FOR UPDATE SKIP LOCKED",
+        )
+        .execute(&mut *tx)
+        .await
+        .ok()?
+        .rows_affected();
+        (n > 0).then_some(tx)
+    });
+    let Some(tx) = held else {
+        eprintln!("[faults] no waiting order to hold: the outage starts with no chunk held in flight");
+        return Box::new(|| {});
+    };
+    let blocked = rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%UPDATE orders SET status = ''ORDER_CANCELLED''%'",
+            )
+            .fetch_one(db)
+            .await
+            .unwrap_or(0);
+            if n > 0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    });
+    eprintln!("[faults] {} while the broker stops", if blocked { "an order-expiration chunk is held in flight" } else { "no chunk blocked on the held orders" });
+    let rt = rt.clone();
+    Box::new(move || {
+        if let Err(e) = rt.block_on(tx.rollback()) {
+            eprintln!("[faults] releasing the held orders: {e}");
+        }
+    })
+}
+
 fn supervise_all(ps: &Mutex<Vec<Managed>>) {
     for p in ps.lock().expect("processes").iter_mut() {
         p.supervise();
@@ -260,15 +309,17 @@ async fn main() {
     // Faults, one at a time, on a blocking thread (signals and waits block).
     let injector = {
         let processors = processors.clone();
+        let (rt, db) = (tokio::runtime::Handle::current(), db.clone());
         tokio::task::spawn_blocking(move || {
             let t0 = Instant::now();
             let mut injected = Injected::default();
+            let mut outage = || in_flight(&rt, &db);
             for f in &plan {
                 while t0.elapsed() < f.at {
                     std::thread::sleep(Duration::from_millis(200));
                     supervise_all(&processors);
                 }
-                procs::inject(f, &mut processors.lock().expect("processes"), &mut injected);
+                procs::inject(f, &mut processors.lock().expect("processes"), &mut injected, &mut outage);
             }
             while t0.elapsed() < span {
                 std::thread::sleep(Duration::from_millis(200));

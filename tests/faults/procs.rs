@@ -15,8 +15,9 @@ use crate::common;
 
 /// The processor's consumer session timeout (`session.timeout.ms` set by the processor).
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
-/// Every job's run timeout in the suite (`timeout_secs`): short, so a broker outage outlasts it.
-pub const RUN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Every job's run timeout in the suite (`timeout_secs`): short, so a broker outage outlasts
+/// it, yet long enough for a chunk held across the broker's shutdown to finish before it.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
@@ -89,7 +90,7 @@ pub fn schedule(seed: u64, span: Duration, processors: usize, gap: (u64, u64)) -
         let kind = if out.len() < kinds.len() { kinds[out.len()] } else { extra[rng.random_range(0..extra.len())] };
         let hold = match kind {
             Kind::Freeze => SESSION_TIMEOUT + Duration::from_millis(rng.random_range(3000..7000)),
-            Kind::Outage(_) => RUN_TIMEOUT + Duration::from_millis(rng.random_range(5000..10000)),
+            Kind::Outage(_) => RUN_TIMEOUT + Duration::from_millis(rng.random_range(2000..8000)),
             _ => Duration::from_millis(rng.random_range(500..3000)),
         };
         if at + hold > span {
@@ -216,8 +217,9 @@ pub struct Injected {
     pub failed_restarts: usize,
 }
 
-/// Injects one fault (blocking; run on a blocking thread).
-pub fn inject(f: &Fault, processors: &mut [Managed], injected: &mut Injected) {
+/// Injects one fault (blocking; run on a blocking thread). `outage` is called for an outage:
+/// before the service stops (it returns what to do once it has stopped).
+pub fn inject(f: &Fault, processors: &mut [Managed], injected: &mut Injected, outage: &mut dyn FnMut() -> Box<dyn FnOnce()>) {
     let p = &mut processors[f.target];
     eprintln!(
         "[faults] t+{:>4}s {} {}",
@@ -248,7 +250,9 @@ pub fn inject(f: &Fault, processors: &mut [Managed], injected: &mut Injected) {
         }
         Kind::Restart(svc) => services(&["restart", svc], injected),
         Kind::Outage(svc) => {
+            let stopped = outage();
             services(&["stop", svc], injected);
+            stopped();
             std::thread::sleep(f.hold);
             services(&["start", svc], injected);
         }

@@ -18,7 +18,7 @@
 //! Then it quiesces, lets the system catch up, and verifies from the outside (see verify.rs),
 //! prints a summary and exits non-zero on any violation.
 //!
-//! `cargo test --test faults` runs the short profile (about 4 minutes; part of `.ci/run`);
+//! `cargo test --test faults` runs the short profile (about 5–6 minutes; part of `.ci/run`);
 //! `cargo test --test faults -- --profile long [--seed N]` runs 30 minutes of faults.
 
 #[path = "../it/common.rs"]
@@ -46,7 +46,7 @@ use verify::Report;
 #[derive(Parser, Debug)]
 #[command(about = "Fault-injection suite: real processes, crashes, zombies and service restarts; verifies E1–E5")]
 struct Args {
-    /// short: 180 s of faults (CI; every kind of fault once); long: 30 minutes.
+    /// short: 190 s of faults (CI; every kind of fault once); long: 30 minutes.
     #[arg(long, default_value = "short", value_parser = ["short", "long"])]
     profile: String,
     /// Seed of the fault schedule (random when absent; printed either way).
@@ -252,7 +252,7 @@ async fn main() {
         return;
     }
     let seed = args.seed.unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0 % 1_000_000);
-    let span = Duration::from_secs(args.duration.unwrap_or(if args.profile == "long" { 1800 } else { 180 }));
+    let span = Duration::from_secs(args.duration.unwrap_or(if args.profile == "long" { 1800 } else { 190 }));
     let gap = if args.profile == "long" { (15, 45) } else { (5, 12) };
     let plan = procs::schedule(seed, span, PROCESSORS, gap);
     eprintln!("[faults] profile {} seed {seed}: {} faults over {} s", args.profile, plan.len(), span.as_secs());

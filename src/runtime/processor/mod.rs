@@ -24,7 +24,8 @@
 //! started ahead, abort, seek back to the first record not committed, retry after a pause.
 //! Only errors classed fatal stop the processor: configuration, authorization, fencing, and a
 //! bookkeeping statement that cannot succeed (e.g. migrations not applied). A job's own
-//! errors never do: a transient one is retried, any other fails its run.
+//! errors never do: a transient one is retried, the run's deadline times the run out, any
+//! other fails its run.
 
 mod ahead;
 pub mod bookkeeping;

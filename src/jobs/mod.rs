@@ -8,6 +8,7 @@
 //! commits the chunk; it owns all transaction plumbing, jobs own none.
 
 pub mod daily_statistics;
+pub mod deadline;
 pub mod noop;
 pub mod order_expiration;
 pub mod report;
@@ -23,6 +24,7 @@ use chrono_tz::Tz;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
+pub use deadline::Deadline;
 pub use settings::{CatchUp, JobSettings};
 pub use crate::wire::Emit;
 use crate::error::ErrorClass;
@@ -47,6 +49,10 @@ pub struct JobCtx {
     pub redis: Option<redis::aio::ConnectionManager>,
     pub tz: Tz,
     pub settings: JobSettings,
+    /// When `apply` must stop (see [`deadline`]): the run's deadline for a chunk, no limit
+    /// when planning and finalising (their time is bounded by the processor) and for a chunk
+    /// that completes effects an earlier attempt may have begun after the deadline.
+    pub deadline: Deadline,
 }
 
 /// One applied chunk: the records to emit and counters for the run result.
@@ -57,9 +63,10 @@ pub struct ChunkOutput {
 }
 
 /// What can go wrong in a job. The processor acts on [`JobError::is_transient`]: a transient
-/// error takes the reset path and the same record is handled again; any other error ends the
-/// run recorded FAILED (or, for [`JobError::InvalidTick`], sends the tick to dead letters) and
-/// processing moves on. No job error stops the processor.
+/// error takes the reset path and the same record is handled again; [`JobError::DeadlineReached`]
+/// records the chunk TIMED_OUT with what it carries; any other error ends the run recorded
+/// FAILED (or, for [`JobError::InvalidTick`], sends the tick to dead letters) and processing
+/// moves on. No job error stops the processor.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     /// The tick asks for something this job cannot do (bad parameter, impossible period).
@@ -77,6 +84,11 @@ pub enum JobError {
     /// A Redis command failed; transient when Redis says so (LOADING, TRYAGAIN, connection).
     #[error("redis: {0}")]
     Redis(#[source] redis::RedisError),
+    /// The run's deadline stopped the chunk ([`Deadline`]). It carries what the chunk's
+    /// effects so far imply — records to emit (every effect made has its event) and counts —
+    /// which the processor commits with the chunk recorded TIMED_OUT.
+    #[error("run deadline reached")]
+    DeadlineReached(Box<ChunkOutput>),
 }
 
 impl JobError {
@@ -84,7 +96,7 @@ impl JobError {
     pub fn is_transient(&self) -> bool {
         match self {
             JobError::Transient(_) => true,
-            JobError::InvalidTick(_) | JobError::Failed(_) => false,
+            JobError::InvalidTick(_) | JobError::Failed(_) | JobError::DeadlineReached(_) => false,
             JobError::Db(e) => crate::error::sqlx_class(e) == ErrorClass::Retry,
             JobError::Redis(e) => {
                 // Redis says which of its errors are worth retrying (LOADING after a restart,

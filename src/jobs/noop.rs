@@ -1,6 +1,7 @@
 //! `noop`: the trivial built-in job that exercises the whole pipeline (plan → work items →
 //! apply → run result) with no effect outside Kafka. Parameters: `chunks` (default 1),
-//! `apply_sleep_ms` and `plan_sleep_ms` (to exercise timeouts), `fail` (chunk index that
+//! `apply_sleep_ms` (a chunk's work, cut by the run's deadline) and `plan_sleep_ms` (to
+//! exercise timeouts), `fail` (chunk index that
 //! fails, to exercise FAILED runs), `fail_finalize` (`true`: the whole-run step fails).
 //!
 //! A test job, not part of a production configuration: off unless the configuration says
@@ -79,11 +80,14 @@ impl Job for Noop {
         .boxed()
     }
 
-    fn apply<'a>(&'a self, _ctx: &'a JobCtx, item: &'a WorkItem) -> BoxFuture<'a, Result<ChunkOutput, JobError>> {
+    fn apply<'a>(&'a self, ctx: &'a JobCtx, item: &'a WorkItem) -> BoxFuture<'a, Result<ChunkOutput, JobError>> {
         Box::pin(async move {
             let sleep = param::<u64>(&item.parameters, "apply_sleep_ms", 0)?;
+            // The sleep stands for a chunk's work: the run's deadline cuts it (no effect, so
+            // nothing to emit).
+            ctx.deadline.check()?;
             if sleep > 0 {
-                tokio::time::sleep(Duration::from_millis(sleep)).await;
+                ctx.deadline.sleep_until(tokio::time::Instant::now() + Duration::from_millis(sleep)).await?;
             }
             if param::<i32>(&item.parameters, "fail", -1)? == item.chunk_index {
                 return Err(JobError::Failed(format!("chunk {} failed on request (parameter `fail`)", item.chunk_index)));

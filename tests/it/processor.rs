@@ -280,7 +280,7 @@ async fn a_run_past_its_timeout_is_recorded_timed_out_and_the_next_tick_proceeds
     let mut s = with_noop(isolated().await);
     s.jobs.get_mut("noop").unwrap().timeout_secs = 2;
     // Chunks of 0.9 s against a 2 s timeout: whether they run one at a time or two at once
-    // (the next chunk's effects start ahead), the last ones start past the deadline.
+    // (the next chunk's effects start ahead), the last ones are cut or start past the deadline.
     let slow = tick("noop", at(20), &[("chunks", "8"), ("apply_sleep_ms", "900")]);
     let slow_plan = tick("noop", at(10), &[("plan_sleep_ms", "4000")]);
     let next = tick("noop", at(1), &[("chunks", "2")]);
@@ -297,9 +297,46 @@ async fn a_run_past_its_timeout_is_recorded_timed_out_and_the_next_tick_proceeds
     let slow_r = by_tick[slow.tick_id.as_str()];
     assert_eq!(slow_r.outcome, Outcome::TimedOut, "{slow_r:?}");
     assert!(slow_r.counts.get("chunksTimedOut").copied().unwrap_or(0) >= 1, "{slow_r:?}");
-    assert!(slow_r.counts.get("items").copied().unwrap_or(0) >= 2, "chunks started before the deadline completed: {slow_r:?}");
+    // Chunks are cut at the deadline, not only skipped after it: not all 8 ran.
+    assert!(slow_r.counts.get("items").copied().unwrap_or(0) < 8, "{slow_r:?}");
     assert_eq!(by_tick[slow_plan.tick_id.as_str()].outcome, Outcome::TimedOut);
     assert_eq!(by_tick[next.tick_id.as_str()].outcome, Outcome::Succeeded);
+}
+
+/// The deadline holds inside a running chunk: a chunk of 120 s of work against a 2 s timeout
+/// stops at the deadline, is recorded TIMED_OUT (with nothing to emit: noop has no effects),
+/// and the next tick runs normally.
+#[tokio::test]
+async fn a_chunk_longer_than_the_timeout_stops_at_the_run_deadline() {
+    let mut s = isolated().await;
+    s.jobs.get_mut("noop").unwrap().timeout_secs = 2;
+    let long = tick("noop", at(10), &[("apply_sleep_ms", "120000")]);
+    publish(&s, &[long.clone()]).await;
+    let pool = test_db(&s).await;
+    let mut p = processor_on(&s, pool.clone()).await;
+    let started = Instant::now();
+    // Without the deadline inside the chunk, the step would sleep its 120 s.
+    tokio::time::timeout(Duration::from_secs(60), drive(&mut p, 2)).await.expect("the chunk stopped at its deadline");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let r = results(&s).await;
+    assert_eq!(r.len(), 1, "{r:#?}");
+    assert_eq!(r[0].outcome, Outcome::TimedOut, "{r:#?}");
+    assert_eq!(r[0].counts.get("chunksTimedOut"), Some(&1), "{r:#?}");
+    assert!(r[0].message.as_deref().unwrap_or("").contains("inside this chunk"), "{r:#?}");
+    // Stopped at the deadline (planned + 2 s), not when its work would have ended.
+    let (planned, applied): (DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
+        "SELECT r.planned_at, c.applied_at FROM job_runs r JOIN job_run_chunks c USING (run_id) WHERE c.chunk_index = 0",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(applied < planned + TimeDelta::seconds(2), "started before the deadline: {planned} {applied}");
+    let next = tick("noop", at(1), &[("chunks", "2")]);
+    publish(&s, &[next.clone()]).await;
+    drive(&mut p, 2).await;
+    let r = results(&s).await;
+    let next_r = r.iter().find(|x| x.tick_id == next.tick_id).expect("the next tick ran");
+    assert_eq!(next_r.outcome, Outcome::Succeeded, "{next_r:?}");
 }
 
 /// A job whose whole-run step fails for good fails its run, recorded FAILED with the reason;
@@ -508,7 +545,7 @@ pub async fn work_items(s: &Settings) -> Vec<WorkItem> {
 
 /// Returns once the wall clock is past `instant` (the sleep is bounded by the very moment
 /// waited for, not a guess at how long something takes).
-async fn past(instant: DateTime<Utc>) {
+pub async fn past(instant: DateTime<Utc>) {
     while Utc::now() <= instant {
         tokio::time::sleep((instant - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(1)).await;
     }

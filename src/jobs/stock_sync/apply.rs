@@ -24,7 +24,7 @@ use futures::{StreamExt, TryStreamExt};
 use redis::aio::ConnectionManager;
 
 use super::{Action, Cause};
-use crate::jobs::{ChunkOutput, JobCtx, JobError};
+use crate::jobs::{ChunkOutput, Deadline, JobCtx, JobError};
 use crate::jobs::stock::{reservation_key, stock_key, Stock};
 use crate::wire::internal::WorkItem;
 
@@ -225,7 +225,7 @@ pub async fn apply(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobErro
             async move {
                 let rows = batch.map_err(|e| e.1)?;
                 let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-                let observed = observe(&mut conn, &ids).await?;
+                let observed = observe(&mut conn, &ids, ctx.deadline).await?;
                 Ok::<_, JobError>((rows, observed))
             }
         })
@@ -234,6 +234,8 @@ pub async fn apply(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobErro
     // observed; the last one observed is the one that binds.
     let mut last_candidate_seen = None;
     while let Some((rows, observed)) = batches.try_next().await? {
+        // The run's deadline holds between batches (comparing is reads only: nothing to emit).
+        ctx.deadline.check()?;
         counts.products += rows.len() as i64;
         for ((id, stock, recorded), observed) in rows.into_iter().zip(observed) {
             let expected = i64::from(stock) - reserved.get(&id).copied().unwrap_or(0);
@@ -250,6 +252,9 @@ pub async fn apply(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobErro
     counts.repaired = settled.len() as i64;
 
     let mismatches = confirm(ctx, &redis, candidates, last_candidate_seen, &mut counts).await?;
+    // The last point where the deadline stops the chunk: from the record on, effects begin,
+    // and they complete (their alerts come from the recorded rows).
+    ctx.deadline.check()?;
     record(&ctx.db, &item.run_id, &mismatches).await?;
     let mut outcomes = repair(&redis, &mismatches).await?;
     for (_, applied) in &outcomes {
@@ -268,13 +273,14 @@ pub async fn apply(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobErro
     Ok(counts.into_output())
 }
 
-/// `MGET` of the products' counters, values kept raw so a non-integer does not fail the chunk.
-async fn observe(redis: &mut ConnectionManager, ids: &[&str]) -> Result<Vec<Observed>, JobError> {
+/// `MGET` of the products' counters, values kept raw so a non-integer does not fail the chunk;
+/// a read, so the run's deadline bounds it.
+async fn observe(redis: &mut ConnectionManager, ids: &[&str], deadline: Deadline) -> Result<Vec<Observed>, JobError> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     let keys: Vec<String> = ids.iter().map(|id| stock_key(id)).collect();
-    let raw: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(redis).await?;
+    let raw: Vec<Option<String>> = deadline.redis(redis::cmd("MGET").arg(&keys).query_async(redis)).await?;
     if raw.len() != ids.len() {
         return Err(JobError::Failed(format!("MGET of {} keys returned {} values", ids.len(), raw.len())));
     }
@@ -296,7 +302,7 @@ async fn confirm(
     }
     if let Some(seen) = last_seen {
         let options: super::Options = ctx.settings.options().map_err(JobError::Failed)?;
-        tokio::time::sleep_until((seen + Duration::from_millis(options.confirm_delay_ms)).into()).await;
+        ctx.deadline.sleep_until((seen + Duration::from_millis(options.confirm_delay_ms)).into()).await?;
     }
     let ids: Vec<&str> = candidates.iter().map(|c| c.id.as_str()).collect();
     let db: HashMap<String, (i32, i64, Vec<String>, Vec<String>)> = sqlx::query_as::<_, ConfirmRow>(CONFIRM)
@@ -326,10 +332,10 @@ async fn confirm(
         if pairs.is_empty() {
             Ok(Vec::new())
         } else {
-            pipe.query_async::<Vec<bool>>(&mut c2).await.map_err(JobError::from)
+            ctx.deadline.redis(pipe.query_async::<Vec<bool>>(&mut c2)).await
         }
     };
-    let (again, held) = tokio::try_join!(observe(&mut c1, &ids), held)?;
+    let (again, held) = tokio::try_join!(observe(&mut c1, &ids, ctx.deadline), held)?;
     let mut reservations: HashMap<&str, Reservations> = HashMap::new();
     for ((product, order, waiting), held) in pairs.iter().zip(held) {
         let r = reservations.entry(product).or_default();

@@ -40,7 +40,7 @@ use redis::aio::ConnectionManager;
 use scheduled_jobs::kafka::codec::Codec;
 use scheduled_jobs::config::{Settings, Topic};
 use scheduled_jobs::jobs::stock_sync::StockSync;
-use scheduled_jobs::jobs::{Job, JobCtx, Registry, Run};
+use scheduled_jobs::jobs::{Deadline, Job, JobCtx, Registry, Run};
 use scheduled_jobs::kafka::{client_config, Role};
 use scheduled_jobs::runtime::processor::{Processor, Step};
 use scheduled_jobs::jobs::stock::stock_key;
@@ -247,7 +247,7 @@ impl Bench {
         let mut settings = self.s.job(JOB).cloned().expect("stock_sync settings");
         settings.set_option("confirm_delay_ms", delay_ms as i64);
         settings.batch_size = batch;
-        let ctx = JobCtx { db: self.pool.clone(), redis: Some(self.redis.clone()), tz: chrono_tz::UTC, settings };
+        let ctx = JobCtx { db: self.pool.clone(), redis: Some(self.redis.clone()), tz: chrono_tz::UTC, settings, deadline: Deadline::none() };
         let at = Utc::now();
         let run =
             Run { run_id: unique("bench-run"), job: JOB.into(), period: at.to_rfc3339(), attempt: 1, tick: self.tick(at), planned_at: at };

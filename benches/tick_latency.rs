@@ -152,7 +152,8 @@ async fn pipeline(s: &Settings, n: usize) -> anyhow::Result<Vec<Duration>> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n: usize = std::env::var("SJ_BENCH_TICKS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
-    let s = common::isolated().await;
+    // noop is a test job, off unless enabled (a disabled job's ticks are only recorded SKIPPED).
+    let s = common::with_noop(common::isolated().await);
     println!("tick-to-committed-output latency, {n} ticks, local stack (topics prefix {})", s.topics.prefix);
     let floor = floor(&s, n.min(300)).await?;
     let (_, floor99) = summary("floor: one EOS hop (consume->txn->visible)", floor);

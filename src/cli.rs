@@ -75,16 +75,19 @@ pub enum Command {
     /// partitions for the 10 s session so a restart takes them straight back).
     Run,
     /// Run the tick producer: publish a tick for every fire time of every enabled job's
-    /// schedule, catching up fire times missed while it was down. Safe to run two side by side.
+    /// schedule, read in scheduler.time_zone (default Asia/Seoul, the seed's zone), catching
+    /// up fire times missed while it was down. Safe to run two side by side.
     Tick,
-    /// Publish a manual tick for a job now (or for --at).
+    /// Publish a manual tick for a job now (or for --at). A disabled job (the noop test job
+    /// unless jobs.noop.enabled = true) is refused.
     Trigger {
         /// Job name, e.g. order-expiration.
         job: String,
         /// Scheduled time of the tick (RFC 3339); default now.
         #[arg(long, value_name = "INSTANT")]
         at: Option<String>,
-        /// A job parameter; repeatable.
+        /// A job parameter; repeatable. Every job accepts force=true (run a recorded period
+        /// again); a parameter the job does not accept, or a bad value, is refused.
         #[arg(long = "param", value_name = "KEY=VALUE")]
         params: Vec<String>,
         /// Follow the run: a progress bar of chunks applied / planned, then its result.
@@ -195,7 +198,8 @@ pub enum DbAction {
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigAction {
-    /// Print the effective settings as TOML, secrets redacted.
+    /// Print the effective settings as TOML, secrets redacted; the first line names the
+    /// time zone schedules are read in. The noop test job is shown only when enabled.
     Show,
     /// Load and validate the settings, print nothing on success.
     Check,
@@ -230,7 +234,7 @@ fn known_job(settings: &Settings, job: &str) -> anyhow::Result<String> {
     if settings.job(job).is_some() {
         Ok(job.to_string())
     } else {
-        let known: Vec<String> = settings.jobs.keys().map(|k| k.replace('_', "-")).collect();
+        let known: Vec<String> = settings.listed_jobs().map(|(k, _)| k.replace('_', "-")).collect();
         Err(anyhow::anyhow!("unknown job `{job}` (configured jobs: {})", known.join(", ")))
     }
 }
@@ -440,9 +444,12 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 map.insert(k.to_string(), v.to_string());
             }
             let tick = crate::runtime::tick::trigger(&settings, &job, at, map).await.map_err(|e| {
-                // Naming a job that does not exist (or is disabled) is a usage error.
+                // Naming a job that does not exist (or is disabled), or a parameter it does not
+                // accept, is a usage error.
                 let code = match e {
-                    crate::runtime::tick::TickError::UnknownJob { .. } | crate::runtime::tick::TickError::JobDisabled { .. } => 2,
+                    crate::runtime::tick::TickError::UnknownJob { .. }
+                    | crate::runtime::tick::TickError::JobDisabled { .. }
+                    | crate::runtime::tick::TickError::InvalidTick(_) => 2,
                     _ => 1,
                 };
                 Failure { code, error: e.into() }

@@ -25,6 +25,10 @@ pub const ENV_PREFIX: &str = "SJ_";
 pub const KAFKA_PROP_ENV_PREFIX: &str = "SJ_KAFKA_PROP_";
 /// Configuration file read when `--config` is not given and the file exists.
 pub const DEFAULT_CONFIG_FILE: &str = "scheduled-jobs.toml";
+/// `scheduler.time_zone` unless configured: the seed's times are the shop's local times in
+/// Seoul (stock-sync's 02:00 is when traffic is lowest there; "yesterday" is Seoul's), see
+/// docs/decisions/2026-11-29-default-time-zone.md.
+pub const DEFAULT_TIME_ZONE: &str = "Asia/Seoul";
 
 /// A setting that is missing or has a value the tool cannot use. Always fatal: the process
 /// stops before touching Kafka, the registry or the databases.
@@ -65,7 +69,8 @@ pub struct Settings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerSettings {
-    /// IANA time zone the cron schedules (and "yesterday") are read in.
+    /// IANA time zone the cron schedules (and "yesterday") are read in; default
+    /// [`DEFAULT_TIME_ZONE`], the seed's.
     pub time_zone: String,
     /// Name of this producer instance, written into each tick (diagnostics only).
     pub producer_id: String,
@@ -107,6 +112,12 @@ pub use crate::jobs::settings::{CatchUp, JobSettings};
 /// Every job of [`crate::jobs::catalog`] with the defaults it declares, keyed by settings key.
 pub fn default_jobs() -> BTreeMap<String, JobSettings> {
     crate::jobs::catalog().iter().map(|j| (job_key(j.name()), j.defaults())).collect()
+}
+
+/// Whether the job of settings key `key` is off unless a configuration enables it: a test
+/// job such as `noop`, not part of a production configuration.
+pub fn off_by_default(key: &str) -> bool {
+    crate::jobs::catalog().iter().any(|j| job_key(j.name()) == key && !j.defaults().enabled)
 }
 
 /// Job name (`order-expiration`) to settings key (`order_expiration`).
@@ -259,7 +270,7 @@ impl Default for TopicsSettings {
 
 impl Default for SchedulerSettings {
     fn default() -> Self {
-        SchedulerSettings { time_zone: "UTC".into(), producer_id: String::new() }
+        SchedulerSettings { time_zone: DEFAULT_TIME_ZONE.into(), producer_id: String::new() }
     }
 }
 
@@ -492,6 +503,24 @@ impl Settings {
         format!("{}{}", self.topics.prefix, topic.base_name())
     }
 
+    /// The jobs of this configuration, by settings key: all but the test jobs that are off by
+    /// default and not enabled ([`off_by_default`]). What `config show` and the job lists of
+    /// error messages show.
+    pub fn listed_jobs(&self) -> impl Iterator<Item = (&String, &JobSettings)> {
+        self.jobs.iter().filter(|(key, job)| job.enabled || !off_by_default(key))
+    }
+
+    /// A line saying which time zone the schedules and "yesterday" are read in, and where it
+    /// comes from (for `config show` and the demo).
+    pub fn time_zone_line(&self) -> String {
+        let origin = if self.scheduler.time_zone == DEFAULT_TIME_ZONE {
+            "the default, the seed's zone".to_string()
+        } else {
+            format!("configured; the default is {DEFAULT_TIME_ZONE}, the seed's zone")
+        };
+        format!("time zone: {} (scheduler.time_zone, {origin}): cron schedules and daily-statistics' \"yesterday\" are read in it", self.scheduler.time_zone)
+    }
+
     /// Settings of `job` (by job name, e.g. `order-expiration`), if it is configured.
     pub fn job(&self, job: &str) -> Option<&JobSettings> {
         self.jobs.get(&job_key(job))
@@ -506,9 +535,11 @@ impl Settings {
         format!("{host}-{}", std::process::id())
     }
 
-    /// The settings as TOML with every secret replaced by [`REDACTED`].
+    /// The settings as TOML with every secret replaced by [`REDACTED`], only the
+    /// [`Settings::listed_jobs`], and a first comment line naming the time zone.
     pub fn redacted(&self) -> String {
         let mut shown = self.clone();
+        shown.jobs = self.listed_jobs().map(|(key, job)| (key.clone(), job.clone())).collect();
         let blank = |p: &mut Option<SecretString>| {
             if p.is_some() {
                 *p = Some(SecretString::from(REDACTED));
@@ -522,7 +553,10 @@ impl Settings {
                 *v = REDACTED.into();
             }
         }
-        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+        match toml::to_string_pretty(&shown) {
+            Ok(t) => format!("# {}\n{t}", self.time_zone_line()),
+            Err(e) => format!("# cannot render settings: {e}\n"),
+        }
     }
 
     /// The Redis connection URL (holds the password: never log it).
@@ -622,6 +656,43 @@ mod tests {
         assert!(e.contains("postgres.sslmode"), "{e}");
         let e = Settings::load_from(None, env(&[("SJ_KAFKA__BOOTSTRAP_SERVRES", "x:1")])).unwrap_err().to_string();
         assert!(e.contains("bootstrap_servres"), "{e}");
+    }
+
+    /// The seed's times are Seoul's: that is the zone unless one is configured, and
+    /// `config show` says so on its first line.
+    #[test]
+    fn the_time_zone_is_the_seeds_unless_configured_and_shown() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(s.time_zone().unwrap(), chrono_tz::Asia::Seoul);
+        let first = s.redacted().lines().next().unwrap_or_default().to_string();
+        assert!(first.starts_with("# time zone: Asia/Seoul (scheduler.time_zone, the default"), "{first}");
+        let s = Settings::load_from(None, env(&[("SJ_SCHEDULER__TIME_ZONE", "UTC")])).unwrap();
+        assert_eq!(s.time_zone().unwrap(), chrono_tz::UTC, "an explicit setting wins");
+        let shown = s.redacted();
+        assert!(shown.starts_with("# time zone: UTC (scheduler.time_zone, configured"), "{shown}");
+        assert!(shown.contains("time_zone = \"UTC\""), "{shown}");
+        toml::from_str::<toml::Table>(&shown).expect("config show stays valid TOML");
+    }
+
+    /// `noop` is a test job: configured (so it can be enabled) but off, and not shown until
+    /// a configuration enables it.
+    #[test]
+    fn the_noop_test_job_is_off_and_unlisted_unless_enabled() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert!(!s.job("noop").unwrap().enabled);
+        assert!(s.listed_jobs().all(|(k, _)| k != "noop"));
+        assert!(!s.redacted().contains("[jobs.noop]"), "{}", s.redacted());
+        assert!(s.redacted().contains("[jobs.stock_sync]"));
+        let s = Settings::load_from(None, env(&[("SJ_JOBS__NOOP__ENABLED", "true")])).unwrap();
+        let noop = s.job("noop").unwrap();
+        assert!(noop.enabled);
+        assert_eq!(noop.timeout_secs, 60, "enabling keeps the job's other defaults");
+        assert!(s.listed_jobs().any(|(k, _)| k == "noop"));
+        assert!(s.redacted().contains("[jobs.noop]"));
+        let mut s = Settings::load_from(None, env(&[("SJ_JOBS__STOCK_SYNC__ENABLED", "false")])).unwrap();
+        assert!(s.redacted().contains("[jobs.stock_sync]"), "a production job stays listed when disabled");
+        s.jobs.get_mut("noop").unwrap().enabled = false;
+        assert_eq!(s.listed_jobs().count(), crate::jobs::catalog().len() - 1);
     }
 
     #[test]

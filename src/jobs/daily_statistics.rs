@@ -42,11 +42,14 @@
 //! so consumers that deduplicate by id keep the first version while consumers keyed by date
 //! take the new one; dates it only catches up are never re-emitted.
 //!
-//! Known limit: the processor checks a run's deadline before a chunk starts. If the chunk's
-//! rows are written, its Kafka transaction fails, and the retry begins after the deadline
-//! (600 s after planning, e.g. a long broker outage), the retry is recorded TIMED_OUT without
-//! emitting: those dates are stored but not sent. The run result says TIMED_OUT (alerted);
-//! the remedy is a forced re-run of each such date.
+//! **Deadline.** The run's deadline (600 s after planning by default) holds inside the chunk:
+//! each aggregation statement and the write get a statement timeout of the time left (see
+//! [`crate::jobs::deadline`]). A chunk stopped there stores nothing new — the dates left are
+//! covered by the next run's window — and still emits every row its run already owns (an
+//! earlier attempt's), recorded TIMED_OUT (counts `datesLeft`). A chunk whose rows were
+//! written but whose Kafka transaction failed is completed by its retry whatever the
+//! deadline (e.g. after a broker outage longer than the timeout): the retry reads its rows
+//! back and emits them, so a stored date is never left unsent.
 //!
 //! **Figures** (all money exact: NUMERIC ↔ `rust_decimal` ↔ Avro decimal, never a float):
 //! `totalOrders` orders created that day; `totalSales` sum of `total_amount` of orders paid
@@ -62,7 +65,8 @@
 //! (`timeZone`), so a consumer never has to guess which midnight bounded the day.
 //!
 //! Run-result counts: `datesAggregated` (dates this run emitted), `datesSkipped` (dates in
-//! its list owned by another run), `orders` (sum of `totalOrders` of the emitted dates).
+//! its list owned by another run), `orders` (sum of `totalOrders` of the emitted dates), and
+//! for a chunk stopped at the deadline `datesLeft` (dates it did not aggregate).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -73,7 +77,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use rust_decimal::Decimal;
 
-use super::{CatchUp, ChunkOutput, Emit, Job, JobCtx, JobError, JobSettings, Run};
+use super::{CatchUp, ChunkOutput, Deadline, Emit, Job, JobCtx, JobError, JobSettings, Parameter, Run};
 use crate::wire::derived_id;
 use crate::wire::events::{self, emit};
 use crate::wire::internal::WorkItem;
@@ -88,8 +92,18 @@ pub const EVENT_KIND: &str = "daily-statistics";
 pub const WINDOW_DAYS: u64 = 7;
 /// Length of the top-products list.
 pub const TOP_N: i64 = 10;
-/// Tick parameters this job understands.
-const PARAMETERS: [&str; 2] = ["date", "force"];
+/// Tick parameters this job accepts besides `force`.
+const PARAMETERS: [Parameter; 1] =
+    [Parameter { name: "date", about: "YYYY-MM-DD: the date to count instead of yesterday (2000 or later, already over)", check: check_date }];
+
+/// A `date` parameter's own check; whether the day is over depends on the tick (see `period`).
+fn check_date(v: &str) -> Result<(), String> {
+    match parse_date(v) {
+        Some(d) if d >= NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or(NaiveDate::MIN) => Ok(()),
+        Some(_) => Err("before 2000".into()),
+        None => Err("not a date (YYYY-MM-DD)".into()),
+    }
+}
 /// Wire format of a date (period, work-item ids; the event's `date` and key are written alike).
 const DATE_FORMAT: &str = "%Y-%m-%d";
 
@@ -296,31 +310,8 @@ impl Job for DailyStatistics {
         Ok(date.format(DATE_FORMAT).to_string())
     }
 
-    fn validate(&self, tick: &Tick) -> Result<(), JobError> {
-        if let Some(k) = tick.parameters.keys().find(|k| !PARAMETERS.contains(&k.as_str())) {
-            return Err(JobError::InvalidTick(format!("unknown parameter `{k}` (daily-statistics accepts: {})", PARAMETERS.join(", "))));
-        }
-        if let Some(v) = tick.parameters.get("force") {
-            if v != "true" && v != "false" {
-                return Err(JobError::InvalidTick(format!("parameter `force` = `{v}` is not true or false")));
-            }
-            // The processor honours `force` only on MANUAL ticks; elsewhere it would be
-            // silently ignored, which is worse than saying so.
-            if tick.trigger != Trigger::Manual {
-                return Err(JobError::InvalidTick(format!(
-                    "parameter `force` is only accepted on MANUAL ticks, not {}",
-                    tick.trigger.as_str()
-                )));
-            }
-        }
-        if let Some(v) = tick.parameters.get("date") {
-            match parse_date(v) {
-                Some(d) if d >= NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or(NaiveDate::MIN) => {}
-                Some(d) => return Err(JobError::InvalidTick(format!("parameter `date` = {d} is before 2000"))),
-                None => return Err(JobError::InvalidTick(format!("parameter `date` = `{v}` is not a date (YYYY-MM-DD)"))),
-            }
-        }
-        Ok(())
+    fn parameters(&self) -> &'static [Parameter] {
+        &PARAMETERS
     }
 
     fn coalesce(&self) -> bool {
@@ -372,17 +363,39 @@ async fn apply_dates(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobEr
 
     // 2. Figures, all of them before any write: a date that cannot be stored or emitted
     //    fails the chunk while nothing has changed yet, so no date is left stored but unsent.
+    //    The run's deadline cuts the computing (and the write, 3.): then this attempt stores
+    //    nothing, and the dates left are covered by the next run's window.
     let mut figures = Vec::new();
+    let mut cut = false;
     for date in todo {
-        let f = aggregate(ctx, item, *date).await?;
+        let f = match aggregate(ctx, *date).await {
+            Ok(f) => f,
+            Err(JobError::DeadlineReached(_)) => {
+                cut = true;
+                break;
+            }
+            Err(e) => return Err(e),
+        };
         // The event the row will become, made now only to check that its money fits the
         // schema's decimals; its time does not matter here.
         events::value_of(&f.event(event_id(*date), Utc::now(), ctx.tz.name().into())).map_err(|e| JobError::Failed(format!("{date}: {e}")))?;
         figures.push(f);
     }
 
-    // 3. Write and read back what this run owns.
-    let rows = store(ctx, &item.run_id, &dates, &figures, takeover).await?;
+    // 3. Write and read back what this run owns, the write under the deadline. Cut (or with
+    //    nothing to write), only read back, without a limit: rows an earlier attempt of this
+    //    run wrote are effects made, and are emitted whatever the deadline.
+    let write_by = if figures.is_empty() { Deadline::none() } else { ctx.deadline };
+    let rows = match cut {
+        false => match store(ctx, write_by, &item.run_id, &dates, &figures, takeover).await {
+            Err(JobError::DeadlineReached(_)) => {
+                cut = true;
+                store(ctx, Deadline::none(), &item.run_id, &dates, &[], takeover).await?
+            }
+            r => r?,
+        },
+        true => store(ctx, Deadline::none(), &item.run_id, &dates, &[], takeover).await?,
+    };
 
     // 4. Events from the stored rows. Past the write, a failure here means a row this job
     //    wrote cannot be read as written: recorded FAILED, naming the remedy.
@@ -394,33 +407,37 @@ async fn apply_dates(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobEr
     }
     let emitted = rows.len() as i64;
     out.counts.insert("datesAggregated".into(), emitted);
-    out.counts.insert("datesSkipped".into(), dates.len() as i64 - emitted);
     out.counts.insert("orders".into(), rows.iter().map(|r| r.total_orders).sum());
+    if cut {
+        // The dates neither emitted nor owned by another run are left for the next run.
+        let others = dates.iter().filter(|d| owners.get(d).is_some_and(|o| *o != item.run_id) && takeover != Some(**d)).count() as i64;
+        out.counts.insert("datesSkipped".into(), others);
+        out.counts.insert("datesLeft".into(), dates.len() as i64 - emitted - others);
+        return Err(JobError::deadline_after(out));
+    }
+    out.counts.insert("datesSkipped".into(), dates.len() as i64 - emitted);
     Ok(out)
 }
 
 /// One date's figures, computed in one REPEATABLE READ snapshot so the totals and the top
 /// list describe the same orders.
-async fn aggregate(ctx: &JobCtx, item: &WorkItem, date: NaiveDate) -> Result<Figures, JobError> {
+async fn aggregate(ctx: &JobCtx, date: NaiveDate) -> Result<Figures, JobError> {
     let (start, end) = day_bounds(date, ctx.tz).ok_or_else(|| JobError::Failed(format!("{date} has no bounds in {}", ctx.tz)))?;
-    // The run's remaining time bounds each statement: a runaway aggregation fails the run
-    // (the next run retries the date) instead of outliving its consumer's poll interval.
-    // 0 (no limit) only if the configured timeout does not fit a timestamp.
-    let deadline =
-        i64::try_from(ctx.settings.timeout_secs).ok().and_then(TimeDelta::try_seconds).and_then(|t| item.planned_at.checked_add_signed(t));
-    let budget_ms = deadline.map_or(0, |d| (d - Utc::now()).num_milliseconds().max(1000));
-
+    // The run's deadline bounds each statement (a statement timeout of the time left): a
+    // runaway aggregation stops the run at its deadline, and the next run does the date.
+    let d = ctx.deadline;
+    d.check()?;
     let mut tx = ctx.db.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
-    // set_config(…, true) is SET LOCAL with a bind parameter: it ends with the transaction.
-    sqlx::query("SELECT set_config('statement_timeout', $1, true)").bind(budget_ms.to_string()).execute(&mut *tx).await?;
+    d.limit(&mut tx).await?;
     // Not persistent (unnamed statements): each run is planned for its own bounds. A cached
     // generic plan would assume a default selectivity for the day's ranges, and a day that is
     // most of the table wants a sequential scan, not the index scans such a plan picks.
     let (total_orders, paid_orders, total_sales, cancelled_orders, refund_amount): (i64, i64, Decimal, i64, Decimal) =
-        sqlx::query_as(TOTALS).persistent(false).bind(start).bind(end).fetch_one(&mut *tx).await?;
+        sqlx::query_as(TOTALS).persistent(false).bind(start).bind(end).fetch_one(&mut *tx).await.map_err(|e| d.sql(e))?;
+    d.limit(&mut tx).await?;
     let top: Vec<(String, String, i64)> =
-        sqlx::query_as(TOP_PRODUCTS).persistent(false).bind(start).bind(end).bind(TOP_N).fetch_all(&mut *tx).await?;
+        sqlx::query_as(TOP_PRODUCTS).persistent(false).bind(start).bind(end).bind(TOP_N).fetch_all(&mut *tx).await.map_err(|e| d.sql(e))?;
     tx.commit().await?;
 
     let avg_order_amount = average_half_even(total_sales, paid_orders)
@@ -439,8 +456,10 @@ async fn aggregate(ctx: &JobCtx, item: &WorkItem, date: NaiveDate) -> Result<Fig
     })
 }
 
+/// Runs [`STORE`] in a transaction whose statement stops at `d`.
 async fn store(
     ctx: &JobCtx,
+    d: Deadline,
     run_id: &str,
     dates: &[NaiveDate],
     figures: &[Figures],
@@ -451,6 +470,7 @@ async fn store(
         .map(|f| serde_json::to_string(&f.top_products))
         .collect::<Result<_, _>>()
         .map_err(|e| JobError::Failed(format!("top products as JSON: {e}")))?;
+    let mut tx = d.begin(&ctx.db).await?;
     let rows = sqlx::query_as::<_, Stored>(STORE)
         .bind(run_id)
         .bind(figures.iter().map(|f| f.date).collect::<Vec<_>>())
@@ -464,8 +484,10 @@ async fn store(
         .bind(dates)
         .bind(takeover)
         .bind(ctx.tz.name())
-        .fetch_all(&ctx.db)
-        .await?;
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| d.sql(e))?;
+    tx.commit().await?;
     Ok(rows)
 }
 
@@ -595,9 +617,9 @@ mod tests {
         let tz = chrono_tz::UTC;
         assert_eq!(job.period(&tick(Trigger::Scheduled, &[]), tz).unwrap(), "2026-11-24");
         let named = tick(Trigger::Manual, &[("date", "2026-11-20"), ("force", "true")]);
-        job.validate(&named).unwrap();
+        super::super::check_tick(&job, &named).unwrap();
         assert_eq!(job.period(&named, tz).unwrap(), "2026-11-20");
-        let invalid = |t: &Tick| matches!(job.validate(t).and_then(|_| job.period(t, tz)), Err(JobError::InvalidTick(_)));
+        let invalid = |t: &Tick| matches!(super::super::check_tick(&job, t).and_then(|_| job.period(t, tz)), Err(JobError::InvalidTick(_)));
         assert!(invalid(&tick(Trigger::Manual, &[("date", "2026-11-25")])), "today is not over");
         assert!(invalid(&tick(Trigger::Manual, &[("date", "2026-02-30")])));
         assert!(invalid(&tick(Trigger::Manual, &[("date", "1999-12-31")])));

@@ -8,6 +8,7 @@
 //! commits the chunk; it owns all transaction plumbing, jobs own none.
 
 pub mod daily_statistics;
+pub mod deadline;
 pub mod noop;
 pub mod order_expiration;
 pub mod report;
@@ -23,6 +24,7 @@ use chrono_tz::Tz;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
+pub use deadline::Deadline;
 pub use settings::{CatchUp, JobSettings};
 pub use crate::wire::Emit;
 use crate::error::ErrorClass;
@@ -47,6 +49,10 @@ pub struct JobCtx {
     pub redis: Option<redis::aio::ConnectionManager>,
     pub tz: Tz,
     pub settings: JobSettings,
+    /// When `apply` must stop (see [`deadline`]): the run's deadline for a chunk, no limit
+    /// when planning and finalising (their time is bounded by the processor) and for a chunk
+    /// that completes effects an earlier attempt may have begun after the deadline.
+    pub deadline: Deadline,
 }
 
 /// One applied chunk (or part of one): the records to emit and counters for the run result.
@@ -64,9 +70,10 @@ pub struct ChunkOutput {
 }
 
 /// What can go wrong in a job. The processor acts on [`JobError::is_transient`]: a transient
-/// error takes the reset path and the same record is handled again; any other error ends the
-/// run recorded FAILED (or, for [`JobError::InvalidTick`], sends the tick to dead letters) and
-/// processing moves on. No job error stops the processor.
+/// error takes the reset path and the same record is handled again; [`JobError::DeadlineReached`]
+/// records the chunk TIMED_OUT with what it carries; any other error ends the run recorded
+/// FAILED (or, for [`JobError::InvalidTick`], sends the tick to dead letters) and processing
+/// moves on. No job error stops the processor.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     /// The tick asks for something this job cannot do (bad parameter, impossible period).
@@ -84,6 +91,11 @@ pub enum JobError {
     /// A Redis command failed; transient when Redis says so (LOADING, TRYAGAIN, connection).
     #[error("redis: {0}")]
     Redis(#[source] redis::RedisError),
+    /// The run's deadline stopped the chunk ([`Deadline`]). It carries what the chunk's
+    /// effects so far imply — records to emit (every effect made has its event) and counts —
+    /// which the processor commits with the chunk recorded TIMED_OUT.
+    #[error("run deadline reached")]
+    DeadlineReached(Box<ChunkOutput>),
 }
 
 impl JobError {
@@ -91,7 +103,7 @@ impl JobError {
     pub fn is_transient(&self) -> bool {
         match self {
             JobError::Transient(_) => true,
-            JobError::InvalidTick(_) | JobError::Failed(_) => false,
+            JobError::InvalidTick(_) | JobError::Failed(_) | JobError::DeadlineReached(_) => false,
             JobError::Db(e) => crate::error::sqlx_class(e) == ErrorClass::Retry,
             JobError::Redis(e) => {
                 // Redis says which of its errors are worth retrying (LOADING after a restart,
@@ -154,8 +166,15 @@ pub trait Job: Send + Sync {
         Ok(tick.scheduled_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
     }
 
-    /// Checks the tick's parameters before anything is planned; an error sends the tick to
-    /// dead letters (impossible values).
+    /// The tick parameters this job accepts besides [`FORCE`], which every job accepts. A
+    /// tick naming any other parameter, or a value its check refuses, is sent to dead
+    /// letters by [`check_tick`] — the one rule for every job. None by default.
+    fn parameters(&self) -> &'static [Parameter] {
+        &[]
+    }
+
+    /// Checks that involve more than one parameter or the tick itself, after every parameter
+    /// passed [`check_tick`]; an error sends the tick to dead letters (impossible values).
     fn validate(&self, tick: &Tick) -> Result<(), JobError> {
         let _ = tick;
         Ok(())
@@ -181,6 +200,58 @@ pub trait Job: Send + Sync {
         let _ = (ctx, run);
         Box::pin(async { Ok(ChunkOutput::default()) })
     }
+}
+
+/// A tick parameter a job accepts (see [`Job::parameters`]).
+pub struct Parameter {
+    pub name: &'static str,
+    /// What it means, in a line: the declaration documents the parameter where it is checked.
+    pub about: &'static str,
+    /// Checks one value; the error says what is wrong with it (the caller names the parameter).
+    pub check: fn(&str) -> Result<(), String>,
+}
+
+/// `force=true`: re-run a period already recorded (a new attempt). The processor honours it
+/// for every job, on MANUAL ticks only.
+pub const FORCE: Parameter =
+    Parameter { name: "force", about: "true: run again a period already recorded (MANUAL ticks only)", check: true_or_false };
+
+/// A [`Parameter::check`] accepting any value that parses as `T` (`u32`, `i32`, …).
+pub fn parses<T: std::str::FromStr>(value: &str) -> Result<(), String> {
+    value.parse::<T>().map(|_| ()).map_err(|_| format!("expected a value of type {}", std::any::type_name::<T>()))
+}
+
+/// A [`Parameter::check`] accepting `true` or `false`.
+pub fn true_or_false(value: &str) -> Result<(), String> {
+    parses::<bool>(value).map_err(|_| "expected true or false".to_string())
+}
+
+/// The one rule for a tick's parameters, whatever the job: each must be [`FORCE`] or one the
+/// job declares, with a value its check accepts, and `force` only on a MANUAL tick; then the
+/// job's own [`Job::validate`]. An error names the parameter; the processor sends such a
+/// tick to dead letters and `trigger` refuses to publish it.
+pub fn check_tick(job: &dyn Job, tick: &Tick) -> Result<(), JobError> {
+    for (name, value) in &tick.parameters {
+        let declared = std::iter::once(&FORCE).chain(job.parameters()).find(|p| p.name == name);
+        let Some(parameter) = declared else {
+            let accepted: Vec<&str> = std::iter::once(&FORCE).chain(job.parameters()).map(|p| p.name).collect();
+            return Err(JobError::InvalidTick(format!(
+                "unknown parameter `{name}` ({} accepts: {})",
+                job.name(),
+                accepted.join(", ")
+            )));
+        };
+        (parameter.check)(value).map_err(|why| JobError::InvalidTick(format!("parameter `{name}` = `{value}`: {why}")))?;
+    }
+    // The processor honours `force` only on MANUAL ticks; elsewhere it would be silently
+    // ignored, which is worse than saying so.
+    if tick.parameters.contains_key(FORCE.name) && tick.trigger != crate::wire::tick::Trigger::Manual {
+        return Err(JobError::InvalidTick(format!(
+            "parameter `force` is only accepted on MANUAL ticks, not {}",
+            tick.trigger.as_str()
+        )));
+    }
+    job.validate(tick)
 }
 
 /// The jobs this build knows, by name.
@@ -239,6 +310,38 @@ mod tests {
         assert!(!JobError::from(script).is_transient());
         let auth = RedisError::from((ErrorKind::AuthenticationFailed, "WRONGPASS"));
         assert!(!JobError::from(auth).is_transient());
+    }
+
+    /// The one parameter rule, for jobs with and without parameters of their own: only
+    /// declared names (and `force`, on MANUAL ticks), only values their check accepts, and
+    /// the refusal names the parameter.
+    #[test]
+    fn every_job_refuses_unknown_parameters_and_bad_values_naming_them() {
+        use crate::wire::tick::Trigger;
+        let tick = |job: &str, trigger: Trigger, params: &[(&str, &str)]| {
+            let mut t = Tick::for_fire_time(job, chrono::DateTime::from_timestamp(1_764_000_000, 0).unwrap(), trigger, None);
+            t.parameters = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            t
+        };
+        let refusal = |job: &dyn Job, t: &Tick| match check_tick(job, t) {
+            Err(JobError::InvalidTick(why)) => why,
+            other => panic!("{} {:?} accepted: {other:?}", job.name(), t.parameters),
+        };
+        for job in catalog() {
+            let job = job.as_ref();
+            check_tick(job, &tick(job.name(), Trigger::Scheduled, &[])).unwrap();
+            check_tick(job, &tick(job.name(), Trigger::Manual, &[("force", "true")])).unwrap();
+            let why = refusal(job, &tick(job.name(), Trigger::Scheduled, &[("batch", "-1")]));
+            assert!(why.starts_with("unknown parameter `batch`") && why.contains("accepts: force"), "{why}");
+            let why = refusal(job, &tick(job.name(), Trigger::Manual, &[("force", "maybe")]));
+            assert!(why.contains("parameter `force` = `maybe`"), "{why}");
+            let why = refusal(job, &tick(job.name(), Trigger::Scheduled, &[("force", "true")]));
+            assert!(why.contains("only accepted on MANUAL ticks"), "{why}");
+        }
+        let noop = noop::Noop;
+        check_tick(&noop, &tick("noop", Trigger::Scheduled, &[("chunks", "100000"), ("fail", "-1")])).unwrap();
+        assert!(refusal(&noop, &tick("noop", Trigger::Scheduled, &[("chunks", "100001")])).contains("parameter `chunks` = `100001`: exceeds"));
+        assert!(refusal(&noop, &tick("noop", Trigger::Scheduled, &[("apply_sleep_ms", "-5")])).contains("`apply_sleep_ms`"));
     }
 
     /// A job error keeps its cause (for logs and `source()` chains) and is never fatal: the

@@ -1,7 +1,12 @@
 //! `noop`: the trivial built-in job that exercises the whole pipeline (plan → work items →
 //! apply → run result) with no effect outside Kafka. Parameters: `chunks` (default 1),
-//! `apply_sleep_ms` and `plan_sleep_ms` (to exercise timeouts), `fail` (chunk index that
+//! `apply_sleep_ms` (a chunk's work, cut by the run's deadline) and `plan_sleep_ms` (to
+//! exercise timeouts), `fail` (chunk index that
 //! fails, to exercise FAILED runs), `fail_finalize` (`true`: the whole-run step fails).
+//!
+//! A test job, not part of a production configuration: off unless the configuration says
+//! `jobs.noop.enabled = true`. Until then `config show` and job lists leave it out, `trigger
+//! noop` is refused saying how to enable it, and a noop tick is recorded SKIPPED.
 
 use std::time::Duration;
 
@@ -9,10 +14,29 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
-use super::{ChunkOutput, Job, JobCtx, JobError, JobSettings, Run};
+use super::{parses, true_or_false, ChunkOutput, Job, JobCtx, JobError, JobSettings, Parameter, Run};
 use crate::wire::internal::WorkItem;
 
 pub struct Noop;
+
+/// Most chunks one run may ask for.
+const MAX_CHUNKS: u32 = 100_000;
+
+const PARAMETERS: [Parameter; 5] = [
+    Parameter { name: "chunks", about: "how many one-id chunks the run has (default 1, at most 100000)", check: check_chunks },
+    Parameter { name: "plan_sleep_ms", about: "milliseconds planning sleeps", check: parses::<u64> },
+    Parameter { name: "apply_sleep_ms", about: "milliseconds each chunk sleeps", check: parses::<u64> },
+    Parameter { name: "fail", about: "index of the chunk that fails", check: parses::<i32> },
+    Parameter { name: "fail_finalize", about: "true: the whole-run step fails", check: true_or_false },
+];
+
+fn check_chunks(v: &str) -> Result<(), String> {
+    match v.parse::<u32>() {
+        Ok(n) if n > MAX_CHUNKS => Err(format!("exceeds {MAX_CHUNKS}")),
+        Ok(_) => Ok(()),
+        Err(_) => Err("expected a whole number from 0 to 100000".into()),
+    }
+}
 
 fn param<T: std::str::FromStr>(params: &std::collections::BTreeMap<String, String>, name: &str, default: T) -> Result<T, JobError> {
     match params.get(name) {
@@ -26,22 +50,14 @@ impl Job for Noop {
         "noop"
     }
 
-    /// Never scheduled: triggered by tests and by hand.
+    /// Never scheduled, and off unless a configuration enables it (`jobs.noop.enabled =
+    /// true`): a test job, not part of a production configuration.
     fn defaults(&self) -> JobSettings {
-        JobSettings { timeout_secs: 60, ..JobSettings::default() }
+        JobSettings { enabled: false, timeout_secs: 60, ..JobSettings::default() }
     }
 
-    fn validate(&self, tick: &crate::wire::tick::Tick) -> Result<(), JobError> {
-        let p = &tick.parameters;
-        let chunks = param::<u32>(p, "chunks", 1)?;
-        if chunks > 100_000 {
-            return Err(JobError::InvalidTick(format!("parameter `chunks` = {chunks} exceeds 100000")));
-        }
-        param::<u64>(p, "plan_sleep_ms", 0)?;
-        param::<u64>(p, "apply_sleep_ms", 0)?;
-        param::<i32>(p, "fail", -1)?;
-        param::<bool>(p, "fail_finalize", false)?;
-        Ok(())
+    fn parameters(&self) -> &'static [Parameter] {
+        &PARAMETERS
     }
 
     fn plan<'a>(&'a self, _ctx: &'a JobCtx, run: &'a Run) -> BoxStream<'a, Result<Vec<String>, JobError>> {
@@ -49,8 +65,8 @@ impl Job for Noop {
         let setup = (param::<u32>(params, "chunks", 1), param::<u64>(params, "plan_sleep_ms", 0));
         futures::stream::once(async move {
             let (chunks, sleep) = (setup.0?, setup.1?);
-            if chunks > 100_000 {
-                return Err(JobError::InvalidTick(format!("parameter `chunks` = {chunks} exceeds 100000")));
+            if chunks > MAX_CHUNKS {
+                return Err(JobError::InvalidTick(format!("parameter `chunks` = {chunks} exceeds {MAX_CHUNKS}")));
             }
             if sleep > 0 {
                 tokio::time::sleep(Duration::from_millis(sleep)).await;
@@ -64,11 +80,14 @@ impl Job for Noop {
         .boxed()
     }
 
-    fn apply<'a>(&'a self, _ctx: &'a JobCtx, item: &'a WorkItem) -> BoxFuture<'a, Result<ChunkOutput, JobError>> {
+    fn apply<'a>(&'a self, ctx: &'a JobCtx, item: &'a WorkItem) -> BoxFuture<'a, Result<ChunkOutput, JobError>> {
         Box::pin(async move {
             let sleep = param::<u64>(&item.parameters, "apply_sleep_ms", 0)?;
+            // The sleep stands for a chunk's work: the run's deadline cuts it (no effect, so
+            // nothing to emit).
+            ctx.deadline.check()?;
             if sleep > 0 {
-                tokio::time::sleep(Duration::from_millis(sleep)).await;
+                ctx.deadline.sleep_until(tokio::time::Instant::now() + Duration::from_millis(sleep)).await?;
             }
             if param::<i32>(&item.parameters, "fail", -1)? == item.chunk_index {
                 return Err(JobError::Failed(format!("chunk {} failed on request (parameter `fail`)", item.chunk_index)));

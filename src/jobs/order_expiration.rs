@@ -24,6 +24,13 @@
 //! the same chunk at once (a zombie and the partition's new owner) are serialised by a lock
 //! on the chunk, so the later one sees, and emits, what the earlier one cancelled.
 //!
+//! **Deadline.** The cancelling transaction runs under the run's deadline (its statements,
+//! lock wait included, are cut by a statement timeout: see [`crate::jobs::deadline`]). Cut, it
+//! rolls back — this attempt cancelled nothing — and the chunk still releases and emits what
+//! earlier attempts of it cancelled (read back without a limit), recorded TIMED_OUT; its
+//! orders left waiting are expired by the next run. Past the commit nothing is cut: the
+//! release and the events of committed cancellations always follow.
+//!
 //! Run-result counts: `ordersCancelled` and `alreadyHandled` (planned but paid or cancelled
 //! meanwhile) come from durable state; `reservationsReleased`, `reservationsAbsent` and
 //! `productsRestocked` are what this attempt's Redis call did — after a crash retry, a
@@ -179,23 +186,21 @@ fn cutoff(scheduled_at: DateTime<Utc>, payment_timeout_secs: u64) -> Result<Date
 async fn apply_chunk(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobError> {
     let redis = ctx.redis.clone().ok_or_else(|| JobError::Failed("order-expiration needs Redis, and none is configured".into()))?;
     let started = std::time::Instant::now();
-    let mut tx = ctx.db.begin().await?;
-    sqlx::query(LOCK_CHUNK).bind(format!("order-expiration/{}/{}", item.run_id, item.chunk_index)).execute(&mut *tx).await?;
-    let rows: Vec<Row> = sqlx::query_as(CANCEL_AND_COLLECT)
-        .bind(&item.ids)
-        .bind(&item.run_id)
-        .bind(item.chunk_index)
-        .fetch_all(&mut *tx)
-        .await?;
-    // Until this commit nothing has changed, so an error up to here keeps the class sqlx gives
-    // it (a failed chunk leaves its orders waiting for the next run).
-    tx.commit().await?;
+    let (rows, cut) = match cancel(ctx, item).await {
+        Ok(rows) => (rows, false),
+        // Stopped at the run's deadline: this attempt cancelled nothing (its transaction rolled
+        // back, or never began), but an earlier attempt of the chunk may have. Those orders
+        // are read back — no limit: they are effects made — released and emitted.
+        Err(JobError::DeadlineReached(_)) => (collect(ctx, item).await?, true),
+        Err(e) => return Err(e),
+    };
     let in_db = started.elapsed();
     let orders = group(rows);
 
     // From here the cancellations are committed: the only correct ending is to release and
-    // emit, so every failure is retried (Transient) rather than recorded FAILED, which would
-    // leave cancelled orders without events and with their stock still reserved.
+    // emit, whatever the deadline, so every failure is retried (Transient) rather than
+    // recorded FAILED, which would leave cancelled orders without events and with their stock
+    // still reserved.
     let ids: Vec<String> = orders.iter().map(|o| o.order_id.clone()).collect();
     let stock = Stock::new(redis);
     // The events are built while Redis runs the release script: the release is polled first,
@@ -213,18 +218,59 @@ async fn apply_chunk(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobEr
     let records: Vec<Emit> = records?.into_iter().flatten().collect();
 
     tracing::debug!(
-        run_id = %item.run_id, chunk = item.chunk_index, ids = item.ids.len(), cancelled = orders.len(),
+        run_id = %item.run_id, chunk = item.chunk_index, ids = item.ids.len(), cancelled = orders.len(), cut,
         db_ms = in_db.as_millis() as u64, redis_ms = (started.elapsed() - in_db).as_millis() as u64, "chunk applied"
     );
     let mut out = ChunkOutput::default();
     let cancelled = orders.len() as i64;
     out.counts.insert("ordersCancelled".into(), cancelled);
-    out.counts.insert("alreadyHandled".into(), item.ids.len() as i64 - cancelled);
+    // A chunk cut at the deadline did not look at the rest of its orders: they are not
+    // "already handled", the next run expires them.
+    out.counts.insert("alreadyHandled".into(), if cut { 0 } else { item.ids.len() as i64 - cancelled });
     out.counts.insert("reservationsReleased".into(), released.iter().filter(|n| **n > 0).count() as i64);
     out.counts.insert("reservationsAbsent".into(), released.iter().filter(|n| **n == 0).count() as i64);
     out.counts.insert("productsRestocked".into(), released.iter().sum());
     out.records = records;
+    if cut {
+        return Err(JobError::deadline_after(out));
+    }
     Ok(out)
+}
+
+/// Step 1: cancels the chunk's orders still waiting, in one transaction whose statements stop
+/// at the run's deadline, and returns every order the chunk has cancelled with its items.
+async fn cancel(ctx: &JobCtx, item: &WorkItem) -> Result<Vec<Row>, JobError> {
+    let d = ctx.deadline;
+    let mut tx = d.begin(&ctx.db).await?;
+    sqlx::query(LOCK_CHUNK)
+        .bind(format!("order-expiration/{}/{}", item.run_id, item.chunk_index))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| d.sql(e))?;
+    d.limit(&mut tx).await?;
+    let rows: Vec<Row> = sqlx::query_as(CANCEL_AND_COLLECT)
+        .bind(&item.ids)
+        .bind(&item.run_id)
+        .bind(item.chunk_index)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| d.sql(e))?;
+    // Until this commit nothing has changed, so an error up to here keeps the class sqlx gives
+    // it (a failed chunk leaves its orders waiting for the next run).
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// The orders earlier attempts of this chunk cancelled, with their items: the same statement
+/// with no id to cancel (so it changes nothing), behind the chunk's lock, without a limit.
+async fn collect(ctx: &JobCtx, item: &WorkItem) -> Result<Vec<Row>, JobError> {
+    let mut tx = ctx.db.begin().await?;
+    sqlx::query(LOCK_CHUNK).bind(format!("order-expiration/{}/{}", item.run_id, item.chunk_index)).execute(&mut *tx).await?;
+    let none: &[String] = &[];
+    let rows: Vec<Row> =
+        sqlx::query_as(CANCEL_AND_COLLECT).bind(none).bind(&item.run_id).bind(item.chunk_index).fetch_all(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(rows)
 }
 
 /// One row per order, its items as two parallel arrays (NULL when it has none).

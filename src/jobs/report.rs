@@ -12,6 +12,11 @@
 //! run is one chunk; its first attempt stores the report in `job_reports` (keyed by run), and
 //! every attempt emits the stored body — the history keeps growing after the report's time,
 //! so recomputing on a retry could send a different report under the same `eventId`.
+//!
+//! **Deadline.** The report's reads run in one transaction whose statements stop at the
+//! run's deadline (`timeout_secs` after planning, see [`crate::jobs::deadline`]); a report
+//! not built by then is not stored, and the run is TIMED_OUT with no event. Once stored, a
+//! report is emitted by every attempt, whatever the deadline.
 
 use std::collections::BTreeMap;
 
@@ -22,7 +27,9 @@ use futures::StreamExt;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::{ChunkOutput, Job, JobCtx, JobError, JobSettings, Run};
+use sqlx::PgConnection;
+
+use super::{ChunkOutput, Deadline, Job, JobCtx, JobError, JobSettings, Run};
 use crate::wire::derived_id;
 use crate::wire::events::{emit, JobReport, ReportType};
 use crate::wire::internal::WorkItem;
@@ -99,7 +106,10 @@ impl Job for Report {
             let body = match stored(ctx, &item.run_id).await? {
                 Some(b) => b,
                 None => {
+                    // Building reads under the run's deadline; past it nothing is stored (and
+                    // so nothing is owed an event). A stored body is always emitted.
                     let made = build(ctx, self.0, item.scheduled_at).await?;
+                    ctx.deadline.check()?;
                     let json = serde_json::to_value(&made).map_err(|e| JobError::Failed(format!("report body: {e}")))?;
                     sqlx::query("INSERT INTO job_reports (run_id, report_type, body) VALUES ($1, $2, $3) ON CONFLICT (run_id) DO NOTHING")
                         .bind(&item.run_id)
@@ -158,9 +168,13 @@ struct RunRow {
     message: Option<String>,
 }
 
+/// The report of the 24 hours before `end`, read in one transaction whose statements stop at
+/// the run's deadline.
 async fn build(ctx: &JobCtx, kind: Kind, end: DateTime<Utc>) -> Result<Body, JobError> {
     let start = end - TimeDelta::hours(24);
     let job = kind.subject();
+    let d = ctx.deadline;
+    let mut tx = d.begin(&ctx.db).await?;
     let runs: Vec<RunRow> = sqlx::query_as(
         "SELECT r.run_id, r.period, r.finalized_by IS NOT NULL AS finished,
                 coalesce(bool_or(c.outcome = 'FAILED'), false) AS failed,
@@ -174,8 +188,10 @@ async fn build(ctx: &JobCtx, kind: Kind, end: DateTime<Utc>) -> Result<Body, Job
     .bind(job)
     .bind(start)
     .bind(end)
-    .fetch_all(&ctx.db)
-    .await?;
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| d.sql(e))?;
+    d.limit(&mut tx).await?;
     let summed: Vec<(String, i64)> = sqlx::query_as(
         "SELECT e.key, sum(e.value::bigint)::bigint
          FROM job_runs r JOIN job_run_chunks c USING (run_id), jsonb_each_text(c.counts) AS e(key, value)
@@ -185,8 +201,9 @@ async fn build(ctx: &JobCtx, kind: Kind, end: DateTime<Utc>) -> Result<Body, Job
     .bind(job)
     .bind(start)
     .bind(end)
-    .fetch_all(&ctx.db)
-    .await?;
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| d.sql(e))?;
     let mut counts: BTreeMap<String, i64> = summed.into_iter().collect();
     let mut problems = Vec::new();
     let (mut succeeded, mut failed, mut unfinished) = (0, 0, 0);
@@ -208,19 +225,22 @@ async fn build(ctx: &JobCtx, kind: Kind, end: DateTime<Utc>) -> Result<Body, Job
     )];
     let title = match kind {
         Kind::StockSync => {
-            let (extra, detail) = stock_sync_figures(ctx, start, end, &mut problems).await?;
+            d.limit(&mut tx).await?;
+            let (extra, detail) = stock_sync_figures(&mut tx, d, start, end, &mut problems).await?;
             counts.extend(extra);
             lines.extend(detail);
             format!("Stock sync summary {} – {} ({})", local(start), local(end), ctx.tz)
         }
         Kind::DailyStatistics => {
             let date = (end.with_timezone(&ctx.tz) - TimeDelta::days(1)).date_naive();
-            let (extra, detail) = daily_figures(ctx, date, &mut problems).await?;
+            d.limit(&mut tx).await?;
+            let (extra, detail) = daily_figures(&mut tx, d, date, &mut problems).await?;
             counts.extend(extra);
             lines.extend(detail);
             format!("Daily statistics report for {date} ({})", ctx.tz)
         }
     };
+    tx.commit().await?;
     if !problems.is_empty() {
         lines.push(format!("{} problem(s):", problems.len()));
         lines.extend(problems.iter().map(|p| format!("- {p}")));
@@ -255,7 +275,8 @@ struct MismatchRow {
 /// Mismatches recorded by the window's stock-sync runs: by cause and by repair outcome; each
 /// product needing manual review is a problem.
 async fn stock_sync_figures(
-    ctx: &JobCtx,
+    tx: &mut PgConnection,
+    d: Deadline,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     problems: &mut Vec<String>,
@@ -268,8 +289,9 @@ async fn stock_sync_figures(
     )
     .bind(start)
     .bind(end)
-    .fetch_all(&ctx.db)
-    .await?;
+    .fetch_all(tx)
+    .await
+    .map_err(|e| d.sql(e))?;
     let mut counts = BTreeMap::new();
     counts.insert("mismatchesRecorded".to_string(), rows.len() as i64);
     for MismatchRow { product_id: product, cause, action, repair, db_stock: db, redis_stock: redis } in &rows {
@@ -296,7 +318,8 @@ fn money(d: Decimal) -> String {
 
 /// The stored figures of `date`; their absence is a problem.
 async fn daily_figures(
-    ctx: &JobCtx,
+    tx: &mut PgConnection,
+    d: Deadline,
     date: chrono::NaiveDate,
     problems: &mut Vec<String>,
 ) -> Result<(BTreeMap<String, i64>, Vec<String>), JobError> {
@@ -304,8 +327,9 @@ async fn daily_figures(
         "SELECT total_orders, total_sales, avg_order_amount, cancelled_orders, refund_amount FROM daily_statistics WHERE date = $1",
     )
     .bind(date)
-    .fetch_optional(&ctx.db)
-    .await?;
+    .fetch_optional(tx)
+    .await
+    .map_err(|e| d.sql(e))?;
     let mut counts = BTreeMap::new();
     let detail = match row {
         Some((orders, sales, avg, cancelled, refunds)) => {

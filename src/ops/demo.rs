@@ -278,6 +278,7 @@ pub async fn run(mut settings: Settings, fast: bool, shutdown: impl Future<Outpu
         "demo data: {} expired and {} fresh unpaid orders, {} orders yesterday, {} planted stock drifts",
         seeded.expired, seeded.waiting, seeded.yesterday, seeded.drifted
     );
+    println!("{}", settings.time_zone_line());
     for (key, job) in &settings.jobs {
         if job.enabled && !job.schedule.is_empty() {
             println!("schedule {:<18} {}  ({})", key, job.schedule, settings.scheduler.time_zone);

@@ -52,8 +52,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub enum TickError {
     #[error("unknown job `{job}` (configured jobs: {known})")]
     UnknownJob { job: String, known: String },
-    #[error("job `{job}` is disabled (setting `jobs.{key}.enabled` is false)")]
-    JobDisabled { job: String, key: String },
+    #[error("job `{job}` is disabled (setting `jobs.{key}.enabled` is false){}; enable it with `jobs.{key}.enabled = true` in the configuration file or SJ_JOBS__{}__ENABLED=true",
+        if *test_job { ": it is a test job, not part of a production configuration" } else { "" }, key.to_ascii_uppercase())]
+    JobDisabled { job: String, key: String, test_job: bool },
+    /// A manual tick the processor would send to dead letters (a parameter it does not accept).
+    #[error("tick not published: {0}")]
+    InvalidTick(String),
     #[error("invalid setting `jobs.{key}.schedule`: {source}")]
     Schedule { key: String, source: ScheduleError },
     #[error(transparent)]
@@ -402,27 +406,37 @@ pub async fn trigger(
 ) -> Result<Tick, TickError> {
     let key = job_key(job);
     let Some(job_settings) = settings.jobs.get(&key) else {
-        let known: Vec<String> = settings.jobs.keys().map(|k| wire_name(k)).collect();
+        let known: Vec<String> = settings.listed_jobs().map(|(k, _)| wire_name(k)).collect();
         return Err(TickError::UnknownJob { job: job.to_string(), known: known.join(", ") });
     };
     let name = wire_name(&key);
     if !job_settings.enabled {
-        return Err(TickError::JobDisabled { job: name, key });
+        let test_job = crate::config::off_by_default(&key);
+        return Err(TickError::JobDisabled { job: name, key, test_job });
     }
-    // Checked first: a producer sending to a missing topic could have it auto-created with
-    // broker defaults instead of our partitions and retention.
-    tick_partitions(settings).await?;
-    let publisher = Publisher::new(settings)?;
     let now = millis(Utc::now());
-    let tick = Tick {
+    let mut tick = Tick {
         tick_id: uuid::Uuid::new_v4().to_string(),
         job: name,
         scheduled_at: at.map_or(now, millis),
         produced_at: now,
         trigger: Trigger::Manual,
         parameters: params,
-        producer: Some(publisher.name.clone()),
+        producer: None,
     };
+    // The processor's rule, applied before publishing: a tick it would send to dead letters
+    // is refused here, where the user sees why.
+    if let Some(j) = crate::jobs::Registry::builtin().get(&tick.job) {
+        crate::jobs::check_tick(j.as_ref(), &tick).map_err(|e| match e {
+            crate::jobs::JobError::InvalidTick(why) => TickError::InvalidTick(why),
+            other => TickError::InvalidTick(other.to_string()),
+        })?;
+    }
+    // Checked first: a producer sending to a missing topic could have it auto-created with
+    // broker defaults instead of our partitions and retention.
+    tick_partitions(settings).await?;
+    let publisher = Publisher::new(settings)?;
+    tick.producer = Some(publisher.name.clone());
     publisher.publish(&tick).await?;
     Ok(tick)
 }
@@ -601,9 +615,27 @@ mod tests {
             msg.contains("`no-such-job`") && msg.contains("order-expiration") && msg.contains("daily-statistics"),
             "{msg}"
         );
-        s.jobs.get_mut("noop").unwrap().enabled = false;
+        assert!(!msg.contains("noop"), "a test job that is off is not listed: {msg}");
         let msg = trigger(&s, "noop", None, BTreeMap::new()).await.unwrap_err().to_string();
-        assert!(msg.contains("jobs.noop.enabled"), "{msg}");
+        assert!(msg.contains("test job") && msg.contains("`jobs.noop.enabled = true`") && msg.contains("SJ_JOBS__NOOP__ENABLED=true"), "{msg}");
+        s.jobs.get_mut("stock_sync").unwrap().enabled = false;
+        let msg = trigger(&s, "stock-sync", None, BTreeMap::new()).await.unwrap_err().to_string();
+        assert!(msg.contains("`jobs.stock_sync.enabled = true`") && !msg.contains("test job"), "{msg}");
+    }
+
+    /// `trigger` applies the processor's parameter rule before connecting: the user sees the
+    /// parameter named instead of a tick vanishing into dead letters.
+    #[tokio::test]
+    async fn trigger_refuses_parameters_the_job_does_not_accept_before_connecting() {
+        let mut s = Settings::default();
+        s.kafka.bootstrap_servers = "127.0.0.1:1".into();
+        let params = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        let msg = trigger(&s, "stock-sync", None, params("batch", "-1")).await.unwrap_err().to_string();
+        assert!(msg.contains("unknown parameter `batch`") && msg.contains("stock-sync accepts: force"), "{msg}");
+        let msg = trigger(&s, "order-expiration", None, params("force", "yes")).await.unwrap_err().to_string();
+        assert!(msg.contains("parameter `force` = `yes`"), "{msg}");
+        let msg = trigger(&s, "daily-statistics", None, params("date", "2026-13-01")).await.unwrap_err().to_string();
+        assert!(msg.contains("parameter `date` = `2026-13-01`"), "{msg}");
     }
 
     #[test]

@@ -260,7 +260,48 @@ pub struct DeadLetter {
     pub reason: String,
     pub original_key: Option<Vec<u8>>,
     pub original_value: Option<Vec<u8>>,
+    /// The original record's headers, as [`header_map`] writes them.
     pub headers: BTreeMap<String, String>,
+}
+
+/// Marks a header value of a dead letter that is written in base64 (see [`header_map`]).
+pub const BASE64_PREFIX: &str = "base64:";
+
+/// A record's headers, in their order, as the `headers` map of a dead letter — losslessly,
+/// though the schema's map holds strings and a key once:
+/// - a value that is UTF-8 is kept as it is, unless it begins with `base64:`;
+/// - any other value (not UTF-8, or beginning with `base64:`) is written `base64:` followed by
+///   its bytes in standard base64 with padding, so every value beginning with `base64:` is
+///   encoded and [`header_value`] gives the original bytes back;
+/// - a header without a value is written with the empty string;
+/// - a key seen again keeps each later value under `<key>#2`, `<key>#3`, … (the first such
+///   name not already taken).
+pub fn header_map<'a>(headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>) -> BTreeMap<String, String> {
+    use base64::Engine as _;
+    let mut map = BTreeMap::new();
+    for (key, value) in headers {
+        let shown = match value.map(std::str::from_utf8) {
+            None => String::new(),
+            Some(Ok(text)) if !text.starts_with(BASE64_PREFIX) => text.to_string(),
+            Some(_) => format!("{BASE64_PREFIX}{}", base64::engine::general_purpose::STANDARD.encode(value.unwrap_or_default())),
+        };
+        let name = std::iter::once(key.to_string())
+            .chain((2..).map(|n| format!("{key}#{n}")))
+            .find(|name| !map.contains_key(name))
+            .unwrap_or_else(|| key.to_string());
+        map.insert(name, shown);
+    }
+    map
+}
+
+/// The original bytes of a header value of a dead letter (the inverse of [`header_map`]);
+/// `None` when a value marked `base64:` is not valid base64 (not written by this tool).
+pub fn header_value(shown: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    match shown.strip_prefix(BASE64_PREFIX) {
+        Some(encoded) => base64::engine::general_purpose::STANDARD.decode(encoded).ok(),
+        None => Some(shown.as_bytes().to_vec()),
+    }
 }
 
 fn opt_bytes(v: &Option<Vec<u8>>) -> Value {
@@ -405,5 +446,30 @@ mod tests {
         assert_eq!(symbols("RunResult.avsc", 7), OUTCOMES);
         assert_eq!(symbols("RunLedgerEntry.avsc", 5), RUN_STATES);
         assert_eq!(symbols("SchedulerTick.avsc", 4), crate::wire::tick::TRIGGERS);
+    }
+
+    /// Every header survives the map<string> of the schema: text as it is, anything else in
+    /// base64 (also text that looks encoded), repeated keys under numbered names.
+    #[test]
+    fn dead_letter_headers_keep_every_header_losslessly() {
+        let binary: &[u8] = &[0xff, 0x00, 0xfe];
+        let headers: Vec<(&str, Option<&[u8]>)> = vec![
+            ("traceparent", Some(b"00-abc-01")),
+            ("bin", Some(binary)),
+            ("tricky", Some(b"base64:AAAA")),
+            ("dup", Some(b"one")),
+            ("dup", Some(b"two")),
+            ("none", None),
+        ];
+        let map = header_map(headers.clone());
+        assert_eq!(map["traceparent"], "00-abc-01");
+        assert_eq!(map["bin"], "base64:/wD+");
+        assert_eq!(map["tricky"], "base64:YmFzZTY0OkFBQUE=");
+        assert_eq!((map["dup"].as_str(), map["dup#2"].as_str()), ("one", "two"));
+        assert_eq!(map["none"], "");
+        assert_eq!(map.len(), 6);
+        for (name, value) in [("traceparent", "00-abc-01".as_bytes()), ("bin", binary), ("tricky", b"base64:AAAA"), ("dup#2", b"two")] {
+            assert_eq!(header_value(&map[name]).as_deref(), Some(value), "{name}");
+        }
     }
 }

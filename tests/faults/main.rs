@@ -10,11 +10,15 @@
 //! scripts, pays a quarter of them (some racing their expiry) and drifts Redis stock of
 //! products kept for that. Meanwhile a fault injector, whose schedule is decided by the seed
 //! alone, SIGKILLs, SIGSTOPs (past the 10 s session timeout: a zombie that must be fenced) and
-//! SIGTERMs processors and restarts Kafka, Redis and PostgreSQL through `scripts/services.sh`.
+//! SIGTERMs processors, restarts Kafka, Redis and PostgreSQL through `scripts/services.sh`,
+//! and stops the broker for longer than a run's timeout (every job's `timeout_secs` is
+//! [`procs::RUN_TIMEOUT`] here) with an order-expiration chunk held in flight across the
+//! broker's shutdown ([`in_flight`]): its effects are made, its Kafka transaction fails, its
+//! retry comes after the deadline, and its events must still match its effects.
 //! Then it quiesces, lets the system catch up, and verifies from the outside (see verify.rs),
 //! prints a summary and exits non-zero on any violation.
 //!
-//! `cargo test --test faults` runs the short profile (about 4 minutes; part of `.ci/run`);
+//! `cargo test --test faults` runs the short profile (about 5–6 minutes; part of `.ci/run`);
 //! `cargo test --test faults -- --profile long [--seed N]` runs 30 minutes of faults.
 
 #[path = "../it/common.rs"]
@@ -42,7 +46,7 @@ use verify::Report;
 #[derive(Parser, Debug)]
 #[command(about = "Fault-injection suite: real processes, crashes, zombies and service restarts; verifies E1–E5")]
 struct Args {
-    /// short: 150 s of faults (CI); long: 30 minutes.
+    /// short: 190 s of faults (CI; every kind of fault once); long: 30 minutes.
     #[arg(long, default_value = "short", value_parser = ["short", "long"])]
     profile: String,
     /// Seed of the fault schedule (random when absent; printed either way).
@@ -104,6 +108,10 @@ fn job_env(s: &Settings, database: &str) -> Vec<(String, String)> {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
+    .chain(["ORDER_EXPIRATION", "STOCK_SYNC", "DAILY_STATISTICS"].map(|job| {
+        // Short run timeouts, so the broker outage (procs::Kind::Outage) outlasts them.
+        (format!("SJ_JOBS__{job}__TIMEOUT_SECS"), procs::RUN_TIMEOUT.as_secs().to_string())
+    }))
     .collect()
 }
 
@@ -179,6 +187,54 @@ async fn trigger(s: &Settings, job: &str, params: &[(&str, &str)]) -> Option<Str
     None
 }
 
+/// Puts an order-expiration chunk in flight across a broker outage (blocking; on the
+/// injector's thread): holds row locks on waiting orders about to expire, so the next run's
+/// chunk blocks on them, and waits until one does. The returned step, called once the broker
+/// has stopped, lets it go: the chunk cancels its orders and releases their stock, then its
+/// Kafka transaction fails, and its retry comes after the run's deadline — its events must
+/// still match its effects. If no chunk blocks within 20 s, the outage goes on without one.
+fn in_flight(rt: &tokio::runtime::Handle, db: &sqlx::PgPool) -> Box<dyn FnOnce()> {
+    let held = rt.block_on(async {
+        let mut tx = db.begin().await.ok()?;
+        let n = sqlx::query(
+            "SELECT id FROM orders WHERE status = 'PAYMENT_WAIT' AND created_at < now() - interval '5 seconds' FOR UPDATE SKIP LOCKED",
+        )
+        .execute(&mut *tx)
+        .await
+        .ok()?
+        .rows_affected();
+        (n > 0).then_some(tx)
+    });
+    let Some(tx) = held else {
+        eprintln!("[faults] no waiting order to hold: the outage starts with no chunk held in flight");
+        return Box::new(|| {});
+    };
+    let blocked = rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%UPDATE orders SET status = ''ORDER_CANCELLED''%'",
+            )
+            .fetch_one(db)
+            .await
+            .unwrap_or(0);
+            if n > 0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    });
+    eprintln!("[faults] {} while the broker stops", if blocked { "an order-expiration chunk is held in flight" } else { "no chunk blocked on the held orders" });
+    let rt = rt.clone();
+    Box::new(move || {
+        if let Err(e) = rt.block_on(tx.rollback()) {
+            eprintln!("[faults] releasing the held orders: {e}");
+        }
+    })
+}
+
 fn supervise_all(ps: &Mutex<Vec<Managed>>) {
     for p in ps.lock().expect("processes").iter_mut() {
         p.supervise();
@@ -196,7 +252,7 @@ async fn main() {
         return;
     }
     let seed = args.seed.unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0 % 1_000_000);
-    let span = Duration::from_secs(args.duration.unwrap_or(if args.profile == "long" { 1800 } else { 150 }));
+    let span = Duration::from_secs(args.duration.unwrap_or(if args.profile == "long" { 1800 } else { 190 }));
     let gap = if args.profile == "long" { (15, 45) } else { (5, 12) };
     let plan = procs::schedule(seed, span, PROCESSORS, gap);
     eprintln!("[faults] profile {} seed {seed}: {} faults over {} s", args.profile, plan.len(), span.as_secs());
@@ -253,15 +309,17 @@ async fn main() {
     // Faults, one at a time, on a blocking thread (signals and waits block).
     let injector = {
         let processors = processors.clone();
+        let (rt, db) = (tokio::runtime::Handle::current(), db.clone());
         tokio::task::spawn_blocking(move || {
             let t0 = Instant::now();
             let mut injected = Injected::default();
+            let mut outage = || in_flight(&rt, &db);
             for f in &plan {
                 while t0.elapsed() < f.at {
                     std::thread::sleep(Duration::from_millis(200));
                     supervise_all(&processors);
                 }
-                procs::inject(f, &mut processors.lock().expect("processes"), &mut injected);
+                procs::inject(f, &mut processors.lock().expect("processes"), &mut injected, &mut outage);
             }
             while t0.elapsed() < span {
                 std::thread::sleep(Duration::from_millis(200));
@@ -345,7 +403,11 @@ async fn main() {
     if answered != daily_ticks.len() {
         report.violation(format!("{} of {} daily-statistics requests got no run result", daily_ticks.len() - answered, daily_ticks.len()));
     }
-    if final_sync.as_ref().is_some_and(|t| !results.iter().any(|r| &r.tick_id == t)) {
+    // Runs that ended past their deadline: cut by it, or completed by a retry after it (a
+    // broker outage longer than the timeout). Their events are checked with all the others.
+    let late = results.iter().filter(|r| r.duration_ms > procs::RUN_TIMEOUT.as_millis() as i64).count();
+    report.row("runs that ended past their run timeout", late);
+        if final_sync.as_ref().is_some_and(|t| !results.iter().any(|r| &r.tick_id == t)) {
         report.violation("the final stock-sync request got no run result");
     }
 

@@ -15,6 +15,9 @@ use crate::common;
 
 /// The processor's consumer session timeout (`session.timeout.ms` set by the processor).
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Every job's run timeout in the suite (`timeout_secs`): short, so a broker outage outlasts
+/// it, yet long enough for a chunk held across the broker's shutdown to finish before it.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
@@ -26,11 +29,21 @@ pub enum Kind {
     Term,
     /// `scripts/services.sh restart <svc>`.
     Restart(&'static str),
+    /// `scripts/services.sh stop <svc>`, down longer than a run's timeout, then `start`: runs
+    /// in flight lose their Kafka transactions and are retried past their deadline.
+    Outage(&'static str),
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] =
-        [Kind::Kill, Kind::Freeze, Kind::Term, Kind::Restart("kafka"), Kind::Restart("redis"), Kind::Restart("postgres")];
+    pub const ALL: [Kind; 7] = [
+        Kind::Kill,
+        Kind::Freeze,
+        Kind::Term,
+        Kind::Restart("kafka"),
+        Kind::Restart("redis"),
+        Kind::Restart("postgres"),
+        Kind::Outage("kafka"),
+    ];
 
     pub fn name(self) -> String {
         match self {
@@ -38,6 +51,7 @@ impl Kind {
             Kind::Freeze => "SIGSTOP processor > session timeout".into(),
             Kind::Term => "SIGTERM processor".into(),
             Kind::Restart(svc) => format!("restart {svc}"),
+            Kind::Outage(svc) => format!("{svc} down > run timeout"),
         }
     }
 }
@@ -58,15 +72,25 @@ pub fn schedule(seed: u64, span: Duration, processors: usize, gap: (u64, u64)) -
     let mut rng = StdRng::seed_from_u64(seed);
     let mut kinds = Kind::ALL.to_vec();
     kinds.shuffle(&mut rng);
+    // The broker outage among the first three faults, so even the short profile has it.
+    if let Some(i) = kinds.iter().position(|k| matches!(k, Kind::Outage(_))) {
+        let j = rng.random_range(0..3);
+        kinds.swap(i, j);
+    }
     let mut out = Vec::new();
     // A broker restart is slow (every partition of the local broker is reloaded): beyond the
-    // first, only long profiles draw more of them.
-    let extra: Vec<Kind> = Kind::ALL.iter().copied().filter(|k| span > Duration::from_secs(600) || *k != Kind::Restart("kafka")).collect();
+    // first, only long profiles draw more of them (restarts and outages alike).
+    let extra: Vec<Kind> = Kind::ALL
+        .iter()
+        .copied()
+        .filter(|k| span > Duration::from_secs(600) || !matches!(k, Kind::Restart("kafka") | Kind::Outage(_)))
+        .collect();
     let mut at = Duration::from_secs(rng.random_range(gap.0..=gap.1));
     loop {
         let kind = if out.len() < kinds.len() { kinds[out.len()] } else { extra[rng.random_range(0..extra.len())] };
         let hold = match kind {
             Kind::Freeze => SESSION_TIMEOUT + Duration::from_millis(rng.random_range(3000..7000)),
+            Kind::Outage(_) => RUN_TIMEOUT + Duration::from_millis(rng.random_range(2000..8000)),
             _ => Duration::from_millis(rng.random_range(500..3000)),
         };
         if at + hold > span {
@@ -76,6 +100,7 @@ pub fn schedule(seed: u64, span: Duration, processors: usize, gap: (u64, u64)) -
         // Room for the fault itself (a broker restart takes a while) before the next one.
         let busy = match kind {
             Kind::Restart("kafka") => 20,
+            Kind::Outage(_) => hold.as_secs() + 20,
             Kind::Restart(_) => 5,
             _ => hold.as_secs() + 2,
         };
@@ -192,10 +217,16 @@ pub struct Injected {
     pub failed_restarts: usize,
 }
 
-/// Injects one fault (blocking; run on a blocking thread).
-pub fn inject(f: &Fault, processors: &mut [Managed], injected: &mut Injected) {
+/// Injects one fault (blocking; run on a blocking thread). `outage` is called for an outage:
+/// before the service stops (it returns what to do once it has stopped).
+pub fn inject(f: &Fault, processors: &mut [Managed], injected: &mut Injected, outage: &mut dyn FnMut() -> Box<dyn FnOnce()>) {
     let p = &mut processors[f.target];
-    eprintln!("[faults] t+{:>4}s {} {}", f.at.as_secs(), f.kind.name(), if matches!(f.kind, Kind::Restart(_)) { String::new() } else { p.name.clone() });
+    eprintln!(
+        "[faults] t+{:>4}s {} {}",
+        f.at.as_secs(),
+        f.kind.name(),
+        if matches!(f.kind, Kind::Restart(_) | Kind::Outage(_)) { String::new() } else { p.name.clone() }
+    );
     match f.kind {
         Kind::Kill => {
             p.signal("KILL");
@@ -217,24 +248,31 @@ pub fn inject(f: &Fault, processors: &mut [Managed], injected: &mut Injected) {
             }
             p.start();
         }
-        Kind::Restart(svc) => {
-            let out = Command::new("bash").arg(common::repo_root().join("scripts/services.sh")).args(["restart", svc]).output();
-            match out {
-                Ok(o) if o.status.success() => {}
-                Ok(o) => {
-                    injected.failed_restarts += 1;
-                    eprintln!(
-                        "[faults] services.sh restart {svc} failed:\n{}{}",
-                        String::from_utf8_lossy(&o.stdout),
-                        String::from_utf8_lossy(&o.stderr)
-                    );
-                }
-                Err(e) => {
-                    injected.failed_restarts += 1;
-                    eprintln!("[faults] services.sh restart {svc}: {e}");
-                }
-            }
+        Kind::Restart(svc) => services(&["restart", svc], injected),
+        Kind::Outage(svc) => {
+            let stopped = outage();
+            services(&["stop", svc], injected);
+            stopped();
+            std::thread::sleep(f.hold);
+            services(&["start", svc], injected);
         }
     }
     *injected.by_kind.entry(f.kind.name()).or_default() += 1;
+}
+
+/// `scripts/services.sh <args>`; a failure is counted and logged.
+fn services(args: &[&str], injected: &mut Injected) {
+    let out = Command::new("bash").arg(common::repo_root().join("scripts/services.sh")).args(args).output();
+    let what = args.join(" ");
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            injected.failed_restarts += 1;
+            eprintln!("[faults] services.sh {what} failed:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        }
+        Err(e) => {
+            injected.failed_restarts += 1;
+            eprintln!("[faults] services.sh {what}: {e}");
+        }
+    }
 }

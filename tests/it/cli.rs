@@ -68,6 +68,30 @@ fn config_show_never_prints_secrets() {
     assert!(stdout.contains("sasl.password"), "{stdout}");
 }
 
+/// Issue 16 item 5: `config show` says on its first line which zone the schedules are read
+/// in (the seed's, Asia/Seoul, unless configured), and the `noop` test job is neither shown
+/// nor triggerable until a configuration enables it.
+#[test]
+fn config_show_names_the_time_zone_and_hides_the_noop_test_job_until_enabled() {
+    let (code, stdout, stderr) = run(&[], &["config", "show"]);
+    assert_eq!(code, 0, "{stderr}");
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(first.starts_with("# time zone: Asia/Seoul (scheduler.time_zone, the default"), "{stdout}");
+    assert!(stdout.contains("time_zone = \"Asia/Seoul\"") && !stdout.contains("[jobs.noop]"), "{stdout}");
+    let (code, stdout, _) = run(&[("SJ_SCHEDULER__TIME_ZONE", "UTC"), ("SJ_JOBS__NOOP__ENABLED", "true")], &["config", "show"]);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("# time zone: UTC (scheduler.time_zone, configured"), "{stdout}");
+    assert!(stdout.contains("[jobs.noop]"), "{stdout}");
+
+    // Refused before any connection (nothing listens on port 1), with how to enable it.
+    let (code, _, stderr) = run(&[("SJ_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")], &["trigger", "noop"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("test job") && stderr.contains("jobs.noop.enabled = true") && stderr.contains("SJ_JOBS__NOOP__ENABLED=true"), "{stderr}");
+    let (code, _, stderr) = run(&[("SJ_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")], &["trigger", "stock-sync", "--param", "batch=-1"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("unknown parameter `batch`") && stderr.contains("stock-sync accepts: force"), "{stderr}");
+}
+
 /// Regression (found by the fault suite): `run` exited when a service it needs was
 /// restarting at its start-up; it now waits, and a SIGTERM while waiting ends it cleanly.
 #[test]
@@ -99,7 +123,7 @@ fn run_waits_for_an_unreachable_database_and_stops_cleanly_on_sigterm() {
 /// that says so — never printing the password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_processor_authenticates_with_scram_and_a_wrong_password_fails_start_up_clearly() {
-    let s = crate::common::isolated().await;
+    let s = crate::common::with_noop(crate::common::isolated().await);
     let port: u16 = std::env::var("SJ_KAFKA_SASL_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(9094);
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),

@@ -382,8 +382,20 @@ pub async fn isolated() -> Settings {
     s
 }
 
+/// `s` with the `noop` test job enabled, as a configuration must to run it (it is off, not
+/// listed and not triggerable otherwise).
+pub fn with_noop(mut s: Settings) -> Settings {
+    s.jobs.get_mut("noop").expect("noop is in the catalog").enabled = true;
+    s
+}
+
+/// The environment that passes `s`'s enabling of the `noop` test job on to the binary.
+pub fn noop_env(s: &Settings) -> Option<(&'static str, &'static str)> {
+    s.job("noop").is_some_and(|j| j.enabled).then_some(("SJ_JOBS__NOOP__ENABLED", "true"))
+}
+
 /// The environment that points the binary at `s`'s private topics, group, transactional ids
-/// and `database` (add what a test needs on top).
+/// and `database`, with `noop` enabled when `s` enables it (add what a test needs on top).
 pub fn isolated_env(s: &Settings, database: &str) -> Vec<(String, String)> {
     [
         ("SJ_TOPICS__PREFIX", s.topics.prefix.as_str()),
@@ -391,7 +403,8 @@ pub fn isolated_env(s: &Settings, database: &str) -> Vec<(String, String)> {
         ("SJ_PROCESSOR__TRANSACTIONAL_ID_PREFIX", s.processor.transactional_id_prefix.as_str()),
         ("SJ_POSTGRES__DATABASE", database),
     ]
-    .iter()
+    .into_iter()
+    .chain(noop_env(s))
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
 }

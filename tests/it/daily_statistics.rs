@@ -5,6 +5,7 @@
 //! job's own idempotency (a retried chunk emits the same records, another run's nothing).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use apache_avro::types::Value;
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
@@ -14,14 +15,14 @@ use scheduled_jobs::wire::avro::decimal_from_avro;
 use scheduled_jobs::kafka::codec::Codec;
 use scheduled_jobs::config::{Settings, Topic};
 use scheduled_jobs::jobs::daily_statistics::{day_bounds, DailyStatistics};
-use scheduled_jobs::jobs::{Job, JobCtx};
+use scheduled_jobs::jobs::{Deadline, Job, JobCtx};
 use scheduled_jobs::wire::derived_id;
 use scheduled_jobs::wire::internal::{Outcome, RunResult, WorkItem};
 use scheduled_jobs::wire::tick::{Tick, Trigger};
 use sqlx::PgPool;
 
 use crate::common::{isolated, read_all};
-use crate::processor::{drive, processor_on, publish, reset_group, results, test_db, tick};
+use crate::processor::{drive, past, processor_on, publish, reset_group, results, spawn_processor, test_db, tick, wait_for_results, work_items};
 
 const JOB: &str = "daily-statistics";
 
@@ -560,7 +561,7 @@ async fn apply_repeats_its_records_for_its_run_and_skips_dates_owned_by_another(
     let d = days_ago(tz, 4);
     seed_products(&pool, &PRODUCTS).await;
     seed_orders(&pool, &around_midnights(tz, plus(d, -1), 2, 11)).await;
-    let ctx = JobCtx { db: pool.clone(), redis: None, tz, settings: s.job("daily_statistics").cloned().unwrap() };
+    let ctx = JobCtx { db: pool.clone(), redis: None, tz, settings: s.job("daily_statistics").cloned().unwrap(), deadline: Deadline::none() };
     let item = |run: &str| WorkItem {
         period: d.to_string(),
         scheduled_at: midnight(plus(d, 1), tz),
@@ -738,4 +739,91 @@ async fn a_forced_re_run_recomputes_its_date_only_and_keeps_the_event_id() {
     let r = results(&s).await;
     assert_eq!(r.len(), 2);
     assert!(r.iter().all(|x| x.outcome == Outcome::Succeeded && count(x, "datesAggregated") >= 1), "{r:#?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. The run's deadline.
+
+/// The deadline holds inside the chunk: an aggregation that cannot finish (the orders table
+/// locked by a migration that does not end) is cut by its statement timeout at the run's
+/// deadline. The run is TIMED_OUT with its date stored nowhere and emitted nowhere; the next
+/// run covers it, and every date is emitted once, in order.
+#[tokio::test]
+async fn an_aggregation_cut_at_the_run_deadline_stores_nothing_and_the_next_run_covers_its_date() {
+    let s = env("UTC").await;
+    let tz = tz_of(&s);
+    let pool = test_db(&s).await;
+    let d0 = days_ago(tz, 8);
+    let p = with_history(&s, &pool, d0).await;
+    drop(p);
+    let mut short = s.clone();
+    short.jobs.get_mut("daily_statistics").unwrap().timeout_secs = 3;
+    let mut p = processor_on(&short, pool.clone()).await;
+
+    let mut migration = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE").execute(&mut *migration).await.unwrap();
+    let cut = tick_for(plus(d0, 1), tz, Trigger::Scheduled);
+    publish(&s, &[cut.clone()]).await;
+    // Without a deadline inside the chunk, its aggregation would wait for the lock for good.
+    tokio::time::timeout(Duration::from_secs(60), drive(&mut p, 3)).await.expect("the chunk stopped at its deadline");
+    let r = results(&s).await;
+    let cut_r = r.iter().find(|x| x.tick_id == cut.tick_id).expect("the cut run's result");
+    assert_eq!(cut_r.outcome, Outcome::TimedOut, "{cut_r:?}");
+    assert_eq!((count(cut_r, "datesAggregated"), count(cut_r, "datesLeft")), (0, 1), "{cut_r:?}");
+    assert_eq!(dates_of(&statistics(&s).await), date_range(plus(d0, -6), d0), "nothing emitted");
+    migration.rollback().await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM daily_statistics").fetch_one(&pool).await.unwrap();
+    assert_eq!(stored, 7, "nothing stored: no row without its event");
+
+    let next = tick_for(plus(d0, 2), tz, Trigger::Scheduled);
+    publish(&s, &[next.clone()]).await;
+    drive(&mut p, 3).await;
+    let r = results(&s).await;
+    let next_r = r.iter().find(|x| x.tick_id == next.tick_id).expect("the next run's result");
+    assert_eq!(next_r.outcome, Outcome::Succeeded, "{next_r:?}");
+    assert_eq!(count(next_r, "datesAggregated"), 2, "{next_r:?}");
+    let stats = statistics(&s).await;
+    assert_eq!(dates_of(&stats), date_range(plus(d0, -6), plus(d0, 2)), "each date once, in date order");
+    for st in &stats[7..] {
+        assert_eq!(st, &expected(&pool, date(&st.date), tz).await);
+    }
+}
+
+/// The hole the module once documented as a known limit: a chunk's rows are written, its
+/// Kafka transaction never commits (the processor dies right before, as a broker outage
+/// fails it), and its retry begins after the run's deadline. The retry completes the chunk:
+/// every stored date is emitted, once, and the run's result is committed.
+#[tokio::test]
+async fn dates_stored_before_a_failed_commit_are_emitted_by_a_retry_after_the_deadline() {
+    let s = env("UTC").await;
+    let tz = tz_of(&s);
+    let (pool, database) = crate::common::fresh_db(&s).await;
+    scheduled_jobs::db::migrate(&pool).await.unwrap();
+    let d = days_ago(tz, 3);
+    seed_products(&pool, &PRODUCTS).await;
+    seed_orders(&pool, &around_midnights(tz, plus(d, -1), 2, 5)).await;
+    publish(&s, &[tick_for(d, tz, Trigger::Scheduled)]).await;
+    let env = [("SJ_JOBS__DAILY_STATISTICS__TIMEOUT_SECS", "3"), ("SJ_SCHEDULER__TIME_ZONE", "UTC")];
+    let mut first = spawn_processor(&s, &database, &[env[0], env[1], ("SJ_FAULT_POINT", "before-apply-commit"), ("SJ_FAULT_JOB", JOB)]);
+    let status = tokio::task::spawn_blocking(move || first.wait()).await.unwrap().unwrap();
+    assert!(!status.success(), "the fault point killed it");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM daily_statistics").fetch_one(&pool).await.unwrap();
+    assert_eq!(stored, 7, "the chunk's rows were written");
+    assert!(statistics(&s).await.is_empty(), "and not emitted");
+
+    // The retry begins past the deadline (planned + 3 s).
+    let planned = work_items(&s).await.first().expect("the plan was committed").planned_at;
+    past(planned + TimeDelta::seconds(3)).await;
+    let mut second = spawn_processor(&s, &database, &env);
+    let r = wait_for_results(&s, 1, Duration::from_secs(60)).await;
+    second.kill().ok();
+    second.wait().ok();
+    assert_eq!(r.len(), 1, "{r:#?}");
+    assert_eq!(r[0].outcome, Outcome::Succeeded, "the started chunk completed: {r:#?}");
+    assert_eq!(count(&r[0], "datesAggregated"), 7, "{r:#?}");
+    let stats = statistics(&s).await;
+    assert_eq!(dates_of(&stats), date_range(plus(d, -6), d), "every stored date emitted once, in order");
+    for st in &stats {
+        assert_eq!(st, &expected(&pool, date(&st.date), tz).await);
+    }
 }

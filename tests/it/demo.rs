@@ -42,6 +42,8 @@ async fn the_demo_prints_a_summary_line_per_run_and_no_span_logs() {
     let (stdout, stderr) = (read(&out), read(&err));
     let _ = (std::fs::remove_file(&out), std::fs::remove_file(&err));
 
+    // The zone the schedules are read in is printed before them: the seed's, by default.
+    assert!(stdout.lines().any(|l| l.starts_with("time zone: Asia/Seoul (scheduler.time_zone, the default")), "{stdout}");
     // Each line is a committed run result, as it was committed: real outcomes and counts.
     let committed: Vec<String> = results(&s).await.iter().map(summary).collect();
     let printed = summaries(&stdout);

@@ -16,6 +16,7 @@ mod schemas;
 mod stock;
 mod tick;
 mod operations;
+mod parameters;
 mod order_expiration;
 mod stock_sync;
 mod topics;

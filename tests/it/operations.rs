@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use chrono::{DateTime, TimeDelta, Utc};
 use scheduled_jobs::config::Settings;
 
-use crate::common::{binary, fresh_db, group_has_members, isolated, repo_root};
+use crate::common::{binary, fresh_db, group_has_members, isolated, repo_root, with_noop};
 use crate::processor::{drive, processor_on, publish, results, spawn_processor, tick};
 
 /// The binary with `s`'s private topics, group and database.
@@ -46,7 +46,7 @@ impl Drop for Killed {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trigger_wait_pause_resume_and_runs_list_through_the_cli() {
-    let s = isolated().await;
+    let s = with_noop(isolated().await);
     let (pool, db) = fresh_db(&s).await;
     scheduled_jobs::db::migrate(&pool).await.unwrap();
     let _p = Killed(spawn_processor(&s, &db, &[("SJ_PROCESSOR__INSTANCE_ID", "")]));
@@ -116,7 +116,7 @@ fn at(minutes_ago: i64) -> DateTime<Utc> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_is_refused_while_the_group_is_live_and_redoes_no_recorded_run() {
-    let s = isolated().await;
+    let s = with_noop(isolated().await);
     let (pool, db) = fresh_db(&s).await;
     scheduled_jobs::db::migrate(&pool).await.unwrap();
     publish(&s, &[tick("noop", at(3), &[]), tick("noop", at(2), &[("chunks", "2")])]).await;

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use scheduled_jobs::kafka::codec::Codec;
 use scheduled_jobs::config::{Settings, Topic};
 use scheduled_jobs::jobs::order_expiration::{event_id, OrderExpiration, CANCELLED_KIND, EXPIRATION_REASON, NOTIFICATION_KIND};
-use scheduled_jobs::jobs::{Job, JobCtx};
+use scheduled_jobs::jobs::{Deadline, Job, JobCtx};
 use scheduled_jobs::runtime::processor::SEAL;
 use scheduled_jobs::jobs::stock::{reservation_key, stock_key, Reserve, Stock};
 use scheduled_jobs::wire::derived_id;
@@ -571,6 +571,7 @@ async fn events_carry_the_spec_fields_and_deterministic_ids() {
         redis: Some(shop.stock.connection()),
         tz: chrono_tz::UTC,
         settings: s.job(JOB).unwrap().clone(),
+        deadline: Deadline::none(),
     };
     let again = OrderExpiration.apply(&ctx, &item).await.unwrap();
     assert_eq!(again.counts["ordersCancelled"], 3);
@@ -597,7 +598,7 @@ async fn two_attempts_at_the_same_chunk_at_once_both_emit_every_order_it_cancell
     let s = crate::common::settings();
     let at = fire_time();
     let shop = Shop::new(&s, test_db(&s).await, 8).await;
-    let ctx = JobCtx { db: shop.pool.clone(), redis: Some(shop.stock.connection()), tz: chrono_tz::UTC, settings: s.job(JOB).unwrap().clone() };
+    let ctx = JobCtx { db: shop.pool.clone(), redis: Some(shop.stock.connection()), tz: chrono_tz::UTC, settings: s.job(JOB).unwrap().clone(), deadline: Deadline::none() };
     for round in 0..5 {
         let orders = shop.orders(&format!("r{round}"), 200, |i| at - TimeDelta::minutes(10) + TimeDelta::milliseconds(i as i64));
         shop.place(&orders).await;
@@ -780,4 +781,115 @@ fn consume_and_commit(s: &Settings, group: &str, topic: &str) {
         tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(high)).unwrap();
     }
     c.commit(&tpl, CommitMode::Sync).unwrap();
+}
+
+/// The run's deadline holds inside a chunk: a chunk whose orders are locked (a payment
+/// transaction that does not end) waits in its cancelling statement until the deadline cuts
+/// it. That statement rolls back — none of the chunk's orders is cancelled, even those not
+/// locked — and the run is TIMED_OUT. The other chunks were applied before the deadline (their
+/// effects and events kept, once each) or, queued behind the blocked one, not started at all
+/// (skipped): either way events match effects. The next tick expires the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_cut_at_the_run_deadline_cancels_nothing_and_the_next_run_expires_its_orders() {
+    let mut s = isolated().await;
+    set_batch(&mut s, 10);
+    s.jobs.get_mut("order_expiration").unwrap().timeout_secs = 4;
+    let now = fire_time();
+    let (first, second) = (now - TimeDelta::minutes(1), now);
+    let shop = Shop::new(&s, test_db(&s).await, 6).await;
+    // 30 expired orders in creation order: three chunks of 10; the last one's first 5 locked.
+    let expired = shop.orders("expired", 30, |i| first - TimeDelta::minutes(6) - TimeDelta::milliseconds(10 * (30 - i as i64)));
+    shop.place(&expired).await;
+    let reserved = shop.stocks().await;
+    let mut payment = shop.pool.begin().await.unwrap();
+    let locked: Vec<String> = expired[20..25].iter().map(|o| o.id.clone()).collect();
+    sqlx::query("SELECT id FROM orders WHERE id = ANY($1) FOR UPDATE").bind(&locked).execute(&mut *payment).await.unwrap();
+
+    publish(&s, &[tick(JOB, first, &[])]).await;
+    let mut p = processor_on(&s, shop.pool.clone()).await;
+    // Without a deadline inside the chunk, its statement would wait for the lock for good.
+    tokio::time::timeout(Duration::from_secs(60), drive(&mut p, 3)).await.expect("the chunk stopped at its deadline");
+    let r = results(&s).await;
+    let r = only_result(&r);
+    assert_eq!(r.outcome, Outcome::TimedOut, "{r:?}");
+    assert_eq!(r.counts["chunks"], 3, "{r:?}");
+    assert!((1..=3).contains(&r.counts["chunksTimedOut"]), "{r:?}");
+
+    // Effects and events agree: what was cancelled is released and emitted once, nothing else;
+    // the cut chunk's 10 orders are all still waiting with their reservations.
+    let st = shop.statuses().await;
+    let (cut, others) = (&expired[20..], &expired[..20]);
+    let done: Vec<&Order> = others.iter().filter(|o| st[&o.id].0 == "ORDER_CANCELLED").collect();
+    let done_ids: BTreeSet<String> = done.iter().map(|o| o.id.clone()).collect();
+    assert_eq!(done.len() % 10, 0, "whole chunks: {done_ids:?}");
+    assert_eq!(r.counts["ordersCancelled"], done.len() as i64, "{r:?}");
+    assert_eq!(once_each(&s, Topic::OrderCancelled).await, done_ids);
+    assert_eq!(once_each(&s, Topic::OrderExpirationNotification).await, done_ids);
+    assert!(cut.iter().all(|o| st[&o.id] == ("PAYMENT_WAIT".into(), None, false)), "{st:?}");
+    assert_eq!(shop.reservations(&done_ids).await, 0);
+    assert_eq!(shop.reservations(&ids(cut)).await, 10);
+    assert_eq!(shop.stocks().await, restocked(&reserved, &done));
+
+    // The payment transaction ends without paying; the next tick expires the rest.
+    payment.rollback().await.unwrap();
+    let t2 = tick(JOB, second, &[]);
+    publish(&s, &[t2.clone()]).await;
+    drive(&mut p, 3).await;
+    let r = results(&s).await;
+    let next = r.iter().find(|x| x.tick_id == t2.tick_id).expect("the next run");
+    assert_eq!(next.outcome, Outcome::Succeeded, "{next:?}");
+    assert_eq!(next.counts["ordersCancelled"], 30 - done.len() as i64, "{next:?}");
+    assert_eq!(once_each(&s, Topic::OrderCancelled).await, ids(&expired));
+    assert_eq!(once_each(&s, Topic::OrderExpirationNotification).await, ids(&expired));
+    assert_eq!(shop.reservations(&ids(&expired)).await, 0);
+    assert_eq!(shop.stocks().await, restocked(&reserved, &expired.iter().collect::<Vec<_>>()));
+}
+
+/// A chunk stopped by the deadline after an earlier attempt of it cancelled orders (that
+/// attempt's Kafka transaction failed): it cancels nothing new — not even an order that has
+/// expired meanwhile in its list — but still releases and emits every order the chunk did
+/// cancel, the same records as the earlier attempt, so no cancellation is left without its
+/// events. The job's apply, called directly, as the processor calls it on such a retry.
+#[tokio::test]
+async fn a_chunk_stopped_at_the_deadline_still_emits_what_its_earlier_attempt_cancelled() {
+    let s = crate::common::settings();
+    let at = fire_time();
+    let shop = Shop::new(&s, test_db(&s).await, 4).await;
+    let orders = shop.orders("o", 10, |i| at - TimeDelta::minutes(10) + TimeDelta::milliseconds(i as i64));
+    shop.place(&orders[..6]).await;
+    let reserved = shop.stocks().await;
+    let item = WorkItem {
+        period: at.to_rfc3339(),
+        ..crate::common::work_item(JOB, "run-cut", 0, orders.iter().map(|o| o.id.clone()).collect(), at)
+    };
+    let ctx = |deadline| JobCtx {
+        db: shop.pool.clone(),
+        redis: Some(shop.stock.connection()),
+        tz: chrono_tz::UTC,
+        settings: s.job(JOB).unwrap().clone(),
+        deadline,
+    };
+    let first = OrderExpiration.apply(&ctx(Deadline::none()), &item).await.unwrap();
+    assert_eq!(first.counts["ordersCancelled"], 6);
+    // Four more of the chunk's orders are placed now, already expired: a new attempt with time
+    // left would cancel them.
+    shop.place(&orders[6..]).await;
+    let passed = Deadline::at(Utc::now() - TimeDelta::seconds(1));
+    let Err(scheduled_jobs::jobs::JobError::DeadlineReached(done)) = OrderExpiration.apply(&ctx(passed), &item).await else {
+        panic!("the deadline did not stop the chunk")
+    };
+    assert_eq!(format!("{:?}", done.records), format!("{:?}", first.records), "the same records as the earlier attempt");
+    assert_eq!(done.counts["ordersCancelled"], 6);
+    assert_eq!(done.counts["reservationsAbsent"], 6, "released once, by the first attempt");
+    let st = shop.statuses().await;
+    assert!(orders[6..].iter().all(|o| st[&o.id].0 == "PAYMENT_WAIT"), "nothing new cancelled past the deadline: {st:?}");
+    assert_eq!(shop.reservations(&ids(&orders[6..])).await, 4);
+    let back: Vec<&Order> = orders[..6].iter().collect();
+    let mut want = restocked(&reserved, &back);
+    for o in &orders[6..] {
+        for (p, q) in &o.items {
+            *want.get_mut(p).unwrap() -= q;
+        }
+    }
+    assert_eq!(shop.stocks().await, want);
 }

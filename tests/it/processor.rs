@@ -1,4 +1,5 @@
-//! The exactly-once pipeline on the real stack, with the trivial `noop` job: duplicate ticks
+//! The exactly-once pipeline on the real stack, with the trivial `noop` test job (enabled
+//! explicitly, as a configuration must): duplicate ticks
 //! (E4), replay from offset 0 (E3), dead letters (E6), timeouts, coalescing, and two
 //! processors with partitions moving between them.
 
@@ -17,7 +18,7 @@ use scheduled_jobs::runtime::processor::{Processor, Step};
 use scheduled_jobs::wire::internal::{Outcome, RunResult, WorkItem};
 use scheduled_jobs::wire::tick::{Tick, Trigger};
 
-use crate::common::{caught_up, fresh_db, group_has_members, guarded, isolated, read_all, settled, WAIT};
+use crate::common::{caught_up, fresh_db, group_has_members, guarded, isolated, read_all, settled, with_noop, WAIT};
 
 pub fn tick(job: &str, at: DateTime<Utc>, params: &[(&str, &str)]) -> Tick {
     let mut t = Tick::for_fire_time(job, at, Trigger::Scheduled, Some("test".into()));
@@ -96,7 +97,7 @@ fn at(minutes_ago: i64) -> DateTime<Utc> {
 
 #[tokio::test]
 async fn a_tick_runs_once_end_to_end_and_duplicates_collapse() {
-    let s = isolated().await;
+    let s = with_noop(isolated().await);
     let t = tick("noop", at(3), &[("chunks", "3")]);
     // E4: the same fire time from two producers.
     let mut twin = t.clone();
@@ -144,7 +145,7 @@ pub fn reset_group(s: &Settings, group: &str, topic: &str) {
 
 #[tokio::test]
 async fn replaying_the_tick_topic_from_offset_zero_changes_nothing() {
-    let s = isolated().await;
+    let s = with_noop(isolated().await);
     publish(&s, &[tick("noop", at(30), &[("chunks", "2")]), tick("noop", at(20), &[]), tick("noop", at(10), &[("chunks", "0")])]).await;
     let mut p = processor(&s).await;
     drive(&mut p, 3).await;
@@ -162,7 +163,7 @@ async fn replaying_the_tick_topic_from_offset_zero_changes_nothing() {
 
 #[tokio::test]
 async fn bad_ticks_go_to_dead_letters_and_processing_continues() {
-    let s = isolated().await;
+    let s = with_noop(isolated().await);
     let codec = Codec::new(&s).unwrap();
     let garbage = b"\x00\x00\x00garbage that is not avro".to_vec();
     publish_raw(&s, "garbage", &garbage).await;
@@ -219,12 +220,67 @@ async fn bad_ticks_go_to_dead_letters_and_processing_continues() {
     assert_eq!(r[0].outcome, Outcome::Succeeded);
 }
 
+/// Issue 16 item 5: a noop tick reaching a processor whose configuration leaves the test job
+/// off runs nothing: it is recorded SKIPPED, naming the setting that would enable it.
+#[tokio::test]
+async fn a_noop_tick_is_skipped_while_the_test_job_is_off() {
+    let s = isolated().await;
+    publish(&s, &[tick("noop", at(2), &[("chunks", "2")])]).await;
+    let mut p = processor(&s).await;
+    drive(&mut p, 2).await;
+    let r = results(&s).await;
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].outcome, Outcome::Skipped);
+    assert!(r[0].message.as_deref().unwrap_or_default().contains("`jobs.noop.enabled` is false"), "{r:?}");
+    assert_eq!(count(&s, Topic::WorkItems), 0, "nothing planned");
+}
+
+/// Issue 16 item 5: a dead letter keeps the original record's headers — text as it is, and
+/// a value that is not UTF-8 in base64, so no header is lost — and its key.
+#[tokio::test]
+async fn a_malformed_tick_keeps_its_headers_in_dead_letters() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let s = isolated().await;
+    let binary: &[u8] = &[0xff, 0xfe, 0x00, 0x80];
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: "traceparent", value: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01") })
+        .insert(Header { key: "source", value: Some("order-service") })
+        .insert(Header { key: "binary", value: Some(binary) })
+        .insert(Header { key: "source", value: Some("retry-relay") });
+    let producer: FutureProducer = client_config(&s, Role::Producer).create().unwrap();
+    let topic = s.topic(Topic::Tick);
+    let record = FutureRecord::to(&topic).key("stock-sync").payload(b"\x00not avro at all").headers(headers);
+    producer.send(record, WAIT).await.unwrap();
+
+    let mut p = processor(&s).await;
+    drive(&mut p, 3).await;
+    let letters = read_all(&s, &s.topic(Topic::DeadLetters), "read_committed");
+    assert_eq!(letters.len(), 1);
+    let codec = Codec::new(&s).unwrap();
+    let (_, key, value) = &letters[0];
+    assert_eq!(key.as_deref(), Some(&b"stock-sync"[..]));
+    let d = codec.decode(value.as_deref().unwrap()).await.unwrap();
+    let json = scheduled_jobs::wire::avro::to_json(&d.value, &d.schema);
+    assert_eq!(json["reasonCode"], "UNDECODABLE");
+    let kept: BTreeMap<String, String> = serde_json::from_value(json["headers"].clone()).unwrap();
+    assert_eq!(
+        kept,
+        BTreeMap::from([
+            ("traceparent".to_string(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string()),
+            ("source".to_string(), "order-service".to_string()),
+            ("source#2".to_string(), "retry-relay".to_string()),
+            ("binary".to_string(), "base64://4AgA==".to_string()),
+        ])
+    );
+    assert_eq!(scheduled_jobs::wire::internal::header_value(&kept["binary"]).as_deref(), Some(binary), "the bytes come back");
+}
+
 #[tokio::test]
 async fn a_run_past_its_timeout_is_recorded_timed_out_and_the_next_tick_proceeds() {
-    let mut s = isolated().await;
+    let mut s = with_noop(isolated().await);
     s.jobs.get_mut("noop").unwrap().timeout_secs = 2;
     // Chunks of 0.9 s against a 2 s timeout: whether they run one at a time or two at once
-    // (the next chunk's effects start ahead), the last ones start past the deadline.
+    // (the next chunk's effects start ahead), the last ones are cut or start past the deadline.
     let slow = tick("noop", at(20), &[("chunks", "8"), ("apply_sleep_ms", "900")]);
     let slow_plan = tick("noop", at(10), &[("plan_sleep_ms", "4000")]);
     let next = tick("noop", at(1), &[("chunks", "2")]);
@@ -241,16 +297,53 @@ async fn a_run_past_its_timeout_is_recorded_timed_out_and_the_next_tick_proceeds
     let slow_r = by_tick[slow.tick_id.as_str()];
     assert_eq!(slow_r.outcome, Outcome::TimedOut, "{slow_r:?}");
     assert!(slow_r.counts.get("chunksTimedOut").copied().unwrap_or(0) >= 1, "{slow_r:?}");
-    assert!(slow_r.counts.get("items").copied().unwrap_or(0) >= 2, "chunks started before the deadline completed: {slow_r:?}");
+    // Chunks are cut at the deadline, not only skipped after it: not all 8 ran.
+    assert!(slow_r.counts.get("items").copied().unwrap_or(0) < 8, "{slow_r:?}");
     assert_eq!(by_tick[slow_plan.tick_id.as_str()].outcome, Outcome::TimedOut);
     assert_eq!(by_tick[next.tick_id.as_str()].outcome, Outcome::Succeeded);
+}
+
+/// The deadline holds inside a running chunk: a chunk of 120 s of work against a 2 s timeout
+/// stops at the deadline, is recorded TIMED_OUT (with nothing to emit: noop has no effects),
+/// and the next tick runs normally.
+#[tokio::test]
+async fn a_chunk_longer_than_the_timeout_stops_at_the_run_deadline() {
+    let mut s = isolated().await;
+    s.jobs.get_mut("noop").unwrap().timeout_secs = 2;
+    let long = tick("noop", at(10), &[("apply_sleep_ms", "120000")]);
+    publish(&s, &[long.clone()]).await;
+    let pool = test_db(&s).await;
+    let mut p = processor_on(&s, pool.clone()).await;
+    let started = Instant::now();
+    // Without the deadline inside the chunk, the step would sleep its 120 s.
+    tokio::time::timeout(Duration::from_secs(60), drive(&mut p, 2)).await.expect("the chunk stopped at its deadline");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let r = results(&s).await;
+    assert_eq!(r.len(), 1, "{r:#?}");
+    assert_eq!(r[0].outcome, Outcome::TimedOut, "{r:#?}");
+    assert_eq!(r[0].counts.get("chunksTimedOut"), Some(&1), "{r:#?}");
+    assert!(r[0].message.as_deref().unwrap_or("").contains("inside this chunk"), "{r:#?}");
+    // Stopped at the deadline (planned + 2 s), not when its work would have ended.
+    let (planned, applied): (DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
+        "SELECT r.planned_at, c.applied_at FROM job_runs r JOIN job_run_chunks c USING (run_id) WHERE c.chunk_index = 0",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(applied < planned + TimeDelta::seconds(2), "started before the deadline: {planned} {applied}");
+    let next = tick("noop", at(1), &[("chunks", "2")]);
+    publish(&s, &[next.clone()]).await;
+    drive(&mut p, 2).await;
+    let r = results(&s).await;
+    let next_r = r.iter().find(|x| x.tick_id == next.tick_id).expect("the next tick ran");
+    assert_eq!(next_r.outcome, Outcome::Succeeded, "{next_r:?}");
 }
 
 /// A job whose whole-run step fails for good fails its run, recorded FAILED with the reason;
 /// the processor goes on with the next tick instead of stopping.
 #[tokio::test]
 async fn a_run_whose_finalisation_fails_is_recorded_failed_and_processing_goes_on() {
-    let s = isolated().await;
+    let s = with_noop(isolated().await);
     let bad = tick("noop", at(20), &[("chunks", "2"), ("fail_finalize", "true")]);
     let next = tick("noop", at(10), &[("chunks", "1")]);
     publish(&s, &[bad.clone()]).await;
@@ -270,7 +363,7 @@ async fn a_run_whose_finalisation_fails_is_recorded_failed_and_processing_goes_o
 
 #[tokio::test]
 async fn the_next_chunks_effects_start_while_the_current_chunk_is_applied() {
-    let s = isolated().await;
+    let s = with_noop(isolated().await);
     let t = tick("noop", at(2), &[("chunks", "6"), ("apply_sleep_ms", "1000")]);
     publish(&s, &[t.clone()]).await;
     let pool = test_db(&s).await;
@@ -295,7 +388,7 @@ async fn the_next_chunks_effects_start_while_the_current_chunk_is_applied() {
 
 #[tokio::test]
 async fn a_stale_tick_is_coalesced_when_a_newer_one_is_queued() {
-    let s = isolated().await;
+    let s = with_noop(isolated().await);
     let (t1, t2, t3) = (tick("noop", at(30), &[]), tick("noop", at(20), &[]), tick("noop", at(10), &[]));
     publish(&s, &[t1.clone(), t2.clone(), t3.clone()]).await;
     let mut p = processor(&s).await;
@@ -316,7 +409,7 @@ fn two_processors_with_partitions_moving_lose_and_double_nothing() {
 }
 
 async fn two_processors() {
-    let s = isolated().await;
+    let s = with_noop(isolated().await);
     // Manual ticks (never coalesced), each on its own key so they spread over partitions.
     let ticks: Vec<Tick> = (0..8)
         .map(|i| {
@@ -398,7 +491,7 @@ async fn two_processors() {
 
 #[tokio::test]
 async fn a_forced_manual_rerun_is_explicit_and_recorded_as_a_new_attempt() {
-    let s = isolated().await;
+    let s = with_noop(isolated().await);
     let t = tick("noop", at(5), &[]);
     publish(&s, &[t.clone()]).await;
     let mut p = processor(&s).await;
@@ -432,6 +525,7 @@ pub fn spawn_processor(s: &Settings, database: &str, env: &[(&str, &str)]) -> st
         .env("SJ_PROCESSOR__TRANSACTIONAL_ID_PREFIX", &s.processor.transactional_id_prefix)
         .env("SJ_PROCESSOR__INSTANCE_ID", "crash-test")
         .env("SJ_POSTGRES__DATABASE", database)
+        .envs(crate::common::noop_env(s))
         .stdout(std::process::Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
@@ -451,7 +545,7 @@ pub async fn work_items(s: &Settings) -> Vec<WorkItem> {
 
 /// Returns once the wall clock is past `instant` (the sleep is bounded by the very moment
 /// waited for, not a guess at how long something takes).
-async fn past(instant: DateTime<Utc>) {
+pub async fn past(instant: DateTime<Utc>) {
     while Utc::now() <= instant {
         tokio::time::sleep((instant - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(1)).await;
     }
@@ -484,7 +578,7 @@ pub async fn wait_for_results(s: &Settings, n: usize, within: Duration) -> Vec<R
 
 #[tokio::test]
 async fn a_chunk_killed_before_its_commit_is_completed_even_after_the_deadline() {
-    let s = isolated().await;
+    let s = with_noop(isolated().await);
     let (pool, database) = fresh_db(&s).await;
     scheduled_jobs::db::migrate(&pool).await.unwrap();
     publish(&s, &[tick("noop", at(1), &[("chunks", "3")])]).await;

@@ -5,14 +5,15 @@
 use std::collections::BTreeMap;
 
 use apache_avro::types::Value;
-use chrono::{DateTime, Duration as Delta, Utc};
+use chrono::{DateTime, Duration as Delta, TimeZone, Utc};
 use redis::AsyncCommands;
 use scheduled_jobs::kafka::codec::Codec;
 use scheduled_jobs::config::{Settings, Topic};
 use scheduled_jobs::jobs::stock::stock_key;
+use scheduled_jobs::wire::internal::Outcome;
 
 use crate::common::{isolated, read_all, unique};
-use crate::processor::{drive, processor_on, publish, test_db, tick};
+use crate::processor::{drive, processor_on, publish, results, test_db, tick};
 
 async fn reports(s: &Settings) -> Vec<BTreeMap<String, Value>> {
     let codec = Codec::new(s).unwrap();
@@ -58,13 +59,18 @@ fn problems(f: &BTreeMap<String, Value>) -> Vec<String> {
     }
 }
 
-fn midnight(t: DateTime<Utc>) -> DateTime<Utc> {
-    DateTime::from_timestamp(t.timestamp() - t.timestamp() % 86_400, 0).unwrap()
+/// The local midnight that starts `t`'s day in `tz` (the zones used here have no DST gap at
+/// midnight).
+fn midnight(t: DateTime<Utc>, tz: chrono_tz::Tz) -> DateTime<Utc> {
+    let day = t.with_timezone(&tz).date_naive();
+    tz.from_local_datetime(&day.and_hms_opt(0, 0, 0).unwrap()).earliest().unwrap().with_timezone(&Utc)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_summarise_the_runs_of_the_last_day_once_each() {
     let s = isolated().await;
+    // The default zone, the seed's (Asia/Seoul): days and "yesterday" are Seoul's.
+    let tz = s.time_zone().unwrap();
     let pool = test_db(&s).await;
     // Stock history: one product drifted in Redis (repaired), one with an impossible DB value
     // (left for a person).
@@ -78,7 +84,7 @@ async fn reports_summarise_the_runs_of_the_last_day_once_each() {
     let _: () = redis.set(stock_key(&invalid), 5).await.unwrap();
 
     let now = Utc::now();
-    publish(&s, &[tick("stock-sync", now - Delta::minutes(1), &[]), tick("daily-statistics", midnight(now), &[])]).await;
+    publish(&s, &[tick("stock-sync", now - Delta::minutes(1), &[]), tick("daily-statistics", midnight(now, tz), &[])]).await;
     let mut p = processor_on(&s, pool.clone()).await;
     drive(&mut p, 2).await;
     let restored: Option<i64> = redis.get(stock_key(&drifted)).await.unwrap();
@@ -106,9 +112,45 @@ async fn reports_summarise_the_runs_of_the_last_day_once_each() {
 
     let daily = r.iter().find(|f| text(f, "reportType") == "DAILY_STATISTICS_REPORT").unwrap();
     assert_eq!((int(daily, "runs"), int(daily, "succeeded"), int(daily, "failed")), (1, 1, 0));
-    let yesterday = (midnight(at) - Delta::days(1)).date_naive().to_string();
+    let yesterday = (at.with_timezone(&tz).date_naive() - Delta::days(1)).to_string();
     assert!(text(daily, "title").contains(&yesterday), "{}", text(daily, "title"));
     assert_eq!(count(daily, "totalOrders"), 0);
     assert!(problems(daily).is_empty(), "{:?}", problems(daily));
     assert!(text(daily, "text").contains(&format!("{yesterday}: 0 orders, sales 0.00")), "{}", text(daily, "text"));
+}
+
+/// The run's deadline holds inside the report's chunk: reads that cannot finish (the
+/// statistics table locked by a migration that does not end) are cut by their statement
+/// timeout at the deadline. The run is TIMED_OUT with no report stored and none emitted; the
+/// next tick reports normally.
+#[tokio::test]
+async fn a_report_cut_at_the_run_deadline_stores_and_emits_nothing_and_the_next_one_reports() {
+    let mut s = isolated().await;
+    s.jobs.get_mut("daily_statistics_report").unwrap().timeout_secs = 2;
+    let pool = test_db(&s).await;
+    let mut p = processor_on(&s, pool.clone()).await;
+    let mut migration = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE daily_statistics IN ACCESS EXCLUSIVE MODE").execute(&mut *migration).await.unwrap();
+    let now = Utc::now();
+    let cut = tick("daily-statistics-report", now - Delta::minutes(1), &[]);
+    publish(&s, &[cut.clone()]).await;
+    // Without a deadline inside the chunk, its reads would wait for the lock for good.
+    tokio::time::timeout(std::time::Duration::from_secs(60), drive(&mut p, 2)).await.expect("the chunk stopped at its deadline");
+    let r = results(&s).await;
+    assert_eq!(r.len(), 1, "{r:#?}");
+    assert_eq!(r[0].outcome, Outcome::TimedOut, "{r:#?}");
+    assert!(reports(&s).await.is_empty(), "no report emitted");
+    migration.rollback().await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM job_reports").fetch_one(&pool).await.unwrap();
+    assert_eq!(stored, 0, "no report stored: none without its event");
+
+    let next = tick("daily-statistics-report", now, &[]);
+    publish(&s, &[next.clone()]).await;
+    drive(&mut p, 2).await;
+    let r = results(&s).await;
+    let next_r = r.iter().find(|x| x.tick_id == next.tick_id).expect("the next run");
+    assert_eq!(next_r.outcome, Outcome::Succeeded, "{next_r:?}");
+    assert_eq!(reports(&s).await.len(), 1);
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM job_reports").fetch_one(&pool).await.unwrap();
+    assert_eq!(stored, 1);
 }

@@ -26,7 +26,7 @@ use redis::AsyncCommands;
 use scheduled_jobs::kafka::codec::Codec;
 use scheduled_jobs::config::{Settings, Topic};
 use scheduled_jobs::jobs::stock_sync::StockSync;
-use scheduled_jobs::jobs::{Job, JobCtx, Run};
+use scheduled_jobs::jobs::{Deadline, Job, JobCtx, Run};
 use scheduled_jobs::jobs::stock::{stock_key, Reserve, Stock};
 use scheduled_jobs::wire::derived_id;
 use scheduled_jobs::wire::internal::{Outcome, RunResult};
@@ -179,6 +179,7 @@ impl Env {
             redis: Some(self.stock.connection()),
             tz: chrono_tz::UTC,
             settings: self.s.job(JOB).cloned().unwrap_or_default(),
+            deadline: Deadline::none(),
         }
     }
 }
@@ -495,7 +496,7 @@ async fn plan_cuts_ranges_that_cover_every_product_once() {
     let ctx = |batch: u32| {
         let mut settings = s.job(JOB).cloned().unwrap_or_default();
         settings.batch_size = batch;
-        JobCtx { db: db.clone(), redis: None, tz: chrono_tz::UTC, settings }
+        JobCtx { db: db.clone(), redis: None, tz: chrono_tz::UTC, settings, deadline: Deadline::none() }
     };
     let run = Run {
         run_id: unique("run"),
@@ -691,5 +692,48 @@ async fn a_sync_under_concurrent_orders_overwrites_nothing_and_converges() {
     for a in all.iter().filter(|a| a["runId"] == run2.run_id.as_str()) {
         let p = a["productId"].as_str().unwrap();
         assert!(!restored1.contains(p), "{p} was restored by run 1 and is wrong again: {a}");
+    }
+}
+
+/// The run's deadline holds inside the chunk: a confirmation wait longer than the run's
+/// timeout is cut at the deadline, before anything is recorded or repaired. The run is
+/// TIMED_OUT with no alert, no recorded mismatch and Redis untouched (no effect, so no event
+/// owed); the next run finds, repairs and reports the drift, once.
+#[tokio::test]
+async fn a_chunk_cut_at_the_run_deadline_repairs_nothing_and_the_next_run_does() {
+    let mut e = env(1000, 120_000).await;
+    e.s.jobs.get_mut("stock_sync").unwrap().timeout_secs = 2;
+    let mut drifted = Vec::new();
+    for i in 0..3 {
+        drifted.push(e.product(&format!("d{i}"), 30, Some(37)).await);
+    }
+    for i in 0..5 {
+        e.product(&format!("k{i}"), 10, Some(10)).await;
+    }
+    publish(&e.s, &[tick(JOB, minutes_ago(5), &[])]).await;
+    let mut p = processor_on(&e.s, e.db.clone()).await;
+    // Without a deadline inside the chunk, confirmation would wait its 120 s.
+    tokio::time::timeout(Duration::from_secs(60), drive(&mut p, 3)).await.expect("the chunk stopped at its deadline");
+    drop(p);
+    let r = sync_results(results(&e.s).await);
+    assert_eq!(r.len(), 1, "{r:#?}");
+    assert_eq!(r[0].outcome, Outcome::TimedOut, "{r:#?}");
+    assert!(alerts(&e.s).await.is_empty());
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM stock_sync_mismatches").fetch_one(&e.db).await.unwrap();
+    assert_eq!(recorded, 0);
+    for p in &drifted {
+        assert_eq!(e.redis(p).await.as_deref(), Some("37"), "not repaired by the cut run");
+    }
+
+    e.s.jobs.get_mut("stock_sync").unwrap().set_option("confirm_delay_ms", 50);
+    e.sync(minutes_ago(1)).await;
+    let r = sync_results(results(&e.s).await);
+    assert_eq!(r.len(), 2, "{r:#?}");
+    let next = r.iter().find(|x| x.outcome != Outcome::TimedOut).expect("the next run");
+    assert_eq!(next.outcome, Outcome::Succeeded, "{next:?}");
+    let a = by_product(&alerts(&e.s).await);
+    assert_eq!(a.keys().cloned().collect::<BTreeSet<_>>(), drifted.iter().cloned().collect::<BTreeSet<_>>());
+    for p in &drifted {
+        assert_eq!(e.redis(p).await.as_deref(), Some("30"), "repaired by the next run");
     }
 }

@@ -33,7 +33,7 @@ use futures::{SinkExt, StreamExt, TryStreamExt};
 use redis::aio::ConnectionManager;
 
 use super::{alert, Action, Cause, Options};
-use crate::jobs::{ChunkOutput, JobCtx, JobError};
+use crate::jobs::{ChunkOutput, Deadline, JobCtx, JobError};
 use crate::jobs::stock::{reservation_key, stock_key, Cas, Stock};
 use crate::wire::internal::WorkItem;
 
@@ -260,15 +260,28 @@ pub async fn apply(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobErro
     // A group's candidates are ~0.5 MB. Both halves run in this task (no spawned work
     // outlives a cancelled chunk).
     let (tx, rx) = mpsc::channel::<Group>(GROUPS_AHEAD);
-    let (compared, repaired) = tokio::try_join!(compare(ctx, &redis, item, first, last, tx), repair_groups(ctx, &redis, item, &options, rx))?;
-    let mut counts = compared;
-    counts.add(&repaired);
+    // Joined, not try-joined: when the deadline stops the compare, groups already past their
+    // record still complete (their effects began), and the other way round.
+    let (compared, repaired) = tokio::join!(compare(ctx, &redis, item, first, last, tx), repair_groups(ctx, &redis, item, &options, rx));
+    let mut counts = Counts::default();
+    let mut cut = false;
+    for half in [compared, repaired] {
+        match half {
+            Ok(c) => counts.add(&c),
+            Err(JobError::DeadlineReached(_)) => cut = true,
+            Err(e) => return Err(e),
+        }
+    }
     if counts.cas_refused > 0 {
         tracing::warn!(run_id = %item.run_id, chunk = item.chunk_index, refused = counts.cas_refused,
             "stock changed after confirmation; repair left for the next run (alerts say REPAIR_DEFERRED)");
     }
-    let out = alert::page(ctx, &item.run_id, first, last, None, per_part).await?;
-    Ok(counts.into_output(out))
+    // Whatever stopped it, every recorded mismatch of the range is emitted (in parts).
+    let out = counts.into_output(alert::page(ctx, &item.run_id, first, last, None, per_part).await?);
+    if cut {
+        return Err(JobError::deadline_after(out));
+    }
+    Ok(out)
 }
 
 /// Streams the range and sends its candidates (and products settled since an earlier
@@ -303,13 +316,15 @@ async fn compare(
             async move {
                 let rows = batch.map_err(|e| e.1)?;
                 let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-                let observed = observe(&mut conn, &ids).await?;
+                let observed = observe(&mut conn, &ids, ctx.deadline).await?;
                 Ok::<_, JobError>((rows, observed))
             }
         })
         .buffered(MGETS_IN_FLIGHT);
     let mut group = Group::new();
     while let Some((rows, observed)) = batches.try_next().await? {
+        // The run's deadline holds between batches (comparing is reads only: nothing to emit).
+        ctx.deadline.check()?;
         counts.products += rows.len() as i64;
         for ((id, stock, recorded), observed) in rows.into_iter().zip(observed) {
             let expected = i64::from(stock) - reserved.get(&id).copied().unwrap_or(0);
@@ -346,8 +361,20 @@ async fn repair_groups(
 ) -> Result<Counts, JobError> {
     let mut done = rx.map(|group| repair_group(ctx, redis, item, options, group)).buffer_unordered(GROUPS_IN_FLIGHT);
     let mut counts = Counts::default();
-    while let Some(group) = done.try_next().await? {
-        counts.add(&group);
+    let mut cut = false;
+    // Every group is driven to its end, so none is dropped between its record and its mark;
+    // after the deadline the rest stop before recording anything.
+    while let Some(group) = done.next().await {
+        match group {
+            Ok(c) => counts.add(&c),
+            Err(JobError::DeadlineReached(_)) => cut = true,
+            Err(e) => return Err(e),
+        }
+    }
+    if cut {
+        // The counts of the groups that completed are lost with the cut; the run-level ones
+        // (finalisation) come from the recorded rows.
+        return Err(JobError::deadline());
     }
     Ok(counts)
 }
@@ -358,6 +385,9 @@ async fn repair_group(ctx: &JobCtx, redis: &ConnectionManager, item: &WorkItem, 
     let t0 = Instant::now();
     let mismatches = confirm(ctx, redis, group.candidates, group.last_seen, options, &mut counts).await?;
     let t1 = Instant::now();
+    // The last point where the deadline stops the group: from the record on, effects begin,
+    // and they complete (their alerts come from the recorded rows).
+    ctx.deadline.check()?;
     record(&ctx.db, &item.run_id, &mismatches).await?;
     let t2 = Instant::now();
     crate::runtime::fault::pause(crate::runtime::fault::BEFORE_STOCK_REPAIR, mismatches.iter().map(|m| m.id.as_str())).await;
@@ -385,13 +415,14 @@ async fn repair_group(ctx: &JobCtx, redis: &ConnectionManager, item: &WorkItem, 
     Ok(counts)
 }
 
-/// `MGET` of the products' counters, values kept raw so a non-integer does not fail the chunk.
-async fn observe(redis: &mut ConnectionManager, ids: &[&str]) -> Result<Vec<Observed>, JobError> {
+/// `MGET` of the products' counters, values kept raw so a non-integer does not fail the chunk;
+/// a read, so the run's deadline bounds it.
+async fn observe(redis: &mut ConnectionManager, ids: &[&str], deadline: Deadline) -> Result<Vec<Observed>, JobError> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     let keys: Vec<String> = ids.iter().map(|id| stock_key(id)).collect();
-    let raw: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(redis).await?;
+    let raw: Vec<Option<String>> = deadline.redis(redis::cmd("MGET").arg(&keys).query_async(redis)).await?;
     if raw.len() != ids.len() {
         return Err(JobError::Failed(format!("MGET of {} keys returned {} values", ids.len(), raw.len())));
     }
@@ -413,7 +444,7 @@ async fn confirm(
         return Ok(Vec::new());
     }
     if let Some(seen) = last_seen {
-        tokio::time::sleep_until((seen + Duration::from_millis(options.confirm_delay_ms)).into()).await;
+        ctx.deadline.sleep_until((seen + Duration::from_millis(options.confirm_delay_ms)).into()).await?;
     }
     let ids: Vec<&str> = candidates.iter().map(|c| c.id.as_str()).collect();
     let db: HashMap<String, (i32, i64, Vec<String>, Vec<String>)> = sqlx::query_as::<_, ConfirmRow>(CONFIRM)
@@ -443,10 +474,10 @@ async fn confirm(
         if pairs.is_empty() {
             Ok(Vec::new())
         } else {
-            pipe.query_async::<Vec<bool>>(&mut c2).await.map_err(JobError::from)
+            ctx.deadline.redis(pipe.query_async::<Vec<bool>>(&mut c2)).await
         }
     };
-    let (again, held) = tokio::try_join!(observe(&mut c1, &ids), held)?;
+    let (again, held) = tokio::try_join!(observe(&mut c1, &ids, ctx.deadline), held)?;
     let mut reservations: HashMap<&str, Reservations> = HashMap::new();
     for ((product, order, waiting), held) in pairs.iter().zip(held) {
         let r = reservations.entry(product).or_default();

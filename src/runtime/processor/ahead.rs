@@ -1,5 +1,6 @@
-//! Effects ahead: while a work item is applied, the batch's next work item has its effects
-//! started as a task of their own, so two chunks' database and Redis work overlap. Safe for
+//! A chunk's effects under its run's deadline ([`effects`]), and effects ahead: while a work
+//! item is applied, the batch's next work item has its effects started as a task of their
+//! own, so two chunks' database and Redis work overlap. Safe for
 //! the reason the whole design is: effects are idempotent, keyed by their decision, and may
 //! precede their Kafka commit (a crash does the same). Kafka still sees the records, and
 //! their offsets, strictly in order: only the effects run early.
@@ -11,7 +12,6 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
 use rdkafka::message::{Message, OwnedMessage};
 use tracing::Instrument;
 
@@ -19,7 +19,7 @@ use super::bookkeeping::{self, ChunkOutcome};
 use super::ledger::chunk_key;
 use super::run::SEAL;
 use super::{record_span, record_work_item, Processor, ProcessorError};
-use crate::jobs::{ChunkOutput, Job, JobCtx};
+use crate::jobs::{ChunkOutput, Deadline, Job, JobCtx, JobError};
 use crate::wire::internal::WorkItem;
 
 /// What a chunk's effects came to: the records to emit and how the chunk ended.
@@ -29,27 +29,47 @@ pub(super) struct Effects {
     pub message: Option<String>,
 }
 
-/// A chunk's effects — marked started, then applied by its job unless its run is past its
-/// deadline — with owned inputs, so they can run as a task of their own ahead of their turn.
+/// A chunk's effects — marked started, then applied by its job under the run's deadline
+/// unless the run is already past it — with owned inputs, so they can run as a task of their
+/// own ahead of their turn.
 ///
-/// The deadline is checked before a chunk starts, never during, and never again once it has
-/// started: a chunk whose effects may have begun (an earlier attempt whose commit failed)
-/// always completes them and emits what they imply. A job error that is not transient fails
-/// the chunk (and so the run); a transient one is returned and the record is retried.
-pub(super) async fn effects(db: sqlx::PgPool, instance: String, job: Arc<dyn Job>, ctx: JobCtx, item: WorkItem) -> Result<Effects, ProcessorError> {
+/// The deadline (planned time + the job's `timeout_secs`, a [`Deadline`] in the job's
+/// context) holds inside the chunk: SQL statements, Redis commands and the job's loops stop at
+/// it, and the job reports [`JobError::DeadlineReached`] with what its effects so far imply;
+/// the chunk is recorded TIMED_OUT and those records are emitted, so no effect is left
+/// without its event. Which deadline an attempt gets:
+/// - a first attempt within the deadline: the deadline;
+/// - a first attempt past it: none started, TIMED_OUT, nothing emitted (no effect happened);
+/// - a retry (an earlier attempt's Kafka transaction did not commit) of a chunk recorded
+///   STARTED, APPLIED or FAILED: its effects may have begun, so past the deadline it runs
+///   without a limit and completes them, emitting what they imply (within the deadline it
+///   keeps the deadline);
+/// - a retry of a chunk recorded TIMED_OUT: under the (passed) deadline, so the job starts
+///   nothing new and emits what the cut attempt did, recorded TIMED_OUT again.
+///
+/// A job error that is not transient fails the chunk (and so the run); a transient one is
+/// returned and the record is retried.
+pub(super) async fn effects(db: sqlx::PgPool, instance: String, job: Arc<dyn Job>, mut ctx: JobCtx, item: WorkItem) -> Result<Effects, ProcessorError> {
     let timeout_secs = ctx.settings.timeout_secs;
-    let deadline = item.planned_at + chrono::TimeDelta::seconds(timeout_secs as i64);
-    let timed_out = match bookkeeping::start_chunk(&db, &item.run_id, item.chunk_index, &instance, Utc::now() > deadline).await? {
-        bookkeeping::Start::Fresh => false,
-        bookkeeping::Start::Again(previous) => previous == ChunkOutcome::TimedOut,
-        bookkeeping::Start::PastDeadline => true,
+    let deadline = Deadline::of_run(item.planned_at, timeout_secs);
+    let past = deadline.passed();
+    ctx.deadline = match bookkeeping::start_chunk(&db, &item.run_id, item.chunk_index, &instance, past).await? {
+        bookkeeping::Start::Fresh => deadline,
+        bookkeeping::Start::Again(ChunkOutcome::TimedOut) => deadline,
+        bookkeeping::Start::Again(_) if past => Deadline::none(),
+        bookkeeping::Start::Again(_) => deadline,
+        bookkeeping::Start::PastDeadline => {
+            let message = Some(format!("run exceeded its timeout of {timeout_secs} s before this chunk started"));
+            return Ok(Effects { output: ChunkOutput::default(), outcome: ChunkOutcome::TimedOut, message });
+        }
     };
-    if timed_out {
-        let message = Some(format!("run exceeded its timeout of {timeout_secs} s"));
-        return Ok(Effects { output: ChunkOutput::default(), outcome: ChunkOutcome::TimedOut, message });
-    }
     match job.apply(&ctx, &item).await {
         Ok(output) => Ok(Effects { output, outcome: ChunkOutcome::Applied, message: None }),
+        Err(JobError::DeadlineReached(done)) => {
+            tracing::warn!(run_id = %item.run_id, chunk = item.chunk_index, records = done.records.len(), "chunk stopped at the run's deadline");
+            let message = Some(format!("run exceeded its timeout of {timeout_secs} s inside this chunk; what it did is emitted"));
+            Ok(Effects { output: *done, outcome: ChunkOutcome::TimedOut, message })
+        }
         Err(e) if e.is_transient() => Err(ProcessorError::Job { job: item.job.clone(), source: e }),
         Err(e) => {
             tracing::error!(run_id = %item.run_id, chunk = item.chunk_index, error = %e, "chunk failed");

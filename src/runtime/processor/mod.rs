@@ -8,8 +8,10 @@
 //!      ticks and replays stop here), then its job's fixed chunks become work items with a seal
 //!      and a `PLANNED` ledger entry;
 //!    - a **work item** (`work_item.rs`) is *applied*: the job performs the chunk's idempotent
-//!      effects and returns the records to emit, written with a chunk ledger entry; the chunk
-//!      that completes the run (claimed in PostgreSQL, see [`bookkeeping`]) adds the run result;
+//!      effects under the run's deadline (`ahead.rs`: cut inside the chunk, recorded TIMED_OUT
+//!      with what it did) and returns the records to emit, written with a chunk ledger entry;
+//!      the chunk that completes the run (claimed in PostgreSQL, see [`bookkeeping`]) adds the
+//!      run result;
 //!    - a record that cannot be accepted becomes a dead letter with the reason and its bytes;
 //! 3. the plan is encoded and the [`committer`] writes it with the record's offset: it waits
 //!    for the previous record's commit, begins, sends, and starts this commit, so the next
@@ -22,7 +24,8 @@
 //! started ahead, abort, seek back to the first record not committed, retry after a pause.
 //! Only errors classed fatal stop the processor: configuration, authorization, fencing, and a
 //! bookkeeping statement that cannot succeed (e.g. migrations not applied). A job's own
-//! errors never do: a transient one is retried, any other fails its run.
+//! errors never do: a transient one is retried, the run's deadline times the run out, any
+//! other fails its run.
 
 mod ahead;
 pub mod bookkeeping;

@@ -9,7 +9,7 @@ use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 
 use super::ProcessorError;
 use crate::config::{JobSettings, Settings};
-use crate::jobs::JobCtx;
+use crate::jobs::{Deadline, JobCtx};
 use crate::kafka::{self, Role};
 
 /// Notes assignments so the ledger view is caught up before records of new partitions.
@@ -85,8 +85,9 @@ impl Env {
         self.settings.job(job).cloned().unwrap_or_default()
     }
 
+    /// What `job` is given, without a deadline (the chunk's effects set theirs).
     pub(super) fn job_ctx(&self, job: &str) -> JobCtx {
-        JobCtx { db: self.db.clone(), redis: self.redis.clone(), tz: self.tz, settings: self.job_settings(job) }
+        JobCtx { db: self.db.clone(), redis: self.redis.clone(), tz: self.tz, settings: self.job_settings(job), deadline: Deadline::none() }
     }
 }
 

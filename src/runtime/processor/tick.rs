@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 
 use super::ledger::run_key;
 use super::run::{new_run, work_item, Out, TxnPlan, SEAL};
@@ -104,7 +104,7 @@ impl Processor {
         if tick.scheduled_at.timestamp() < 946_684_800 {
             return Err(reject("IMPOSSIBLE_VALUE", format!("scheduledAt {} is before 2000", tick.scheduled_at.to_rfc3339())));
         }
-        job.validate(tick).map_err(|e| reject("IMPOSSIBLE_VALUE", e.to_string()))?;
+        crate::jobs::check_tick(job.as_ref(), tick).map_err(|e| reject("IMPOSSIBLE_VALUE", e.to_string()))?;
         let period = job.period(tick, self.env.tz).map_err(|e| reject("IMPOSSIBLE_VALUE", e.to_string()))?;
         Ok((job, period))
     }
@@ -156,7 +156,10 @@ impl Processor {
                 return Ok(TxnPlan::ended(&run, self.env.tz, RunState::Skipped, Outcome::Skipped, Some(message)));
             }
             Some(NotNow::Paused(pause)) => return Ok(skip_paused(&run, self.env.tz, pause)),
-            Some(NotNow::Disabled) => return Ok(TxnPlan::ended(&run, self.env.tz, RunState::Skipped, Outcome::Skipped, Some("job disabled".into()))),
+            Some(NotNow::Disabled) => {
+                let message = format!("job disabled (setting `jobs.{}.enabled` is false)", crate::config::job_key(&run.job));
+                return Ok(TxnPlan::ended(&run, self.env.tz, RunState::Skipped, Outcome::Skipped, Some(message)));
+            }
             None => {}
         }
         tracing::info!(job = %run.job, period = %run.period, run_id = %run.run_id, trigger = run.tick.trigger.as_str(), "planning run");
@@ -213,7 +216,9 @@ impl Processor {
             reason: r.reason,
             original_key: m.key().map(|k| k.to_vec()),
             original_value: m.payload().map(|p| p.to_vec()),
-            headers: BTreeMap::new(),
+            headers: crate::wire::internal::header_map(
+                m.headers().into_iter().flat_map(|h| h.iter()).map(|h| (h.key, h.value)),
+            ),
         };
         let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
         TxnPlan { out: vec![Out::DeadLetter { key, letter }], ..TxnPlan::default() }

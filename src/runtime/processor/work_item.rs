@@ -24,6 +24,10 @@ use crate::jobs::{Emit, Job, Run};
 use crate::runtime::metrics::Sample;
 use crate::wire::internal::WorkItem;
 
+/// Count a continuation carries when an earlier part of its chunk stopped at the run's
+/// deadline: the chunk then completes `TIMED_OUT` (shown in the run result's counts).
+const TIMED_OUT_PARTS: &str = "timedOutParts";
+
 impl Processor {
     /// The transaction of work item `m`. `next` is the batch's next work item, if any, whose
     /// effects start while this one's are applied.
@@ -73,15 +77,26 @@ impl Processor {
             None => effects(self.env.db.clone(), self.env.instance.clone(), job.clone(), self.env.job_ctx(&item.job), item.clone()).await?,
         };
         let applied = started.elapsed();
-        if let (ChunkOutcome::Applied, Some(cursor)) = (outcome, output.more.clone()) {
+        if let (ChunkOutcome::Applied | ChunkOutcome::TimedOut, Some(cursor)) = (outcome, output.more.clone()) {
             // A part that filled its transaction: its records and the chunk's continuation, no
-            // chunk record yet (the chunk completes with its last part).
+            // chunk record yet (the chunk completes with its last part). A part stopped at the
+            // deadline still has its records emitted: the continuation carries the fact.
+            let mut counts = output.counts.clone();
+            if outcome == ChunkOutcome::TimedOut {
+                counts.insert(TIMED_OUT_PARTS.into(), 1);
+            }
             let mut out = self.encode_events(output.records).await?;
-            out.push(Out::WorkItem(continuation(&item, cursor, &output.counts)));
+            out.push(Out::WorkItem(continuation(&item, cursor, &counts)));
             tracing::debug!(run_id = %item.run_id, chunk = item.chunk_index, records = out.len() - 1, "chunk continues in another transaction");
             return Ok(TxnPlan { out, samples: Vec::new(), fault: Some((crate::runtime::fault::BEFORE_APPLY_COMMIT, item.job.clone())) });
         }
         let counts = carried(&item, &output.counts);
+        let (outcome, message) = match counts.get(TIMED_OUT_PARTS) {
+            Some(n) if *n > 0 && outcome == ChunkOutcome::Applied => {
+                (ChunkOutcome::TimedOut, Some("run exceeded its timeout inside this chunk; what it did is emitted".to_string()))
+            }
+            _ => (outcome, message),
+        };
         // The chunk's records are encoded while PostgreSQL records the chunk (the bookkeeping
         // future is polled first, so its query is in flight during encoding).
         let bookkeeping = async {

@@ -308,7 +308,7 @@ async fn a_run_past_its_timeout_is_recorded_timed_out_and_the_next_tick_proceeds
 /// and the next tick runs normally.
 #[tokio::test]
 async fn a_chunk_longer_than_the_timeout_stops_at_the_run_deadline() {
-    let mut s = isolated().await;
+    let mut s = crate::common::with_noop(isolated().await);
     s.jobs.get_mut("noop").unwrap().timeout_secs = 2;
     let long = tick("noop", at(10), &[("apply_sleep_ms", "120000")]);
     publish(&s, &[long.clone()]).await;

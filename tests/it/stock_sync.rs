@@ -737,3 +737,52 @@ async fn a_chunk_cut_at_the_run_deadline_repairs_nothing_and_the_next_run_does()
         assert_eq!(e.redis(p).await.as_deref(), Some("30"), "repaired by the next run");
     }
 }
+
+/// Issue 16.3: a range whose repair is still running when the run's deadline passes completes
+/// it and emits its alert (effects made always produce their events); a range not started
+/// by then is skipped; the run is TIMED_OUT and the next run repairs what it did not reach.
+#[tokio::test]
+async fn a_repair_running_past_the_deadline_is_emitted_and_the_next_run_does_the_rest() {
+    let mut e = env(1, 20).await;
+    e.s.jobs.get_mut("stock_sync").unwrap().timeout_secs = 3;
+    let held = e.product("a-held", 10, Some(12)).await;
+    let second = e.product("b-second", 5, Some(6)).await;
+    let third = e.product("c-third", 7, Some(9)).await;
+    // The first range's repair is held past the deadline, after its mismatch was recorded.
+    scheduled_jobs::runtime::fault::pause_at(scheduled_jobs::runtime::fault::BEFORE_STOCK_REPAIR, held.clone(), Duration::from_secs(5));
+    e.sync(minutes_ago(10)).await;
+
+    let r = sync_results(results(&e.s).await);
+    assert_eq!(r.len(), 1, "{r:#?}");
+    assert_eq!(r[0].outcome, Outcome::TimedOut, "{:?}", r[0]);
+    assert_eq!(e.redis(&held).await.as_deref(), Some("10"), "the repair that had begun completed");
+    let a = by_product(&alerts(&e.s).await);
+    assert_eq!(a[&held]["action"], "REDIS_RESTORED", "{a:#?}");
+    assert!(!a.contains_key(&third), "a range never started repairs nothing and reports nothing: {a:#?}");
+    assert_eq!(e.redis(&third).await.as_deref(), Some("9"));
+    // Every repair has its alert, every alert its row.
+    let recorded: BTreeSet<String> = sqlx::query_scalar("SELECT product_id FROM stock_sync_mismatches WHERE run_id = $1")
+        .bind(&r[0].run_id)
+        .fetch_all(&e.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(recorded, a.keys().cloned().collect::<BTreeSet<_>>());
+    if a.contains_key(&second) {
+        assert_eq!(e.redis(&second).await.as_deref(), Some("5"));
+    }
+    let sm = summaries(&e.s).await;
+    assert_eq!(sm.len(), 1, "a timed-out run is summarised too: {sm:#?}");
+    assert_eq!(sm[0]["mismatches"].as_i64(), Some(a.len() as i64));
+
+    // The next run, with time enough, repairs the rest.
+    e.s.jobs.get_mut("stock_sync").unwrap().timeout_secs = 600;
+    e.sync(minutes_ago(5)).await;
+    let r = sync_results(results(&e.s).await);
+    assert_eq!(r.len(), 2, "{r:#?}");
+    assert!(r.iter().any(|x| x.outcome == Outcome::Succeeded), "{r:#?}");
+    for (p, expected, redis) in e.state().await {
+        assert_eq!(redis, Some(expected.to_string()), "{p}");
+    }
+}

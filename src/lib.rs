@@ -21,8 +21,9 @@
 //!   [`error`] (the one error classification).
 //!
 //! Dependencies point one way: `ops` uses `runtime`; both use `jobs`, `kafka` and `wire`;
-//! `jobs` uses `wire`; `wire` uses nothing of the crate. `config` knows the jobs' defaults
-//! (from the catalog); `kafka` and `db` know `config`.
+//! `jobs` uses `wire` (and `runtime::fault`'s pause points, which compile to nothing without
+//! the test-only `fault-injection` feature); `wire` uses nothing of the crate. `config` knows
+//! the jobs' defaults (from the catalog); `kafka` and `db` know `config`.
 
 pub mod cli;
 pub mod config;

@@ -266,14 +266,19 @@ async fn build(ctx: &JobCtx, kind: Kind, end: DateTime<Utc>) -> Result<Body, Job
 struct MismatchRow {
     product_id: String,
     cause: String,
-    action: String,
-    repair: Option<String>,
     db_stock: i64,
     redis_stock: Option<i64>,
+    /// Manual-review rows in the window, listed or not.
+    total: i64,
 }
 
-/// Mismatches recorded by the window's stock-sync runs: by cause and by repair outcome; each
-/// product needing manual review is a problem.
+/// Manual-review products listed one by one in a report; more are counted. A Redis that lost
+/// every key records a mismatch per product: the report stays a page, and its memory small.
+const LISTED_PROBLEMS: i64 = 100;
+
+/// Mismatches recorded by the window's stock-sync runs: by cause and by repair outcome
+/// (counted in PostgreSQL); each product needing manual review is a problem (the first
+/// [`LISTED_PROBLEMS`] listed, the rest counted).
 async fn stock_sync_figures(
     tx: &mut PgConnection,
     d: Deadline,
@@ -281,31 +286,46 @@ async fn stock_sync_figures(
     end: DateTime<Utc>,
     problems: &mut Vec<String>,
 ) -> Result<(BTreeMap<String, i64>, Vec<String>), JobError> {
-    let rows: Vec<MismatchRow> = sqlx::query_as(
-        "SELECT m.product_id, m.cause, m.action, m.repair, m.db_stock, m.redis_stock
-         FROM stock_sync_mismatches m JOIN job_runs r USING (run_id)
-         WHERE r.job = 'stock-sync' AND r.planned_at >= $1 AND r.planned_at < $2
-         ORDER BY m.detected_at, m.product_id",
-    )
+    const WINDOW: &str = "FROM stock_sync_mismatches m JOIN job_runs r USING (run_id)
+         WHERE r.job = 'stock-sync' AND r.planned_at >= $1 AND r.planned_at < $2";
+    let totals: Vec<(String, Option<String>, i64)> =
+        sqlx::query_as(&format!("SELECT m.cause, m.repair, count(*) {WINDOW} GROUP BY 1, 2 ORDER BY 1, 2"))
+            .bind(start)
+            .bind(end)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| d.sql(e))?;
+    d.limit(&mut *tx).await?;
+    let manual: Vec<MismatchRow> = sqlx::query_as(&format!(
+        "SELECT m.product_id, m.cause, m.db_stock, m.redis_stock, count(*) OVER () AS total
+         {WINDOW} AND m.action = 'MANUAL_REVIEW_REQUIRED' ORDER BY m.detected_at, m.product_id LIMIT $3"
+    ))
     .bind(start)
     .bind(end)
-    .fetch_all(tx)
+    .bind(LISTED_PROBLEMS)
+    .fetch_all(&mut *tx)
     .await
     .map_err(|e| d.sql(e))?;
     let mut counts = BTreeMap::new();
-    counts.insert("mismatchesRecorded".to_string(), rows.len() as i64);
-    for MismatchRow { product_id: product, cause, action, repair, db_stock: db, redis_stock: redis } in &rows {
-        *counts.entry(format!("cause.{cause}")).or_insert(0) += 1;
-        *counts.entry(format!("repair.{}", repair.as_deref().unwrap_or("PENDING"))).or_insert(0) += 1;
-        if action == "MANUAL_REVIEW_REQUIRED" {
-            problems.push(format!(
-                "product {product}: {cause}, DB {db}, Redis {} — manual review required",
-                redis.map_or("missing".into(), |r| r.to_string())
-            ));
-        }
+    let mut recorded = 0;
+    for (cause, repair, n) in &totals {
+        recorded += n;
+        *counts.entry(format!("cause.{cause}")).or_insert(0) += n;
+        *counts.entry(format!("repair.{}", repair.as_deref().unwrap_or("PENDING"))).or_insert(0) += n;
+    }
+    counts.insert("mismatchesRecorded".to_string(), recorded);
+    for MismatchRow { product_id: product, cause, db_stock: db, redis_stock: redis, .. } in &manual {
+        problems.push(format!(
+            "product {product}: {cause}, DB {db}, Redis {} — manual review required",
+            redis.map_or("missing".into(), |r| r.to_string())
+        ));
+    }
+    let unlisted = manual.first().map_or(0, |m| m.total) - manual.len() as i64;
+    if unlisted > 0 {
+        problems.push(format!("{unlisted} more product(s) need manual review (see stock_sync_mismatches)"));
     }
     let restored = counts.get("repair.RESTORED").copied().unwrap_or(0);
-    let detail = vec![format!("{} mismatch(es) recorded, {restored} restored in Redis", rows.len())];
+    let detail = vec![format!("{recorded} mismatch(es) recorded, {restored} restored in Redis")];
     Ok((counts, detail))
 }
 

@@ -745,22 +745,21 @@ async fn a_chunk_cut_at_the_run_deadline_repairs_nothing_and_the_next_run_does()
 async fn a_repair_running_past_the_deadline_is_emitted_and_the_next_run_does_the_rest() {
     let mut e = env(1, 20).await;
     e.s.jobs.get_mut("stock_sync").unwrap().timeout_secs = 3;
-    let held = e.product("a-held", 10, Some(12)).await;
-    let second = e.product("b-second", 5, Some(6)).await;
-    let third = e.product("c-third", 7, Some(9)).await;
-    // The first range's repair is held past the deadline, after its mismatch was recorded.
-    scheduled_jobs::runtime::fault::pause_at(scheduled_jobs::runtime::fault::BEFORE_STOCK_REPAIR, held.clone(), Duration::from_secs(5));
+    let products = [e.product("a", 10, Some(12)).await, e.product("b", 5, Some(6)).await, e.product("c", 7, Some(9)).await];
+    // Every range's repair is held 5 s after its mismatch is recorded. One range at a time is
+    // applied, and at most one has its effects started ahead of it (when it came in the same
+    // poll), whatever order the work items arrive in: one or two ranges start before the 3 s
+    // deadline and complete past it; the last starts after it.
+    for p in &products {
+        scheduled_jobs::runtime::fault::pause_at(scheduled_jobs::runtime::fault::BEFORE_STOCK_REPAIR, p.clone(), Duration::from_secs(5));
+    }
     e.sync(minutes_ago(10)).await;
 
     let r = sync_results(results(&e.s).await);
     assert_eq!(r.len(), 1, "{r:#?}");
     assert_eq!(r[0].outcome, Outcome::TimedOut, "{:?}", r[0]);
-    assert_eq!(e.redis(&held).await.as_deref(), Some("10"), "the repair that had begun completed");
     let a = by_product(&alerts(&e.s).await);
-    assert_eq!(a[&held]["action"], "REDIS_RESTORED", "{a:#?}");
-    assert!(!a.contains_key(&third), "a range never started repairs nothing and reports nothing: {a:#?}");
-    assert_eq!(e.redis(&third).await.as_deref(), Some("9"));
-    // Every repair has its alert, every alert its row.
+    assert!((1..=2).contains(&a.len()), "the repairs that had begun are emitted, no more: {a:#?}");
     let recorded: BTreeSet<String> = sqlx::query_scalar("SELECT product_id FROM stock_sync_mismatches WHERE run_id = $1")
         .bind(&r[0].run_id)
         .fetch_all(&e.db)
@@ -768,9 +767,15 @@ async fn a_repair_running_past_the_deadline_is_emitted_and_the_next_run_does_the
         .unwrap()
         .into_iter()
         .collect();
-    assert_eq!(recorded, a.keys().cloned().collect::<BTreeSet<_>>());
-    if a.contains_key(&second) {
-        assert_eq!(e.redis(&second).await.as_deref(), Some("5"));
+    assert_eq!(recorded, a.keys().cloned().collect::<BTreeSet<_>>(), "every recorded mismatch has its alert");
+    let state = e.state().await;
+    for (p, expected, redis) in &state {
+        if a.contains_key(p) {
+            assert_eq!(a[p]["action"], "REDIS_RESTORED", "{p}");
+            assert_eq!(redis.as_deref(), Some(expected.to_string().as_str()), "{p}: the repair that had begun completed");
+        } else {
+            assert_ne!(redis.as_deref(), Some(expected.to_string().as_str()), "{p}: a range never started repairs nothing");
+        }
     }
     let sm = summaries(&e.s).await;
     assert_eq!(sm.len(), 1, "a timed-out run is summarised too: {sm:#?}");

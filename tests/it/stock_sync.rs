@@ -189,30 +189,27 @@ fn minutes_ago(m: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(t.timestamp() - t.timestamp() % 60, 0).unwrap()
 }
 
-/// Committed alerts, decoded to JSON.
-async fn alerts(s: &Settings) -> Vec<Json> {
+/// Committed records of `topic`, decoded to JSON; each keyed by its field `key`.
+async fn committed(s: &Settings, topic: Topic, key: &str) -> Vec<Json> {
     let codec = Codec::new(s).unwrap();
     let mut out = Vec::new();
-    for (_, key, value) in read_all(s, &s.topic(Topic::StockSyncAlert), "read_committed") {
+    for (_, k, value) in read_all(s, &s.topic(topic), "read_committed") {
         let d = codec.decode(&value.unwrap()).await.unwrap();
         let json = scheduled_jobs::wire::avro::to_json(&d.value, &d.schema);
-        assert_eq!(key.as_deref(), json["productId"].as_str().map(str::as_bytes), "key is the productId");
+        assert_eq!(k.as_deref(), json[key].as_str().map(str::as_bytes), "key is the {key}");
         out.push(json);
     }
     out
 }
 
-/// Committed run summaries, decoded to JSON.
+/// Committed alerts.
+async fn alerts(s: &Settings) -> Vec<Json> {
+    committed(s, Topic::StockSyncAlert, "productId").await
+}
+
+/// Committed run summaries.
 async fn summaries(s: &Settings) -> Vec<Json> {
-    let codec = Codec::new(s).unwrap();
-    let mut out = Vec::new();
-    for (_, key, value) in read_all(s, &s.topic(Topic::StockSyncRunSummary), "read_committed") {
-        let d = codec.decode(&value.unwrap()).await.unwrap();
-        let json = scheduled_jobs::wire::avro::to_json(&d.value, &d.schema);
-        assert_eq!(key.as_deref(), json["runId"].as_str().map(str::as_bytes), "key is the runId");
-        out.push(json);
-    }
-    out
+    committed(s, Topic::StockSyncRunSummary, "runId").await
 }
 
 fn by_product(alerts: &[Json]) -> BTreeMap<String, Json> {

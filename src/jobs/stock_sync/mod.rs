@@ -47,6 +47,12 @@
 //! drift; the delay is the knob. A release or consume that lands *after* the repair composes
 //! correctly (it is relative, and a stale field goes with the CAS that accounted for it).
 //!
+//! # Deadline
+//! The run's deadline stops the compare between its 1,000-product batches, the confirmation
+//! wait and reads (Redis commands bounded by the time left), and each group before its rows
+//! are recorded; a group already recorded completes its repair. Whatever stopped it, the range
+//! then emits every mismatch it recorded (in parts), and the chunk is recorded TIMED_OUT.
+//!
 //! # Run result counts
 //! From the chunks (summed; a retried chunk replaces its own): `products` compared,
 //! `candidates`, `confirmed`, `unconfirmed` (moved during confirmation: left for the next run),

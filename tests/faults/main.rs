@@ -378,14 +378,15 @@ async fn main() {
     }
     // The order path alone: before any final repair, Redis must already match.
     verify::reservations(&shop, &mut report).await;
-    verify::stock_matches(&shop, &shop.order_products, "ordered products", &mut report).await;
+    let stalled = verify::stalled_placements(&s, &done).await;
+    verify::stock_matches(&shop, &shop.order_products, "ordered products", &stalled, &mut report).await;
     // A last stock-sync repairs the drift; then every product must match.
     let final_sync = trigger(&s, "stock-sync", &[]).await;
     if final_sync.is_none() || !drained(&s, Duration::from_secs(120)).await {
         report.violation("the final stock-sync run did not complete");
     }
     let all: Vec<String> = shop.order_products.iter().chain(&shop.drift_products).cloned().collect();
-    verify::stock_matches(&shop, &all, "all products after the last sync", &mut report).await;
+    verify::stock_matches(&shop, &all, "all products after the last sync", &BTreeMap::new(), &mut report).await;
     let mut stopped_cleanly = 0;
     for p in processors.lock().expect("processes").iter_mut() {
         stopped_cleanly += usize::from(p.stop(Duration::from_secs(30)));

@@ -33,7 +33,16 @@ pub struct Done {
     pub payments_lost_to_expiry: usize,
     pub drifts: usize,
     pub retries: usize,
+    /// Orders whose placement held their Redis reservation without their SQL row for longer
+    /// than stock-sync's confirmation delay (a PostgreSQL restart stalls the insert): order,
+    /// items, reserved at, inserted at. Stock-sync's documented concurrency limit: a window
+    /// longer than `confirm_delay_ms` can be mistaken for drift.
+    pub stalled: Vec<(String, Vec<(String, i64)>, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>,
 }
+
+/// A placement slower than this is recorded in [`Done::stalled`] (the suite's
+/// `confirm_delay_ms` is the default, 200 ms).
+const STALL: chrono::TimeDelta = chrono::TimeDelta::milliseconds(150);
 
 /// Retries `op` until it succeeds (a service is restarting), counting the retries. It never
 /// gives up: an operation once begun is always finished, even after the stop flag is raised.
@@ -129,9 +138,14 @@ impl Shop {
             let items: Vec<(String, i64)> =
                 (0..n).map(|k| (self.order_products[(first + k) % self.order_products.len()].clone(), rng.random_range(1..=3))).collect();
             // The Order service: Redis first, then SQL.
+            let reserving = chrono::Utc::now();
             let r = retry!(done, self.stock.reserve(&id, &items));
             if r == Reserve::Reserved || r == Reserve::AlreadyReserved {
                 retry!(done, self.insert_order(&id, &items));
+                let inserted = chrono::Utc::now();
+                if inserted - reserving > STALL {
+                    done.stalled.push((id.clone(), items.clone(), reserving, inserted));
+                }
                 done.placed += 1;
                 if rng.random_bool(0.25) {
                     let age = Duration::from_millis(rng.random_range(0..pay_within.as_millis() as u64));

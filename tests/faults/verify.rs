@@ -11,7 +11,7 @@ use scheduled_jobs::wire::internal::RunResult;
 use serde_json::Value as Json;
 
 use crate::common::read_all;
-use crate::traffic::Shop;
+use crate::traffic::{Done, Shop};
 
 #[derive(Default)]
 pub struct Report {
@@ -143,7 +143,31 @@ pub async fn reservations(shop: &Shop, r: &mut Report) {
 }
 
 /// Redis stock equals DB stock minus what waiting orders reserve, for `products`.
-pub async fn stock_matches(shop: &Shop, products: &[String], label: &str, r: &mut Report) {
+/// Per product, the quantity a stock-sync repair took for drift while an order of that product
+/// was reserved in Redis but its SQL row was not yet written (the traffic's insert stalled by
+/// a PostgreSQL restart beyond `confirm_delay_ms`): an alert of the product detected inside
+/// such an order's window. The documented concurrency limit of stock-sync (README,
+/// `src/jobs/stock_sync/mod.rs`), reported apart from violations.
+pub async fn stalled_placements(s: &Settings, done: &Done) -> BTreeMap<String, i64> {
+    let (alerts, _) = committed(s, Topic::StockSyncAlert).await;
+    let mut taken: BTreeMap<String, i64> = BTreeMap::new();
+    for (_, a) in &alerts {
+        let product = str_field(a, "productId");
+        let Some(at) = a["detectedAt"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()) else { continue };
+        for (_, items, reserved, inserted) in &done.stalled {
+            if *reserved <= at && at <= *inserted {
+                for (p, q) in items {
+                    if *p == product {
+                        *taken.entry(product.clone()).or_insert(0) += q;
+                    }
+                }
+            }
+        }
+    }
+    taken
+}
+
+pub async fn stock_matches(shop: &Shop, products: &[String], label: &str, stalled: &BTreeMap<String, i64>, r: &mut Report) {
     let expected: Vec<(String, i64)> = sqlx::query_as(
         "SELECT p.id, p.stock::bigint - COALESCE((SELECT sum(oi.quantity) FROM order_items oi JOIN orders o ON o.id = oi.order_id
                                                   WHERE oi.product_id = p.id AND o.status = 'PAYMENT_WAIT'), 0)::bigint
@@ -155,9 +179,19 @@ pub async fn stock_matches(shop: &Shop, products: &[String], label: &str, r: &mu
     .expect("expected stock");
     let keys: Vec<String> = expected.iter().map(|(p, _)| stock_key(p)).collect();
     let actual: Vec<Option<i64>> = redis::cmd("MGET").arg(&keys).query_async(&mut shop.stock.connection()).await.expect("MGET");
-    let wrong: Vec<(String, i64, Option<i64>)> =
-        expected.into_iter().zip(actual).filter(|((_, e), a)| Some(*e) != *a).map(|((p, e), a)| (p, e, a)).collect();
+    let (explained, wrong): (Vec<(String, i64, Option<i64>)>, Vec<(String, i64, Option<i64>)>) = expected
+        .into_iter()
+        .zip(actual)
+        .filter(|((_, e), a)| Some(*e) != *a)
+        .map(|((p, e), a)| (p, e, a))
+        .partition(|(p, e, a)| a.is_some_and(|a| stalled.get(p).is_some_and(|q| a - e == *q)));
     r.row(format!("{label}: Redis ≠ expected"), wrong.len());
+    if !explained.is_empty() {
+        // Not a violation of what the job promises (it is documented), but shown: Redis is
+        // above the truth by orders the Order service had reserved and not yet written.
+        r.row(format!("{label}: Redis above expected by placements stalled past confirm_delay_ms (documented limit)"), explained.len());
+        eprintln!("[faults] {label}: repaired as drift while their placement was stalled: {}", sample(&explained));
+    }
     if !wrong.is_empty() {
         r.violation(format!("{label}: {} products with Redis stock ≠ DB stock − waiting reservations: {}", wrong.len(), sample(&wrong)));
     }

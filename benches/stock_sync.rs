@@ -48,7 +48,7 @@ use scheduled_jobs::wire::internal::WorkItem;
 use scheduled_jobs::wire::tick::{Tick, Trigger};
 use sqlx::PgPool;
 
-use common::{drop_db, fresh_db, isolated, unique, unlink_tagged, WAIT};
+use common::{drop_db, fresh_db, isolated, unique, unlink_matching, unlink_tagged, WAIT};
 
 const JOB: &str = "stock-sync";
 /// One product in this many is drifted (0.1%), at pseudo-random but fixed positions, so about
@@ -321,28 +321,18 @@ impl Bench {
     /// Redis lost every stock counter of the bench (a restart without persistence, or
     /// FLUSHALL): returns how many keys went.
     async fn wipe(&self) -> usize {
-        let mut conn = self.redis.clone();
-        let mut cursor: u64 = 0;
-        let mut gone = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("stock:{}-*", self.tag))
-                .arg("COUNT")
-                .arg(10_000)
-                .query_async(&mut conn)
-                .await
-                .expect("scan");
-            if !keys.is_empty() {
-                gone += keys.len();
-                let _: () = redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await.expect("unlink");
-            }
-            if next == 0 {
-                return gone;
-            }
-            cursor = next;
-        }
+        unlink_matching(&self.s, &format!("stock:{}-*", self.tag)).await
+    }
+
+    /// A processor with `settings` runs the tick of `at` to the end: (time, peak RSS kB, base
+    /// kB, largest transaction, resets). The processor is dropped (it leaves the group).
+    async fn processor_phase(&self, settings: Settings, at: DateTime<Utc>) -> (Duration, u64, u64, usize, usize) {
+        let mut p = Processor::new(settings, Registry::builtin(), self.pool.clone()).await.expect("processor");
+        let base_kb = phase_start();
+        let (time, resets) = self.processor(&mut p, at).await;
+        let peak_kb = status_kb("VmHWM:");
+        let largest = p.largest_transaction();
+        (time, peak_kb, base_kb, largest, resets)
     }
 
     async fn finalized(&self) -> i64 {
@@ -477,13 +467,8 @@ async fn main() {
             for &batch in &batches {
                 // A processor per batch size (its settings are fixed at start); the previous
                 // one has left the group. Timing starts at the step that takes the tick.
-                let mut p = Processor::new(settings_with(&s, batch, delay), Registry::builtin(), pool.clone()).await.expect("processor");
                 at += TimeDelta::minutes(1);
-                let base_kb = phase_start();
-                let (time, resets) = b.processor(&mut p, at).await;
-                let peak_kb = status_kb("VmHWM:");
-                let largest = p.largest_transaction();
-                drop(p);
+                let (time, peak_kb, base_kb, largest, resets) = b.processor_phase(settings_with(&s, batch, delay), at).await;
                 let chunks = size.div_ceil(batch.max(1) as usize);
                 rows.push(Row {
                     size,
@@ -502,13 +487,8 @@ async fn main() {
                 // The day Redis comes back empty: every product is a mismatch, at the default
                 // batch, in the same run as the 0.1% drift above.
                 let gone = b.wipe().await;
-                let mut p = Processor::new(settings_with(&s, batch, delay), Registry::builtin(), pool.clone()).await.expect("processor");
                 at += TimeDelta::minutes(1);
-                let base_kb = phase_start();
-                let (time, resets) = b.processor(&mut p, at).await;
-                let peak_kb = status_kb("VmHWM:");
-                let largest = p.largest_transaction();
-                drop(p);
+                let (time, peak_kb, base_kb, largest, resets) = b.processor_phase(settings_with(&s, batch, delay), at).await;
                 let (_, left) = b.floor(true).await;
                 rows.push(Row {
                     size,

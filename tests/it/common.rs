@@ -137,24 +137,32 @@ pub async fn drop_db(settings: &Settings, pool: PgPool, name: &str) {
 /// not pile keys up in a developer's Redis, whose persistence work grows with them.
 #[allow(dead_code)] // for the binaries that write many keys: tests/memory.rs and the benches
 pub async fn unlink_tagged(settings: &Settings, tag: &str) {
+    unlink_matching(settings, &format!("*{tag}*")).await;
+}
+
+/// Removes every Redis key matching the glob `pattern`; returns how many went.
+#[allow(dead_code)] // for the binaries that write many keys: tests/memory.rs and the benches
+pub async fn unlink_matching(settings: &Settings, pattern: &str) -> usize {
     let url = secrecy::ExposeSecret::expose_secret(&settings.redis_url()).to_string();
     let mut redis = redis::aio::ConnectionManager::new(redis::Client::open(url).expect("redis url")).await.expect("redis");
     let mut cursor: u64 = 0;
+    let mut gone = 0;
     loop {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
-            .arg(format!("*{tag}*"))
+            .arg(pattern)
             .arg("COUNT")
             .arg(10_000)
             .query_async(&mut redis)
             .await
             .expect("scan");
         if !keys.is_empty() {
+            gone += keys.len();
             let _: () = redis::cmd("UNLINK").arg(&keys).query_async(&mut redis).await.expect("unlink");
         }
         if next == 0 {
-            break;
+            return gone;
         }
         cursor = next;
     }

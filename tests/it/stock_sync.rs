@@ -305,6 +305,14 @@ async fn each_cause_is_detected_classified_and_repaired_except_an_invalid_db_val
     // The stale field is gone: a late release of that order can no longer give 4 back twice.
     assert_eq!(e.stock.release(&stale_order).await.unwrap(), 0);
     assert_eq!(e.redis(&stale).await.as_deref(), Some("25"));
+    // The row keeps which orders' fields were dropped (and only that row has any).
+    let dropped: Vec<(String, Vec<String>)> =
+        sqlx::query_as("SELECT product_id, stale_orders FROM stock_sync_mismatches WHERE run_id = $1 AND stale_orders <> '{}'")
+            .bind(&run.run_id)
+            .fetch_all(&e.db)
+            .await
+            .unwrap();
+    assert_eq!(dropped, vec![(stale.clone(), vec![stale_order.clone()])]);
 }
 
 /// Plants `n` drifts (+1 each) among 5 consistent products and returns the run's alerts,

@@ -29,14 +29,24 @@ use crate::wire::events::{emit, Severity, StockSyncAlert, StockSyncRunSummary};
 /// Smallest |discrepancy| that makes a repaired drift `MEDIUM` rather than `LOW`.
 pub const MEDIUM_FROM: i64 = 10;
 
-/// A range's recorded mismatches after `$4` (a product id; NULL: from the start), in product
-/// order — the primary key's order, so a part reads only its own rows.
-const RANGE_MISMATCHES: &str = "
+/// A range's recorded mismatches from `$2` (a part's first product: the range's first, or
+/// just after the previous part's last), in product order — the primary key's order, so a part
+/// reads only its own rows. The lower bound is always a plain comparison the index can start
+/// at: an optional bound (`$4 IS NULL OR product_id > $4`) made the generic plan scan from the
+/// range's start on every part, quadratic in the range's alerts (160 ms per part of 9,000 at
+/// 500,000 alerts, against 60 ms at 100,000).
+const RANGE_MISMATCHES_FROM: &str = "
 SELECT product_id, db_stock, redis_stock, cause, action, repair, detected_at
 FROM stock_sync_mismatches
-WHERE run_id = $1 AND product_id >= $2 AND product_id <= $3 AND ($4::text IS NULL OR product_id > $4)
+WHERE run_id = $1 AND product_id >= $2 AND product_id <= $3
 ORDER BY product_id
-LIMIT $5";
+LIMIT $4";
+const RANGE_MISMATCHES_AFTER: &str = "
+SELECT product_id, db_stock, redis_stock, cause, action, repair, detected_at
+FROM stock_sync_mismatches
+WHERE run_id = $1 AND product_id > $2 AND product_id <= $3
+ORDER BY product_id
+LIMIT $4";
 
 /// The run's mismatches by cause and by what the alerts report.
 const RUN_TOTALS: &str = "
@@ -84,11 +94,14 @@ fn int(v: i64) -> i32 {
 /// set when others follow.
 pub async fn page(ctx: &JobCtx, run_id: &str, first: &str, last: &str, after: Option<&str>, per_part: usize) -> Result<ChunkOutput, JobError> {
     let per_part = per_part.max(1);
-    let mut rows: Vec<Row> = sqlx::query_as(RANGE_MISMATCHES)
+    let (sql, from) = match after {
+        None => (RANGE_MISMATCHES_FROM, first),
+        Some(after) => (RANGE_MISMATCHES_AFTER, after),
+    };
+    let mut rows: Vec<Row> = sqlx::query_as(sql)
         .bind(run_id)
-        .bind(first)
+        .bind(from)
         .bind(last)
-        .bind(after)
         .bind(per_part as i64 + 1)
         .fetch_all(&ctx.db)
         .await?;

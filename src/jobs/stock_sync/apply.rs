@@ -71,30 +71,71 @@ FROM orders o JOIN order_items oi ON oi.order_id = o.id
 WHERE o.status = 'PAYMENT_WAIT' AND oi.product_id >= $1 AND oi.product_id <= $2
 GROUP BY oi.product_id";
 
-/// The confirmation re-read of a few products: expected value, the orders waiting for them,
-/// and their most recent orders that no longer wait (for the reservation checks).
+/// The confirmation re-read of a group: expected value, the orders waiting for them, and their
+/// most recent orders that no longer wait (for the reservation checks). One statement, so one
+/// snapshot. `{products}` is the group's predicate ([`Predicate`]): its candidates (`= ANY`),
+/// or the span they fill (a range scan, when most products of the span are candidates — a
+/// Redis that lost its keys). The orders are read set-wise, not per product: a product with
+/// none costs nothing beyond the index probe.
 const CONFIRM: &str = "
-WITH waiting AS (
-    SELECT oi.product_id, sum(oi.quantity)::bigint AS reserved
-    FROM orders o JOIN order_items oi ON oi.order_id = o.id
-    WHERE o.status = 'PAYMENT_WAIT' AND oi.product_id = ANY($1)
-    GROUP BY oi.product_id)
+WITH items AS (
+    SELECT oi.product_id, oi.order_id, oi.quantity, o.status = 'PAYMENT_WAIT' AS waiting,
+           row_number() OVER (PARTITION BY oi.product_id, o.status = 'PAYMENT_WAIT'
+                              ORDER BY o.created_at DESC) AS recent
+    FROM order_items oi JOIN orders o ON o.id = oi.order_id
+    WHERE {items}),
+per_product AS (
+    SELECT product_id,
+           sum(quantity) FILTER (WHERE waiting)::bigint AS reserved,
+           array_agg(order_id) FILTER (WHERE waiting) AS waiting_orders,
+           array_agg(order_id) FILTER (WHERE NOT waiting AND recent <= $2) AS settled_orders
+    FROM items GROUP BY product_id)
 SELECT p.id, p.stock, p.stock::bigint - COALESCE(w.reserved, 0) AS expected,
-       ARRAY(SELECT oi.order_id FROM order_items oi JOIN orders o ON o.id = oi.order_id
-             WHERE oi.product_id = p.id AND o.status = 'PAYMENT_WAIT') AS waiting_orders,
-       ARRAY(SELECT oi.order_id FROM order_items oi JOIN orders o ON o.id = oi.order_id
-             WHERE oi.product_id = p.id AND o.status <> 'PAYMENT_WAIT'
-             ORDER BY o.created_at DESC LIMIT $2) AS settled_orders
-FROM products p LEFT JOIN waiting w ON w.product_id = p.id
-WHERE p.id = ANY($1)";
+       COALESCE(w.waiting_orders, '{}') AS waiting_orders,
+       COALESCE(w.settled_orders, '{}') AS settled_orders
+FROM products p LEFT JOIN per_product w ON w.product_id = p.id
+WHERE {products}";
 
+/// How a group's confirmation selects its products.
+enum Predicate<'a> {
+    /// The candidates themselves (`$1` = their ids).
+    Ids,
+    /// Every product in `[$1, $3]`; the rows of non-candidates are read and ignored.
+    Span(&'a str, &'a str),
+}
+
+impl Predicate<'_> {
+    /// The span when at least half of the products the compare saw in it are candidates:
+    /// then a range scan reads at most twice the rows and skips one index probe per product.
+    fn for_group<'a>(candidates: &'a [Seen], seen_in_span: usize) -> Predicate<'a> {
+        match (candidates.first(), candidates.last()) {
+            (Some(first), Some(last)) if candidates.len() * 2 >= seen_in_span => Predicate::Span(&first.id, &last.id),
+            _ => Predicate::Ids,
+        }
+    }
+
+    fn sql(&self) -> String {
+        let (items, products) = match self {
+            Predicate::Ids => ("oi.product_id = ANY($1)", "p.id = ANY($1)"),
+            Predicate::Span(..) => ("oi.product_id >= $1 AND oi.product_id <= $3", "p.id >= $1 AND p.id <= $3"),
+        };
+        CONFIRM.replace("{items}", items).replace("{products}", products)
+    }
+}
+
+/// Confirmed mismatches, recorded before any repair. Stale reservation fields are rare: they
+/// come as (product, order) pairs and are gathered per product, so the common row costs no
+/// per-row array work.
 const RECORD: &str = "
 INSERT INTO stock_sync_mismatches
     (run_id, product_id, product_stock, db_stock, redis_stock, cause, action, repair, stale_orders, detected_at)
 SELECT $1, u.product_id, u.product_stock, u.db_stock, u.redis_stock, u.cause, u.action, u.repair,
-       ARRAY(SELECT jsonb_array_elements_text(u.stale::jsonb)), now()
-FROM unnest($2::text[], $3::int[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[])
-    AS u(product_id, product_stock, db_stock, redis_stock, cause, action, repair, stale)
+       COALESCE(s.orders, '{}'), now()
+FROM unnest($2::text[], $3::int[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], $8::text[])
+    AS u(product_id, product_stock, db_stock, redis_stock, cause, action, repair)
+LEFT JOIN (SELECT product_id, array_agg(order_id) AS orders
+           FROM unnest($9::text[], $10::text[]) AS st(product_id, order_id)
+           GROUP BY product_id) s ON s.product_id = u.product_id
 ON CONFLICT (run_id, product_id) DO NOTHING";
 
 /// The latest attempt's outcome wins: it describes Redis as it is now. Committed without
@@ -222,11 +263,15 @@ struct Group {
     last_seen: Option<Instant>,
     /// Products an earlier attempt recorded for repair and that are consistent now.
     settled: Vec<String>,
+    /// Products the compare saw from the first candidate to the last one, both included: how
+    /// densely the candidates fill their span ([`Predicate::for_group`]).
+    seen_in_span: usize,
+    seen_since_first: usize,
 }
 
 impl Group {
     fn new() -> Group {
-        Group { candidates: Vec::new(), last_seen: None, settled: Vec::new() }
+        Group { candidates: Vec::new(), last_seen: None, settled: Vec::new(), seen_in_span: 0, seen_since_first: 0 }
     }
 
     fn len(&self) -> usize {
@@ -328,10 +373,15 @@ async fn compare(
         counts.products += rows.len() as i64;
         for ((id, stock, recorded), observed) in rows.into_iter().zip(observed) {
             let expected = i64::from(stock) - reserved.get(&id).copied().unwrap_or(0);
-            if is_candidate(stock, expected, &observed) {
+            let candidate = is_candidate(stock, expected, &observed);
+            if candidate || !group.candidates.is_empty() {
+                group.seen_since_first += 1;
+            }
+            if candidate {
                 counts.candidates += 1;
                 group.candidates.push(Seen { id, observed, recorded });
                 group.last_seen = Some(Instant::now());
+                group.seen_in_span = group.seen_since_first;
             } else if recorded.as_deref() == Some(Action::RedisRestored.as_str()) {
                 group.settled.push(id);
             }
@@ -383,7 +433,7 @@ async fn repair_group(ctx: &JobCtx, redis: &ConnectionManager, item: &WorkItem, 
     let mut counts = Counts::default();
     let waited = group.last_seen.map(|t| t.elapsed());
     let t0 = Instant::now();
-    let mismatches = confirm(ctx, redis, group.candidates, group.last_seen, options, &mut counts).await?;
+    let mismatches = confirm(ctx, redis, group.candidates, group.last_seen, group.seen_in_span, options, &mut counts).await?;
     let t1 = Instant::now();
     // The last point where the deadline stops the group: from the record on, effects begin,
     // and they complete (their alerts come from the recorded rows).
@@ -437,6 +487,7 @@ async fn confirm(
     redis: &ConnectionManager,
     candidates: Vec<Seen>,
     last_seen: Option<Instant>,
+    seen_in_span: usize,
     options: &Options,
     counts: &mut Counts,
 ) -> Result<Vec<Mismatch>, JobError> {
@@ -447,9 +498,13 @@ async fn confirm(
         ctx.deadline.sleep_until((seen + Duration::from_millis(options.confirm_delay_ms)).into()).await?;
     }
     let ids: Vec<&str> = candidates.iter().map(|c| c.id.as_str()).collect();
-    let db: HashMap<String, (i32, i64, Vec<String>, Vec<String>)> = sqlx::query_as::<_, ConfirmRow>(CONFIRM)
-        .bind(&ids)
-        .bind(RECENT_ORDERS_CHECKED)
+    let predicate = Predicate::for_group(&candidates, seen_in_span);
+    let sql = predicate.sql();
+    let query = match predicate {
+        Predicate::Ids => sqlx::query_as::<_, ConfirmRow>(&sql).bind(&ids).bind(RECENT_ORDERS_CHECKED),
+        Predicate::Span(first, last) => sqlx::query_as::<_, ConfirmRow>(&sql).bind(first).bind(RECENT_ORDERS_CHECKED).bind(last),
+    };
+    let db: HashMap<String, (i32, i64, Vec<String>, Vec<String>)> = query
         .fetch_all(&ctx.db)
         .await?
         .into_iter()
@@ -540,7 +595,8 @@ async fn record(db: &sqlx::PgPool, run_id: &str, mismatches: &[Mismatch]) -> Res
     if mismatches.is_empty() {
         return Ok(());
     }
-    let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut stale_products, mut stale_orders) = (Vec::new(), Vec::new());
     for m in mismatches {
         cols.0.push(m.id.as_str());
         cols.1.push(m.stock);
@@ -552,7 +608,10 @@ async fn record(db: &sqlx::PgPool, run_id: &str, mismatches: &[Mismatch]) -> Res
             Action::RedisRestored => None,
             Action::ManualReviewRequired | Action::RepairDeferred | Action::Unknown => Some("NOT_ATTEMPTED"),
         });
-        cols.7.push(serde_json::to_string(&m.stale_orders).map_err(|e| JobError::Failed(e.to_string()))?);
+        for o in &m.stale_orders {
+            stale_products.push(m.id.as_str());
+            stale_orders.push(o.as_str());
+        }
     }
     sqlx::query(RECORD)
         .bind(run_id)
@@ -563,7 +622,8 @@ async fn record(db: &sqlx::PgPool, run_id: &str, mismatches: &[Mismatch]) -> Res
         .bind(cols.4)
         .bind(cols.5)
         .bind(cols.6)
-        .bind(cols.7)
+        .bind(stale_products)
+        .bind(stale_orders)
         .execute(db)
         .await?;
     Ok(())

@@ -366,7 +366,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 .await
                 .map_err(anyhow::Error::from)?;
             let Some(processor) = started else { return Ok(()) };
-            tracing::info!(instance = %settings.instance_id(), group = %settings.processor.group_id, "processor started");
+            tracing::info!(instance = %processor.instance(), group = %settings.processor.group_id, "processor started");
             processor.with_metrics(metrics).run(shutdown).await.map_err(anyhow::Error::from)?;
         }
         Command::Demo { fast } => {

@@ -84,11 +84,16 @@ pub struct ProcessorSettings {
     pub group_id: String,
     /// Prefix of each instance's `transactional.id` (the instance id is appended).
     pub transactional_id_prefix: String,
-    /// Stable id of this instance; empty means host name + process id.
+    /// Stable id of this instance (e.g. the pod name); empty: host name + the lowest slot free
+    /// on this host (`runtime::instance`), so a restart on the same host fences its predecessor.
     pub instance_id: String,
     /// Ticks scheduled further than this in the future are dead letters (impossible values).
     pub max_future_secs: u64,
-    /// Kafka transaction timeout (`transaction.timeout.ms`); one step's work must fit in it.
+    /// Kafka transaction timeout (`transaction.timeout.ms`): how long one record's transaction
+    /// may stay open (begin, send its records, commit; a chunk's effects come before it begins).
+    /// Also how long readers of a partition wait, at worst, behind the open transaction of an
+    /// instance frozen or killed without a successor (plus the broker's abort scan, 10 s by
+    /// default).
     pub transaction_timeout_ms: u64,
 }
 
@@ -306,7 +311,7 @@ impl Default for ProcessorSettings {
             transactional_id_prefix: "scheduled-jobs".into(),
             instance_id: String::new(),
             max_future_secs: 86_400,
-            transaction_timeout_ms: 60_000,
+            transaction_timeout_ms: 10_000,
         }
     }
 }
@@ -524,15 +529,6 @@ impl Settings {
     /// Settings of `job` (by job name, e.g. `order-expiration`), if it is configured.
     pub fn job(&self, job: &str) -> Option<&JobSettings> {
         self.jobs.get(&job_key(job))
-    }
-
-    /// This processor instance's id: configured, or host name + process id.
-    pub fn instance_id(&self) -> String {
-        if !self.processor.instance_id.is_empty() {
-            return self.processor.instance_id.clone();
-        }
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
-        format!("{host}-{}", std::process::id())
     }
 
     /// The settings as TOML with every secret replaced by [`REDACTED`], only the

@@ -5,6 +5,7 @@
 
 pub mod control;
 pub mod fault;
+pub mod instance;
 pub mod metrics;
 pub mod processor;
 pub mod retry;

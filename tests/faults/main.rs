@@ -408,6 +408,7 @@ async fn main() {
     // broker outage longer than the timeout). Their events are checked with all the others.
     let late = results.iter().filter(|r| r.duration_ms > procs::RUN_TIMEOUT.as_millis() as i64).count();
     report.row("runs that ended past their run timeout", late);
+    verify::recovery(&results, &injected.log, &mut report);
         if final_sync.as_ref().is_some_and(|t| !results.iter().any(|r| &r.tick_id == t)) {
         report.violation("the final stock-sync request got no run result");
     }

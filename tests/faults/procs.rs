@@ -211,6 +211,9 @@ impl Drop for Managed {
 #[derive(Debug, Default)]
 pub struct Injected {
     pub by_kind: BTreeMap<String, usize>,
+    /// Every fault as injected: what, when it began (wall clock, comparable with run results'
+    /// timestamps) and how long it was held.
+    pub log: Vec<(Kind, chrono::DateTime<chrono::Utc>, Duration)>,
     /// Clean stops (SIGTERM) that did not finish within their grace period.
     pub slow_clean_stops: usize,
     /// Service restarts that failed.
@@ -221,6 +224,7 @@ pub struct Injected {
 /// before the service stops (it returns what to do once it has stopped).
 pub fn inject(f: &Fault, processors: &mut [Managed], injected: &mut Injected, outage: &mut dyn FnMut() -> Box<dyn FnOnce()>) {
     let p = &mut processors[f.target];
+    injected.log.push((f.kind, chrono::Utc::now(), f.hold));
     eprintln!(
         "[faults] t+{:>4}s {} {}",
         f.at.as_secs(),

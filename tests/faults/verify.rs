@@ -11,6 +11,7 @@ use scheduled_jobs::wire::internal::RunResult;
 use serde_json::Value as Json;
 
 use crate::common::read_all;
+use crate::procs::Kind;
 use crate::traffic::{Done, Shop};
 
 #[derive(Default)]
@@ -324,4 +325,62 @@ pub async fn runs(s: &Settings, r: &mut Report) -> Vec<RunResult> {
         r.violation(format!("{} records went to dead letters: {}", letters.len(), reasons.join("; ")));
     }
     results
+}
+
+/// Issue 17's bound: a run caught by the SIGKILL, SIGSTOP or SIGTERM of one processor
+/// completes within this of the fault (the session timeout, the transaction timeout and the
+/// broker's abort scan, with room for the work itself).
+pub const RECOVERY_BOUND: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+
+/// How long runs waited on a processor fault. For each fault on one processor: the runs due
+/// before it ended (their period, or their planning when the period is not an instant) and not
+/// finished when it began, and when the last of them finished, counted from the fault. Only a
+/// fault with no other fault within [`RECOVERY_BOUND`] after it is held to the bound (a broker
+/// restart right after it makes its own stall). Returns the longest recovery of those.
+pub fn recovery(results: &[RunResult], log: &[(Kind, chrono::DateTime<chrono::Utc>, std::time::Duration)], r: &mut Report) {
+    let due = |res: &RunResult| chrono::DateTime::parse_from_rfc3339(&res.period).map(|t| t.to_utc()).unwrap_or(res.started_at);
+    let mut longest: Option<(chrono::TimeDelta, String)> = None;
+    let (mut measured, mut overlapped, mut idle) = (0, 0, 0);
+    for (i, (kind, at, hold)) in log.iter().enumerate() {
+        if !matches!(kind, Kind::Kill | Kind::Freeze | Kind::Term) {
+            continue;
+        }
+        let ended = *at + chrono::TimeDelta::from_std(*hold).unwrap_or_default();
+        let caught: Vec<&RunResult> = results.iter().filter(|res| due(res) <= ended && res.finished_at > *at).collect();
+        let Some(last) = caught.iter().max_by_key(|res| res.finished_at) else {
+            idle += 1;
+            continue;
+        };
+        let took = last.finished_at - *at;
+        let isolated = log.get(i + 1).is_none_or(|(_, next, _)| *next - *at > RECOVERY_BOUND);
+        eprintln!(
+            "[faults] {} at {}: {} runs caught, the last ({} {}) finished {:.1} s after it{}",
+            kind.name(),
+            at.format("%H:%M:%S"),
+            caught.len(),
+            last.job,
+            last.run_id,
+            took.as_seconds_f64(),
+            if isolated { "" } else { " (another fault followed within the bound)" }
+        );
+        if !isolated {
+            overlapped += 1;
+            continue;
+        }
+        measured += 1;
+        if took > RECOVERY_BOUND {
+            r.violation(format!("{} at {}: run {} ({}) finished {:.1} s after the fault (bound {} s)", kind.name(), at.format("%H:%M:%S"), last.run_id, last.job, took.as_seconds_f64(), RECOVERY_BOUND.num_seconds()));
+        }
+        if longest.as_ref().is_none_or(|(l, _)| took > *l) {
+            longest = Some((took, kind.name()));
+        }
+    }
+    r.row(
+        "processor faults: held to the recovery bound / followed by another fault / no run caught",
+        format!("{measured} / {overlapped} / {idle}"),
+    );
+    r.row(
+        format!("longest completion of a caught run after a processor fault (bound {} s)", RECOVERY_BOUND.num_seconds()),
+        longest.map(|(t, k)| format!("{:.1} s ({k})", t.as_seconds_f64())).unwrap_or_else(|| "-".into()),
+    );
 }

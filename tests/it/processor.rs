@@ -4,6 +4,7 @@
 //! processors with partitions moving between them.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -517,6 +518,11 @@ async fn a_forced_manual_rerun_is_explicit_and_recorded_as_a_new_attempt() {
 
 /// Starts the real binary as a processor for `s`'s private topics and `database`.
 pub fn spawn_processor(s: &Settings, database: &str, env: &[(&str, &str)]) -> std::process::Child {
+    processor_command(s, database, env).spawn().expect("spawn scheduled-jobs run")
+}
+
+/// `scheduled-jobs run` for this test's topics, group and database, with `env` on top.
+pub fn processor_command(s: &Settings, database: &str, env: &[(&str, &str)]) -> std::process::Command {
     let mut cmd = std::process::Command::new(crate::common::binary());
     cmd.current_dir(crate::common::repo_root())
         .arg("run")
@@ -530,7 +536,7 @@ pub fn spawn_processor(s: &Settings, database: &str, env: &[(&str, &str)]) -> st
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.spawn().expect("spawn scheduled-jobs run")
+    cmd
 }
 
 /// Every committed work item (chunks and seals).
@@ -607,4 +613,40 @@ async fn a_chunk_killed_before_its_commit_is_completed_even_after_the_deadline()
     assert_eq!(r[0].outcome, Outcome::TimedOut, "{r:#?}");
     assert_eq!(r[0].counts.get("items"), Some(&started), "the started chunks completed: {r:#?}");
     assert_eq!(r[0].counts.get("chunksTimedOut"), Some(&(3 - started)), "{r:#?}");
+}
+
+/// Issue 17: a processor killed with its transaction open and restarted on the same host with
+/// no instance id configured takes its predecessor's slot, so its transactional id — the one
+/// thing that lets its start fence that transaction at once (with the process id, as before,
+/// every restart had a new transactional id) — and completes the run.
+#[tokio::test]
+async fn a_restarted_processor_without_an_instance_id_takes_its_predecessors_transactional_id() {
+    let s = with_noop(isolated().await);
+    let (pool, database) = fresh_db(&s).await;
+    scheduled_jobs::db::migrate(&pool).await.unwrap();
+    publish(&s, &[tick("noop", at(1), &[("chunks", "1")])]).await;
+    let logs: Vec<PathBuf> = (0..2).map(|i| std::env::temp_dir().join(format!("{}-{i}.log", crate::common::unique("derived-id")))).collect();
+    let spawn = |log: &PathBuf, env: &[(&str, &str)]| {
+        let mut cmd = processor_command(&s, &database, env);
+        cmd.env("SJ_PROCESSOR__INSTANCE_ID", "").env("RUST_LOG", "info").stderr(std::fs::File::create(log).unwrap());
+        cmd.spawn().unwrap()
+    };
+    let mut first = spawn(&logs[0], &[("SJ_FAULT_POINT", "before-apply-commit"), ("SJ_FAULT_JOB", "noop")]);
+    let status = tokio::task::spawn_blocking(move || first.wait()).await.unwrap().unwrap();
+    assert!(!status.success(), "the fault point killed it with its transaction open");
+    assert!(results(&s).await.is_empty());
+    let mut second = spawn(&logs[1], &[]);
+    let r = wait_for_results(&s, 1, Duration::from_secs(90)).await;
+    second.kill().ok();
+    second.wait().ok();
+    assert_eq!(r.len(), 1, "{r:#?}");
+    assert_eq!(r[0].outcome, Outcome::Succeeded, "{r:#?}");
+    let instance = |log: &PathBuf| {
+        let text = std::fs::read_to_string(log).unwrap();
+        let at = text.find("processor started instance=").unwrap_or_else(|| panic!("no start line in {}: {text}", log.display()));
+        text[at..].split_whitespace().nth(2).unwrap().trim_start_matches("instance=").to_string()
+    };
+    let (a, b) = (instance(&logs[0]), instance(&logs[1]));
+    assert_eq!(a, b, "the restart took its predecessor's instance id");
+    assert!(a.ends_with("-0") && !a.contains("pid"), "a derived slot id: {a}");
 }

@@ -117,16 +117,24 @@ impl Processor {
             .create_with_context(GroupContext { assigned: assigned.clone() })
             .map_err(|e| KafkaClientError::kafka("create consumer", e))?;
         consumer.subscribe(&[&names.tick, &names.work_items]).map_err(|e| KafkaClientError::kafka("subscribe", e))?;
-        let mut ledger = LedgerView::new(&settings, codec.clone())?;
-        ledger.catch_up(LEDGER_CATCH_UP).await?;
-        let committer = Committer::new(&settings, ledger, Metrics::new())?;
-        let instance = settings.instance_id();
+        let ledger = LedgerView::new(&settings, codec.clone())?;
+        // Fence before reading: the producer's start aborts what a predecessor with this
+        // transactional id left open, and the ledger read cannot pass an open transaction (it
+        // would wait for the transaction timeout instead).
+        let instance = crate::runtime::instance::id(&settings);
+        let mut committer = Committer::new(&settings, &instance, ledger, Metrics::new())?;
+        committer.catch_up_ledger(LEDGER_CATCH_UP).await?;
         let env = Env { settings, db, redis, tz, instance };
         Ok(Processor { env, consumer, committer, codec, jobs, names, assigned, ahead: None, transient: None })
     }
 
     pub fn settings(&self) -> &Settings {
         &self.env.settings
+    }
+
+    /// This instance's id (configured, or derived: [`crate::runtime::instance`]).
+    pub fn instance(&self) -> &str {
+        &self.env.instance
     }
 
     /// This processor's metrics and readiness (shared handle, for the HTTP endpoint).

@@ -62,7 +62,9 @@ pub(super) fn group_config(settings: &Settings) -> rdkafka::ClientConfig {
         .set("topic.metadata.refresh.interval.ms", "10000");
     if !settings.processor.instance_id.is_empty() {
         // Static membership: a restarted instance with the same id takes its partitions back
-        // at once instead of waiting for its dead predecessor's session to expire.
+        // at once instead of waiting for its dead predecessor's session to expire. Only for an
+        // id an operator chose: a derived one is unique only if host names are, and two live
+        // members with one static id fail fatally (FencedInstanceId).
         cfg.set("group.instance.id", &settings.processor.instance_id);
     }
     for (k, v) in &settings.kafka.properties {

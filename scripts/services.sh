@@ -9,6 +9,8 @@
 #                            start|stop|restart <kafka|registry|redis|postgres>
 #                            logs <service> [-f]
 #                            kafka-scram-user <name> <password>   (SCRAM-SHA-256 user for the SASL listener)
+#                            kafka-produce <topic> [bootstrap]      (Kafka's Java client writes stdin's
+#                                                                    records, compressed; for tests)
 #
 # Everything (data, logs, pid files, downloads that are not in ~/.m2) lives in
 # ${SJ_LOCAL_DIR:-<repo>/.local}. Every service listens on 127.0.0.1 only.
@@ -80,6 +82,7 @@ usage: ${0##*/} up | down | status
        ${0##*/} start|stop|restart <kafka|registry|redis|postgres>
        ${0##*/} logs <kafka|registry|redis|postgres> [-f]
        ${0##*/} kafka-scram-user <name> <password>
+       ${0##*/} kafka-produce <topic> [bootstrap]   (stdin: <codec> <base64 key> <base64 value> per line)
 data and logs: $LOCAL_DIR (override with SJ_LOCAL_DIR)
 EOF
   exit "$rc"
@@ -795,6 +798,24 @@ take_lock() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# kafka-produce: a producer nobody here wrote
+# ---------------------------------------------------------------------------------------------
+
+# Apache Kafka's Java client (from the broker's own classpath, so nothing else to install or pin)
+# writes stdin's records with the codecs they name: the tests' proof that the processor reads
+# what a Java service writes with zstd, lz4, snappy or gzip. `java File.java` compiles in memory;
+# the jdk.compiler module it needs ships in Debian's JRE package too.
+kafka_produce() { # topic [bootstrap]
+  kafka_healthy || die "kafka is not running (scripts/services.sh up)"
+  local java
+  java=$(ensure_java 17) || die "kafka-produce: needs Java 17+"
+  [[ -s $KAFKA_DIR/classpath.txt ]] || die "kafka-produce: no broker classpath yet (scripts/services.sh up)"
+  "$java" -cp "$(cat "$KAFKA_DIR/classpath.txt")" -Dlog4j2.configurationFile="$SCRIPT_DIR/kafka/log4j2.yaml" \
+    "$SCRIPT_DIR/kafka/ExternalProducer.java" "${2:-127.0.0.1:$KAFKA_PORT}" "$1" ||
+    die "kafka-produce: the Java producer failed (its error is above)"
+}
+
+# ---------------------------------------------------------------------------------------------
 # commands
 # ---------------------------------------------------------------------------------------------
 
@@ -856,6 +877,10 @@ main() {
         --add-config "SCRAM-SHA-256=[iterations=4096,password=$2]" --entity-type users --entity-name "$1" >/dev/null ||
         die "kafka-scram-user: could not set the credential of $1"
       say "kafka: SCRAM-SHA-256 user $1 set (SASL_PLAINTEXT on 127.0.0.1:$KAFKA_SASL_PORT)"
+      ;;
+    kafka-produce)
+      [[ $# -ge 1 && $# -le 2 ]] || usage
+      kafka_produce "$@"
       ;;
     -h | --help | help) usage 0 ;;
     *)

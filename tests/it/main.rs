@@ -6,6 +6,7 @@ mod common;
 
 mod cli;
 mod codec;
+mod compression;
 mod compose;
 mod daily_statistics;
 mod db;

@@ -1,0 +1,76 @@
+//! Compressed input from a producer that is not ours: Apache Kafka's Java client (driven
+//! through `scripts/services.sh kafka-produce`) writes ticks with zstd, lz4, snappy and gzip,
+//! and each one runs end to end — its run result is counted under read_committed.
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use base64::Engine as _;
+use chrono::{DateTime, TimeDelta, Utc};
+use scheduled_jobs::config::{Settings, Topic};
+use scheduled_jobs::kafka::codec::Codec;
+use scheduled_jobs::wire::internal::Outcome;
+
+use crate::common::{isolated, read_all, repo_root, with_noop};
+use crate::processor::{drive, processor, results, tick};
+
+/// Every codec a Kafka producer can choose besides none.
+const CODECS: [&str; 4] = ["zstd", "lz4", "snappy", "gzip"];
+
+/// Sends `(codec, key, value)` records to `topic` through the Java client; returns what it
+/// printed per record (`<codec> <partition> <offset>`).
+fn java_produce(s: &Settings, topic: &str, records: &[(&str, &str, Vec<u8>)]) -> Vec<String> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut child = Command::new("bash")
+        .arg(repo_root().join("scripts/services.sh"))
+        .args(["kafka-produce", topic, &s.kafka.bootstrap_servers])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run scripts/services.sh kafka-produce");
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        for (codec, key, value) in records {
+            writeln!(stdin, "{codec} {} {}", b64.encode(key), b64.encode(value)).expect("write a record to the producer");
+        }
+    }
+    let out = child.wait_with_output().expect("wait for the Java producer");
+    assert!(
+        out.status.success(),
+        "the Java producer failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+fn minute(minutes_ago: i64) -> DateTime<Utc> {
+    let t = Utc::now() - TimeDelta::minutes(minutes_ago);
+    DateTime::from_timestamp(t.timestamp() - t.timestamp() % 60, 0).expect("a whole minute")
+}
+
+#[tokio::test]
+async fn ticks_compressed_by_the_java_client_run_with_every_codec() {
+    let s = with_noop(isolated().await);
+    let codec = Codec::new(&s).expect("codec");
+    let topic = s.topic(Topic::Tick);
+    let mut records = Vec::new();
+    let mut expected = BTreeSet::new();
+    for (i, name) in CODECS.iter().enumerate() {
+        let t = tick("noop", minute(i as i64 + 1), &[("chunks", "2")]);
+        expected.insert(t.tick_id.clone());
+        records.push((*name, "noop", codec.encode(&topic, t.to_avro()).await.expect("encode a tick")));
+    }
+    let sent = java_produce(&s, &topic, &records);
+    assert_eq!(sent.len(), CODECS.len(), "one acknowledgement per record: {sent:?}");
+
+    let mut p = processor(&s).await;
+    drive(&mut p, 3).await;
+    let r = results(&s).await;
+    let ran: BTreeSet<String> = r.iter().map(|r| r.tick_id.clone()).collect();
+    assert_eq!(ran, expected, "one run per compressed tick ({sent:?}); results: {r:?}");
+    assert!(r.iter().all(|r| r.outcome == Outcome::Succeeded && r.counts.get("items") == Some(&2)), "{r:?}");
+    assert_eq!(read_all(&s, &s.topic(Topic::DeadLetters), "read_committed").len(), 0, "no tick was dead-lettered");
+}

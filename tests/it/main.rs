@@ -11,6 +11,7 @@ mod compose;
 mod daily_statistics;
 mod db;
 mod demo;
+mod lag;
 mod processor;
 mod reports;
 mod schemas;

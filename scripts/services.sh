@@ -9,8 +9,8 @@
 #                            start|stop|restart <kafka|registry|redis|postgres>
 #                            logs <service> [-f]
 #                            kafka-scram-user <name> <password>   (SCRAM-SHA-256 user for the SASL listener)
-#                            kafka-produce <topic> [bootstrap]      (Kafka's Java client writes stdin's
-#                                                                    records, compressed; for tests)
+#                            kafka-produce <topic> <registry-url|-> [bootstrap]   (Kafka's Java client
+#                                writes stdin's records compressed, Avro-encoded with a registry; tests)
 #
 # Everything (data, logs, pid files, downloads that are not in ~/.m2) lives in
 # ${SJ_LOCAL_DIR:-<repo>/.local}. Every service listens on 127.0.0.1 only.
@@ -82,7 +82,8 @@ usage: ${0##*/} up | down | status
        ${0##*/} start|stop|restart <kafka|registry|redis|postgres>
        ${0##*/} logs <kafka|registry|redis|postgres> [-f]
        ${0##*/} kafka-scram-user <name> <password>
-       ${0##*/} kafka-produce <topic> [bootstrap]   (stdin: <codec> <base64 key> <base64 value> per line)
+       ${0##*/} kafka-produce <topic> <registry-url|-> [bootstrap]
+           (stdin, per record: <codec> <base64 key> <base64 value>, the value Avro JSON with a registry)
 data and logs: $LOCAL_DIR (override with SJ_LOCAL_DIR)
 EOF
   exit "$rc"
@@ -227,24 +228,29 @@ kafka_pid() { pid_from_file "$KAFKA_DIR/kafka.pid" "-Dsj.service=kafka"; }
 kafka_ports() { echo "$KAFKA_PORT,$KAFKA_CONTROLLER_PORT,$KAFKA_SASL_PORT"; }
 kafka_healthy() { python3 "$SCRIPT_DIR/kafka/probe.py" 127.0.0.1 "$KAFKA_PORT" 2 2>/dev/null; }
 
-# Resolving through Maven takes ~10 s even with a warm ~/.m2, so the classpath is cached and only
+# Resolving through Maven takes ~10 s even with a warm ~/.m2, so a classpath is cached and only
 # recomputed when the POM or version changes or a jar vanished from the local repository.
-kafka_classpath() {
-  local cp_file=$KAFKA_DIR/classpath.txt key_file=$KAFKA_DIR/classpath.key key jar ok=1
-  key="$KAFKA_VERSION $(sha256sum "$SCRIPT_DIR/kafka/pom.xml" | cut -d' ' -f1)"
+maven_classpath() { # pom cp-file(.txt; its key in .key) maven-log what
+  local pom=$1 cp_file=$2 log=$3 what=$4 key jar ok=1 key_file=${2%.txt}.key
+  key="$KAFKA_VERSION $(sha256sum "$pom" | cut -d' ' -f1)"
   if [[ -s $cp_file && $(cat "$key_file" 2>/dev/null) == "$key" ]]; then
     local -a jars
-    IFS=: read -r -a jars <"$cp_file"
+    # Maven writes no final newline, so read reports EOF (status 1) after filling the array.
+    IFS=: read -r -a jars <"$cp_file" || true
     for jar in "${jars[@]}"; do [[ -f $jar ]] || { ok=0; break; }; done
     [[ $ok -eq 1 ]] && return 0
   fi
   ensure_maven
-  say "kafka: resolving kafka_2.13:$KAFKA_VERSION from Maven Central (first run only)"
-  mvn_quiet "$KAFKA_DIR/maven.log" -f "$SCRIPT_DIR/kafka/pom.xml" dependency:build-classpath \
+  say "resolving $what from Maven Central (first run only)"
+  mvn_quiet "$log" -f "$pom" dependency:build-classpath \
     -Dkafka.version="$KAFKA_VERSION" -Dmdep.includeScope=runtime -Dmdep.outputFile="$cp_file.tmp" ||
-    die "kafka: maven could not resolve the broker classpath; see $KAFKA_DIR/maven.log"
+    die "maven could not resolve the classpath of $what; see $log"
   mv -f "$cp_file.tmp" "$cp_file"
   echo "$key" >"$key_file"
+}
+
+kafka_classpath() {
+  maven_classpath "$SCRIPT_DIR/kafka/pom.xml" "$KAFKA_DIR/classpath.txt" "$KAFKA_DIR/maven.log" "kafka_2.13:$KAFKA_VERSION"
 }
 
 kafka_write_config() {
@@ -801,17 +807,20 @@ take_lock() {
 # kafka-produce: a producer nobody here wrote
 # ---------------------------------------------------------------------------------------------
 
-# Apache Kafka's Java client (from the broker's own classpath, so nothing else to install or pin)
-# writes stdin's records with the codecs they name: the tests' proof that the processor reads
-# what a Java service writes with zstd, lz4, snappy or gzip. `java File.java` compiles in memory;
-# the jdk.compiler module it needs ships in Debian's JRE package too.
-kafka_produce() { # topic [bootstrap]
+# Apache Kafka's Java producer and Apache Avro's encoder (scripts/kafka/client-pom.xml, pinned
+# there and resolved like the broker) write stdin's records with the codecs they name: the
+# tests' proof that the processor reads what a Java service writes with zstd, lz4, snappy or
+# gzip. `java File.java` compiles in memory; the jdk.compiler module it needs ships in Debian's
+# JRE package too.
+kafka_produce() { # topic registry-url|- [bootstrap]
   kafka_healthy || die "kafka is not running (scripts/services.sh up)"
   local java
   java=$(ensure_java 17) || die "kafka-produce: needs Java 17+"
-  [[ -s $KAFKA_DIR/classpath.txt ]] || die "kafka-produce: no broker classpath yet (scripts/services.sh up)"
-  "$java" -cp "$(cat "$KAFKA_DIR/classpath.txt")" -Dlog4j2.configurationFile="$SCRIPT_DIR/kafka/log4j2.yaml" \
-    "$SCRIPT_DIR/kafka/ExternalProducer.java" "${2:-127.0.0.1:$KAFKA_PORT}" "$1" ||
+  mkdir -p "$KAFKA_DIR"
+  maven_classpath "$SCRIPT_DIR/kafka/client-pom.xml" "$KAFKA_DIR/client-classpath.txt" "$KAFKA_DIR/client-maven.log" \
+    "the Kafka Java client and Apache Avro"
+  "$java" -cp "$(cat "$KAFKA_DIR/client-classpath.txt")" "$SCRIPT_DIR/kafka/ExternalProducer.java" \
+    "${3:-127.0.0.1:$KAFKA_PORT}" "$1" "$2" ||
     die "kafka-produce: the Java producer failed (its error is above)"
 }
 
@@ -879,7 +888,7 @@ main() {
       say "kafka: SCRAM-SHA-256 user $1 set (SASL_PLAINTEXT on 127.0.0.1:$KAFKA_SASL_PORT)"
       ;;
     kafka-produce)
-      [[ $# -ge 1 && $# -le 2 ]] || usage
+      [[ $# -ge 2 && $# -le 3 ]] || usage
       kafka_produce "$@"
       ;;
     -h | --help | help) usage 0 ;;

@@ -1,6 +1,7 @@
-//! Compressed input from a producer that is not ours: Apache Kafka's Java client (driven
-//! through `scripts/services.sh kafka-produce`) writes ticks with zstd, lz4, snappy and gzip,
-//! and each one runs end to end — its run result is counted under read_committed.
+//! Compressed input from a producer that is not ours: a Java program (driven through
+//! `scripts/services.sh kafka-produce`) encodes ticks with Apache Avro against the registry's
+//! latest schema and sends them with Apache Kafka's Java client compressed with zstd, lz4,
+//! snappy and gzip; each one runs end to end — its run result is counted under read_committed.
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -9,22 +10,22 @@ use std::process::{Command, Stdio};
 use base64::Engine as _;
 use chrono::{DateTime, TimeDelta, Utc};
 use scheduled_jobs::config::{Settings, Topic};
-use scheduled_jobs::kafka::codec::Codec;
 use scheduled_jobs::wire::internal::Outcome;
+use scheduled_jobs::wire::tick::Tick;
 
 use crate::common::{isolated, read_all, repo_root, with_noop};
-use crate::processor::{drive, processor, results, tick};
+use crate::processor::{drive, processor, results};
 
 /// Every codec a Kafka producer can choose besides none.
 const CODECS: [&str; 4] = ["zstd", "lz4", "snappy", "gzip"];
 
-/// Sends `(codec, key, value)` records to `topic` through the Java client; returns what it
-/// printed per record (`<codec> <partition> <offset>`).
-fn java_produce(s: &Settings, topic: &str, records: &[(&str, &str, Vec<u8>)]) -> Vec<String> {
+/// Sends `(codec, key, value in Avro's JSON encoding)` records to `topic` through the Java
+/// client; returns what it printed per record (`<codec> <partition> <offset>`).
+fn java_produce(s: &Settings, topic: &str, records: &[(&str, &str, String)]) -> Vec<String> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut child = Command::new("bash")
         .arg(repo_root().join("scripts/services.sh"))
-        .args(["kafka-produce", topic, &s.kafka.bootstrap_servers])
+        .args(["kafka-produce", topic, &s.registry.url, &s.kafka.bootstrap_servers])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -54,14 +55,25 @@ fn minute(minutes_ago: i64) -> DateTime<Utc> {
 #[tokio::test]
 async fn ticks_compressed_by_the_java_client_run_with_every_codec() {
     let s = with_noop(isolated().await);
-    let codec = Codec::new(&s).expect("codec");
     let topic = s.topic(Topic::Tick);
     let mut records = Vec::new();
     let mut expected = BTreeSet::new();
     for (i, name) in CODECS.iter().enumerate() {
-        let t = tick("noop", minute(i as i64 + 1), &[("chunks", "2")]);
-        expected.insert(t.tick_id.clone());
-        records.push((*name, "noop", codec.encode(&topic, t.to_avro()).await.expect("encode a tick")));
+        // A scheduled tick as a Java tick producer would write it (SchedulerTick.avsc, in
+        // Avro's JSON encoding: timestamps as epoch millis, the union branch named).
+        let at = minute(i as i64 + 1);
+        let id = Tick::scheduled_id("noop", at);
+        let json = serde_json::json!({
+            "tickId": id,
+            "job": "noop",
+            "scheduledAt": at.timestamp_millis(),
+            "producedAt": Utc::now().timestamp_millis(),
+            "trigger": "SCHEDULED",
+            "parameters": {"chunks": "2"},
+            "producer": {"string": format!("java-{name}")},
+        });
+        expected.insert(id);
+        records.push((*name, "noop", json.to_string()));
     }
     let sent = java_produce(&s, &topic, &records);
     assert_eq!(sent.len(), CODECS.len(), "one acknowledgement per record: {sent:?}");

@@ -8,12 +8,13 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use base64::Engine as _;
+use rdkafka::admin::ResourceSpecifier;
 use chrono::{DateTime, TimeDelta, Utc};
 use scheduled_jobs::config::{Settings, Topic};
 use scheduled_jobs::wire::internal::Outcome;
 use scheduled_jobs::wire::tick::Tick;
 
-use crate::common::{isolated, read_all, repo_root, with_noop};
+use crate::common::{isolated, read_all, repo_root, with_noop, WAIT};
 use crate::processor::{drive, processor, results};
 
 /// Every codec a Kafka producer can choose besides none.
@@ -56,6 +57,15 @@ fn minute(minutes_ago: i64) -> DateTime<Utc> {
 async fn ticks_compressed_by_the_java_client_run_with_every_codec() {
     let s = with_noop(isolated().await);
     let topic = s.topic(Topic::Tick);
+    // The broker keeps each batch as its producer compressed it (it would recompress them all
+    // to one codec otherwise, and the Java codecs would go untested).
+    let admin = scheduled_jobs::kafka::admin(&s).expect("admin client");
+    let described = admin
+        .describe_configs([ResourceSpecifier::Topic(&topic)].iter(), &scheduled_jobs::kafka::admin_options(WAIT))
+        .await
+        .expect("describe the tick topic");
+    let stored_as = described[0].as_ref().ok().and_then(|c| c.get("compression.type")).and_then(|e| e.value.clone());
+    assert_eq!(stored_as.as_deref(), Some("producer"), "compression.type of {topic}");
     let mut records = Vec::new();
     let mut expected = BTreeSet::new();
     for (i, name) in CODECS.iter().enumerate() {

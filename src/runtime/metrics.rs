@@ -13,9 +13,7 @@
 //! over instances is the group's lag; a downstream group's lag is measured whole by every
 //! instance alike, so it is read with `max()`.
 
-use std::collections::BTreeSet;
-
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

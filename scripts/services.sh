@@ -816,10 +816,11 @@ kafka_produce() { # topic registry-url|- [bootstrap]
   kafka_healthy || die "kafka is not running (scripts/services.sh up)"
   local java
   java=$(ensure_java 17) || die "kafka-produce: needs Java 17+"
-  mkdir -p "$KAFKA_DIR"
-  maven_classpath "$SCRIPT_DIR/kafka/client-pom.xml" "$KAFKA_DIR/client-classpath.txt" "$KAFKA_DIR/client-maven.log" \
-    "the Kafka Java client and Apache Avro"
-  "$java" -cp "$(cat "$KAFKA_DIR/client-classpath.txt")" "$SCRIPT_DIR/kafka/ExternalProducer.java" \
+  # Its own folder: the client is the same whichever broker (or cluster node) it talks to.
+  local dir=$LOCAL_DIR/kafka-client
+  mkdir -p "$dir"
+  maven_classpath "$SCRIPT_DIR/kafka/client-pom.xml" "$dir/classpath.txt" "$dir/maven.log" "the Kafka Java client and Apache Avro"
+  "$java" -cp "$(cat "$dir/classpath.txt")" "$SCRIPT_DIR/kafka/ExternalProducer.java" \
     "${3:-127.0.0.1:$KAFKA_PORT}" "$1" "$2" ||
     die "kafka-produce: the Java producer failed (its error is above)"
 }

@@ -9,6 +9,8 @@
 #                            start|stop|restart <kafka|registry|redis|postgres>
 #                            logs <service> [-f]
 #                            kafka-scram-user <name> <password>   (SCRAM-SHA-256 user for the SASL listener)
+#                            kafka-produce <topic> <registry-url|-> [bootstrap]   (Kafka's Java client
+#                                writes stdin's records compressed, Avro-encoded with a registry; tests)
 #
 # Everything (data, logs, pid files, downloads that are not in ~/.m2) lives in
 # ${SJ_LOCAL_DIR:-<repo>/.local}. Every service listens on 127.0.0.1 only.
@@ -80,6 +82,8 @@ usage: ${0##*/} up | down | status
        ${0##*/} start|stop|restart <kafka|registry|redis|postgres>
        ${0##*/} logs <kafka|registry|redis|postgres> [-f]
        ${0##*/} kafka-scram-user <name> <password>
+       ${0##*/} kafka-produce <topic> <registry-url|-> [bootstrap]
+           (stdin, per record: <codec> <base64 key> <base64 value>, the value Avro JSON with a registry)
 data and logs: $LOCAL_DIR (override with SJ_LOCAL_DIR)
 EOF
   exit "$rc"
@@ -224,24 +228,29 @@ kafka_pid() { pid_from_file "$KAFKA_DIR/kafka.pid" "-Dsj.service=kafka"; }
 kafka_ports() { echo "$KAFKA_PORT,$KAFKA_CONTROLLER_PORT,$KAFKA_SASL_PORT"; }
 kafka_healthy() { python3 "$SCRIPT_DIR/kafka/probe.py" 127.0.0.1 "$KAFKA_PORT" 2 2>/dev/null; }
 
-# Resolving through Maven takes ~10 s even with a warm ~/.m2, so the classpath is cached and only
+# Resolving through Maven takes ~10 s even with a warm ~/.m2, so a classpath is cached and only
 # recomputed when the POM or version changes or a jar vanished from the local repository.
-kafka_classpath() {
-  local cp_file=$KAFKA_DIR/classpath.txt key_file=$KAFKA_DIR/classpath.key key jar ok=1
-  key="$KAFKA_VERSION $(sha256sum "$SCRIPT_DIR/kafka/pom.xml" | cut -d' ' -f1)"
+maven_classpath() { # pom cp-file(.txt; its key in .key) maven-log what
+  local pom=$1 cp_file=$2 log=$3 what=$4 key jar ok=1 key_file=${2%.txt}.key
+  key="$KAFKA_VERSION $(sha256sum "$pom" | cut -d' ' -f1)"
   if [[ -s $cp_file && $(cat "$key_file" 2>/dev/null) == "$key" ]]; then
     local -a jars
-    IFS=: read -r -a jars <"$cp_file"
+    # Maven writes no final newline, so read reports EOF (status 1) after filling the array.
+    IFS=: read -r -a jars <"$cp_file" || true
     for jar in "${jars[@]}"; do [[ -f $jar ]] || { ok=0; break; }; done
     [[ $ok -eq 1 ]] && return 0
   fi
   ensure_maven
-  say "kafka: resolving kafka_2.13:$KAFKA_VERSION from Maven Central (first run only)"
-  mvn_quiet "$KAFKA_DIR/maven.log" -f "$SCRIPT_DIR/kafka/pom.xml" dependency:build-classpath \
+  say "resolving $what from Maven Central (first run only)"
+  mvn_quiet "$log" -f "$pom" dependency:build-classpath \
     -Dkafka.version="$KAFKA_VERSION" -Dmdep.includeScope=runtime -Dmdep.outputFile="$cp_file.tmp" ||
-    die "kafka: maven could not resolve the broker classpath; see $KAFKA_DIR/maven.log"
+    die "maven could not resolve the classpath of $what; see $log"
   mv -f "$cp_file.tmp" "$cp_file"
   echo "$key" >"$key_file"
+}
+
+kafka_classpath() {
+  maven_classpath "$SCRIPT_DIR/kafka/pom.xml" "$KAFKA_DIR/classpath.txt" "$KAFKA_DIR/maven.log" "kafka_2.13:$KAFKA_VERSION"
 }
 
 kafka_write_config() {
@@ -795,6 +804,28 @@ take_lock() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# kafka-produce: a producer nobody here wrote
+# ---------------------------------------------------------------------------------------------
+
+# Apache Kafka's Java producer and Apache Avro's encoder (scripts/kafka/client-pom.xml, pinned
+# there and resolved like the broker) write stdin's records with the codecs they name: the
+# tests' proof that the processor reads what a Java service writes with zstd, lz4, snappy or
+# gzip. `java File.java` compiles in memory; the jdk.compiler module it needs ships in Debian's
+# JRE package too.
+kafka_produce() { # topic registry-url|- [bootstrap]
+  kafka_healthy || die "kafka is not running (scripts/services.sh up)"
+  local java
+  java=$(ensure_java 17) || die "kafka-produce: needs Java 17+"
+  # Its own folder: the client is the same whichever broker (or cluster node) it talks to.
+  local dir=$LOCAL_DIR/kafka-client
+  mkdir -p "$dir"
+  maven_classpath "$SCRIPT_DIR/kafka/client-pom.xml" "$dir/classpath.txt" "$dir/maven.log" "the Kafka Java client and Apache Avro"
+  "$java" -cp "$(cat "$dir/classpath.txt")" "$SCRIPT_DIR/kafka/ExternalProducer.java" \
+    "${3:-127.0.0.1:$KAFKA_PORT}" "$1" "$2" ||
+    die "kafka-produce: the Java producer failed (its error is above)"
+}
+
+# ---------------------------------------------------------------------------------------------
 # commands
 # ---------------------------------------------------------------------------------------------
 
@@ -856,6 +887,10 @@ main() {
         --add-config "SCRAM-SHA-256=[iterations=4096,password=$2]" --entity-type users --entity-name "$1" >/dev/null ||
         die "kafka-scram-user: could not set the credential of $1"
       say "kafka: SCRAM-SHA-256 user $1 set (SASL_PLAINTEXT on 127.0.0.1:$KAFKA_SASL_PORT)"
+      ;;
+    kafka-produce)
+      [[ $# -ge 2 && $# -le 3 ]] || usage
+      kafka_produce "$@"
       ;;
     -h | --help | help) usage 0 ;;
     *)

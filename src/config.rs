@@ -105,8 +105,10 @@ pub struct MetricsSettings {
     pub listen: String,
     /// Consumer groups whose lag to export, as comma-separated `group:topic` pairs (topic
     /// names as in topics/; the prefix is added), e.g.
-    /// `analytics:daily.statistics,notification:order.expiration.notification`. The
-    /// processor's own group is always exported.
+    /// `analytics:daily.statistics,notification:order.expiration.notification`; each
+    /// instance exports the same whole-group lag (`consumer_group_lag`, read with max). The
+    /// processor's own group is always exported, per partition by the instance holding it
+    /// (`consumer_partition_lag`, read with sum).
     pub downstream_groups: String,
     /// How often the processor measures consumer-group lag.
     pub lag_interval_secs: u64,

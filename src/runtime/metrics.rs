@@ -7,8 +7,13 @@
 //! never counts work that was aborted and redone; summed over instances, the job counters equal
 //! the counts of the run results. Counters restart at zero with the process (Prometheus'
 //! `rate()`/`increase()` handle resets).
+//!
+//! Lag adds up the same way: the processor group's lag is exported per partition, only by the
+//! instance the partition is assigned to (a partition it loses is removed at once), so `sum()`
+//! over instances is the group's lag; a downstream group's lag is measured whole by every
+//! instance alike, so it is read with `max()`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,7 +28,7 @@ use prometheus_client::registry::Registry;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::config::{Settings, Topic};
+use crate::config::Settings;
 use crate::kafka::{self, Role};
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +83,21 @@ struct GroupTopic {
     topic: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupPartition {
+    group: String,
+    topic: String,
+    partition: i32,
+}
+
+/// The processor group's partitions assigned to this instance, as its consumer last reported.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Assignment {
+    pub group: String,
+    /// (topic, partition) pairs.
+    pub partitions: BTreeSet<(String, i32)>,
+}
+
 /// One thing a committed transaction did, recorded by [`Metrics::record`].
 #[derive(Debug, Clone)]
 pub enum Sample {
@@ -112,6 +132,9 @@ struct Inner {
     tick_failures: Counter,
     last_fire_time: Family<JobLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     lag: Family<GroupTopic, Gauge>,
+    partition_lag: Family<GroupPartition, Gauge>,
+    /// What `partition_lag` may hold: `None` until a processor reports its assignment.
+    assignment: Mutex<Option<Assignment>>,
     lag_errors: Counter,
 }
 
@@ -156,6 +179,8 @@ impl Metrics {
             tick_failures: Counter::default(),
             last_fire_time: Family::default(),
             lag: Family::default(),
+            partition_lag: Family::default(),
+            assignment: Mutex::new(None),
             lag_errors: Counter::default(),
             registry: Registry::default(),
         };
@@ -180,8 +205,13 @@ impl Metrics {
             inner.last_fire_time.clone(),
         );
         registry.register(
+            "consumer_partition_lag",
+            "Offsets not yet consumed by the processor group on one partition of its inputs, exported only by the instance the partition is assigned to (and removed when it moves): sum() by (group, topic) over instances is the group's lag (transaction markers count: a caught-up partition of a transactional topic may show 1)",
+            inner.partition_lag.clone(),
+        );
+        registry.register(
             "consumer_group_lag",
-            "Offsets not yet consumed by a consumer group on a topic, summed over partitions (transaction markers count: a caught-up reader of a transactional topic may show 1 per partition)",
+            "Offsets not yet consumed by a downstream group (metrics.downstream_groups) on a topic, summed over partitions; every processor instance measures the same whole group, so aggregate with max(), not sum() (transaction markers count: a caught-up reader of a transactional topic may show 1 per partition)",
             inner.lag.clone(),
         );
         registry.register("consumer_group_lag_errors", "Failed lag measurements", inner.lag_errors.clone());
@@ -241,6 +271,42 @@ impl Metrics {
 
     pub fn tick_failed(&self) {
         self.0.tick_failures.inc();
+    }
+
+    /// The processor group's partitions now assigned to this instance (its consumer's view after
+    /// each step). Lag is exported for these only; the series of a partition no longer assigned
+    /// is removed at once, so after a rebalance no two instances export the same partition.
+    pub fn set_assignment(&self, assignment: Assignment) {
+        let Ok(mut current) = self.0.assignment.lock() else { return };
+        if current.as_ref() == Some(&assignment) {
+            return;
+        }
+        if let Some(old) = current.take() {
+            for (topic, partition) in old.partitions {
+                if old.group != assignment.group || !assignment.partitions.contains(&(topic.clone(), partition)) {
+                    self.0.partition_lag.remove(&GroupPartition { group: old.group.clone(), topic, partition });
+                }
+            }
+        }
+        *current = Some(assignment);
+    }
+
+    /// The assignment last reported by [`Metrics::set_assignment`].
+    pub fn assignment(&self) -> Option<Assignment> {
+        self.0.assignment.lock().ok().and_then(|a| a.clone())
+    }
+
+    /// Exports measured (topic, partition, lag) of the processor group `group`, for the
+    /// partitions still assigned: a measurement that raced a rebalance does not bring a lost
+    /// partition's series back.
+    fn set_partition_lags(&self, group: &str, lags: &[(String, i32, i64)]) {
+        let Ok(current) = self.0.assignment.lock() else { return };
+        let Some(owned) = current.as_ref().filter(|a| a.group == group) else { return };
+        for (topic, partition, lag) in lags {
+            if owned.partitions.contains(&(topic.clone(), *partition)) {
+                self.0.partition_lag.get_or_create(&GroupPartition { group: group.into(), topic: topic.clone(), partition: *partition }).set(*lag);
+            }
+        }
     }
 
     /// Marks the process ready, or not ready with the reason `/readyz` reports.
@@ -320,39 +386,59 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) -> Resul
     axum::serve(listener, app).await.map_err(MetricsError::Serve)
 }
 
-/// Measures consumer-group lag: the processor's own group on its input topics and every
-/// configured downstream group on its topics. Committed offsets are read with one
-/// non-member consumer per group (it never joins, so it cannot disturb the group).
+/// Measures consumer-group lag: the processor's own group on the partitions of its inputs
+/// assigned to this instance, and every configured downstream group on its topics as a whole.
+/// Committed offsets are read with one non-member consumer per group (it never joins, so it
+/// cannot disturb the group).
 pub struct LagMonitor {
-    watched: Vec<(String, Vec<String>, BaseConsumer)>,
+    own: (String, BaseConsumer),
+    downstream: Vec<(String, Vec<String>, BaseConsumer)>,
+}
+
+/// A consumer that looks up `group`'s committed offsets without joining it.
+fn looker(settings: &Settings, group: &str) -> Result<BaseConsumer, kafka::KafkaClientError> {
+    let mut cfg = kafka::client_config(settings, Role::Consumer);
+    cfg.set("group.id", group).set("enable.auto.commit", "false");
+    cfg.create().map_err(|e| kafka::KafkaClientError::kafka("create lag consumer", e))
 }
 
 impl LagMonitor {
     pub fn new(settings: &Settings) -> Result<LagMonitor, kafka::KafkaClientError> {
+        let group = settings.processor.group_id.clone();
+        let own = (group.clone(), looker(settings, &group)?);
         let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        groups.insert(
-            settings.processor.group_id.clone(),
-            vec![settings.topic(Topic::Tick), settings.topic(Topic::WorkItems)],
-        );
         // Validated with the settings: a bad pair never gets here.
         for (group, topic) in settings.metrics.downstream_pairs().unwrap_or_default() {
             groups.entry(group).or_default().push(format!("{}{}", settings.topics.prefix, topic));
         }
-        let mut watched = Vec::new();
+        let mut downstream = Vec::new();
         for (group, topics) in groups {
-            let mut cfg = kafka::client_config(settings, Role::Consumer);
-            cfg.set("group.id", &group).set("enable.auto.commit", "false");
-            let consumer: BaseConsumer = cfg.create().map_err(|e| kafka::KafkaClientError::kafka("create lag consumer", e))?;
-            watched.push((group, topics, consumer));
+            let consumer = looker(settings, &group)?;
+            downstream.push((group, topics, consumer));
         }
-        Ok(LagMonitor { watched })
+        Ok(LagMonitor { own, downstream })
     }
 
-    /// (group, topic, lag) for each watched pair (blocking: call off the async workers).
-    /// A partition without a committed offset counts from its low watermark.
-    pub fn measure(&self, timeout: Duration) -> Vec<Result<(String, String, i64), String>> {
+    /// The processor group's lag on each `assigned` (topic, partition), as
+    /// (topic, partition, lag) (blocking: call off the async workers).
+    pub fn measure_assigned(&self, assigned: &BTreeSet<(String, i32)>, timeout: Duration) -> Result<Vec<(String, i32, i64)>, String> {
+        let (group, consumer) = &self.own;
+        let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+        for (topic, partition) in assigned {
+            by_topic.entry(topic).or_default().push(*partition);
+        }
         let mut out = Vec::new();
-        for (group, topics, consumer) in &self.watched {
+        for (topic, partitions) in by_topic {
+            let lags = partition_lags(consumer, topic, &partitions, timeout).map_err(|e| format!("{group} on {topic}: {e}"))?;
+            out.extend(lags.into_iter().map(|(p, lag)| (topic.to_string(), p, lag)));
+        }
+        Ok(out)
+    }
+
+    /// (group, topic, lag) for each downstream pair (blocking: call off the async workers).
+    pub fn measure_downstream(&self, timeout: Duration) -> Vec<Result<(String, String, i64), String>> {
+        let mut out = Vec::new();
+        for (group, topics, consumer) in &self.downstream {
             for topic in topics {
                 out.push(lag_of(consumer, topic, timeout).map(|lag| (group.clone(), topic.clone(), lag)).map_err(|e| format!("{group} on {topic}: {e}")));
             }
@@ -361,27 +447,35 @@ impl LagMonitor {
     }
 }
 
+/// The consumer's group's lag on all of `topic`, summed over its partitions.
 fn lag_of(consumer: &BaseConsumer, topic: &str, timeout: Duration) -> Result<i64, String> {
     let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| e.to_string())?;
     let t = md.topics().iter().find(|t| t.name() == topic).ok_or("no such topic")?;
     if t.partitions().is_empty() {
         return Err(format!("no partitions ({:?})", t.error()));
     }
+    let partitions: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+    Ok(partition_lags(consumer, topic, &partitions, timeout)?.into_iter().map(|(_, lag)| lag).sum())
+}
+
+/// The consumer's group's lag on each of `partitions` of `topic`: high watermark minus
+/// committed offset; a partition without a committed offset counts from its low watermark.
+fn partition_lags(consumer: &BaseConsumer, topic: &str, partitions: &[i32], timeout: Duration) -> Result<Vec<(i32, i64)>, String> {
     let mut tpl = TopicPartitionList::new();
-    for p in t.partitions() {
-        tpl.add_partition(topic, p.id());
+    for p in partitions {
+        tpl.add_partition(topic, *p);
     }
     let committed = consumer.committed_offsets(tpl, timeout).map_err(|e| e.to_string())?;
-    let mut lag = 0i64;
+    let mut out = Vec::new();
     for e in committed.elements() {
         let (low, high) = consumer.fetch_watermarks(topic, e.partition(), timeout).map_err(|e| e.to_string())?;
         let from = match e.offset() {
             Offset::Offset(o) => o.max(low),
             _ => low,
         };
-        lag += (high - from).max(0);
+        out.push((e.partition(), (high - from).max(0)));
     }
-    Ok(lag)
+    Ok(out)
 }
 
 /// Measures lag every `metrics.lag_interval_secs` into `metrics` (runs until dropped).
@@ -394,11 +488,21 @@ pub async fn watch_lag(settings: Settings, metrics: Metrics) {
         }
     };
     let every = Duration::from_secs(settings.metrics.lag_interval_secs.max(1));
+    let timeout = Duration::from_secs(10);
     loop {
         let m = monitor.clone();
-        match tokio::task::spawn_blocking(move || m.measure(Duration::from_secs(10))).await {
-            Ok(results) => {
-                for r in results {
+        // Only the processor group's partitions this instance holds (none before it joined).
+        let assigned = metrics.assignment().filter(|a| a.group == settings.processor.group_id).map(|a| a.partitions).unwrap_or_default();
+        match tokio::task::spawn_blocking(move || (m.measure_assigned(&assigned, timeout), m.measure_downstream(timeout))).await {
+            Ok((own, downstream)) => {
+                match own {
+                    Ok(lags) => metrics.set_partition_lags(&settings.processor.group_id, &lags),
+                    Err(e) => {
+                        metrics.0.lag_errors.inc();
+                        tracing::debug!(error = %e, "lag measurement failed");
+                    }
+                }
+                for r in downstream {
                     match r {
                         Ok((group, topic, lag)) => {
                             metrics.0.lag.get_or_create(&GroupTopic { group, topic }).set(lag);
@@ -515,6 +619,33 @@ mod tests {
             let first_holding = finite.iter().find(|(_, n)| *n == 1).map(|(le, _)| *le);
             assert!(matches!(first_holding, Some(le) if le <= 2_700.0), "{metric}: observation not in a finite bucket: {buckets:?}");
         }
+    }
+
+    fn assignment(group: &str, partitions: &[(&str, i32)]) -> Assignment {
+        Assignment { group: group.into(), partitions: partitions.iter().map(|(t, p)| (t.to_string(), *p)).collect() }
+    }
+
+    #[test]
+    fn partition_lag_is_exported_for_assigned_partitions_only_and_cleared_when_they_move() {
+        let m = Metrics::new();
+        let series = |topic: &str, p: i32| format!("scheduled_jobs_consumer_partition_lag{{group=\"g\",topic=\"{topic}\",partition=\"{p}\"}}");
+        // Not a member yet: nothing to export.
+        m.set_partition_lags("g", &[("tick".into(), 0, 5)]);
+        assert!(!m.encode().contains(&series("tick", 0)));
+        m.set_assignment(assignment("g", &[("tick", 0), ("tick", 1)]));
+        m.set_partition_lags("g", &[("tick".into(), 0, 5), ("tick".into(), 1, 0), ("tick".into(), 2, 9)]);
+        let text = m.encode();
+        assert!(text.contains(&format!("{} 5\n", series("tick", 0))), "{text}");
+        assert!(text.contains(&format!("{} 0\n", series("tick", 1))), "{text}");
+        assert!(!text.contains(&series("tick", 2)), "partition 2 is another instance's: {text}");
+        // A rebalance takes partition 0 away: its series goes at once, before any new measurement.
+        m.set_assignment(assignment("g", &[("tick", 1), ("tick", 3)]));
+        let text = m.encode();
+        assert!(!text.contains(&series("tick", 0)), "{text}");
+        assert!(text.contains(&series("tick", 1)), "{text}");
+        // A measurement taken before the rebalance does not bring it back.
+        m.set_partition_lags("g", &[("tick".into(), 0, 5)]);
+        assert!(!m.encode().contains(&series("tick", 0)));
     }
 
     #[test]

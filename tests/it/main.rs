@@ -6,10 +6,12 @@ mod common;
 
 mod cli;
 mod codec;
+mod compression;
 mod compose;
 mod daily_statistics;
 mod db;
 mod demo;
+mod lag;
 mod processor;
 mod reports;
 mod schemas;

@@ -54,7 +54,7 @@ use crate::config::{Settings, Topic};
 use crate::error::ErrorClass;
 use crate::jobs::Registry;
 use crate::kafka::{self, KafkaClientError};
-use crate::runtime::metrics::Metrics;
+use crate::runtime::metrics::{Assignment, Metrics};
 use committer::{Committer, Consumed};
 use setup::{connect_redis, group_config, Env, Names};
 use ledger::LedgerView;
@@ -164,6 +164,11 @@ impl Processor {
             Ok(Step::Handled(_)) => metrics.set_ready(Ok(())),
             Ok(Step::Reset(why)) => metrics.set_ready(Err(format!("last transaction failed: {why}"))),
             Err(e) => metrics.set_ready(Err(e.to_string())),
+        }
+        // Lag is exported for the partitions this instance holds now (polling moves them).
+        if let Ok(tpl) = self.consumer.assignment() {
+            let partitions = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+            metrics.set_assignment(Assignment { group: self.env.settings.processor.group_id.clone(), partitions });
         }
         r
     }

@@ -305,6 +305,15 @@ num.io.threads=4
 EOF
 }
 
+kafka_new_cluster_id() {
+  python3 -c '
+import base64, uuid
+while True:  # same rule as Kafka Uuid.randomUuid(): never start with "-"
+    s = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not s.startswith("-"):
+        print(s); break'
+}
+
 kafka_start() {
   mkdir -p "$KAFKA_DIR/data" "$KAFKA_DIR/logs"
   local java cp
@@ -314,12 +323,7 @@ kafka_start() {
   if [[ $KAFKA_SERVICE == kafka ]]; then kafka_write_config; else kafka_node_write_config; fi
   cp=$(cat "$KAFKA_DIR/classpath.txt")
   if [[ ! -f $KAFKA_DIR/data/meta.properties ]]; then
-    [[ -s $KAFKA_DIR/cluster.id ]] || python3 -c '
-import base64, uuid
-while True:  # same rule as Kafka Uuid.randomUuid(): never start with "-"
-    s = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    if not s.startswith("-"):
-        print(s); break' >"$KAFKA_DIR/cluster.id"
+    [[ -s $KAFKA_DIR/cluster.id ]] || kafka_new_cluster_id >"$KAFKA_DIR/cluster.id"
     say "kafka: formatting storage (cluster id $(cat "$KAFKA_DIR/cluster.id"))"
     "$java" -cp "$cp" -Dlog4j2.configurationFile="$SCRIPT_DIR/kafka/log4j2.yaml" kafka.tools.StorageTool \
       format -t "$(cat "$KAFKA_DIR/cluster.id")" -c "$KAFKA_DIR/server.properties" --ignore-formatted \
@@ -420,12 +424,7 @@ kafka_node_start() { # node
   KAFKA_HEAP=${SJ_KAFKA_HEAP:-512m}
   KAFKA_NODE_ID=$1
   mkdir -p "$KAFKA_DIR"
-  [[ -s $LOCAL_DIR/kafka-cluster.id ]] || python3 -c '
-import base64, uuid
-while True:  # same rule as Kafka Uuid.randomUuid(): never start with "-"
-    s = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    if not s.startswith("-"):
-        print(s); break' >"$LOCAL_DIR/kafka-cluster.id"
+  [[ -s $LOCAL_DIR/kafka-cluster.id ]] || kafka_new_cluster_id >"$LOCAL_DIR/kafka-cluster.id"
   cp "$LOCAL_DIR/kafka-cluster.id" "$KAFKA_DIR/cluster.id"
   if [[ ! -s $KAFKA_DIR/classpath.txt ]]; then
     for ((i = 1; i <= KAFKA_BROKERS; i++)); do

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Local development/test stack for scheduled-jobs, without Docker:
-#   kafka     Apache Kafka (KRaft, one node, broker+controller in one JVM), from Maven Central
+#   kafka     Apache Kafka (KRaft, one node, broker+controller in one JVM; `up --brokers 3`: three
+#             such nodes kafka-1..kafka-3 as one cluster), from Maven Central
 #   registry  Apicurio Registry 3.x (Confluent-compatible API at /apis/ccompat/v7)
 #   redis     Debian's redis-server (AOF on, so restarts keep data)
 #   postgres  Debian's PostgreSQL (role/database scheduled_jobs, password scheduled_jobs)
 #
-# Usage: scripts/services.sh up | down | status
-#                            start|stop|restart <kafka|registry|redis|postgres>
+# Usage: scripts/services.sh up [--brokers N] | down | status | env
+#                            start|stop|restart <kafka|kafka-I|registry|redis|postgres>
 #                            logs <service> [-f]
 #                            kafka-scram-user <name> <password>   (SCRAM-SHA-256 user for the SASL listener)
 #
@@ -17,7 +18,10 @@
 #        SJ_REGISTRY_MANAGEMENT_PORT (registry port + 10000), SJ_REDIS_PORT (6379), SJ_PG_PORT (5432).
 # Other knobs: SJ_KAFKA_VERSION (4.1.1), SJ_REGISTRY_VERSION (3.3.3, falls back to 3.0.9),
 #   SJ_REGISTRY_STORAGE (file|mem, default file), SJ_KAFKA_HEAP (1g), SJ_REGISTRY_HEAP (512m),
-#   SJ_START_TIMEOUT (seconds, per service), SJ_STOP_TIMEOUT (30: SIGKILL after this).
+#   SJ_START_TIMEOUT (seconds, per service), SJ_STOP_TIMEOUT (30: SIGKILL after this),
+#   SJ_KAFKA_BROKERS (1; 3..9 runs a KRaft cluster kafka-1..kafka-N, like `up --brokers N`,
+#   node i on the Kafka ports + 10*(i-1), heap 512m each; see "kafka cluster" below).
+# `env` prints the SJ_* exports that point scheduled-jobs at this stack (eval "$(... env)").
 #
 # The script installs whatever is missing (apt packages, Maven artifacts) on first use, so a
 # fresh machine only needs `scripts/services.sh up`. Services run detached (own session) and

@@ -185,9 +185,9 @@ pub struct PostgresSettings {
 pub struct TopicsSettings {
     /// Folder holding one `<topic>.toml` per topic.
     pub dir: PathBuf,
-    /// Overlay applied to every topic, e.g. `topics/overrides/single-broker.toml` (replication
-    /// 1) for the single local broker, which selects it explicitly (`scripts/services.sh env`).
-    /// None by default, and an empty path means none: production gets each topic file's
+    /// Overlay applied to every topic, e.g. `topics/overrides/single-broker.toml` (one replica)
+    /// for the single local broker, which selects it explicitly (`scripts/services.sh env`).
+    /// None by default (an empty path also means none): production gets each topic file's
     /// replication.
     pub overrides: Option<PathBuf>,
     /// Prepended to every topic name (and so to every subject): isolates environments

@@ -308,10 +308,10 @@ fn low_replication(spec: &TopicSpec, brokers: usize) -> Option<String> {
         ))
     } else if rf == 1 {
         Some(format!("topic `{name}`: replication factor 1 keeps a single copy on a cluster of {brokers} brokers"))
-    } else if let Some(m) = min_isr.filter(|m| *m > rf) {
-        Some(format!("topic `{name}`: replication factor {rf} is below its min.insync.replicas={m}: acks=all writes would always fail"))
     } else {
-        None
+        min_isr.filter(|m| *m > rf).map(|m| {
+            format!("topic `{name}`: replication factor {rf} is below its min.insync.replicas={m}: acks=all writes would always fail")
+        })
     }
 }
 
@@ -547,4 +547,46 @@ fn health(name: &str, states: &[PartitionState], min_isr: i32) -> Vec<Health> {
         out.push(Health::UnderReplicated { name: name.into(), partitions: under, total: states.len(), out_of_sync });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(rf: i32, file_rf: i32, min_isr: &str) -> TopicSpec {
+        TopicSpec {
+            name: "t".into(),
+            description: String::new(),
+            partitions: 1,
+            replication_factor: rf,
+            key: "k".into(),
+            value_schema: "V.avsc".into(),
+            configs: [("min.insync.replicas".to_string(), min_isr.to_string())].into_iter().collect(),
+            file_replication_factor: file_rf,
+        }
+    }
+
+    #[test]
+    fn low_replication_names_the_topic_and_why() {
+        assert!(low_replication(&spec(1, 3, "1"), 3).is_some_and(|m| m.contains("topic `t`") && m.contains("below the 3 its topic file asks")));
+        assert!(low_replication(&spec(1, 1, "1"), 5).is_some_and(|m| m.contains("single copy on a cluster of 5 brokers")));
+        assert!(low_replication(&spec(2, 2, "3"), 3).is_some_and(|m| m.contains("min.insync.replicas=3")));
+        assert_eq!(low_replication(&spec(3, 3, "2"), 3), None);
+    }
+
+    #[test]
+    fn health_reports_offline_below_min_isr_and_under_replicated_partitions() {
+        let p = |id, leader, isr: &[i32]| PartitionState { id, leader, replicas: vec![1, 2, 3], isr: isr.to_vec() };
+        let states = [p(0, 1, &[1, 2, 3]), p(1, 1, &[1, 2]), p(2, 2, &[2]), p(3, -1, &[])];
+        let h = health("t", &states, 2);
+        assert_eq!(
+            h,
+            vec![
+                Health::Offline { name: "t".into(), partitions: vec![3] },
+                Health::BelowMinIsr { name: "t".into(), partitions: vec![2, 3], min_isr: 2 },
+                Health::UnderReplicated { name: "t".into(), partitions: vec![1, 2, 3], total: 4, out_of_sync: [1, 2, 3].into_iter().collect() },
+            ]
+        );
+        assert!(health("t", &states[..1], 2).is_empty());
+    }
 }

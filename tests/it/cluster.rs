@@ -40,7 +40,8 @@ impl Cluster {
         }
         let seed = std::process::id() as u16;
         let base_port = (0..200u16)
-            .map(|i| 31_000 + (seed.wrapping_add(i * 7) % 300) * 30)
+            // Below the ephemeral range (32768+), so no outgoing connection takes one meanwhile.
+            .map(|i| 21_000 + (seed.wrapping_add(i * 7) % 250) * 30)
             .find(|b| PORT_OFFSETS.iter().all(|o| free(b + o)))
             .expect("nine free ports for the cluster");
         let cluster = Cluster { dir, base_port };
@@ -98,19 +99,21 @@ fn cluster_settings(env: &[(String, String)], prefix: &str) -> Settings {
     s
 }
 
+/// The topic's `min.insync.replicas` as DescribeConfigs reports it (None while the answering
+/// broker does not know the topic yet).
 async fn min_isr(s: &Settings, topic: &str) -> Option<String> {
     let admin = scheduled_jobs::kafka::admin(s).unwrap();
     let res = admin
         .describe_configs([ResourceSpecifier::Topic(topic)].iter(), &scheduled_jobs::kafka::admin_options(WAIT))
         .await
         .unwrap();
-    res[0].as_ref().unwrap().get("min.insync.replicas").and_then(|e| e.value.clone())
+    res[0].as_ref().ok()?.get("min.insync.replicas").and_then(|e| e.value.clone())
 }
 
 /// Replica counts of every partition of `topic`, per the cluster's metadata.
 fn replica_counts(s: &Settings, topic: &str) -> Vec<usize> {
     let md = scheduled_jobs::kafka::metadata(s, Some(topic), WAIT).unwrap();
-    md.topics()[0].partitions().iter().map(|p| p.replicas().len()).collect()
+    md.topics().first().map(|t| t.partitions().iter().map(|p| p.replicas().len()).collect()).unwrap_or_default()
 }
 
 fn run_binary(env: &[(String, String)], extra: &[(&str, &Path)], args: &[&str]) -> Output {
@@ -155,9 +158,18 @@ fn topics_apply_on_three_brokers_takes_the_files_replication_refuses_the_overlay
         let out = run_binary(&env, &[], &["topics", "apply"]);
         assert!(out.status.success(), "{}", text(&out));
         let specs = configured_specs(&s).unwrap();
+        // Each broker learns of new topics and their configs from the metadata log a moment
+        // after the create returned; whichever answers is asked until it has.
+        let deadline = Instant::now() + WAIT;
         for spec in &specs {
-            assert!(replica_counts(&s, &spec.name).iter().all(|&n| n == 3), "{}: {:?}", spec.name, replica_counts(&s, &spec.name));
-            assert_eq!(min_isr(&s, &spec.name).await.as_deref(), Some("2"), "{}", spec.name);
+            loop {
+                let (counts, isr) = (replica_counts(&s, &spec.name), min_isr(&s, &spec.name).await);
+                if !counts.is_empty() && counts.iter().all(|&n| n == 3) && isr.as_deref() == Some("2") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{}: replicas {counts:?}, min.insync.replicas {isr:?}", spec.name);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
         let again = apply(&s, &specs, false).await.unwrap();
         assert!(again.changes.is_empty() && again.health.is_empty() && again.drift.is_empty(), "{again}");
@@ -171,11 +183,17 @@ fn topics_apply_on_three_brokers_takes_the_files_replication_refuses_the_overlay
         let out = run_binary(&low_env, &[("SJ_TOPICS__OVERRIDES", &overlay)], &["topics", "apply", "--allow-low-replication"]);
         assert!(out.status.success(), "{}", text(&out));
         let low_settings = cluster_settings(&low_env, &low);
-        let report = apply(&low_settings, &configured_specs(&low_settings).unwrap(), true).await.unwrap();
-        assert!(
-            report.drift.iter().any(|d| matches!(d, Drift::ReplicationFactor { actual: 1, wanted: 3, .. })),
-            "replication below the file's is reported: {report}"
-        );
+        let low_specs = configured_specs(&low_settings).unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let report = apply(&low_settings, &low_specs, true).await.unwrap();
+            let low_rf = report.drift.iter().filter(|d| matches!(d, Drift::ReplicationFactor { actual: 1, wanted: 3, .. })).count();
+            if low_rf == low_specs.len() {
+                break; // every topic: replication below its file's, reported
+            }
+            assert!(Instant::now() < deadline, "replication below the files' not reported for every topic: {report}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
 
         // One node stopped: its partitions are reported under-replicated, by topic.
         let out = cluster.services(&["stop", "kafka-3"]);

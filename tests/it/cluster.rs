@@ -2,7 +2,8 @@
 //! `scripts/services.sh` (SJ_KAFKA_BROKERS=3) in a temporary SJ_LOCAL_DIR on ports of its own,
 //! and stopped at the end: the built-in defaults give each topic its file's replication 3 /
 //! `min.insync.replicas=2`; the single-broker overlay is refused there, naming the topics; a
-//! stopped node shows up as under-replicated partitions in the report (issue 17 items 1–2).
+//! stopped node shows up as under-replicated partitions in the report, and once it is started
+//! again, alone, they are back in sync (issue 17 items 1–2).
 //! Only Kafka is started: the test needs no registry, Redis or PostgreSQL.
 
 use std::net::TcpListener;
@@ -130,6 +131,11 @@ fn run_binary(env: &[(String, String)], extra: &[(&str, &Path)], args: &[&str]) 
 fn topics_apply_on_three_brokers_takes_the_files_replication_refuses_the_overlay_and_reports_a_stopped_node() {
     guarded("cluster topics apply", Duration::from_secs(420), 2, async {
         let cluster = Cluster::start();
+        let status = cluster.services(&["status"]);
+        let healthy = |out: &Output, node: &str| {
+            String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with(&format!("{node} ")) && l.ends_with("healthy"))
+        };
+        assert!(["kafka-1", "kafka-2", "kafka-3"].iter().all(|n| healthy(&status, n)), "a line per healthy node:\n{}", text(&status));
         let mut env = cluster.env();
         assert!(env.iter().any(|(k, v)| k == "SJ_TOPICS__OVERRIDES" && v.is_empty()), "a cluster selects no overlay: {env:?}");
         let prefix = format!("{}.", unique("cluster"));
@@ -224,6 +230,19 @@ fn topics_apply_on_three_brokers_takes_the_files_replication_refuses_the_overlay
         // With a node down the overlay is still refused: the stopped broker's replicas count.
         let err = apply(&with_overlay, &configured_specs(&with_overlay).unwrap(), true).await.unwrap_err();
         assert!(matches!(err, TopicsError::LowReplication { brokers: 3, .. }), "{err}");
+
+        // The node starts again on its own and catches up: the warnings go away.
+        let out = cluster.services(&["start", "kafka-3"]);
+        assert!(out.status.success() && healthy(&out, "kafka-3"), "{}", text(&out));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let report = apply(&s, &specs, true).await.unwrap();
+            if report.health.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "kafka-3 not back in sync within 60 s: {report}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         drop(cluster);
     });
 }

@@ -8,4 +8,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 bash scripts/services.sh up
+# The settings of the stack just started: its ports, and for the single broker the
+# replication-1 topic overlay (the tool's defaults are production's: no overlay).
+eval "$(bash scripts/services.sh env)"
 exec cargo run --quiet -- demo "$@"

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Local development/test stack for scheduled-jobs, without Docker:
-#   kafka     Apache Kafka (KRaft, one node, broker+controller in one JVM), from Maven Central
+#   kafka     Apache Kafka (KRaft, one node, broker+controller in one JVM; `up --brokers 3`: three
+#             such nodes kafka-1..kafka-3 as one cluster), from Maven Central
 #   registry  Apicurio Registry 3.x (Confluent-compatible API at /apis/ccompat/v7)
 #   redis     Debian's redis-server (AOF on, so restarts keep data)
 #   postgres  Debian's PostgreSQL (role/database scheduled_jobs, password scheduled_jobs)
 #
-# Usage: scripts/services.sh up | down | status
-#                            start|stop|restart <kafka|registry|redis|postgres>
+# Usage: scripts/services.sh up [--brokers N] | down | status | env
+#                            start|stop|restart <kafka|kafka-I|registry|redis|postgres>
 #                            logs <service> [-f]
 #                            kafka-scram-user <name> <password>   (SCRAM-SHA-256 user for the SASL listener)
 #                            kafka-produce <topic> <registry-url|-> [bootstrap]   (Kafka's Java client
@@ -19,7 +20,10 @@
 #        SJ_REGISTRY_MANAGEMENT_PORT (registry port + 10000), SJ_REDIS_PORT (6379), SJ_PG_PORT (5432).
 # Other knobs: SJ_KAFKA_VERSION (4.1.1), SJ_REGISTRY_VERSION (3.3.3, falls back to 3.0.9),
 #   SJ_REGISTRY_STORAGE (file|mem, default file), SJ_KAFKA_HEAP (1g), SJ_REGISTRY_HEAP (512m),
-#   SJ_START_TIMEOUT (seconds, per service), SJ_STOP_TIMEOUT (30: SIGKILL after this).
+#   SJ_START_TIMEOUT (seconds, per service), SJ_STOP_TIMEOUT (30: SIGKILL after this),
+#   SJ_KAFKA_BROKERS (1; 3..9 runs a KRaft cluster kafka-1..kafka-N, like `up --brokers N`,
+#   node i on the Kafka ports + 10*(i-1), heap 512m each; see "kafka cluster" below).
+# `env` prints the SJ_* exports that point scheduled-jobs at this stack (eval "$(... env)").
 #
 # The script installs whatever is missing (apt packages, Maven artifacts) on first use, so a
 # fresh machine only needs `scripts/services.sh up`. Services run detached (own session) and
@@ -78,12 +82,14 @@ usage() { # [exit-code]; 0 prints to stdout (help), anything else to stderr
   local rc=${1:-2}
   [[ $rc -eq 0 ]] || exec 1>&2
   cat <<EOF
-usage: ${0##*/} up | down | status
-       ${0##*/} start|stop|restart <kafka|registry|redis|postgres>
-       ${0##*/} logs <kafka|registry|redis|postgres> [-f]
+usage: ${0##*/} up [--brokers N] | down | status | env
+       ${0##*/} start|stop|restart <kafka|kafka-I|registry|redis|postgres>
+       ${0##*/} logs <kafka|kafka-I|registry|redis|postgres> [-f]
        ${0##*/} kafka-scram-user <name> <password>
        ${0##*/} kafka-produce <topic> <registry-url|-> [bootstrap]
            (stdin, per record: <codec> <base64 key> <base64 value>, the value Avro JSON with a registry)
+up --brokers 3 (or SJ_KAFKA_BROKERS=3): a three-node KRaft cluster, nodes kafka-1..kafka-3
+(remembered; --brokers 1 goes back to the single broker). env: exports that point the tool here.
 data and logs: $LOCAL_DIR (override with SJ_LOCAL_DIR)
 EOF
   exit "$rc"
@@ -223,6 +229,8 @@ mvn_quiet() { # logfile mvn-args... ; Maven output goes to the log, not the term
 # kafka
 # ---------------------------------------------------------------------------------------------
 
+# The -Dsj.service marker of the JVM kafka_start launches (kafka-N for a cluster node).
+KAFKA_SERVICE=kafka
 kafka_log() { echo "$KAFKA_DIR/kafka.log"; }
 kafka_pid() { pid_from_file "$KAFKA_DIR/kafka.pid" "-Dsj.service=kafka"; }
 kafka_ports() { echo "$KAFKA_PORT,$KAFKA_CONTROLLER_PORT,$KAFKA_SASL_PORT"; }
@@ -284,6 +292,13 @@ share.coordinator.state.topic.min.isr=1
 default.replication.factor=1
 min.insync.replicas=1
 num.partitions=1
+EOF
+  kafka_common_config >>"$KAFKA_DIR/server.properties"
+}
+
+# The part of server.properties every node shares, single broker or cluster.
+kafka_common_config() {
+  cat <<EOF
 
 # Tests create their topics explicitly; auto-creation would hide typos.
 auto.create.topics.enable=false
@@ -303,21 +318,25 @@ num.io.threads=4
 EOF
 }
 
+kafka_new_cluster_id() {
+  python3 -c '
+import base64, uuid
+while True:  # same rule as Kafka Uuid.randomUuid(): never start with "-"
+    s = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not s.startswith("-"):
+        print(s); break'
+}
+
 kafka_start() {
   mkdir -p "$KAFKA_DIR/data" "$KAFKA_DIR/logs"
   local java cp
   java=$(ensure_java 17) || die "kafka: needs Java 17+ and none could be installed"
   ensure_cmd python3 python3
   kafka_classpath
-  kafka_write_config
+  if [[ $KAFKA_SERVICE == kafka ]]; then kafka_write_config; else kafka_node_write_config; fi
   cp=$(cat "$KAFKA_DIR/classpath.txt")
   if [[ ! -f $KAFKA_DIR/data/meta.properties ]]; then
-    [[ -s $KAFKA_DIR/cluster.id ]] || python3 -c '
-import base64, uuid
-while True:  # same rule as Kafka Uuid.randomUuid(): never start with "-"
-    s = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    if not s.startswith("-"):
-        print(s); break' >"$KAFKA_DIR/cluster.id"
+    [[ -s $KAFKA_DIR/cluster.id ]] || kafka_new_cluster_id >"$KAFKA_DIR/cluster.id"
     say "kafka: formatting storage (cluster id $(cat "$KAFKA_DIR/cluster.id"))"
     "$java" -cp "$cp" -Dlog4j2.configurationFile="$SCRIPT_DIR/kafka/log4j2.yaml" kafka.tools.StorageTool \
       format -t "$(cat "$KAFKA_DIR/cluster.id")" -c "$KAFKA_DIR/server.properties" --ignore-formatted \
@@ -329,7 +348,7 @@ while True:  # same rule as Kafka Uuid.randomUuid(): never start with "-"
   # halfway through Kafka's (SIGTERM) shutdown, hiding whether it completed cleanly.
   (
     cd "$KAFKA_DIR"
-    spawn "$KAFKA_DIR/kafka.pid" "$(kafka_log)" "$java" -Dsj.service=kafka \
+    spawn "$KAFKA_DIR/kafka.pid" "$(kafka_log)" "$java" -Dsj.service="$KAFKA_SERVICE" \
       -Xms256m -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
       -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent \
       -Djava.awt.headless=true \
@@ -337,6 +356,150 @@ while True:  # same rule as Kafka Uuid.randomUuid(): never start with "-"
       -Dlog4j2.shutdownHookEnabled=false \
       -cp "$cp" kafka.Kafka "$KAFKA_DIR/server.properties"
   )
+}
+
+# ---------------------------------------------------------------------------------------------
+# kafka cluster: `up --brokers N` or SJ_KAFKA_BROKERS=N (N >= 3) runs N combined
+# broker+controller nodes kafka-1..kafka-N in place of the single `kafka`, with replication 3
+# and min.insync.replicas=2 for the internal topics and as the broker defaults, as production
+# has. Node i listens on the single node's ports + 10*(i-1) (9092/9093/9094, 9102/9103/9104,
+# ...) and keeps data, log, pid and config under $LOCAL_DIR/kafka-i. The count is remembered in
+# $LOCAL_DIR/kafka.brokers, so status/start/stop/logs need not repeat it; `up --brokers 1`
+# switches back (the other layout's data stays on disk).
+# ---------------------------------------------------------------------------------------------
+
+KAFKA_BROKERS_FILE=$LOCAL_DIR/kafka.brokers
+KAFKA_PORT_STRIDE=10
+KAFKA_BROKERS=1
+# The single node's ports: a node's own are computed from them.
+KAFKA_BASE_PORTS=("$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SASL_PORT")
+
+# Decides single broker or cluster: the `--brokers` argument, else SJ_KAFKA_BROKERS, else what
+# the last `up` recorded, else 1. A cluster replaces `kafka` in SERVICES by its nodes.
+cluster_select() { # [count] [record]
+  local n=${1:-${SJ_KAFKA_BROKERS:-}} given=1 i
+  if [[ -z $n ]]; then
+    given=
+    n=$(cat "$KAFKA_BROKERS_FILE" 2>/dev/null || echo 1)
+  fi
+  [[ $n =~ ^[0-9]+$ ]] && ((n == 1 || (n >= 3 && n <= 9))) ||
+    die "broker count must be 1 or 3..9 (a KRaft quorum of 2 survives no failure), got '$n'"
+  KAFKA_BROKERS=$n
+  ((n == 1)) || SERVICES=($(cluster_nodes) registry redis postgres)
+  for ((i = 1; i <= n && n > 1; i++)); do
+    # Per-node dispatch functions (svc_pid calls "${svc}_pid", ...).
+    eval "kafka-${i}_pid() { kafka_node_pid $i; }; kafka-${i}_log() { kafka_node_log $i; }
+      kafka-${i}_ports() { kafka_node_ports $i; }; kafka-${i}_healthy() { kafka_node_healthy $i; }
+      kafka-${i}_start() { kafka_node_start $i; }"
+  done
+  if [[ -n $given && ${2:-} == record ]]; then
+    # Switching layouts under a running broker would leave it holding the ports.
+    if ((n == 1)); then
+      local other
+      for ((i = 1; i <= 9; i++)); do
+        other=$(pid_from_file "$LOCAL_DIR/kafka-$i/kafka.pid" "-Dsj.service=kafka-$i ")
+        [[ -z $other ]] || die "kafka-$i of a cluster is running in $LOCAL_DIR; stop it first (SJ_KAFKA_BROKERS=$(cat "$KAFKA_BROKERS_FILE" 2>/dev/null || echo N) ${0##*/} stop kafka)"
+      done
+    elif [[ -n $(pid_from_file "$KAFKA_DIR/kafka.pid" "-Dsj.service=kafka ") ]]; then
+      die "the single broker is running in $LOCAL_DIR; stop it first (${0##*/} stop kafka), or use another SJ_LOCAL_DIR"
+    fi
+    mkdir -p "$LOCAL_DIR"
+    echo "$n" >"$KAFKA_BROKERS_FILE"
+  fi
+}
+
+cluster_nodes() { local i; for ((i = 1; i <= KAFKA_BROKERS; i++)); do printf 'kafka-%d\n' "$i"; done; }
+# `kafka` names every node of a cluster.
+expand_service() { if [[ $1 == kafka && $KAFKA_BROKERS -gt 1 ]]; then cluster_nodes; else echo "$1"; fi; }
+
+kafka_node_port() { # node kind(0 client, 1 controller, 2 sasl)
+  echo $((KAFKA_BASE_PORTS[$2] + KAFKA_PORT_STRIDE * ($1 - 1)))
+}
+kafka_node_pid() { pid_from_file "$LOCAL_DIR/kafka-$1/kafka.pid" "-Dsj.service=kafka-$1 "; }
+kafka_node_log() { echo "$LOCAL_DIR/kafka-$1/kafka.log"; }
+kafka_node_ports() { echo "$(kafka_node_port "$1" 0),$(kafka_node_port "$1" 1),$(kafka_node_port "$1" 2)"; }
+kafka_node_healthy() { python3 "$SCRIPT_DIR/kafka/probe.py" 127.0.0.1 "$(kafka_node_port "$1" 0)" 2 2>/dev/null; }
+cluster_bootstrap() {
+  local i out=
+  for ((i = 1; i <= KAFKA_BROKERS; i++)); do out+=${out:+,}127.0.0.1:$(kafka_node_port "$i" 0); done
+  echo "$out"
+}
+
+# Runs in the start subshell: points the kafka_* globals at node $1, then starts it like the
+# single broker (shared cluster id; the Maven classpath is copied from a node that has it).
+kafka_node_start() { # node
+  local i
+  KAFKA_SERVICE=kafka-$1
+  KAFKA_DIR=$LOCAL_DIR/kafka-$1
+  KAFKA_PORT=$(kafka_node_port "$1" 0)
+  KAFKA_CONTROLLER_PORT=$(kafka_node_port "$1" 1)
+  KAFKA_SASL_PORT=$(kafka_node_port "$1" 2)
+  KAFKA_HEAP=${SJ_KAFKA_HEAP:-512m}
+  KAFKA_NODE_ID=$1
+  mkdir -p "$KAFKA_DIR"
+  [[ -s $LOCAL_DIR/kafka-cluster.id ]] || kafka_new_cluster_id >"$LOCAL_DIR/kafka-cluster.id"
+  cp "$LOCAL_DIR/kafka-cluster.id" "$KAFKA_DIR/cluster.id"
+  if [[ ! -s $KAFKA_DIR/classpath.txt ]]; then
+    for ((i = 1; i <= KAFKA_BROKERS; i++)); do
+      if [[ -s $LOCAL_DIR/kafka-$i/classpath.txt ]]; then
+        cp "$LOCAL_DIR/kafka-$i/classpath.txt" "$LOCAL_DIR/kafka-$i/classpath.key" "$KAFKA_DIR/"
+        break
+      fi
+    done
+  fi
+  kafka_start
+}
+
+kafka_node_write_config() {
+  local i voters=
+  for ((i = 1; i <= KAFKA_BROKERS; i++)); do voters+=${voters:+,}$i@127.0.0.1:$(kafka_node_port "$i" 1); done
+  cat >"$KAFKA_DIR/server.properties" <<EOF
+# Generated by scripts/services.sh (node $KAFKA_NODE_ID of $KAFKA_BROKERS) - edits are overwritten on the next start.
+process.roles=broker,controller
+node.id=$KAFKA_NODE_ID
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-256
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+log.dirs=$KAFKA_DIR/data
+
+# Production-shaped: every internal topic and every topic created without an explicit
+# replication gets 3 replicas, and acks=all needs 2 of them in sync.
+offsets.topic.replication.factor=3
+offsets.topic.num.partitions=5
+transaction.state.log.replication.factor=3
+transaction.state.log.min.isr=2
+transaction.state.log.num.partitions=5
+share.coordinator.state.topic.replication.factor=3
+share.coordinator.state.topic.min.isr=2
+default.replication.factor=3
+min.insync.replicas=2
+num.partitions=1
+EOF
+  kafka_common_config >>"$KAFKA_DIR/server.properties"
+}
+
+# `env`: the settings that point scheduled-jobs at this stack, as shell exports
+# (eval "$(scripts/services.sh env)"). The single broker needs the replication-1 overlay; a
+# cluster takes each topic file's replication as it is.
+print_env() {
+  local bootstrap overrides
+  if ((KAFKA_BROKERS > 1)); then
+    bootstrap=$(cluster_bootstrap)
+    overrides=
+  else
+    bootstrap=127.0.0.1:$KAFKA_PORT
+    overrides=$ROOT_DIR/topics/overrides/single-broker.toml
+  fi
+  printf "export SJ_KAFKA__BOOTSTRAP_SERVERS='%s'\n" "$bootstrap"
+  printf "export SJ_TOPICS__OVERRIDES='%s'\n" "$overrides"
+  printf "export SJ_REGISTRY__URL='http://127.0.0.1:%s/apis/ccompat/v7'\n" "$REGISTRY_PORT"
+  printf "export SJ_REDIS__PORT='%s'\n" "$REDIS_PORT"
+  printf "export SJ_POSTGRES__PORT='%s'\n" "$PG_PORT"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -653,7 +816,7 @@ svc_log() { case $1 in postgres) pg_log ;; *) "${1}_log" ;; esac; }
 svc_ports() { "${1}_ports"; }
 svc_healthy() { "${1}_healthy"; }
 svc_start() { "${1}_start"; }
-svc_default_timeout() { case $1 in kafka) echo 120 ;; registry) echo 180 ;; redis) echo 20 ;; postgres) echo 60 ;; esac; }
+svc_default_timeout() { case $1 in kafka | kafka-*) echo 120 ;; registry) echo 180 ;; redis) echo 20 ;; postgres) echo 60 ;; esac; }
 # Postgres treats SIGTERM as "smart" shutdown, which waits for every client to disconnect - with
 # test clients attached that never happens. SIGINT is its "fast" shutdown.
 svc_stop_signal() { case $1 in postgres) echo INT ;; *) echo TERM ;; esac; }
@@ -740,6 +903,7 @@ stop_finish() { # service pid
   fi
   case $svc in
     kafka) rm -f "$KAFKA_DIR/kafka.pid" ;;
+    kafka-*) rm -f "$LOCAL_DIR/$svc/kafka.pid" ;;
     registry) rm -f "$REGISTRY_DIR/registry.pid" ;;
     redis) rm -f "$REDIS_DIR/redis.pid" ;;
   esac
@@ -829,12 +993,21 @@ kafka_produce() { # topic registry-url|- [bootstrap]
 # commands
 # ---------------------------------------------------------------------------------------------
 
-need_service_arg() { [[ $# -ge 1 ]] && is_service "$1" || usage; }
+need_service_arg() { [[ $# -ge 1 ]] && { is_service "$1" || [[ $1 == kafka ]]; } || usage; }
 
 main() {
   [[ $# -ge 1 ]] || usage
   local cmd=$1
   shift
+  if [[ $cmd == up && ${1:-} == --brokers ]]; then
+    [[ $# -eq 2 ]] || usage
+    cluster_select "$2" record
+    shift 2
+  elif [[ $cmd == up || $cmd == start || $cmd == restart ]]; then
+    cluster_select "" record
+  else
+    cluster_select
+  fi
   case $cmd in
     up)
       [[ $# -eq 0 ]] || usage
@@ -854,20 +1027,25 @@ main() {
       [[ $# -eq 0 ]] || usage
       print_status "${SERVICES[@]}"
       ;;
+    env)
+      [[ $# -eq 0 ]] || usage
+      print_env
+      ;;
     start | stop | restart)
       need_service_arg "$@"
       [[ $# -eq 1 ]] || usage
       take_lock
-      local svc=$1 rc=0
-      [[ $cmd == start ]] || stop_services "$svc"
-      if [[ $cmd != stop ]]; then start_services "$svc" || rc=1; fi
-      print_status "$svc" || { [[ $cmd == stop ]] || rc=1; }
+      local rc=0 svcs
+      mapfile -t svcs < <(expand_service "$1")
+      [[ $cmd == start ]] || stop_services "${svcs[@]}"
+      if [[ $cmd != stop ]]; then start_services "${svcs[@]}" || rc=1; fi
+      print_status "${svcs[@]}" || { [[ $cmd == stop ]] || rc=1; }
       return $rc
       ;;
     logs)
       need_service_arg "$@"
       local log follow=()
-      log=$(svc_log "$1")
+      log=$(svc_log "$(expand_service "$1" | head -n1)")
       case ${2:-} in
         '') ;;
         -f | --follow) follow=(-F) ;;
@@ -878,6 +1056,8 @@ main() {
       ;;
     kafka-scram-user)
       [[ $# -eq 2 ]] || usage
+      # A cluster keeps the credential in its metadata too; any node takes the request.
+      if ((KAFKA_BROKERS > 1)); then KAFKA_DIR=$LOCAL_DIR/kafka-1 KAFKA_PORT=$(kafka_node_port 1 0); fi
       kafka_healthy || die "kafka is not running (scripts/services.sh up)"
       local java
       java=$(ensure_java 17) || die "kafka-scram-user: needs Java 17+"
@@ -890,6 +1070,7 @@ main() {
       ;;
     kafka-produce)
       [[ $# -ge 2 && $# -le 3 ]] || usage
+      if ((KAFKA_BROKERS > 1)); then KAFKA_DIR=$LOCAL_DIR/kafka-1 KAFKA_PORT=$(kafka_node_port 1 0); fi
       kafka_produce "$@"
       ;;
     -h | --help | help) usage 0 ;;

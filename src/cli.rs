@@ -13,7 +13,8 @@ use crate::config::{ConfigError, Settings};
 #[derive(Debug, Parser)]
 #[command(name = "scheduled-jobs", version, about = "Kafka-native, exactly-once runner for periodic e-commerce jobs")]
 #[command(long_about = "Kafka-native, exactly-once runner for the periodic background jobs of an e-commerce platform.\n\n\
-Settings come from built-in defaults (the local stack of scripts/services.sh), then the TOML file\n\
+Settings come from built-in defaults (the addresses of the local stack of scripts/services.sh, and\n\
+no topic overlay: each topic file's replication), then the TOML file\n\
 (--config, or ./scheduled-jobs.toml if present), then SJ_* environment variables:\n\
 SJ_<SECTION>__<KEY> (e.g. SJ_KAFKA__BOOTSTRAP_SERVERS) and SJ_KAFKA_PROP_<NAME> for any\n\
 librdkafka property (underscores become dots). `config show` prints the result, secrets redacted.")]
@@ -155,11 +156,19 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum TopicsAction {
-    /// Create missing topics, grow partitions, align configs; report drift. Idempotent.
+    /// Create missing topics, grow partitions, align configs; report drift and partitions
+    /// with fewer in-sync replicas than replicas. Idempotent. Refuses, before changing
+    /// anything, to shrink a topic, to create one with more replicas than brokers are up, and
+    /// on a cluster of three or more brokers a replication factor of 1, below the topic file's
+    /// (an overlay such as topics/overrides/single-broker.toml) or below min.insync.replicas.
     Apply {
         /// Show what would change without changing anything.
         #[arg(long)]
         dry_run: bool,
+        /// Apply replication 1, or below the topic file's or min.insync.replicas, on a cluster of
+        /// three or more brokers anyway.
+        #[arg(long)]
+        allow_low_replication: bool,
     },
 }
 
@@ -295,9 +304,10 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Config { action: ConfigAction::Show } => print!("{}", settings.redacted()),
         Command::Config { action: ConfigAction::Check } => {}
-        Command::Topics { action: TopicsAction::Apply { dry_run } } => {
+        Command::Topics { action: TopicsAction::Apply { dry_run, allow_low_replication } } => {
             let specs = crate::kafka::topics::configured_specs(&settings).map_err(anyhow::Error::from)?;
-            let report = crate::kafka::topics::apply(&settings, &specs, dry_run).await.map_err(anyhow::Error::from)?;
+            let options = crate::kafka::topics::ApplyOptions { dry_run, allow_low_replication };
+            let report = crate::kafka::topics::apply_with(&settings, &specs, options).await.map_err(anyhow::Error::from)?;
             print!("{report}");
         }
         Command::Schemas { action } => {

@@ -192,7 +192,10 @@ pub struct PostgresSettings {
 pub struct TopicsSettings {
     /// Folder holding one `<topic>.toml` per topic.
     pub dir: PathBuf,
-    /// Overlay applied to every topic (e.g. replication 1 on a single local broker); empty for none.
+    /// Overlay applied to every topic, e.g. `topics/overrides/single-broker.toml` (one replica)
+    /// for the single local broker, which selects it explicitly (`scripts/services.sh env`).
+    /// None by default (an empty path also means none): production gets each topic file's
+    /// replication.
     pub overrides: Option<PathBuf>,
     /// Prepended to every topic name (and so to every subject): isolates environments
     /// sharing a cluster, and each test from the others.
@@ -269,7 +272,7 @@ impl Default for TopicsSettings {
     fn default() -> Self {
         TopicsSettings {
             dir: "topics".into(),
-            overrides: Some("topics/overrides/single-broker.toml".into()),
+            overrides: None,
             prefix: String::new(),
         }
     }
@@ -609,6 +612,22 @@ mod tests {
         assert_eq!(s.postgres.port, 5432);
         assert_eq!(s.redis.port, 6379);
         assert_eq!(s.postgres.password.expose_secret(), "scheduled_jobs", "defaults survive layering unredacted");
+    }
+
+    #[test]
+    fn built_in_defaults_take_each_topic_files_replication_and_the_overlay_is_opt_in() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(s.topics.overrides, None, "no overlay unless the local stack selects one");
+        let specs = crate::kafka::topics::configured_specs(&s).unwrap();
+        assert!(
+            specs.iter().all(|t| t.replication_factor == 3 && t.configs["min.insync.replicas"] == "2"),
+            "production gets the topic files' replication 3 / min.insync.replicas=2: {specs:?}"
+        );
+        let local = Settings::load_from(None, env(&[("SJ_TOPICS__OVERRIDES", "topics/overrides/single-broker.toml")])).unwrap();
+        let specs = crate::kafka::topics::configured_specs(&local).unwrap();
+        assert!(specs.iter().all(|t| t.replication_factor == 1 && t.file_replication_factor == 3), "{specs:?}");
+        let cleared = Settings::load_from(None, env(&[("SJ_TOPICS__OVERRIDES", "")])).unwrap();
+        assert_eq!(cleared.topics.overrides, None);
     }
 
     #[test]

@@ -32,13 +32,19 @@ pub fn stack() {
     });
 }
 
+/// The overlay the single local broker needs (replication 1): the built-in default has none,
+/// so the local stack selects it explicitly, as `scripts/services.sh env` does.
+pub fn single_broker_overlay() -> PathBuf {
+    repo_root().join("topics/overrides/single-broker.toml")
+}
+
 /// Settings as the binary would load them here (defaults ← SJ_* environment), with the repo's
-/// topics/ and avro/ folders resolved absolutely.
+/// topics/ and avro/ folders resolved absolutely and the single-broker overlay selected.
 pub fn settings() -> Settings {
     stack();
     let mut s = Settings::load_from(None, std::env::vars()).expect("settings");
     s.topics.dir = repo_root().join("topics");
-    s.topics.overrides = Some(repo_root().join("topics/overrides/single-broker.toml"));
+    s.topics.overrides = Some(single_broker_overlay());
     s.schemas.dir = repo_root().join("avro");
     s
 }
@@ -77,6 +83,7 @@ pub fn topic_spec(name: &str, partitions: i32) -> TopicSpec {
         key: "k".into(),
         value_schema: "SchedulerTick.avsc".into(),
         configs: [("retention.ms".to_string(), "3600000".to_string())].into_iter().collect(),
+        file_replication_factor: 1,
     }
 }
 
@@ -402,10 +409,13 @@ pub fn noop_env(s: &Settings) -> Option<(&'static str, &'static str)> {
     s.job("noop").is_some_and(|j| j.enabled).then_some(("SJ_JOBS__NOOP__ENABLED", "true"))
 }
 
-/// The environment that points the binary at `s`'s private topics, group, transactional ids
-/// and `database`, with `noop` enabled when `s` enables it (add what a test needs on top).
+/// The environment that points the binary at `s`'s private topics (and topic overlay), group,
+/// transactional ids and `database`, with `noop` enabled when `s` enables it (add what a test
+/// needs on top).
 pub fn isolated_env(s: &Settings, database: &str) -> Vec<(String, String)> {
+    let overrides = s.topics.overrides.as_deref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
     [
+        ("SJ_TOPICS__OVERRIDES", overrides.as_str()),
         ("SJ_TOPICS__PREFIX", s.topics.prefix.as_str()),
         ("SJ_PROCESSOR__GROUP_ID", s.processor.group_id.as_str()),
         ("SJ_PROCESSOR__TRANSACTIONAL_ID_PREFIX", s.processor.transactional_id_prefix.as_str()),

@@ -51,6 +51,8 @@ fn compose_publishes_the_default_ports_and_uses_known_settings() {
     assert_eq!(s.redis.host, "redis");
     assert_eq!(s.postgres.host, "postgres");
     assert!(s.registry.url.starts_with("http://registry:8080/"));
+    // Its single broker selects the replication-1 overlay explicitly (no built-in default).
+    assert_eq!(s.topics.overrides.as_deref(), Some(std::path::Path::new("topics/overrides/single-broker.toml")));
 
     // Kafka runs single-node with transactions usable.
     let k = &services["kafka"]["environment"];

@@ -5,6 +5,7 @@
 mod common;
 
 mod cli;
+mod cluster;
 mod codec;
 mod compression;
 mod compose;

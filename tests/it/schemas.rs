@@ -65,7 +65,9 @@ fn run_with(env: &[(&str, &str)], args: &[&str]) -> (bool, String, String) {
 fn cli_registers_the_repo_schemas_and_checks_them() {
     crate::common::stack();
     let prefix = format!("{}.", unique("cli-schemas"));
-    let run = |args: &[&str]| run_with(&[("SJ_TOPICS__PREFIX", prefix.as_str())], args);
+    let overlay = crate::common::single_broker_overlay();
+    let overlay = overlay.to_str().expect("utf-8 path");
+    let run = |args: &[&str]| run_with(&[("SJ_TOPICS__PREFIX", prefix.as_str()), ("SJ_TOPICS__OVERRIDES", overlay)], args);
     let (ok, _, err) = run(&["topics", "apply"]);
     assert!(ok, "{err}");
     let (ok, out, err) = run(&["schemas", "register"]);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rdkafka::admin::ResourceSpecifier;
 use scheduled_jobs::kafka::topics::{apply, load_specs, Change, TopicsError};
 
-use crate::common::{binary, repo_root, settings, unique, WAIT};
+use crate::common::{binary, repo_root, settings, single_broker_overlay, unique, WAIT};
 
 fn write_spec(dir: &Path, name: &str, partitions: i32, retention_ms: u64) {
     let text = format!(
@@ -36,7 +36,7 @@ async fn config_value(s: &scheduled_jobs::config::Settings, topic: &str, key: &s
 async fn apply_is_idempotent_grows_and_refuses_to_shrink() {
     let s = settings();
     let dir = tempdir();
-    let overrides = repo_root().join("topics/overrides/single-broker.toml");
+    let overrides = single_broker_overlay();
     let (a, b) = (unique("topics-a"), unique("topics-b"));
     write_spec(&dir, &a, 2, 3_600_000);
     write_spec(&dir, &b, 1, 3_600_000);
@@ -86,7 +86,12 @@ async fn apply_is_idempotent_grows_and_refuses_to_shrink() {
 fn cli_apply_of_the_repo_topics_twice_changes_nothing_the_second_time() {
     crate::common::stack();
     let run = || {
-        let out = Command::new(binary()).current_dir(repo_root()).args(["topics", "apply"]).output().unwrap();
+        let out = Command::new(binary())
+            .current_dir(repo_root())
+            .env("SJ_TOPICS__OVERRIDES", single_broker_overlay())
+            .args(["topics", "apply"])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };

@@ -956,12 +956,15 @@ main() {
       kafka_healthy || die "kafka is not running (scripts/services.sh up)"
       local java
       java=$(ensure_java 17) || die "kafka-scram-user: needs Java 17+"
-      # Stored in the cluster metadata (KRaft): takes effect on the SASL listener at once.
-      "$java" -cp "$(cat "$KAFKA_DIR/classpath.txt")" -Dlog4j2.configurationFile="$SCRIPT_DIR/kafka/log4j2.yaml" \
-        kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --alter \
-        --add-config "SCRAM-SHA-256=[iterations=4096,password=$2],SCRAM-SHA-512=[iterations=4096,password=$2]" \
-        --entity-type users --entity-name "$1" >/dev/null ||
-        die "kafka-scram-user: could not set the credential of $1"
+      # Stored in the cluster metadata (KRaft): takes effect on the SASL listeners at once. One
+      # call per mechanism: the broker refuses two alterations of one user in one request.
+      local mechanism
+      for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do
+        "$java" -cp "$(cat "$KAFKA_DIR/classpath.txt")" -Dlog4j2.configurationFile="$SCRIPT_DIR/kafka/log4j2.yaml" \
+          kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --alter \
+          --add-config "$mechanism=[iterations=4096,password=$2]" --entity-type users --entity-name "$1" >/dev/null ||
+          die "kafka-scram-user: could not set the $mechanism credential of $1"
+      done
       say "kafka: SCRAM-SHA-256/512 user $1 set (SASL_PLAINTEXT on 127.0.0.1:$KAFKA_SASL_PORT, SASL_SSL on 127.0.0.1:$KAFKA_SASL_SSL_PORT)"
       ;;
     -h | --help | help) usage 0 ;;

@@ -233,8 +233,8 @@ mvn_quiet() { # logfile mvn-args... ; Maven output goes to the log, not the term
 # secret worth protecting: the CA key only signs certificates for the loopback addresses.
 
 # Makes the CA and the server certificate unless both exist and stay valid for another day.
-# Runs under the services lock (start paths only); a fresh pair is written beside the old
-# files and moved in, so a failure never leaves half a set.
+# Runs under the services lock (start paths only); a fresh set is made in a folder beside the
+# old files and moved in only when openssl made all of it.
 tls_ensure() {
   ensure_cmd openssl openssl
   mkdir -p "$TLS_DIR"

@@ -215,7 +215,7 @@ pub fn admin_options(timeout: Duration) -> AdminOptions {
 /// Cluster metadata for all topics (or one), waiting up to `timeout` for a broker. Rejected
 /// credentials are reported as [`KafkaClientError::Authentication`] and a failed TLS
 /// handshake as [`KafkaClientError::Tls`] (both fatal), not as the transport failure the
-/// request itself ends with. Every command that talks to Kafka starts with this call.
+/// request itself ends with. `run`, `tick`, `trigger`, `topics apply` and `tail` start with it.
 pub fn metadata(settings: &Settings, topic: Option<&str>, timeout: Duration) -> Result<Metadata, KafkaClientError> {
     let consumer: BaseConsumer<LastErrorContext> =
         client_config(settings, Role::Admin).create_with_context(LastErrorContext::default()).map_err(creation_error)?;

@@ -9,15 +9,19 @@
 # Usage: scripts/services.sh up [--brokers N] | down | status | env
 #                            start|stop|restart <kafka|kafka-I|registry|redis|postgres>
 #                            logs <service> [-f]
-#                            kafka-scram-user <name> <password>   (SCRAM-SHA-256 user for the SASL listener)
+#                            kafka-scram-user <name> <password>   (SCRAM-SHA-256/512 user for the SASL listeners)
 #                            kafka-produce <topic> <registry-url|-> [bootstrap]   (Kafka's Java client
 #                                writes stdin's records compressed, Avro-encoded with a registry; tests)
 #
 # Everything (data, logs, pid files, downloads that are not in ~/.m2) lives in
 # ${SJ_LOCAL_DIR:-<repo>/.local}. Every service listens on 127.0.0.1 only.
 # Ports: SJ_KAFKA_PORT (9092), SJ_KAFKA_CONTROLLER_PORT (9093), SJ_KAFKA_SASL_PORT (9094:
-#        SASL_PLAINTEXT with SCRAM-SHA-256, users made with kafka-scram-user), SJ_REGISTRY_PORT (8081),
-#        SJ_REGISTRY_MANAGEMENT_PORT (registry port + 10000), SJ_REDIS_PORT (6379), SJ_PG_PORT (5432).
+#        SASL_PLAINTEXT with SCRAM-SHA-256, users made with kafka-scram-user), SJ_KAFKA_SSL_PORT (9095:
+#        SSL), SJ_KAFKA_SASL_SSL_PORT (9096: SASL_SSL with SCRAM-SHA-256 and SCRAM-SHA-512),
+#        SJ_REGISTRY_PORT (8081), SJ_REGISTRY_MANAGEMENT_PORT (registry port + 10000),
+#        SJ_REDIS_PORT (6379), SJ_REDIS_TLS_PORT (6380: TLS), SJ_PG_PORT (5432: TLS offered too).
+# TLS: a private CA and a server certificate for 127.0.0.1/localhost are generated on first
+#   start into <local dir>/tls (clients trust tls/ca.crt); see the "tls" section below.
 # Other knobs: SJ_KAFKA_VERSION (4.1.1), SJ_REGISTRY_VERSION (3.3.3, falls back to 3.0.9),
 #   SJ_REGISTRY_STORAGE (file|mem, default file), SJ_KAFKA_HEAP (1g), SJ_REGISTRY_HEAP (512m),
 #   SJ_START_TIMEOUT (seconds, per service), SJ_STOP_TIMEOUT (30: SIGKILL after this),
@@ -38,10 +42,13 @@ LOCAL_DIR=$(realpath -m "${SJ_LOCAL_DIR:-$ROOT_DIR/.local}")
 KAFKA_PORT=${SJ_KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${SJ_KAFKA_CONTROLLER_PORT:-9093}
 KAFKA_SASL_PORT=${SJ_KAFKA_SASL_PORT:-9094}
+KAFKA_SSL_PORT=${SJ_KAFKA_SSL_PORT:-9095}
+KAFKA_SASL_SSL_PORT=${SJ_KAFKA_SASL_SSL_PORT:-9096}
 REGISTRY_PORT=${SJ_REGISTRY_PORT:-8081}
 # Quarkus management interface (health/metrics) of the registry; by default it would be 0.0.0.0:9000.
 REGISTRY_MANAGEMENT_PORT=${SJ_REGISTRY_MANAGEMENT_PORT:-$((REGISTRY_PORT + 10000))}
 REDIS_PORT=${SJ_REDIS_PORT:-6379}
+REDIS_TLS_PORT=${SJ_REDIS_TLS_PORT:-6380}
 PG_PORT=${SJ_PG_PORT:-5432}
 
 KAFKA_VERSION=${SJ_KAFKA_VERSION:-4.1.1}
@@ -61,6 +68,7 @@ SERVICES=(kafka registry redis postgres)
 KAFKA_DIR=$LOCAL_DIR/kafka
 REGISTRY_DIR=$LOCAL_DIR/registry
 REDIS_DIR=$LOCAL_DIR/redis
+TLS_DIR=$LOCAL_DIR/tls
 PG_DIR=$LOCAL_DIR/postgres
 # Where postgres_start moved the data when the postgres OS user cannot reach $LOCAL_DIR.
 PG_POINTER=$LOCAL_DIR/postgres.location
@@ -226,6 +234,99 @@ mvn_quiet() { # logfile mvn-args... ; Maven output goes to the log, not the term
 }
 
 # ---------------------------------------------------------------------------------------------
+# tls: one private CA and one server certificate for every TLS listener of the stack
+# ---------------------------------------------------------------------------------------------
+# Kafka's SSL and SASL_SSL listeners, Redis' TLS port and PostgreSQL (ssl = on) all present
+# $TLS_DIR/server.crt, issued for localhost and 127.0.0.1 by $TLS_DIR/ca.crt. Clients verify
+# the server against ca.crt (tests find it through SJ_LOCAL_DIR: <local dir>/tls/ca.crt), which
+# also exercises hostname verification, as a production client does. Nothing here is a
+# secret worth protecting: the CA key only signs certificates for the loopback addresses.
+
+# Makes the CA and the server certificate unless both exist and stay valid for another day.
+# Runs under the services lock (start paths only); a fresh set is made in a folder beside the
+# old files and moved in only when openssl made all of it.
+tls_ensure() {
+  ensure_cmd openssl openssl
+  mkdir -p "$TLS_DIR"
+  local f ok=1
+  for f in ca.crt ca.key server.crt server.key server.pem; do [[ -s $TLS_DIR/$f ]] || ok=0; done
+  if [[ $ok -eq 1 ]] && openssl x509 -checkend 86400 -noout -in "$TLS_DIR/ca.crt" >/dev/null 2>&1 &&
+    openssl x509 -checkend 86400 -noout -in "$TLS_DIR/server.crt" >/dev/null 2>&1; then
+    return 0
+  fi
+  say "tls: generating a local CA and a server certificate for localhost/127.0.0.1 in $TLS_DIR"
+  local tmp
+  tmp=$(mktemp -d "$TLS_DIR/.new.XXXXXX")
+  {
+    openssl req -x509 -new -newkey rsa:2048 -nodes -sha256 -days 3650 -subj "/CN=scheduled-jobs local CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -keyout "$tmp/ca.key" -out "$tmp/ca.crt" &&
+      openssl req -new -newkey rsa:2048 -nodes -sha256 -subj "/CN=localhost" \
+        -keyout "$tmp/server.key" -out "$tmp/server.csr" &&
+      printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+        "extendedKeyUsage=serverAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1" >"$tmp/server.ext" &&
+      openssl x509 -req -sha256 -days 825 -in "$tmp/server.csr" -CA "$tmp/ca.crt" -CAkey "$tmp/ca.key" \
+        -CAcreateserial -extfile "$tmp/server.ext" -out "$tmp/server.crt"
+  } >"$tmp/openssl.log" 2>&1 || { cat "$tmp/openssl.log" >&2; rm -rf "$tmp"; die "tls: openssl could not make the certificates"; }
+  # Kafka reads a PEM "keystore" (ssl.keystore.type=PEM): the unencrypted PKCS#8 key (what
+  # OpenSSL 3 writes) followed by the certificate chain. No keytool, no JKS/PKCS12 password.
+  cat "$tmp/server.key" "$tmp/server.crt" "$tmp/ca.crt" >"$tmp/server.pem"
+  chmod 600 "$tmp/ca.key" "$tmp/server.key" "$tmp/server.pem"
+  for f in ca.key ca.crt server.key server.crt server.pem; do mv -f "$tmp/$f" "$TLS_DIR/$f"; done
+  rm -rf "$tmp"
+}
+
+# The broker's TLS client listeners (one broker; the SASL ones share the SCRAM users).
+kafka_tls_listeners() { echo "SSL://127.0.0.1:$KAFKA_SSL_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT"; }
+
+kafka_tls_properties() {
+  cat <<EOF
+
+# TLS (scripts/services.sh tls_ensure): SSL on $KAFKA_SSL_PORT, SASL_SSL with SCRAM-SHA-256/512
+# on $KAFKA_SASL_SSL_PORT; clients trust $TLS_DIR/ca.crt. No client certificates.
+ssl.keystore.type=PEM
+ssl.keystore.location=$TLS_DIR/server.pem
+ssl.client.auth=none
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+EOF
+}
+
+# A second, TLS-only port on the same server (same data); clients need no certificate.
+redis_tls_config() {
+  cat <<EOF
+# TLS on a second port (scripts/services.sh tls_ensure); clients trust $TLS_DIR/ca.crt.
+tls-port $REDIS_TLS_PORT
+tls-cert-file "$TLS_DIR/server.crt"
+tls-key-file "$TLS_DIR/server.key"
+tls-ca-cert-file "$TLS_DIR/ca.crt"
+tls-auth-clients no
+EOF
+}
+
+# PostgreSQL offers TLS on its one port (sslmode=prefer clients take it, require/verify-full
+# demand it). The server wants its key owned by itself and private, inside its data folder,
+# which the postgres OS user can always read (unlike, possibly, $TLS_DIR).
+postgres_tls_config() {
+  tls_ensure
+  local f
+  for f in server.crt server.key; do
+    if [[ $EUID -eq 0 ]]; then
+      install -m 600 -o postgres -g postgres "$TLS_DIR/$f" "$PG_DATA/sj-$f"
+    else
+      install -m 600 "$TLS_DIR/$f" "$PG_DATA/sj-$f"
+    fi
+  done
+  as_pg tee -a "$PG_DATA/sj-local.conf" >/dev/null <<EOF
+# TLS (scripts/services.sh tls_ensure): clients verify against $TLS_DIR/ca.crt.
+ssl = on
+ssl_cert_file = 'sj-server.crt'
+ssl_key_file = 'sj-server.key'
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------
 # kafka
 # ---------------------------------------------------------------------------------------------
 
@@ -233,7 +334,7 @@ mvn_quiet() { # logfile mvn-args... ; Maven output goes to the log, not the term
 KAFKA_SERVICE=kafka
 kafka_log() { echo "$KAFKA_DIR/kafka.log"; }
 kafka_pid() { pid_from_file "$KAFKA_DIR/kafka.pid" "-Dsj.service=kafka"; }
-kafka_ports() { echo "$KAFKA_PORT,$KAFKA_CONTROLLER_PORT,$KAFKA_SASL_PORT"; }
+kafka_ports() { echo "$KAFKA_PORT,$KAFKA_CONTROLLER_PORT,$KAFKA_SASL_PORT,$KAFKA_SSL_PORT,$KAFKA_SASL_SSL_PORT"; }
 kafka_healthy() { python3 "$SCRIPT_DIR/kafka/probe.py" 127.0.0.1 "$KAFKA_PORT" 2 2>/dev/null; }
 
 # Resolving through Maven takes ~10 s even with a warm ~/.m2, so a classpath is cached and only
@@ -270,11 +371,11 @@ process.roles=broker,controller
 node.id=1
 # Static quorum (no --standalone at format time; Kafka 4.1 rejects mixing both styles).
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,$(kafka_tls_listeners)
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,$(kafka_tls_listeners)
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL
 # A second client listener with SCRAM authentication, as production brokers have (the tool's
 # SASL pass-through is tested against it); users: scripts/services.sh kafka-scram-user NAME PASSWORD.
 sasl.enabled.mechanisms=SCRAM-SHA-256
@@ -294,6 +395,8 @@ min.insync.replicas=1
 num.partitions=1
 EOF
   kafka_common_config >>"$KAFKA_DIR/server.properties"
+  # TLS listeners: the single broker only (a cluster node would need its own TLS ports).
+  kafka_tls_properties >>"$KAFKA_DIR/server.properties"
 }
 
 # The part of server.properties every node shares, single broker or cluster.
@@ -305,9 +408,10 @@ auto.create.topics.enable=false
 # No 3 s wait for more members before the first rebalance.
 group.initial.rebalance.delay.ms=0
 
-# Clients use a 30 min transaction.timeout.ms; the broker rejects InitProducerId when it exceeds
-# transaction.max.timeout.ms (default 15 min), so allow up to 1 h. The abort scan interval stays
-# at its 10 s default: a timed-out transaction is aborted within ~10 s of its deadline.
+# The processor's transaction timeout is 10 s by default (processor.transaction_timeout_ms); tests
+# raise it up to minutes, and the broker rejects InitProducerId beyond transaction.max.timeout.ms
+# (default 15 min), so allow up to 1 h. The abort scan interval stays at its 10 s default, as on
+# a production broker: a timed-out transaction is aborted within ~10 s of its deadline.
 transaction.max.timeout.ms=3600000
 transaction.abort.timed.out.transaction.cleanup.interval.ms=10000
 
@@ -333,6 +437,7 @@ kafka_start() {
   java=$(ensure_java 17) || die "kafka: needs Java 17+ and none could be installed"
   ensure_cmd python3 python3
   kafka_classpath
+  tls_ensure
   if [[ $KAFKA_SERVICE == kafka ]]; then kafka_write_config; else kafka_node_write_config; fi
   cp=$(cat "$KAFKA_DIR/classpath.txt")
   if [[ ! -f $KAFKA_DIR/data/meta.properties ]]; then
@@ -623,7 +728,7 @@ registry_start() {
 
 redis_log() { echo "$REDIS_DIR/redis.log"; }
 redis_pid() { pid_from_file "$REDIS_DIR/redis.pid" "redis-server"; }
-redis_ports() { echo "$REDIS_PORT"; }
+redis_ports() { echo "$REDIS_PORT,$REDIS_TLS_PORT"; }
 redis_healthy() {
   command -v redis-cli >/dev/null 2>&1 &&
     [[ $(timeout 3 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]
@@ -645,6 +750,7 @@ redis_install() {
 redis_start() {
   mkdir -p "$REDIS_DIR/data"
   redis_install
+  tls_ensure
   cat >"$REDIS_DIR/redis.conf" <<EOF
 # Generated by scripts/services.sh - edits are overwritten on the next start.
 bind 127.0.0.1
@@ -661,6 +767,7 @@ appendonly yes
 appendfsync everysec
 save ""
 EOF
+  redis_tls_config >>"$REDIS_DIR/redis.conf"
   rotate_log "$(redis_log)"
   rm -f "$REDIS_DIR/redis.pid"
   # redis daemonizes itself (own session, pid file); a config error is printed before that.
@@ -778,6 +885,7 @@ shared_buffers = 256MB
 max_wal_size = 4GB
 work_mem = 32MB
 EOF
+  postgres_tls_config
   rotate_log "$(pg_log)"
   # pg_ctl -W: return at once; readiness is checked like for every other service. pg_ctl starts
   # the postmaster in its own session with output appended to the log file.
@@ -1061,12 +1169,16 @@ main() {
       kafka_healthy || die "kafka is not running (scripts/services.sh up)"
       local java
       java=$(ensure_java 17) || die "kafka-scram-user: needs Java 17+"
-      # Stored in the cluster metadata (KRaft): takes effect on the SASL listener at once.
-      "$java" -cp "$(cat "$KAFKA_DIR/classpath.txt")" -Dlog4j2.configurationFile="$SCRIPT_DIR/kafka/log4j2.yaml" \
-        kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --alter \
-        --add-config "SCRAM-SHA-256=[iterations=4096,password=$2]" --entity-type users --entity-name "$1" >/dev/null ||
-        die "kafka-scram-user: could not set the credential of $1"
-      say "kafka: SCRAM-SHA-256 user $1 set (SASL_PLAINTEXT on 127.0.0.1:$KAFKA_SASL_PORT)"
+      # Stored in the cluster metadata (KRaft): takes effect on the SASL listeners at once. One
+      # call per mechanism: the broker refuses two alterations of one user in one request.
+      local mechanism
+      for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do
+        "$java" -cp "$(cat "$KAFKA_DIR/classpath.txt")" -Dlog4j2.configurationFile="$SCRIPT_DIR/kafka/log4j2.yaml" \
+          kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --alter \
+          --add-config "$mechanism=[iterations=4096,password=$2]" --entity-type users --entity-name "$1" >/dev/null ||
+          die "kafka-scram-user: could not set the $mechanism credential of $1"
+      done
+      say "kafka: SCRAM-SHA-256/512 user $1 set (SASL_PLAINTEXT on 127.0.0.1:$KAFKA_SASL_PORT, SASL_SSL on 127.0.0.1:$KAFKA_SASL_SSL_PORT)"
       ;;
     kafka-produce)
       [[ $# -ge 2 && $# -le 3 ]] || usage

@@ -169,8 +169,12 @@ pub struct RedisSettings {
     pub username: Option<String>,
     #[serde(serialize_with = "serialize_secret_opt")]
     pub password: Option<SecretString>,
-    /// `rediss://` (TLS) instead of `redis://`.
+    /// `rediss://` (TLS) instead of `redis://`; the server's certificate is verified, host
+    /// name included, against the system's CAs or `ca_file`.
     pub tls: bool,
+    /// PEM file of the CA certificate(s) that issued the server's certificate, trusted instead
+    /// of the system's store (a private CA). Needs `tls`.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -184,6 +188,9 @@ pub struct PostgresSettings {
     pub database: String,
     /// libpq `sslmode`: disable, allow, prefer, require, verify-ca, verify-full.
     pub sslmode: String,
+    /// libpq `sslrootcert`: PEM file of the CA certificate(s) the server's certificate is
+    /// checked against under verify-ca / verify-full (otherwise the system's store).
+    pub sslrootcert: Option<PathBuf>,
     pub max_connections: u32,
 }
 
@@ -250,7 +257,7 @@ impl Default for RegistrySettings {
 
 impl Default for RedisSettings {
     fn default() -> Self {
-        RedisSettings { host: "127.0.0.1".into(), port: 6379, db: 0, username: None, password: None, tls: false }
+        RedisSettings { host: "127.0.0.1".into(), port: 6379, db: 0, username: None, password: None, tls: false, ca_file: None }
     }
 }
 
@@ -263,6 +270,7 @@ impl Default for PostgresSettings {
             password: SecretString::from("scheduled_jobs"),
             database: "scheduled_jobs".into(),
             sslmode: "prefer".into(),
+            sslrootcert: None,
             max_connections: 10,
         }
     }
@@ -448,8 +456,17 @@ impl Settings {
         if self.redis.port == 0 {
             return Err(ConfigError::invalid("redis.port", "must be between 1 and 65535"));
         }
+        if let Some(ca) = &self.redis.ca_file {
+            if !self.redis.tls {
+                return Err(ConfigError::invalid("redis.ca_file", "is only used with redis.tls = true"));
+            }
+            readable_file("redis.ca_file", ca)?;
+        }
         if self.postgres.port == 0 {
             return Err(ConfigError::invalid("postgres.port", "must be between 1 and 65535"));
+        }
+        if let Some(ca) = &self.postgres.sslrootcert {
+            readable_file("postgres.sslrootcert", ca)?;
         }
         if !matches!(
             self.postgres.sslmode.as_str(),
@@ -560,18 +577,44 @@ impl Settings {
         }
     }
 
-    /// The Redis connection URL (holds the password: never log it).
+    /// The Redis connection URL (holds the password: never log it). User name and password
+    /// are percent-encoded, so any character (`@`, `:`, `/`, `%`) reaches the server as given.
     pub fn redis_url(&self) -> SecretString {
         let r = &self.redis;
         let scheme = if r.tls { "rediss" } else { "redis" };
+        let enc = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
         let auth = match (&r.username, &r.password) {
-            (Some(u), Some(p)) => format!("{}:{}@", u, p.expose_secret()),
-            (None, Some(p)) => format!(":{}@", p.expose_secret()),
-            (Some(u), None) => format!("{u}@"),
+            (Some(u), Some(p)) => format!("{}:{}@", enc(u), enc(p.expose_secret())),
+            (None, Some(p)) => format!(":{}@", enc(p.expose_secret())),
+            (Some(u), None) => format!("{}@", enc(u)),
             (None, None) => String::new(),
         };
         SecretString::from(format!("{scheme}://{auth}{}:{}/{}", r.host, r.port, r.db))
     }
+
+    /// A Redis client for [`Settings::redis_url`], trusting `redis.ca_file` when set. Only
+    /// builds the client; nothing connects yet.
+    pub fn redis_client(&self) -> Result<redis::Client, ConfigError> {
+        let url = self.redis_url();
+        let built = match &self.redis.ca_file {
+            Some(ca) if self.redis.tls => {
+                let root_cert = std::fs::read(ca)
+                    .map_err(|e| ConfigError::invalid("redis.ca_file", format!("cannot read {}: {e}", ca.display())))?;
+                let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
+                redis::Client::build_with_tls(url.expose_secret(), certs)
+            }
+            _ => redis::Client::open(url.expose_secret()),
+        };
+        // The crate's messages about a URL never include the password.
+        built.map_err(|e| ConfigError::invalid(if self.redis.ca_file.is_some() { "redis.ca_file" } else { "redis" }, e.to_string()))
+    }
+}
+
+/// A file named by `setting` must be readable now, not at the first connection.
+fn readable_file(setting: &str, path: &Path) -> Result<(), ConfigError> {
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| ConfigError::invalid(setting, format!("cannot read {}: {e}", path.display())))
 }
 
 /// Figment names the offending key in its error; keep that but drop its internal profile prefix.
@@ -661,6 +704,37 @@ mod tests {
         let shown = s.redacted();
         assert!(!shown.contains("s3cr3t"), "{shown}");
         assert!(!format!("{s:?}").contains("s3cr3t"));
+    }
+
+    /// A password holding URL delimiters reaches Redis as given: the URL percent-encodes it
+    /// and the client decodes it back (what the crate will send in AUTH).
+    #[test]
+    fn redis_credentials_are_percent_encoded_in_the_url() {
+        let password = "p@ss:w/rd%?#[]";
+        let s = Settings::load_from(
+            None,
+            env(&[("SJ_REDIS__USERNAME", "app:user@x"), ("SJ_REDIS__PASSWORD", password), ("SJ_REDIS__TLS", "true")]),
+        )
+        .unwrap();
+        let url = s.redis_url();
+        assert!(url.expose_secret().starts_with("rediss://app%3Auser%40x:p%40ss%3Aw%2Frd"), "{}", url.expose_secret());
+        assert!(url.expose_secret().ends_with("@127.0.0.1:6379/0"), "{}", url.expose_secret());
+        let info = redis::IntoConnectionInfo::into_connection_info(url.expose_secret()).unwrap();
+        assert_eq!(info.redis_settings().username(), Some("app:user@x"));
+        assert_eq!(info.redis_settings().password(), Some(password));
+        assert!(matches!(info.addr(), redis::ConnectionAddr::TcpTls { host, port: 6379, .. } if host == "127.0.0.1"), "{:?}", info.addr());
+    }
+
+    #[test]
+    fn tls_trust_files_must_be_readable_and_fit_their_setting() {
+        let e = Settings::load_from(None, env(&[("SJ_REDIS__TLS", "true"), ("SJ_REDIS__CA_FILE", "/nonexistent/ca.crt")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("redis.ca_file") && e.contains("/nonexistent/ca.crt"), "{e}");
+        let e = Settings::load_from(None, env(&[("SJ_REDIS__CA_FILE", "/etc/hostname")])).unwrap_err().to_string();
+        assert!(e.contains("redis.ca_file") && e.contains("redis.tls"), "{e}");
+        let e = Settings::load_from(None, env(&[("SJ_POSTGRES__SSLROOTCERT", "/nonexistent/root.crt")])).unwrap_err().to_string();
+        assert!(e.contains("postgres.sslrootcert"), "{e}");
     }
 
     #[test]

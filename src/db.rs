@@ -42,14 +42,18 @@ pub fn connect_options(pg: &PostgresSettings, database: &str) -> PgConnectOption
         "verify-full" => PgSslMode::VerifyFull,
         _ => PgSslMode::Prefer,
     };
-    PgConnectOptions::new()
+    let options = PgConnectOptions::new()
         .host(&pg.host)
         .port(pg.port)
         .username(&pg.user)
         .password(pg.password.expose_secret())
         .database(database)
         .ssl_mode(ssl)
-        .application_name("scheduled-jobs")
+        .application_name("scheduled-jobs");
+    match &pg.sslrootcert {
+        Some(ca) => options.ssl_root_cert(ca),
+        None => options,
+    }
 }
 
 /// A pool on the configured database.

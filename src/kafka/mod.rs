@@ -16,9 +16,9 @@ pub mod topics;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, FromClientConfig};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::metadata::Metadata;
 
@@ -82,6 +82,10 @@ pub enum KafkaClientError {
     /// The broker rejected the client's credentials.
     #[error("kafka authentication failed: {0} (check sasl.mechanism, sasl.username and sasl.password in kafka.properties / SJ_KAFKA_PROP_*)")]
     Authentication(String),
+    /// The TLS handshake with a broker failed: most often its certificate did not verify
+    /// (unknown CA, a host name it was not issued for), which no retry fixes.
+    #[error("kafka TLS handshake failed: {0} (check security.protocol and ssl.ca.location in kafka.properties / SJ_KAFKA_PROP_*)")]
+    Tls(String),
     /// A topic a command needs is not in the cluster (or has no partitions). `hint` is what
     /// the command suggests: [`RUN_TOPICS_APPLY`] for the tool's own topics; `tail` and
     /// `replay` take the topic from the operator (it may be a typo, or not ours), so they
@@ -107,9 +111,10 @@ impl KafkaClientError {
     /// restarting broker loads its logs) re-classes it.
     pub fn class(&self) -> ErrorClass {
         match self {
-            KafkaClientError::Config(_) | KafkaClientError::Authentication(_) | KafkaClientError::NoSuchTopic { .. } => {
-                ErrorClass::Fatal
-            }
+            KafkaClientError::Config(_)
+            | KafkaClientError::Authentication(_)
+            | KafkaClientError::Tls(_)
+            | KafkaClientError::NoSuchTopic { .. } => ErrorClass::Fatal,
             KafkaClientError::Kafka { source, .. } => classify(source),
         }
     }
@@ -163,12 +168,40 @@ pub fn classify(e: &KafkaError) -> ErrorClass {
 
 /// Creates a client of type `T`, turning librdkafka's property errors into [`KafkaClientError::Config`].
 pub fn create<T: FromClientConfig>(cfg: &ClientConfig) -> Result<T, KafkaClientError> {
-    cfg.create().map_err(|e| match e {
-        KafkaError::ClientConfig(_, ref desc, ref key, _) => {
-            KafkaClientError::Config(format!("property `{key}`: {desc}"))
-        }
+    cfg.create().map_err(creation_error)
+}
+
+fn creation_error(e: KafkaError) -> KafkaClientError {
+    match e {
+        KafkaError::ClientConfig(_, ref desc, ref key, _) => KafkaClientError::Config(format!("property `{key}`: {desc}")),
         other => KafkaClientError::kafka("create client", other),
-    })
+    }
+}
+
+/// The context of the start-up metadata client: keeps librdkafka's text of the last client
+/// error, which rdkafka hands only to the context (the error a poll returns keeps just the
+/// code, e.g. "SSL", not "certificate verify failed"), and logs it as rdkafka's default does.
+#[derive(Default)]
+struct LastErrorContext {
+    last: std::sync::Mutex<Option<String>>,
+}
+
+impl ClientContext for LastErrorContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::error!(target: "rdkafka::client", "librdkafka: {error}: {reason}");
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(format!("{error}: {reason}"));
+        }
+    }
+}
+
+impl ConsumerContext for LastErrorContext {}
+
+impl LastErrorContext {
+    /// The text of the error just polled, or `fallback`'s.
+    fn reason(&self, fallback: &KafkaError) -> String {
+        self.last.lock().ok().and_then(|mut l| l.take()).unwrap_or_else(|| fallback.to_string())
+    }
 }
 
 pub fn admin(settings: &Settings) -> Result<AdminClient<DefaultClientContext>, KafkaClientError> {
@@ -180,13 +213,16 @@ pub fn admin_options(timeout: Duration) -> AdminOptions {
 }
 
 /// Cluster metadata for all topics (or one), waiting up to `timeout` for a broker. Rejected
-/// credentials are reported as [`KafkaClientError::Authentication`] (fatal), not as the
-/// transport failure the request itself ends with.
+/// credentials are reported as [`KafkaClientError::Authentication`] and a failed TLS
+/// handshake as [`KafkaClientError::Tls`] (both fatal), not as the transport failure the
+/// request itself ends with. `run`, `tick`, `trigger`, `topics apply` and `tail` start with it.
 pub fn metadata(settings: &Settings, topic: Option<&str>, timeout: Duration) -> Result<Metadata, KafkaClientError> {
-    let consumer: BaseConsumer = create(&client_config(settings, Role::Admin))?;
+    let consumer: BaseConsumer<LastErrorContext> =
+        client_config(settings, Role::Admin).create_with_context(LastErrorContext::default()).map_err(creation_error)?;
     consumer.fetch_metadata(topic, timeout).map_err(|e| {
-        // The reason arrives only as an error event on the client's queue.
-        for _ in 0..5 {
+        // The reason arrives only as error events on the client's queue (one per distinct
+        // failure; a TLS failure may first show as a transport failure).
+        for _ in 0..20 {
             match consumer.poll(Duration::from_millis(50)) {
                 Some(Err(ev))
                     if matches!(
@@ -194,7 +230,13 @@ pub fn metadata(settings: &Settings, topic: Option<&str>, timeout: Duration) -> 
                         Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed)
                     ) =>
                 {
-                    return KafkaClientError::Authentication(ev.to_string());
+                    return KafkaClientError::Authentication(consumer.context().reason(&ev));
+                }
+                // librdkafka's own text names the cause ("SSL handshake failed: ... certificate
+                // verify failed: broker certificate could not be verified, verify that
+                // ssl.ca.location is correctly configured ...").
+                Some(Err(ev)) if ev.rdkafka_error_code() == Some(RDKafkaErrorCode::SSL) => {
+                    return KafkaClientError::Tls(consumer.context().reason(&ev));
                 }
                 Some(_) => {}
                 None => break,

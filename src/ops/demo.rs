@@ -37,6 +37,8 @@ pub enum DemoError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
     Metrics(#[from] crate::runtime::metrics::MetricsError),
     #[error("tick producer: {0}")]
     Tick(#[from] crate::runtime::tick::TickError),
@@ -94,7 +96,7 @@ pub struct Seeded {
 /// expired and fresh unpaid orders with reservations, and yesterday's paid, cancelled and
 /// refunded orders.
 pub async fn seed(settings: &Settings, pool: &sqlx::PgPool, now: DateTime<Utc>) -> Result<Seeded, DemoError> {
-    let stock = Stock::connect(secrecy::ExposeSecret::expose_secret(&settings.redis_url())).await?;
+    let stock = Stock::new(redis::aio::ConnectionManager::new(settings.redis_client()?).await?);
     let mut conn = stock.connection();
     let names = ["keyboard", "mouse", "monitor", "headset", "webcam", "dock", "cable", "stand", "lamp", "chair", "desk", "mic"];
     for (i, name) in names.iter().enumerate() {

@@ -12,7 +12,7 @@ fn json_lines(stderr: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn run(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+pub fn run(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
     let mut cmd = Command::new(binary());
     cmd.current_dir(repo_root()).args(args);
     for (k, v) in env {
@@ -132,12 +132,7 @@ async fn the_processor_authenticates_with_scram_and_a_wrong_password_fails_start
     );
     let user = crate::common::unique("sj-user");
     let password = format!("right-{}", uuid::Uuid::new_v4().simple());
-    let out = Command::new("bash")
-        .arg(repo_root().join("scripts/services.sh"))
-        .args(["kafka-scram-user", &user, &password])
-        .output()
-        .expect("services.sh kafka-scram-user");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    crate::common::kafka_scram_user(&user, &password);
     let (pool, db) = crate::common::fresh_db(&s).await;
     scheduled_jobs::db::migrate(&pool).await.unwrap();
     let sasl_port = format!("127.0.0.1:{port}");

@@ -426,3 +426,42 @@ pub fn isolated_env(s: &Settings, database: &str) -> Vec<(String, String)> {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
 }
+
+/// The local stack's folder, as scripts/services.sh resolves it: `SJ_LOCAL_DIR` (relative to
+/// the repository, where the script runs from in CI) or `<repo>/.local`.
+pub fn local_dir() -> PathBuf {
+    match std::env::var_os("SJ_LOCAL_DIR") {
+        Some(d) if !d.is_empty() => repo_root().join(d),
+        _ => repo_root().join(".local"),
+    }
+}
+
+/// A port of the local stack: the script's `SJ_*_PORT` variable, or its default.
+pub fn stack_port(var: &str, default: u16) -> u16 {
+    std::env::var(var).ok().and_then(|p| p.parse().ok()).unwrap_or(default)
+}
+
+/// The CA that issued the local stack's server certificate (scripts/services.sh makes it on
+/// first start), after checking that a TLS listener answers on 127.0.0.1:`port`.
+pub fn stack_ca(port: u16) -> PathBuf {
+    stack();
+    let ca = local_dir().join("tls/ca.crt");
+    assert!(
+        ca.is_file() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "no TLS listener on 127.0.0.1:{port} or no {}: this stack was started before services.sh \
+         had TLS; restart it (`scripts/services.sh down && scripts/services.sh up`)",
+        ca.display()
+    );
+    ca
+}
+
+/// A SCRAM-SHA-256 and SCRAM-SHA-512 user of the local broker's SASL listeners, made the way
+/// an operator would (`scripts/services.sh kafka-scram-user`).
+pub fn kafka_scram_user(user: &str, password: &str) {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/services.sh"))
+        .args(["kafka-scram-user", user, password])
+        .output()
+        .expect("services.sh kafka-scram-user");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

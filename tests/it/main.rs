@@ -23,4 +23,5 @@ mod parameters;
 mod order_expiration;
 mod stock_sync;
 mod topics;
+mod security;
 mod transactions;

@@ -21,6 +21,9 @@ pub enum ProcessorError {
     /// Redis refused the configured credentials: waiting will not help.
     #[error("redis authentication failed: {0} (check redis.username / redis.password)")]
     RedisAuth(#[source] redis::RedisError),
+    /// Redis' TLS certificate did not verify: waiting will not help.
+    #[error("redis TLS handshake failed: the server's certificate did not verify (check redis.ca_file and redis.host)")]
+    RedisTls(#[source] redis::RedisError),
     #[error("invalid setting: {0}")]
     Config(String),
     #[error("job `{job}`: {source}")]
@@ -44,7 +47,7 @@ impl ProcessorError {
             ProcessorError::Ledger(ledger::LedgerError::Kafka(e)) => e.class(),
             ProcessorError::Db(e) => e.class(),
             ProcessorError::Redis(_) | ProcessorError::Task(_) => ErrorClass::Retry,
-            ProcessorError::RedisAuth(_) | ProcessorError::Config(_) => ErrorClass::Fatal,
+            ProcessorError::RedisAuth(_) | ProcessorError::RedisTls(_) | ProcessorError::Config(_) => ErrorClass::Fatal,
             ProcessorError::Job { source, .. } => source.class(),
         }
     }

@@ -32,14 +32,22 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-/// Redis, if it answers; refused credentials are fatal (waiting will not help).
+/// Redis, if it answers; refused credentials and a server certificate that does not verify
+/// are fatal (waiting will not help).
 pub(super) async fn connect_redis(settings: &Settings) -> Result<Option<redis::aio::ConnectionManager>, ProcessorError> {
-    let client = redis::Client::open(secrecy::ExposeSecret::expose_secret(&settings.redis_url())).map_err(ProcessorError::Redis)?;
+    let client = settings.redis_client().map_err(|e| ProcessorError::Config(e.to_string()))?;
     match redis::aio::ConnectionManager::new(client).await {
         Ok(c) => Ok(Some(c)),
         Err(e) if e.kind() == redis::ErrorKind::AuthenticationFailed || matches!(e.code(), Some("WRONGPASS" | "NOAUTH")) => Err(ProcessorError::RedisAuth(e)),
+        Err(e) if is_certificate_failure(&e) => Err(ProcessorError::RedisTls(e)),
         Err(e) => Err(ProcessorError::Redis(e)),
     }
+}
+
+/// The TLS handshake failed on the server's certificate (unknown CA, wrong host name,
+/// expired): OpenSSL says so only in the message of the I/O error it ends with.
+fn is_certificate_failure(e: &redis::RedisError) -> bool {
+    e.to_string().to_ascii_lowercase().contains("certificate verify failed")
 }
 
 /// The consumer of the processor group.

@@ -20,6 +20,12 @@
 //!
 //! `cargo test --test faults` runs the short profile (about 5–6 minutes; part of `.ci/run`);
 //! `cargo test --test faults -- --profile long [--seed N]` runs 30 minutes of faults.
+//! `cargo test --test faults -- --profile cluster [--duration S]` (issue 17) starts its own
+//! three-broker cluster (replication 3, `min.insync.replicas=2`, no overlay; Redis, PostgreSQL
+//! and the registry are the local stack's) and, for 30 minutes unless told otherwise, SIGKILLs
+//! and cleanly stops one broker at a time, the active controller included, restarts all three
+//! one after the other while a large order-expiration run is in flight, and bounces processors,
+//! Redis and PostgreSQL; verified the same way.
 
 #[path = "../it/common.rs"]
 #[allow(dead_code)]
@@ -29,7 +35,7 @@ mod traffic;
 mod verify;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,8 +52,9 @@ use verify::Report;
 #[derive(Parser, Debug)]
 #[command(about = "Fault-injection suite: real processes, crashes, zombies and service restarts; verifies E1–E5")]
 struct Args {
-    /// short: 190 s of faults (CI; every kind of fault once); long: 30 minutes.
-    #[arg(long, default_value = "short", value_parser = ["short", "long"])]
+    /// short: 190 s of faults (CI; every kind of fault once); long: 30 minutes; cluster: 30
+    /// minutes on a three-broker cluster of its own.
+    #[arg(long, default_value = "short", value_parser = ["short", "long", "cluster"])]
     profile: String,
     /// Seed of the fault schedule (random when absent; printed either way).
     #[arg(long, env = "SJ_FAULTS_SEED")]
@@ -86,6 +93,9 @@ struct Args {
 }
 
 const PROCESSORS: usize = 3;
+/// Orders placed at once before a rolling restart of the cluster (one order-expiration run of
+/// BURST_ORDERS / 20 chunks).
+const BURST_ORDERS: usize = 1500;
 const PAYMENT_TIMEOUT_SECS: i64 = 10;
 const EXPIRY_INTERVAL_SECS: i64 = 5;
 /// Stated slack on "no waiting order older than timeout + one interval": room for a broker
@@ -252,9 +262,11 @@ async fn main() {
         return;
     }
     let seed = args.seed.unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0 % 1_000_000);
-    let span = Duration::from_secs(args.duration.unwrap_or(if args.profile == "long" { 1800 } else { 190 }));
-    let gap = if args.profile == "long" { (15, 45) } else { (5, 12) };
-    let plan = procs::schedule(seed, span, PROCESSORS, gap);
+    let on_cluster = args.profile == "cluster";
+    let span = Duration::from_secs(args.duration.unwrap_or(if args.profile == "short" { 190 } else { 1800 }));
+    let gap = if args.profile == "short" { (5, 12) } else { (15, 45) };
+    let kinds: &[procs::Kind] = if on_cluster { &procs::Kind::CLUSTER } else { &procs::Kind::ALL };
+    let plan = procs::schedule(seed, span, PROCESSORS, gap, kinds);
     eprintln!("[faults] profile {} seed {seed}: {} faults over {} s", args.profile, plan.len(), span.as_secs());
     for f in &plan {
         eprintln!("[faults]   t+{:>4}s {:<36} p{} hold {:.1}s", f.at.as_secs(), f.kind.name(), f.target, f.hold.as_secs_f64());
@@ -264,8 +276,26 @@ async fn main() {
     }
     let started = Instant::now();
 
+    // The cluster profile's brokers, and what points every client at them.
+    let cluster = on_cluster.then(|| {
+        let c = common::Cluster::start();
+        eprintln!("[faults] three-broker cluster in {} (ports from {})", c.dir.display(), c.base_port);
+        c
+    });
+    let cluster_env: Vec<(String, String)> = cluster
+        .as_ref()
+        .map(|c| c.env().into_iter().filter(|(k, _)| k == "SJ_KAFKA__BOOTSTRAP_SERVERS" || k == "SJ_TOPICS__OVERRIDES").collect())
+        .unwrap_or_default();
     // A private environment: topics, group, transactional ids, database, product ids.
-    let s = common::isolated().await;
+    let s = common::isolated_with(|s| {
+        for (k, v) in &cluster_env {
+            match k.as_str() {
+                "SJ_KAFKA__BOOTSTRAP_SERVERS" => s.kafka.bootstrap_servers = v.clone(),
+                _ => s.topics.overrides = None,
+            }
+        }
+    })
+    .await;
     let (db, database) = common::fresh_db(&s).await;
     scheduled_jobs::db::migrate(&db).await.expect("migrate");
     let url = secrecy::ExposeSecret::expose_secret(&s.redis_url()).to_string();
@@ -276,7 +306,8 @@ async fn main() {
     std::fs::create_dir_all(&logs).expect("log folder");
     eprintln!("[faults] process logs in {}", logs.display());
 
-    let env = job_env(&s, &database);
+    let mut env = job_env(&s, &database);
+    env.extend(cluster_env.iter().cloned());
     let processors: Arc<Mutex<Vec<Managed>>> = Arc::new(Mutex::new(
         (0..PROCESSORS)
             .map(|i| {
@@ -299,17 +330,20 @@ async fn main() {
     // Traffic, with its drift stopping early enough for the scheduled syncs to repair it.
     let stop = Arc::new(AtomicBool::new(false));
     let stop_drift = Arc::new(AtomicBool::new(false));
+    let burst = Arc::new(AtomicUsize::new(0));
     let traffic = {
-        let (shop, stop, stop_drift) = (shop.clone(), stop.clone(), stop_drift.clone());
+        let (shop, stop, stop_drift, burst) = (shop.clone(), stop.clone(), stop_drift.clone(), burst.clone());
         tokio::spawn(async move {
-            shop.run(seed, 20.0, Duration::from_secs(14), Duration::from_secs(3), stop, stop_drift).await
+            shop.run(seed, 20.0, Duration::from_secs(14), Duration::from_secs(3), stop, stop_drift, burst).await
         })
     };
+    let cluster = Arc::new(cluster);
 
     // Faults, one at a time, on a blocking thread (signals and waits block).
     let injector = {
         let processors = processors.clone();
         let (rt, db) = (tokio::runtime::Handle::current(), db.clone());
+        let (cluster, burst) = (cluster.clone(), burst.clone());
         tokio::task::spawn_blocking(move || {
             let t0 = Instant::now();
             let mut injected = Injected::default();
@@ -319,7 +353,9 @@ async fn main() {
                     std::thread::sleep(Duration::from_millis(200));
                     supervise_all(&processors);
                 }
-                procs::inject(f, &mut processors.lock().expect("processes"), &mut injected, &mut outage);
+                // A large order-expiration run: orders that all expire together.
+                let place = || burst.store(BURST_ORDERS, Ordering::SeqCst);
+                procs::inject(f, &mut processors.lock().expect("processes"), &mut injected, &mut outage, cluster.as_ref().as_ref(), &place);
             }
             while t0.elapsed() < span {
                 std::thread::sleep(Duration::from_millis(200));
@@ -437,6 +473,8 @@ async fn main() {
     }
     println!("\nreplay this fault schedule: cargo test --test faults -- --profile {} --seed {seed}", args.profile);
     drop(ps);
+    // The cluster profile's brokers stop here (the exit below would skip their drop).
+    drop(cluster);
     if report.violations.is_empty() {
         common::drop_db(&s, db, &database).await;
     } else {

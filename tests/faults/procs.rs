@@ -12,6 +12,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::common;
+use crate::common::Cluster;
 
 /// The processor's consumer session timeout (`session.timeout.ms` set by the processor).
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +33,15 @@ pub enum Kind {
     /// `scripts/services.sh stop <svc>`, down longer than a run's timeout, then `start`: runs
     /// in flight lose their Kafka transactions and are retried past their deadline.
     Outage(&'static str),
+    /// Cluster profile: SIGKILL one broker (node `target + 1`), start it again.
+    BrokerKill,
+    /// Cluster profile: clean stop of one broker, start it again.
+    BrokerStop,
+    /// Cluster profile: SIGKILL the active controller (found when the fault begins).
+    ControllerKill,
+    /// Cluster profile: restart every broker one after the other, with a burst of orders placed
+    /// just before, so a large order-expiration run is in flight.
+    Rolling,
 }
 
 impl Kind {
@@ -45,8 +55,31 @@ impl Kind {
         Kind::Outage("kafka"),
     ];
 
+    /// The cluster profile's faults: brokers one at a time (the controller included), a rolling
+    /// restart, and the processor and store faults of the single-broker profiles.
+    pub const CLUSTER: [Kind; 9] = [
+        Kind::BrokerKill,
+        Kind::BrokerStop,
+        Kind::ControllerKill,
+        Kind::Rolling,
+        Kind::Kill,
+        Kind::Freeze,
+        Kind::Term,
+        Kind::Restart("redis"),
+        Kind::Restart("postgres"),
+    ];
+
+    /// Faults of one processor (what the recovery bound is about).
+    pub fn on_processor(self) -> bool {
+        matches!(self, Kind::Kill | Kind::Freeze | Kind::Term)
+    }
+
     pub fn name(self) -> String {
         match self {
+            Kind::BrokerKill => "SIGKILL broker".into(),
+            Kind::BrokerStop => "clean stop of a broker".into(),
+            Kind::ControllerKill => "SIGKILL active controller".into(),
+            Kind::Rolling => "rolling restart of every broker".into(),
             Kind::Kill => "SIGKILL processor".into(),
             Kind::Freeze => "SIGSTOP processor > session timeout".into(),
             Kind::Term => "SIGTERM processor".into(),
@@ -68,9 +101,9 @@ pub struct Fault {
 
 /// The whole fault schedule, decided by the seed alone: every kind once in a random order,
 /// then random kinds, one fault at a time with random gaps, until `span`.
-pub fn schedule(seed: u64, span: Duration, processors: usize, gap: (u64, u64)) -> Vec<Fault> {
+pub fn schedule(seed: u64, span: Duration, processors: usize, gap: (u64, u64), all: &[Kind]) -> Vec<Fault> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut kinds = Kind::ALL.to_vec();
+    let mut kinds = all.to_vec();
     kinds.shuffle(&mut rng);
     // The broker outage among the first three faults, so even the short profile has it.
     if let Some(i) = kinds.iter().position(|k| matches!(k, Kind::Outage(_))) {
@@ -80,7 +113,7 @@ pub fn schedule(seed: u64, span: Duration, processors: usize, gap: (u64, u64)) -
     let mut out = Vec::new();
     // A broker restart is slow (every partition of the local broker is reloaded): beyond the
     // first, only long profiles draw more of them (restarts and outages alike).
-    let extra: Vec<Kind> = Kind::ALL
+    let extra: Vec<Kind> = all
         .iter()
         .copied()
         .filter(|k| span > Duration::from_secs(600) || !matches!(k, Kind::Restart("kafka") | Kind::Outage(_)))
@@ -91,6 +124,7 @@ pub fn schedule(seed: u64, span: Duration, processors: usize, gap: (u64, u64)) -
         let hold = match kind {
             Kind::Freeze => SESSION_TIMEOUT + Duration::from_millis(rng.random_range(3000..7000)),
             Kind::Outage(_) => RUN_TIMEOUT + Duration::from_millis(rng.random_range(2000..8000)),
+            Kind::BrokerKill | Kind::BrokerStop | Kind::ControllerKill => Duration::from_millis(rng.random_range(2000..8000)),
             _ => Duration::from_millis(rng.random_range(500..3000)),
         };
         if at + hold > span {
@@ -101,6 +135,8 @@ pub fn schedule(seed: u64, span: Duration, processors: usize, gap: (u64, u64)) -
         let busy = match kind {
             Kind::Restart("kafka") => 20,
             Kind::Outage(_) => hold.as_secs() + 20,
+            Kind::BrokerKill | Kind::BrokerStop | Kind::ControllerKill => hold.as_secs() + 15,
+            Kind::Rolling => 60,
             Kind::Restart(_) => 5,
             _ => hold.as_secs() + 2,
         };
@@ -222,14 +258,27 @@ pub struct Injected {
 
 /// Injects one fault (blocking; run on a blocking thread). `outage` is called for an outage:
 /// before the service stops (it returns what to do once it has stopped).
-pub fn inject(f: &Fault, processors: &mut [Managed], injected: &mut Injected, outage: &mut dyn FnMut() -> Box<dyn FnOnce()>) {
+pub fn inject(
+    f: &Fault,
+    processors: &mut [Managed],
+    injected: &mut Injected,
+    outage: &mut dyn FnMut() -> Box<dyn FnOnce()>,
+    cluster: Option<&Cluster>,
+    burst: &dyn Fn(),
+) {
     let p = &mut processors[f.target];
     injected.log.push((f.kind, chrono::Utc::now(), f.hold));
     eprintln!(
         "[faults] t+{:>4}s {} {}",
         f.at.as_secs(),
         f.kind.name(),
-        if matches!(f.kind, Kind::Restart(_) | Kind::Outage(_)) { String::new() } else { p.name.clone() }
+        if f.kind.on_processor() {
+            p.name.clone()
+        } else if matches!(f.kind, Kind::BrokerKill | Kind::BrokerStop) {
+            format!("kafka-{}", f.target + 1)
+        } else {
+            String::new()
+        }
     );
     match f.kind {
         Kind::Kill => {
@@ -253,6 +302,14 @@ pub fn inject(f: &Fault, processors: &mut [Managed], injected: &mut Injected, ou
             p.start();
         }
         Kind::Restart(svc) => services(&["restart", svc], injected),
+        Kind::BrokerKill | Kind::BrokerStop | Kind::ControllerKill | Kind::Rolling => {
+            let Some(c) = cluster else {
+                injected.failed_restarts += 1;
+                eprintln!("[faults] {} needs the cluster profile", f.kind.name());
+                return;
+            };
+            broker_fault(c, f, injected, burst);
+        }
         Kind::Outage(svc) => {
             let stopped = outage();
             services(&["stop", svc], injected);
@@ -262,6 +319,82 @@ pub fn inject(f: &Fault, processors: &mut [Managed], injected: &mut Injected, ou
         }
     }
     *injected.by_kind.entry(f.kind.name()).or_default() += 1;
+}
+
+/// A broker fault of the cluster profile, through the cluster's own `scripts/services.sh`.
+fn broker_fault(c: &Cluster, f: &Fault, injected: &mut Injected, burst: &dyn Fn()) {
+    let node_services = |args: &[&str], injected: &mut Injected| {
+        let out = c.services(args);
+        if !out.status.success() {
+            injected.failed_restarts += 1;
+            eprintln!("[faults] services.sh {} failed:\n{}", args.join(" "), crate::common::text(&out));
+        }
+    };
+    let kill = |n: usize, injected: &mut Injected| match c.pid(n) {
+        Some(pid) => {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        }
+        None => {
+            injected.failed_restarts += 1;
+            eprintln!("[faults] kafka-{n} has no pid to kill");
+        }
+    };
+    match f.kind {
+        Kind::BrokerKill => {
+            let n = f.target + 1;
+            kill(n, injected);
+            std::thread::sleep(f.hold);
+            node_services(&["start", &format!("kafka-{n}")], injected);
+        }
+        Kind::BrokerStop => {
+            let n = f.target + 1;
+            node_services(&["stop", &format!("kafka-{n}")], injected);
+            std::thread::sleep(f.hold);
+            node_services(&["start", &format!("kafka-{n}")], injected);
+        }
+        Kind::ControllerKill => {
+            let Some(n) = active_controller(c) else {
+                injected.failed_restarts += 1;
+                eprintln!("[faults] the active controller could not be found");
+                return;
+            };
+            eprintln!("[faults]   the active controller is kafka-{n}");
+            kill(n, injected);
+            std::thread::sleep(f.hold);
+            node_services(&["start", &format!("kafka-{n}")], injected);
+        }
+        Kind::Rolling => {
+            burst();
+            // The burst's orders expire PAYMENT_TIMEOUT_SECS later, in one large run.
+            std::thread::sleep(Duration::from_secs(8));
+            for n in 1..=3 {
+                node_services(&["restart", &format!("kafka-{n}")], injected);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The node id of the KRaft quorum's leader, asked with Kafka's own `MetadataQuorumCommand`
+/// (the broker's classpath) of any node that answers.
+fn active_controller(c: &Cluster) -> Option<usize> {
+    let cp = std::fs::read_to_string(c.dir.join("kafka-1").join("classpath.txt")).ok()?;
+    for n in 1..=3 {
+        let out = Command::new("java")
+            .arg("-cp")
+            .arg(cp.trim())
+            .arg("org.apache.kafka.tools.MetadataQuorumCommand")
+            .arg("--bootstrap-controller")
+            .arg(format!("127.0.0.1:{}", c.controller_port(n)))
+            .args(["describe", "--status"])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(id) = text.lines().find_map(|l| l.strip_prefix("LeaderId:").map(|v| v.trim().parse::<usize>())) {
+            return id.ok();
+        }
+    }
+    None
 }
 
 /// `scripts/services.sh <args>`; a failure is counted and logged.

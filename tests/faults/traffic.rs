@@ -3,7 +3,7 @@
 //! Every operation is retried until it succeeds, so a service restart delays the traffic but
 //! never leaves an operation half done.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -125,13 +125,27 @@ impl Shop {
 
     /// Runs until `stop`: about `rate` orders per second, a quarter of them paid at a random age
     /// up to `pay_within` (some of those race the expiry), a drift every `drift_every`.
-    pub async fn run(&self, seed: u64, rate: f64, pay_within: Duration, drift_every: Duration, stop: Arc<AtomicBool>, stop_drift: Arc<AtomicBool>) -> Done {
+    /// `burst`: orders to place at once, besides the rate (set by the injector before a rolling
+    /// restart, so a large order-expiration run is in flight during it).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn run(
+        &self,
+        seed: u64,
+        rate: f64,
+        pay_within: Duration,
+        drift_every: Duration,
+        stop: Arc<AtomicBool>,
+        stop_drift: Arc<AtomicBool>,
+        burst: Arc<AtomicUsize>,
+    ) -> Done {
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_7aff_1c00);
         let mut done = Done::default();
         let mut to_pay: Vec<(Instant, String)> = Vec::new();
         let mut last_drift = Instant::now();
         let pause = Duration::from_secs_f64(1.0 / rate);
+        let mut owed = 0usize;
         while !stop.load(Ordering::SeqCst) {
+            owed += burst.swap(0, Ordering::SeqCst);
             let id = format!("{}-o{:06}", self.tag, done.placed);
             let n = rng.random_range(1..=3usize);
             let first = rng.random_range(0..self.order_products.len());
@@ -172,7 +186,11 @@ impl Shop {
                 retry!(done, c.incr::<_, _, i64>(&key, delta));
                 done.drifts += 1;
             }
-            tokio::time::sleep(pause).await;
+            if owed > 0 {
+                owed -= 1;
+            } else {
+                tokio::time::sleep(pause).await;
+            }
         }
         done
     }

@@ -6,8 +6,7 @@
 //! again, alone, they are back in sync (issue 17 items 1–2).
 //! Only Kafka is started: the test needs no registry, Redis or PostgreSQL.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -15,81 +14,7 @@ use rdkafka::admin::ResourceSpecifier;
 use scheduled_jobs::config::Settings;
 use scheduled_jobs::kafka::topics::{apply, configured_specs, Drift, Health, TopicsError};
 
-use crate::common::{binary, guarded, repo_root, single_broker_overlay, unique, WAIT};
-
-/// A three-node cluster of scripts/services.sh; stopped (and its folder removed) on drop.
-struct Cluster {
-    dir: PathBuf,
-    base_port: u16,
-}
-
-/// Node i listens on base + 10*(i-1) (client), +1 (controller), +2 (SASL).
-const PORT_OFFSETS: [u16; 9] = [0, 1, 2, 10, 11, 12, 20, 21, 22];
-
-fn free(port: u16) -> bool {
-    TcpListener::bind(("127.0.0.1", port)).is_ok()
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let dir = std::env::temp_dir().join(unique("sj-cluster"));
-        std::fs::create_dir_all(dir.join("kafka-1")).expect("cluster folder");
-        // The broker classpath of the local stack, if it resolved one: saves a Maven run.
-        let stack_dir = std::env::var_os("SJ_LOCAL_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".local"));
-        for f in ["classpath.txt", "classpath.key"] {
-            let _ = std::fs::copy(stack_dir.join("kafka").join(f), dir.join("kafka-1").join(f));
-        }
-        let seed = std::process::id() as u16;
-        let base_port = (0..200u16)
-            // Below the ephemeral range (32768+), so no outgoing connection takes one meanwhile.
-            .map(|i| 21_000 + (seed.wrapping_add(i * 7) % 250) * 30)
-            .find(|b| PORT_OFFSETS.iter().all(|o| free(b + o)))
-            .expect("nine free ports for the cluster");
-        let cluster = Cluster { dir, base_port };
-        let out = cluster.services(&["start", "kafka"]);
-        assert!(out.status.success(), "services.sh start kafka (3 brokers) failed:\n{}", text(&out));
-        cluster
-    }
-
-    fn services(&self, args: &[&str]) -> Output {
-        Command::new("bash")
-            .arg(repo_root().join("scripts/services.sh"))
-            .args(args)
-            .env("SJ_LOCAL_DIR", &self.dir)
-            .env("SJ_KAFKA_BROKERS", "3")
-            .env("SJ_KAFKA_PORT", self.base_port.to_string())
-            .env("SJ_KAFKA_CONTROLLER_PORT", (self.base_port + 1).to_string())
-            .env("SJ_KAFKA_SASL_PORT", (self.base_port + 2).to_string())
-            .output()
-            .expect("run scripts/services.sh")
-    }
-
-    /// `scripts/services.sh env` of this cluster, as (name, value) pairs.
-    fn env(&self) -> Vec<(String, String)> {
-        let out = self.services(&["env"]);
-        assert!(out.status.success(), "{}", text(&out));
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-            .collect()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let out = self.services(&["stop", "kafka"]);
-        if out.status.success() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!("could not stop the test cluster in {}:\n{}", self.dir.display(), text(&out));
-        }
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
+use crate::common::{binary, guarded, repo_root, single_broker_overlay, text, unique, Cluster, WAIT};
 
 /// Settings as the binary loads them from the cluster's `env`: no overlay.
 fn cluster_settings(env: &[(String, String)], prefix: &str) -> Settings {

@@ -1,5 +1,6 @@
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::net::TcpListener;
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -385,7 +386,14 @@ pub async fn group_has_members(settings: &Settings, group: &str, n: usize) {
 /// Settings with a random `topics.prefix`, every topic of topics/ created under it and every
 /// schema registered: a whole private environment for one test.
 pub async fn isolated() -> Settings {
+    isolated_with(|_| {}).await
+}
+
+/// [`isolated`], with `adjust` applied to the settings before the topics are made (e.g. another
+/// cluster's bootstrap and no overlay).
+pub async fn isolated_with(adjust: impl FnOnce(&mut Settings)) -> Settings {
     let mut s = settings();
+    adjust(&mut s);
     s.topics.prefix = format!("{}.", unique("t"));
     s.processor.group_id = unique("processor");
     s.processor.transactional_id_prefix = unique("txn");
@@ -464,4 +472,90 @@ pub fn kafka_scram_user(user: &str, password: &str) {
         .output()
         .expect("services.sh kafka-scram-user");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A three-node cluster of scripts/services.sh; stopped (and its folder removed) on drop.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub base_port: u16,
+}
+
+/// Node i listens on base + 10*(i-1) (client), +1 (controller), +2 (SASL).
+const PORT_OFFSETS: [u16; 9] = [0, 1, 2, 10, 11, 12, 20, 21, 22];
+
+fn free_port(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let dir = std::env::temp_dir().join(unique("sj-cluster"));
+        std::fs::create_dir_all(dir.join("kafka-1")).expect("cluster folder");
+        // The broker classpath of the local stack, if it resolved one: saves a Maven run.
+        let stack_dir = std::env::var_os("SJ_LOCAL_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".local"));
+        for f in ["classpath.txt", "classpath.key"] {
+            let _ = std::fs::copy(stack_dir.join("kafka").join(f), dir.join("kafka-1").join(f));
+        }
+        let seed = std::process::id() as u16;
+        let base_port = (0..200u16)
+            // Below the ephemeral range (32768+), so no outgoing connection takes one meanwhile.
+            .map(|i| 21_000 + (seed.wrapping_add(i * 7) % 250) * 30)
+            .find(|b| PORT_OFFSETS.iter().all(|o| free_port(b + o)))
+            .expect("nine free ports for the cluster");
+        let cluster = Cluster { dir, base_port };
+        let out = cluster.services(&["start", "kafka"]);
+        assert!(out.status.success(), "services.sh start kafka (3 brokers) failed:\n{}", text(&out));
+        cluster
+    }
+
+    pub fn services(&self, args: &[&str]) -> Output {
+        Command::new("bash")
+            .arg(repo_root().join("scripts/services.sh"))
+            .args(args)
+            .env("SJ_LOCAL_DIR", &self.dir)
+            .env("SJ_KAFKA_BROKERS", "3")
+            .env("SJ_KAFKA_PORT", self.base_port.to_string())
+            .env("SJ_KAFKA_CONTROLLER_PORT", (self.base_port + 1).to_string())
+            .env("SJ_KAFKA_SASL_PORT", (self.base_port + 2).to_string())
+            .output()
+            .expect("run scripts/services.sh")
+    }
+
+    /// The process id of node `n` (1..=3) while it runs (the fault suite's cluster profile).
+    #[allow(dead_code)]
+    pub fn pid(&self, n: usize) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join(format!("kafka-{n}")).join("kafka.pid")).ok()?.trim().parse().ok()
+    }
+
+    /// The controller port of node `n` (1..=3) (the fault suite's cluster profile).
+    #[allow(dead_code)]
+    pub fn controller_port(&self, n: usize) -> u16 {
+        self.base_port + 10 * (n as u16 - 1) + 1
+    }
+
+    /// `scripts/services.sh env` of this cluster, as (name, value) pairs.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let out = self.services(&["env"]);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let out = self.services(&["stop", "kafka"]);
+        if out.status.success() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("could not stop the test cluster in {}:\n{}", self.dir.display(), text(&out));
+        }
+    }
+}
+
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }

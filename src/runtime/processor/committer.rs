@@ -42,7 +42,7 @@ pub struct Ready {
     pub ledger: Vec<(String, LedgerEntry)>,
     /// What the transaction did, counted once its commit succeeds.
     pub samples: Vec<Sample>,
-    /// A fault point to pass once the records are delivered, before committing (crash tests).
+    /// A fault point to pass between sending and committing (crash tests).
     pub fault: Option<(&'static str, String)>,
 }
 
@@ -157,6 +157,9 @@ impl Committer {
         for (topic, key, bytes) in &ready.records {
             self.send(&mut pending, topic, key, bytes).await.map_err(|e| (at, e))?;
         }
+        if let Some((point, job)) = &ready.fault {
+            crate::runtime::fault::point(point, job);
+        }
         let mut offsets = TopicPartitionList::new();
         offsets
             .add_partition_offset(consumed.topic, consumed.partition, Offset::Offset(consumed.offset + 1))
@@ -165,14 +168,8 @@ impl Committer {
         // Deliveries are awaited before committing: librdkafka's commit would flush them too,
         // but its flush waits on the delivery-report poll interval (about 100 ms). The commit
         // blocks until the broker has written the markers, hence the blocking thread.
-        let fault = ready.fault;
         let task = tokio::spawn(async move {
             delivered(pending).await?;
-            // The crash tests' point: the records are on the broker, in a transaction left
-            // open (as a processor dying here leaves it).
-            if let Some((point, job)) = &fault {
-                crate::runtime::fault::point(point, job);
-            }
             tokio::task::spawn_blocking(move || {
                 producer
                     .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)

@@ -375,26 +375,24 @@ fn broker_fault(c: &Cluster, f: &Fault, injected: &mut Injected, burst: &dyn Fn(
     }
 }
 
-/// The node id of the KRaft quorum's leader, asked with Kafka's own `MetadataQuorumCommand`
-/// (the broker's classpath) of any node that answers.
+/// The node id of the KRaft quorum's leader, asked through the brokers with Kafka's own Admin
+/// client (`scripts/kafka/QuorumLeader.java`, run with the brokers' classpath).
 fn active_controller(c: &Cluster) -> Option<usize> {
     let cp = std::fs::read_to_string(c.dir.join("kafka-1").join("classpath.txt")).ok()?;
-    for n in 1..=3 {
-        let out = Command::new("java")
-            .arg("-cp")
-            .arg(cp.trim())
-            .arg("org.apache.kafka.tools.MetadataQuorumCommand")
-            .arg("--bootstrap-controller")
-            .arg(format!("127.0.0.1:{}", c.controller_port(n)))
-            .args(["describe", "--status"])
-            .output()
-            .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        if let Some(id) = text.lines().find_map(|l| l.strip_prefix("LeaderId:").map(|v| v.trim().parse::<usize>())) {
-            return id.ok();
-        }
+    let bootstrap: Vec<String> = (1..=3).map(|n| format!("127.0.0.1:{}", c.controller_port(n) - 1)).collect();
+    let out = Command::new("java")
+        .arg("-cp")
+        .arg(cp.trim())
+        .arg(common::repo_root().join("scripts/kafka/QuorumLeader.java"))
+        .arg(bootstrap.join(","))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let id = text.lines().find_map(|l| l.strip_prefix("LeaderId:").map(|v| v.trim().parse::<usize>()));
+    if id.is_none() {
+        eprintln!("[faults] QuorumLeader.java: {}{}", text, String::from_utf8_lossy(&out.stderr).lines().filter(|l| !l.contains("SLF4J")).take(5).collect::<Vec<_>>().join("\n"));
     }
-    None
+    id?.ok()
 }
 
 /// `scripts/services.sh <args>`; a failure is counted and logged.

@@ -324,7 +324,7 @@ impl Default for ProcessorSettings {
             transactional_id_prefix: "scheduled-jobs".into(),
             instance_id: String::new(),
             max_future_secs: 86_400,
-            transaction_timeout_ms: 10_000,
+            transaction_timeout_ms: 30_000,
         }
     }
 }

@@ -286,6 +286,18 @@ async fn main() {
         .as_ref()
         .map(|c| c.env().into_iter().filter(|(k, _)| k == "SJ_KAFKA__BOOTSTRAP_SERVERS" || k == "SJ_TOPICS__OVERRIDES").collect())
         .unwrap_or_default();
+    // Healthy nodes may not all have registered yet: wait until the cluster lists three brokers.
+    if let Some((_, bootstrap)) = cluster_env.iter().find(|(k, _)| k == "SJ_KAFKA__BOOTSTRAP_SERVERS") {
+        let registered = |bootstrap: &str| -> usize {
+            let consumer: Option<BaseConsumer> = rdkafka::ClientConfig::new().set("bootstrap.servers", bootstrap).create().ok();
+            consumer.and_then(|c| c.fetch_metadata(None, Duration::from_secs(5)).ok()).map_or(0, |md| md.brokers().len())
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while registered(bootstrap) < 3 {
+            assert!(Instant::now() < deadline, "the cluster did not list three brokers within 120 s");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
     // A private environment: topics, group, transactional ids, database, product ids.
     let s = common::isolated_with(|s| {
         for (k, v) in &cluster_env {

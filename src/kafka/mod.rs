@@ -92,6 +92,18 @@ pub enum KafkaClientError {
     /// suggest less.
     #[error("topic `{topic}` does not exist{hint}")]
     NoSuchTopic { topic: String, hint: &'static str },
+    /// A blocking librdkafka call did not return within its own timeout plus a grace period
+    /// (librdkafka does not always hold it); the transactional producer is given up and
+    /// replaced, and the transaction redone.
+    #[error("kafka {operation}: no answer from librdkafka within {after:?}; the transactional producer is replaced")]
+    Stuck { operation: &'static str, after: std::time::Duration },
+    /// Producers were given up as stuck this many times in this process: each leaves a thread
+    /// blocked in librdkafka, so the process stops for its supervisor to start a fresh one.
+    #[error("the transactional producer got stuck {0} times in this process; stopping so that a fresh process takes over")]
+    TooManyStuck(u32),
+    /// The thread that makes the producer's blocking calls could not be started.
+    #[error("cannot start the transaction thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// The fix for a missing topic of the tool's own: `topics apply` creates every one.
@@ -114,7 +126,10 @@ impl KafkaClientError {
             KafkaClientError::Config(_)
             | KafkaClientError::Authentication(_)
             | KafkaClientError::Tls(_)
-            | KafkaClientError::NoSuchTopic { .. } => ErrorClass::Fatal,
+            | KafkaClientError::NoSuchTopic { .. }
+            | KafkaClientError::TooManyStuck(_)
+            | KafkaClientError::Thread(_) => ErrorClass::Fatal,
+            KafkaClientError::Stuck { .. } => ErrorClass::Retry,
             KafkaClientError::Kafka { source, .. } => classify(source),
         }
     }
@@ -159,7 +174,10 @@ pub fn classify(e: &KafkaError) -> ErrorClass {
                 | RDKafkaErrorCode::NotEnoughReplicas
                 | RDKafkaErrorCode::NotEnoughReplicasAfterAppend
                 | RDKafkaErrorCode::ConcurrentTransactions
-                | RDKafkaErrorCode::RebalanceInProgress,
+                | RDKafkaErrorCode::RebalanceInProgress
+                // A delivery that outlived message.timeout.ms (a partition leaderless through
+                // a broker failover): the transaction is aborted and redone.
+                | RDKafkaErrorCode::MessageTimedOut,
             ) => ErrorClass::Retry,
             _ => ErrorClass::Fatal,
         },

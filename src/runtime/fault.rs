@@ -3,7 +3,8 @@
 //! reached — optionally only for the job in `SJ_FAULT_JOB` and after `SJ_FAULT_AFTER` earlier
 //! hits. Pause points hold the work that reaches them for keys a test registered
 //! ([`pause_at`]), so the test can act in a window that is otherwise microseconds wide.
-//! Without the feature every point compiles to nothing.
+//! A hang point (`SJ_FAULT_HANG`) blocks the thread that reaches it instead. Without the
+//! feature every point compiles to nothing.
 
 /// Right before the transaction of an applied chunk (not the seal) commits: its effects are done.
 pub const BEFORE_APPLY_COMMIT: &str = "before-apply-commit";
@@ -62,6 +63,30 @@ pub fn point(name: &str, job: &str) {
     let _ = std::process::Command::new("kill").arg("-9").arg(std::process::id().to_string()).status();
     std::process::abort();
 }
+
+/// A hang point: the first time a thread reaches the point named in `SJ_FAULT_HANG` (for the
+/// job in `SJ_FAULT_JOB`, if set), it blocks for good, as a librdkafka call that never returns
+/// does (tests of the committer's watchdog). Only once per process: what replaces the hung
+/// work must be able to pass.
+#[cfg(feature = "fault-injection")]
+pub fn hang(name: &str, job: &str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static HUNG: AtomicBool = AtomicBool::new(false);
+    if std::env::var("SJ_FAULT_HANG").ok().as_deref() != Some(name) || std::env::var("SJ_FAULT_JOB").is_ok_and(|j| j != job) {
+        return;
+    }
+    if HUNG.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    tracing::warn!(point = name, job, "hang point reached: this thread blocks for good");
+    loop {
+        std::thread::park();
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn hang(_name: &str, _job: &str) {}
 
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]

@@ -128,6 +128,7 @@ struct Inner {
     job_counts: Family<JobCounter, Counter>,
     emitted: Family<TopicLabels, Counter>,
     dead_letters: Family<ReasonLabels, Counter>,
+    producer_replacements: Family<ReasonLabels, Counter>,
     ticks_published: Family<JobTrigger, Counter>,
     tick_failures: Counter,
     last_fire_time: Family<JobLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -175,6 +176,7 @@ impl Metrics {
             job_counts: Family::default(),
             emitted: Family::default(),
             dead_letters: Family::default(),
+            producer_replacements: Family::default(),
             ticks_published: Family::default(),
             tick_failures: Counter::default(),
             last_fire_time: Family::default(),
@@ -197,6 +199,11 @@ impl Metrics {
         );
         registry.register("records_emitted", "Records written to output topics in committed transactions, by topic", inner.emitted.clone());
         registry.register("dead_letters", "Records sent to the dead-letter topic, by reason code", inner.dead_letters.clone());
+        registry.register(
+            "producer_replacements",
+            "Transactional producers replaced in-process, by reason (stuck: a call librdkafka did not return from; fenced: an epoch bump with no successor; unusable)",
+            inner.producer_replacements.clone(),
+        );
         registry.register("ticks_published", "Ticks published by the tick producer, by job and trigger", inner.ticks_published.clone());
         registry.register("tick_publish_failures", "Failed tick publications (retried)", inner.tick_failures.clone());
         registry.register(
@@ -259,6 +266,11 @@ impl Metrics {
     /// A transaction was aborted (its samples are dropped with it).
     pub fn aborted(&self) {
         self.0.transactions.get_or_create(&KindLabels { kind: "aborted".into() }).inc();
+    }
+
+    /// The transactional producer was replaced (see the committer) for `reason`.
+    pub fn producer_replaced(&self, reason: &str) {
+        self.0.producer_replacements.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
     }
 
     pub fn tick_published(&self, job: &str, trigger: &str, fire_time: chrono::DateTime<chrono::Utc>) {

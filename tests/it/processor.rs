@@ -650,3 +650,77 @@ async fn a_restarted_processor_without_an_instance_id_takes_its_predecessors_tra
     assert_eq!(a, b, "the restart took its predecessor's instance id");
     assert!(a.ends_with("-0") && !a.contains("pid"), "a derived slot id: {a}");
 }
+
+/// Issue 17: librdkafka's `send_offsets_to_transaction` can wait for good (the group
+/// coordinator died mid-call: confluentinc/librdkafka#5456, #5511; seen in the cluster fault
+/// profile). Here the first commit's thread blocks before that call, as it would inside it. The
+/// committer gives the producer up once librdkafka's timeout plus a grace period has passed; a
+/// new producer takes the transactional id (fencing the old one, aborting its transaction) and
+/// the record is redone, so the run completes, once, in the same process. Without the watch
+/// the processor waits for good and no run result comes.
+#[tokio::test]
+async fn a_commit_stuck_in_librdkafka_is_given_up_and_redone_with_a_new_producer() {
+    let s = with_noop(isolated().await);
+    let (pool, database) = fresh_db(&s).await;
+    scheduled_jobs::db::migrate(&pool).await.unwrap();
+    publish(&s, &[tick("noop", at(1), &[("chunks", "2")])]).await;
+    let log = std::env::temp_dir().join(format!("{}.log", crate::common::unique("stuck-commit")));
+    let mut cmd = processor_command(&s, &database, &[("SJ_FAULT_HANG", "before-apply-commit"), ("SJ_FAULT_JOB", "noop")]);
+    cmd.env("RUST_LOG", "info").stderr(std::fs::File::create(&log).unwrap());
+    let mut processor = cmd.spawn().unwrap();
+    let r = wait_for_results(&s, 1, Duration::from_secs(90)).await;
+    let alive = processor.try_wait().unwrap().is_none();
+    processor.kill().ok();
+    processor.wait().ok();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("hang point reached"), "the fault point was reached: {text}");
+    assert!(alive, "the same process recovered: {text}");
+    assert_eq!(r.len(), 1, "{r:#?}\n{text}");
+    assert_eq!(r[0].outcome, Outcome::Succeeded, "{r:#?}");
+    assert_eq!(r[0].counts.get("items"), Some(&2), "{r:#?}");
+    assert!(text.contains("replacing the transactional producer reason=\"stuck\""), "{text}");
+}
+
+/// Takes processor `instance`'s transactional id with a producer of the test's own, bumping
+/// its epoch (what the coordinator also does to a transaction it timed out), then lets it go.
+async fn fence(s: &Settings, instance: &str) {
+    let mut cfg = client_config(s, Role::Producer);
+    cfg.set("transactional.id", format!("{}-{instance}", s.processor.transactional_id_prefix));
+    let producer: FutureProducer = cfg.create().unwrap();
+    tokio::task::spawn_blocking(move || rdkafka::producer::Producer::init_transactions(&producer, Duration::from_secs(30)).unwrap()).await.unwrap();
+}
+
+/// Issue 17: a producer fenced while no other process uses its transactional id — the
+/// coordinator bumps the epoch of a transaction it timed out, as after a controller failover —
+/// is replaced in the same process and the record redone; fenced again within the window, the
+/// process stops (another live process must be using the id) and says why.
+#[tokio::test]
+async fn a_fenced_producer_is_replaced_once_and_a_second_fence_stops_the_process() {
+    let s = with_noop(isolated().await);
+    let (pool, database) = fresh_db(&s).await;
+    scheduled_jobs::db::migrate(&pool).await.unwrap();
+    let log = std::env::temp_dir().join(format!("{}.log", crate::common::unique("fenced")));
+    let mut cmd = processor_command(&s, &database, &[]);
+    cmd.env("RUST_LOG", "info").stderr(std::fs::File::create(&log).unwrap());
+    let mut processor = cmd.spawn().unwrap();
+    publish(&s, &[tick("noop", at(1), &[("chunks", "1")])]).await;
+    assert_eq!(wait_for_results(&s, 1, Duration::from_secs(90)).await.len(), 1);
+
+    fence(&s, "crash-test").await;
+    publish(&s, &[tick("noop", at(2), &[("chunks", "1")])]).await;
+    let r = wait_for_results(&s, 2, Duration::from_secs(90)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(r.len(), 2, "the run after the fence completed: {r:#?}\n{text}");
+    assert!(r.iter().all(|r| r.outcome == Outcome::Succeeded), "{r:#?}");
+    assert!(processor.try_wait().unwrap().is_none(), "the same process recovered: {text}");
+    assert!(text.contains("replacing the transactional producer reason=\"fenced\""), "{text}");
+
+    fence(&s, "crash-test").await;
+    publish(&s, &[tick("noop", at(3), &[("chunks", "1")])]).await;
+    let status = tokio::time::timeout(Duration::from_secs(90), tokio::task::spawn_blocking(move || processor.wait())).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let status = status.unwrap_or_else(|_| panic!("fenced twice within a minute, the process should stop: {text}")).unwrap().unwrap();
+    assert!(!status.success(), "{text}");
+    assert!(text.to_lowercase().contains("fenced"), "the error says why: {text}");
+    assert_eq!(results(&s).await.len(), 2, "the third run waits for a process that owns the id");
+}

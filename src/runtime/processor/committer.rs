@@ -16,14 +16,29 @@
 //! Fencing: a zombie (an instance that lost its partitions while paused) fails at
 //! `send_offsets_to_transaction`/`commit` because its group generation is stale, so nothing it
 //! wrote becomes visible under read_committed.
+//!
+//! Replacing the producer: the blocking calls run on a thread of the producer's own, watched
+//! with librdkafka's timeout plus a grace period, because librdkafka 2.12 does not always hold
+//! it (`send_offsets_to_transaction` waits for good when the group coordinator dies mid-call:
+//! confluentinc/librdkafka#5456, #5511; seen in the cluster fault profile). A call past its
+//! watch leaves the producer *stuck*: it is abandoned with its thread and a new one takes the
+//! transactional id, whose `init_transactions` fences the old one and aborts its transaction,
+//! so whatever the abandoned call does later cannot commit. A producer *fenced* while no
+//! successor runs (the coordinator bumps the epoch of a transaction it timed out, e.g. across
+//! a controller failover) is replaced too, at most once per [`FENCE_WINDOW`]: fenced again
+//! within it means another live process uses this transactional id, and this one stops.
+//! Every replacement is counted (`scheduled_jobs_producer_replacements_total`).
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::future::try_join_all;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::oneshot;
 
 use super::ledger::LedgerView;
 use crate::config::Settings;
@@ -32,7 +47,18 @@ use crate::kafka::{self, KafkaClientError, Role};
 use crate::runtime::metrics::{Metrics, Sample};
 use crate::wire::internal::LedgerEntry;
 
+/// librdkafka's timeout for init, commit and abort.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+/// librdkafka's timeout for `send_offsets_to_transaction`: it takes milliseconds when the
+/// group coordinator is up; when it is not, the transaction is aborted and redone sooner.
+const SEND_OFFSETS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long past librdkafka's own timeout a call may take before its producer is stuck.
+const GRACE: Duration = Duration::from_secs(5);
+/// Stuck producers abandoned (each with a thread blocked in librdkafka) before the process
+/// stops instead, for a fresh one to take over.
+const MAX_STUCK: u32 = 3;
+/// A fenced producer is replaced at most once in this window.
+pub const FENCE_WINDOW: Duration = Duration::from_secs(60);
 
 /// One record's transaction, encoded and ready to send.
 pub struct Ready {
@@ -71,14 +97,88 @@ enum State {
 }
 
 pub struct Committer {
-    producer: FutureProducer,
-    /// To replace a producer left unusable (see [`Committer::abort`]).
+    txn: Txn,
+    /// To replace a producer left unusable.
     cfg: rdkafka::ClientConfig,
     state: State,
+    /// Set by a commit whose call went past its watch: the producer must be replaced.
+    stuck: Arc<AtomicBool>,
+    /// Set when `begin_transaction` reported the producer fenced or fatal.
+    fenced: bool,
+    /// Producers abandoned as stuck so far.
+    abandoned: u32,
+    /// When a fenced producer was last replaced.
+    last_fenced: Option<Instant>,
     ledger: LedgerView,
     metrics: Metrics,
     /// Records in the largest transaction begun (diagnostics, benchmarks).
     largest: usize,
+}
+
+/// One transaction's blocking calls, for the producer's thread, and where it answers each.
+struct Job {
+    offsets: TopicPartitionList,
+    group: ConsumerGroupMetadata,
+    fault: Option<(&'static str, String)>,
+    sent: oneshot::Sender<Result<(), KafkaClientError>>,
+    committed: oneshot::Sender<Result<(), KafkaClientError>>,
+}
+
+/// A transactional producer and the thread that makes its blocking calls: a thread of its own,
+/// not tokio's blocking pool, so that a call that never returns can be abandoned with its
+/// producer without holding up the runtime's shutdown.
+struct Txn {
+    producer: FutureProducer,
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Txn {
+    /// A transactional producer that has fenced every earlier one with the same id, aborting
+    /// whatever they left open, and its thread.
+    fn start(cfg: &rdkafka::ClientConfig) -> Result<Txn, KafkaClientError> {
+        let producer: FutureProducer = kafka::create(cfg)?;
+        producer.init_transactions(TXN_TIMEOUT).map_err(|e| KafkaClientError::kafka("init transactions", e))?;
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let own = producer.clone();
+        std::thread::Builder::new()
+            .name("sj-transactions".into())
+            .spawn(move || {
+                // Ends when the committer drops or replaces this producer.
+                for job in queue {
+                    Txn::run(&own, job);
+                }
+            })
+            .map_err(KafkaClientError::Thread)?;
+        Ok(Txn { producer, jobs })
+    }
+
+    /// Sends the offsets, then commits if that worked; each answer goes back as soon as known.
+    fn run(producer: &FutureProducer, job: Job) {
+        if let Some((point, name)) = &job.fault {
+            crate::runtime::fault::hang(point, name);
+        }
+        let sent = producer
+            .send_offsets_to_transaction(&job.offsets, &job.group, SEND_OFFSETS_TIMEOUT)
+            .map_err(|e| KafkaClientError::kafka("send offsets to transaction", e));
+        let ok = sent.is_ok();
+        // The receiver is gone when the committer stopped waiting (stuck, or shutting down).
+        let _ = job.sent.send(sent);
+        if ok {
+            let _ = job.committed.send(producer.commit_transaction(TXN_TIMEOUT).map_err(|e| KafkaClientError::kafka("commit transaction", e)));
+        }
+    }
+}
+
+/// Waits for one answer of the producer's thread, at most `after`; past that (or if the
+/// thread is gone) the producer is marked stuck.
+async fn answer(rx: oneshot::Receiver<Result<(), KafkaClientError>>, operation: &'static str, after: Duration, stuck: &AtomicBool) -> Result<(), KafkaClientError> {
+    match tokio::time::timeout(after, rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) | Err(_) => {
+            stuck.store(true, Ordering::SeqCst);
+            Err(KafkaClientError::Stuck { operation, after })
+        }
+    }
 }
 
 fn is_fenced(e: &KafkaClientError) -> bool {
@@ -110,16 +210,19 @@ impl Committer {
         let mut cfg = kafka::client_config(settings, Role::Producer);
         cfg.set("transactional.id", format!("{}-{}", settings.processor.transactional_id_prefix, instance))
             .set("transaction.timeout.ms", settings.processor.transaction_timeout_ms.to_string());
-        let producer = Committer::producer(&cfg)?;
-        Ok(Committer { producer, cfg, state: State::Idle, ledger, metrics, largest: 0 })
-    }
-
-    /// A transactional producer that has fenced every earlier one with the same id, aborting
-    /// whatever they left open.
-    fn producer(cfg: &rdkafka::ClientConfig) -> Result<FutureProducer, KafkaClientError> {
-        let producer: FutureProducer = kafka::create(cfg)?;
-        producer.init_transactions(TXN_TIMEOUT).map_err(|e| KafkaClientError::kafka("init transactions", e))?;
-        Ok(producer)
+        let txn = Txn::start(&cfg)?;
+        Ok(Committer {
+            txn,
+            cfg,
+            state: State::Idle,
+            stuck: Arc::new(AtomicBool::new(false)),
+            fenced: false,
+            abandoned: 0,
+            last_fenced: None,
+            ledger,
+            metrics,
+            largest: 0,
+        })
     }
 
     /// The run ledger as this instance's transactions leave it (including commits in flight).
@@ -164,20 +267,22 @@ impl Committer {
         offsets
             .add_partition_offset(consumed.topic, consumed.partition, Offset::Offset(consumed.offset + 1))
             .map_err(|e| (at, KafkaClientError::kafka("offsets", e)))?;
-        let producer = self.producer.clone();
+        let (sent, sent_rx) = oneshot::channel();
+        let (committed, committed_rx) = oneshot::channel();
+        let job = Job { offsets, group, fault: ready.fault, sent, committed };
+        let jobs = self.txn.jobs.clone();
+        let stuck = self.stuck.clone();
         // Deliveries are awaited before committing: librdkafka's commit would flush them too,
         // but its flush waits on the delivery-report poll interval (about 100 ms). The commit
-        // blocks until the broker has written the markers, hence the blocking thread.
+        // blocks until the broker has written the markers, hence the producer's thread.
         let task = tokio::spawn(async move {
             delivered(pending).await?;
-            tokio::task::spawn_blocking(move || {
-                producer
-                    .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
-                    .map_err(|e| KafkaClientError::kafka("send offsets to transaction", e))?;
-                producer.commit_transaction(TXN_TIMEOUT).map_err(|e| KafkaClientError::kafka("commit transaction", e))
-            })
-            .await
-            .unwrap_or_else(|_| Err(KafkaClientError::kafka("commit transaction", KafkaError::Canceled)))
+            if jobs.send(job).is_err() {
+                stuck.store(true, Ordering::SeqCst);
+                return Err(KafkaClientError::Stuck { operation: "send offsets to transaction", after: Duration::ZERO });
+            }
+            answer(sent_rx, "send offsets to transaction", SEND_OFFSETS_TIMEOUT + GRACE, &stuck).await?;
+            answer(committed_rx, "commit transaction", TXN_TIMEOUT + GRACE, &stuck).await
         });
         let replaced = ready.ledger.into_iter().map(|(key, entry)| (key.clone(), self.ledger.write_through(key, entry))).collect();
         self.state = State::Committing(Inflight { index: at, task, replaced, samples: ready.samples });
@@ -216,7 +321,12 @@ impl Committer {
     fn begin(&mut self) -> Result<(), KafkaClientError> {
         // A transaction a failed step could not abort (broker away) is aborted first.
         self.abort()?;
-        self.producer.begin_transaction().map_err(|e| KafkaClientError::kafka("begin transaction", e))?;
+        if let Err(e) = self.txn.producer.begin_transaction() {
+            let e = KafkaClientError::kafka("begin transaction", e);
+            // No transaction is open for the reset path to abort; it replaces the producer.
+            self.fenced = e.class() == ErrorClass::Fatal;
+            return Err(e);
+        }
         self.state = State::Open;
         Ok(())
     }
@@ -225,7 +335,7 @@ impl Committer {
     async fn send(&self, pending: &mut Vec<DeliveryFuture>, topic: &str, key: &str, payload: &[u8]) -> Result<(), KafkaClientError> {
         let mut record = FutureRecord::to(topic).key(key).payload(payload);
         loop {
-            match self.producer.send_result(record) {
+            match self.txn.producer.send_result(record) {
                 Ok(f) => {
                     pending.push(f);
                     return Ok(());
@@ -244,46 +354,86 @@ impl Committer {
     /// Aborts the open transaction, if any (the producer side of the processor's one reset
     /// path). A commit still in flight is waited for first and, if it failed, aborted too. On
     /// error the transaction stays open, so the next reset or commit tries again; the error's
-    /// class tells whether the producer is unusable (fenced, fatal) and the processor must stop.
-    pub async fn reset(&mut self) -> Result<(), KafkaClientError> {
+    /// class tells whether the processor must stop. `Ok(true)`: the producer was replaced (see
+    /// the module doc), so a fenced producer's error is spent and the records can be redone.
+    pub async fn reset(&mut self) -> Result<bool, KafkaClientError> {
         if let Err((_, e)) = self.settle().await {
             tracing::debug!(error = %e, "commit in flight failed; aborting it");
         }
         self.abort()
     }
 
-    fn abort(&mut self) -> Result<(), KafkaClientError> {
-        if !matches!(self.state, State::Open) {
-            return Ok(());
+    /// Aborts the open transaction, or replaces a producer that cannot abort it; `Ok(true)`
+    /// when the producer was replaced.
+    fn abort(&mut self) -> Result<bool, KafkaClientError> {
+        if self.stuck.swap(false, Ordering::SeqCst) {
+            self.abandoned += 1;
+            if self.abandoned > MAX_STUCK {
+                return Err(KafkaClientError::TooManyStuck(self.abandoned));
+            }
+            self.replace("stuck")?;
+            return Ok(true);
         }
-        match self.producer.abort_transaction(TXN_TIMEOUT) {
+        if std::mem::take(&mut self.fenced) {
+            return self.replace_fenced(None);
+        }
+        if !matches!(self.state, State::Open) {
+            return Ok(false);
+        }
+        match self.txn.producer.abort_transaction(TXN_TIMEOUT) {
             Ok(()) => {
                 self.aborted();
-                Ok(())
+                Ok(false)
             }
             Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::State) => {
                 self.aborted();
-                Ok(())
+                Ok(false)
             }
             Err(e) => {
                 let e = KafkaClientError::kafka("abort transaction", e);
                 match e.class() {
                     // Still open: the next reset or begin tries again.
                     ErrorClass::Retry => Err(e),
-                    // Another incarnation owns the transactional id: this one must stop.
-                    ErrorClass::Fatal if is_fenced(&e) => Err(e),
+                    ErrorClass::Fatal if is_fenced(&e) => self.replace_fenced(Some(e)),
                     // The producer cannot abort (e.g. an earlier call that timed out while the
                     // broker was away is still "in progress" inside librdkafka): replace it.
-                    // Its successor's init_transactions aborts the open transaction broker-side.
                     _ => {
                         tracing::warn!(error = %e, "transactional producer unusable; replacing it");
-                        self.producer = Committer::producer(&self.cfg)?;
-                        self.aborted();
-                        Ok(())
+                        self.replace("unusable")?;
+                        Ok(true)
                     }
                 }
             }
         }
+    }
+
+    /// Replaces a fenced producer unless one was replaced within [`FENCE_WINDOW`].
+    fn replace_fenced(&mut self, e: Option<KafkaClientError>) -> Result<bool, KafkaClientError> {
+        if self.last_fenced.is_some_and(|t| t.elapsed() < FENCE_WINDOW) {
+            let id = self.cfg.get("transactional.id").unwrap_or_default();
+            tracing::error!(
+                transactional_id = id,
+                window_secs = FENCE_WINDOW.as_secs(),
+                "fenced again soon after the last replacement: another live process uses this transactional id (check processor.instance_id); stopping"
+            );
+            return Err(e.unwrap_or_else(|| KafkaClientError::kafka("begin transaction", KafkaError::Global(RDKafkaErrorCode::Fenced))));
+        }
+        tracing::warn!("transactional producer fenced with no successor in sight; replacing it once");
+        self.last_fenced = Some(Instant::now());
+        self.replace("fenced")?;
+        Ok(true)
+    }
+
+    /// A new producer takes the transactional id (fencing the old one and aborting its open
+    /// transaction broker-side); the old one is dropped, or left to its blocked thread.
+    fn replace(&mut self, reason: &str) -> Result<(), KafkaClientError> {
+        tracing::warn!(reason, "replacing the transactional producer");
+        self.txn = Txn::start(&self.cfg)?;
+        self.metrics.producer_replaced(reason);
+        if !matches!(self.state, State::Idle) {
+            self.aborted();
+        }
+        Ok(())
     }
 
     fn aborted(&mut self) {

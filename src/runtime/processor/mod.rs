@@ -279,8 +279,10 @@ impl Processor {
                 tracing::debug!(topic, partition, error = %e, "seek after reset failed");
             }
         }
-        aborted?;
-        if class == ErrorClass::Fatal {
+        let replaced = aborted?;
+        // A fenced or stuck producer's error is spent once the committer replaced it: the
+        // records are redone with the new one.
+        if class == ErrorClass::Fatal && !(replaced && matches!(e, ProcessorError::Kafka(_))) {
             return Err(e);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

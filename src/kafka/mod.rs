@@ -97,10 +97,10 @@ pub enum KafkaClientError {
     /// replaced, and the transaction redone.
     #[error("kafka {operation}: no answer from librdkafka within {after:?}; the transactional producer is replaced")]
     Stuck { operation: &'static str, after: std::time::Duration },
-    /// Producers were given up as stuck this many times in this process: each leaves a thread
-    /// blocked in librdkafka, so the process stops for its supervisor to start a fresh one.
-    #[error("the transactional producer got stuck {0} times in this process; stopping so that a fresh process takes over")]
-    TooManyStuck(u32),
+    /// This many producers given up as stuck are still blocked in librdkafka (each holds a
+    /// thread): the process stops for its supervisor to start a fresh one.
+    #[error("{0} transactional producers given up as stuck are still blocked in librdkafka; stopping so that a fresh process takes over")]
+    TooManyStuck(usize),
     /// The thread that makes the producer's blocking calls could not be started.
     #[error("cannot start the transaction thread: {0}")]
     Thread(#[source] std::io::Error),

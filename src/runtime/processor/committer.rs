@@ -54,9 +54,12 @@ const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 const SEND_OFFSETS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long past librdkafka's own timeout a call may take before its producer is stuck.
 const GRACE: Duration = Duration::from_secs(5);
-/// Stuck producers abandoned (each with a thread blocked in librdkafka) before the process
-/// stops instead, for a fresh one to take over.
-const MAX_STUCK: u32 = 3;
+/// Abandoned producers whose call is still blocked (each holds a thread and a librdkafka
+/// instance) beyond which the process stops instead, for a fresh one to take over. The calls
+/// do return eventually in the cases seen (when librdkafka finds the new coordinator), and
+/// their thread and producer go with them, so this counts the ones still blocked, not every
+/// replacement: a cluster with several failovers an hour replaces producers that often.
+const MAX_STUCK: usize = 3;
 /// A fenced producer is replaced at most once in this window.
 pub const FENCE_WINDOW: Duration = Duration::from_secs(60);
 
@@ -105,8 +108,8 @@ pub struct Committer {
     stuck: Arc<AtomicBool>,
     /// Set when `begin_transaction` reported the producer fenced or fatal.
     fenced: bool,
-    /// Producers abandoned as stuck so far.
-    abandoned: u32,
+    /// One token per abandoned producer: its thread holds the other clone until it returns.
+    abandoned: Vec<Arc<()>>,
     /// When a fenced producer was last replaced.
     last_fenced: Option<Instant>,
     ledger: LedgerView,
@@ -130,6 +133,8 @@ struct Job {
 struct Txn {
     producer: FutureProducer,
     jobs: std::sync::mpsc::Sender<Job>,
+    /// Shared with the thread, which drops its clone when it ends.
+    running: Arc<()>,
 }
 
 impl Txn {
@@ -140,16 +145,19 @@ impl Txn {
         producer.init_transactions(TXN_TIMEOUT).map_err(|e| KafkaClientError::kafka("init transactions", e))?;
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let own = producer.clone();
+        let running = Arc::new(());
+        let token = running.clone();
         std::thread::Builder::new()
             .name("sj-transactions".into())
             .spawn(move || {
+                let _token = token;
                 // Ends when the committer drops or replaces this producer.
                 for job in queue {
                     Txn::run(&own, job);
                 }
             })
             .map_err(KafkaClientError::Thread)?;
-        Ok(Txn { producer, jobs })
+        Ok(Txn { producer, jobs, running })
     }
 
     /// Sends the offsets, then commits if that worked; each answer goes back as soon as known.
@@ -217,7 +225,7 @@ impl Committer {
             state: State::Idle,
             stuck: Arc::new(AtomicBool::new(false)),
             fenced: false,
-            abandoned: 0,
+            abandoned: Vec::new(),
             last_fenced: None,
             ledger,
             metrics,
@@ -367,9 +375,10 @@ impl Committer {
     /// when the producer was replaced.
     fn abort(&mut self) -> Result<bool, KafkaClientError> {
         if self.stuck.swap(false, Ordering::SeqCst) {
-            self.abandoned += 1;
-            if self.abandoned > MAX_STUCK {
-                return Err(KafkaClientError::TooManyStuck(self.abandoned));
+            self.abandoned.retain(|t| Arc::strong_count(t) > 1);
+            self.abandoned.push(self.txn.running.clone());
+            if self.abandoned.len() > MAX_STUCK {
+                return Err(KafkaClientError::TooManyStuck(self.abandoned.len()));
             }
             self.replace("stuck")?;
             return Ok(true);

@@ -97,6 +97,10 @@ pub enum KafkaClientError {
     /// replaced, and the transaction redone.
     #[error("kafka {operation}: no answer from librdkafka within {after:?}; the transactional producer is replaced")]
     Stuck { operation: &'static str, after: std::time::Duration },
+    /// A commit got no answer within its watch: whether it committed is unknown, so redoing
+    /// its records in this process could emit them twice.
+    #[error("kafka commit transaction: no answer from librdkafka within {after:?}; whether it committed is unknown, so this process stops and its successor resumes from the committed offsets")]
+    CommitUnknown { after: std::time::Duration },
     /// This many producers given up as stuck are still blocked in librdkafka (each holds a
     /// thread): the process stops for its supervisor to start a fresh one.
     #[error("{0} transactional producers given up as stuck are still blocked in librdkafka; stopping so that a fresh process takes over")]
@@ -128,6 +132,7 @@ impl KafkaClientError {
             | KafkaClientError::Tls(_)
             | KafkaClientError::NoSuchTopic { .. }
             | KafkaClientError::TooManyStuck(_)
+            | KafkaClientError::CommitUnknown { .. }
             | KafkaClientError::Thread(_) => ErrorClass::Fatal,
             KafkaClientError::Stuck { .. } => ErrorClass::Retry,
             KafkaClientError::Kafka { source, .. } => classify(source),

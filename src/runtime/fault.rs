@@ -64,21 +64,22 @@ pub fn point(name: &str, job: &str) {
     std::process::abort();
 }
 
-/// A hang point: the first time a thread reaches the point named in `SJ_FAULT_HANG` (for the
-/// job in `SJ_FAULT_JOB`, if set), it blocks for good, as a librdkafka call that never returns
-/// does (tests of the committer's watchdog). Only once per process: what replaces the hung
-/// work must be able to pass.
+/// A hang point: the first time a thread reaches stage `stage` of the point named `name`, and
+/// `SJ_FAULT_HANG` is `name/stage` (for the job in `SJ_FAULT_JOB`, if set), it blocks for good,
+/// as a librdkafka call that never returns does (tests of the committer's watch). Only once per
+/// process: what replaces the hung work must be able to pass.
 #[cfg(feature = "fault-injection")]
-pub fn hang(name: &str, job: &str) {
+pub fn hang(name: &str, stage: &str, job: &str) {
     use std::sync::atomic::{AtomicBool, Ordering};
     static HUNG: AtomicBool = AtomicBool::new(false);
-    if std::env::var("SJ_FAULT_HANG").ok().as_deref() != Some(name) || std::env::var("SJ_FAULT_JOB").is_ok_and(|j| j != job) {
+    let Ok(wanted) = std::env::var("SJ_FAULT_HANG") else { return };
+    if wanted.split_once('/') != Some((name, stage)) || std::env::var("SJ_FAULT_JOB").is_ok_and(|j| j != job) {
         return;
     }
     if HUNG.swap(true, Ordering::SeqCst) {
         return;
     }
-    tracing::warn!(point = name, job, "hang point reached: this thread blocks for good");
+    tracing::warn!(point = name, stage, job, "hang point reached: this thread blocks for good");
     loop {
         std::thread::park();
     }
@@ -86,7 +87,7 @@ pub fn hang(name: &str, job: &str) {
 
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
-pub fn hang(_name: &str, _job: &str) {}
+pub fn hang(_name: &str, _stage: &str, _job: &str) {}
 
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]

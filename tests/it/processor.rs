@@ -651,6 +651,14 @@ async fn a_restarted_processor_without_an_instance_id_takes_its_predecessors_tra
     assert!(a.ends_with("-0") && !a.contains("pid"), "a derived slot id: {a}");
 }
 
+/// A processor whose log (at `info`) goes to a fresh file named after `name`.
+fn spawn_logged(s: &Settings, database: &str, name: &str, env: &[(&str, &str)]) -> (std::process::Child, PathBuf) {
+    let log = std::env::temp_dir().join(format!("{}.log", crate::common::unique(name)));
+    let mut cmd = processor_command(s, database, env);
+    cmd.env("RUST_LOG", "info").stderr(std::fs::File::create(&log).unwrap());
+    (cmd.spawn().unwrap(), log)
+}
+
 /// Issue 17: librdkafka's `send_offsets_to_transaction` can wait for good (the group
 /// coordinator died mid-call: confluentinc/librdkafka#5456, #5511; seen in the cluster fault
 /// profile). Here the first commit's thread blocks before that call, as it would inside it. The
@@ -664,10 +672,7 @@ async fn a_commit_stuck_in_librdkafka_is_given_up_and_redone_with_a_new_producer
     let (pool, database) = fresh_db(&s).await;
     scheduled_jobs::db::migrate(&pool).await.unwrap();
     publish(&s, &[tick("noop", at(1), &[("chunks", "2")])]).await;
-    let log = std::env::temp_dir().join(format!("{}.log", crate::common::unique("stuck-commit")));
-    let mut cmd = processor_command(&s, &database, &[("SJ_FAULT_HANG", "before-apply-commit"), ("SJ_FAULT_JOB", "noop")]);
-    cmd.env("RUST_LOG", "info").stderr(std::fs::File::create(&log).unwrap());
-    let mut processor = cmd.spawn().unwrap();
+    let (mut processor, log) = spawn_logged(&s, &database, "stuck-commit", &[("SJ_FAULT_HANG", "before-apply-commit/send-offsets"), ("SJ_FAULT_JOB", "noop")]);
     let r = wait_for_results(&s, 1, Duration::from_secs(90)).await;
     let alive = processor.try_wait().unwrap().is_none();
     processor.kill().ok();
@@ -679,6 +684,32 @@ async fn a_commit_stuck_in_librdkafka_is_given_up_and_redone_with_a_new_producer
     assert_eq!(r[0].outcome, Outcome::Succeeded, "{r:#?}");
     assert_eq!(r[0].counts.get("items"), Some(&2), "{r:#?}");
     assert!(text.contains("replacing the transactional producer reason=\"stuck\""), "{text}");
+}
+
+/// Issue 17: a commit that gets no answer may have committed, so it is not redone in place: the
+/// process stops, saying why, and the next process (same instance id) fences the old producer and
+/// resumes from the committed offsets; the run completes once.
+#[tokio::test]
+async fn a_commit_with_no_answer_stops_the_process_and_its_successor_completes_the_run() {
+    let s = with_noop(isolated().await);
+    let (pool, database) = fresh_db(&s).await;
+    scheduled_jobs::db::migrate(&pool).await.unwrap();
+    publish(&s, &[tick("noop", at(1), &[("chunks", "2")])]).await;
+    let (mut first, log) = spawn_logged(&s, &database, "commit-unknown", &[("SJ_FAULT_HANG", "before-apply-commit/commit"), ("SJ_FAULT_JOB", "noop")]);
+    let status = tokio::time::timeout(Duration::from_secs(150), tokio::task::spawn_blocking(move || first.wait())).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let status = status.unwrap_or_else(|_| panic!("the process should stop on a commit with no answer: {text}")).unwrap().unwrap();
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("hang point reached"), "{text}");
+    assert!(text.contains("whether it committed is unknown"), "the error says why: {text}");
+    assert!(results(&s).await.is_empty());
+    let mut second = spawn_processor(&s, &database, &[]);
+    let r = wait_for_results(&s, 1, Duration::from_secs(90)).await;
+    second.kill().ok();
+    second.wait().ok();
+    assert_eq!(r.len(), 1, "{r:#?}");
+    assert_eq!(r[0].outcome, Outcome::Succeeded, "{r:#?}");
+    assert_eq!(r[0].counts.get("items"), Some(&2), "{r:#?}");
 }
 
 /// Takes processor `instance`'s transactional id with a producer of the test's own, bumping
@@ -699,10 +730,7 @@ async fn a_fenced_producer_is_replaced_once_and_a_second_fence_stops_the_process
     let s = with_noop(isolated().await);
     let (pool, database) = fresh_db(&s).await;
     scheduled_jobs::db::migrate(&pool).await.unwrap();
-    let log = std::env::temp_dir().join(format!("{}.log", crate::common::unique("fenced")));
-    let mut cmd = processor_command(&s, &database, &[]);
-    cmd.env("RUST_LOG", "info").stderr(std::fs::File::create(&log).unwrap());
-    let mut processor = cmd.spawn().unwrap();
+    let (mut processor, log) = spawn_logged(&s, &database, "fenced", &[]);
     publish(&s, &[tick("noop", at(1), &[("chunks", "1")])]).await;
     assert_eq!(wait_for_results(&s, 1, Duration::from_secs(90)).await.len(), 1);
 

@@ -20,10 +20,12 @@
 //! Replacing the producer: the blocking calls run on a thread of the producer's own, watched
 //! with librdkafka's timeout plus a grace period, because librdkafka 2.12 does not always hold
 //! it (`send_offsets_to_transaction` waits for good when the group coordinator dies mid-call:
-//! confluentinc/librdkafka#5456, #5511; seen in the cluster fault profile). A call past its
-//! watch leaves the producer *stuck*: it is abandoned with its thread and a new one takes the
-//! transactional id, whose `init_transactions` fences the old one and aborts its transaction,
-//! so whatever the abandoned call does later cannot commit. A producer *fenced* while no
+//! confluentinc/librdkafka#5456, #5511; seen in the cluster fault profile). An offsets call
+//! past its watch leaves the producer *stuck*: it is abandoned with its thread and a new one
+//! takes the transactional id, whose `init_transactions` fences the old one and aborts its
+//! transaction, so whatever the abandoned call does later cannot commit. A commit past its
+//! watch may have committed, so it stops the process instead (its successor resumes from the
+//! committed offsets); a commit librdkafka reports as not confirmed yet is called again. A producer *fenced* while no
 //! successor runs (the coordinator bumps the epoch of a transaction it timed out, e.g. across
 //! a controller failover) is replaced too, at most once per [`FENCE_WINDOW`]: fenced again
 //! within it means another live process uses this transactional id, and this one stops.
@@ -163,7 +165,7 @@ impl Txn {
     /// Sends the offsets, then commits if that worked; each answer goes back as soon as known.
     fn run(producer: &FutureProducer, job: Job) {
         if let Some((point, name)) = &job.fault {
-            crate::runtime::fault::hang(point, name);
+            crate::runtime::fault::hang(point, "send-offsets", name);
         }
         let sent = producer
             .send_offsets_to_transaction(&job.offsets, &job.group, SEND_OFFSETS_TIMEOUT)
@@ -172,7 +174,24 @@ impl Txn {
         // The receiver is gone when the committer stopped waiting (stuck, or shutting down).
         let _ = job.sent.send(sent);
         if ok {
-            let _ = job.committed.send(producer.commit_transaction(TXN_TIMEOUT).map_err(|e| KafkaClientError::kafka("commit transaction", e)));
+            if let Some((point, name)) = &job.fault {
+                crate::runtime::fault::hang(point, "commit", name);
+            }
+            let _ = job.committed.send(Txn::commit(producer));
+        }
+    }
+
+    /// Commits, calling again while librdkafka says the outcome is not known yet (a retriable
+    /// error, e.g. its timeout during a coordinator failover): aborting then could redo records
+    /// whose transaction did commit. An error that requires an abort, or a fatal one, returns.
+    fn commit(producer: &FutureProducer) -> Result<(), KafkaClientError> {
+        loop {
+            match producer.commit_transaction(TXN_TIMEOUT) {
+                Err(KafkaError::Transaction(t)) if t.is_retriable() && !t.txn_requires_abort() && !t.is_fatal() => {
+                    tracing::warn!(error = %t, "commit not confirmed yet; calling it again");
+                }
+                r => return r.map_err(|e| KafkaClientError::kafka("commit transaction", e)),
+            }
         }
     }
 }
@@ -186,6 +205,17 @@ async fn answer(rx: oneshot::Receiver<Result<(), KafkaClientError>>, operation: 
             stuck.store(true, Ordering::SeqCst);
             Err(KafkaClientError::Stuck { operation, after })
         }
+    }
+}
+
+/// Waits for the commit's answer. Unlike the offsets, a commit past its watch may have
+/// committed (the EndTxn reached the coordinator): redoing its records in place could emit
+/// them twice, so that is fatal — the process stops and its successor resumes from the
+/// committed offsets, after fencing this producer.
+async fn commit_answer(rx: oneshot::Receiver<Result<(), KafkaClientError>>, after: Duration) -> Result<(), KafkaClientError> {
+    match tokio::time::timeout(after, rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) | Err(_) => Err(KafkaClientError::CommitUnknown { after }),
     }
 }
 
@@ -290,7 +320,7 @@ impl Committer {
                 return Err(KafkaClientError::Stuck { operation: "send offsets to transaction", after: Duration::ZERO });
             }
             answer(sent_rx, "send offsets to transaction", SEND_OFFSETS_TIMEOUT + GRACE, &stuck).await?;
-            answer(committed_rx, "commit transaction", TXN_TIMEOUT + GRACE, &stuck).await
+            commit_answer(committed_rx, 2 * TXN_TIMEOUT + GRACE).await
         });
         let replaced = ready.ledger.into_iter().map(|(key, entry)| (key.clone(), self.ledger.write_through(key, entry))).collect();
         self.state = State::Committing(Inflight { index: at, task, replaced, samples: ready.samples });
@@ -317,7 +347,9 @@ impl Committer {
                 Ok(())
             }
             Err(e) => {
-                self.state = State::Open;
+                // A commit of unknown outcome is left to the successor (see `commit_answer`):
+                // aborting it here could not succeed while the call is in flight.
+                self.state = if matches!(e, KafkaClientError::CommitUnknown { .. }) { State::Idle } else { State::Open };
                 for (key, previous) in f.replaced.into_iter().rev() {
                     self.ledger.restore(key, previous);
                 }

@@ -19,7 +19,9 @@
 //! - every key missing: the processor again at the default batch after every `stock:` key of
 //!   the bench was deleted (Redis restarted empty): time next to the drift run's, peak RSS,
 //!   the largest Kafka transaction, and the mismatches left afterwards (`SJ_BENCH_WIPE=0`
-//!   skips it).
+//!   skips it); before it, two floors of that day, each alone: restoring every key (SELECT
+//!   expected + pipelined SET) and producing one alert-sized record per product in
+//!   transactions of 10,000 (issue 16's "within 3× of the drift run" measured against them).
 //!
 //! Peak RSS per phase is VmHWM of this process after resetting it (`/proc/self/clear_refs`),
 //! so it is the peak of that phase, not of the seeding. `confirm_delay_ms` is
@@ -247,7 +249,7 @@ impl Bench {
         let mut settings = self.s.job(JOB).cloned().expect("stock_sync settings");
         settings.set_option("confirm_delay_ms", delay_ms as i64);
         settings.batch_size = batch;
-        let ctx = JobCtx { db: self.pool.clone(), redis: Some(self.redis.clone()), tz: chrono_tz::UTC, settings, deadline: Deadline::none() };
+        let ctx = JobCtx { db: self.pool.clone(), redis: Some(self.redis.clone()), tz: chrono_tz::UTC, settings, deadline: Deadline::none(), effects_done: false };
         let at = Utc::now();
         let run =
             Run { run_id: unique("bench-run"), job: JOB.into(), period: at.to_rfc3339(), attempt: 1, tick: self.tick(at), planned_at: at };
@@ -316,6 +318,90 @@ impl Bench {
                 return (t0.map(|t| t.elapsed()).unwrap_or_default(), resets);
             }
         }
+    }
+
+    /// The least Redis work of a run after every key went: stream the expected values (as the
+    /// floor above) and `SET` every product's key, pipelined like the seeding. Returns the keys
+    /// written. (Restores Redis: wipe again before the job's own run.)
+    async fn restore_floor(&self) -> (Duration, usize) {
+        let t0 = Instant::now();
+        let rows = sqlx::query_as::<_, (String, i64)>(EXPECTED_ALL).bind(self.id(0)).bind(self.id(self.seeded - 1)).fetch(&self.pool);
+        let redis = self.redis.clone();
+        let written: usize = rows
+            .chunks(1000)
+            .map(|chunk| {
+                let mut conn = redis.clone();
+                async move {
+                    let mut pipe = redis::pipe();
+                    let n = chunk.len();
+                    for row in chunk {
+                        let (id, expected) = row.expect("expected row");
+                        pipe.set(stock_key(&id), expected).ignore();
+                    }
+                    pipe.query_async::<()>(&mut conn).await.expect("restore");
+                    n
+                }
+            })
+            .buffer_unordered(4)
+            .fold(0, |acc, n| async move { acc + n })
+            .await;
+        (t0.elapsed(), written)
+    }
+
+    /// The least Kafka work of a run after every key went: one alert-sized record per product
+    /// (the bytes of one real encoded alert, so no encoding per record) to the bench's alert
+    /// topic, in transactions of `per_txn`, each committed before the next begins. Returns the
+    /// bytes per record.
+    async fn alerts_floor(&self, per_txn: usize) -> (Duration, usize) {
+        use rdkafka::producer::Producer;
+        use scheduled_jobs::wire::events::{value_of, Severity, StockSyncAlert, SyncAction};
+        let topic = format!("{}{}", self.s.topics.prefix, scheduled_jobs::wire::topic::Topic::StockSyncAlert.base_name());
+        let now = Utc::now();
+        let alert = StockSyncAlert {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            event_timestamp: now,
+            product_id: self.id(0),
+            db_stock: 512,
+            redis_stock: None,
+            discrepancy: 512,
+            action: SyncAction::RedisRestored,
+            severity: Severity::Medium,
+            detected_at: now,
+            cause: "REDIS_KEY_MISSING".into(),
+            run_id: uuid::Uuid::new_v4().to_string(),
+            mismatches_in_run: 0,
+        };
+        let codec = Codec::new(&self.s).expect("codec");
+        let bytes = codec.encode(&topic, value_of(&alert).expect("alert value")).await.expect("encode alert");
+        let mut cfg = client_config(&self.s, Role::Producer);
+        cfg.set("transactional.id", unique("bench-alerts-floor"));
+        let producer: FutureProducer = cfg.create().expect("producer");
+        let t0 = Instant::now();
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || p.init_transactions(WAIT).expect("init")).await.expect("init task");
+        let ids: Vec<String> = (0..self.seeded).map(|i| self.id(i)).collect();
+        for part in ids.chunks(per_txn.max(1)) {
+            producer.begin_transaction().expect("begin");
+            let mut pending = Vec::with_capacity(part.len());
+            for id in part {
+                let mut record = FutureRecord::to(&topic).key(id.as_str()).payload(&bytes);
+                loop {
+                    match producer.send_result(record) {
+                        Ok(f) => break pending.push(f),
+                        Err((_, r)) => {
+                            record = r;
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                }
+            }
+            for f in pending {
+                f.await.expect("delivery").map_err(|(e, _)| e).expect("delivered");
+            }
+            let p = producer.clone();
+            tokio::task::spawn_blocking(move || p.commit_transaction(WAIT).expect("commit")).await.expect("commit task");
+        }
+        (t0.elapsed(), bytes.len())
     }
 
     /// Redis lost every stock counter of the bench (a restart without persistence, or
@@ -487,6 +573,29 @@ async fn main() {
                 // The day Redis comes back empty: every product is a mismatch, at the default
                 // batch, in the same run as the 0.1% drift above.
                 let gone = b.wipe().await;
+                // Floors of what that day must do at least, each alone: restore every key, and
+                // produce one alert per product in transactions of 10,000.
+                let base_kb = phase_start();
+                let (time, written) = b.restore_floor().await;
+                rows.push(Row {
+                    size,
+                    phase: "floor, every key missing: SET all".into(),
+                    time,
+                    peak_kb: status_kb("VmHWM:"),
+                    base_kb,
+                    note: format!("SELECT expected + pipelined SET of {written} keys (1,000 per pipeline, 4 in flight)"),
+                });
+                let base_kb = phase_start();
+                let (time, record_bytes) = b.alerts_floor(10_000).await;
+                rows.push(Row {
+                    size,
+                    phase: "floor, every key missing: alerts".into(),
+                    time,
+                    peak_kb: status_kb("VmHWM:"),
+                    base_kb,
+                    note: format!("{size} records of {record_bytes} bytes (one real alert's encoding), 10,000 per transaction"),
+                });
+                b.wipe().await;
                 at += TimeDelta::minutes(1);
                 let (time, peak_kb, base_kb, largest, resets) = b.processor_phase(settings_with(&s, batch, delay), at).await;
                 let (_, left) = b.floor(true).await;
@@ -548,6 +657,23 @@ async fn main() {
             if ratio <= 3.0 { "yes" } else { "NO" },
             mb(wiped.peak_kb),
             if mb(wiped.peak_kb) <= 150.0 { "yes" } else { "NO" },
+        );
+    }
+    if let (Some(drift), Some(set), Some(alerts), Some(wiped)) = (
+        find(&format!("processor, batch {batch}:"), n),
+        find("floor, every key missing: SET", n),
+        find("floor, every key missing: alerts", n),
+        find(&format!("processor, batch {batch}, every key missing"), n),
+    ) {
+        let floors = set.time.as_secs_f64() + alerts.time.as_secs_f64();
+        println!(
+            "every key missing at {n} products: restore floor {:.2} s + alerts floor {:.2} s = {floors:.2} s = {:.2}× the drift run ({:.2} s; target 3× = {:.2} s); the run itself {:.2}× those floors",
+            set.time.as_secs_f64(),
+            alerts.time.as_secs_f64(),
+            floors / drift.time.as_secs_f64(),
+            drift.time.as_secs_f64(),
+            3.0 * drift.time.as_secs_f64(),
+            wiped.time.as_secs_f64() / floors,
         );
     }
     for prefix in [format!("processor, batch {batch}:"), job_default] {

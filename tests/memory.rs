@@ -65,7 +65,7 @@ async fn stock_sync_heap_stays_flat_from_20000_to_200000_products_in_one_range()
     let tag = common::unique("mem");
     let id = |i: usize| format!("{tag}-{i:08}");
     let settings = s.job(JOB).cloned().unwrap();
-    let ctx = JobCtx { db: db.clone(), redis: Some(redis.clone()), tz: chrono_tz::UTC, settings, deadline: Deadline::none() };
+    let ctx = JobCtx { db: db.clone(), redis: Some(redis.clone()), tz: chrono_tz::UTC, settings, deadline: Deadline::none(), effects_done: false };
 
     // Products [from, to) with Redis equal to their stock, except every 10,000th (drifted:
     // the job finds, records and repairs a few, as a real run does).

@@ -53,6 +53,12 @@ pub struct JobCtx {
     /// when planning and finalising (their time is bounded by the processor) and for a chunk
     /// that completes effects an earlier attempt may have begun after the deadline.
     pub deadline: Deadline,
+    /// An earlier attempt of this chunk completed its effects (it is recorded APPLIED; only
+    /// its Kafka transaction did not commit). `apply` must then make no new decision — emit
+    /// what the recorded effects imply, as a continuation does — because the run may already
+    /// be finalised from them (another chunk completed it meanwhile), and a new decision (a
+    /// product that drifted since) would disagree with what finalisation read.
+    pub effects_done: bool,
 }
 
 /// One applied chunk (or part of one): the records to emit and counters for the run result.

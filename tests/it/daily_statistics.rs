@@ -561,7 +561,7 @@ async fn apply_repeats_its_records_for_its_run_and_skips_dates_owned_by_another(
     let d = days_ago(tz, 4);
     seed_products(&pool, &PRODUCTS).await;
     seed_orders(&pool, &around_midnights(tz, plus(d, -1), 2, 11)).await;
-    let ctx = JobCtx { db: pool.clone(), redis: None, tz, settings: s.job("daily_statistics").cloned().unwrap(), deadline: Deadline::none() };
+    let ctx = JobCtx { db: pool.clone(), redis: None, tz, settings: s.job("daily_statistics").cloned().unwrap(), deadline: Deadline::none(), effects_done: false };
     let item = |run: &str| WorkItem {
         period: d.to_string(),
         scheduled_at: midnight(plus(d, 1), tz),

@@ -572,6 +572,7 @@ async fn events_carry_the_spec_fields_and_deterministic_ids() {
         tz: chrono_tz::UTC,
         settings: s.job(JOB).unwrap().clone(),
         deadline: Deadline::none(),
+        effects_done: false,
     };
     let again = OrderExpiration.apply(&ctx, &item).await.unwrap();
     assert_eq!(again.counts["ordersCancelled"], 3);
@@ -598,7 +599,7 @@ async fn two_attempts_at_the_same_chunk_at_once_both_emit_every_order_it_cancell
     let s = crate::common::settings();
     let at = fire_time();
     let shop = Shop::new(&s, test_db(&s).await, 8).await;
-    let ctx = JobCtx { db: shop.pool.clone(), redis: Some(shop.stock.connection()), tz: chrono_tz::UTC, settings: s.job(JOB).unwrap().clone(), deadline: Deadline::none() };
+    let ctx = JobCtx { db: shop.pool.clone(), redis: Some(shop.stock.connection()), tz: chrono_tz::UTC, settings: s.job(JOB).unwrap().clone(), deadline: Deadline::none(), effects_done: false };
     for round in 0..5 {
         let orders = shop.orders(&format!("r{round}"), 200, |i| at - TimeDelta::minutes(10) + TimeDelta::milliseconds(i as i64));
         shop.place(&orders).await;
@@ -871,6 +872,7 @@ async fn a_chunk_stopped_at_the_deadline_still_emits_what_its_earlier_attempt_ca
         tz: chrono_tz::UTC,
         settings: s.job(JOB).unwrap().clone(),
         deadline,
+        effects_done: false,
     };
     let first = OrderExpiration.apply(&ctx(Deadline::none()), &item).await.unwrap();
     assert_eq!(first.counts["ordersCancelled"], 6);

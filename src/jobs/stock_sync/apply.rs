@@ -22,8 +22,11 @@
 //!    `alerts_per_transaction` per part ([`super::alert::page`]); a continuation of the chunk
 //!    emits the rest without repeating 1–5.
 //!
-//! A chunk that is applied again (its Kafka commit lost) finds the rows it recorded: those
-//! now consistent count as repaired, the others go through 2–5 again.
+//! A chunk that is applied again (its Kafka commit lost) before it was recorded complete finds
+//! the rows it recorded: those now consistent count as repaired, the others go through 2–5
+//! again. One recorded complete (`JobCtx::effects_done`) only emits its rows: another chunk
+//! may have finalised the run from them meanwhile, and a product that drifted since must wait
+//! for the next run rather than change a finalised one (found by the cluster fault profile).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -295,6 +298,11 @@ pub async fn apply(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobErro
     if let Some(after) = &item.resume_after {
         // A continuation: the first part made every effect; this one only emits.
         return alert::page(ctx, &item.run_id, first, last, Some(after), per_part).await;
+    }
+    if ctx.effects_done {
+        // An earlier attempt completed 1–5 (only its transaction was lost): emit its rows, and
+        // record nothing new — the run may be finalised from them already.
+        return alert::page(ctx, &item.run_id, first, last, None, per_part).await;
     }
     let redis =
         ctx.redis.clone().ok_or_else(|| JobError::Failed("stock-sync needs Redis but the processor has no Redis connection".into()))?;

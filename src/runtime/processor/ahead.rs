@@ -43,7 +43,8 @@ pub(super) struct Effects {
 /// - a retry (an earlier attempt's Kafka transaction did not commit) of a chunk recorded
 ///   STARTED, APPLIED or FAILED: its effects may have begun, so past the deadline it runs
 ///   without a limit and completes them, emitting what they imply (within the deadline it
-///   keeps the deadline);
+///   keeps the deadline); one recorded APPLIED has completed them, so the job is told
+///   ([`JobCtx::effects_done`]) and the chunk keeps its recorded counts;
 /// - a retry of a chunk recorded TIMED_OUT: under the (passed) deadline, so the job starts
 ///   nothing new and emits what the cut attempt did, recorded TIMED_OUT again.
 ///
@@ -53,7 +54,9 @@ pub(super) async fn effects(db: sqlx::PgPool, instance: String, job: Arc<dyn Job
     let timeout_secs = ctx.settings.timeout_secs;
     let deadline = Deadline::of_run(item.planned_at, timeout_secs);
     let past = deadline.passed();
-    ctx.deadline = match bookkeeping::start_chunk(&db, &item.run_id, item.chunk_index, &instance, past).await? {
+    let start = bookkeeping::start_chunk(&db, &item.run_id, item.chunk_index, &instance, past).await?;
+    ctx.effects_done = start == bookkeeping::Start::Again(ChunkOutcome::Applied);
+    ctx.deadline = match start {
         bookkeeping::Start::Fresh => deadline,
         bookkeeping::Start::Again(ChunkOutcome::TimedOut) => deadline,
         bookkeeping::Start::Again(_) if past => Deadline::none(),
@@ -64,7 +67,15 @@ pub(super) async fn effects(db: sqlx::PgPool, instance: String, job: Arc<dyn Job
         }
     };
     match job.apply(&ctx, &item).await {
-        Ok(output) => Ok(Effects { output, outcome: ChunkOutcome::Applied, message: None }),
+        Ok(mut output) => {
+            if ctx.effects_done && output.more.is_none() {
+                // The counts describe the effects, which the earlier attempt made.
+                if let Some(counts) = bookkeeping::chunk_counts(&db, &item.run_id, item.chunk_index).await? {
+                    output.counts = counts;
+                }
+            }
+            Ok(Effects { output, outcome: ChunkOutcome::Applied, message: None })
+        }
         Err(JobError::DeadlineReached(done)) => {
             tracing::warn!(run_id = %item.run_id, chunk = item.chunk_index, records = done.records.len(), "chunk stopped at the run's deadline");
             let message = Some(format!("run exceeded its timeout of {timeout_secs} s inside this chunk; what it did is emitted"));

@@ -92,6 +92,13 @@ pub async fn start_chunk(db: &PgPool, run_id: &str, index: i32, instance: &str, 
     })
 }
 
+/// The counts an earlier attempt recorded for a chunk.
+pub async fn chunk_counts(db: &PgPool, run_id: &str, index: i32) -> Result<Option<BTreeMap<String, i64>>, sqlx::Error> {
+    let counts: Option<Option<sqlx::types::Json<BTreeMap<String, i64>>>> =
+        sqlx::query_scalar("SELECT counts FROM job_run_chunks WHERE run_id = $1 AND chunk_index = $2").bind(run_id).bind(index).fetch_optional(db).await?;
+    Ok(counts.flatten().map(|c| c.0))
+}
+
 /// Records the plan's seal: the run exists with this many chunks.
 pub async fn seal(
     db: &PgPool,

@@ -97,7 +97,7 @@ impl Env {
 
     /// What `job` is given, without a deadline (the chunk's effects set theirs).
     pub(super) fn job_ctx(&self, job: &str) -> JobCtx {
-        JobCtx { db: self.db.clone(), redis: self.redis.clone(), tz: self.tz, settings: self.job_settings(job), deadline: Deadline::none() }
+        JobCtx { db: self.db.clone(), redis: self.redis.clone(), tz: self.tz, settings: self.job_settings(job), deadline: Deadline::none(), effects_done: false }
     }
 }
 

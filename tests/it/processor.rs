@@ -695,7 +695,10 @@ async fn a_commit_with_no_answer_stops_the_process_and_its_successor_completes_t
     let (pool, database) = fresh_db(&s).await;
     scheduled_jobs::db::migrate(&pool).await.unwrap();
     publish(&s, &[tick("noop", at(1), &[("chunks", "2")])]).await;
-    let (mut first, log) = spawn_logged(&s, &database, "commit-unknown", &[("SJ_FAULT_HANG", "before-apply-commit/commit"), ("SJ_FAULT_JOB", "noop")]);
+    // The commit's watch (65 s) plus the restart outlast the test job's default run timeout.
+    let timeout = ("SJ_JOBS__NOOP__TIMEOUT_SECS", "600");
+    let (mut first, log) =
+        spawn_logged(&s, &database, "commit-unknown", &[("SJ_FAULT_HANG", "before-apply-commit/commit"), ("SJ_FAULT_JOB", "noop"), timeout]);
     let status = tokio::time::timeout(Duration::from_secs(150), tokio::task::spawn_blocking(move || first.wait())).await;
     let text = std::fs::read_to_string(&log).unwrap();
     let status = status.unwrap_or_else(|_| panic!("the process should stop on a commit with no answer: {text}")).unwrap().unwrap();
@@ -703,7 +706,7 @@ async fn a_commit_with_no_answer_stops_the_process_and_its_successor_completes_t
     assert!(text.contains("hang point reached"), "{text}");
     assert!(text.contains("whether it committed is unknown"), "the error says why: {text}");
     assert!(results(&s).await.is_empty());
-    let mut second = spawn_processor(&s, &database, &[]);
+    let mut second = spawn_processor(&s, &database, &[timeout]);
     let r = wait_for_results(&s, 1, Duration::from_secs(90)).await;
     second.kill().ok();
     second.wait().ok();

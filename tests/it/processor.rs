@@ -582,12 +582,21 @@ pub async fn wait_for_results(s: &Settings, n: usize, within: Duration) -> Vec<R
     }
 }
 
-#[tokio::test]
-async fn a_chunk_killed_before_its_commit_is_completed_even_after_the_deadline() {
+/// Isolated settings with the noop job, a migrated database of their own, and, if `chunks`
+/// is set, a noop tick of that many chunks published: what the crash tests start from.
+async fn noop_stage(chunks: Option<&str>) -> (Settings, sqlx::PgPool, String) {
     let s = with_noop(isolated().await);
     let (pool, database) = fresh_db(&s).await;
     scheduled_jobs::db::migrate(&pool).await.unwrap();
-    publish(&s, &[tick("noop", at(1), &[("chunks", "3")])]).await;
+    if let Some(n) = chunks {
+        publish(&s, &[tick("noop", at(1), &[("chunks", n)])]).await;
+    }
+    (s, pool, database)
+}
+
+#[tokio::test]
+async fn a_chunk_killed_before_its_commit_is_completed_even_after_the_deadline() {
+    let (s, pool, database) = noop_stage(Some("3")).await;
     // The first chunk's effects are done, then the process dies before its commit.
     let mut first = spawn_processor(
         &s,
@@ -621,10 +630,7 @@ async fn a_chunk_killed_before_its_commit_is_completed_even_after_the_deadline()
 /// every restart had a new transactional id) — and completes the run.
 #[tokio::test]
 async fn a_restarted_processor_without_an_instance_id_takes_its_predecessors_transactional_id() {
-    let s = with_noop(isolated().await);
-    let (pool, database) = fresh_db(&s).await;
-    scheduled_jobs::db::migrate(&pool).await.unwrap();
-    publish(&s, &[tick("noop", at(1), &[("chunks", "1")])]).await;
+    let (s, _pool, database) = noop_stage(Some("1")).await;
     let logs: Vec<PathBuf> = (0..2).map(|i| std::env::temp_dir().join(format!("{}-{i}.log", crate::common::unique("derived-id")))).collect();
     let spawn = |log: &PathBuf, env: &[(&str, &str)]| {
         let mut cmd = processor_command(&s, &database, env);
@@ -668,10 +674,7 @@ fn spawn_logged(s: &Settings, database: &str, name: &str, env: &[(&str, &str)]) 
 /// the processor waits for good and no run result comes.
 #[tokio::test]
 async fn a_commit_stuck_in_librdkafka_is_given_up_and_redone_with_a_new_producer() {
-    let s = with_noop(isolated().await);
-    let (pool, database) = fresh_db(&s).await;
-    scheduled_jobs::db::migrate(&pool).await.unwrap();
-    publish(&s, &[tick("noop", at(1), &[("chunks", "2")])]).await;
+    let (s, _pool, database) = noop_stage(Some("2")).await;
     let (mut processor, log) = spawn_logged(&s, &database, "stuck-commit", &[("SJ_FAULT_HANG", "before-apply-commit/send-offsets"), ("SJ_FAULT_JOB", "noop")]);
     let r = wait_for_results(&s, 1, Duration::from_secs(90)).await;
     let alive = processor.try_wait().unwrap().is_none();
@@ -691,10 +694,7 @@ async fn a_commit_stuck_in_librdkafka_is_given_up_and_redone_with_a_new_producer
 /// resumes from the committed offsets; the run completes once.
 #[tokio::test]
 async fn a_commit_with_no_answer_stops_the_process_and_its_successor_completes_the_run() {
-    let s = with_noop(isolated().await);
-    let (pool, database) = fresh_db(&s).await;
-    scheduled_jobs::db::migrate(&pool).await.unwrap();
-    publish(&s, &[tick("noop", at(1), &[("chunks", "2")])]).await;
+    let (s, _pool, database) = noop_stage(Some("2")).await;
     // The commit's watch (65 s) plus the restart outlast the test job's default run timeout.
     let timeout = ("SJ_JOBS__NOOP__TIMEOUT_SECS", "600");
     let (mut first, log) =
@@ -730,9 +730,7 @@ async fn fence(s: &Settings, instance: &str) {
 /// process stops (another live process must be using the id) and says why.
 #[tokio::test]
 async fn a_fenced_producer_is_replaced_once_and_a_second_fence_stops_the_process() {
-    let s = with_noop(isolated().await);
-    let (pool, database) = fresh_db(&s).await;
-    scheduled_jobs::db::migrate(&pool).await.unwrap();
+    let (s, _pool, database) = noop_stage(None).await;
     let (mut processor, log) = spawn_logged(&s, &database, "fenced", &[]);
     publish(&s, &[tick("noop", at(1), &[("chunks", "1")])]).await;
     assert_eq!(wait_for_results(&s, 1, Duration::from_secs(90)).await.len(), 1);

@@ -68,8 +68,10 @@ pub(super) async fn effects(db: sqlx::PgPool, instance: String, job: Arc<dyn Job
     };
     match job.apply(&ctx, &item).await {
         Ok(mut output) => {
-            if ctx.effects_done && output.more.is_none() {
-                // The counts describe the effects, which the earlier attempt made.
+            if ctx.effects_done && item.resume_after.is_none() {
+                // The counts describe the effects, which the earlier attempt made (its totals,
+                // carried on through any continuation; a continuation adds its own part to
+                // what it carries, so it keeps the counts it returns).
                 if let Some(counts) = bookkeeping::chunk_counts(&db, &item.run_id, item.chunk_index).await? {
                     output.counts = counts;
                 }

@@ -63,7 +63,7 @@ const GRACE: Duration = Duration::from_secs(5);
 /// replacement: a cluster with several failovers an hour replaces producers that often.
 const MAX_STUCK: usize = 3;
 /// A fenced producer is replaced at most once in this window.
-pub const FENCE_WINDOW: Duration = Duration::from_secs(60);
+const FENCE_WINDOW: Duration = Duration::from_secs(60);
 
 /// One record's transaction, encoded and ready to send.
 pub struct Ready {
@@ -196,27 +196,10 @@ impl Txn {
     }
 }
 
-/// Waits for one answer of the producer's thread, at most `after`; past that (or if the
-/// thread is gone) the producer is marked stuck.
-async fn answer(rx: oneshot::Receiver<Result<(), KafkaClientError>>, operation: &'static str, after: Duration, stuck: &AtomicBool) -> Result<(), KafkaClientError> {
-    match tokio::time::timeout(after, rx).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(_)) | Err(_) => {
-            stuck.store(true, Ordering::SeqCst);
-            Err(KafkaClientError::Stuck { operation, after })
-        }
-    }
-}
-
-/// Waits for the commit's answer. Unlike the offsets, a commit past its watch may have
-/// committed (the EndTxn reached the coordinator): redoing its records in place could emit
-/// them twice, so that is fatal — the process stops and its successor resumes from the
-/// committed offsets, after fencing this producer.
-async fn commit_answer(rx: oneshot::Receiver<Result<(), KafkaClientError>>, after: Duration) -> Result<(), KafkaClientError> {
-    match tokio::time::timeout(after, rx).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(_)) | Err(_) => Err(KafkaClientError::CommitUnknown { after }),
-    }
+/// One answer of the producer's thread, if it came within `after` (none also when the thread
+/// is gone).
+async fn answer(rx: oneshot::Receiver<Result<(), KafkaClientError>>, after: Duration) -> Option<Result<(), KafkaClientError>> {
+    tokio::time::timeout(after, rx).await.ok().and_then(Result::ok)
 }
 
 fn is_fenced(e: &KafkaClientError) -> bool {
@@ -315,12 +298,24 @@ impl Committer {
         // blocks until the broker has written the markers, hence the producer's thread.
         let task = tokio::spawn(async move {
             delivered(pending).await?;
-            if jobs.send(job).is_err() {
+            // No answer to the offsets (or no thread to ask): the producer is stuck; it is
+            // replaced and the record redone, which is safe because nothing was committed.
+            let offsets_watch = SEND_OFFSETS_TIMEOUT + GRACE;
+            let sent = match jobs.send(job) {
+                Ok(()) => answer(sent_rx, offsets_watch).await,
+                Err(_) => None,
+            };
+            let Some(sent) = sent else {
                 stuck.store(true, Ordering::SeqCst);
-                return Err(KafkaClientError::Stuck { operation: "send offsets to transaction", after: Duration::ZERO });
-            }
-            answer(sent_rx, "send offsets to transaction", SEND_OFFSETS_TIMEOUT + GRACE, &stuck).await?;
-            commit_answer(committed_rx, 2 * TXN_TIMEOUT + GRACE).await
+                return Err(KafkaClientError::Stuck { operation: "send offsets to transaction", after: offsets_watch });
+            };
+            sent?;
+            // No answer to the commit: it may have committed (the EndTxn reached the
+            // coordinator), so redoing its records in place could emit them twice. Fatal: the
+            // process stops and its successor fences this producer and resumes from the
+            // committed offsets.
+            let commit_watch = 2 * TXN_TIMEOUT + GRACE;
+            answer(committed_rx, commit_watch).await.unwrap_or(Err(KafkaClientError::CommitUnknown { after: commit_watch }))
         });
         let replaced = ready.ledger.into_iter().map(|(key, entry)| (key.clone(), self.ledger.write_through(key, entry))).collect();
         self.state = State::Committing(Inflight { index: at, task, replaced, samples: ready.samples });
@@ -347,7 +342,7 @@ impl Committer {
                 Ok(())
             }
             Err(e) => {
-                // A commit of unknown outcome is left to the successor (see `commit_answer`):
+                // A commit of unknown outcome is left to the successor (see `commit`):
                 // aborting it here could not succeed while the call is in flight.
                 self.state = if matches!(e, KafkaClientError::CommitUnknown { .. }) { State::Idle } else { State::Open };
                 for (key, previous) in f.replaced.into_iter().rev() {
@@ -406,17 +401,23 @@ impl Committer {
     /// Aborts the open transaction, or replaces a producer that cannot abort it; `Ok(true)`
     /// when the producer was replaced.
     fn abort(&mut self) -> Result<bool, KafkaClientError> {
-        if self.stuck.swap(false, Ordering::SeqCst) {
+        // The flags are cleared only once a replacement succeeded: if it fails (broker away),
+        // the next reset tries again.
+        if self.stuck.load(Ordering::SeqCst) {
             self.abandoned.retain(|t| Arc::strong_count(t) > 1);
-            self.abandoned.push(self.txn.running.clone());
-            if self.abandoned.len() > MAX_STUCK {
-                return Err(KafkaClientError::TooManyStuck(self.abandoned.len()));
+            if self.abandoned.len() >= MAX_STUCK {
+                return Err(KafkaClientError::TooManyStuck(self.abandoned.len() + 1));
             }
+            let old = self.txn.running.clone();
             self.replace("stuck")?;
+            self.abandoned.push(old);
+            self.stuck.store(false, Ordering::SeqCst);
             return Ok(true);
         }
-        if std::mem::take(&mut self.fenced) {
-            return self.replace_fenced(None);
+        if self.fenced {
+            let replaced = self.replace_fenced(None)?;
+            self.fenced = false;
+            return Ok(replaced);
         }
         if !matches!(self.state, State::Open) {
             return Ok(false);
@@ -460,8 +461,8 @@ impl Committer {
             return Err(e.unwrap_or_else(|| KafkaClientError::kafka("begin transaction", KafkaError::Global(RDKafkaErrorCode::Fenced))));
         }
         tracing::warn!("transactional producer fenced with no successor in sight; replacing it once");
-        self.last_fenced = Some(Instant::now());
         self.replace("fenced")?;
+        self.last_fenced = Some(Instant::now());
         Ok(true)
     }
 

@@ -23,6 +23,10 @@
 //!   expected + pipelined SET) and producing one alert-sized record per product in
 //!   transactions of 10,000 (issue 16's "within 3× of the drift run" measured against them).
 //!
+//! For the drift run, the every-key-missing run and the two floors, the CPU time the stack
+//! spent (this process, PostgreSQL, Redis, the Kafka broker) is printed too: on a machine of
+//! few cores, a phase cannot take less wall time than its CPU divided by the cores.
+//!
 //! Peak RSS per phase is VmHWM of this process after resetting it (`/proc/self/clear_refs`),
 //! so it is the peak of that phase, not of the seeding. `confirm_delay_ms` is
 //! `SJ_BENCH_CONFIRM_DELAY_MS` (default: the configured default, 200 ms): a deliberate wait
@@ -115,6 +119,79 @@ struct Row {
     peak_kb: u64,
     base_kb: u64,
     note: String,
+}
+
+/// CPU time (user + system, seconds) of the processes that do a run's work: this process
+/// (the processor, or a floor's client), PostgreSQL (every backend), Redis and the Kafka
+/// broker. Read from `/proc/*/stat`; a process that exits within a phase takes its share
+/// with it (the pools here keep their connections, so it is small).
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    bench: f64,
+    postgres: f64,
+    redis: f64,
+    kafka: f64,
+}
+
+impl Cpu {
+    fn now() -> Cpu {
+        // `/proc` counts in USER_HZ, which Linux fixes at 100 for user space.
+        let tick = 100.0;
+        let me = std::process::id().to_string();
+        let mut cpu = Cpu::default();
+        let Ok(dir) = std::fs::read_dir("/proc") else { return cpu };
+        for entry in dir.flatten() {
+            let pid = entry.file_name().to_string_lossy().into_owned();
+            if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let (Ok(stat), Ok(cmd)) = (std::fs::read_to_string(format!("/proc/{pid}/stat")), std::fs::read(format!("/proc/{pid}/cmdline")))
+            else {
+                continue;
+            };
+            // Fields after the command name (which may hold spaces): utime and stime are the
+            // 12th and 13th.
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let secs = match (f.get(11).and_then(|v| v.parse::<f64>().ok()), f.get(12).and_then(|v| v.parse::<f64>().ok())) {
+                (Some(u), Some(s)) => (u + s) / tick,
+                _ => continue,
+            };
+            let cmd = String::from_utf8_lossy(&cmd);
+            let slot = if pid == me {
+                &mut cpu.bench
+            } else if cmd.starts_with("postgres") || cmd.contains("/postgres ") || cmd.contains("bin/postgres") {
+                &mut cpu.postgres
+            } else if cmd.contains("redis-server") {
+                &mut cpu.redis
+            } else if cmd.contains("kafka.Kafka") {
+                &mut cpu.kafka
+            } else {
+                continue;
+            };
+            *slot += secs;
+        }
+        cpu
+    }
+
+    fn since(self, start: Cpu) -> Cpu {
+        Cpu { bench: self.bench - start.bench, postgres: self.postgres - start.postgres, redis: self.redis - start.redis, kafka: self.kafka - start.kafka }
+    }
+
+    fn total(&self) -> f64 {
+        self.bench + self.postgres + self.redis + self.kafka
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{:.1} core-s (this process {:.1}, PostgreSQL {:.1}, Redis {:.1}, Kafka {:.1})",
+            self.total(),
+            self.bench,
+            self.postgres,
+            self.redis,
+            self.kafka
+        )
+    }
 }
 
 /// Resets the peak and returns the RSS the phase starts from.
@@ -411,14 +488,16 @@ impl Bench {
     }
 
     /// A processor with `settings` runs the tick of `at` to the end: (time, peak RSS kB, base
-    /// kB, largest transaction, resets). The processor is dropped (it leaves the group).
-    async fn processor_phase(&self, settings: Settings, at: DateTime<Utc>) -> (Duration, u64, u64, usize, usize) {
+    /// kB, largest transaction, resets, CPU of the stack while it ran). The processor is dropped (it leaves the group).
+    async fn processor_phase(&self, settings: Settings, at: DateTime<Utc>) -> (Duration, u64, u64, usize, usize, Cpu) {
         let mut p = Processor::new(settings, Registry::builtin(), self.pool.clone()).await.expect("processor");
         let base_kb = phase_start();
+        let cpu = Cpu::now();
         let (time, resets) = self.processor(&mut p, at).await;
+        let cpu = Cpu::now().since(cpu);
         let peak_kb = status_kb("VmHWM:");
         let largest = p.largest_transaction();
-        (time, peak_kb, base_kb, largest, resets)
+        (time, peak_kb, base_kb, largest, resets, cpu)
     }
 
     async fn finalized(&self) -> i64 {
@@ -475,6 +554,8 @@ async fn main() {
         if can_reset { "" } else { " (VmHWM cannot be reset here: peaks are cumulative)" }
     );
     let mut rows: Vec<Row> = Vec::new();
+    // CPU of the stack in the phases the every-key-missing target compares: (size, phase, cpu).
+    let mut cpus: Vec<(usize, String, Cpu)> = Vec::new();
     let mut at = {
         let t = Utc::now() - TimeDelta::minutes(60);
         DateTime::from_timestamp(t.timestamp() - t.timestamp() % 60, 0).expect("time")
@@ -554,7 +635,8 @@ async fn main() {
                 // A processor per batch size (its settings are fixed at start); the previous
                 // one has left the group. Timing starts at the step that takes the tick.
                 at += TimeDelta::minutes(1);
-                let (time, peak_kb, base_kb, largest, resets) = b.processor_phase(settings_with(&s, batch, delay), at).await;
+                let (time, peak_kb, base_kb, largest, resets, cpu) = b.processor_phase(settings_with(&s, batch, delay), at).await;
+                cpus.push((size, format!("processor, batch {batch}:"), cpu));
                 let chunks = size.div_ceil(batch.max(1) as usize);
                 rows.push(Row {
                     size,
@@ -574,7 +656,8 @@ async fn main() {
                 // batch, in the same run as the 0.1% drift above.
                 let gone = b.wipe().await;
                 at += TimeDelta::minutes(1);
-                let (time, peak_kb, base_kb, largest, resets) = b.processor_phase(settings_with(&s, batch, delay), at).await;
+                let (time, peak_kb, base_kb, largest, resets, cpu) = b.processor_phase(settings_with(&s, batch, delay), at).await;
+                cpus.push((size, format!("processor, batch {batch}, every key missing"), cpu));
                 let (_, left) = b.floor(true).await;
                 rows.push(Row {
                     size,
@@ -588,7 +671,9 @@ async fn main() {
                 // produce one alert per product in transactions of 10,000. After the run, so
                 // their buffers (kept by the allocator) do not inflate its peak RSS.
                 let base_kb = phase_start();
+                let cpu = Cpu::now();
                 let (time, written) = b.restore_floor().await;
+                cpus.push((size, "floor, every key missing: SET".into(), Cpu::now().since(cpu)));
                 rows.push(Row {
                     size,
                     phase: "floor, every key missing: SET all".into(),
@@ -598,7 +683,9 @@ async fn main() {
                     note: format!("SELECT expected + pipelined SET of {written} keys (1,000 per pipeline, 4 in flight)"),
                 });
                 let base_kb = phase_start();
+                let cpu = Cpu::now();
                 let (time, record_bytes) = b.alerts_floor(10_000).await;
+                cpus.push((size, "floor, every key missing: alerts".into(), Cpu::now().since(cpu)));
                 rows.push(Row {
                     size,
                     phase: "floor, every key missing: alerts".into(),
@@ -675,6 +762,12 @@ async fn main() {
             3.0 * drift.time.as_secs_f64(),
             wiped.time.as_secs_f64() / floors,
         );
+    }
+    // Where the time goes: on a machine of few cores, a phase cannot take less wall time than
+    // its CPU divided by the cores, whatever overlaps.
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    for (size, phase, cpu) in cpus.iter().filter(|(size, ..)| *size == n) {
+        println!("CPU at {size} products, {}: {} = {:.2} s of this machine's {cores} cores", phase.trim_end_matches(':'), cpu.describe(), cpu.total() / cores as f64);
     }
     for prefix in [format!("processor, batch {batch}:"), job_default] {
         if let (Some(small), Some(big)) = (find(&prefix, sizes[0]), find(&prefix, n)) {

@@ -582,6 +582,48 @@ async fn a_retried_chunk_keeps_its_first_observation_and_finalize_is_repeatable(
     assert!(StockSync.apply(&ctx, &bad).await.is_err());
 }
 
+/// A group is recorded with a plain insert when none of its products had a row as the range
+/// was read; a row that appears meanwhile (a zombie attempt of the same chunk recording first)
+/// must not fail the chunk: the group is recorded again keeping that first observation.
+#[tokio::test]
+async fn a_row_recorded_by_a_zombie_during_confirmation_keeps_the_first_observation() {
+    let e = env(100, 1500).await;
+    let drift = e.product("z-drift", 30, Some(33)).await;
+    let other = e.product("z-other", 8, Some(5)).await;
+    let run_id = unique("run");
+    let item = crate::common::work_item(JOB, &run_id, 0, vec![drift.clone(), other.clone()], Utc::now());
+    let ctx = e.ctx();
+    let zombie = async {
+        // Well inside the 1,500 ms confirmation wait: the compare has read the range by now.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sqlx::query(
+            "INSERT INTO stock_sync_mismatches (run_id, product_id, product_stock, db_stock, redis_stock, cause, action, detected_at)
+             VALUES ($1, $2, 30, 30, 34, 'REDIS_DRIFT', 'REDIS_RESTORED', now())",
+        )
+        .bind(&run_id)
+        .bind(&drift)
+        .execute(&e.db)
+        .await
+        .unwrap();
+    };
+    let (out, ()) = tokio::join!(StockSync.apply(&ctx, &item), zombie);
+    let out = out.expect("the chunk completes despite the zombie's row");
+    assert_eq!(out.counts.get("confirmed"), Some(&2), "{out:?}");
+    let rows: Vec<(String, Option<i64>, Option<String>)> =
+        sqlx::query_as("SELECT product_id, redis_stock, repair FROM stock_sync_mismatches WHERE run_id = $1 ORDER BY product_id")
+            .bind(&run_id)
+            .fetch_all(&e.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        vec![(drift.clone(), Some(34), Some("RESTORED".into())), (other.clone(), Some(5), Some("RESTORED".into()))],
+        "the zombie's first observation is kept, the other product recorded, both outcomes noted"
+    );
+    assert_eq!((e.redis(&drift).await.as_deref(), e.redis(&other).await.as_deref()), (Some("30"), Some("8")));
+    assert_eq!(out.records.len(), 2, "{out:?}");
+}
+
 /// A chunk recorded complete whose transaction was lost is applied again — possibly after
 /// another chunk finalised the run from its rows (the cluster fault profile caught a summary of
 /// 6 mismatches next to 8 alerts: the retry had found 2 products that drifted since). The retry

@@ -113,11 +113,15 @@ pub enum Sample {
     Emitted { topic: String, count: u64 },
     /// A record went to the dead-letter topic.
     DeadLetter { reason: String },
+    /// A scheduled run was planned this long after its fire time.
+    TickDelay { job: String, seconds: f64 },
 }
 
 struct Inner {
     registry: Registry,
     ready: AtomicBool,
+    /// `ready` as a series, for alerting on an instance that stays unready.
+    ready_gauge: Gauge,
     not_ready_because: Mutex<String>,
     handled: Family<KindLabels, Counter>,
     transactions: Family<KindLabels, Counter>,
@@ -125,6 +129,7 @@ struct Inner {
     run_seconds: Family<JobLabels, Histogram>,
     chunks: Family<JobOutcome, Counter>,
     chunk_seconds: Family<JobLabels, Histogram>,
+    tick_delay: Family<JobLabels, Histogram>,
     job_counts: Family<JobCounter, Counter>,
     emitted: Family<TopicLabels, Counter>,
     dead_letters: Family<ReasonLabels, Counter>,
@@ -166,6 +171,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("scheduled_jobs");
         let inner = Inner {
             ready: AtomicBool::new(false),
+            ready_gauge: Gauge::default(),
             not_ready_because: Mutex::new("starting".into()),
             handled: Family::default(),
             transactions: Family::default(),
@@ -173,6 +179,7 @@ impl Metrics {
             run_seconds: Family::new_with_constructor(seconds_histogram),
             chunks: Family::default(),
             chunk_seconds: Family::new_with_constructor(seconds_histogram),
+            tick_delay: Family::new_with_constructor(seconds_histogram),
             job_counts: Family::default(),
             emitted: Family::default(),
             dead_letters: Family::default(),
@@ -186,12 +193,22 @@ impl Metrics {
             lag_errors: Counter::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "ready",
+            "1 while the process is ready (what /readyz answers 200 for), 0 while it waits for a dependency or recovers from a failed transaction",
+            inner.ready_gauge.clone(),
+        );
         registry.register("records_handled", "Consumed records handled and committed, by kind (tick, work-item)", inner.handled.clone());
         registry.register("transactions", "Kafka transactions by result (committed, aborted)", inner.transactions.clone());
         registry.register("runs", "Runs ended, by job and outcome (succeeded, failed, timed_out, skipped)", inner.runs.clone());
         registry.register("run_duration_seconds", "Run duration from planning to its run result, by job", inner.run_seconds.clone());
         registry.register("chunks", "Chunks applied, by job and outcome (applied, failed, timed_out)", inner.chunks.clone());
         registry.register("chunk_duration_seconds", "Time to apply one chunk and write its transaction, by job", inner.chunk_seconds.clone());
+        registry.register(
+            "tick_delay_seconds",
+            "From a scheduled (or caught-up) tick's fire time to its run being planned, by job: the tick producer, the broker and the processor's backlog together",
+            inner.tick_delay.clone(),
+        );
         registry.register(
             "job_items",
             "Job counters of committed chunks (the run result's counts), by job and counter, e.g. ordersCancelled, mismatches",
@@ -249,6 +266,9 @@ impl Metrics {
                 }
                 Sample::DeadLetter { reason } => {
                     m.dead_letters.get_or_create(&ReasonLabels { reason: reason.clone() }).inc();
+                }
+                Sample::TickDelay { job, seconds } => {
+                    m.tick_delay.get_or_create(&JobLabels { job: job.clone() }).observe(*seconds);
                 }
             }
         }
@@ -323,6 +343,7 @@ impl Metrics {
 
     /// Marks the process ready, or not ready with the reason `/readyz` reports.
     pub fn set_ready(&self, ready: Result<(), String>) {
+        self.0.ready_gauge.set(i64::from(ready.is_ok()));
         match ready {
             Ok(()) => self.0.ready.store(true, Ordering::SeqCst),
             Err(why) => {
@@ -350,6 +371,38 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Every series name the processes can export (`..._total` of a counter, `..._bucket`,
+/// `_sum`, `_count` of a histogram, a gauge's own name), read from the exposition of a registry
+/// in which each family got one sample. A family appears in `/metrics` only with its first
+/// sample, so scraping a fresh process cannot list them; dashboards and alert rules are
+/// checked against this list (`tests/deploy.rs`).
+pub fn exported_series() -> BTreeSet<String> {
+    let m = Metrics::new();
+    let job = "job".to_string();
+    m.record(&[
+        Sample::Handled { kind: "tick" },
+        Sample::Chunk { job: job.clone(), outcome: "applied", counts: BTreeMap::from([("n".to_string(), 1)]), seconds: 1.0 },
+        Sample::Run { job: job.clone(), outcome: "SUCCEEDED".into(), seconds: 1.0 },
+        Sample::Emitted { topic: "t".into(), count: 1 },
+        Sample::DeadLetter { reason: "r".into() },
+        Sample::TickDelay { job: job.clone(), seconds: 1.0 },
+    ]);
+    m.aborted();
+    m.producer_replaced("stuck");
+    m.tick_published(&job, "SCHEDULED", chrono::Utc::now());
+    m.tick_failed();
+    m.set_assignment(Assignment { group: "g".into(), partitions: BTreeSet::from([("t".to_string(), 0)]) });
+    m.set_partition_lags("g", &[("t".into(), 0, 1)]);
+    m.0.lag.get_or_create(&GroupTopic { group: "g".into(), topic: "t".into() }).set(1);
+    m.0.lag_errors.inc();
+    m.encode()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(|c: char| c == '{' || c == ' ').next())
+        .map(str::to_string)
+        .collect()
 }
 
 /// Binds `metrics.listen`; `None` when it is empty (no endpoint).
@@ -571,6 +624,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_registered_family_is_in_the_exported_series() {
+        let series = exported_series();
+        let registered = Metrics::new().encode().matches("# TYPE ").count();
+        for name in ["scheduled_jobs_runs_total", "scheduled_jobs_run_duration_seconds_bucket", "scheduled_jobs_consumer_group_lag", "scheduled_jobs_tick_delay_seconds_count"] {
+            assert!(series.contains(name), "{name} missing from {series:?}");
+        }
+        // One sample name per counter or gauge family, three per histogram (bucket, sum, count),
+        // plus counters' `_created` where the client writes one.
+        let families: BTreeSet<&str> = series
+            .iter()
+            .map(|s| s.trim_end_matches("_total").trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count").trim_end_matches("_created"))
+            .collect();
+        // Every family registered got its sample: a family added to `Metrics::new` without
+        // one in `exported_series` fails here (its count below the 18 registered).
+        assert_eq!(families.len(), 18, "{families:?}");
+        assert!(registered < families.len(), "a fresh registry shows only the families without labels ({registered})");
+    }
+
+    #[test]
     fn committed_samples_move_the_counters_and_aborts_are_counted_apart() {
         let m = Metrics::new();
         m.record(&[
@@ -664,9 +736,12 @@ mod tests {
     fn readiness_reports_why_not() {
         let m = Metrics::new();
         assert_eq!(m.readiness(), Err("starting".into()));
+        assert!(m.encode().contains("\nscheduled_jobs_ready 0\n"), "{}", m.encode());
         m.set_ready(Ok(()));
         assert_eq!(m.readiness(), Ok(()));
+        assert!(m.encode().contains("\nscheduled_jobs_ready 1\n"), "{}", m.encode());
         m.set_ready(Err("transaction failed".into()));
         assert_eq!(m.readiness(), Err("transaction failed".into()));
+        assert!(m.encode().contains("\nscheduled_jobs_ready 0\n"), "{}", m.encode());
     }
 }

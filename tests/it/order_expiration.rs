@@ -724,6 +724,12 @@ async fn the_metrics_endpoint_counts_what_runs_committed_and_downstream_lag() {
         assert_eq!(sample(&m, &format!("scheduled_jobs_records_emitted_total{{topic=\"{}\"}}", s.topic(topic))), 45.0, "{m}");
     }
     assert!(sample(&m, "scheduled_jobs_run_duration_seconds_count{job=\"order-expiration\"}") == 1.0, "{m}");
+    // The run was planned once, late by how long ago its fire time `at` was (the duplicate
+    // planned nothing).
+    assert_eq!(sample(&m, "scheduled_jobs_tick_delay_seconds_count{job=\"order-expiration\"}"), 1.0, "{m}");
+    let late = sample(&m, "scheduled_jobs_tick_delay_seconds_sum{job=\"order-expiration\"}");
+    let since_fire_time = (Utc::now() - at).num_milliseconds() as f64 / 1000.0;
+    assert!((0.0..=since_fire_time).contains(&late), "planned {late} s after {at}, which was {since_fire_time} s ago: {m}");
     // The counters agree with what the run result says.
     let r = results(&s).await;
     assert_eq!(only_result(&r).counts["ordersCancelled"], 45);

@@ -18,6 +18,7 @@ use super::ledger::run_key;
 use super::run::{new_run, work_item, Out, TxnPlan, SEAL};
 use super::{Processor, ProcessorError};
 use crate::runtime::control::Pause;
+use crate::runtime::metrics::Sample;
 use crate::error::ErrorClass;
 use crate::jobs::{Job, JobError, Run};
 use crate::wire::derived_id;
@@ -177,6 +178,7 @@ impl Processor {
                 let mut plan = TxnPlan::default();
                 let end = super::run::RunEnd { state: RunState::Done, outcome: Outcome::Succeeded, chunk_count: 0 };
                 plan.finish(&run, self.env.tz, end, BTreeMap::from([("chunks".to_string(), 0)]), None);
+                plan.samples.extend(planned(&run));
                 Ok(plan)
             }
             Ok(Ok(items)) => {
@@ -187,7 +189,7 @@ impl Processor {
                 out.push(Out::WorkItem(seal));
                 out.push(Out::Ledger(run_key(&run.job, &run.period), super::run::ledger_entry(&run, RunState::Planned, chunks)));
                 tracing::info!(job = %run.job, run_id = %run.run_id, chunks, "run planned");
-                Ok(TxnPlan { out, samples: Vec::new(), fault: Some((crate::runtime::fault::BEFORE_PLAN_COMMIT, run.job.clone())) })
+                Ok(TxnPlan { out, samples: planned(&run).into_iter().collect(), fault: Some((crate::runtime::fault::BEFORE_PLAN_COMMIT, run.job.clone())) })
             }
         }
     }
@@ -227,6 +229,16 @@ impl Processor {
 
 /// A paused job's tick: a SKIPPED result under a run id of its own tick and no ledger entry,
 /// so the period stays runnable after `resume`.
+/// How late a scheduled run was planned after its fire time (tick producer, broker and the
+/// processor's own backlog together). Manual ticks name any time they like, so only the
+/// schedule's own (and caught-up) ticks are measured.
+fn planned(run: &Run) -> Option<Sample> {
+    matches!(run.tick.trigger, Trigger::Scheduled | Trigger::CatchUp).then(|| Sample::TickDelay {
+        job: run.job.clone(),
+        seconds: (run.planned_at - run.tick.scheduled_at).num_milliseconds().max(0) as f64 / 1000.0,
+    })
+}
+
 fn skip_paused(run: &Run, tz: chrono_tz::Tz, pause: Pause) -> TxnPlan {
     let mut run = run.clone();
     run.run_id = derived_id(&["paused", &run.tick.tick_id]).to_string();

@@ -19,7 +19,7 @@ fn root() -> PathBuf {
 
 fn series_file() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let path = dir.join(format!("metrics-series-{}.txt", std::process::id()));
+    let path = dir.join(format!("metrics-series-{}-{:?}.txt", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""));
     let mut text: String = scheduled_jobs::runtime::metrics::exported_series().into_iter().map(|s| s + "\n").collect();
     if text.is_empty() {
         text.push('\n');
@@ -31,13 +31,17 @@ fn series_file() -> PathBuf {
 fn check(name: &str) {
     let script = root().join("tests/deploy").join(format!("{name}.sh"));
     assert!(script.is_file(), "{} is missing", script.display());
+    let series = series_file();
     let out = Command::new("bash")
         .arg(&script)
         .current_dir(root())
         .env("SJ_BIN", env!("CARGO_BIN_EXE_scheduled-jobs"))
-        .env("SJ_METRICS_SERIES", series_file())
+        .env("SJ_METRICS_SERIES", &series)
+        // Python's bytecode caches stay out of the repository.
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .expect("run bash");
+    let _ = std::fs::remove_file(&series);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     print!("{stdout}");

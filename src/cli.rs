@@ -79,23 +79,41 @@ pub enum Command {
     /// schedule, read in scheduler.time_zone (default Asia/Seoul, the seed's zone), catching
     /// up fire times missed while it was down. Safe to run two side by side.
     Tick,
-    /// Publish a manual tick for a job now (or for --at). A disabled job (the noop test job
-    /// unless jobs.noop.enabled = true) is refused.
+    /// Publish a manual tick for a job now (or for --at), or one per fire time of its schedule
+    /// in a range (--from/--to: a backfill). A disabled job (the noop test job unless
+    /// jobs.noop.enabled = true) is refused.
     Trigger {
         /// Job name, e.g. order-expiration.
         job: String,
         /// Scheduled time of the tick (RFC 3339); default now.
-        #[arg(long, value_name = "INSTANT")]
+        #[arg(long, value_name = "INSTANT", conflicts_with_all = ["from", "to"])]
         at: Option<String>,
+        /// Backfill: one tick per fire time of the job's schedule from this instant (RFC 3339,
+        /// included) to --to (included), at most 1,000. Periods the run ledger already records
+        /// are listed and not run again unless --force.
+        #[arg(long, value_name = "INSTANT", requires = "to")]
+        from: Option<String>,
+        /// End of the backfill range (RFC 3339, included).
+        #[arg(long, value_name = "INSTANT", requires = "from")]
+        to: Option<String>,
+        /// With --from/--to: list the fire times, their periods and what is recorded; publish
+        /// nothing.
+        #[arg(long, requires = "from")]
+        dry_run: bool,
+        /// With --from/--to: run the periods already recorded again too (new attempts).
+        #[arg(long, requires = "from")]
+        force: bool,
         /// A job parameter; repeatable. Every job accepts force=true (run a recorded period
         /// again); a parameter the job does not accept, or a bad value, is refused.
         #[arg(long = "param", value_name = "KEY=VALUE")]
         params: Vec<String>,
-        /// Follow the run: a progress bar of chunks applied / planned, then its result.
-        /// Exit status 0 if it succeeded (or was skipped), 1 if it failed or timed out.
+        /// Follow the run: a progress bar of chunks applied / planned, then its result (a
+        /// backfill: each run in turn, a line per period). Exit status 0 if it succeeded (or
+        /// was skipped), 1 if it (any of them) failed or timed out.
         #[arg(long)]
         wait: bool,
-        /// With --wait: give up after this long (e.g. 90s, 10m).
+        /// With --wait: give up after this long (e.g. 90s, 10m); a backfill gives each run
+        /// this long.
         #[arg(long, value_name = "DURATION", default_value = "10m", requires = "wait")]
         timeout: String,
     },
@@ -437,7 +455,24 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             print!("{}", crate::ops::replay::render(&group, &topic, &moves, dry_run));
             println!("{}", crate::ops::replay::EXPLANATION);
         }
-        Command::Trigger { job, at, params, wait, timeout } => {
+        Command::Trigger { job, at, from, to, dry_run, force, params, wait, timeout } => {
+            let instant = |flag: &str, a: &str| {
+                chrono::DateTime::parse_from_rfc3339(a)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .map_err(|e| Failure { code: 2, error: anyhow::anyhow!("{flag} `{a}` is not an RFC 3339 instant: {e}") })
+            };
+            let mut map = std::collections::BTreeMap::new();
+            for p in &params {
+                let (k, v) = p
+                    .split_once('=')
+                    .ok_or_else(|| Failure { code: 2, error: anyhow::anyhow!("--param `{p}` is not KEY=VALUE") })?;
+                map.insert(k.to_string(), v.to_string());
+            }
+            let timeout = humantime::parse_duration(&timeout)
+                .map_err(|e| Failure { code: 2, error: anyhow::anyhow!("--timeout `{timeout}`: {e}") })?;
+            if let (Some(from), Some(to)) = (&from, &to) {
+                return backfill(&settings, &job, instant("--from", from)?, instant("--to", to)?, map, dry_run, force, wait.then_some(timeout)).await;
+            }
             let at = at
                 .map(|a| {
                     chrono::DateTime::parse_from_rfc3339(&a)
@@ -446,13 +481,6 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 })
                 .transpose()
                 .map_err(|error| Failure { code: 2, error })?;
-            let mut map = std::collections::BTreeMap::new();
-            for p in params {
-                let (k, v) = p
-                    .split_once('=')
-                    .ok_or_else(|| Failure { code: 2, error: anyhow::anyhow!("--param `{p}` is not KEY=VALUE") })?;
-                map.insert(k.to_string(), v.to_string());
-            }
             let tick = crate::runtime::tick::trigger(&settings, &job, at, map).await.map_err(|e| {
                 // Naming a job that does not exist (or is disabled), or a parameter it does not
                 // accept, is a usage error.
@@ -466,8 +494,6 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             })?;
             println!("published tick {} for {} at {}", tick.tick_id, tick.job, tick.scheduled_at.to_rfc3339());
             if wait {
-                let timeout = humantime::parse_duration(&timeout)
-                    .map_err(|e| Failure { code: 2, error: anyhow::anyhow!("--timeout `{timeout}`: {e}") })?;
                 let result = crate::ops::follow::follow(&settings, &tick, timeout, crate::runtime::shutdown::signal()).await.map_err(anyhow::Error::from)?;
                 println!("{}", crate::ops::follow::describe(&result));
                 if !result.ok() {
@@ -494,6 +520,53 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// `trigger <job> --from T1 --to T2`: see [`crate::ops::backfill`].
+#[allow(clippy::too_many_arguments)]
+async fn backfill(
+    settings: &Settings,
+    job: &str,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+    params: std::collections::BTreeMap<String, String>,
+    dry_run: bool,
+    force: bool,
+    wait: Option<Duration>,
+) -> Result<(), Failure> {
+    use crate::ops::backfill;
+    let usage = |e: backfill::BackfillError| Failure { code: if e.is_usage() { 2 } else { 1 }, error: e.into() };
+    let times = backfill::fire_times(settings, job, from, to).map_err(usage)?;
+    let plan = backfill::plan(settings, job, &times, &params, force).await.map_err(usage)?;
+    for p in &plan {
+        println!("{}", backfill::describe(p, force));
+    }
+    let mut ticks: Vec<_> = plan.iter().filter(|p| p.publish(force)).map(|p| p.tick.clone()).collect();
+    let recorded = plan.iter().filter(|p| p.recorded.is_some()).count();
+    if dry_run {
+        println!("dry run: {} fire time(s), {} would be published, {recorded} already recorded", plan.len(), ticks.len());
+        return Ok(());
+    }
+    crate::runtime::tick::publish_manual(settings, &mut ticks).await.map_err(|e| Failure { code: 1, error: e.into() })?;
+    println!("published {} tick(s) of {job} for {} fire time(s) ({recorded} already recorded)", ticks.len(), plan.len());
+    let Some(timeout) = wait else { return Ok(()) };
+    let mut failed = Vec::new();
+    for (i, tick) in ticks.iter().enumerate() {
+        // The progress over the periods is in the label of each run's own progress.
+        let label = format!("{job} [{}/{}]", i + 1, ticks.len());
+        let result = crate::ops::follow::follow_as(settings, tick, &label, timeout, crate::runtime::shutdown::signal())
+            .await
+            .map_err(|e| Failure { code: 1, error: e.into() })?;
+        println!("[{}/{}] {}: {}", i + 1, ticks.len(), tick.scheduled_at.to_rfc3339(), crate::ops::follow::describe(&result));
+        if !result.ok() {
+            failed.push(format!("{} {}", tick.scheduled_at.to_rfc3339(), result.outcome_name()));
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure { code: 1, error: anyhow::anyhow!("{} of {} backfilled run(s) did not succeed: {}", failed.len(), ticks.len(), failed.join(", ")) })
+    }
 }
 
 #[cfg(test)]

@@ -243,13 +243,38 @@ impl<'c, C: ConsumerContext + 'static> BoundedRead<'c, C> {
 /// the partitions to `consumer`: once assigned, the broker answers offset requests only after
 /// the consumer's pending long-poll fetch. The raw error is returned so each caller can name
 /// and class it.
+///
+/// A partition whose leader is moving or not elected yet (a topic created a moment ago, a
+/// broker restarting) is asked again until its `timeout` is spent, rather than failing at once:
+/// librdkafka answers `NotLeaderForPartition` from metadata it is about to refresh (seen in a
+/// tick producer's start right after its topic was created).
 pub fn watermarks<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     partitions: impl IntoIterator<Item = i32>,
     timeout: Duration,
 ) -> Result<BTreeMap<i32, (i64, i64)>, KafkaError> {
-    partitions.into_iter().map(|p| Ok((p, consumer.fetch_watermarks(topic, p, timeout)?))).collect()
+    const PAUSE: Duration = Duration::from_millis(100);
+    partitions
+        .into_iter()
+        .map(|p| {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now()).max(PAUSE);
+                match consumer.fetch_watermarks(topic, p, left) {
+                    Err(e)
+                        if matches!(
+                            e.rdkafka_error_code(),
+                            Some(RDKafkaErrorCode::NotLeaderForPartition | RDKafkaErrorCode::LeaderNotAvailable)
+                        ) && Instant::now() + PAUSE < deadline =>
+                    {
+                        std::thread::sleep(PAUSE)
+                    }
+                    other => break other.map(|w| (p, w)),
+                }
+            }
+        })
+        .collect()
 }
 
 /// Per partition of `topic`, the offset of its first record written at or after `at`, or

@@ -147,6 +147,18 @@ pub async fn follow(
     timeout: Duration,
     interrupt: impl std::future::Future<Output = ()>,
 ) -> Result<Followed, HistoryError> {
+    follow_as(settings, tick, &tick.job, timeout, interrupt).await
+}
+
+/// [`follow`], the progress (bar or lines) labelled `label` instead of the job's name: a
+/// backfill says which of its periods it is on (`noop [2/3]`).
+pub async fn follow_as(
+    settings: &Settings,
+    tick: &Tick,
+    label: &str,
+    timeout: Duration,
+    interrupt: impl std::future::Future<Output = ()>,
+) -> Result<Followed, HistoryError> {
     let codec = Codec::new(settings)?;
     let (work_items, ledger, results, ticks) = (
         settings.topic(Topic::WorkItems),
@@ -169,7 +181,7 @@ pub async fn follow(
         .map(|(p, (_, high))| (p, high))
         .collect();
 
-    let mut progress = Progress::new(&tick.job);
+    let mut progress = Progress::new(label);
     let deadline = Instant::now() + timeout;
     let mut run_id: Option<String> = None;
     let mut planned: Option<i64> = None;
@@ -217,7 +229,7 @@ pub async fn follow(
                                 // A run ends after its last chunk: its entry may be read later.
                                 if r.outcome == Outcome::Succeeded {
                                     if let Some(p) = planned {
-                                        progress.update(&tick.job, planned, seen.len(), usize::try_from(p).unwrap_or(0));
+                                        progress.update(label, planned, seen.len(), usize::try_from(p).unwrap_or(0));
                                     }
                                 }
                                 break Some(Followed::Ended(Box::new(r)));
@@ -247,7 +259,7 @@ pub async fn follow(
             }
         }
         let done = run_id.as_ref().and_then(|r| applied.get(r)).map_or(0, BTreeSet::len);
-        progress.update(&tick.job, planned, seen.len(), done);
+        progress.update(label, planned, seen.len(), done);
     };
     progress.finish();
     Ok(outcome.unwrap_or_else(|| Followed::StillRunning {

@@ -3,6 +3,7 @@
 //! [`follow`]), moving a consumer group's offsets ([`replay`]), reading a topic ([`tail`]) and
 //! the one-command local demo ([`demo`]).
 
+pub mod backfill;
 pub mod demo;
 pub mod follow;
 pub mod history;

@@ -400,7 +400,7 @@ pub fn exported_series() -> BTreeSet<String> {
     m.encode()
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.split(|c: char| c == '{' || c == ' ').next())
+        .filter_map(|l| l.split(['{', ' ']).next())
         .map(str::to_string)
         .collect()
 }

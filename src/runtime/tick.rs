@@ -396,14 +396,10 @@ fn log_retry(e: &TickError, wait: Duration) {
     tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "transient failure, retrying");
 }
 
-/// `scheduled-jobs trigger`: publishes one MANUAL tick for a configured, enabled job, with a
-/// random id (a manual trigger is a distinct request, not a fire time to deduplicate).
-pub async fn trigger(
-    settings: &Settings,
-    job: &str,
-    at: Option<DateTime<Utc>>,
-    params: BTreeMap<String, String>,
-) -> Result<Tick, TickError> {
+/// A manual tick of `job` for `at` (default now), checked as the processor will check it: an
+/// unknown or disabled job, or a parameter the job does not accept, is refused here, where the
+/// user sees why. Not published.
+pub fn manual_tick(settings: &Settings, job: &str, at: Option<DateTime<Utc>>, params: BTreeMap<String, String>) -> Result<Tick, TickError> {
     let key = job_key(job);
     let Some(job_settings) = settings.jobs.get(&key) else {
         let known: Vec<String> = settings.listed_jobs().map(|(k, _)| wire_name(k)).collect();
@@ -415,7 +411,7 @@ pub async fn trigger(
         return Err(TickError::JobDisabled { job: name, key, test_job });
     }
     let now = millis(Utc::now());
-    let mut tick = Tick {
+    let tick = Tick {
         tick_id: uuid::Uuid::new_v4().to_string(),
         job: name,
         scheduled_at: at.map_or(now, millis),
@@ -424,20 +420,41 @@ pub async fn trigger(
         parameters: params,
         producer: None,
     };
-    // The processor's rule, applied before publishing: a tick it would send to dead letters
-    // is refused here, where the user sees why.
     if let Some(j) = crate::jobs::Registry::builtin().get(&tick.job) {
         crate::jobs::check_tick(j.as_ref(), &tick).map_err(|e| match e {
             crate::jobs::JobError::InvalidTick(why) => TickError::InvalidTick(why),
             other => TickError::InvalidTick(other.to_string()),
         })?;
     }
+    Ok(tick)
+}
+
+/// Publishes manual ticks made by [`manual_tick`], in order, through one producer.
+pub async fn publish_manual(settings: &Settings, ticks: &mut [Tick]) -> Result<(), TickError> {
+    if ticks.is_empty() {
+        return Ok(());
+    }
     // Checked first: a producer sending to a missing topic could have it auto-created with
     // broker defaults instead of our partitions and retention.
     tick_partitions(settings).await?;
     let publisher = Publisher::new(settings)?;
-    tick.producer = Some(publisher.name.clone());
-    publisher.publish(&tick).await?;
+    for tick in ticks.iter_mut() {
+        tick.producer = Some(publisher.name.clone());
+        publisher.publish(tick).await?;
+    }
+    Ok(())
+}
+
+/// Publishes a manual tick of `job` for `at` (default now): `trigger <job> [--at T]`.
+pub async fn trigger(
+    settings: &Settings,
+    job: &str,
+    at: Option<DateTime<Utc>>,
+    params: BTreeMap<String, String>,
+) -> Result<Tick, TickError> {
+    let mut ticks = [manual_tick(settings, job, at, params)?];
+    publish_manual(settings, &mut ticks).await?;
+    let [tick] = ticks;
     Ok(tick)
 }
 

@@ -11,20 +11,7 @@ use crate::processor::{drive, processor_on, publish, results, spawn_processor, t
 
 /// The binary with `s`'s private topics, group and database.
 fn cli(s: &Settings, database: &str, args: &[&str]) -> Output {
-    let out = Command::new(binary())
-        .current_dir(repo_root())
-        .args(args)
-        .envs(crate::common::isolated_env(s, database))
-        .output()
-        .expect("run scheduled-jobs");
-    eprintln!(
-        "$ scheduled-jobs {}\n{}{}exit {:?}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        out.status.code()
-    );
-    out
+    cli_with(s, database, &[], args)
 }
 
 fn stdout(o: &Output) -> String {
@@ -107,6 +94,96 @@ async fn trigger_wait_pause_resume_and_runs_list_through_the_cli() {
     let o = cli(&s, &db, &["runs", "list", "--since", "yesterday-ish"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("neither a duration"), "{}", stderr(&o));
+}
+
+/// [`cli`] with `env` added (settings the test gives only this command); prints the command,
+/// its output and exit status.
+fn cli_with(s: &Settings, database: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let out = Command::new(binary())
+        .current_dir(repo_root())
+        .args(args)
+        .envs(crate::common::isolated_env(s, database))
+        .envs(env.iter().copied())
+        .output()
+        .expect("run scheduled-jobs");
+    eprintln!(
+        "$ scheduled-jobs {}\n{}{}exit {:?}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        out.status.code()
+    );
+    out
+}
+
+/// Issue 19.3: `trigger --from --to` backfills one tick per fire time of the schedule in the
+/// range; `--dry-run` lists them and publishes nothing; a period already recorded is reported
+/// and not run again unless `--force`; `--wait` follows each run and the exit status says
+/// whether all succeeded; an unbounded range or a job without schedule is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_backfills_a_range_once_per_fire_time_and_reports_recorded_periods() {
+    let s = with_noop(isolated().await);
+    let (pool, db) = fresh_db(&s).await;
+    scheduled_jobs::db::migrate(&pool).await.unwrap();
+    let _p = Killed(spawn_processor(&s, &db, &[("SJ_PROCESSOR__INSTANCE_ID", "")]));
+    let daily = [("SJ_JOBS__NOOP__SCHEDULE", "0 0 0 * * *"), ("SJ_SCHEDULER__TIME_ZONE", "UTC")];
+    let range = ["--from", "2026-02-01T00:00:00Z", "--to", "2026-02-03T12:00:00Z"];
+    let backfill = |extra: &[&str]| cli_with(&s, &db, &daily, &[&["trigger", "noop"][..], &range[..], extra].concat());
+
+    // The plan: three fire times (both ends included), nothing published.
+    let o = backfill(&["--dry-run"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.lines().filter(|l| l.ends_with("to run")).count(), 3, "{out}");
+    for day in ["2026-02-01T00:00:00+00:00", "2026-02-02T00:00:00+00:00", "2026-02-03T00:00:00+00:00"] {
+        assert!(out.contains(day), "{day} missing from the plan: {out}");
+    }
+    assert!(out.contains("dry run: 3 fire time(s), 3 would be published, 0 already recorded"), "{out}");
+
+    // One period of the range ran before.
+    let o = cli_with(&s, &db, &daily, &["trigger", "noop", "--at", "2026-02-02T00:00:00Z", "--wait", "--timeout", "60s"]);
+    assert!(o.status.success() && stdout(&o).contains("SUCCEEDED"), "{}", stdout(&o));
+
+    // The backfill runs the other two once each and says why not the third.
+    let o = backfill(&["--wait", "--timeout", "60s"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("2026-02-02T00:00:00+00:00") && out.contains("already recorded (DONE)"), "{out}");
+    assert!(out.contains("published 2 tick(s) of noop for 3 fire time(s) (1 already recorded)"), "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with('[') && l.contains("SUCCEEDED")).count(), 2, "{out}");
+    assert!(stderr(&o).contains("noop [2/2]: "), "progress over the periods, off a terminal: {}", stderr(&o));
+    assert_eq!(results(&s).await.len(), 3, "the dry run ran nothing, the backfill two");
+
+    // Again, forced: every period of the range as a new attempt.
+    let o = backfill(&["--force", "--wait", "--timeout", "60s"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("published 3 tick(s)"), "{}", stdout(&o));
+    assert_eq!(results(&s).await.len(), 6);
+
+    // Runs that fail: exit status 1, naming them.
+    let o = cli_with(
+        &s,
+        &db,
+        &daily,
+        &["trigger", "noop", "--from", "2026-03-01T00:00:00Z", "--to", "2026-03-02T00:00:00Z", "--param", "fail=0", "--wait", "--timeout", "60s"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("2 of 2 backfilled run(s) did not succeed"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("2026-03-01T00:00:00+00:00 FAILED"), "{}", stderr(&o));
+
+    // Refused, with exit status 2 and the reason: a range past the bound, a job without a
+    // schedule, a reversed range.
+    let every_minute = [("SJ_JOBS__NOOP__SCHEDULE", "0 * * * * *")];
+    let o = cli_with(&s, &db, &every_minute, &[&["trigger", "noop"][..], &range[..], &["--dry-run"]].concat());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("more than 1000 fire times"), "{}", stderr(&o));
+    let o = cli(&s, &db, &[&["trigger", "noop"][..], &range[..]].concat());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("has no schedule"), "{}", stderr(&o));
+    let o = cli_with(&s, &db, &daily, &["trigger", "noop", "--from", "2026-02-03T00:00:00Z", "--to", "2026-02-01T00:00:00Z"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("is after --to"), "{}", stderr(&o));
+    assert_eq!(results(&s).await.len(), 8, "the refused backfills published nothing");
 }
 
 fn at(minutes_ago: i64) -> DateTime<Utc> {

@@ -26,6 +26,20 @@ use crate::kafka::schema_rules::{self, Violation};
 use crate::kafka::topics::TopicSpec;
 
 pub const COMPATIBILITY: &str = "BACKWARD";
+/// Tries of one registry request that got no answer (see `Registry::send`).
+const SEND_ATTEMPTS: u32 = 3;
+
+/// An error and its sources, outermost first.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 #[derive(Debug, thiserror::Error)]
@@ -127,10 +141,27 @@ impl Registry {
         r
     }
 
+    /// Sends `r`; a request that never got an answer (connection refused or reset, timed out)
+    /// is sent again, at most [`SEND_ATTEMPTS`] times in all, with a pause between: every call
+    /// of this API is safe to repeat (a registration of the same schema answers the same id),
+    /// and a registry busy with a collection or a restart is back within seconds. The error
+    /// names the cause chain (reqwest's own message alone says only "error sending request").
     async fn send(&self, what: &str, r: reqwest::RequestBuilder) -> Result<(StatusCode, String), SchemaError> {
-        let resp = r.send().await.map_err(|e| self.err(format!("{what}: {e}")))?;
+        let mut attempt = 1;
+        let resp = loop {
+            let this = r.try_clone().ok_or_else(|| self.err(format!("{what}: the request cannot be repeated")))?;
+            match this.send().await {
+                Ok(resp) => break resp,
+                Err(e) if attempt < SEND_ATTEMPTS && (e.is_connect() || e.is_timeout() || e.is_request()) => {
+                    tracing::warn!(request = what, attempt, error = %chain(&e), "schema registry did not answer; asking again");
+                    tokio::time::sleep(Duration::from_millis(500) * attempt).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(self.err(format!("{what}: {}", chain(&e)))),
+            }
+        };
         let status = resp.status();
-        let body = resp.text().await.map_err(|e| self.err(format!("{what}: {e}")))?;
+        let body = resp.text().await.map_err(|e| self.err(format!("{what}: {}", chain(&e))))?;
         Ok((status, body))
     }
 
@@ -307,4 +338,23 @@ pub async fn register(registry: &Registry, schemas: &[SubjectSchema]) -> Result<
         });
     }
     Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registry that does not answer is asked again, then named with the cause.
+    #[tokio::test]
+    async fn a_request_without_an_answer_is_repeated_then_fails_naming_the_cause() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap();
+        let mut settings = Settings::default();
+        settings.registry.url = format!("http://127.0.0.1:{port}/apis/ccompat/v7");
+        let registry = Registry::new(&settings).unwrap();
+        let started = std::time::Instant::now();
+        let err = registry.latest("s-value").await.unwrap_err().to_string();
+        // Pauses of 0.5 s and 1 s between the three attempts.
+        assert!(started.elapsed() >= Duration::from_millis(1500), "{:?}", started.elapsed());
+        assert!(err.contains("get latest of s-value") && err.to_lowercase().contains("refused"), "{err}");
+    }
 }

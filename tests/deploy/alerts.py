@@ -30,7 +30,6 @@ import promql
 ALLOWED_METRICS = {"up"}
 SEVERITIES = {"critical", "warning"}
 ANNOTATIONS = ("summary", "description", "runbook")
-PLAIN_ALTERNATION = re.compile(r"[A-Za-z0-9_-]+(\|[A-Za-z0-9_-]+)*")
 
 problems = []
 
@@ -77,30 +76,8 @@ def diff(a, b, path="groups"):
 
 
 def check_expr(where, expr, series, jobs):
-    a = promql.analyse(expr)
-    for e in a.errors:
-        problem(where, e)
-    for s in a.selectors:
-        if s.metric is None:
-            problem(where, "a selector without a metric name")
-        elif s.metric not in series and s.metric not in ALLOWED_METRICS:
-            problem(where, f"unknown metric {s.metric} (not exported by the processes: see scheduled_jobs::runtime::metrics::exported_series; allowed besides: {', '.join(sorted(ALLOWED_METRICS))})")
-        if s.metric == "scheduled_jobs_consumer_partition_lag" and s.aggregation not in ("sum", None):
-            problem(where, f"{s.metric} aggregated with {s.aggregation}: each partition is exported by one instance, so the group's lag is sum by (group, topic) (README Metrics)")
-        if s.metric == "scheduled_jobs_consumer_group_lag" and s.aggregation in ("sum", "count", "avg"):
-            problem(where, f"{s.metric} aggregated with {s.aggregation}: every instance measures the same whole group, read it with max by (group, topic) (README Metrics)")
-    for op, value in a.matchers("job"):
-        if op in ("=~", "!~"):
-            if not PLAIN_ALTERNATION.fullmatch(value):
-                problem(where, f'job{op}"{value}": only a plain alternation of job names can be checked')
-                continue
-            names = value.split("|")
-        else:
-            names = [value]
-        for n in names:
-            if n not in jobs:
-                problem(where, f'job{op}"{value}": {n!r} is not a job of this build (jobs: {", ".join(sorted(jobs))})')
-
+    for what in promql.naming_problems(promql.analyse(expr), series, jobs, ALLOWED_METRICS):
+        problem(where, what)
 
 def check(rules_path, prule_path, series_path, config_path, *tests_paths):
     with open(series_path, encoding="utf-8") as f:

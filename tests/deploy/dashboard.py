@@ -27,7 +27,6 @@ import promql
 ALLOWED_METRICS = {"up"}
 DURATION_PANEL_JOBS = ("order-expiration", "stock-sync", "daily-statistics")
 DATASOURCE_REFS = {"${datasource}", "$datasource"}
-PLAIN_ALTERNATION = re.compile(r"[A-Za-z0-9_-]+(\|[A-Za-z0-9_-]+)*")
 FAMILY_SUFFIX = re.compile(r"_(bucket|sum|count)$")
 
 problems = []
@@ -119,26 +118,14 @@ def check(dash_path, series_path, config_path, rules_out):
             if m:
                 vectors.append(float(m.group(1)))
             a = promql.analyse(expr)
-            for e in a.errors:
-                problem(twhere, e)
+            for what in promql.naming_problems(a, series, jobs, ALLOWED_METRICS):
+                problem(twhere, what)
             for s in a.selectors:
                 if s.metric is None:
-                    problem(twhere, "a selector without a metric name")
                     continue
                 used.add(s.metric)
-                if s.metric not in series and s.metric not in ALLOWED_METRICS:
-                    problem(twhere, f"unknown metric {s.metric} (not exported by the processes: see scheduled_jobs::runtime::metrics::exported_series)")
-                if s.metric == "scheduled_jobs_consumer_partition_lag" and s.aggregation not in ("sum", None):
-                    problem(twhere, f"{s.metric} aggregated with {s.aggregation}: the group's lag is sum by (group, topic) over instances (README Metrics)")
-                if s.metric == "scheduled_jobs_consumer_group_lag" and s.aggregation in ("sum", "count", "avg"):
-                    problem(twhere, f"{s.metric} aggregated with {s.aggregation}: every instance measures the whole group, use max by (group, topic) (README Metrics)")
                 if s.metric.startswith("scheduled_jobs_run_duration_seconds"):
                     panel_jobs |= {v for (l, op, v) in s.matchers if l == "job" and op == "="}
-            for op, value in a.matchers("job"):
-                names = value.split("|") if op in ("=~", "!~") and PLAIN_ALTERNATION.fullmatch(value) else [value]
-                for n in names:
-                    if n not in jobs:
-                        problem(twhere, f'job{op}"{value}": {n!r} is not a job of this build (jobs: {", ".join(sorted(jobs))})')
         if len(panel_jobs) == 1:
             job = next(iter(panel_jobs))
             duration_jobs.add(job)

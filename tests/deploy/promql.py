@@ -191,3 +191,33 @@ if __name__ == "__main__":
         for s in r.selectors:
             print(f"{s.metric} {s.matchers} in {s.aggregation}")
         print("functions:", sorted(r.functions), "errors:", r.errors)
+
+
+PLAIN_JOB_ALTERNATION = re.compile(r"[A-Za-z0-9_-]+(\|[A-Za-z0-9_-]+)*")
+
+
+def naming_problems(a, series, jobs, allowed=frozenset({"up"})):
+    """What an analysed expression names wrongly, shared by the alert and dashboard checks:
+    a metric the processes do not export (`series`, from exported_series), a lag series
+    aggregated against README "Metrics", a `job` value that is not a job of this build."""
+    out = list(a.errors)
+    for s in a.selectors:
+        if s.metric is None:
+            out.append("a selector without a metric name")
+            continue
+        if s.metric not in series and s.metric not in allowed:
+            out.append(f"unknown metric {s.metric} (not exported by the processes: see scheduled_jobs::runtime::metrics::exported_series; allowed besides: {', '.join(sorted(allowed))})")
+        if s.metric == "scheduled_jobs_consumer_partition_lag" and s.aggregation not in ("sum", None):
+            out.append(f"{s.metric} aggregated with {s.aggregation}: each partition is exported by one instance, so the group's lag is sum by (group, topic) (README Metrics)")
+        if s.metric == "scheduled_jobs_consumer_group_lag" and s.aggregation in ("sum", "count", "avg"):
+            out.append(f"{s.metric} aggregated with {s.aggregation}: every instance measures the same whole group, read it with max by (group, topic) (README Metrics)")
+    for op, value in a.matchers("job"):
+        if op in ("=~", "!~"):
+            if not PLAIN_JOB_ALTERNATION.fullmatch(value):
+                out.append(f'job{op}"{value}": only a plain alternation of job names can be checked')
+                continue
+            names = value.split("|")
+        else:
+            names = [value]
+        out.extend(f'job{op}"{value}": {n!r} is not a job of this build (jobs: {", ".join(sorted(jobs))})' for n in names if n not in jobs)
+    return out

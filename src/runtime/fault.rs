@@ -25,6 +25,14 @@ pub fn pause_at(name: &'static str, key: impl Into<String>, pause: std::time::Du
     }
 }
 
+/// Removes the pauses registered at point `name` for `key` (tests).
+#[cfg(feature = "fault-injection")]
+pub fn unpause(name: &'static str, key: &str) {
+    if let Ok(mut p) = PAUSES.lock() {
+        p.retain(|(n, k, _)| !(*n == name && k == key));
+    }
+}
+
 /// Waits at pause point `name` as long as the longest pause registered for one of `keys`.
 #[cfg(feature = "fault-injection")]
 pub async fn pause<'a>(name: &str, keys: impl IntoIterator<Item = &'a str>) {

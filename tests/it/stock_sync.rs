@@ -582,6 +582,88 @@ async fn a_retried_chunk_keeps_its_first_observation_and_finalize_is_repeatable(
     assert!(StockSync.apply(&ctx, &bad).await.is_err());
 }
 
+/// A group that recorded its rows itself notes its outcome once, as a whole: its rows carry no
+/// outcome of their own and read RESTORED through `stock_sync_mismatches` only once the group
+/// completed. A chunk stopped between the record and the repair (a crash) leaves them pending
+/// (the alert would say REPAIR_DEFERRED); its retry repairs them and notes each on its row.
+#[tokio::test]
+async fn a_group_outcome_is_noted_once_and_a_crash_before_it_leaves_the_rows_pending() {
+    let e = env(100, 10).await;
+    let held = e.product("g-held", 30, Some(33)).await;
+    let other = e.product("g-other", 8, Some(5)).await;
+    let run_id = unique("run");
+    let item = crate::common::work_item(JOB, &run_id, 0, vec![held.clone(), other.clone()], Utc::now());
+    let ctx = e.ctx();
+    let outcomes = |e: &Env| {
+        let (db, run_id) = (e.db.clone(), run_id.clone());
+        async move {
+            sqlx::query_as::<_, (String, Option<String>, Option<String>)>(
+                "SELECT v.product_id, r.repair, v.repair FROM stock_sync_mismatches v
+                 JOIN stock_sync_mismatch_rows r USING (run_id, product_id) WHERE run_id = $1 ORDER BY product_id",
+            )
+            .bind(&run_id)
+            .fetch_all(&db)
+            .await
+            .unwrap()
+        }
+    };
+    // The first attempt stops (is dropped) while holding its group's repair.
+    scheduled_jobs::runtime::fault::pause_at(scheduled_jobs::runtime::fault::BEFORE_STOCK_REPAIR, held.clone(), Duration::from_secs(30));
+    let stopped = tokio::time::timeout(Duration::from_secs(10), async {
+        let recorded = async {
+            while outcomes(&e).await.len() < 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            _ = StockSync.apply(&ctx, &item) => panic!("the chunk went past its pause"),
+            () = recorded => {}
+        }
+    })
+    .await;
+    assert!(stopped.is_ok(), "the group was never recorded");
+    assert_eq!(
+        outcomes(&e).await,
+        vec![(held.clone(), None, None), (other.clone(), None, None)],
+        "recorded, not repaired: pending"
+    );
+    assert_eq!(e.redis(&held).await.as_deref(), Some("33"), "not repaired");
+    let run = Run { run_id: run_id.clone(), job: JOB.into(), period: "p".into(), attempt: 1, tick: tick(JOB, minutes_ago(1), &[]), planned_at: Utc::now() };
+    let pending = StockSync.finalize(&ctx, &run).await.unwrap();
+    assert_eq!((pending.counts.get("restored"), pending.counts.get("deferred")), (Some(&0), Some(&2)), "{:?}", pending.counts);
+
+    // The retry (no pause now): both rows are its predecessor's, so each outcome goes on its row.
+    scheduled_jobs::runtime::fault::unpause(scheduled_jobs::runtime::fault::BEFORE_STOCK_REPAIR, &held);
+    let retried = StockSync.apply(&ctx, &item).await.unwrap();
+    assert_eq!(retried.counts.get("repaired"), Some(&2), "{retried:?}");
+    let restored = Some("RESTORED".to_string());
+    assert_eq!(
+        outcomes(&e).await,
+        vec![(held.clone(), restored.clone(), restored.clone()), (other.clone(), restored.clone(), restored.clone())]
+    );
+
+    // A fresh run of drifted products: one group, its rows without an outcome of their own,
+    // RESTORED by the group's completion.
+    e.stock.connection().set::<_, _, ()>(stock_key(&held), 40).await.unwrap();
+    e.stock.connection().set::<_, _, ()>(stock_key(&other), 1).await.unwrap();
+    let run_id2 = unique("run");
+    let item2 = crate::common::work_item(JOB, &run_id2, 0, vec![held.clone(), other.clone()], Utc::now());
+    let out = StockSync.apply(&ctx, &item2).await.unwrap();
+    assert_eq!(out.counts.get("repaired"), Some(&2), "{out:?}");
+    let rows: Vec<(Option<String>, Option<String>, bool)> = sqlx::query_as(
+        "SELECT r.repair, v.repair, r.repair_group IS NOT NULL FROM stock_sync_mismatches v
+         JOIN stock_sync_mismatch_rows r USING (run_id, product_id) WHERE run_id = $1 ORDER BY product_id",
+    )
+    .bind(&run_id2)
+    .fetch_all(&e.db)
+    .await
+    .unwrap();
+    assert_eq!(rows, vec![(None, restored.clone(), true), (None, restored.clone(), true)]);
+    let groups: i64 = sqlx::query_scalar("SELECT count(*) FROM stock_sync_repair_groups WHERE run_id = $1").bind(&run_id2).fetch_one(&e.db).await.unwrap();
+    assert_eq!(groups, 1);
+    assert!(out.records.iter().all(|r| format!("{:?}", r.value).contains("REDIS_RESTORED")), "{:?}", out.records);
+}
+
 /// A group is recorded with a plain insert when none of its products had a row as the range
 /// was read; a row that appears meanwhile (a zombie attempt of the same chunk recording first)
 /// must not fail the chunk: the group is recorded again keeping that first observation.
@@ -597,7 +679,7 @@ async fn a_row_recorded_by_a_zombie_during_confirmation_keeps_the_first_observat
         // Well inside the 1,500 ms confirmation wait: the compare has read the range by now.
         tokio::time::sleep(Duration::from_millis(300)).await;
         sqlx::query(
-            "INSERT INTO stock_sync_mismatches (run_id, product_id, product_stock, db_stock, redis_stock, cause, action, detected_at)
+            "INSERT INTO stock_sync_mismatch_rows (run_id, product_id, product_stock, db_stock, redis_stock, cause, action, detected_at)
              VALUES ($1, $2, 30, 30, 34, 'REDIS_DRIFT', 'REDIS_RESTORED', now())",
         )
         .bind(&run_id)

@@ -16,8 +16,10 @@
 //!    a retry keeps the first observation), so a crash after a repair never loses its alert;
 //! 4. repair: per product, one atomic compare-and-set `observed → expected` that also drops
 //!    the stale reservation fields (all or nothing);
-//! 5. note each repair's outcome on its row: what the alert reports (`RESTORED` → restored;
-//!    refused or unknown → deferred to the next run);
+//! 5. note the repairs' outcomes: what the alert reports (`RESTORED` → restored; refused or
+//!    unknown → deferred to the next run). A group that recorded all its rows notes its
+//!    refusals on their rows and itself as complete in one row (its other rows read
+//!    `RESTORED` through the `stock_sync_mismatches` view); otherwise, each outcome on its row;
 //! 6. emit: the range's alerts, read back from the rows in product order, at most
 //!    `alerts_per_transaction` per part ([`super::alert::page`]); a continuation of the chunk
 //!    emits the rest without repeating 1–5.
@@ -63,7 +65,7 @@ const GROUPS_AHEAD: usize = 8;
 const PRODUCTS_IN_RANGE: &str = "
 SELECT p.id, p.stock, m.action AS recorded
 FROM products p
-LEFT JOIN stock_sync_mismatches m ON m.run_id = $3 AND m.product_id = p.id
+LEFT JOIN stock_sync_mismatch_rows m ON m.run_id = $3 AND m.product_id = p.id
 WHERE p.id >= $1 AND p.id <= $2
 ORDER BY p.id";
 
@@ -126,14 +128,14 @@ impl Predicate<'_> {
     }
 }
 
-/// Confirmed mismatches, recorded before any repair. Stale reservation fields are rare: they
-/// come as (product, order) pairs and are gathered per product, so the common row costs no
-/// per-row array work. `{on_conflict}`: see [`record`].
+/// Confirmed mismatches, recorded before any repair, each naming its group (`$11`). Stale
+/// reservation fields are rare: they come as (product, order) pairs and are gathered per
+/// product, so the common row costs no per-row array work. `{on_conflict}`: see [`record`].
 const RECORD: &str = "
-INSERT INTO stock_sync_mismatches
-    (run_id, product_id, product_stock, db_stock, redis_stock, cause, action, repair, stale_orders, detected_at)
+INSERT INTO stock_sync_mismatch_rows
+    (run_id, product_id, product_stock, db_stock, redis_stock, cause, action, repair, stale_orders, detected_at, repair_group)
 SELECT $1, u.product_id, u.product_stock, u.db_stock, u.redis_stock, u.cause, u.action, u.repair,
-       COALESCE(s.orders, '{}'), now()
+       COALESCE(s.orders, '{}'), now(), $11::uuid
 FROM unnest($2::text[], $3::int[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], $8::text[])
     AS u(product_id, product_stock, db_stock, redis_stock, cause, action, repair)
 LEFT JOIN (SELECT product_id, array_agg(order_id) AS orders
@@ -141,15 +143,26 @@ LEFT JOIN (SELECT product_id, array_agg(order_id) AS orders
            GROUP BY product_id) s ON s.product_id = u.product_id
 {on_conflict}";
 
-/// The latest attempt's outcome wins: it describes Redis as it is now. Committed without
-/// waiting for the WAL flush (`set_config(..., true)` is local to this statement's
-/// transaction): the outcome is diagnostic, and the processor's synchronous record of the
-/// chunk, which follows, flushes it anyway. Saves one fsync per chunk with a repair.
+/// Outcomes noted on their rows: the latest attempt's outcome wins, as it describes Redis as
+/// it is now. Committed without waiting for the WAL flush (`set_config(..., true)` is local to
+/// this statement's transaction): the outcome is diagnostic, and the processor's synchronous
+/// record of the chunk, which follows, flushes it anyway. Saves one fsync per chunk with a
+/// repair.
 const MARK: &str = "
-UPDATE stock_sync_mismatches m SET repair = u.repair, repaired_at = now()
+UPDATE stock_sync_mismatch_rows m SET repair = u.repair, repaired_at = now()
 FROM unnest($2::text[], $3::text[]) AS u(product_id, repair),
      (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 WHERE m.run_id = $1 AND m.product_id = u.product_id AND m.action = 'REDIS_RESTORED'";
+
+/// A group that recorded every one of its rows itself and whose repairs were all answered: its
+/// rows without an outcome of their own read RESTORED (the `stock_sync_mismatches` view). Its
+/// refusals (few) are noted on their rows first ([`MARK`]), so a crash between the two
+/// statements leaves the group pending, never wrongly restored. Asynchronous commit, as
+/// [`MARK`].
+const COMPLETE: &str = "
+INSERT INTO stock_sync_repair_groups (run_id, repair_group, repaired_at)
+SELECT $1, $2::uuid, now() FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
+ON CONFLICT DO NOTHING";
 
 /// What `stock:{id}` held.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -449,7 +462,8 @@ async fn repair_group(ctx: &JobCtx, redis: &ConnectionManager, item: &WorkItem, 
     // The last point where the deadline stops the group: from the record on, effects begin,
     // and they complete (their alerts come from the recorded rows).
     ctx.deadline.check()?;
-    record(&ctx.db, &item.run_id, &mismatches, fresh).await?;
+    let repair_group = uuid::Uuid::new_v4().to_string();
+    let own = record(&ctx.db, &item.run_id, &mismatches, fresh, &repair_group).await?;
     let t2 = Instant::now();
     crate::runtime::fault::pause(crate::runtime::fault::BEFORE_STOCK_REPAIR, mismatches.iter().map(|m| m.id.as_str())).await;
     let t3 = Instant::now();
@@ -463,8 +477,20 @@ async fn repair_group(ctx: &JobCtx, redis: &ConnectionManager, item: &WorkItem, 
         }
     }
     counts.repaired += group.settled.len() as i64;
-    outcomes.extend(group.settled.into_iter().map(|id| (id, "RESTORED")));
-    mark(&ctx.db, &item.run_id, &outcomes).await?;
+    let settled = group.settled.into_iter().map(|id| (id, "RESTORED"));
+    if own {
+        // Every row of the group is this attempt's: one row notes the group's outcome.
+        // Refused repairs, and rows of earlier attempts found consistent now (a retry), carry
+        // their own outcome.
+        let refused = outcomes.iter().filter(|(_, o)| *o != "RESTORED").cloned();
+        mark(&ctx.db, &item.run_id, &refused.chain(settled).collect::<Vec<_>>()).await?;
+        if !outcomes.is_empty() {
+            sqlx::query(COMPLETE).bind(&item.run_id).bind(&repair_group).execute(&ctx.db).await?;
+        }
+    } else {
+        outcomes.extend(settled);
+        mark(&ctx.db, &item.run_id, &outcomes).await?;
+    }
     // Where a group's time goes (the wait for `confirm_delay_ms` is inside `confirm_ms`).
     tracing::debug!(
         run_id = %item.run_id, chunk = item.chunk_index, mismatches = mismatches.len(),
@@ -602,15 +628,19 @@ fn classify(stock: i32, expected: i64, observed: &Observed, r: &Reservations) ->
     }
 }
 
-/// Records the group's mismatches; a row already there (an earlier attempt's) is kept: the
-/// first observation wins. `fresh`: none had a row when the range was read, so the plain
-/// insert is tried first — `ON CONFLICT` costs a speculative insertion per row (5,000 rows:
-/// 33–42 ms against 21–24 ms in psql), and the day Redis lost every key records 1,000,000.
-/// A row that appeared since (a zombie attempt of the same chunk) fails the plain insert as a
-/// whole, which is then redone with the conflict check.
-async fn record(db: &sqlx::PgPool, run_id: &str, mismatches: &[Mismatch], fresh: bool) -> Result<(), JobError> {
+/// Records the group's mismatches as `repair_group`; a row already there (an earlier
+/// attempt's) is kept: the first observation wins. `fresh`: none had a row when the range was
+/// read, so the plain insert is tried first — `ON CONFLICT` costs a speculative insertion per
+/// row (5,000 rows: 33–42 ms against 21–24 ms in psql), and the day Redis lost every key
+/// records 1,000,000. A row that appeared since (a zombie attempt of the same chunk) fails the
+/// plain insert as a whole, which is then redone with the conflict check.
+///
+/// True when every mismatch's row is the one just inserted (the plain insert succeeded): then
+/// the group's outcome can be noted once for all of them ([`COMPLETE`]); otherwise each
+/// outcome is noted on its row ([`MARK`]).
+async fn record(db: &sqlx::PgPool, run_id: &str, mismatches: &[Mismatch], fresh: bool, repair_group: &str) -> Result<bool, JobError> {
     if mismatches.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
     let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut stale_products, mut stale_orders) = (Vec::new(), Vec::new());
@@ -645,6 +675,7 @@ async fn record(db: &sqlx::PgPool, run_id: &str, mismatches: &[Mismatch], fresh:
                 .bind(&cols.6)
                 .bind(stale_products)
                 .bind(stale_orders)
+                .bind(repair_group)
                 .execute(db)
                 .await
         }
@@ -652,11 +683,11 @@ async fn record(db: &sqlx::PgPool, run_id: &str, mismatches: &[Mismatch], fresh:
     if fresh {
         match insert("").await {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {}
-            other => return other.map(drop).map_err(JobError::from),
+            other => return other.map(|_| true).map_err(JobError::from),
         }
     }
     insert("ON CONFLICT (run_id, product_id) DO NOTHING").await?;
-    Ok(())
+    Ok(false)
 }
 
 /// Repairs every restorable mismatch, [`CAS_PER_CALL`] per atomic script call; returns

@@ -95,6 +95,9 @@ pub struct ProcessorSettings {
     /// instance frozen or killed without a successor (plus the broker's abort scan, 10 s by
     /// default).
     pub transaction_timeout_ms: u64,
+    /// How often the instance holding partition 0 of the tick topic accounts for the fire
+    /// times of every scheduled job (records MISSED the ones no tick came for).
+    pub accounting_interval_ms: u64,
 }
 
 /// The HTTP endpoint of `run` and `tick`: `/metrics`, `/healthz`, `/readyz`.
@@ -325,6 +328,7 @@ impl Default for ProcessorSettings {
             instance_id: String::new(),
             max_future_secs: 86_400,
             transaction_timeout_ms: 30_000,
+            accounting_interval_ms: 15_000,
         }
     }
 }
@@ -490,6 +494,9 @@ impl Settings {
         if self.processor.transaction_timeout_ms < 1000 {
             return Err(ConfigError::invalid("processor.transaction_timeout_ms", "must be at least 1000"));
         }
+        if self.processor.accounting_interval_ms < 100 {
+            return Err(ConfigError::invalid("processor.accounting_interval_ms", "must be at least 100"));
+        }
         let catalog = crate::jobs::catalog();
         for (key, job) in &self.jobs {
             let setting = |field: &str| format!("jobs.{key}.{field}");
@@ -510,6 +517,9 @@ impl Settings {
             }
             if job.max_catch_up == 0 {
                 return Err(ConfigError::invalid(setting("max_catch_up"), "must be at least 1"));
+            }
+            if job.missed_after_secs == 0 {
+                return Err(ConfigError::invalid(setting("missed_after_secs"), "must be at least 1"));
             }
         }
         Ok(())

@@ -37,6 +37,12 @@ pub struct JobSettings {
     pub catch_up: CatchUp,
     /// Upper bound on fire times published by one catch-up.
     pub max_catch_up: u32,
+    /// A fire time of the schedule for which no tick arrived this many seconds after it is
+    /// recorded MISSED by the processor (a late tick still runs it).
+    pub missed_after_secs: u64,
+    /// Pause the job after this many runs in a row ended FAILED or TIMED_OUT (an operator
+    /// pause by the system, with the last error; `resume` lifts it). 0: never.
+    pub pause_after_failures: u32,
     /// The job's own options, by name (read with [`JobSettings::options`]); any other key is
     /// refused at start-up by the job's check.
     #[serde(flatten)]
@@ -52,6 +58,8 @@ impl Default for JobSettings {
             batch_size: 100,
             catch_up: CatchUp::Latest,
             max_catch_up: 1,
+            missed_after_secs: 300,
+            pause_after_failures: 0,
             options: BTreeMap::new(),
         }
     }

@@ -115,6 +115,12 @@ pub enum Sample {
     DeadLetter { reason: String },
     /// A scheduled run was planned this long after its fire time.
     TickDelay { job: String, seconds: f64 },
+    /// A fire time of the job's schedule was recorded MISSED.
+    MissedFireTime { job: String },
+    /// A run of the job succeeded; `at`: when it finished (Unix seconds).
+    Succeeded { job: String, at: f64 },
+    /// The job's current failure streak after a run ended (0 after a success).
+    Streak { job: String, failures: i64 },
 }
 
 struct Inner {
@@ -137,6 +143,9 @@ struct Inner {
     ticks_published: Family<JobTrigger, Counter>,
     tick_failures: Counter,
     last_fire_time: Family<JobLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    missed_fire_times: Family<JobLabels, Counter>,
+    last_success: Family<JobLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    failure_streak: Family<JobLabels, Gauge>,
     lag: Family<GroupTopic, Gauge>,
     partition_lag: Family<GroupPartition, Gauge>,
     /// What `partition_lag` may hold: `None` until a processor reports its assignment.
@@ -187,6 +196,9 @@ impl Metrics {
             ticks_published: Family::default(),
             tick_failures: Counter::default(),
             last_fire_time: Family::default(),
+            missed_fire_times: Family::default(),
+            last_success: Family::default(),
+            failure_streak: Family::default(),
             lag: Family::default(),
             partition_lag: Family::default(),
             assignment: Mutex::new(None),
@@ -227,6 +239,21 @@ impl Metrics {
             "tick_last_fire_time_seconds",
             "Fire time (Unix seconds) of the latest tick published per job: alert when it falls behind the schedule",
             inner.last_fire_time.clone(),
+        );
+        registry.register(
+            "missed_fire_times",
+            "Fire times of the job's schedule recorded MISSED: no tick arrived within jobs.<job>.missed_after_secs (tick producer down, misconfigured, or publishing elsewhere); counted by the instance that recorded them, read with sum()",
+            inner.missed_fire_times.clone(),
+        );
+        registry.register(
+            "last_success_timestamp_seconds",
+            "When the job's latest successful run finished (Unix seconds), as this instance knows it (its own results, and the run ledger when it started): read with max() over instances; the dead-man's switch is time() minus it",
+            inner.last_success.clone(),
+        );
+        registry.register(
+            "failure_streak",
+            "Runs of the job that ended FAILED or TIMED_OUT in a row, as of the latest run end this instance committed (0 after a success); jobs.<job>.pause_after_failures pauses the job at that many: read with max()",
+            inner.failure_streak.clone(),
         );
         registry.register(
             "consumer_partition_lag",
@@ -270,7 +297,23 @@ impl Metrics {
                 Sample::TickDelay { job, seconds } => {
                     m.tick_delay.get_or_create(&JobLabels { job: job.clone() }).observe(*seconds);
                 }
+                Sample::MissedFireTime { job } => {
+                    m.missed_fire_times.get_or_create(&JobLabels { job: job.clone() }).inc();
+                }
+                Sample::Succeeded { job, at } => self.succeeded(job, *at),
+                Sample::Streak { job, failures } => {
+                    m.failure_streak.get_or_create(&JobLabels { job: job.clone() }).set(*failures);
+                }
             }
+        }
+    }
+
+    /// Moves the job's last success forward to `at` (Unix seconds), never back: results of
+    /// older runs may be committed after newer ones, and the ledger seeds it at start.
+    pub fn succeeded(&self, job: &str, at: f64) {
+        let g = self.0.last_success.get_or_create(&JobLabels { job: job.into() });
+        if at > g.get() {
+            g.set(at);
         }
     }
 
@@ -388,6 +431,9 @@ pub fn exported_series() -> BTreeSet<String> {
         Sample::Emitted { topic: "t".into(), count: 1 },
         Sample::DeadLetter { reason: "r".into() },
         Sample::TickDelay { job: job.clone(), seconds: 1.0 },
+        Sample::MissedFireTime { job: job.clone() },
+        Sample::Succeeded { job: job.clone(), at: 1.0 },
+        Sample::Streak { job: job.clone(), failures: 1 },
     ]);
     m.aborted();
     m.producer_replaced("stuck");
@@ -637,8 +683,8 @@ mod tests {
             .map(|s| s.trim_end_matches("_total").trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count").trim_end_matches("_created"))
             .collect();
         // Every family registered got its sample: a family added to `Metrics::new` without
-        // one in `exported_series` fails here (its count below the 18 registered).
-        assert_eq!(families.len(), 18, "{families:?}");
+        // one in `exported_series` fails here (its count below the 21 registered).
+        assert_eq!(families.len(), 21, "{families:?}");
         assert!(registered < families.len(), "a fresh registry shows only the families without labels ({registered})");
     }
 

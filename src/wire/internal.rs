@@ -84,12 +84,17 @@ pub enum RunState {
     Failed,
     TimedOut,
     Skipped,
+    /// No tick arrived for the fire time within its grace period (key `missed/...`: the
+    /// period stays runnable by a late tick).
+    Missed,
+    /// Superseded by a newer tick of the same job queued behind it.
+    Coalesced,
     /// A state this build does not know (written by a newer processor): the period is
     /// recorded, so a duplicate tick does not run it again. Never written.
     Unknown,
 }
 
-const RUN_STATES: [&str; 6] = ["PLANNED", "DONE", "FAILED", "TIMED_OUT", "SKIPPED", "UNKNOWN"];
+const RUN_STATES: [&str; 8] = ["PLANNED", "DONE", "FAILED", "TIMED_OUT", "SKIPPED", "MISSED", "COALESCED", "UNKNOWN"];
 
 impl RunState {
     pub fn as_str(self) -> &'static str {
@@ -103,6 +108,8 @@ impl RunState {
             "FAILED" => RunState::Failed,
             "TIMED_OUT" => RunState::TimedOut,
             "SKIPPED" => RunState::Skipped,
+            "MISSED" => RunState::Missed,
+            "COALESCED" => RunState::Coalesced,
             _ => RunState::Unknown,
         }
     }
@@ -160,11 +167,16 @@ pub enum Outcome {
     Failed,
     TimedOut,
     Skipped,
+    /// No tick arrived for a fire time of the schedule within the job's grace period.
+    Missed,
+    /// Superseded by a newer tick of the same job queued behind it (a job that looks at
+    /// current state runs once for both).
+    Coalesced,
     /// An outcome this build does not know (written by a newer processor). Never written.
     Unknown,
 }
 
-const OUTCOMES: [&str; 5] = ["SUCCEEDED", "FAILED", "TIMED_OUT", "SKIPPED", "UNKNOWN"];
+const OUTCOMES: [&str; 7] = ["SUCCEEDED", "FAILED", "TIMED_OUT", "SKIPPED", "MISSED", "COALESCED", "UNKNOWN"];
 
 impl Outcome {
     pub fn as_str(self) -> &'static str {
@@ -177,6 +189,8 @@ impl Outcome {
             "FAILED" => Outcome::Failed,
             "TIMED_OUT" => Outcome::TimedOut,
             "SKIPPED" => Outcome::Skipped,
+            "MISSED" => Outcome::Missed,
+            "COALESCED" => Outcome::Coalesced,
             _ => Outcome::Unknown,
         }
     }
@@ -426,10 +440,10 @@ mod tests {
         for t in [Trigger::Scheduled, Trigger::CatchUp, Trigger::Manual] {
             assert_eq!(Trigger::parse(t.as_str()), t);
         }
-        for o in [Outcome::Succeeded, Outcome::Failed, Outcome::TimedOut, Outcome::Skipped] {
+        for o in [Outcome::Succeeded, Outcome::Failed, Outcome::TimedOut, Outcome::Skipped, Outcome::Missed, Outcome::Coalesced] {
             assert_eq!(Outcome::parse(o.as_str()), o);
         }
-        for s in [RunState::Planned, RunState::Done, RunState::Failed, RunState::TimedOut, RunState::Skipped] {
+        for s in [RunState::Planned, RunState::Done, RunState::Failed, RunState::TimedOut, RunState::Skipped, RunState::Missed, RunState::Coalesced] {
             assert_eq!(RunState::parse(s.as_str()), s);
         }
     }

@@ -4,6 +4,9 @@
 
 mod common;
 
+mod accounting;
+mod streaks;
+
 mod cli;
 mod cluster;
 mod codec;

@@ -396,8 +396,8 @@ async fn a_stale_tick_is_coalesced_when_a_newer_one_is_queued() {
     drive(&mut p, 3).await;
     let r = results(&s).await;
     let outcome = |t: &Tick| r.iter().find(|x| x.tick_id == t.tick_id).map(|x| x.outcome);
-    assert_eq!(outcome(&t1), Some(Outcome::Skipped), "{r:#?}");
-    assert_eq!(outcome(&t2), Some(Outcome::Skipped));
+    assert_eq!(outcome(&t1), Some(Outcome::Coalesced), "{r:#?}");
+    assert_eq!(outcome(&t2), Some(Outcome::Coalesced));
     assert_eq!(outcome(&t3), Some(Outcome::Succeeded));
     assert!(r.iter().find(|x| x.tick_id == t1.tick_id).unwrap().message.as_deref().unwrap().contains(&t3.tick_id));
 }

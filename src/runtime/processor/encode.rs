@@ -9,10 +9,17 @@ use super::committer::Ready;
 use super::run::{Out, TxnPlan};
 use super::{Processor, ProcessorError};
 use crate::runtime::metrics::Sample;
+use crate::wire::internal::Outcome;
 
 impl Processor {
     /// Encodes a plan for the committer and counts what it writes (once committed).
     pub(super) async fn encode(&self, plan: TxnPlan, m: &OwnedMessage) -> Result<Ready, ProcessorError> {
+        let kind = if m.topic() == self.names.tick { "tick" } else { "work-item" };
+        self.encode_plan(plan, Some(kind)).await
+    }
+
+    /// Encodes a plan; `handled`: the kind of consumed record it is the transaction of, if any.
+    pub(super) async fn encode_plan(&self, plan: TxnPlan, handled: Option<&'static str>) -> Result<Ready, ProcessorError> {
         let mut ready = Ready { records: Vec::with_capacity(plan.out.len()), ledger: Vec::new(), samples: plan.samples, fault: plan.fault };
         let mut emitted: BTreeMap<String, u64> = BTreeMap::new();
         for out in plan.out {
@@ -30,6 +37,14 @@ impl Processor {
                 Out::Result(result) => {
                     let seconds = result.duration_ms as f64 / 1000.0;
                     ready.samples.push(Sample::Run { job: result.job.clone(), outcome: result.outcome.as_str().to_string(), seconds });
+                    match result.outcome {
+                        Outcome::Missed => ready.samples.push(Sample::MissedFireTime { job: result.job.clone() }),
+                        Outcome::Succeeded => ready.samples.push(Sample::Succeeded {
+                            job: result.job.clone(),
+                            at: result.finished_at.timestamp_millis() as f64 / 1000.0,
+                        }),
+                        _ => {}
+                    }
                     (self.names.results.clone(), result.job.clone(), self.codec.encode(&self.names.results, result.to_avro()).await?)
                 }
                 Out::DeadLetter { key, letter } => {
@@ -40,7 +55,9 @@ impl Processor {
             ready.records.push((topic, key, bytes));
         }
         ready.samples.extend(emitted.into_iter().map(|(topic, count)| Sample::Emitted { topic, count }));
-        ready.samples.push(Sample::Handled { kind: if m.topic() == self.names.tick { "tick" } else { "work-item" } });
+        if let Some(kind) = handled {
+            ready.samples.push(Sample::Handled { kind });
+        }
         Ok(ready)
     }
 

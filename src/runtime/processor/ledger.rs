@@ -1,9 +1,13 @@
 //! The run ledger: a compacted topic (`scheduled-jobs.run-ledger`) written only inside the
 //! processor's transactions, and this in-memory view of it, read with read_committed.
 //!
-//! Keys: `run/<job>/<period>` for a run, `chunk/<runId>/<index>` for an applied chunk. The
-//! view answers "already planned / already applied?" for duplicate ticks, replays of the tick
-//! topic and redelivered work items. It is caught up to the end of the topic whenever this
+//! Keys: `run/<job>/<period>` for a run, `chunk/<runId>/<index>` for an applied chunk; and
+//! what became of fire times without a run: `skipped/<job>/<period>` (a tick skipped while the
+//! job was paused), `missed/<job>/<period>` (no tick within the grace period), and
+//! `accounted/<job>` (how far the job's fire times are accounted; `period` is that fire
+//! time). The view answers "already planned / already applied?" for duplicate ticks, replays
+//! of the tick topic and redelivered work items, and "what became of each fire time?"
+//! ([`super::accounting`]). It is caught up to the end of the topic whenever this
 //! instance gains partitions, so decisions made by the previous owner are seen before any
 //! record of those partitions is handled; this instance's own commits are written through.
 
@@ -26,6 +30,18 @@ pub fn run_key(job: &str, period: &str) -> String {
 
 pub fn chunk_key(run_id: &str, index: i32) -> String {
     format!("chunk/{run_id}/{index}")
+}
+
+pub fn skipped_key(job: &str, period: &str) -> String {
+    format!("skipped/{job}/{period}")
+}
+
+pub fn missed_key(job: &str, period: &str) -> String {
+    format!("missed/{job}/{period}")
+}
+
+pub fn accounted_key(job: &str) -> String {
+    format!("accounted/{job}")
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -27,6 +27,7 @@
 //! errors never do: a transient one is retried, the run's deadline times the run out, any
 //! other fails its run.
 
+mod accounting;
 mod ahead;
 pub mod bookkeeping;
 pub mod committer;
@@ -91,6 +92,10 @@ pub struct Processor {
     ahead: Option<ahead::Ahead>,
     /// A transient consumer error seen by the last step (reported by `/readyz`).
     transient: Option<String>,
+    /// When the next pass over the schedules' fire times is due ([`accounting`]).
+    accounting: accounting::Pace,
+    /// Whether the metrics were given the last successes the ledger knows.
+    seeded: bool,
 }
 
 impl Processor {
@@ -125,7 +130,19 @@ impl Processor {
         let mut committer = Committer::new(&settings, &instance, ledger, Metrics::new())?;
         committer.catch_up_ledger(LEDGER_CATCH_UP).await?;
         let env = Env { settings, db, redis, tz, instance };
-        Ok(Processor { env, consumer, committer, codec, jobs, names, assigned, ahead: None, transient: None })
+        Ok(Processor {
+            env,
+            consumer,
+            committer,
+            codec,
+            jobs,
+            names,
+            assigned,
+            ahead: None,
+            transient: None,
+            accounting: accounting::Pace::new(),
+            seeded: false,
+        })
     }
 
     pub fn settings(&self) -> &Settings {
@@ -173,8 +190,36 @@ impl Processor {
         r
     }
 
-    /// Handles whatever arrives within `wait` (one batch), each record in its own transaction.
+    /// Handles whatever arrives within `wait` (one batch), each record in its own transaction;
+    /// then, between batches, accounts for the schedules' fire times when that is due.
     async fn step_inner(&mut self, wait: Duration) -> Result<Step, ProcessorError> {
+        if !self.seeded {
+            self.seeded = true;
+            self.seed_last_successes();
+        }
+        let step = self.handle_next(wait).await?;
+        if !matches!(step, Step::Reset(_)) {
+            self.refresh_ledger_if_assigned().await?;
+            // Its transaction was aborted (and a fenced producer replaced) on failure; the
+            // record path meets a lasting failure on its own.
+            if let Err(e) = self.account_fire_times().await {
+                tracing::warn!(error = %e, "accounting for fire times failed; retried on the next pass");
+            }
+        }
+        Ok(step)
+    }
+
+    /// The last success of each job, as the run ledger knows it (a restarted instance still
+    /// exports the dead-man's switch).
+    fn seed_last_successes(&self) {
+        let metrics = self.committer.metrics();
+        for e in self.committer.ledger().runs().filter(|e| e.state == crate::wire::internal::RunState::Done) {
+            metrics.succeeded(&e.job, e.updated_at.timestamp_millis() as f64 / 1000.0);
+        }
+    }
+
+    /// Handles whatever arrives within `wait` (one batch).
+    async fn handle_next(&mut self, wait: Duration) -> Result<Step, ProcessorError> {
         let first = match tokio::time::timeout(wait, self.consumer.recv()).await {
             Err(_) => {
                 self.refresh_ledger_if_assigned().await?;

@@ -14,7 +14,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 
-use super::ledger::run_key;
+use super::ledger::{run_key, skipped_key};
 use super::run::{new_run, work_item, Out, TxnPlan, SEAL};
 use super::{Processor, ProcessorError};
 use crate::runtime::control::Pause;
@@ -154,7 +154,7 @@ impl Processor {
         match why_not(superseded_by.as_ref(), paused, self.env.job_settings(&run.job).enabled) {
             Some(NotNow::Superseded(message)) => {
                 tracing::info!(job = %run.job, period = %run.period, "{message}");
-                return Ok(TxnPlan::ended(&run, self.env.tz, RunState::Skipped, Outcome::Skipped, Some(message)));
+                return Ok(TxnPlan::ended(&run, self.env.tz, RunState::Coalesced, Outcome::Coalesced, Some(message)));
             }
             Some(NotNow::Paused(pause)) => return Ok(skip_paused(&run, self.env.tz, pause)),
             Some(NotNow::Disabled) => {
@@ -168,11 +168,11 @@ impl Processor {
         match tokio::time::timeout(timeout, self.plan(job.as_ref(), &run)).await {
             Err(_) => {
                 let message = format!("planning exceeded the job timeout of {} s", timeout.as_secs());
-                Ok(TxnPlan::ended(&run, self.env.tz, RunState::TimedOut, Outcome::TimedOut, Some(message)))
+                self.ended_at_planning(&run, RunState::TimedOut, Outcome::TimedOut, message).await
             }
             Ok(Err(JobError::InvalidTick(reason))) => Ok(self.dead_letter(m, reject("IMPOSSIBLE_VALUE", reason))),
             Ok(Err(e)) if e.is_transient() => Err(ProcessorError::Job { job: run.job.clone(), source: e }),
-            Ok(Err(e)) => Ok(TxnPlan::ended(&run, self.env.tz, RunState::Failed, Outcome::Failed, Some(e.to_string()))),
+            Ok(Err(e)) => self.ended_at_planning(&run, RunState::Failed, Outcome::Failed, e.to_string()).await,
             Ok(Ok(items)) if items.is_empty() => {
                 // Nothing to do: the run is complete with its plan.
                 let mut plan = TxnPlan::default();
@@ -192,6 +192,17 @@ impl Processor {
                 Ok(TxnPlan { out, samples: planned(&run).into_iter().collect(), fault: Some((crate::runtime::fault::BEFORE_PLAN_COMMIT, run.job.clone())) })
             }
         }
+    }
+
+    /// A run that failed or timed out while being planned, with its place in the job's
+    /// failure streak.
+    async fn ended_at_planning(&self, run: &Run, state: RunState, outcome: Outcome, message: String) -> Result<TxnPlan, ProcessorError> {
+        let (mut counts, mut message) = (BTreeMap::new(), Some(message));
+        let samples = self.end_of_run(run, outcome, &mut counts, &mut message).await?;
+        let mut plan = TxnPlan::default();
+        plan.finish(run, self.env.tz, super::run::RunEnd { state, outcome, chunk_count: 0 }, counts, message);
+        plan.samples.extend(samples);
+        Ok(plan)
     }
 
     /// The run's work items, as its job streams its chunks.
@@ -227,8 +238,6 @@ impl Processor {
     }
 }
 
-/// A paused job's tick: a SKIPPED result under a run id of its own tick and no ledger entry,
-/// so the period stays runnable after `resume`.
 /// How late a scheduled run was planned after its fire time (tick producer, broker and the
 /// processor's own backlog together). Manual ticks name any time they like, so only the
 /// schedule's own (and caught-up) ticks are measured.
@@ -239,12 +248,16 @@ fn planned(run: &Run) -> Option<Sample> {
     })
 }
 
+/// A paused job's tick: a SKIPPED result under a run id of its own tick, and the entry
+/// `skipped/<job>/<period>` (what became of the fire time) rather than a run entry, so the
+/// period stays runnable after `resume`.
 fn skip_paused(run: &Run, tz: chrono_tz::Tz, pause: Pause) -> TxnPlan {
     let mut run = run.clone();
     run.run_id = derived_id(&["paused", &run.tick.tick_id]).to_string();
     tracing::info!(job = %run.job, period = %run.period, tick_id = %run.tick.tick_id, paused_by = %pause.paused_by, "job paused, tick skipped");
     let result = super::run::run_result(&run, tz, Outcome::Skipped, BTreeMap::new(), Some(pause.message()));
-    TxnPlan { out: vec![Out::Result(result)], ..TxnPlan::default() }
+    let entry = super::run::ledger_entry(&run, RunState::Skipped, 0);
+    TxnPlan { out: vec![Out::Ledger(skipped_key(&run.job, &run.period), entry), Out::Result(result)], ..TxnPlan::default() }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! chunk's continuation work item (with its offset, atomically), so a part is emitted exactly
 //! once and the effects, made by the first part, are never repeated once it committed.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use rdkafka::message::{Message, OwnedMessage};
@@ -22,7 +23,7 @@ use super::{record_work_item, Processor, ProcessorError};
 use crate::error::ErrorClass;
 use crate::jobs::{Emit, Job, Run};
 use crate::runtime::metrics::Sample;
-use crate::wire::internal::WorkItem;
+use crate::wire::internal::{Outcome, WorkItem};
 
 /// Count a continuation carries when an earlier part of its chunk stopped at the run's
 /// deadline: the chunk then completes `TIMED_OUT` (shown in the run result's counts).
@@ -151,9 +152,44 @@ impl Processor {
             }
         }
         tracing::info!(job = %run.job, run_id = %run.run_id, outcome = end.outcome.as_str(), "run finished");
+        plan.samples.extend(self.end_of_run(&run, end.outcome, &mut counts, &mut message).await?);
         plan.out.push(Out::Ledger(run_key(&run.job, &run.period), ledger_entry(&run, end.state, end.chunk_count)));
         plan.out.push(Out::Result(run_result(&run, self.env.tz, end.outcome, counts, message)));
         Ok(())
+    }
+
+    /// A run's end in its job's failure streak ([`crate::runtime::streak`]): after a recovery
+    /// the result says how many runs failed before it (`failedBefore`); the run that makes the
+    /// streak reach `jobs.<job>.pause_after_failures` pauses the job and says so.
+    pub(super) async fn end_of_run(
+        &self,
+        run: &Run,
+        outcome: Outcome,
+        counts: &mut BTreeMap<String, i64>,
+        message: &mut Option<String>,
+    ) -> Result<Vec<Sample>, ProcessorError> {
+        let db = &self.env.db;
+        let Some(streak) = crate::runtime::streak::record_end(db, &run.run_id, &run.job, outcome, message.as_deref()).await? else {
+            return Ok(Vec::new());
+        };
+        let limit = i64::from(self.env.job_settings(&run.job).pause_after_failures);
+        if streak.now == 0 && streak.failed_before > 0 {
+            counts.insert("failedBefore".into(), streak.failed_before);
+            *message = Some(format!("recovered after {} failed run(s) in a row", streak.failed_before));
+        } else if limit > 0 && streak.now >= limit {
+            crate::runtime::streak::pause_after(db, &run.job, streak.now, message.as_deref()).await?;
+            tracing::warn!(job = %run.job, streak = streak.now, "job paused after consecutive failed runs");
+            let key = crate::config::job_key(&run.job);
+            let note = format!(
+                "{} runs in a row failed: job paused (jobs.{key}.pause_after_failures = {limit}); `scheduled-jobs resume {}` when fixed",
+                streak.now, run.job
+            );
+            *message = Some(match message.take() {
+                Some(m) => format!("{m} | {note}"),
+                None => note,
+            });
+        }
+        Ok(vec![Sample::Streak { job: run.job.clone(), failures: streak.now }])
     }
 
     /// Encodes job records with their topics' latest schemas.

@@ -521,6 +521,15 @@ impl Settings {
             if job.missed_after_secs == 0 {
                 return Err(ConfigError::invalid(setting("missed_after_secs"), "must be at least 1"));
             }
+            if job.jitter_secs >= job.missed_after_secs {
+                return Err(ConfigError::invalid(
+                    setting("jitter_secs"),
+                    format!(
+                        "{} must be below jobs.{key}.missed_after_secs ({}): a tick published that late would already be recorded MISSED",
+                        job.jitter_secs, job.missed_after_secs
+                    ),
+                ));
+            }
         }
         Ok(())
     }

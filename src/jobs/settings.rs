@@ -43,6 +43,11 @@ pub struct JobSettings {
     /// Pause the job after this many runs in a row ended FAILED or TIMED_OUT (an operator
     /// pause by the system, with the last error; `resume` lifts it). 0: never.
     pub pause_after_failures: u32,
+    /// Publish each fire time's tick up to this many seconds late, a delay derived from the
+    /// job and the fire time (redundant producers agree), for jobs whose exact second does not
+    /// matter: spreads the load of jobs sharing a fire time. Keep it well below the period.
+    /// 0: on the second.
+    pub jitter_secs: u64,
     /// The job's own options, by name (read with [`JobSettings::options`]); any other key is
     /// refused at start-up by the job's check.
     #[serde(flatten)]
@@ -60,6 +65,7 @@ impl Default for JobSettings {
             max_catch_up: 1,
             missed_after_secs: 300,
             pause_after_failures: 0,
+            jitter_secs: 0,
             options: BTreeMap::new(),
         }
     }

@@ -105,9 +105,32 @@ struct JobState {
     schedule: Schedule,
     catch_up: CatchUp,
     max_catch_up: u32,
+    /// Upper bound of the delay before a fire time's tick is published ([`jitter`]).
+    jitter: TimeDelta,
     /// Fire times up to and including this instant are published (or deliberately not).
     /// `None` until `start` has read the job's history.
     cursor: Option<DateTime<Utc>>,
+}
+
+impl JobState {
+    /// When the tick of fire time `at` is due: `at` plus its jitter.
+    fn due_at(&self, at: DateTime<Utc>) -> DateTime<Utc> {
+        at + jitter(&self.name, at, self.jitter)
+    }
+}
+
+/// The delay of fire time `at`'s tick, in `[0, bound]` whole milliseconds: derived from the job
+/// and the fire time only, so redundant producers publish the same fire time at the same
+/// moment, and different fire times (and jobs) spread over the bound. The tick keeps its fire
+/// time (`scheduledAt`, hence its id and period): only its publication moves.
+pub fn jitter(job: &str, at: DateTime<Utc>, bound: TimeDelta) -> TimeDelta {
+    let bound_ms = bound.num_milliseconds();
+    if bound_ms <= 0 {
+        return TimeDelta::zero();
+    }
+    let id = crate::wire::derived_id(&["jitter", job, &at.timestamp_millis().to_string()]);
+    let n = u64::from_be_bytes(id.as_bytes()[..8].try_into().unwrap_or([0; 8]));
+    TimeDelta::milliseconds((n % (bound_ms as u64 + 1)) as i64)
 }
 
 /// Encodes and sends ticks, waiting for the broker's acknowledgement.
@@ -187,6 +210,7 @@ impl TickProducer {
                 schedule,
                 catch_up: job.catch_up,
                 max_catch_up: job.max_catch_up,
+                jitter: TimeDelta::seconds(job.jitter_secs.min(i64::MAX as u64 / 1000) as i64),
                 cursor: None,
             });
         }
@@ -293,16 +317,17 @@ impl TickProducer {
     /// The earliest fire time not yet published, over all jobs (`None` before `start` or
     /// when no job is scheduled).
     pub fn next_due(&self) -> Option<DateTime<Utc>> {
-        self.jobs.iter().filter_map(|j| j.schedule.next_after(j.cursor?)).min()
+        self.jobs.iter().filter_map(|j| Some(j.due_at(j.schedule.next_after(j.cursor?)?))).min()
     }
 
-    /// Publishes a SCHEDULED tick for every fire time <= `now` not yet published, oldest first
-    /// per job, waiting for each acknowledgement before moving that job's cursor.
+    /// Publishes a SCHEDULED tick for every fire time not yet published whose tick is due by
+    /// `now` (its fire time plus its jitter), oldest first per job, waiting for each
+    /// acknowledgement before moving that job's cursor. A fire time waits for the one before it.
     pub async fn publish_due(&mut self, now: DateTime<Utc>) -> Result<Vec<Tick>, TickError> {
         let mut published = Vec::new();
         for job in &mut self.jobs {
             let cursor = job.cursor.ok_or(TickError::NotStarted)?;
-            let due: Vec<DateTime<Utc>> = job.schedule.fire_times(cursor, now).collect();
+            let due: Vec<DateTime<Utc>> = job.schedule.fire_times(cursor, now).take_while(|at| job.due_at(*at) <= now).collect();
             for at in due {
                 let tick = self.publisher.scheduled(&job.name, at, Trigger::Scheduled, now);
                 self.publisher.publish(&tick).await?;
@@ -559,6 +584,22 @@ fn read_window(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jitter_is_the_same_for_every_producer_within_its_bound_and_spread() {
+        let bound = TimeDelta::seconds(30);
+        let t0 = DateTime::from_timestamp(1_764_000_000, 0).unwrap();
+        let fires: Vec<_> = (0..200).map(|i| t0 + TimeDelta::minutes(10 * i)).collect();
+        let delays: Vec<_> = fires.iter().map(|f| jitter("order-expiration", *f, bound)).collect();
+        assert_eq!(delays, fires.iter().map(|f| jitter("order-expiration", *f, bound)).collect::<Vec<_>>(), "deterministic");
+        assert!(delays.iter().all(|d| *d >= TimeDelta::zero() && *d <= bound), "{delays:?}");
+        let distinct: std::collections::BTreeSet<_> = delays.iter().collect();
+        assert!(distinct.len() > 150, "spread over the bound: {} distinct of 200", distinct.len());
+        let early = delays.iter().filter(|d| **d < TimeDelta::seconds(15)).count();
+        assert!((60..=140).contains(&early), "about half in the first half: {early}");
+        assert_ne!(jitter("order-expiration", t0, bound), jitter("stock-sync", t0, bound), "jobs sharing a fire time spread");
+        assert_eq!(jitter("order-expiration", t0, TimeDelta::zero()), TimeDelta::zero());
+    }
     use rdkafka::error::KafkaError;
 
     fn utc(s: &str) -> DateTime<Utc> {

@@ -342,3 +342,32 @@ async fn run_producer_ends_with_an_error_when_the_tick_topic_is_missing() {
     assert!(metrics.readiness().is_err(), "a producer that never started is not ready");
     assert!(err.to_string().contains("topics apply"), "{err}");
 }
+
+/// Issue 19 item 6: with `jitter_secs`, each fire time's tick is published its own
+/// deterministic delay after the fire time (the same for two producers side by side), and the
+/// tick keeps its fire time, hence its id and period.
+#[tokio::test]
+async fn a_jittered_fire_time_is_published_late_by_the_same_delay_on_every_producer() {
+    let mut s = only("order_expiration", "0 */10 * * * *", CatchUp::Latest, 1).await;
+    s.jobs.get_mut("order_expiration").unwrap().jitter_secs = 120;
+    let t0 = utc("2026-11-30T10:01:00Z");
+    let fire = utc("2026-11-30T10:10:00Z");
+    let delay = scheduled_jobs::runtime::tick::jitter("order-expiration", fire, chrono::TimeDelta::seconds(120));
+    let (mut a, mut b) = (TickProducer::new(&s).await.unwrap(), TickProducer::new(&s).await.unwrap());
+    a.start(t0).await.unwrap();
+    b.start(t0).await.unwrap();
+    assert_eq!(a.next_due(), Some(fire + delay));
+    assert_eq!(b.next_due(), a.next_due(), "redundant producers agree");
+    if delay > chrono::TimeDelta::zero() {
+        assert!(a.publish_due(fire).await.unwrap().is_empty(), "not before its delay");
+        assert!(a.publish_due(fire + delay - chrono::TimeDelta::milliseconds(1)).await.unwrap().is_empty());
+    }
+    let ta = a.publish_due(fire + delay).await.unwrap();
+    let tb = b.publish_due(fire + delay).await.unwrap();
+    assert_eq!(scheduled_at(&ta), vec![fire], "the tick keeps its fire time");
+    assert_eq!(ta[0].tick_id, tb[0].tick_id, "the same tick id from both: one run");
+    // Set below missed_after_secs, or the configuration is refused.
+    s.jobs.get_mut("order_expiration").unwrap().jitter_secs = 300;
+    let e = s.validate().unwrap_err().to_string();
+    assert!(e.contains("jobs.order_expiration.jitter_secs") && e.contains("missed_after_secs"), "{e}");
+}

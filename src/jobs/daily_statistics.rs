@@ -608,6 +608,7 @@ mod tests {
             trigger,
             parameters: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             producer: None,
+            schedule_version: None,
         }
     }
 

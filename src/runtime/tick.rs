@@ -107,6 +107,8 @@ struct JobState {
     max_catch_up: u32,
     /// Upper bound of the delay before a fire time's tick is published ([`jitter`]).
     jitter: TimeDelta,
+    /// What every tick of this job carries as `scheduleVersion`.
+    version: String,
     /// Fire times up to and including this instant are published (or deliberately not).
     /// `None` until `start` has read the job's history.
     cursor: Option<DateTime<Utc>>,
@@ -116,6 +118,14 @@ impl JobState {
     /// When the tick of fire time `at` is due: `at` plus its jitter.
     fn due_at(&self, at: DateTime<Utc>) -> DateTime<Utc> {
         at + jitter(&self.name, at, self.jitter)
+    }
+}
+
+/// The catch-up policy's name in a schedule version.
+pub fn catch_up_name(c: CatchUp) -> &'static str {
+    match c {
+        CatchUp::Latest => "latest",
+        CatchUp::All => "all",
     }
 }
 
@@ -156,9 +166,10 @@ impl Publisher {
         })
     }
 
-    fn scheduled(&self, job: &str, at: DateTime<Utc>, trigger: Trigger, now: DateTime<Utc>) -> Tick {
-        let mut tick = Tick::for_fire_time(job, at, trigger, Some(self.name.clone()));
+    fn scheduled(&self, job: &JobState, at: DateTime<Utc>, trigger: Trigger, now: DateTime<Utc>) -> Tick {
+        let mut tick = Tick::for_fire_time(&job.name, at, trigger, Some(self.name.clone()));
         tick.produced_at = millis(now);
+        tick.schedule_version = Some(job.version.clone());
         tick
     }
 
@@ -211,6 +222,7 @@ impl TickProducer {
                 catch_up: job.catch_up,
                 max_catch_up: job.max_catch_up,
                 jitter: TimeDelta::seconds(job.jitter_secs.min(i64::MAX as u64 / 1000) as i64),
+                version: crate::wire::tick::schedule_version(&job.schedule, tz.name(), catch_up_name(job.catch_up), job.max_catch_up),
                 cursor: None,
             });
         }
@@ -303,7 +315,7 @@ impl TickProducer {
                 continue;
             };
             for at in catch_up_times(&job.schedule, prev, now, job.catch_up, job.max_catch_up) {
-                let tick = self.publisher.scheduled(&job.name, at, Trigger::CatchUp, now);
+                let tick = self.publisher.scheduled(job, at, Trigger::CatchUp, now);
                 self.publisher.publish(&tick).await?;
                 published.push(tick);
             }
@@ -329,7 +341,7 @@ impl TickProducer {
             let cursor = job.cursor.ok_or(TickError::NotStarted)?;
             let due: Vec<DateTime<Utc>> = job.schedule.fire_times(cursor, now).take_while(|at| job.due_at(*at) <= now).collect();
             for at in due {
-                let tick = self.publisher.scheduled(&job.name, at, Trigger::Scheduled, now);
+                let tick = self.publisher.scheduled(job, at, Trigger::Scheduled, now);
                 self.publisher.publish(&tick).await?;
                 job.cursor = Some(at);
                 published.push(tick);
@@ -444,6 +456,7 @@ pub fn manual_tick(settings: &Settings, job: &str, at: Option<DateTime<Utc>>, pa
         trigger: Trigger::Manual,
         parameters: params,
         producer: None,
+        schedule_version: None,
     };
     if let Some(j) = crate::jobs::Registry::builtin().get(&tick.job) {
         crate::jobs::check_tick(j.as_ref(), &tick).map_err(|e| match e {

@@ -52,6 +52,18 @@ pub struct Tick {
     pub trigger: Trigger,
     pub parameters: BTreeMap<String, String>,
     pub producer: Option<String>,
+    /// The version of the schedule a SCHEDULED or CATCH_UP tick was computed from
+    /// ([`schedule_version`]); `None` when not said (manual ticks, other producers).
+    pub schedule_version: Option<String>,
+}
+
+/// The version of a job's schedule: what decides its fire times (cron, time zone) and which of
+/// them a restarted producer publishes (catch-up policy), hashed. Equal settings give equal
+/// versions on every producer.
+pub fn schedule_version(cron: &str, time_zone: &str, catch_up: &str, max_catch_up: u32) -> String {
+    let cron = cron.split_whitespace().collect::<Vec<_>>().join(" ");
+    let id = derived_id(&["schedule", &cron, time_zone, catch_up, &max_catch_up.to_string()]);
+    id.simple().to_string()[..12].to_string()
 }
 
 impl Tick {
@@ -71,6 +83,7 @@ impl Tick {
             trigger,
             parameters: BTreeMap::new(),
             producer,
+            schedule_version: None,
         }
     }
 
@@ -83,6 +96,7 @@ impl Tick {
             ("trigger".into(), enum_value(&TRIGGERS, self.trigger.as_str())),
             ("parameters".into(), string_map(&self.parameters)),
             ("producer".into(), opt_string(&self.producer)),
+            ("scheduleVersion".into(), opt_string(&self.schedule_version)),
         ])
     }
 
@@ -97,6 +111,7 @@ impl Tick {
             trigger: Trigger::parse(&trigger),
             parameters: f.string_map("parameters")?,
             producer: f.opt_string("producer")?,
+            schedule_version: f.opt_string("scheduleVersion")?,
         })
     }
 }

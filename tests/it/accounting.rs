@@ -157,3 +157,51 @@ async fn a_paused_jobs_fire_times_are_skipped_not_missed_whether_or_not_a_tick_c
     }
     assert!(of(&r, Outcome::Missed).is_empty(), "{r:#?}");
 }
+
+/// Issue 19 item 5: two tick producers with different crons side by side (a rolling deploy).
+/// The first tick of the new schedule's version makes it current; the old producer's ticks
+/// after that are SKIPPED naming both versions, a duplicate of a period already run is
+/// ignored, and no fire time of the new schedule is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticks_of_a_superseded_schedule_are_skipped_while_old_and_new_producers_run() {
+    let old = settings().await;
+    let mut new = old.clone();
+    let set = |s: &mut Settings, cron: &str| s.jobs.get_mut("noop").unwrap().schedule = cron.into();
+    let mut old = old;
+    set(&mut old, "0 */10 * * * *");
+    set(&mut new, "0 */15 * * * *");
+    let mut p = processor_on(&old, test_db(&old).await).await;
+    let now = Utc::now();
+    let t0 = DateTime::from_timestamp(now.timestamp() - now.timestamp() % 3600, 0).unwrap() - chrono::TimeDelta::hours(2);
+    let m = |minutes: i64| t0 + chrono::TimeDelta::minutes(minutes);
+    let mut a = TickProducer::new(&old).await.unwrap();
+    let mut b = TickProducer::new(&new).await.unwrap();
+    a.start(m(1)).await.unwrap();
+    let mut step = async |published: Vec<scheduled_jobs::wire::tick::Tick>| {
+        assert!(!published.is_empty());
+        crate::processor::drive(&mut p, 2).await;
+        published
+    };
+    let a1 = step(a.publish_due(m(10)).await.unwrap()).await;
+    b.start(m(12)).await.unwrap();
+    let b1 = step(b.publish_due(m(15)).await.unwrap()).await;
+    let a2 = step(a.publish_due(m(20)).await.unwrap()).await;
+    let b2 = step(b.publish_due(m(30)).await.unwrap()).await;
+    let a3 = a.publish_due(m(30)).await.unwrap();
+    assert_eq!(a3[0].tick_id, b2[0].tick_id, "10:30 is a fire time of both: the same tick id");
+    crate::processor::drive(&mut p, 2).await;
+    let (va, vb) = (a1[0].schedule_version.clone().unwrap(), b1[0].schedule_version.clone().unwrap());
+    assert_ne!(va, vb);
+
+    let r = results(&old).await;
+    let got: Vec<(DateTime<Utc>, Outcome)> = r.iter().map(|x| (scheduled(x), x.outcome)).collect();
+    assert_eq!(
+        got,
+        vec![(m(10), Outcome::Succeeded), (m(15), Outcome::Succeeded), (m(20), Outcome::Skipped), (m(30), Outcome::Succeeded)],
+        "{r:#?}"
+    );
+    let skipped = r.iter().find(|x| x.outcome == Outcome::Skipped).unwrap();
+    assert_eq!(skipped.tick_id, a2[0].tick_id);
+    let why = skipped.message.as_deref().unwrap();
+    assert!(why.contains(&format!("schedule version {va}, superseded by version {vb}")), "{why}");
+}

@@ -22,6 +22,9 @@
 //! read from the ledger first (their offsets committed with them), so the only race left is
 //! with a tick that arrives after the grace period: a late run, as above.
 //!
+//! A job whose current schedule version (`schedule/J`, set by the tick producers' ticks) is not
+//! the one this processor's configuration gives is not accounted until they agree.
+//!
 //! `accounted/J` says up to which fire time J is accounted (written with the fire times it
 //! covers), so a restart goes on from there; the first time J is seen, its fire times are
 //! accounted from that moment on (no retroactive MISSED for history before it). At most
@@ -179,6 +182,13 @@ impl Processor {
         for (name, job) in jobs {
             let settings = self.env.job_settings(name);
             if !settings.enabled || settings.schedule.trim().is_empty() {
+                continue;
+            }
+            // The tick producers run another schedule than this processor's configuration
+            // (a deploy half done): fire times are accounted once both agree.
+            let version = crate::wire::tick::schedule_version(&settings.schedule, tz.name(), crate::runtime::tick::catch_up_name(settings.catch_up), settings.max_catch_up);
+            if let Some(current) = super::versions::current(self.committer.ledger(), name).filter(|c| *c != version) {
+                tracing::debug!(job = name, current = %current, configured = %version, "schedule versions differ: fire times not accounted");
                 continue;
             }
             let schedule = Schedule::parse(&settings.schedule, tz).map_err(|e| ProcessorError::Config(e.to_string()))?;

@@ -37,6 +37,7 @@ mod setup;
 pub mod ledger;
 pub mod run;
 mod tick;
+mod versions;
 mod work_item;
 
 use std::collections::HashMap;

@@ -111,6 +111,7 @@ pub fn run_of(item: &WorkItem) -> Run {
             trigger: Trigger::parse(&item.trigger),
             parameters: item.parameters.clone(),
             producer: None,
+            schedule_version: None,
         },
         planned_at: item.planned_at,
     }

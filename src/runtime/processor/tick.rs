@@ -16,7 +16,7 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 
 use super::ledger::{run_key, skipped_key};
 use super::run::{new_run, work_item, Out, TxnPlan, SEAL};
-use super::{Processor, ProcessorError};
+use super::{versions, Processor, ProcessorError};
 use crate::runtime::control::Pause;
 use crate::runtime::metrics::Sample;
 use crate::error::ErrorClass;
@@ -141,6 +141,31 @@ impl Processor {
             Ok(v) => v,
             Err(r) => return Ok(self.dead_letter(m, r)),
         };
+        // A duplicate of a recorded period changes nothing, whatever its schedule version.
+        let recorded = attempt(&tick, self.committer.ledger().get(&run_key(&tick.job, &period))).is_none();
+        let versions = match if recorded { versions::Decision::Current } else { versions::decide(self.committer.ledger(), &tick) } {
+            versions::Decision::Superseded { current } => return Ok(versions::skip_superseded(&tick, period, &current, self.env.tz)),
+            versions::Decision::Current => Vec::new(),
+            versions::Decision::New { entries } => entries,
+        };
+        let mut plan = self.decide_run(m, tick, job, period, superseded_by).await?;
+        // A new schedule version becomes current with this tick's transaction, whatever the
+        // tick itself leads to.
+        plan.out.splice(0..0, versions);
+        Ok(plan)
+    }
+
+    /// The rest of a valid tick's transaction: duplicate, superseded, paused, disabled, or a
+    /// run planned.
+    async fn decide_run(
+        &mut self,
+        m: &OwnedMessage,
+        tick: Tick,
+        job: Arc<dyn Job>,
+        period: String,
+        superseded_by: Option<Tick>,
+    ) -> Result<TxnPlan, ProcessorError> {
+        let span = tracing::Span::current();
         let Some(attempt) = attempt(&tick, self.committer.ledger().get(&run_key(&tick.job, &period))) else {
             tracing::info!(job = %tick.job, period = %period, tick_id = %tick.tick_id, "run already recorded, tick ignored");
             return Ok(TxnPlan::offset_only());

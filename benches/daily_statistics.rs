@@ -231,6 +231,7 @@ async fn main() -> anyhow::Result<()> {
         trigger: Trigger::Scheduled,
         parameters: Default::default(),
         producer: Some("bench".into()),
+        schedule_version: None,
     };
     let warm = job_run(scheduled).await?;
     println!("job, first run (warm-up: group join, cold caches): {}", secs(warm));
@@ -250,6 +251,7 @@ async fn main() -> anyhow::Result<()> {
             trigger: Trigger::Manual,
             parameters: [("date".to_string(), date_s.clone()), ("force".to_string(), "true".to_string())].into(),
             producer: Some("bench".into()),
+            schedule_version: None,
         };
         jobs.push(job_run(forced).await?);
         println!("run {}: floor {}  job {}", i + 1, secs(floors[i]), secs(jobs[i]));

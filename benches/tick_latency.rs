@@ -129,6 +129,7 @@ async fn pipeline(s: &Settings, n: usize) -> anyhow::Result<Vec<Duration>> {
             trigger: Trigger::Manual,
             parameters: BTreeMap::new(),
             producer: Some("bench".into()),
+            schedule_version: None,
         };
         let bytes = codec.encode(&s.topic(Topic::Tick), tick.to_avro()).await?;
         let t0 = Instant::now();

@@ -23,6 +23,16 @@ pub enum CatchUp {
     All,
 }
 
+impl CatchUp {
+    /// As in the configuration (`latest`, `all`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CatchUp::Latest => "latest",
+            CatchUp::All => "all",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct JobSettings {
@@ -98,6 +108,12 @@ impl JobSettings {
                 .collect::<Vec<_>>()
                 .join("; ")
         })
+    }
+
+    /// The version of this schedule read in `tz`, as every tick computed from it carries it
+    /// ([`crate::wire::tick::schedule_version`]).
+    pub fn schedule_version(&self, tz: chrono_tz::Tz) -> String {
+        crate::wire::tick::schedule_version(&self.schedule, tz.name(), self.catch_up.as_str(), self.max_catch_up)
     }
 
     /// Sets option `name` (tests and the demo adjust options this way).

@@ -121,14 +121,6 @@ impl JobState {
     }
 }
 
-/// The catch-up policy's name in a schedule version.
-pub fn catch_up_name(c: CatchUp) -> &'static str {
-    match c {
-        CatchUp::Latest => "latest",
-        CatchUp::All => "all",
-    }
-}
-
 /// The delay of fire time `at`'s tick, in `[0, bound]` whole milliseconds: derived from the job
 /// and the fire time only, so redundant producers publish the same fire time at the same
 /// moment, and different fire times (and jobs) spread over the bound. The tick keeps its fire
@@ -222,7 +214,7 @@ impl TickProducer {
                 catch_up: job.catch_up,
                 max_catch_up: job.max_catch_up,
                 jitter: TimeDelta::seconds(job.jitter_secs.min(i64::MAX as u64 / 1000) as i64),
-                version: crate::wire::tick::schedule_version(&job.schedule, tz.name(), catch_up_name(job.catch_up), job.max_catch_up),
+                version: job.schedule_version(tz),
                 cursor: None,
             });
         }

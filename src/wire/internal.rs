@@ -375,6 +375,20 @@ mod tests {
         }
     }
 
+    fn ledger_entry(state: RunState) -> LedgerEntry {
+        LedgerEntry {
+            run_id: "r".into(),
+            job: "j".into(),
+            period: "p".into(),
+            tick_id: "t".into(),
+            trigger: "SCHEDULED".into(),
+            state,
+            chunk_count: 1,
+            attempt: 1,
+            updated_at: result().started_at,
+        }
+    }
+
     /// `writer` encodes `value`; a reader with today's `file` resolves and decodes it, as the
     /// tool's own readers (history, follow) meet records of other versions.
     fn written_with(writer: &serde_json::Value, value: Value, file: &str) -> Value {
@@ -418,17 +432,7 @@ mod tests {
         assert_eq!(RunResult::from_avro(resolved).unwrap().outcome, Outcome::Unknown);
         assert_eq!(RunResult::from_avro(Value::Record(fields)).unwrap().outcome, Outcome::Unknown);
 
-        let entry = LedgerEntry {
-            run_id: "r".into(),
-            job: "j".into(),
-            period: "p".into(),
-            tick_id: "t".into(),
-            trigger: "SCHEDULED".into(),
-            state: RunState::Done,
-            chunk_count: 1,
-            attempt: 1,
-            updated_at: result().started_at,
-        };
+        let entry = ledger_entry(RunState::Done);
         let Value::Record(mut fields) = entry.to_avro() else { panic!() };
         fields[5].1 = Value::Enum(5, "ARCHIVED".into());
         assert_eq!(LedgerEntry::from_avro(Value::Record(fields)).unwrap().state, RunState::Unknown);
@@ -446,6 +450,41 @@ mod tests {
         for s in [RunState::Planned, RunState::Done, RunState::Failed, RunState::TimedOut, RunState::Skipped, RunState::Missed, RunState::Coalesced] {
             assert_eq!(RunState::parse(s.as_str()), s);
         }
+    }
+
+    /// Issue 19: a consumer built on the schemas as they were before MISSED, COALESCED and
+    /// `scheduleVersion` existed reads today's records: the new symbols as its default
+    /// (`UNKNOWN`), the new field ignored.
+    #[test]
+    fn a_consumer_on_the_schemas_before_issue_19_reads_todays_records() {
+        let before = |file: &str, field: usize| {
+            let mut json = schema_json(file);
+            let symbols = json["fields"][field]["type"]["symbols"].as_array_mut().unwrap();
+            symbols.retain(|s| s != "MISSED" && s != "COALESCED");
+            Schema::parse(&json).unwrap()
+        };
+        let read_by = |reader: &Schema, file: &str, value: Value| {
+            let writer = Schema::parse(&schema_json(file)).unwrap();
+            let bytes = GenericDatumWriter::builder(&writer).build().unwrap().write_value_to_vec(value).unwrap();
+            GenericDatumReader::builder(&writer).reader_schema(reader).build().unwrap().read_value(&mut bytes.as_slice()).unwrap()
+        };
+        let mut missed = result();
+        missed.outcome = Outcome::Missed;
+        let old = read_by(&before("RunResult.avsc", 7), "RunResult.avsc", missed.to_avro());
+        assert_eq!(RunResult::from_avro(old).unwrap().outcome, Outcome::Unknown);
+
+        let entry = ledger_entry(RunState::Coalesced);
+        let old = read_by(&before("RunLedgerEntry.avsc", 5), "RunLedgerEntry.avsc", entry.to_avro());
+        assert_eq!(LedgerEntry::from_avro(old).unwrap().state, RunState::Unknown, "still counts as recorded");
+
+        let mut tick = Tick::for_fire_time("noop", result().started_at, Trigger::Scheduled, None);
+        tick.schedule_version = Some("0123456789ab".into());
+        let mut old_tick = schema_json("SchedulerTick.avsc");
+        let removed = old_tick["fields"].as_array_mut().unwrap().pop().unwrap();
+        assert_eq!(removed["name"], "scheduleVersion");
+        let old = read_by(&Schema::parse(&old_tick).unwrap(), "SchedulerTick.avsc", tick.to_avro());
+        let read = Tick::from_avro(old).unwrap();
+        assert_eq!((read.tick_id, read.schedule_version), (tick.tick_id, None));
     }
 
     /// The Rust enums name the schemas' symbols, `UNKNOWN` last and the default.

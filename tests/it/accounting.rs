@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use scheduled_jobs::config::{CatchUp, Settings};
+use scheduled_jobs::config::{CatchUp, Settings, Topic};
 use scheduled_jobs::runtime::processor::{Processor, Step};
 use scheduled_jobs::runtime::tick::TickProducer;
 use scheduled_jobs::schedule::Schedule;
 use scheduled_jobs::wire::internal::{Outcome, RunResult};
 use scheduled_jobs::wire::tick::Trigger;
 
-use crate::common::isolated_with;
+use crate::common::{isolated_with, read_all};
 use crate::processor::{past, processor_on, publish, results, test_db, tick};
 
 const EVERY_TWO_SECONDS: &str = "*/2 * * * * *";
@@ -54,6 +54,16 @@ async fn step_until(p: &mut Processor, s: &Settings, within: Duration, done: imp
     }
 }
 
+/// Steps `p` until its first accounting pass recorded where noop's fire times start
+/// (`accounted/noop` in the run ledger): fire times after this are the test's.
+async fn accounting_started(p: &mut Processor, s: &Settings) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !read_all(s, &s.topic(Topic::RunLedger), "read_committed").iter().any(|(_, k, _)| k.as_deref() == Some(b"accounted/noop".as_slice())) {
+        assert!(Instant::now() < deadline, "no accounting pass within 60 s");
+        p.step(Duration::from_millis(100)).await.unwrap();
+    }
+}
+
 fn scheduled(r: &RunResult) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(&r.period).unwrap().with_timezone(&Utc)
 }
@@ -68,7 +78,7 @@ fn of(r: &[RunResult], outcome: Outcome) -> Vec<DateTime<Utc>> {
 async fn fire_times_without_a_tick_are_recorded_missed_and_a_catch_up_still_runs_them() {
     let s = settings().await;
     let mut p = processor_on(&s, test_db(&s).await).await;
-    p.step(Duration::from_millis(100)).await.unwrap();
+    accounting_started(&mut p, &s).await;
     // A tick producer publishes one fire time, then stops.
     let mut producer = TickProducer::new(&s).await.unwrap();
     producer.start(Utc::now()).await.unwrap();
@@ -140,7 +150,7 @@ async fn a_paused_jobs_fire_times_are_skipped_not_missed_whether_or_not_a_tick_c
     let db = test_db(&s).await;
     scheduled_jobs::runtime::control::pause(&db, "noop", "tester", Some("maintenance window")).await.unwrap();
     let mut p = processor_on(&s, db).await;
-    p.step(Duration::from_millis(100)).await.unwrap();
+    accounting_started(&mut p, &s).await;
     let schedule = Schedule::parse(EVERY_TWO_SECONDS, chrono_tz::Tz::UTC).unwrap();
     let fires: Vec<_> = schedule.fire_times(Utc::now(), Utc::now() + chrono::TimeDelta::seconds(9)).take(4).collect();
     // Ticks come for the first and third fire times only.

@@ -60,4 +60,13 @@ async fn a_job_failing_twice_in_a_row_is_paused_and_the_run_after_recovery_says_
     drive(&mut p, 2).await;
     let r = results(&s).await;
     assert_eq!(r.last().unwrap().counts.get("failedBefore"), None, "{r:#?}");
+
+    // A run with nothing to do (ended at planning) ends a streak too.
+    publish(&s, &[tick("noop", minutes_ago(40), &[("fail", "0")])]).await;
+    drive(&mut p, 2).await;
+    publish(&s, &[tick("noop", minutes_ago(45), &[("chunks", "0")])]).await;
+    drive(&mut p, 2).await;
+    let r = results(&s).await;
+    let last = r.last().unwrap();
+    assert_eq!((last.outcome, last.counts.get("chunks"), last.counts.get("failedBefore")), (Outcome::Succeeded, Some(&0), Some(&1)), "{r:#?}");
 }

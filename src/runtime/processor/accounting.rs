@@ -38,7 +38,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::committer::Consumed;
-use super::ledger::{accounted_key, missed_key, run_key, skipped_key, LedgerView};
+use super::ledger::{accounted_key, marker_entry, missed_key, run_key, skipped_key, LedgerView};
 use super::run::{ledger_entry, new_run, run_result, Out, TxnPlan};
 use super::{Processor, ProcessorError};
 use crate::jobs::Job;
@@ -186,7 +186,7 @@ impl Processor {
             }
             // The tick producers run another schedule than this processor's configuration
             // (a deploy half done): fire times are accounted once both agree.
-            let version = crate::wire::tick::schedule_version(&settings.schedule, tz.name(), crate::runtime::tick::catch_up_name(settings.catch_up), settings.max_catch_up);
+            let version = settings.schedule_version(tz);
             if let Some(current) = super::versions::current(self.committer.ledger(), name).filter(|c| *c != version) {
                 tracing::debug!(job = name, current = %current, configured = %version, "schedule versions differ: fire times not accounted");
                 continue;
@@ -247,17 +247,7 @@ impl Processor {
 
 /// `accounted/<job>`: fire times up to `at` are accounted.
 fn cursor_entry(job: &str, at: DateTime<Utc>) -> crate::wire::internal::LedgerEntry {
-    crate::wire::internal::LedgerEntry {
-        run_id: String::new(),
-        job: job.to_string(),
-        period: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        tick_id: String::new(),
-        trigger: String::new(),
-        state: RunState::Done,
-        chunk_count: 0,
-        attempt: 1,
-        updated_at: Utc::now(),
-    }
+    marker_entry(job, at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), RunState::Done, None)
 }
 
 #[cfg(test)]

@@ -22,7 +22,8 @@ use crate::kafka::codec::Codec;
 use crate::config::{Settings, Topic};
 use crate::kafka::read::{self, BoundedRead, Polled, ReadError};
 use crate::kafka::{self, KafkaClientError, Role};
-use crate::wire::internal::LedgerEntry;
+use crate::wire::internal::{LedgerEntry, RunState};
+use crate::wire::tick::Tick;
 
 pub fn run_key(job: &str, period: &str) -> String {
     format!("run/{job}/{period}")
@@ -42,6 +43,22 @@ pub fn missed_key(job: &str, period: &str) -> String {
 
 pub fn accounted_key(job: &str) -> String {
     format!("accounted/{job}")
+}
+
+/// The entry of a key that records a value about a job rather than a run (`accounted/...`,
+/// `schedule/...`): the value in `period`, and the tick that decided it, if one did.
+pub fn marker_entry(job: &str, value: String, state: RunState, tick: Option<&Tick>) -> LedgerEntry {
+    LedgerEntry {
+        run_id: String::new(),
+        job: job.to_string(),
+        period: value,
+        tick_id: tick.map(|t| t.tick_id.clone()).unwrap_or_default(),
+        trigger: tick.map(|t| t.trigger.as_str().to_string()).unwrap_or_default(),
+        state,
+        chunk_count: 0,
+        attempt: 1,
+        updated_at: chrono::Utc::now(),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

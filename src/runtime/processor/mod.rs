@@ -200,7 +200,6 @@ impl Processor {
         }
         let step = self.handle_next(wait).await?;
         if !matches!(step, Step::Reset(_)) {
-            self.refresh_ledger_if_assigned().await?;
             // Its transaction was aborted (and a fenced producer replaced) on failure; the
             // record path meets a lasting failure on its own.
             if let Err(e) = self.account_fire_times().await {

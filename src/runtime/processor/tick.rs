@@ -141,36 +141,27 @@ impl Processor {
             Ok(v) => v,
             Err(r) => return Ok(self.dead_letter(m, r)),
         };
-        // A duplicate of a recorded period changes nothing, whatever its schedule version.
-        let recorded = attempt(&tick, self.committer.ledger().get(&run_key(&tick.job, &period))).is_none();
-        let versions = match if recorded { versions::Decision::Current } else { versions::decide(self.committer.ledger(), &tick) } {
+        let Some(attempt) = attempt(&tick, self.committer.ledger().get(&run_key(&tick.job, &period))) else {
+            // A duplicate of a recorded period changes nothing, whatever its schedule version.
+            tracing::info!(job = %tick.job, period = %period, tick_id = %tick.tick_id, "run already recorded, tick ignored");
+            return Ok(TxnPlan::offset_only());
+        };
+        let versions = match versions::decide(self.committer.ledger(), &tick) {
             versions::Decision::Superseded { current } => return Ok(versions::skip_superseded(&tick, period, &current, self.env.tz)),
             versions::Decision::Current => Vec::new(),
             versions::Decision::New { entries } => entries,
         };
-        let mut plan = self.decide_run(m, tick, job, period, superseded_by).await?;
+        let mut plan = self.decide_run(m, new_run(tick, period, attempt), job, superseded_by).await?;
         // A new schedule version becomes current with this tick's transaction, whatever the
         // tick itself leads to.
         plan.out.splice(0..0, versions);
         Ok(plan)
     }
 
-    /// The rest of a valid tick's transaction: duplicate, superseded, paused, disabled, or a
-    /// run planned.
-    async fn decide_run(
-        &mut self,
-        m: &OwnedMessage,
-        tick: Tick,
-        job: Arc<dyn Job>,
-        period: String,
-        superseded_by: Option<Tick>,
-    ) -> Result<TxnPlan, ProcessorError> {
+    /// The rest of the transaction of a valid tick whose period is not recorded (or forced):
+    /// superseded, paused, disabled, or `run` planned.
+    async fn decide_run(&mut self, m: &OwnedMessage, run: Run, job: Arc<dyn Job>, superseded_by: Option<Tick>) -> Result<TxnPlan, ProcessorError> {
         let span = tracing::Span::current();
-        let Some(attempt) = attempt(&tick, self.committer.ledger().get(&run_key(&tick.job, &period))) else {
-            tracing::info!(job = %tick.job, period = %period, tick_id = %tick.tick_id, "run already recorded, tick ignored");
-            return Ok(TxnPlan::offset_only());
-        };
-        let run = new_run(tick, period, attempt);
         span.record("run_id", run.run_id.as_str());
         let paused = match superseded_by {
             None => crate::runtime::control::paused(&self.env.db, &run.job).await?,
@@ -193,16 +184,14 @@ impl Processor {
         match tokio::time::timeout(timeout, self.plan(job.as_ref(), &run)).await {
             Err(_) => {
                 let message = format!("planning exceeded the job timeout of {} s", timeout.as_secs());
-                self.ended_at_planning(&run, RunState::TimedOut, Outcome::TimedOut, message).await
+                self.ended_at_planning(&run, RunState::TimedOut, Outcome::TimedOut, BTreeMap::new(), Some(message)).await
             }
             Ok(Err(JobError::InvalidTick(reason))) => Ok(self.dead_letter(m, reject("IMPOSSIBLE_VALUE", reason))),
             Ok(Err(e)) if e.is_transient() => Err(ProcessorError::Job { job: run.job.clone(), source: e }),
-            Ok(Err(e)) => self.ended_at_planning(&run, RunState::Failed, Outcome::Failed, e.to_string()).await,
+            Ok(Err(e)) => self.ended_at_planning(&run, RunState::Failed, Outcome::Failed, BTreeMap::new(), Some(e.to_string())).await,
             Ok(Ok(items)) if items.is_empty() => {
-                // Nothing to do: the run is complete with its plan.
-                let mut plan = TxnPlan::default();
-                let end = super::run::RunEnd { state: RunState::Done, outcome: Outcome::Succeeded, chunk_count: 0 };
-                plan.finish(&run, self.env.tz, end, BTreeMap::from([("chunks".to_string(), 0)]), None);
+                // Nothing to do: the run is complete with its plan (and ends a failure streak).
+                let mut plan = self.ended_at_planning(&run, RunState::Done, Outcome::Succeeded, BTreeMap::from([("chunks".to_string(), 0)]), None).await?;
                 plan.samples.extend(planned(&run));
                 Ok(plan)
             }
@@ -219,10 +208,16 @@ impl Processor {
         }
     }
 
-    /// A run that failed or timed out while being planned, with its place in the job's
-    /// failure streak.
-    async fn ended_at_planning(&self, run: &Run, state: RunState, outcome: Outcome, message: String) -> Result<TxnPlan, ProcessorError> {
-        let (mut counts, mut message) = (BTreeMap::new(), Some(message));
+    /// A run that ends at planning (failed, timed out, or with nothing to do), with its place
+    /// in the job's failure streak.
+    async fn ended_at_planning(
+        &self,
+        run: &Run,
+        state: RunState,
+        outcome: Outcome,
+        mut counts: BTreeMap<String, i64>,
+        mut message: Option<String>,
+    ) -> Result<TxnPlan, ProcessorError> {
         let samples = self.end_of_run(run, outcome, &mut counts, &mut message).await?;
         let mut plan = TxnPlan::default();
         plan.finish(run, self.env.tz, super::run::RunEnd { state, outcome, chunk_count: 0 }, counts, message);

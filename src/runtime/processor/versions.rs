@@ -19,13 +19,12 @@
 
 use std::collections::BTreeMap;
 
-use chrono::Utc;
 use chrono_tz::Tz;
 
-use super::ledger::LedgerView;
+use super::ledger::{marker_entry, LedgerView};
 use super::run::{new_run, run_result, Out, TxnPlan};
 use crate::wire::derived_id;
-use crate::wire::internal::{LedgerEntry, Outcome, RunState};
+use crate::wire::internal::{Outcome, RunState};
 use crate::wire::tick::{Tick, Trigger};
 
 pub fn current_key(job: &str) -> String {
@@ -61,27 +60,12 @@ pub fn decide(ledger: &LedgerView, tick: &Tick) -> Decision {
     if ledger.get(&superseded_key(&tick.job, version)).is_some() {
         return Decision::Superseded { current: now.unwrap_or_default() };
     }
-    let mut entries = vec![Out::Ledger(current_key(&tick.job), entry(tick, version, RunState::Done))];
+    let mut entries = vec![Out::Ledger(current_key(&tick.job), marker_entry(&tick.job, version.to_string(), RunState::Done, Some(tick)))];
     if let Some(previous) = now {
         tracing::info!(job = %tick.job, previous = %previous, current = %version, tick_id = %tick.tick_id, "new schedule version: the previous one's ticks are skipped from now on");
-        entries.push(Out::Ledger(superseded_key(&tick.job, &previous), entry(tick, &previous, RunState::Skipped)));
+        entries.push(Out::Ledger(superseded_key(&tick.job, &previous), marker_entry(&tick.job, previous.clone(), RunState::Skipped, Some(tick))));
     }
     Decision::New { entries }
-}
-
-/// `period` is the version; the tick that decided it is named.
-fn entry(tick: &Tick, version: &str, state: RunState) -> LedgerEntry {
-    LedgerEntry {
-        run_id: String::new(),
-        job: tick.job.clone(),
-        period: version.to_string(),
-        tick_id: tick.tick_id.clone(),
-        trigger: tick.trigger.as_str().to_string(),
-        state,
-        chunk_count: 0,
-        attempt: 1,
-        updated_at: Utc::now(),
-    }
 }
 
 /// A superseded version's tick: a SKIPPED result under a run id of its own tick, and no run

@@ -173,17 +173,21 @@ impl Processor {
             return Ok(Vec::new());
         };
         let limit = i64::from(self.env.job_settings(&run.job).pause_after_failures);
-        if streak.now == 0 && streak.failed_before > 0 {
+        let note = if streak.now == 0 && streak.failed_before > 0 {
             counts.insert("failedBefore".into(), streak.failed_before);
-            *message = Some(format!("recovered after {} failed run(s) in a row", streak.failed_before));
+            Some(format!("recovered after {} failed run(s) in a row", streak.failed_before))
         } else if limit > 0 && streak.now >= limit {
             crate::runtime::streak::pause_after(db, &run.job, streak.now, message.as_deref()).await?;
             tracing::warn!(job = %run.job, streak = streak.now, "job paused after consecutive failed runs");
             let key = crate::config::job_key(&run.job);
-            let note = format!(
+            Some(format!(
                 "{} runs in a row failed: job paused (jobs.{key}.pause_after_failures = {limit}); `scheduled-jobs resume {}` when fixed",
                 streak.now, run.job
-            );
+            ))
+        } else {
+            None
+        };
+        if let Some(note) = note {
             *message = Some(match message.take() {
                 Some(m) => format!("{m} | {note}"),
                 None => note,

@@ -117,7 +117,7 @@ pub struct MetricsSettings {
     pub lag_interval_secs: u64,
 }
 
-pub use crate::jobs::settings::{CatchUp, JobSettings};
+pub use crate::jobs::settings::{CatchUp, JobSettings, Overlap};
 
 /// Every job of [`crate::jobs::catalog`] with the defaults it declares, keyed by settings key.
 pub fn default_jobs() -> BTreeMap<String, JobSettings> {

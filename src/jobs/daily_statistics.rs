@@ -77,7 +77,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use rust_decimal::Decimal;
 
-use super::{CatchUp, ChunkOutput, Deadline, Emit, Job, JobCtx, JobError, JobSettings, Parameter, Run};
+use super::{CatchUp, Overlap, ChunkOutput, Deadline, Emit, Job, JobCtx, JobError, JobSettings, Parameter, Run};
 use crate::wire::derived_id;
 use crate::wire::events::{self, emit};
 use crate::wire::internal::WorkItem;
@@ -276,7 +276,8 @@ impl Job for DailyStatistics {
     }
 
     /// At midnight, one date per chunk, 10 minutes to run; after downtime every missed
-    /// midnight runs, up to a week.
+    /// midnight runs, up to a week, one after another (each date is its own period, so none
+    /// may be skipped while another runs).
     fn defaults(&self) -> JobSettings {
         JobSettings {
             schedule: "0 0 0 * * *".into(),
@@ -284,6 +285,7 @@ impl Job for DailyStatistics {
             batch_size: 1,
             catch_up: CatchUp::All,
             max_catch_up: 7,
+            overlap: Overlap::BufferAll,
             ..JobSettings::default()
         }
     }

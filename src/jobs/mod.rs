@@ -25,7 +25,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
 pub use deadline::Deadline;
-pub use settings::{CatchUp, JobSettings};
+pub use settings::{CatchUp, JobSettings, Overlap};
 pub use crate::wire::Emit;
 use crate::error::ErrorClass;
 use crate::wire::internal::WorkItem;

@@ -33,6 +33,40 @@ impl CatchUp {
     }
 }
 
+/// What a tick does when the job's previous run is still running (`jobs.<job>.overlap`).
+/// "Running" means its run is planned and not yet finished, on any instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    /// The tick's run is recorded SKIPPED (with the running run named) and does not run.
+    #[default]
+    Skip,
+    /// The tick waits and runs right after the running run; a newer tick that comes while it
+    /// waits replaces it (the older one is recorded COALESCED).
+    BufferOne,
+    /// Every tick waits, and they run one after another in the order they came.
+    BufferAll,
+    /// The running run is stopped at its next chunk boundary and recorded CANCELLED (its applied
+    /// chunks are kept); the tick's run starts at once.
+    CancelOther,
+}
+
+impl Overlap {
+    /// As in the configuration (`skip`, `buffer_one`, `buffer_all`, `cancel_other`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overlap::Skip => "skip",
+            Overlap::BufferOne => "buffer_one",
+            Overlap::BufferAll => "buffer_all",
+            Overlap::CancelOther => "cancel_other",
+        }
+    }
+
+    pub fn buffers(self) -> bool {
+        matches!(self, Overlap::BufferOne | Overlap::BufferAll)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct JobSettings {
@@ -58,6 +92,9 @@ pub struct JobSettings {
     /// matter: spreads the load of jobs sharing a fire time. Keep it well below the period.
     /// 0: on the second.
     pub jitter_secs: u64,
+    /// What a tick does while the job's previous run is still running: `skip`, `buffer_one`,
+    /// `buffer_all` or `cancel_other` (see [`Overlap`]).
+    pub overlap: Overlap,
     /// The job's own options, by name (read with [`JobSettings::options`]); any other key is
     /// refused at start-up by the job's check.
     #[serde(flatten)]
@@ -76,6 +113,7 @@ impl Default for JobSettings {
             missed_after_secs: 300,
             pause_after_failures: 0,
             jitter_secs: 0,
+            overlap: Overlap::Skip,
             options: BTreeMap::new(),
         }
     }

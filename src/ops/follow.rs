@@ -17,7 +17,7 @@ use crate::config::{Settings, Topic};
 use crate::ops::history::HistoryError;
 use crate::kafka::{self, read, KafkaClientError, Role};
 use crate::runtime::processor::SEAL;
-use crate::wire::internal::{Outcome, RunResult, WorkItem};
+use crate::wire::internal::{LedgerEntry, Outcome, RunResult, RunState, WorkItem};
 use crate::wire::tick::Tick;
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,10 +35,10 @@ pub enum Followed {
 }
 
 impl Followed {
-    /// Succeeded or skipped (a deliberate non-run).
+    /// Succeeded, skipped or coalesced (a deliberate non-run).
     pub fn ok(&self) -> bool {
         match self {
-            Followed::Ended(r) => matches!(r.outcome, Outcome::Succeeded | Outcome::Skipped),
+            Followed::Ended(r) => matches!(r.outcome, Outcome::Succeeded | Outcome::Skipped | Outcome::Coalesced),
             Followed::NoRun => true,
             Followed::StillRunning { .. } => false,
         }
@@ -103,6 +103,14 @@ impl Progress {
             eprintln!("{job}: {applied}/{} chunk(s) applied", planned.map_or(format!("{seen}+"), |p| p.to_string()));
         }
         self.last = (planned, applied);
+    }
+
+    /// The tick waits for a run of its job still running (`overlap = buffer_*`).
+    fn waiting(&mut self, job: &str) {
+        self.bar.set_message(format!("{job}: waiting for the job's running run to end"));
+        if !self.interactive {
+            eprintln!("{job}: waiting for the job's running run to end (overlap policy)");
+        }
     }
 
     fn finish(&self) {
@@ -190,6 +198,8 @@ pub async fn follow_as(
     let mut last_group_check = Instant::now();
     // When the processor was seen past the tick with no run of it in sight.
     let mut handled_at: Option<Instant> = None;
+    // Whether the tick waits in the ledger for a running run of its job.
+    let mut waiting = false;
     tokio::pin!(interrupt);
     let outcome = loop {
         if Instant::now() > deadline {
@@ -201,7 +211,20 @@ pub async fn follow_as(
         };
         match polled? {
             Some((topic, key, payload)) => {
-                if topic == ledger {
+                if topic == ledger && key.starts_with("buffered/") {
+                    // The tick waits for a run of its job still running (`overlap = buffer_*`):
+                    // it was consumed, but its run is still to come.
+                    if let Some(bytes) = payload {
+                        if let Ok(entry) = codec.decode(&bytes).await.map(|d| LedgerEntry::from_avro(d.value)) {
+                            if entry.as_ref().is_ok_and(|e| e.tick_id == tick.tick_id) {
+                                waiting = entry.is_ok_and(|e| matches!(e.state, RunState::Buffered | RunState::Released));
+                                if waiting {
+                                    progress.waiting(label);
+                                }
+                            }
+                        }
+                    }
+                } else if topic == ledger {
                     // Chunk entries: `chunk/<runId>/<index>`.
                     if let Some((run, index)) = key.strip_prefix("chunk/").and_then(|k| k.rsplit_once('/')) {
                         if let Ok(i) = index.parse::<i32>() {
@@ -241,7 +264,7 @@ pub async fn follow_as(
             None => {
                 // Caught up with everything committed: has the processor taken the tick
                 // without running anything?
-                if run_id.is_none() {
+                if run_id.is_none() && !waiting {
                     match handled_at {
                         // The tick's transaction committed its offset together with the run's
                         // first records; keep reading a moment before concluding there is none.

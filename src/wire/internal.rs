@@ -89,12 +89,21 @@ pub enum RunState {
     Missed,
     /// Superseded by a newer tick of the same job queued behind it.
     Coalesced,
+    /// Stopped at a chunk boundary by a newer tick of the job (`overlap = cancel_other`); the
+    /// chunks applied before it are kept.
+    Cancelled,
+    /// A tick waiting for the job's running run to end (key `buffered/<job>/<period>`,
+    /// `overlap = buffer_one | buffer_all`); the entry carries the tick.
+    Buffered,
+    /// A buffered tick published again to the tick topic, to run next.
+    Released,
     /// A state this build does not know (written by a newer processor): the period is
     /// recorded, so a duplicate tick does not run it again. Never written.
     Unknown,
 }
 
-const RUN_STATES: [&str; 8] = ["PLANNED", "DONE", "FAILED", "TIMED_OUT", "SKIPPED", "MISSED", "COALESCED", "UNKNOWN"];
+const RUN_STATES: [&str; 11] =
+    ["PLANNED", "DONE", "FAILED", "TIMED_OUT", "SKIPPED", "MISSED", "COALESCED", "CANCELLED", "BUFFERED", "RELEASED", "UNKNOWN"];
 
 impl RunState {
     pub fn as_str(self) -> &'static str {
@@ -110,6 +119,9 @@ impl RunState {
             "SKIPPED" => RunState::Skipped,
             "MISSED" => RunState::Missed,
             "COALESCED" => RunState::Coalesced,
+            "CANCELLED" => RunState::Cancelled,
+            "BUFFERED" => RunState::Buffered,
+            "RELEASED" => RunState::Released,
             _ => RunState::Unknown,
         }
     }
@@ -127,6 +139,9 @@ pub struct LedgerEntry {
     pub chunk_count: i32,
     pub attempt: i32,
     pub updated_at: DateTime<Utc>,
+    /// A buffered tick's record value as it arrived (schema id included), published again
+    /// when it is released; `None` for every other entry.
+    pub tick: Option<Vec<u8>>,
 }
 
 impl LedgerEntry {
@@ -141,6 +156,7 @@ impl LedgerEntry {
             ("chunkCount".into(), Value::Int(self.chunk_count)),
             ("attempt".into(), Value::Int(self.attempt)),
             ("updatedAt".into(), ts(self.updated_at)),
+            ("tick".into(), opt_bytes(&self.tick)),
         ])
     }
 
@@ -157,6 +173,7 @@ impl LedgerEntry {
             chunk_count: f.int("chunkCount")?,
             attempt: f.int("attempt")?,
             updated_at: f.timestamp("updatedAt")?,
+            tick: f.opt_bytes("tick")?,
         })
     }
 }
@@ -172,11 +189,14 @@ pub enum Outcome {
     /// Superseded by a newer tick of the same job queued behind it (a job that looks at
     /// current state runs once for both).
     Coalesced,
+    /// Stopped at a chunk boundary by a newer tick of the job (`overlap = cancel_other`); the
+    /// chunks applied before it are kept and emitted.
+    Cancelled,
     /// An outcome this build does not know (written by a newer processor). Never written.
     Unknown,
 }
 
-const OUTCOMES: [&str; 7] = ["SUCCEEDED", "FAILED", "TIMED_OUT", "SKIPPED", "MISSED", "COALESCED", "UNKNOWN"];
+const OUTCOMES: [&str; 8] = ["SUCCEEDED", "FAILED", "TIMED_OUT", "SKIPPED", "MISSED", "COALESCED", "CANCELLED", "UNKNOWN"];
 
 impl Outcome {
     pub fn as_str(self) -> &'static str {
@@ -191,6 +211,7 @@ impl Outcome {
             "SKIPPED" => Outcome::Skipped,
             "MISSED" => Outcome::Missed,
             "COALESCED" => Outcome::Coalesced,
+            "CANCELLED" => Outcome::Cancelled,
             _ => Outcome::Unknown,
         }
     }
@@ -386,6 +407,7 @@ mod tests {
             chunk_count: 1,
             attempt: 1,
             updated_at: result().started_at,
+            tick: None,
         }
     }
 

@@ -91,6 +91,18 @@ impl Fields {
         }
     }
 
+    /// An optional bytes field (absent: `None`, as its schema default).
+    pub fn opt_bytes(&mut self, field: &'static str) -> Result<Option<Vec<u8>>, WireError> {
+        match self.0.contains_key(field) {
+            false => Ok(None),
+            true => match self.take(field)? {
+                Value::Null => Ok(None),
+                Value::Bytes(b) => Ok(Some(b)),
+                other => Err(field_err(field, format!("expected bytes or null, got {other:?}"))),
+            },
+        }
+    }
+
     pub fn int(&mut self, field: &'static str) -> Result<i32, WireError> {
         match self.take(field)? {
             Value::Int(i) => Ok(i),

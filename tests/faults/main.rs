@@ -31,6 +31,7 @@
 #[allow(dead_code)]
 mod common;
 mod procs;
+mod schedules;
 mod traffic;
 mod verify;
 
@@ -103,6 +104,7 @@ const EXPIRY_INTERVAL_SECS: i64 = 5;
 const SLACK_SECS: i64 = 60;
 
 fn job_env(s: &Settings, database: &str) -> Vec<(String, String)> {
+    let pause_after = schedules::PAUSE_AFTER.to_string();
     [
         ("SJ_TOPICS__PREFIX", s.topics.prefix.as_str()),
         ("SJ_PROCESSOR__GROUP_ID", s.processor.group_id.as_str()),
@@ -111,9 +113,12 @@ fn job_env(s: &Settings, database: &str) -> Vec<(String, String)> {
         ("SJ_JOBS__ORDER_EXPIRATION__SCHEDULE", "*/5 * * * * *"),
         ("SJ_JOBS__ORDER_EXPIRATION__PAYMENT_TIMEOUT_SECS", "10"),
         ("SJ_JOBS__ORDER_EXPIRATION__BATCH_SIZE", "20"),
-        ("SJ_JOBS__STOCK_SYNC__SCHEDULE", "15,45 * * * * *"),
+        ("SJ_JOBS__STOCK_SYNC__SCHEDULE", schedules::OLD_STOCK_SYNC),
         ("SJ_JOBS__STOCK_SYNC__BATCH_SIZE", "20"),
         ("SJ_JOBS__DAILY_STATISTICS__SCHEDULE", "0 * * * * *"),
+        // A job that fails, paused by the system after its streak (issue 19).
+        ("SJ_JOBS__NOOP__ENABLED", "true"),
+        ("SJ_JOBS__NOOP__PAUSE_AFTER_FAILURES", pause_after.as_str()),
         ("RUST_LOG", "info"),
     ]
     .into_iter()
@@ -183,7 +188,7 @@ async fn drained(s: &Settings, within: Duration) -> bool {
     false
 }
 
-async fn trigger(s: &Settings, job: &str, params: &[(&str, &str)]) -> Option<String> {
+pub(crate) async fn trigger(s: &Settings, job: &str, params: &[(&str, &str)]) -> Option<String> {
     let params: BTreeMap<String, String> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     for _ in 0..60 {
         match scheduled_jobs::runtime::tick::trigger(s, job, None, params.clone()).await {
@@ -300,6 +305,10 @@ async fn main() {
     }
     // A private environment: topics, group, transactional ids, database, product ids.
     let s = common::isolated_with(|s| {
+        // The failing job's ticks are triggered from here (schedules::Failing).
+        if let Some(noop) = s.jobs.get_mut("noop") {
+            noop.enabled = true;
+        }
         for (k, v) in &cluster_env {
             match k.as_str() {
                 "SJ_KAFKA__BOOTSTRAP_SERVERS" => s.kafka.bootstrap_servers = v.clone(),
@@ -383,8 +392,21 @@ async fn main() {
     let base = chrono::NaiveDate::from_ymd_opt(2025, 6, 1).expect("date");
     let mut k = 0;
     let t0 = Instant::now();
+    let mut failing = schedules::Failing::default();
     while t0.elapsed() + Duration::from_secs(35) < span {
         tokio::time::sleep(Duration::from_secs(20)).await;
+        failing.step(&s, &db).await;
+        if k == 1 {
+            // A rolling deploy that changes stock-sync's schedule: a producer with the new one
+            // starts while the old ones go on.
+            let mut e = env.clone();
+            e.push(("SJ_SCHEDULER__PRODUCER_ID".into(), "t2".into()));
+            e.push(("SJ_JOBS__STOCK_SYNC__SCHEDULE".into(), schedules::NEW_STOCK_SYNC.into()));
+            let mut t2 = Managed::new("t2", &["tick"], e, &logs);
+            t2.start();
+            tickers.push(t2);
+            eprintln!("[faults] t+{} s: tick producer t2 started with stock-sync at `{}`", started.elapsed().as_secs(), schedules::NEW_STOCK_SYNC);
+        }
         let date = (base + chrono::TimeDelta::days(k)).to_string();
         if let Some(id) = trigger(&s, "daily-statistics", &[("date", &date)]).await {
             daily_ticks.push(id);
@@ -393,6 +415,9 @@ async fn main() {
         if k % 3 == 0 && trigger(&s, "daily-statistics", &[("date", &date)]).await.is_some() {
             daily_repeats += 1;
         }
+        // Twice per round, so the failing job's whole story (streak, pause, resume) fits the
+        // short profile.
+        failing.step(&s, &db).await;
         k += 1;
         for t in tickers.iter_mut() {
             t.supervise();
@@ -457,6 +482,8 @@ async fn main() {
     let late = results.iter().filter(|r| r.duration_ms > procs::RUN_TIMEOUT.as_millis() as i64).count();
     report.row("runs that ended past their run timeout", late);
     verify::recovery(&results, &injected.log, &mut report);
+    failing.verify(&results, &mut report);
+    schedules::verify_schedule_change(&results, &mut report);
         if final_sync.as_ref().is_some_and(|t| !results.iter().any(|r| &r.tick_id == t)) {
         report.violation("the final stock-sync request got no run result");
     }

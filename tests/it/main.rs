@@ -6,6 +6,7 @@ mod common;
 
 mod accounting;
 mod streaks;
+mod overlap;
 
 mod cli;
 mod cluster;

@@ -4,7 +4,8 @@
 //!
 //! What became of a fire time F of job J, from the run ledger:
 //! - **RAN** (with its outcome), or **COALESCED**: a run entry `run/J/<period of F>`, written
-//!   by the tick's planning;
+//!   by the tick's planning (or `buffered/J/<period>`: its tick waits for J's running run,
+//!   [`super::overlap`], and ends in a run entry);
 //! - **SKIPPED**: `skipped/J/<period>`, written when a tick arrived while J was paused, or here
 //!   when J is paused since before F and no tick came either;
 //! - **MISSED**: none of these `missed_after_secs` after F. Recorded here with a MISSED run
@@ -29,6 +30,9 @@
 //! covers), so a restart goes on from there; the first time J is seen, its fire times are
 //! accounted from that moment on (no retroactive MISSED for history before it). At most
 //! [`MAX_PER_JOB`] fire times per job per pass.
+//!
+//! The pass also releases a job's waiting tick that nothing else released
+//! ([`super::overlap::release_next`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -38,7 +42,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::committer::Consumed;
-use super::ledger::{accounted_key, marker_entry, missed_key, run_key, skipped_key, LedgerView};
+use super::ledger::{accounted_key, buffered_key, marker_entry, missed_key, run_key, skipped_key, LedgerView};
 use super::run::{ledger_entry, new_run, run_result, Out, TxnPlan};
 use super::{Processor, ProcessorError};
 use crate::jobs::Job;
@@ -66,7 +70,8 @@ pub enum Unaccounted {
 
 /// Decides one fire time from the ledger and the job's pause.
 pub fn classify(ledger: &LedgerView, job: &str, period: &str, fire_time: DateTime<Utc>, pause: Option<&Pause>) -> Unaccounted {
-    let recorded = [run_key(job, period), skipped_key(job, period), missed_key(job, period)];
+    // A tick waiting for the job's running run (`buffered/`) came: it ends in a run entry.
+    let recorded = [run_key(job, period), skipped_key(job, period), missed_key(job, period), buffered_key(job, period)];
     if recorded.iter().any(|k| ledger.get(k).is_some()) {
         Unaccounted::Recorded
     } else if pause.is_some_and(|p| p.paused_at <= fire_time) {
@@ -181,6 +186,9 @@ impl Processor {
         let jobs: BTreeMap<&str, std::sync::Arc<dyn Job>> = self.jobs.names().into_iter().filter_map(|n| Some((n, self.jobs.get(n)?.clone()))).collect();
         for (name, job) in jobs {
             let settings = self.env.job_settings(name);
+            // A waiting tick that no finishing run released (it was buffered just after that
+            // run's transaction read the ledger) goes now.
+            plan.out.extend(super::overlap::release_next(self.committer.ledger(), name, &settings, None, None));
             if !settings.enabled || settings.schedule.trim().is_empty() {
                 continue;
             }

@@ -40,6 +40,8 @@ pub(super) struct Effects {
 /// without its event. Which deadline an attempt gets:
 /// - a first attempt within the deadline: the deadline;
 /// - a first attempt past it: none started, TIMED_OUT, nothing emitted (no effect happened);
+/// - a first attempt of a run cancelled by a newer tick (`overlap = cancel_other`): none
+///   started, CANCELLED, nothing emitted;
 /// - a retry (an earlier attempt's Kafka transaction did not commit) of a chunk recorded
 ///   STARTED, APPLIED or FAILED: its effects may have begun, so past the deadline it runs
 ///   without a limit and completes them, emitting what they imply (within the deadline it
@@ -64,6 +66,10 @@ pub(super) async fn effects(db: sqlx::PgPool, instance: String, job: Arc<dyn Job
         bookkeeping::Start::PastDeadline => {
             let message = Some(format!("run exceeded its timeout of {timeout_secs} s before this chunk started"));
             return Ok(Effects { output: ChunkOutput::default(), outcome: ChunkOutcome::TimedOut, message });
+        }
+        bookkeeping::Start::Cancelled { reason } => {
+            tracing::info!(run_id = %item.run_id, chunk = item.chunk_index, "run cancelled, chunk not started");
+            return Ok(Effects { output: ChunkOutput::default(), outcome: ChunkOutcome::Cancelled, message: Some(reason) });
         }
     };
     match job.apply(&ctx, &item).await {

@@ -18,6 +18,8 @@ pub enum ChunkOutcome {
     Applied,
     TimedOut,
     Failed,
+    /// Not started: its run was cancelled by a newer tick (`overlap = cancel_other`).
+    Cancelled,
 }
 
 impl ChunkOutcome {
@@ -27,6 +29,7 @@ impl ChunkOutcome {
             ChunkOutcome::Applied => "APPLIED",
             ChunkOutcome::TimedOut => "TIMED_OUT",
             ChunkOutcome::Failed => "FAILED",
+            ChunkOutcome::Cancelled => "CANCELLED",
         }
     }
 
@@ -37,6 +40,7 @@ impl ChunkOutcome {
             ChunkOutcome::Applied => "applied",
             ChunkOutcome::TimedOut => "timed_out",
             ChunkOutcome::Failed => "failed",
+            ChunkOutcome::Cancelled => "cancelled",
         }
     }
 
@@ -46,13 +50,14 @@ impl ChunkOutcome {
             "APPLIED" => ChunkOutcome::Applied,
             "TIMED_OUT" => ChunkOutcome::TimedOut,
             "FAILED" => ChunkOutcome::Failed,
+            "CANCELLED" => ChunkOutcome::Cancelled,
             _ => return None,
         })
     }
 }
 
 /// What [`start_chunk`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Start {
     /// First attempt, within the deadline: marked `STARTED`.
     Fresh,
@@ -60,16 +65,20 @@ pub enum Start {
     Again(ChunkOutcome),
     /// First attempt, after the run's deadline: not started.
     PastDeadline,
+    /// First attempt, after a newer tick cancelled the run (`job_run_cancels`): not started.
+    Cancelled { reason: String },
 }
 
 /// Marks a chunk as started before its effects, so a retry after the run's deadline still
-/// completes it instead of abandoning effects that may have happened. One round trip on the
-/// common path (a first attempt within the deadline).
+/// completes it instead of abandoning effects that may have happened; a first attempt of a
+/// cancelled run's chunk is not started. One round trip on the common path (a first attempt
+/// within the deadline, not cancelled).
 pub async fn start_chunk(db: &PgPool, run_id: &str, index: i32, instance: &str, past_deadline: bool) -> Result<Start, sqlx::Error> {
     if !past_deadline {
         let inserted: Option<i32> = sqlx::query_scalar(
             "INSERT INTO job_run_chunks (run_id, chunk_index, outcome, applied_at, applied_by)
-             VALUES ($1, $2, 'STARTED', now(), $3) ON CONFLICT (run_id, chunk_index) DO NOTHING
+             SELECT $1, $2, 'STARTED', now(), $3 WHERE NOT EXISTS (SELECT 1 FROM job_run_cancels WHERE run_id = $1)
+             ON CONFLICT (run_id, chunk_index) DO NOTHING
              RETURNING chunk_index",
         )
         .bind(run_id)
@@ -81,14 +90,18 @@ pub async fn start_chunk(db: &PgPool, run_id: &str, index: i32, instance: &str, 
             return Ok(Start::Fresh);
         }
     }
-    let previous: Option<String> = sqlx::query_scalar("SELECT outcome FROM job_run_chunks WHERE run_id = $1 AND chunk_index = $2")
-        .bind(run_id)
-        .bind(index)
-        .fetch_optional(db)
-        .await?;
-    Ok(match previous.and_then(|o| ChunkOutcome::parse(&o)) {
-        Some(outcome) => Start::Again(outcome),
-        None => Start::PastDeadline,
+    let (previous, cancelled): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT (SELECT outcome FROM job_run_chunks WHERE run_id = $1 AND chunk_index = $2),
+                (SELECT reason FROM job_run_cancels WHERE run_id = $1)",
+    )
+    .bind(run_id)
+    .bind(index)
+    .fetch_one(db)
+    .await?;
+    Ok(match (previous.and_then(|o| ChunkOutcome::parse(&o)), cancelled) {
+        (Some(outcome), _) => Start::Again(outcome),
+        (None, Some(reason)) => Start::Cancelled { reason },
+        (None, None) => Start::PastDeadline,
     })
 }
 
@@ -185,6 +198,8 @@ pub async fn try_finalize(db: &PgPool, run_id: &str, claimant: i32) -> Result<Op
     let has = |o: &str| outcomes.iter().any(|(name, n, _)| name == o && *n > 0);
     let outcome = if has("FAILED") {
         ChunkOutcome::Failed
+    } else if has("CANCELLED") {
+        ChunkOutcome::Cancelled
     } else if has("TIMED_OUT") {
         ChunkOutcome::TimedOut
     } else {
@@ -201,9 +216,13 @@ pub async fn try_finalize(db: &PgPool, run_id: &str, claimant: i32) -> Result<Op
     let mut counts: BTreeMap<String, i64> = rows.into_iter().collect();
     counts.insert("chunks".into(), i64::from(chunk_count));
     for (o, n, _) in &outcomes {
-        if o != "APPLIED" {
-            counts.insert(format!("chunks{}", if o == "FAILED" { "Failed" } else { "TimedOut" }), *n);
-        }
+        let name = match o.as_str() {
+            "FAILED" => "chunksFailed",
+            "TIMED_OUT" => "chunksTimedOut",
+            "CANCELLED" => "chunksCancelled",
+            _ => continue,
+        };
+        counts.insert(name.to_string(), *n);
     }
     Ok(Some(Finalized { chunk_count, planned_at, outcome, counts, message }))
 }

@@ -47,6 +47,7 @@ impl Processor {
                     }
                     (self.names.results.clone(), result.job.clone(), self.codec.encode(&self.names.results, result.to_avro()).await?)
                 }
+                Out::Tick { key, bytes } => (self.names.tick.clone(), key, bytes),
                 Out::DeadLetter { key, letter } => {
                     ready.samples.push(Sample::DeadLetter { reason: letter.reason_code.clone() });
                     (self.names.dead_letters.clone(), key, self.codec.encode(&self.names.dead_letters, letter.to_avro()).await?)

@@ -5,13 +5,16 @@
 //! what became of fire times without a run: `skipped/<job>/<period>` (a tick skipped while the
 //! job was paused), `missed/<job>/<period>` (no tick within the grace period), and
 //! `accounted/<job>` (how far the job's fire times are accounted; `period` is that fire
-//! time). The view answers "already planned / already applied?" for duplicate ticks, replays
-//! of the tick topic and redelivered work items, and "what became of each fire time?"
-//! ([`super::accounting`]). It is caught up to the end of the topic whenever this
+//! time); `schedule/<job>` (the current schedule version, [`super::versions`]);
+//! `buffered/<job>/<period>` (a tick waiting for the job's running run, [`super::overlap`]).
+//! The view answers "already planned / already applied?" for duplicate ticks, replays
+//! of the tick topic and redelivered work items, "what became of each fire time?"
+//! ([`super::accounting`]) and "what of this job is running or waiting?" (an index kept
+//! beside the entries, so the question costs no scan). It is caught up to the end of the topic whenever this
 //! instance gains partitions, so decisions made by the previous owner are seen before any
 //! record of those partitions is handled; this instance's own commits are written through.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -41,6 +44,10 @@ pub fn missed_key(job: &str, period: &str) -> String {
     format!("missed/{job}/{period}")
 }
 
+pub fn buffered_key(job: &str, period: &str) -> String {
+    format!("buffered/{job}/{period}")
+}
+
 pub fn accounted_key(job: &str) -> String {
     format!("accounted/{job}")
 }
@@ -58,6 +65,7 @@ pub fn marker_entry(job: &str, value: String, state: RunState, tick: Option<&Tic
         chunk_count: 0,
         attempt: 1,
         updated_at: chrono::Utc::now(),
+        tick: None,
     }
 }
 
@@ -73,7 +81,46 @@ pub struct LedgerView {
     topic: String,
     consumer: BaseConsumer,
     codec: Codec,
-    entries: HashMap<String, LedgerEntry>,
+    entries: Entries,
+}
+
+/// The entries by key, and per job the keys of its open entries: runs PLANNED (running) and
+/// buffered ticks BUFFERED or RELEASED (waiting).
+#[derive(Default)]
+struct Entries {
+    by_key: HashMap<String, LedgerEntry>,
+    open: HashMap<String, BTreeSet<String>>,
+}
+
+impl Entries {
+    /// Sets (or with `None` removes) the entry of `key`, keeping the index of open entries;
+    /// returns the entry it replaces.
+    fn set(&mut self, key: String, entry: Option<LedgerEntry>) -> Option<LedgerEntry> {
+        let previous = match entry {
+            Some(e) => {
+                if is_open(&key, &e) {
+                    self.open.entry(e.job.clone()).or_default().insert(key.clone());
+                }
+                self.by_key.insert(key.clone(), e)
+            }
+            None => self.by_key.remove(&key),
+        };
+        if let Some(p) = &previous {
+            let still = self.by_key.get(&key).is_some_and(|e| e.job == p.job && is_open(&key, e));
+            if !still {
+                if let Some(keys) = self.open.get_mut(&p.job) {
+                    keys.remove(&key);
+                }
+            }
+        }
+        previous
+    }
+}
+
+/// Whether `entry` under `key` is open: a running run or a waiting tick.
+fn is_open(key: &str, entry: &LedgerEntry) -> bool {
+    (key.starts_with("run/") && entry.state == RunState::Planned)
+        || (key.starts_with("buffered/") && matches!(entry.state, RunState::Buffered | RunState::Released))
 }
 
 impl LedgerView {
@@ -93,37 +140,46 @@ impl LedgerView {
             }
         }
         consumer.assign(&tpl).map_err(|e| KafkaClientError::kafka("ledger assign", e))?;
-        Ok(LedgerView { topic, consumer, codec, entries: HashMap::new() })
+        Ok(LedgerView { topic, consumer, codec, entries: Entries::default() })
     }
 
     pub fn get(&self, key: &str) -> Option<&LedgerEntry> {
-        self.entries.get(key)
+        self.entries.by_key.get(key)
     }
 
     /// Records an entry this instance is committing; returns the one it replaces.
     pub fn write_through(&mut self, key: String, entry: LedgerEntry) -> Option<LedgerEntry> {
-        self.entries.insert(key, entry)
+        self.entries.set(key, Some(entry))
     }
 
     /// Takes back a write-through whose transaction failed.
     pub fn restore(&mut self, key: String, previous: Option<LedgerEntry>) {
-        match previous {
-            Some(e) => self.entries.insert(key, e),
-            None => self.entries.remove(&key),
-        };
+        self.entries.set(key, previous);
+    }
+
+    /// The job's open entries, by key: its runs still PLANNED (`run/...`) and its buffered
+    /// ticks (`buffered/...`), as this view knows them.
+    pub fn open(&self, job: &str) -> Vec<(&str, &LedgerEntry)> {
+        self.entries
+            .open
+            .get(job)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.entries.by_key.get(k).map(|e| (k.as_str(), e)))
+            .collect()
     }
 
     /// The run entries (keys `run/...`), not the chunk entries.
     pub fn runs(&self) -> impl Iterator<Item = &LedgerEntry> {
-        self.entries.iter().filter(|(k, _)| k.starts_with("run/")).map(|(_, e)| e)
+        self.entries.by_key.iter().filter(|(k, _)| k.starts_with("run/")).map(|(_, e)| e)
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.by_key.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.by_key.is_empty()
     }
 
     /// Reads the ledger up to its current end. Under read_committed the position cannot pass
@@ -164,12 +220,12 @@ impl LedgerView {
             read += 1;
             match (record.key.map(|k| String::from_utf8_lossy(&k).into_owned()), record.payload) {
                 (Some(k), None) => {
-                    self.entries.remove(&k);
+                    self.entries.set(k, None);
                 }
                 (Some(k), Some(p)) => match self.codec.decode(&p).await {
                     Ok(d) => match LedgerEntry::from_avro(d.value) {
                         Ok(e) => {
-                            self.entries.insert(k, e);
+                            self.entries.set(k, Some(e));
                         }
                         Err(e) => tracing::warn!(key = %k, error = %e, "skipping malformed ledger entry"),
                     },
@@ -178,5 +234,41 @@ impl LedgerView {
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(job: &str, state: RunState) -> LedgerEntry {
+        let mut e = marker_entry(job, "p".into(), state, None);
+        e.run_id = "r".into();
+        e
+    }
+
+    fn open(entries: &Entries, job: &str) -> Vec<String> {
+        entries.open.get(job).into_iter().flatten().cloned().collect()
+    }
+
+    #[test]
+    fn the_open_index_follows_every_change_of_an_entry() {
+        let mut entries = Entries::default();
+        entries.set(run_key("a", "p1"), Some(entry("a", RunState::Planned)));
+        entries.set(buffered_key("a", "p2"), Some(entry("a", RunState::Buffered)));
+        entries.set(run_key("b", "p1"), Some(entry("b", RunState::Done)));
+        entries.set(skipped_key("a", "p3"), Some(entry("a", RunState::Planned)));
+        assert_eq!(open(&entries, "a"), ["buffered/a/p2", "run/a/p1"], "a run PLANNED and a tick waiting; no other key");
+        assert!(open(&entries, "b").is_empty());
+        entries.set(buffered_key("a", "p2"), Some(entry("a", RunState::Released)));
+        assert_eq!(open(&entries, "a").len(), 2, "a released tick still waits");
+        // The run ends; the tick leaves the queue; a failed write is taken back.
+        let previous = entries.set(run_key("a", "p1"), Some(entry("a", RunState::Done)));
+        entries.set(buffered_key("a", "p2"), Some(entry("a", RunState::Planned)));
+        assert!(open(&entries, "a").is_empty());
+        entries.set(run_key("a", "p1"), previous);
+        assert_eq!(open(&entries, "a"), ["run/a/p1"]);
+        entries.set(run_key("a", "p1"), None);
+        assert!(open(&entries, "a").is_empty(), "a tombstone closes it");
     }
 }

@@ -35,6 +35,7 @@ mod encode;
 mod error;
 mod setup;
 pub mod ledger;
+mod overlap;
 pub mod run;
 mod tick;
 mod versions;

@@ -31,6 +31,8 @@ pub enum Out {
     Ledger(String, LedgerEntry),
     Result(RunResult),
     DeadLetter { key: String, letter: DeadLetter },
+    /// A buffered tick published again to the tick topic, as it first arrived.
+    Tick { key: String, bytes: Vec<u8> },
 }
 
 /// What one consumed record's transaction writes, besides its offset.
@@ -78,6 +80,7 @@ impl RunEnd {
         let (state, outcome) = match outcome {
             ChunkOutcome::Applied => (RunState::Done, Outcome::Succeeded),
             ChunkOutcome::TimedOut => (RunState::TimedOut, Outcome::TimedOut),
+            ChunkOutcome::Cancelled => (RunState::Cancelled, Outcome::Cancelled),
             ChunkOutcome::Failed | ChunkOutcome::Started => (RunState::Failed, Outcome::Failed),
         };
         RunEnd { state, outcome, chunk_count }
@@ -165,6 +168,7 @@ pub fn ledger_entry(run: &Run, state: RunState, chunk_count: i32) -> LedgerEntry
         chunk_count,
         attempt: run.attempt.max(1),
         updated_at: Utc::now(),
+        tick: None,
     }
 }
 

@@ -16,6 +16,7 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 
 use super::ledger::{run_key, skipped_key};
 use super::run::{new_run, work_item, Out, TxnPlan, SEAL};
+use super::overlap::{self, Admit};
 use super::{versions, Processor, ProcessorError};
 use crate::runtime::control::Pause;
 use crate::runtime::metrics::Sample;
@@ -39,12 +40,13 @@ pub(super) fn reject(code: &'static str, reason: impl Into<String>) -> Reject {
 
 /// Which attempt of its period a tick starts: `None` when the period is already recorded (a
 /// duplicate tick or a replay: nothing runs again), the next attempt when a manual tick asks
-/// for `force=true`.
+/// for `force=true` — unless that tick is the one the recorded attempt came from (delivered
+/// again: a replay, or a waiting tick released twice).
 pub(super) fn attempt(tick: &Tick, recorded: Option<&LedgerEntry>) -> Option<i32> {
     let forced = tick.trigger == Trigger::Manual && tick.parameters.get("force").is_some_and(|v| v == "true");
     match recorded {
         None => Some(1),
-        Some(prev) if forced => Some(prev.attempt + 1),
+        Some(prev) if forced && prev.tick_id != tick.tick_id => Some(prev.attempt + 1),
         Some(_) => None,
     }
 }
@@ -141,13 +143,22 @@ impl Processor {
             Ok(v) => v,
             Err(r) => return Ok(self.dead_letter(m, r)),
         };
-        let Some(attempt) = attempt(&tick, self.committer.ledger().get(&run_key(&tick.job, &period))) else {
-            // A duplicate of a recorded period changes nothing, whatever its schedule version.
+        let recorded = self.committer.ledger().get(&run_key(&tick.job, &period));
+        let Some(attempt) = attempt(&tick, recorded) else {
+            // A duplicate of a recorded period changes nothing, whatever its schedule version
+            // (a waiting copy of it leaves the queue).
             tracing::info!(job = %tick.job, period = %period, tick_id = %tick.tick_id, "run already recorded, tick ignored");
-            return Ok(TxnPlan::offset_only());
+            let state = recorded.map(|e| e.state).unwrap_or(RunState::Done);
+            let mut plan = TxnPlan::offset_only();
+            plan.out.extend(overlap::close_waiting(self.committer.ledger(), &self.env.job_settings(&tick.job), &tick, &period, state));
+            return Ok(plan);
         };
         let versions = match versions::decide(self.committer.ledger(), &tick) {
-            versions::Decision::Superseded { current } => return Ok(versions::skip_superseded(&tick, period, &current, self.env.tz)),
+            versions::Decision::Superseded { current } => {
+                let mut plan = versions::skip_superseded(self.committer.ledger(), &tick, period.clone(), &current, self.env.tz);
+                plan.out.extend(overlap::close_waiting(self.committer.ledger(), &self.env.job_settings(&tick.job), &tick, &period, RunState::Skipped));
+                return Ok(plan);
+            }
             versions::Decision::Current => Vec::new(),
             versions::Decision::New { entries } => entries,
         };
@@ -167,18 +178,47 @@ impl Processor {
             None => crate::runtime::control::paused(&self.env.db, &run.job).await?,
             Some(_) => None,
         };
-        match why_not(superseded_by.as_ref(), paused, self.env.job_settings(&run.job).enabled) {
+        let settings = self.env.job_settings(&run.job);
+        let (mut plan, state) = match why_not(superseded_by.as_ref(), paused, settings.enabled) {
             Some(NotNow::Superseded(message)) => {
                 tracing::info!(job = %run.job, period = %run.period, "{message}");
-                return Ok(TxnPlan::ended(&run, self.env.tz, RunState::Coalesced, Outcome::Coalesced, Some(message)));
+                (TxnPlan::ended(&run, self.env.tz, RunState::Coalesced, Outcome::Coalesced, Some(message)), RunState::Coalesced)
             }
-            Some(NotNow::Paused(pause)) => return Ok(skip_paused(&run, self.env.tz, pause)),
+            Some(NotNow::Paused(pause)) => (skip_paused(&run, self.env.tz, pause), RunState::Skipped),
             Some(NotNow::Disabled) => {
                 let message = format!("job disabled (setting `jobs.{}.enabled` is false)", crate::config::job_key(&run.job));
-                return Ok(TxnPlan::ended(&run, self.env.tz, RunState::Skipped, Outcome::Skipped, Some(message)));
+                (TxnPlan::ended(&run, self.env.tz, RunState::Skipped, Outcome::Skipped, Some(message)), RunState::Skipped)
             }
-            None => {}
+            None => return self.admit_and_plan(m, run, job).await,
+        };
+        // A waiting tick that came back to a paused or disabled job, or was superseded.
+        plan.out.extend(overlap::close_waiting(self.committer.ledger(), &settings, &run.tick, &run.period, state));
+        Ok(plan)
+    }
+
+    /// A run that may go ahead, through the job's overlap policy, then planned.
+    async fn admit_and_plan(&mut self, m: &OwnedMessage, run: Run, job: Arc<dyn Job>) -> Result<TxnPlan, ProcessorError> {
+        let admitted = match self.admit(m, &run).await? {
+            Admit::Go(out) => out,
+            Admit::Instead(plan) => return Ok(plan),
+        };
+        let waited = !admitted.is_empty();
+        let (job_name, period) = (run.job.clone(), run.period.clone());
+        let mut plan = self.plan_run(m, run, job).await?;
+        plan.out.splice(0..0, admitted);
+        if waited && !plan.out.iter().any(|o| matches!(o, Out::WorkItem(_))) {
+            // A waiting tick whose run ended at planning (or whose tick became a dead letter):
+            // no chunk will finish it, so the next waiting tick is released here.
+            let settings = self.env.job_settings(&job_name);
+            let own = super::ledger::buffered_key(&job_name, &period);
+            plan.out.extend(overlap::release_next(self.committer.ledger(), &job_name, &settings, None, Some(&own)));
         }
+        Ok(plan)
+    }
+
+    /// The run's plan: its work items, seal and PLANNED entry; or its end, when planning
+    /// fails, times out or finds nothing to do.
+    async fn plan_run(&mut self, m: &OwnedMessage, run: Run, job: Arc<dyn Job>) -> Result<TxnPlan, ProcessorError> {
         tracing::info!(job = %run.job, period = %run.period, run_id = %run.run_id, trigger = run.tick.trigger.as_str(), "planning run");
         let timeout = Duration::from_secs(self.env.job_settings(&run.job).timeout_secs);
         match tokio::time::timeout(timeout, self.plan(job.as_ref(), &run)).await {
@@ -293,7 +333,9 @@ mod tests {
     }
 
     fn recorded(attempt: i32) -> LedgerEntry {
-        let run = new_run(tick(Trigger::Scheduled, false), "p".into(), attempt);
+        let mut earlier = tick(Trigger::Scheduled, false);
+        earlier.tick_id = "the tick of the recorded attempt".into();
+        let run = new_run(earlier, "p".into(), attempt);
         super::super::run::ledger_entry(&run, RunState::Done, 1)
     }
 
@@ -304,6 +346,10 @@ mod tests {
         assert_eq!(attempt(&tick(Trigger::Manual, false), Some(&recorded(1))), None);
         assert_eq!(attempt(&tick(Trigger::Scheduled, true), Some(&recorded(1))), None, "force is manual only");
         assert_eq!(attempt(&tick(Trigger::Manual, true), Some(&recorded(2))), Some(3));
+        let forced = tick(Trigger::Manual, true);
+        let mut its_own = recorded(2);
+        its_own.tick_id = forced.tick_id.clone();
+        assert_eq!(attempt(&forced, Some(&its_own)), None, "the forcing tick delivered again is a duplicate");
     }
 
     #[test]

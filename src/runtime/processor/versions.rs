@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use chrono_tz::Tz;
 
-use super::ledger::{marker_entry, LedgerView};
+use super::ledger::{marker_entry, skipped_key, LedgerView};
 use super::run::{new_run, run_result, Out, TxnPlan};
 use crate::wire::derived_id;
 use crate::wire::internal::{Outcome, RunState};
@@ -68,15 +68,21 @@ pub fn decide(ledger: &LedgerView, tick: &Tick) -> Decision {
     Decision::New { entries }
 }
 
-/// A superseded version's tick: a SKIPPED result under a run id of its own tick, and no run
-/// entry (the period stays runnable by the current schedule's tick).
-pub fn skip_superseded(tick: &Tick, period: String, current: &str, tz: Tz) -> TxnPlan {
+/// A superseded version's tick: a SKIPPED result under a run id of its own tick, and
+/// `skipped/<job>/<period>` rather than a run entry (the period stays runnable by the current
+/// schedule's tick); the same tick again (the old producers are redundant) is a duplicate.
+pub fn skip_superseded(ledger: &LedgerView, tick: &Tick, period: String, current: &str, tz: Tz) -> TxnPlan {
     let version = tick.schedule_version.clone().unwrap_or_default();
     let mut run = new_run(tick.clone(), period, 1);
     run.run_id = derived_id(&["superseded-schedule", &tick.tick_id, &version]).to_string();
+    let key = skipped_key(&tick.job, &run.period);
+    if ledger.get(&key).is_some_and(|e| e.run_id == run.run_id) {
+        return TxnPlan::offset_only();
+    }
     let message = format!(
         "tick from schedule version {version}, superseded by version {current} (a tick producer with the previous schedule still runs?): not run"
     );
     tracing::info!(job = %tick.job, tick_id = %tick.tick_id, "{message}");
-    TxnPlan { out: vec![Out::Result(run_result(&run, tz, Outcome::Skipped, BTreeMap::new(), Some(message)))], ..TxnPlan::default() }
+    let entry = super::run::ledger_entry(&run, RunState::Skipped, 0);
+    TxnPlan { out: vec![Out::Ledger(key, entry), Out::Result(run_result(&run, tz, Outcome::Skipped, BTreeMap::new(), Some(message)))], ..TxnPlan::default() }
 }

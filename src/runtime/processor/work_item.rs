@@ -131,7 +131,7 @@ impl Processor {
     /// Adds the end of a run this chunk completed: the run's ledger entry (its attempt from
     /// the ledger), the job's whole-run records and the run result. A job whose finalisation
     /// fails for good fails the run; a transient failure retries the record.
-    async fn finish_run(&self, plan: &mut TxnPlan, job: &dyn Job, run: &Run, f: Finalized) -> Result<(), ProcessorError> {
+    async fn finish_run(&mut self, plan: &mut TxnPlan, job: &dyn Job, run: &Run, f: Finalized) -> Result<(), ProcessorError> {
         let mut run = run.clone();
         run.attempt = self.committer.ledger().get(&run_key(&run.job, &run.period)).map(|e| e.attempt).unwrap_or(1);
         let mut end = RunEnd::of_chunks(f.outcome, f.chunk_count);
@@ -155,6 +155,13 @@ impl Processor {
         plan.samples.extend(self.end_of_run(&run, end.outcome, &mut counts, &mut message).await?);
         plan.out.push(Out::Ledger(run_key(&run.job, &run.period), ledger_entry(&run, end.state, end.chunk_count)));
         plan.out.push(Out::Result(run_result(&run, self.env.tz, end.outcome, counts, message)));
+        let settings = self.env.job_settings(&run.job);
+        if settings.overlap.buffers() {
+            // The job's next waiting tick runs now: read what the planner buffered (on
+            // whichever instance) before deciding.
+            self.committer.catch_up_ledger(std::time::Duration::from_secs(30)).await?;
+            plan.out.extend(super::overlap::release_next(self.committer.ledger(), &run.job, &settings, Some(&run.run_id), None));
+        }
         Ok(())
     }
 

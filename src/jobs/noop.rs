@@ -14,7 +14,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
-use super::{parses, true_or_false, ChunkOutput, Job, JobCtx, JobError, JobSettings, Parameter, Run};
+use super::{parses, true_or_false, ChunkOutput, Job, JobCtx, JobError, JobSettings, Overlap, Parameter, Run};
 use crate::wire::internal::WorkItem;
 
 pub struct Noop;
@@ -51,9 +51,10 @@ impl Job for Noop {
     }
 
     /// Never scheduled, and off unless a configuration enables it (`jobs.noop.enabled =
-    /// true`): a test job, not part of a production configuration.
+    /// true`): a test job, not part of a production configuration. Its runs overlap unless a
+    /// test sets a policy (tests publish many ticks at once).
     fn defaults(&self) -> JobSettings {
-        JobSettings { enabled: false, timeout_secs: 60, ..JobSettings::default() }
+        JobSettings { enabled: false, timeout_secs: 60, overlap: Overlap::AllowAll, ..JobSettings::default() }
     }
 
     fn parameters(&self) -> &'static [Parameter] {

@@ -49,6 +49,8 @@ pub enum Overlap {
     /// The running run is stopped at its next chunk boundary and recorded CANCELLED (its applied
     /// chunks are kept); the tick's run starts at once.
     CancelOther,
+    /// Runs overlap: the tick's run starts whatever runs (each period is still run once).
+    AllowAll,
 }
 
 impl Overlap {
@@ -59,6 +61,7 @@ impl Overlap {
             Overlap::BufferOne => "buffer_one",
             Overlap::BufferAll => "buffer_all",
             Overlap::CancelOther => "cancel_other",
+            Overlap::AllowAll => "allow_all",
         }
     }
 
@@ -93,7 +96,7 @@ pub struct JobSettings {
     /// 0: on the second.
     pub jitter_secs: u64,
     /// What a tick does while the job's previous run is still running: `skip`, `buffer_one`,
-    /// `buffer_all` or `cancel_other` (see [`Overlap`]).
+    /// `buffer_all`, `cancel_other` or `allow_all` (see [`Overlap`]).
     pub overlap: Overlap,
     /// The job's own options, by name (read with [`JobSettings::options`]); any other key is
     /// refused at start-up by the job's check.

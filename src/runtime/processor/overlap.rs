@@ -6,6 +6,7 @@
 //!   before the tick's transaction, keyed by that run); its chunks not yet started are recorded
 //!   CANCELLED at their start, so it ends CANCELLED with what it applied kept; the tick's run
 //!   is planned at once;
+//! - `allow_all`: runs overlap (the `noop` test job's default);
 //! - `buffer_one` / `buffer_all`: the tick waits in the ledger (`buffered/<job>/<period>`,
 //!   BUFFERED, carrying the tick's bytes), in the order ticks came. With `buffer_one` a newer
 //!   tick replaces a waiting one, which is recorded COALESCED.
@@ -127,6 +128,17 @@ impl Processor {
             return Ok(Admit::Go(Vec::new()));
         }
         let settings = self.env.job_settings(job);
+        if settings.overlap == Overlap::AllowAll {
+            // Runs overlap; a tick left waiting under an earlier policy leaves the queue.
+            let own = buffered_key(job, &run.period);
+            let close = self
+                .committer
+                .ledger()
+                .get(&own)
+                .filter(|e| matches!(e.state, RunState::Buffered | RunState::Released) && e.tick_id == run.tick.tick_id)
+                .map(|e| Out::Ledger(own.clone(), with_state(e, RunState::Planned)));
+            return Ok(Admit::Go(close.into_iter().collect()));
+        }
         if !running(self.committer.ledger(), job, &settings).is_empty() {
             // Those runs may have finished on another instance since this view last read.
             self.committer.catch_up_ledger(CATCH_UP).await?;
@@ -161,6 +173,7 @@ impl Processor {
         let key = crate::config::job_key(job);
         match settings.overlap {
             _ if running.is_empty() && others.is_empty() => Ok(Admit::Go(Vec::new())),
+            Overlap::AllowAll => Ok(Admit::Go(Vec::new())), // decided above
             Overlap::Skip | Overlap::CancelOther if running.is_empty() => Ok(Admit::Go(Vec::new())),
             Overlap::Skip => {
                 let names: Vec<String> = running.iter().map(|r| format!("{} (period {})", r.run_id, r.period)).collect();

@@ -107,6 +107,23 @@ impl Codec {
         Ok(bytes)
     }
 
+    /// Encodes an emitted record's payload with `topic`'s latest registered schema.
+    pub async fn encode_payload(&self, topic: &str, payload: crate::wire::Payload) -> Result<Vec<u8>, CodecError> {
+        let direct = match payload {
+            crate::wire::Payload::Value(v) => return self.encode(topic, v).await,
+            crate::wire::Payload::Direct(d) => d,
+        };
+        let w = self.writer(topic).await?;
+        let mut bytes = Vec::with_capacity(128);
+        bytes.extend_from_slice(&w.header);
+        direct.write(&w.writer, &mut bytes).map_err(|e| CodecError::Encode {
+            subject: format!("{topic}-value"),
+            message: e.to_string(),
+            retriable: false,
+        })?;
+        Ok(bytes)
+    }
+
     async fn writer(&self, topic: &str) -> Result<Arc<TopicWriter>, CodecError> {
         if let Some(w) = self.writers.read().unwrap_or_else(|p| p.into_inner()).get(topic) {
             return Ok(w.clone());

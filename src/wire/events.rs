@@ -29,17 +29,19 @@
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::OnceLock;
+use std::fmt::Debug;
+use std::sync::{Arc, OnceLock};
 
 use apache_avro::schema::{Name, NamespaceRef, ResolvedSchema, Schema, SchemaKind, UuidSchema};
 use apache_avro::types::{Value, ValueKind};
+use apache_avro::writer::datum::GenericDatumWriter;
 use chrono::serde::ts_milliseconds;
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::wire::avro::decimal_to_avro;
-use super::{Emit, Topic};
+use super::{Emit, Payload, Topic};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EventError {
@@ -58,6 +60,11 @@ pub enum EventError {
 pub trait Event: Serialize {
     const TOPIC: Topic;
 
+    /// Written straight from its fields ([`Payload::Direct`]): only for events with no field
+    /// the value path converts (decimals, dates written as strings), each proven byte-identical
+    /// to the value path by a test.
+    const DIRECT: bool = false;
+
     /// The event's `.avsc` file, embedded.
     fn schema() -> &'static Avsc;
 
@@ -66,8 +73,27 @@ pub trait Event: Serialize {
 }
 
 /// The record to emit for `event`.
-pub fn emit<E: Event>(event: &E) -> Result<Emit, EventError> {
-    Ok(Emit { topic: E::TOPIC, key: event.key(), value: value_of(event)? })
+pub fn emit<E: Event + Clone + Debug + Send + Sync + 'static>(event: &E) -> Result<Emit, EventError> {
+    let value = if E::DIRECT { Payload::Direct(Arc::new(event.clone())) } else { Payload::Value(value_of(event)?) };
+    Ok(Emit { topic: E::TOPIC, key: event.key(), value })
+}
+
+/// An event that writes itself with a schema ([`Event::DIRECT`]).
+pub trait Direct: Debug + Send + Sync {
+    /// Appends the event's Avro encoding under `writer`'s schema (the topic's registered one).
+    fn write(&self, writer: &GenericDatumWriter<'_>, out: &mut Vec<u8>) -> apache_avro::AvroResult<usize>;
+    /// The event as an Avro value, as the value path builds it.
+    fn value(&self) -> Result<Value, EventError>;
+}
+
+impl<E: Event + Debug + Send + Sync> Direct for E {
+    fn write(&self, writer: &GenericDatumWriter<'_>, out: &mut Vec<u8>) -> apache_avro::AvroResult<usize> {
+        writer.write_ser(out, self)
+    }
+
+    fn value(&self) -> Result<Value, EventError> {
+        value_of(self)
+    }
 }
 
 /// `event` as the Avro value its schema describes.
@@ -371,6 +397,7 @@ impl Severity {
 
 impl Event for StockSyncAlert {
     const TOPIC: Topic = Topic::StockSyncAlert;
+    const DIRECT: bool = true;
 
     fn schema() -> &'static Avsc {
         &STOCK_SYNC_ALERT
@@ -1154,5 +1181,46 @@ mod tests {
         .unwrap();
         let m = conform(value, &schema, &HashMap::<Name, Schema>::new(), None).err().unwrap();
         assert_eq!(m.path(), "items[0].quantity");
+    }
+}
+
+#[cfg(test)]
+mod direct {
+    use super::*;
+
+    /// `E`'s direct writing gives the bytes of its value path, under its schema.
+    fn same_bytes<E: Event + Debug + Send + Sync>(event: &E) {
+        let schema = E::schema().schema().unwrap();
+        let writer = GenericDatumWriter::builder(schema).build().unwrap();
+        let mut by_value = Vec::new();
+        writer.write_value(&mut by_value, value_of(event).unwrap()).unwrap();
+        let mut direct = Vec::new();
+        Direct::write(event, &writer, &mut direct).unwrap();
+        assert_eq!(direct, by_value, "{event:?}");
+    }
+
+    #[test]
+    fn a_stock_sync_alert_written_directly_is_byte_identical_to_its_value() {
+        assert!(StockSyncAlert::DIRECT);
+        for redis_stock in [None, Some(-7), Some(i32::MAX)] {
+            for action in SyncAction::ALL {
+                for severity in Severity::ALL {
+                    same_bytes(&StockSyncAlert {
+                        event_id: "6ba6fe1f-3d3e-5d70-8ca6-03e7be9072c8".into(),
+                        event_timestamp: DateTime::from_timestamp_millis(1_764_028_800_123).unwrap(),
+                        product_id: "p-000123 ü".into(),
+                        db_stock: 10,
+                        redis_stock,
+                        discrepancy: i32::MIN,
+                        action,
+                        severity,
+                        detected_at: DateTime::from_timestamp_millis(-1).unwrap(),
+                        cause: "REDIS_KEY_MISSING".into(),
+                        run_id: "r-1".into(),
+                        mismatches_in_run: 0,
+                    });
+                }
+            }
+        }
     }
 }

@@ -11,13 +11,34 @@ pub mod topic;
 
 pub use topic::Topic;
 
-/// A record ready for a topic: its key and its Avro value (built by [`events::emit`]; encoded
+/// A record ready for a topic: its key and its payload (built by [`events::emit`]; encoded
 /// by the processor with the topic's registered schema).
 #[derive(Debug, Clone)]
 pub struct Emit {
     pub topic: Topic,
     pub key: String,
-    pub value: Value,
+    pub value: Payload,
+}
+
+/// What an emitted record's value is made from.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// An Avro value, written with the schema (validated on the way).
+    Value(Value),
+    /// An event written straight from its fields with the schema (no intermediate value): for
+    /// the events a run emits by the million, whose direct writing is proven byte-identical to
+    /// the value's ([`events::Event::DIRECT`]).
+    Direct(std::sync::Arc<dyn events::Direct>),
+}
+
+impl Payload {
+    /// The payload as an Avro value (tests and tools that look inside records).
+    pub fn value(&self) -> Result<Value, events::EventError> {
+        match self {
+            Payload::Value(v) => Ok(v.clone()),
+            Payload::Direct(d) => d.value(),
+        }
+    }
 }
 
 use std::collections::BTreeMap;

@@ -557,8 +557,8 @@ async fn a_retried_chunk_keeps_its_first_observation_and_finalize_is_repeatable(
         other => panic!("{other:?}"),
     };
     assert_eq!((first.records.len(), again.records.len(), first.more.as_deref()), (1, 1, None));
-    assert_eq!(fields(&first.records[0].value), fields(&again.records[0].value), "a retried chunk emits the same alert");
-    let redis_stock = fields(&first.records[0].value).into_iter().find(|(k, _)| k == "redisStock").unwrap().1;
+    assert_eq!(fields(&first.records[0].value.value().unwrap()), fields(&again.records[0].value.value().unwrap()), "a retried chunk emits the same alert");
+    let redis_stock = fields(&first.records[0].value.value().unwrap()).into_iter().find(|(k, _)| k == "redisStock").unwrap().1;
     assert_eq!(redis_stock, apache_avro::types::Value::Union(1, Box::new(apache_avro::types::Value::Int(33))), "first observation kept");
 
     let run = Run {
@@ -574,7 +574,7 @@ async fn a_retried_chunk_keeps_its_first_observation_and_finalize_is_repeatable(
     assert_eq!(f1.records.len(), 1, "the run's summary");
     assert_eq!(f1.counts, f2.counts);
     assert_eq!((f1.counts.get("mismatches"), f1.counts.get("restored")), (Some(&1), Some(&1)), "{:?}", f1.counts);
-    assert_eq!(fields(&f1.records[0].value), fields(&f2.records[0].value), "same summary from a retried finalisation");
+    assert_eq!(fields(&f1.records[0].value.value().unwrap()), fields(&f2.records[0].value.value().unwrap()), "same summary from a retried finalisation");
 
     // A malformed work item fails the chunk instead of guessing.
     let mut bad = item.clone();
@@ -661,7 +661,7 @@ async fn a_group_outcome_is_noted_once_and_a_crash_before_it_leaves_the_rows_pen
     assert_eq!(rows, vec![(None, restored.clone(), true), (None, restored.clone(), true)]);
     let groups: i64 = sqlx::query_scalar("SELECT count(*) FROM stock_sync_repair_groups WHERE run_id = $1").bind(&run_id2).fetch_one(&e.db).await.unwrap();
     assert_eq!(groups, 1);
-    assert!(out.records.iter().all(|r| format!("{:?}", r.value).contains("REDIS_RESTORED")), "{:?}", out.records);
+    assert!(out.records.iter().all(|r| format!("{:?}", r.value.value().unwrap()).contains("REDIS_RESTORED")), "{:?}", out.records);
 }
 
 /// A group is recorded with a plain insert when none of its products had a row as the range
@@ -730,7 +730,7 @@ async fn a_chunk_applied_again_after_it_completed_records_nothing_new() {
     let products: Vec<String> = again
         .records
         .iter()
-        .map(|r| match &r.value {
+        .map(|r| match &r.value.value().unwrap() {
             apache_avro::types::Value::Record(f) => format!("{:?}", f.iter().find(|(k, _)| k == "productId").unwrap().1),
             other => panic!("{other:?}"),
         })

@@ -130,7 +130,8 @@ impl Predicate<'_> {
 
 /// Confirmed mismatches, recorded before any repair, each naming its group (`$11`). Stale
 /// reservation fields are rare: they come as (product, order) pairs and are gathered per
-/// product, so the common row costs no per-row array work. `{on_conflict}`: see [`record`].
+/// product, so the common row costs no per-row array work. The path of a group some of whose
+/// rows may exist already (a retry); a fresh group is written by [`copy_rows`].
 const RECORD: &str = "
 INSERT INTO stock_sync_mismatch_rows
     (run_id, product_id, product_stock, db_stock, redis_stock, cause, action, repair, stale_orders, detected_at, repair_group)
@@ -141,7 +142,7 @@ FROM unnest($2::text[], $3::int[], $4::bigint[], $5::bigint[], $6::text[], $7::t
 LEFT JOIN (SELECT product_id, array_agg(order_id) AS orders
            FROM unnest($9::text[], $10::text[]) AS st(product_id, order_id)
            GROUP BY product_id) s ON s.product_id = u.product_id
-{on_conflict}";
+ON CONFLICT (run_id, product_id) DO NOTHING";
 
 /// Outcomes noted on their rows: the latest attempt's outcome wins, as it describes Redis as
 /// it is now. Committed without waiting for the WAL flush (`set_config(..., true)` is local to
@@ -219,6 +220,17 @@ struct Mismatch {
     cause: Cause,
     action: Action,
     stale_orders: Vec<String>,
+}
+
+impl Mismatch {
+    /// The repair outcome recorded with the row: none yet for a repair to make, NOT_ATTEMPTED
+    /// for a mismatch left to a person.
+    fn not_attempted(&self) -> Option<&'static str> {
+        match self.action {
+            Action::RedisRestored => None,
+            Action::ManualReviewRequired | Action::RepairDeferred | Action::Unknown => Some("NOT_ATTEMPTED"),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -630,10 +642,10 @@ fn classify(stock: i32, expected: i64, observed: &Observed, r: &Reservations) ->
 
 /// Records the group's mismatches as `repair_group`; a row already there (an earlier
 /// attempt's) is kept: the first observation wins. `fresh`: none had a row when the range was
-/// read, so the plain insert is tried first — `ON CONFLICT` costs a speculative insertion per
-/// row (5,000 rows: 33–42 ms against 21–24 ms in psql), and the day Redis lost every key
-/// records 1,000,000. A row that appeared since (a zombie attempt of the same chunk) fails the
-/// plain insert as a whole, which is then redone with the conflict check.
+/// read, so a plain `COPY` is tried first ([`copy_rows`]) — `ON CONFLICT` costs a speculative
+/// insertion per row (5,000 rows: 33–42 ms against 21–24 ms in psql), and the day Redis lost
+/// every key records 1,000,000. A row that appeared since (a zombie attempt of the same chunk)
+/// fails the `COPY` as a whole, which is then redone as an insert with the conflict check.
 ///
 /// True when every mismatch's row is the one just inserted (the plain insert succeeded): then
 /// the group's outcome can be noted once for all of them ([`COMPLETE`]); otherwise each
@@ -641,6 +653,12 @@ fn classify(stock: i32, expected: i64, observed: &Observed, r: &Reservations) ->
 async fn record(db: &sqlx::PgPool, run_id: &str, mismatches: &[Mismatch], fresh: bool, repair_group: &str) -> Result<bool, JobError> {
     if mismatches.is_empty() {
         return Ok(true);
+    }
+    if fresh {
+        match copy_rows(db, run_id, mismatches, repair_group).await {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {}
+            other => return other.map(|_| true).map_err(JobError::from),
+        }
     }
     let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut stale_products, mut stale_orders) = (Vec::new(), Vec::new());
@@ -651,43 +669,75 @@ async fn record(db: &sqlx::PgPool, run_id: &str, mismatches: &[Mismatch], fresh:
         cols.3.push(m.observed.value());
         cols.4.push(m.cause.as_str());
         cols.5.push(m.action.as_str());
-        cols.6.push(match m.action {
-            Action::RedisRestored => None,
-            Action::ManualReviewRequired | Action::RepairDeferred | Action::Unknown => Some("NOT_ATTEMPTED"),
-        });
+        cols.6.push(m.not_attempted());
         for o in &m.stale_orders {
             stale_products.push(m.id.as_str());
             stale_orders.push(o.as_str());
         }
     }
-    let insert = |on_conflict: &str| {
-        let sql = RECORD.replace("{on_conflict}", on_conflict);
-        let (cols, stale_products, stale_orders) = (&cols, &stale_products, &stale_orders);
-        async move {
-            sqlx::query(&sql)
-                .bind(run_id)
-                .bind(&cols.0)
-                .bind(&cols.1)
-                .bind(&cols.2)
-                .bind(&cols.3)
-                .bind(&cols.4)
-                .bind(&cols.5)
-                .bind(&cols.6)
-                .bind(stale_products)
-                .bind(stale_orders)
-                .bind(repair_group)
-                .execute(db)
-                .await
-        }
-    };
-    if fresh {
-        match insert("").await {
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {}
-            other => return other.map(|_| true).map_err(JobError::from),
-        }
-    }
-    insert("ON CONFLICT (run_id, product_id) DO NOTHING").await?;
+    sqlx::query(RECORD)
+        .bind(run_id)
+        .bind(&cols.0)
+        .bind(&cols.1)
+        .bind(&cols.2)
+        .bind(&cols.3)
+        .bind(&cols.4)
+        .bind(&cols.5)
+        .bind(&cols.6)
+        .bind(&stale_products)
+        .bind(&stale_orders)
+        .bind(repair_group)
+        .execute(db)
+        .await?;
     Ok(false)
+}
+
+/// The rows of a fresh group, by `COPY`: PostgreSQL writes them a page at a time (one WAL
+/// record per page instead of one per row), the cost that dominates a run where every key is
+/// missing. All or nothing, like an `INSERT`: a row already there fails the whole `COPY`.
+async fn copy_rows(db: &sqlx::PgPool, run_id: &str, mismatches: &[Mismatch], repair_group: &str) -> Result<(), sqlx::Error> {
+    use std::fmt::Write as _;
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let run_id = copy_text(run_id);
+    let mut data = String::with_capacity(mismatches.len() * 192);
+    for m in mismatches {
+        let stale: Vec<String> = m.stale_orders.iter().map(|o| array_element(o)).collect();
+        // Writing to a String cannot fail.
+        let _ = write!(data, "{run_id}\t{}\t{}\t{}\t", copy_text(&m.id), m.stock, m.expected);
+        match m.observed.value() {
+            Some(v) => {
+                let _ = write!(data, "{v}\t");
+            }
+            None => data.push_str("\\N\t"),
+        }
+        let _ = writeln!(
+            data,
+            "{}\t{}\t{}\t{}\t{now}\t{repair_group}",
+            m.cause.as_str(),
+            m.action.as_str(),
+            m.not_attempted().unwrap_or("\\N"),
+            copy_text(&format!("{{{}}}", stale.join(","))),
+        );
+    }
+    let mut conn = db.acquire().await?;
+    let mut copy = conn
+        .copy_in_raw(
+            "COPY stock_sync_mismatch_rows (run_id, product_id, product_stock, db_stock, redis_stock, cause, action, repair, stale_orders, detected_at, repair_group) FROM STDIN",
+        )
+        .await?;
+    copy.send(data.into_bytes()).await?;
+    copy.finish().await?;
+    Ok(())
+}
+
+/// A value in `COPY`'s text format.
+fn copy_text(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n").replace('\r', "\\r")
+}
+
+/// An element of an array literal, quoted.
+fn array_element(v: &str) -> String {
+    format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 /// Repairs every restorable mismatch, [`CAS_PER_CALL`] per atomic script call; returns

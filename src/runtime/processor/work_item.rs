@@ -208,7 +208,7 @@ impl Processor {
         let mut out = Vec::with_capacity(records.len());
         for rec in records {
             let topic = self.env.settings.topic(rec.topic);
-            let bytes = self.codec.encode(&topic, rec.value).await?;
+            let bytes = self.codec.encode_payload(&topic, rec.value).await?;
             out.push(Out::Event { topic, key: rec.key, bytes });
         }
         Ok(out)

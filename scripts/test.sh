@@ -7,8 +7,9 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 # rdkafka builds librdkafka from source: a C toolchain, pkg-config, zlib and OpenSSL headers.
+# The console's tests drive Debian's Chromium headless through its WebDriver (chromium-driver).
 missing=()
-for pkg in build-essential pkg-config zlib1g-dev libssl-dev; do
+for pkg in build-essential pkg-config zlib1g-dev libssl-dev chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if ((${#missing[@]})); then

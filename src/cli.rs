@@ -117,6 +117,17 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", default_value = "10m", requires = "wait")]
         timeout: String,
     },
+    /// Serve the operator console: web pages of the schedules (cron, time zone, paused or not,
+    /// the next five fire times, the last run, a red mark when a fire time was missed or the
+    /// last success is too old) and the runs (newest first, filtered by job and outcome). Read
+    /// only; it reads what the processors record (run results, run ledger, pauses). Until
+    /// SIGTERM/Ctrl-C.
+    Console {
+        /// ip:port to serve on (loopback by default: put an authenticating proxy in front to
+        /// expose it).
+        #[arg(long, env = "SJ_CONSOLE_LISTEN", default_value = crate::ops::console::DEFAULT_LISTEN)]
+        listen: String,
+    },
     /// Run history.
     Runs {
         #[command(subcommand)]
@@ -416,6 +427,14 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 print!("{}", crate::ops::history::render(&rows, tz));
             }
+        }
+        Command::Console { listen } => {
+            let tz = settings.time_zone().map_err(|e| Failure { code: 2, error: e.into() })?;
+            let pool = crate::db::connect(&settings.postgres).await.map_err(anyhow::Error::from)?;
+            let listener = crate::ops::console::bind(&listen).await.map_err(|e| Failure { code: 2, error: e.into() })?;
+            crate::ops::console::serve(listener, settings.clone(), tz, pool, crate::runtime::shutdown::signal())
+                .await
+                .map_err(|e| Failure { code: 2, error: e.into() })?;
         }
         Command::Pause { job, reason } => {
             let job = known_job(&settings, &job).map_err(|error| Failure { code: 2, error })?;

@@ -4,6 +4,7 @@
 //! the one-command local demo ([`demo`]).
 
 pub mod backfill;
+pub mod console;
 pub mod demo;
 pub mod follow;
 pub mod history;

@@ -1201,7 +1201,6 @@ mod direct {
 
     #[test]
     fn a_stock_sync_alert_written_directly_is_byte_identical_to_its_value() {
-        assert!(StockSyncAlert::DIRECT);
         for redis_stock in [None, Some(-7), Some(i32::MAX)] {
             for action in SyncAction::ALL {
                 for severity in Severity::ALL {

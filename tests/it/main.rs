@@ -13,6 +13,7 @@ mod cluster;
 mod codec;
 mod compression;
 mod compose;
+mod console;
 mod daily_statistics;
 mod db;
 mod demo;

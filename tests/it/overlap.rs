@@ -99,7 +99,7 @@ async fn skip_records_a_tick_that_comes_while_its_job_runs_as_skipped() {
 
     // Once A is over, the next tick runs.
     let c = manual(minutes_ago(10), &[]);
-    publish(&s, &[c.clone()]).await;
+    publish(&s, std::slice::from_ref(&c)).await;
     let r = wait_for_results(&s, 3, Duration::from_secs(90)).await;
     assert_eq!(one(&r, &c).outcome, Outcome::Succeeded, "{r:#?}");
     two.stop().await;
@@ -236,7 +236,7 @@ async fn waiting_ticks_of_a_job_paused_meanwhile_are_skipped_and_hold_nothing_ba
     // Resumed: the next tick runs at once, held back by no waiting entry.
     scheduled_jobs::runtime::control::resume(&pool, "noop").await.unwrap();
     let d = manual(minutes_ago(5), &[]);
-    publish(&s, &[d.clone()]).await;
+    publish(&s, std::slice::from_ref(&d)).await;
     let r = wait_for_results(&s, 4, Duration::from_secs(60)).await;
     assert_eq!(one(&r, &d).outcome, Outcome::Succeeded, "{r:#?}");
     two.stop().await;

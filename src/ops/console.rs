@@ -1,0 +1,327 @@
+//! The operator console (`scheduled-jobs console`), first slice: server-rendered pages over
+//! what the system already records — the schedules (configuration, pauses in PostgreSQL, run
+//! results) and the runs (run results and the run ledger, read_committed). Read-only: it
+//! writes nothing, so it cannot break a guarantee. Bound to loopback unless told otherwise;
+//! it renders no setting but job schedules, so no secret can appear.
+//!
+//! Run history is read in the background every [`REFRESH`] and pages render from that copy,
+//! so a page load does not read Kafka.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use chrono::{DateTime, TimeDelta, Utc};
+use chrono_tz::Tz;
+use maud::{html, Markup, DOCTYPE};
+use serde::Deserialize;
+
+use crate::config::{job_key, Settings};
+use crate::ops::history::{self, RunRow};
+use crate::runtime::control::{self, Pause};
+use crate::schedule::Schedule;
+
+/// How often the run history is read again.
+pub const REFRESH: Duration = Duration::from_secs(2);
+/// How far back the runs page looks.
+const HISTORY_DAYS: i64 = 7;
+/// Rows on one runs page.
+const PAGE: usize = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error("console: cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("console: {0}")]
+    Serve(std::io::Error),
+    #[error("console: invalid listen address `{0}` (expected ip:port, e.g. 127.0.0.1:9470)")]
+    Address(String),
+}
+
+/// The latest run history read, newest first, and when it was read (or why the last read
+/// failed).
+type History = (Vec<RunRow>, Result<DateTime<Utc>, String>);
+
+struct Console {
+    settings: Settings,
+    tz: Tz,
+    db: sqlx::PgPool,
+    runs: RwLock<History>,
+}
+
+/// The console's listener on `listen` (`ip:port`; port 0 picks a free one).
+pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener, ConsoleError> {
+    let addr: SocketAddr = listen.parse().map_err(|_| ConsoleError::Address(listen.to_string()))?;
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| ConsoleError::Listen { addr: listen.to_string(), source })
+}
+
+/// Serves the console on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    settings: Settings,
+    tz: Tz,
+    db: sqlx::PgPool,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ConsoleError> {
+    let bound = listener.local_addr().map_err(ConsoleError::Serve)?;
+    tracing::info!(address = %bound, "console listening");
+    eprintln!("console: http://{bound}/");
+    let console = Arc::new(Console { settings, tz, db, runs: RwLock::new((Vec::new(), Err("not read yet".into()))) });
+    let reader = tokio::spawn(read_history(console.clone()));
+    let app = axum::Router::new()
+        .route("/", get(schedules_page))
+        .route("/runs", get(runs_page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(console);
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(ConsoleError::Serve);
+    reader.abort();
+    served
+}
+
+/// Keeps the run history fresh.
+async fn read_history(console: Arc<Console>) {
+    loop {
+        let since = Utc::now() - TimeDelta::days(HISTORY_DAYS);
+        let read = history::recent_runs(&console.settings, since, None).await;
+        {
+            let mut runs = console.runs.write().unwrap_or_else(|p| p.into_inner());
+            match read {
+                Ok(mut rows) => {
+                    rows.sort_by_key(|r| std::cmp::Reverse(r.started_at));
+                    *runs = (rows, Ok(Utc::now()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "console: reading the run history failed; showing the last copy");
+                    runs.1 = Err(e.to_string());
+                }
+            }
+        }
+        tokio::time::sleep(REFRESH).await;
+    }
+}
+
+/// One job on the schedules page.
+struct JobView {
+    name: String,
+    schedule: String,
+    overlap: &'static str,
+    enabled: bool,
+    pause: Option<Pause>,
+    next: Vec<DateTime<Utc>>,
+    last: Option<RunRow>,
+    last_success: Option<DateTime<Utc>>,
+    /// Why the job needs a look, if it does.
+    alarm: Option<String>,
+}
+
+fn page(title: &str, console: &Console, body: Markup) -> Markup {
+    let read = console.runs.read().unwrap_or_else(|p| p.into_inner()).1.clone();
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { (title) " · scheduled-jobs" }
+                style { (CSS) }
+            }
+            body {
+                nav {
+                    strong { "scheduled-jobs" }
+                    a href="/" { "Schedules" }
+                    a href="/runs" { "Runs" }
+                    span.muted { "time zone " (console.tz.name()) }
+                    @match &read {
+                        Ok(at) => span.muted { "history read " (at.with_timezone(&console.tz).format("%H:%M:%S")) },
+                        Err(e) => span.bad { "history not read: " (e) },
+                    }
+                }
+                main { h1 { (title) } (body) }
+            }
+        }
+    }
+}
+
+const CSS: &str = "
+body { font: 14px/1.4 system-ui, sans-serif; margin: 0; color: #1c1c1c; }
+nav { display: flex; gap: 1.2em; align-items: baseline; padding: .6em 1.2em; background: #1f2937; color: #e5e7eb; }
+nav a { color: #93c5fd; text-decoration: none; } nav .muted { color: #9ca3af; }
+main { padding: 0 1.2em 2em; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; padding: .35em .6em; border-bottom: 1px solid #e5e7eb; vertical-align: top; }
+th { background: #f3f4f6; font-weight: 600; }
+.muted { color: #6b7280; } .bad, tr.alarm td.name { color: #b91c1c; font-weight: 600; }
+tr.alarm { background: #fef2f2; }
+.outcome-SUCCEEDED { color: #047857; } .outcome-FAILED, .outcome-TIMED_OUT, .outcome-MISSED { color: #b91c1c; font-weight: 600; }
+.outcome-RUNNING { color: #1d4ed8; }
+form.filters { margin: .8em 0; display: flex; gap: .8em; }
+code { font-size: 12px; }
+";
+
+fn when(t: DateTime<Utc>, tz: Tz) -> String {
+    t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+fn age(t: DateTime<Utc>) -> String {
+    let secs = (Utc::now() - t).num_seconds().max(0);
+    match secs {
+        s if s < 120 => format!("{s} s ago"),
+        s if s < 7200 => format!("{} min ago", s / 60),
+        s if s < 172_800 => format!("{} h ago", s / 3600),
+        s => format!("{} d ago", s / 86_400),
+    }
+}
+
+/// The jobs of the configuration as the schedules page shows them.
+async fn job_views(console: &Console) -> Result<Vec<JobView>, sqlx::Error> {
+    let now = Utc::now();
+    let runs = console.runs.read().unwrap_or_else(|p| p.into_inner()).0.clone();
+    let mut views = Vec::new();
+    for job in crate::jobs::catalog() {
+        let name = job.name().to_string();
+        let Some(settings) = console.settings.job(&name) else { continue };
+        if !settings.enabled && crate::config::off_by_default(&job_key(&name)) {
+            // A test job left off: not part of this configuration.
+            continue;
+        }
+        let schedule = Schedule::parse(&settings.schedule, console.tz).ok().filter(|_| !settings.schedule.trim().is_empty());
+        let mut next = Vec::new();
+        if let Some(s) = &schedule {
+            let mut t = now;
+            while next.len() < 5 {
+                match s.next_after(t) {
+                    Some(n) => {
+                        next.push(n);
+                        t = n;
+                    }
+                    None => break,
+                }
+            }
+        }
+        let of_job: Vec<&RunRow> = runs.iter().filter(|r| r.job == name).collect();
+        let last = of_job.first().map(|r| (*r).clone());
+        let last_success = of_job.iter().find(|r| r.outcome == "SUCCEEDED").map(|r| r.started_at);
+        let pause = control::paused(&console.db, &name).await?;
+        let mut alarm = None;
+        if let Some(missed) = of_job.iter().find(|r| r.outcome == "MISSED") {
+            if last_success.is_none_or(|s| s < missed.started_at) {
+                alarm = Some(format!("fire time {} missed, no success since", missed.period));
+            }
+        }
+        if schedule.is_some() && alarm.is_none() {
+            // Allowed since the last success: a period between two fire times, the grace before
+            // a fire time counts as missed, and the run's timeout.
+            let period = match (next.first(), next.get(1)) {
+                (Some(a), Some(b)) => *b - *a,
+                _ => TimeDelta::days(1),
+            };
+            let allowed = period + TimeDelta::seconds(settings.missed_after_secs.min(i64::MAX as u64) as i64) + TimeDelta::seconds(settings.timeout_secs.min(i64::MAX as u64) as i64);
+            match last_success {
+                Some(at) if now - at > allowed && settings.enabled && pause.is_none() => {
+                    alarm = Some(format!("last success {} (more than {} min ago)", age(at), allowed.num_minutes()));
+                }
+                _ => {}
+            }
+        }
+        views.push(JobView { name, schedule: settings.schedule.clone(), overlap: settings.overlap.as_str(), enabled: settings.enabled, pause, next, last, last_success, alarm });
+    }
+    Ok(views)
+}
+
+async fn schedules_page(State(console): State<Arc<Console>>) -> Response {
+    let views = match job_views(&console).await {
+        Ok(v) => v,
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("PostgreSQL: {e}")).into_response(),
+    };
+    let tz = console.tz;
+    let body = html! {
+        table #schedules {
+            thead { tr { th { "job" } th { "schedule" } th { "state" } th { "next fire times" } th { "last run" } th { "last success" } } }
+            tbody {
+                @for v in &views {
+                    tr.alarm[v.alarm.is_some()] data-job=(v.name) {
+                        td.name { (v.name) @if let Some(a) = &v.alarm { br; span.bad.alarm-reason { (a) } } }
+                        td {
+                            @if v.schedule.is_empty() { span.muted { "triggered only" } } @else { code { (v.schedule) } }
+                            br; span.muted { "overlap: " (v.overlap) }
+                        }
+                        td.state {
+                            @if !v.enabled { "disabled" }
+                            @else if let Some(p) = &v.pause {
+                                span.bad { "paused" } " by " (p.paused_by) " since " (when(p.paused_at, tz))
+                                @if let Some(r) = &p.reason { br; span.muted { (r) } }
+                            }
+                            @else { "enabled" }
+                        }
+                        td.next { @for t in &v.next { time datetime=(t.to_rfc3339()) { (when(*t, tz)) } br; } }
+                        td {
+                            @if let Some(r) = &v.last {
+                                span class=(format!("outcome-{}", r.outcome)) { (r.outcome) } " " span.muted { (age(r.started_at)) }
+                            } @else { span.muted { "none in " (HISTORY_DAYS) " days" } }
+                        }
+                        td { @if let Some(t) = v.last_success { (age(t)) } @else { span.muted { "—" } } }
+                    }
+                }
+            }
+        }
+    };
+    Html(page("Schedules", &console, body).into_string()).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct RunFilter {
+    job: Option<String>,
+    outcome: Option<String>,
+}
+
+async fn runs_page(State(console): State<Arc<Console>>, Query(filter): Query<RunFilter>) -> Response {
+    let tz = console.tz;
+    let job = filter.job.filter(|j| !j.is_empty());
+    let outcome = filter.outcome.filter(|o| !o.is_empty());
+    let runs = console.runs.read().unwrap_or_else(|p| p.into_inner()).0.clone();
+    let shown: Vec<&RunRow> = runs
+        .iter()
+        .filter(|r| job.as_deref().is_none_or(|j| r.job == j))
+        .filter(|r| outcome.as_deref().is_none_or(|o| r.outcome == o))
+        .take(PAGE)
+        .collect();
+    let mut by_outcome: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in runs.iter().filter(|r| job.as_deref().is_none_or(|j| r.job == j)) {
+        *by_outcome.entry(r.outcome.as_str()).or_default() += 1;
+    }
+    let timeouts: BTreeMap<String, u64> =
+        console.settings.jobs.iter().map(|(k, s)| (k.clone(), s.timeout_secs)).collect();
+    let body = html! {
+        form.filters method="get" action="/runs" {
+            label { "job " input name="job" value=(job.clone().unwrap_or_default()); }
+            label { "outcome " input name="outcome" value=(outcome.clone().unwrap_or_default()); }
+            button type="submit" { "filter" }
+            span.muted { @for (o, n) in &by_outcome { (o) " " (n) " · " } (runs.len()) " runs in " (HISTORY_DAYS) " days" }
+        }
+        table #runs {
+            thead { tr { th { "started" } th { "job" } th { "period" } th { "trigger" } th { "outcome" } th { "duration / timeout" } th { "counts" } th { "message" } } }
+            tbody {
+                @for r in &shown {
+                    tr data-run=(r.run_id) {
+                        td { (when(r.started_at, tz)) }
+                        td { (r.job) }
+                        td { code { (r.period) } }
+                        td { (r.trigger) }
+                        td class=(format!("outcome-{}", r.outcome)) { (r.outcome) }
+                        td { (history::duration_text(r)) " / " (timeouts.get(&job_key(&r.job)).map_or("?".to_string(), |t| format!("{t} s"))) }
+                        td { code { (history::counts_text(r)) } }
+                        td { (r.message.clone().unwrap_or_default()) }
+                    }
+                }
+            }
+        }
+    };
+    Html(page("Runs", &console, body).into_string()).into_response()
+}
+
+/// Where the console listens unless told: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9470";

@@ -1,0 +1,151 @@
+//! Issue 20, first slice: the console's schedules and runs pages, read in a real headless
+//! Chromium (Debian's `chromium` + `chromium-driver`, over WebDriver) against the real stack
+//! with a real run. `SJ_CONSOLE_SCREENSHOTS=<dir>` saves each page at desktop width there
+//! (how docs/console/ is made).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use scheduled_jobs::config::Settings;
+use scheduled_jobs::runtime::control;
+use scheduled_jobs::schedule::Schedule;
+use thirtyfour::prelude::*;
+
+use crate::common::{isolated, with_noop};
+use crate::processor::{drive, processor_on, publish, test_db, tick};
+
+/// A chromedriver on a free port, stopped when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn driver() -> Driver {
+    let port = free_port();
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver (Debian's chromium-driver; scripts/test.sh installs it)");
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "chromedriver did not listen within 20 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Driver { child, url }
+}
+
+async fn browser(driver: &Driver) -> WebDriver {
+    let mut caps = DesiredCapabilities::chrome();
+    caps.set_binary("/usr/bin/chromium").unwrap();
+    for arg in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1440,900"] {
+        caps.add_arg(arg).unwrap();
+    }
+    WebDriver::new(&driver.url, caps).await.expect("a headless Chromium session")
+}
+
+async fn screenshot(page: &WebDriver, name: &str) {
+    if let Ok(dir) = std::env::var("SJ_CONSOLE_SCREENSHOTS") {
+        page.screenshot(&std::path::Path::new(&dir).join(format!("{name}.png"))).await.unwrap();
+    }
+}
+
+/// The console of `s` on a free port; its address.
+async fn console(s: &Settings, pool: sqlx::PgPool) -> String {
+    let listener = scheduled_jobs::ops::console::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tz = s.time_zone().unwrap();
+    tokio::spawn(scheduled_jobs::ops::console::serve(listener, s.clone(), tz, pool, std::future::pending()));
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_every_schedule_with_its_next_fire_times_and_a_run_as_it_completes() {
+    let s = with_noop(isolated().await);
+    let pool = test_db(&s).await;
+    control::pause(&pool, "stock-sync", "on-call", Some("Redis maintenance")).await.unwrap();
+    let base = console(&s, pool.clone()).await;
+    let driver = driver().await;
+    let page = browser(&driver).await;
+
+    // Schedules: every job of the configuration, with the next five fire times of its cron in
+    // the configured zone.
+    let before = Utc::now();
+    page.goto(format!("{base}/")).await.unwrap();
+    let after = Utc::now();
+    let rows = page.find_all(By::Css("#schedules tr[data-job]")).await.unwrap();
+    let mut jobs = Vec::new();
+    for row in &rows {
+        jobs.push(row.attr("data-job").await.unwrap().unwrap());
+    }
+    assert_eq!(jobs, ["noop", "order-expiration", "stock-sync", "daily-statistics", "stock-sync-report", "daily-statistics-report"], "the catalog's order");
+    let tz = s.time_zone().unwrap();
+    for (row, job) in rows.iter().zip(&jobs) {
+        let cron = &s.job(job).unwrap().schedule;
+        let times = row.find_all(By::Css("td.next time")).await.unwrap();
+        if cron.is_empty() {
+            assert!(times.is_empty(), "{job} is triggered only");
+            assert!(row.text().await.unwrap().contains("triggered only"));
+            continue;
+        }
+        let schedule = Schedule::parse(cron, tz).unwrap();
+        let mut shown = Vec::new();
+        for t in &times {
+            let at = t.attr("datetime").await.unwrap().unwrap();
+            shown.push(DateTime::parse_from_rfc3339(&at).unwrap().to_utc());
+        }
+        assert_eq!(shown.len(), 5, "{job}");
+        // Computed when the page was rendered: between `before` and `after`.
+        let first = [schedule.next_after(before).unwrap(), schedule.next_after(after).unwrap()];
+        assert!(first.contains(&shown[0]), "{job}: {shown:?} against {first:?}");
+        for pair in shown.windows(2) {
+            assert_eq!(schedule.next_after(pair[0]), Some(pair[1]), "{job}: {shown:?}");
+        }
+    }
+    let state = rows[2].find(By::Css("td.state")).await.unwrap().text().await.unwrap();
+    assert!(state.contains("paused by on-call") && state.contains("Redis maintenance"), "{state}");
+    screenshot(&page, "schedules").await;
+
+    // A run: planned and applied by a real processor, then on the runs page (the history is
+    // read again every 2 s) and as the job's last run.
+    let at = Utc::now() - TimeDelta::minutes(2);
+    publish(&s, &[tick("noop", DateTime::from_timestamp(at.timestamp() - at.timestamp() % 60, 0).unwrap(), &[("chunks", "3")])]).await;
+    let mut p = processor_on(&s, pool.clone()).await;
+    drive(&mut p, 2).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let row = loop {
+        page.goto(format!("{base}/runs?job=noop")).await.unwrap();
+        if let Some(row) = page.find_all(By::Css("#runs tr[data-run]")).await.unwrap().into_iter().next() {
+            // Read while the run was planned and not finished, it shows RUNNING first.
+            let text = row.text().await.unwrap();
+            if !text.contains("RUNNING") {
+                break text;
+            }
+        }
+        assert!(Instant::now() < deadline, "the run did not appear finished on the runs page within 30 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(row.contains("SUCCEEDED") && row.contains("chunks=3") && row.contains("/ 60 s"), "{row}");
+    screenshot(&page, "runs").await;
+    page.goto(format!("{base}/")).await.unwrap();
+    let noop = page.find(By::Css("#schedules tr[data-job='noop']")).await.unwrap().text().await.unwrap();
+    assert!(noop.contains("SUCCEEDED"), "{noop}");
+    // A filter with no match shows no run.
+    page.goto(format!("{base}/runs?job=noop&outcome=FAILED")).await.unwrap();
+    assert!(page.find_all(By::Css("#runs tr[data-run]")).await.unwrap().is_empty());
+    page.quit().await.unwrap();
+}

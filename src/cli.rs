@@ -119,14 +119,13 @@ pub enum Command {
     },
     /// Serve the operator console: web pages of the schedules (cron, time zone, paused or not,
     /// the next five fire times, the last run, a red mark when a fire time was missed or the
-    /// last success is too old) and the runs (newest first, filtered by job and outcome). Read
-    /// only; it reads what the processors record (run results, run ledger, pauses). Until
-    /// SIGTERM/Ctrl-C.
+    /// last success is too old) and the runs (newest first, filtered by job and outcome), and
+    /// actions (trigger, pause, resume, re-run a period) when console.password is set (HTTP
+    /// basic authentication as console.username). Until SIGTERM/Ctrl-C.
     Console {
-        /// ip:port to serve on (loopback by default: put an authenticating proxy in front to
-        /// expose it).
-        #[arg(long, env = "SJ_CONSOLE_LISTEN", default_value = crate::ops::console::DEFAULT_LISTEN)]
-        listen: String,
+        /// ip:port to serve on, instead of console.listen (default 127.0.0.1:9470).
+        #[arg(long)]
+        listen: Option<String>,
     },
     /// Run history.
     Runs {
@@ -431,6 +430,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Console { listen } => {
             let tz = settings.time_zone().map_err(|e| Failure { code: 2, error: e.into() })?;
             let pool = crate::db::connect(&settings.postgres).await.map_err(anyhow::Error::from)?;
+            let listen = listen.unwrap_or_else(|| settings.console.listen.clone());
             let listener = crate::ops::console::bind(&listen).await.map_err(|e| Failure { code: 2, error: e.into() })?;
             crate::ops::console::serve(listener, settings.clone(), tz, pool, crate::runtime::shutdown::signal())
                 .await

@@ -60,6 +60,7 @@ pub struct Settings {
     pub scheduler: SchedulerSettings,
     pub processor: ProcessorSettings,
     pub metrics: MetricsSettings,
+    pub console: ConsoleSettings,
     /// Per-job settings, keyed by job name with `_` for `-` (`order_expiration`), so they
     /// can be set from the environment (`SJ_JOBS__ORDER_EXPIRATION__BATCH_SIZE=500`).
     pub jobs: BTreeMap<String, JobSettings>,
@@ -115,6 +116,27 @@ pub struct MetricsSettings {
     pub downstream_groups: String,
     /// How often the processor measures consumer-group lag.
     pub lag_interval_secs: u64,
+}
+
+/// The operator console (`scheduled-jobs console`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleSettings {
+    /// `ip:port` to serve on; loopback by default.
+    pub listen: String,
+    /// The user name of HTTP basic authentication, and who the console's actions are logged
+    /// and recorded as (`<username> (console)`).
+    pub username: String,
+    /// The password of HTTP basic authentication. Unset: the pages are readable without
+    /// logging in and every action is refused.
+    #[serde(serialize_with = "serialize_secret_opt")]
+    pub password: Option<SecretString>,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        ConsoleSettings { listen: "127.0.0.1:9470".into(), username: "operator".into(), password: None }
+    }
 }
 
 pub use crate::jobs::settings::{CatchUp, JobSettings, Overlap};
@@ -231,6 +253,7 @@ impl Default for Settings {
             scheduler: SchedulerSettings::default(),
             processor: ProcessorSettings::default(),
             metrics: MetricsSettings::default(),
+            console: ConsoleSettings::default(),
             jobs: default_jobs(),
         }
     }
@@ -584,6 +607,7 @@ impl Settings {
         };
         blank(&mut shown.registry.password);
         blank(&mut shown.redis.password);
+        blank(&mut shown.console.password);
         shown.postgres.password = SecretString::from(REDACTED);
         for (k, v) in shown.kafka.properties.iter_mut() {
             if is_secret_property(k) {

@@ -1,8 +1,16 @@
-//! The operator console (`scheduled-jobs console`), first slice: server-rendered pages over
-//! what the system already records — the schedules (configuration, pauses in PostgreSQL, run
-//! results) and the runs (run results and the run ledger, read_committed). Read-only: it
-//! writes nothing, so it cannot break a guarantee. Bound to loopback unless told otherwise;
-//! it renders no setting but job schedules, so no secret can appear.
+//! The operator console (`scheduled-jobs console`): server-rendered pages over what the system
+//! already records — the schedules (configuration, pauses in PostgreSQL, run results) and the
+//! runs (run results and the run ledger, read_committed) — and the operator's actions.
+//!
+//! Actions (trigger now, pause with a reason, resume, re-run a period with `force`) go through
+//! the CLI's own code paths ([`crate::runtime::tick::trigger`], [`crate::runtime::control`]), so
+//! they are exactly as safe as the commands. They need `console.password`: without it every
+//! action is refused (403) and the pages are readable without logging in; with it every page
+//! and action needs HTTP basic authentication as `console.username`, who the actions are
+//! logged and recorded as. A form carries a token drawn when the console starts and shown only
+//! on its pages; a POST without it, or from another origin, is refused (CSRF). Bound to
+//! loopback unless told otherwise; it renders no setting but job schedules, so no secret can
+//! appear.
 //!
 //! Run history is read in the background every [`REFRESH`] and pages render from that copy,
 //! so a page load does not read Kafka.
@@ -12,10 +20,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use secrecy::ExposeSecret;
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use maud::{html, Markup, DOCTYPE};
@@ -52,6 +61,8 @@ struct Console {
     tz: Tz,
     db: sqlx::PgPool,
     runs: RwLock<History>,
+    /// The forms' anti-CSRF token.
+    csrf: String,
 }
 
 /// The console's listener on `listen` (`ip:port`; port 0 picks a free one).
@@ -71,11 +82,14 @@ pub async fn serve(
     let bound = listener.local_addr().map_err(ConsoleError::Serve)?;
     tracing::info!(address = %bound, "console listening");
     eprintln!("console: http://{bound}/");
-    let console = Arc::new(Console { settings, tz, db, runs: RwLock::new((Vec::new(), Err("not read yet".into()))) });
+    let csrf = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let console = Arc::new(Console { settings, tz, db, runs: RwLock::new((Vec::new(), Err("not read yet".into()))), csrf });
     let reader = tokio::spawn(read_history(console.clone()));
     let app = axum::Router::new()
         .route("/", get(schedules_page))
         .route("/runs", get(runs_page))
+        .route("/ticks/{tick_id}", get(tick_page))
+        .route("/jobs/{job}/{action}", post(act))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(console);
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(ConsoleError::Serve);
@@ -120,12 +134,18 @@ struct JobView {
 }
 
 fn page(title: &str, console: &Console, body: Markup) -> Markup {
+    page_with(title, console, false, body)
+}
+
+/// A page; `refresh`: it reloads itself every second (a run still going, no JavaScript).
+fn page_with(title: &str, console: &Console, refresh: bool, body: Markup) -> Markup {
     let read = console.runs.read().unwrap_or_else(|p| p.into_inner()).1.clone();
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
+                @if refresh { meta http-equiv="refresh" content="1"; }
                 title { (title) " · scheduled-jobs" }
                 style { (CSS) }
             }
@@ -232,7 +252,37 @@ async fn job_views(console: &Console) -> Result<Vec<JobView>, sqlx::Error> {
     Ok(views)
 }
 
-async fn schedules_page(State(console): State<Arc<Console>>) -> Response {
+/// Who is asking, when the console has a password: `Err` is the answer to give instead.
+/// `Ok(None)`: no password configured (pages only).
+fn authenticate(console: &Console, headers: &HeaderMap) -> Result<Option<String>, Box<Response>> {
+    let Some(password) = &console.settings.console.password else { return Ok(None) };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b.trim()).ok())
+        .and_then(|b| String::from_utf8(b).ok());
+    let expected = format!("{}:{}", console.settings.console.username, password.expose_secret());
+    match given {
+        Some(g) if constant_time_eq(g.as_bytes(), expected.as_bytes()) => Ok(Some(console.settings.console.username.clone())),
+        _ => Err(Box::new((StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Basic realm=\"scheduled-jobs console\", charset=\"UTF-8\"")], "authentication required\n").into_response())),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The hidden field every action form carries.
+fn csrf_field(console: &Console) -> Markup {
+    html! { input type="hidden" name="csrf" value=(console.csrf); }
+}
+
+async fn schedules_page(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let user = match authenticate(&console, &headers) {
+        Ok(u) => u,
+        Err(r) => return *r,
+    };
     let views = match job_views(&console).await {
         Ok(v) => v,
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("PostgreSQL: {e}")).into_response(),
@@ -240,7 +290,7 @@ async fn schedules_page(State(console): State<Arc<Console>>) -> Response {
     let tz = console.tz;
     let body = html! {
         table #schedules {
-            thead { tr { th { "job" } th { "schedule" } th { "state" } th { "next fire times" } th { "last run" } th { "last success" } } }
+            thead { tr { th { "job" } th { "schedule" } th { "state" } th { "next fire times" } th { "last run" } th { "last success" } @if user.is_some() { th { "actions" } } } }
             tbody {
                 @for v in &views {
                     tr.alarm[v.alarm.is_some()] data-job=(v.name) {
@@ -264,6 +314,22 @@ async fn schedules_page(State(console): State<Arc<Console>>) -> Response {
                             } @else { span.muted { "none in " (HISTORY_DAYS) " days" } }
                         }
                         td { @if let Some(t) = v.last_success { (age(t)) } @else { span.muted { "—" } } }
+                        @if user.is_some() {
+                            td.actions {
+                                @if v.enabled {
+                                    form method="post" action=(format!("/jobs/{}/trigger", v.name)) { (csrf_field(&console)) button.trigger type="submit" { "trigger now" } }
+                                    @if v.pause.is_some() {
+                                        form method="post" action=(format!("/jobs/{}/resume", v.name)) { (csrf_field(&console)) button.resume type="submit" { "resume" } }
+                                    } @else {
+                                        form method="post" action=(format!("/jobs/{}/pause", v.name)) {
+                                            (csrf_field(&console))
+                                            input name="reason" placeholder="reason" required;
+                                            button.pause type="submit" { "pause" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -278,7 +344,11 @@ struct RunFilter {
     outcome: Option<String>,
 }
 
-async fn runs_page(State(console): State<Arc<Console>>, Query(filter): Query<RunFilter>) -> Response {
+async fn runs_page(State(console): State<Arc<Console>>, headers: HeaderMap, Query(filter): Query<RunFilter>) -> Response {
+    let user = match authenticate(&console, &headers) {
+        Ok(u) => u,
+        Err(r) => return *r,
+    };
     let tz = console.tz;
     let job = filter.job.filter(|j| !j.is_empty());
     let outcome = filter.outcome.filter(|o| !o.is_empty());
@@ -315,6 +385,15 @@ async fn runs_page(State(console): State<Arc<Console>>, Query(filter): Query<Run
                         td { (history::duration_text(r)) " / " (timeouts.get(&job_key(&r.job)).map_or("?".to_string(), |t| format!("{t} s"))) }
                         td { code { (history::counts_text(r)) } }
                         td { (r.message.clone().unwrap_or_default()) }
+                        @if user.is_some() && r.outcome != "RUNNING" {
+                            td {
+                                form method="post" action=(format!("/jobs/{}/rerun", r.job)) {
+                                    (csrf_field(&console))
+                                    input type="hidden" name="period_of" value=(r.tick_id);
+                                    button.rerun type="submit" title="run this period again as a new attempt (force=true)" { "re-run" }
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -323,5 +402,105 @@ async fn runs_page(State(console): State<Arc<Console>>, Query(filter): Query<Run
     Html(page("Runs", &console, body).into_string()).into_response()
 }
 
-/// Where the console listens unless told: loopback only.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9470";
+#[derive(Debug, Deserialize)]
+struct ActionForm {
+    /// Missing: refused like a wrong one (403), not as a malformed form.
+    #[serde(default)]
+    csrf: String,
+    reason: Option<String>,
+    /// `rerun`: the tick id of a run whose period to run again.
+    period_of: Option<String>,
+}
+
+/// An action on a job: `trigger`, `pause`, `resume` or `rerun`, by the authenticated user.
+async fn act(State(console): State<Arc<Console>>, headers: HeaderMap, Path((job, action)): Path<(String, String)>, Form(form): Form<ActionForm>) -> Response {
+    let user = match authenticate(&console, &headers) {
+        Ok(Some(u)) => u,
+        Ok(None) => return (StatusCode::FORBIDDEN, "actions are disabled: set console.password (and console.username) to enable them\n").into_response(),
+        Err(r) => return *r,
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    let same_origin = headers
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .is_none_or(|o| o.strip_prefix("http://").or_else(|| o.strip_prefix("https://")) == Some(host));
+    if !same_origin || !constant_time_eq(form.csrf.as_bytes(), console.csrf.as_bytes()) {
+        tracing::warn!(user = %user, job = %job, action = %action, "console action refused: missing or wrong CSRF token, or another origin");
+        return (StatusCode::FORBIDDEN, "refused: the form is not this console's (CSRF)\n").into_response();
+    }
+    let Some(settings) = console.settings.job(&job) else {
+        return (StatusCode::NOT_FOUND, format!("unknown job `{job}`\n")).into_response();
+    };
+    if !settings.enabled {
+        return (StatusCode::CONFLICT, format!("job `{job}` is disabled\n")).into_response();
+    }
+    let by = format!("{user} (console)");
+    let result: Result<Response, String> = match action.as_str() {
+        "trigger" | "rerun" => {
+            let (at, params) = if action == "rerun" {
+                // The period of a run in the history, run again as a new attempt: a manual tick at
+                // its fire time with force=true, as `trigger --at T --param force=true`.
+                let runs = console.runs.read().unwrap_or_else(|p| p.into_inner()).0.clone();
+                let Some(run) = form.period_of.as_deref().and_then(|t| runs.into_iter().find(|r| r.tick_id == t && r.job == job)) else {
+                    return (StatusCode::NOT_FOUND, "no such run in the history\n").into_response();
+                };
+                let Ok(at) = run.period.parse::<DateTime<Utc>>() else {
+                    return (StatusCode::BAD_REQUEST, format!("period {} is not a fire time: re-run it with `trigger --param` from the CLI\n", run.period)).into_response();
+                };
+                (Some(at), BTreeMap::from([("force".to_string(), "true".to_string())]))
+            } else {
+                (None, BTreeMap::new())
+            };
+            match crate::runtime::tick::trigger(&console.settings, &job, at, params).await {
+                Ok(t) => {
+                    tracing::info!(user = %user, job = %job, action = %action, tick_id = %t.tick_id, "console action");
+                    Ok(Redirect::to(&format!("/ticks/{}", t.tick_id)).into_response())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        "pause" => {
+            let reason = form.reason.filter(|r| !r.trim().is_empty());
+            match control::pause(&console.db, &job, &by, reason.as_deref()).await {
+                Ok(_) => {
+                    tracing::info!(user = %user, job = %job, action = "pause", reason = ?reason, "console action");
+                    Ok(Redirect::to("/").into_response())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        "resume" => match control::resume(&console.db, &job).await {
+            Ok(_) => {
+                tracing::info!(user = %user, job = %job, action = "resume", "console action");
+                Ok(Redirect::to("/").into_response())
+            }
+            Err(e) => Err(e.to_string()),
+        },
+        other => return (StatusCode::NOT_FOUND, format!("unknown action `{other}`\n")).into_response(),
+    };
+    result.unwrap_or_else(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("{action} {job}: {e}\n")).into_response())
+}
+
+/// A triggered tick's run as it goes: reloads itself every second until the run has ended.
+async fn tick_page(State(console): State<Arc<Console>>, headers: HeaderMap, Path(tick_id): Path<String>) -> Response {
+    if let Err(r) = authenticate(&console, &headers) {
+        return *r;
+    }
+    let tz = console.tz;
+    let run = console.runs.read().unwrap_or_else(|p| p.into_inner()).0.iter().find(|r| r.tick_id == tick_id).cloned();
+    let ended = run.as_ref().is_some_and(|r| r.outcome != "RUNNING");
+    let body = html! {
+        p { "tick " code { (tick_id) } }
+        @match &run {
+            None => p #progress.muted { "waiting for the processor to plan it…" },
+            Some(r) => p #progress {
+                (r.job) " " code { (r.period) } ": "
+                span class=(format!("outcome-{}", r.outcome)) { (r.outcome) }
+                " · started " (when(r.started_at, tz)) " · " (history::duration_text(r)) " · " code { (history::counts_text(r)) }
+                @if let Some(m) = &r.message { br; span.muted { (m) } }
+            },
+        }
+        p { a href="/runs" { "all runs" } }
+    };
+    Html(page_with("Run", &console, !ended, body).into_string()).into_response()
+}

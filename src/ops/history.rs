@@ -35,6 +35,8 @@ pub enum HistoryError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunRow {
     pub run_id: String,
+    /// The tick that planned the run.
+    pub tick_id: String,
     pub job: String,
     pub period: String,
     /// IANA zone the run's schedule and date period were read in (its result's `timeZone`);
@@ -53,6 +55,7 @@ impl From<&RunResult> for RunRow {
     fn from(r: &RunResult) -> RunRow {
         RunRow {
             run_id: r.run_id.clone(),
+            tick_id: r.tick_id.clone(),
             job: r.job.clone(),
             period: r.period.clone(),
             time_zone: Some(r.time_zone.clone()),
@@ -125,6 +128,7 @@ pub async fn recent_runs(settings: &Settings, since: DateTime<Utc>, job: Option<
         if e.state == RunState::Planned && e.updated_at >= since && !ended.contains(e.run_id.as_str()) {
             rows.push(RunRow {
                 run_id: e.run_id.clone(),
+                tick_id: e.tick_id.clone(),
                 job: e.job.clone(),
                 period: e.period.clone(),
                 time_zone: None,
@@ -196,6 +200,7 @@ mod tests {
         let at = DateTime::parse_from_rfc3339("2026-11-25T00:00:01Z").unwrap().with_timezone(&Utc);
         let ok = RunRow {
             run_id: "a".into(),
+            tick_id: "t".into(),
             job: "daily-statistics".into(),
             period: "2026-11-24".into(),
             time_zone: Some("Asia/Seoul".into()),

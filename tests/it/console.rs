@@ -58,6 +58,23 @@ async fn browser(driver: &Driver) -> WebDriver {
     WebDriver::new(&driver.url, caps).await.expect("a headless Chromium session")
 }
 
+/// Waits until the element at `css` has a text containing `wanted` (after a click, the form's
+/// POST and the page it leads to load on their own time); gives that text.
+async fn text_once(page: &WebDriver, css: &str, wanted: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = match page.find(By::Css(css)).await {
+            Ok(e) => e.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if text.contains(wanted) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "`{css}` did not show `{wanted}` within 30 s: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn screenshot(page: &WebDriver, name: &str) {
     if let Ok(dir) = std::env::var("SJ_CONSOLE_SCREENSHOTS") {
         page.screenshot(&std::path::Path::new(&dir).join(format!("{name}.png"))).await.unwrap();
@@ -148,4 +165,83 @@ async fn the_console_shows_every_schedule_with_its_next_fire_times_and_a_run_as_
     page.goto(format!("{base}/runs?job=noop&outcome=FAILED")).await.unwrap();
     assert!(page.find_all(By::Css("#runs tr[data-run]")).await.unwrap().is_empty());
     page.quit().await.unwrap();
+}
+
+/// Issue 20's actions: refused without credentials or without the form's token; from the page,
+/// a pause (who and why recorded) makes the next tick SKIPPED, resume lifts it, and a trigger
+/// shows its run live until it has succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_actions_need_credentials_and_the_forms_token_and_take_effect() {
+    let mut s = with_noop(isolated().await);
+    s.console.username = "alice".into();
+    s.console.password = Some("s3cret".to_string().into());
+    let pool = test_db(&s).await;
+    let base = console(&s, pool.clone()).await;
+    let addr = base.trim_start_matches("http://").to_string();
+
+    // Refused: no credentials, wrong ones, and the right ones without the form's token.
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    assert_eq!(http.get(format!("{base}/")).send().await.unwrap().status(), 401);
+    assert_eq!(http.post(format!("{base}/jobs/noop/pause")).header("content-type", "application/x-www-form-urlencoded").body("csrf=x&reason=r").send().await.unwrap().status(), 401);
+    let wrong = http.post(format!("{base}/jobs/noop/pause")).basic_auth("alice", Some("guess")).header("content-type", "application/x-www-form-urlencoded").body("csrf=x").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let forged = http.post(format!("{base}/jobs/noop/pause")).basic_auth("alice", Some("s3cret")).header("content-type", "application/x-www-form-urlencoded").body("csrf=x&reason=r").send().await.unwrap();
+    assert_eq!(forged.status(), 403, "a form that is not the console's");
+    assert!(control::paused(&pool, "noop").await.unwrap().is_none(), "nothing refused took effect");
+
+    // A processor, so what the page triggers runs.
+    let p = processor_on(&s, pool.clone()).await;
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(p.run(async move {
+        let _ = rx.await;
+    }));
+
+    let driver = driver().await;
+    let page = browser(&driver).await;
+    page.goto(format!("http://alice:s3cret@{addr}/")).await.unwrap();
+    let row = page.find(By::Css("#schedules tr[data-job='noop']")).await.unwrap();
+    row.find(By::Css("input[name='reason']")).await.unwrap().send_keys("deploying a fix").await.unwrap();
+    row.find(By::Css("button.pause")).await.unwrap().click().await.unwrap();
+    let state = text_once(&page, "#schedules tr[data-job='noop'] td.state", "paused by alice (console)").await;
+    assert!(state.contains("deploying a fix"), "{state}");
+    let pause = control::paused(&pool, "noop").await.unwrap().expect("paused through the same path as `pause`");
+    assert_eq!((pause.paused_by.as_str(), pause.reason.as_deref()), ("alice (console)", Some("deploying a fix")));
+    screenshot(&page, "schedules-actions").await;
+
+    // The next tick is SKIPPED, naming the pause.
+    let at = Utc::now() - TimeDelta::minutes(3);
+    let skipped = tick("noop", DateTime::from_timestamp(at.timestamp() - at.timestamp() % 60, 0).unwrap(), &[]);
+    publish(&s, std::slice::from_ref(&skipped)).await;
+    let r = crate::processor::wait_for_results(&s, 1, Duration::from_secs(60)).await;
+    assert_eq!(r.len(), 1, "{r:#?}");
+    assert_eq!(r[0].outcome, scheduled_jobs::wire::internal::Outcome::Skipped);
+    assert!(r[0].message.as_deref().unwrap().contains("alice (console)"), "{:?}", r[0]);
+
+    // Resumed from the page, then triggered: the run's page follows it until it succeeded.
+    page.find(By::Css("#schedules tr[data-job='noop'] button.resume")).await.unwrap().click().await.unwrap();
+    text_once(&page, "#schedules tr[data-job='noop'] td.state", "enabled").await;
+    assert!(control::paused(&pool, "noop").await.unwrap().is_none());
+    page.find(By::Css("#schedules tr[data-job='noop'] button.trigger")).await.unwrap().click().await.unwrap();
+    text_once(&page, "#progress", "").await;
+    let url = page.current_url().await.unwrap().to_string();
+    assert!(url.contains("/ticks/"), "{url}");
+    let tick_id = url.rsplit('/').next().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // The page reloads itself every second while the run goes on.
+        let progress = page.find(By::Css("#progress")).await.unwrap().text().await.unwrap_or_default();
+        if progress.contains("SUCCEEDED") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the triggered run did not show SUCCEEDED within 60 s: {progress}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    screenshot(&page, "run").await;
+    let r = crate::processor::results(&s).await;
+    let triggered: Vec<_> = r.iter().filter(|x| x.tick_id == tick_id).collect();
+    assert_eq!(triggered.len(), 1, "{r:#?}");
+    assert_eq!((triggered[0].trigger.as_str(), triggered[0].outcome), ("MANUAL", scheduled_jobs::wire::internal::Outcome::Succeeded));
+    page.quit().await.unwrap();
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
 }

@@ -80,11 +80,15 @@ fn one<'a>(r: &'a [RunResult], t: &Tick) -> &'a RunResult {
     found[0]
 }
 
+// The tests run two processors on their own runtime: four worker threads, so a test's own
+// waits are not starved by the processors' blocking Kafka calls on a loaded machine (the
+// paused-meanwhile test once paused 16 s late, after the run it meant to overlap had ended).
+//
 // Each test publishes its overlapping ticks before the processors start, so the instance that
 // gets the tick partition decides them in one batch: the second while the first's run is
 // planned and none of its chunks applied yet — an overlap by construction, not by timing.
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn skip_records_a_tick_that_comes_while_its_job_runs_as_skipped() {
     let (s, pool) = stage(Overlap::Skip).await;
     let a = slow(minutes_ago(30), "4", "500");
@@ -105,7 +109,7 @@ async fn skip_records_a_tick_that_comes_while_its_job_runs_as_skipped() {
     two.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn buffer_all_runs_every_waiting_tick_after_the_running_one_in_order() {
     let (s, pool) = stage(Overlap::BufferAll).await;
     let a = slow(minutes_ago(30), "4", "500");
@@ -139,7 +143,7 @@ async fn buffer_all_runs_every_waiting_tick_after_the_running_one_in_order() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn buffer_one_keeps_only_the_newest_waiting_tick_and_coalesces_the_older() {
     let (s, pool) = stage(Overlap::BufferOne).await;
     let a = slow(minutes_ago(30), "4", "500");
@@ -156,7 +160,7 @@ async fn buffer_one_keeps_only_the_newest_waiting_tick_and_coalesces_the_older()
     assert_eq!(results(&s).await.len(), 3, "no run twice");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancel_other_stops_the_running_run_at_a_chunk_boundary() {
     let (s, pool) = stage(Overlap::CancelOther).await;
     let a = slow(minutes_ago(30), "4", "500");
@@ -217,7 +221,7 @@ async fn waiting_state(s: &Settings, t: &Tick, state: RunState) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn waiting_ticks_of_a_job_paused_meanwhile_are_skipped_and_hold_nothing_back() {
     let (s, pool) = stage(Overlap::BufferAll).await;
     let a = slow(minutes_ago(30), "8", "3000");

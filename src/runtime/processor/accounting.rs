@@ -160,6 +160,7 @@ impl Processor {
         }
         let committed = self.consumer.committed_offsets(tpl, KAFKA_TIMEOUT).map_err(kafka("tick committed offsets"))?;
         let mut zero = None;
+        let mut behind = Vec::new();
         for e in committed.elements() {
             let (low, high) = self.consumer.fetch_watermarks(topic, e.partition(), KAFKA_TIMEOUT).map_err(kafka("tick watermarks"))?;
             let at = match e.offset() {
@@ -168,13 +169,32 @@ impl Processor {
                 _ => low,
             };
             if at < high {
-                return Ok(None);
+                behind.push((e.partition(), at, high));
             }
             if e.partition() == 0 {
                 zero = Some(at);
             }
         }
+        if !behind.is_empty() && self.ticks_left(topic, behind)? {
+            return Ok(None);
+        }
         Ok(zero.or(Some(0)))
+    }
+
+    /// Whether any tick is left between the group's committed offsets and the ends of these
+    /// `(partition, committed, high watermark)` ranges. A partition whose last record is a
+    /// transaction's commit marker (a released tick, [`super::overlap`]) has its high watermark
+    /// one past what any consumer consumes, so the watermarks alone cannot say: what is left is
+    /// read, read_committed.
+    fn ticks_left(&self, topic: &str, behind: Vec<(i32, i64, i64)>) -> Result<bool, ProcessorError> {
+        let cfg = crate::kafka::client_config(&self.env.settings, crate::kafka::Role::Consumer);
+        let consumer = crate::kafka::read::eof_consumer(&cfg, "accounting tick read")?;
+        let read = crate::kafka::read::BoundedRead::assign(&consumer, topic, behind, Instant::now() + KAFKA_TIMEOUT, "accounting tick read")?;
+        match read.collect() {
+            Ok(records) => Ok(!records.is_empty()),
+            // Not known: accounted on a later pass.
+            Err(_) => Ok(true),
+        }
     }
 
     /// The records of one pass: per scheduled, enabled job, a result and an entry for each

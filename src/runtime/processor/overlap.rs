@@ -120,6 +120,17 @@ pub(super) fn close_waiting(ledger: &LedgerView, settings: &JobSettings, tick: &
 }
 
 impl Processor {
+    /// [`close_waiting`], with the ledger caught up first when the tick was waiting and the
+    /// view still shows a run of its job running (it may have ended on another instance).
+    pub(super) async fn close_waiting(&mut self, tick: &Tick, period: &str, state: RunState) -> Result<Vec<Out>, ProcessorError> {
+        let settings = self.env.job_settings(&tick.job);
+        let waiting = self.committer.ledger().get(&buffered_key(&tick.job, period)).is_some_and(|e| e.tick_id == tick.tick_id);
+        if waiting && !running(self.committer.ledger(), &tick.job, &settings).is_empty() {
+            self.committer.catch_up_ledger(CATCH_UP).await?;
+        }
+        Ok(close_waiting(self.committer.ledger(), &settings, tick, period, state))
+    }
+
     /// Decides `run` (not yet recorded, not paused, enabled) against the job's overlap policy.
     /// `m` is its tick's record.
     pub(super) async fn admit(&mut self, m: &OwnedMessage, run: &Run) -> Result<Admit, ProcessorError> {

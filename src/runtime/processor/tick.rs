@@ -150,13 +150,13 @@ impl Processor {
             tracing::info!(job = %tick.job, period = %period, tick_id = %tick.tick_id, "run already recorded, tick ignored");
             let state = recorded.map(|e| e.state).unwrap_or(RunState::Done);
             let mut plan = TxnPlan::offset_only();
-            plan.out.extend(overlap::close_waiting(self.committer.ledger(), &self.env.job_settings(&tick.job), &tick, &period, state));
+            plan.out.extend(self.close_waiting(&tick, &period, state).await?);
             return Ok(plan);
         };
         let versions = match versions::decide(self.committer.ledger(), &tick) {
             versions::Decision::Superseded { current } => {
                 let mut plan = versions::skip_superseded(self.committer.ledger(), &tick, period.clone(), &current, self.env.tz);
-                plan.out.extend(overlap::close_waiting(self.committer.ledger(), &self.env.job_settings(&tick.job), &tick, &period, RunState::Skipped));
+                plan.out.extend(self.close_waiting(&tick, &period, RunState::Skipped).await?);
                 return Ok(plan);
             }
             versions::Decision::Current => Vec::new(),
@@ -192,7 +192,7 @@ impl Processor {
             None => return self.admit_and_plan(m, run, job).await,
         };
         // A waiting tick that came back to a paused or disabled job, or was superseded.
-        plan.out.extend(overlap::close_waiting(self.committer.ledger(), &settings, &run.tick, &run.period, state));
+        plan.out.extend(self.close_waiting(&run.tick, &run.period, state).await?);
         Ok(plan)
     }
 

@@ -509,6 +509,41 @@ mod tests {
         assert_eq!((read.tick_id, read.schedule_version), (tick.tick_id, None));
     }
 
+    /// Overlap policies (issue 19 item 2) added CANCELLED to both enums, BUFFERED and RELEASED
+    /// to the ledger's, and the ledger's optional `tick` bytes: a consumer on the schemas before
+    /// reads today's records, the new symbols as UNKNOWN, without the new field.
+    #[test]
+    fn a_consumer_on_the_schemas_before_overlap_policies_reads_todays_records() {
+        let before = |file: &str, field: usize, drop_tick: bool| {
+            let mut json = schema_json(file);
+            let symbols = json["fields"][field]["type"]["symbols"].as_array_mut().unwrap();
+            symbols.retain(|s| !["CANCELLED", "BUFFERED", "RELEASED"].contains(&s.as_str().unwrap()));
+            if drop_tick {
+                let removed = json["fields"].as_array_mut().unwrap().pop().unwrap();
+                assert_eq!(removed["name"], "tick");
+            }
+            Schema::parse(&json).unwrap()
+        };
+        let read_by = |reader: &Schema, file: &str, value: Value| {
+            let writer = Schema::parse(&schema_json(file)).unwrap();
+            let bytes = GenericDatumWriter::builder(&writer).build().unwrap().write_value_to_vec(value).unwrap();
+            GenericDatumReader::builder(&writer).reader_schema(reader).build().unwrap().read_value(&mut bytes.as_slice()).unwrap()
+        };
+        let mut cancelled = result();
+        cancelled.outcome = Outcome::Cancelled;
+        let old = read_by(&before("RunResult.avsc", 7, false), "RunResult.avsc", cancelled.to_avro());
+        assert_eq!(RunResult::from_avro(old).unwrap().outcome, Outcome::Unknown);
+
+        let mut waiting = ledger_entry(RunState::Buffered);
+        waiting.tick = Some(vec![0, 0, 0, 0, 7, 42]);
+        let old = read_by(&before("RunLedgerEntry.avsc", 5, true), "RunLedgerEntry.avsc", waiting.to_avro());
+        let read = LedgerEntry::from_avro(old).unwrap();
+        assert_eq!((read.state, read.tick), (RunState::Unknown, None));
+        // Today's reader gets the bytes back.
+        let now = read_by(&Schema::parse(&schema_json("RunLedgerEntry.avsc")).unwrap(), "RunLedgerEntry.avsc", waiting.to_avro());
+        assert_eq!(LedgerEntry::from_avro(now).unwrap(), waiting);
+    }
+
     /// The Rust enums name the schemas' symbols, `UNKNOWN` last and the default.
     #[test]
     fn the_enums_match_their_schemas() {

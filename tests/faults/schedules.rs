@@ -125,10 +125,16 @@ impl Failing {
 }
 
 /// The committed run results so far.
+/// Empty while the broker is down (a fault): `read_all` panics then, and the caller only
+/// waits longer.
 async fn results(s: &Settings) -> Vec<RunResult> {
     let codec = Codec::new(s).expect("codec");
     let mut out = Vec::new();
-    for (_, _, v) in crate::common::read_all(s, &s.topic(Topic::RunResults), "read_committed") {
+    let (settings, topic) = (s.clone(), s.topic(Topic::RunResults));
+    let Ok(records) = tokio::task::spawn_blocking(move || crate::common::read_all(&settings, &topic, "read_committed")).await else {
+        return out;
+    };
+    for (_, _, v) in records {
         if let Some(r) = match v {
             Some(v) => codec.decode(&v).await.ok().and_then(|d| RunResult::from_avro(d.value).ok()),
             None => None,

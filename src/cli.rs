@@ -392,6 +392,21 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             // answers, /readyz says what it is waiting for.
             let metrics = crate::runtime::metrics::Metrics::new();
             let _endpoint = crate::runtime::metrics::start(&settings, &metrics, true).await.map_err(|e| Failure { code: 2, error: e.into() })?;
+            // The console alongside (`console.in_run`): up at once, like the endpoint; it
+            // stops with the command.
+            let _console = if settings.console.in_run {
+                let tz = settings.time_zone().map_err(|e| Failure { code: 2, error: e.into() })?;
+                let listener = crate::ops::console::bind(&settings.console.listen).await.map_err(|e| Failure { code: 2, error: e.into() })?;
+                let pool = crate::db::connect_lazy(&settings.postgres);
+                let served = crate::ops::console::serve(listener, settings.clone(), tz, pool, std::future::pending());
+                Some(crate::ops::console::Background(tokio::spawn(async move {
+                    if let Err(e) = served.await {
+                        tracing::error!(error = %e, "console stopped");
+                    }
+                })))
+            } else {
+                None
+            };
             let start = || async {
                 let pool = crate::db::connect(&settings.postgres).await.map_err(crate::runtime::processor::ProcessorError::from)?;
                 crate::runtime::processor::Processor::new(settings.clone(), crate::jobs::Registry::builtin(), pool).await

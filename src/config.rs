@@ -131,11 +131,14 @@ pub struct ConsoleSettings {
     /// logging in and every action is refused.
     #[serde(serialize_with = "serialize_secret_opt")]
     pub password: Option<SecretString>,
+    /// Also serve the console from `run` (a processor), on `listen`, for a deployment that
+    /// wants one process less. Off by default: one console per processor fleet is enough.
+    pub in_run: bool,
 }
 
 impl Default for ConsoleSettings {
     fn default() -> Self {
-        ConsoleSettings { listen: "127.0.0.1:9470".into(), username: "operator".into(), password: None }
+        ConsoleSettings { listen: "127.0.0.1:9470".into(), username: "operator".into(), password: None, in_run: false }
     }
 }
 

@@ -57,6 +57,11 @@ pub fn connect_options(pg: &PostgresSettings, database: &str) -> PgConnectOption
 }
 
 /// A pool on the configured database.
+/// A pool that connects on first use (a console inside `run`, up before PostgreSQL is).
+pub fn connect_lazy(pg: &PostgresSettings) -> PgPool {
+    PgPoolOptions::new().max_connections(2).acquire_timeout(Duration::from_secs(10)).connect_lazy_with(connect_options(pg, &pg.database))
+}
+
 pub async fn connect(pg: &PostgresSettings) -> Result<PgPool, DbError> {
     PgPoolOptions::new()
         .max_connections(pg.max_connections)

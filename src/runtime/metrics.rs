@@ -546,6 +546,19 @@ impl LagMonitor {
         Ok(out)
     }
 
+    /// (group, topic, lag) of the processor group on each of its inputs as a whole, then of
+    /// each downstream pair (blocking): the console's view, from outside the group.
+    pub fn measure_all(&self, settings: &Settings, timeout: Duration) -> Vec<Result<(String, String, i64), String>> {
+        let (group, consumer) = &self.own;
+        let inputs = [settings.topic(crate::config::Topic::Tick), settings.topic(crate::config::Topic::WorkItems)];
+        let mut out: Vec<_> = inputs
+            .into_iter()
+            .map(|topic| lag_of(consumer, &topic, timeout).map(|lag| (group.clone(), topic.clone(), lag)).map_err(|e| format!("{group} on {topic}: {e}")))
+            .collect();
+        out.extend(self.measure_downstream(timeout));
+        out
+    }
+
     /// (group, topic, lag) for each downstream pair (blocking: call off the async workers).
     pub fn measure_downstream(&self, timeout: Duration) -> Vec<Result<(String, String, i64), String>> {
         let mut out = Vec::new();

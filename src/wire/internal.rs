@@ -361,6 +361,24 @@ impl DeadLetter {
             ("headers".into(), string_map(&self.headers)),
         ])
     }
+
+    /// A dead letter read back (the console's page); fields added with defaults read as
+    /// their default from older records.
+    pub fn from_avro(value: Value) -> Result<DeadLetter, WireError> {
+        let mut f = Fields::of(value, "DeadLetter")?;
+        Ok(DeadLetter {
+            event_id: f.string("eventId")?,
+            event_timestamp: f.timestamp("eventTimestamp")?,
+            source_topic: f.string("sourceTopic")?,
+            source_partition: f.int("sourcePartition")?,
+            source_offset: f.long("sourceOffset")?,
+            reason_code: f.string("reasonCode")?,
+            reason: f.string("reason")?,
+            original_key: f.opt_bytes("originalKey")?,
+            original_value: f.opt_bytes("originalValue")?,
+            headers: f.string_map("headers")?,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
-//! Issue 20, first slice: the console's schedules and runs pages, read in a real headless
-//! Chromium (Debian's `chromium` + `chromium-driver`, over WebDriver) against the real stack
-//! with a real run. `SJ_CONSOLE_SCREENSHOTS=<dir>` saves each page at desktop width there
+//! Issue 20: the console's pages (schedules, runs, a run, dead letters, lag) and actions, read
+//! and used in a real headless Chromium (Debian's `chromium` + `chromium-driver`, over
+//! WebDriver) against the real stack with real runs. `SJ_CONSOLE_SCREENSHOTS=<dir>` saves each page at desktop width there
 //! (how docs/console/ is made).
 
 use std::process::{Child, Command, Stdio};
@@ -61,8 +61,18 @@ async fn browser(driver: &Driver) -> WebDriver {
 /// Waits until the element at `css` has a text containing `wanted` (after a click, the form's
 /// POST and the page it leads to load on their own time); gives that text.
 async fn text_once(page: &WebDriver, css: &str, wanted: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    shows(page, None, css, wanted).await
+}
+
+/// Waits until the element at `css` shows `wanted`, loading `url` again each time if given (the
+/// history and the dead letters are read every 2 s, lag every `metrics.lag_interval_secs`);
+/// gives its text. The element may be missing meanwhile (a page reloading itself).
+async fn shows(page: &WebDriver, url: Option<&str>, css: &str, wanted: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        if let Some(url) = url {
+            page.goto(url).await.unwrap();
+        }
         let text = match page.find(By::Css(css)).await {
             Ok(e) => e.text().await.unwrap_or_default(),
             Err(_) => String::new(),
@@ -70,8 +80,8 @@ async fn text_once(page: &WebDriver, css: &str, wanted: &str) -> String {
         if text.contains(wanted) {
             return text;
         }
-        assert!(Instant::now() < deadline, "`{css}` did not show `{wanted}` within 30 s: {text}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(Instant::now() < deadline, "{url:?}: `{css}` did not show `{wanted}` within 60 s: {text}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
@@ -164,6 +174,16 @@ async fn the_console_shows_every_schedule_with_its_next_fire_times_and_a_run_as_
     // A filter with no match shows no run.
     page.goto(format!("{base}/runs?job=noop&outcome=FAILED")).await.unwrap();
     assert!(page.find_all(By::Css("#runs tr[data-run]")).await.unwrap().is_empty());
+    // A time range, in local time as the browser's date-time inputs send it.
+    let local = |t: DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%dT%H:%M").to_string();
+    let around = format!("{base}/runs?job=noop&from={}&to={}", local(Utc::now() - TimeDelta::minutes(10)), local(Utc::now() + TimeDelta::minutes(2)));
+    page.goto(around).await.unwrap();
+    assert_eq!(page.find_all(By::Css("#runs tr[data-run]")).await.unwrap().len(), 1);
+    page.goto(format!("{base}/runs?job=noop&from={}", local(Utc::now() + TimeDelta::minutes(2)))).await.unwrap();
+    assert!(page.find_all(By::Css("#runs tr[data-run]")).await.unwrap().is_empty());
+    let bad = reqwest::get(format!("{base}/runs?from=yesterday")).await.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("from: `yesterday` is not a date and time"));
     page.quit().await.unwrap();
 }
 
@@ -228,8 +248,12 @@ async fn console_actions_need_credentials_and_the_forms_token_and_take_effect() 
     let tick_id = url.rsplit('/').next().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        // The page reloads itself every second while the run goes on.
-        let progress = page.find(By::Css("#progress")).await.unwrap().text().await.unwrap_or_default();
+        // The page reloads itself every second while the run goes on: mid-reload the element
+        // may be missing.
+        let progress = match page.find(By::Css("#progress")).await {
+            Ok(e) => e.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
         if progress.contains("SUCCEEDED") {
             break;
         }
@@ -244,4 +268,154 @@ async fn console_actions_need_credentials_and_the_forms_token_and_take_effect() 
     page.quit().await.unwrap();
     let _ = stop.send(());
     running.await.unwrap().unwrap();
+}
+
+/// Issue 20's run page, dead letters and lag, with real runs: a stock-sync run's page shows its
+/// chunks, its events per topic and its mismatches by cause and repair; a daily-statistics run's
+/// page shows the figures of its date, and re-running that date from the runs page stores them
+/// again under a new run; a garbage tick is shown decoded on the dead letters page, headers
+/// included; the lag page shows the processor group and a downstream group with its chart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_a_runs_chunks_events_and_records_the_dead_letters_and_the_lag() {
+    let analytics = crate::common::unique("analytics");
+    let mut s = isolated().await;
+    s.console.username = "alice".into();
+    s.console.password = Some("s3cret".to_string().into());
+    s.metrics.downstream_groups = format!("{analytics}:daily.statistics");
+    s.metrics.lag_interval_secs = 1;
+    let pool = test_db(&s).await;
+    let stock = scheduled_jobs::jobs::stock::Stock::connect(secrecy::ExposeSecret::expose_secret(&s.redis_url())).await.unwrap();
+    let mut redis = stock.connection();
+    // Three products: one whose Redis key is gone, one drifted, one right.
+    let prefix = crate::common::unique("cp");
+    for (name, db, cached) in [("gone", 5, None), ("drifted", 7, Some(3)), ("right", 9, Some(9))] {
+        let id = format!("{prefix}-{name}");
+        sqlx::query("INSERT INTO products (id, name, stock) VALUES ($1, $1, $2)").bind(&id).bind(db).execute(&pool).await.unwrap();
+        let key = scheduled_jobs::jobs::stock::stock_key(&id);
+        match cached {
+            Some(v) => redis::AsyncCommands::set::<_, _, ()>(&mut redis, key, v).await.unwrap(),
+            None => redis::AsyncCommands::del::<_, ()>(&mut redis, key).await.unwrap(),
+        }
+    }
+    // One order paid on 2025-06-01 in the shop's zone (Asia/Seoul: 10:00 there).
+    sqlx::query(
+        "INSERT INTO orders (id, user_id, status, total_amount, created_at, paid_at)
+         VALUES ($1, 'u', 'PAYMENT_COMPLETED', 12345.67, '2025-06-01T01:00:00Z', '2025-06-01T01:00:00Z')",
+    )
+    .bind(format!("{prefix}-order"))
+    .execute(&pool)
+    .await
+    .unwrap();
+    // A garbage tick with a header, for the dead letters.
+    {
+        use rdkafka::message::{Header, OwnedHeaders};
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let producer: FutureProducer = scheduled_jobs::kafka::client_config(&s, scheduled_jobs::kafka::Role::Producer).create().unwrap();
+        let headers = OwnedHeaders::new().insert(Header { key: "origin", value: Some("console-test") });
+        let topic = s.topic(scheduled_jobs::config::Topic::Tick);
+        producer.send(FutureRecord::to(&topic).key("garbage").payload("not an avro tick").headers(headers), Duration::from_secs(30)).await.unwrap();
+    }
+    let p = processor_on(&s, pool.clone()).await;
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(p.run(async move {
+        let _ = rx.await;
+    }));
+    let sync = scheduled_jobs::runtime::tick::trigger(&s, "stock-sync", None, Default::default()).await.unwrap();
+    let daily = scheduled_jobs::runtime::tick::trigger(&s, "daily-statistics", None, [("date".to_string(), "2025-06-01".to_string())].into()).await.unwrap();
+    let r = crate::processor::wait_for_results(&s, 2, Duration::from_secs(90)).await;
+    let run_of = |tick_id: &str| r.iter().find(|x| x.tick_id == tick_id).unwrap_or_else(|| panic!("no result of {tick_id}: {r:#?}")).clone();
+    let (sync, daily) = (run_of(&sync.tick_id), run_of(&daily.tick_id));
+    assert_eq!((sync.outcome, daily.outcome), (scheduled_jobs::wire::internal::Outcome::Succeeded, scheduled_jobs::wire::internal::Outcome::Succeeded), "{r:#?}");
+
+    let base = console(&s, pool.clone()).await;
+    let addr = base.trim_start_matches("http://").to_string();
+    let base = format!("http://alice:s3cret@{addr}");
+    let driver = driver().await;
+    let page = browser(&driver).await;
+
+    // The stock-sync run's page, reached from the runs page.
+    shows(&page, Some(&format!("{base}/runs?job=stock-sync")), "#runs", "SUCCEEDED").await;
+    page.find(By::Css(format!("#runs tr[data-run='{}'] a", sync.run_id))).await.unwrap().click().await.unwrap();
+    assert_eq!(text_once(&page, "#outcome", "SUCCEEDED").await, "SUCCEEDED");
+    let events = page.find(By::Css("#events")).await.unwrap().text().await.unwrap();
+    assert!(events.contains(&format!("{}stock.sync.alert 2", s.topics.prefix)) && events.contains("stock.sync.run.summary 1"), "{events}");
+    let causes = page.find(By::Css("#mismatch-causes")).await.unwrap().text().await.unwrap();
+    assert!(causes.contains("REDIS_KEY_MISSING REDIS_RESTORED RESTORED 1") && causes.contains("REDIS_DRIFT REDIS_RESTORED RESTORED 1"), "{causes}");
+    let chunks = page.find_all(By::Css("#chunks tbody tr")).await.unwrap();
+    assert!(!chunks.is_empty());
+    for c in &chunks {
+        let text = c.text().await.unwrap();
+        assert!(text.contains("APPLIED") && !text.contains(" ? "), "each chunk names the instance that applied it: {text}");
+    }
+    let listed = page.find(By::Css("#mismatches")).await.unwrap().text().await.unwrap();
+    assert!(listed.contains(&format!("{prefix}-gone")) && listed.contains("missing") && !listed.contains(&format!("{prefix}-right")), "{listed}");
+    screenshot(&page, "run-stock-sync").await;
+
+    // The daily-statistics run's figures, then a re-run of its date from the runs page.
+    page.goto(format!("{base}/runs/{}", daily.run_id)).await.unwrap();
+    let figures = page.find(By::Css("#figures")).await.unwrap().text().await.unwrap();
+    assert!(figures.contains("2025-06-01 1 12345.67 12345.67 0 0.00") && figures.contains("this run"), "{figures}");
+    let events = page.find(By::Css("#events")).await.unwrap().text().await.unwrap();
+    // The run also filled the days before it that had no figures: one event per date.
+    let dates = daily.counts["datesAggregated"];
+    assert!(dates >= 1 && events.contains(&format!("daily.statistics {dates}")), "{events} against {:?}", daily.counts);
+    screenshot(&page, "run-daily-statistics").await;
+    page.goto(format!("{base}/runs?job=daily-statistics")).await.unwrap();
+    page.find(By::Css(format!("#runs tr[data-run='{}'] button.rerun", daily.run_id))).await.unwrap().click().await.unwrap();
+    let progress = text_once(&page, "#progress", "SUCCEEDED").await;
+    assert!(progress.contains("2025-06-01"), "{progress}");
+    let again: Vec<_> = crate::processor::results(&s).await.into_iter().filter(|x| x.job == "daily-statistics").collect();
+    assert_eq!(again.len(), 2, "{again:#?}");
+    let rerun = again.iter().find(|x| x.run_id != daily.run_id).unwrap();
+    assert_eq!((rerun.trigger.as_str(), rerun.period.as_str(), rerun.outcome), ("MANUAL", "2025-06-01", scheduled_jobs::wire::internal::Outcome::Succeeded));
+    let stored_by: String = sqlx::query_scalar("SELECT run_id FROM daily_statistics WHERE date = '2025-06-01'").fetch_one(&pool).await.unwrap();
+    assert_eq!(stored_by, rerun.run_id, "the forced re-run took the date over");
+    page.goto(format!("{base}/runs/{}", daily.run_id)).await.unwrap();
+    assert!(page.find(By::Css("#figures")).await.unwrap().text().await.unwrap().contains("a later run"));
+
+    // The garbage tick, decoded.
+    let letter = shows(&page, Some(&format!("{base}/dead-letters")), "#dead-letters tbody", "UNDECODABLE").await;
+    assert!(letter.contains(&s.topic(scheduled_jobs::config::Topic::Tick)) && letter.contains("origin=console-test") && letter.contains("text: not an avro tick") && letter.contains("key text: garbage"), "{letter}");
+    screenshot(&page, "dead-letters").await;
+
+    // Lag: the processor group on its inputs, and Analytics (never started) behind on every
+    // daily.statistics event.
+    let row = format!("#lag tr[data-group='{analytics}']");
+    let lag = shows(&page, Some(&format!("{base}/lag")), &row, "daily.statistics").await;
+    let behind: i64 = page.find(By::Css(format!("{row} td.lag"))).await.unwrap().text().await.unwrap().parse().unwrap();
+    assert!(behind > dates, "{lag}: {dates} dates and one re-run emitted");
+    assert!(page.find(By::Css(format!("{row} svg.chart polyline"))).await.is_ok());
+    let own = page.find_all(By::Css(format!("#lag tr[data-group='{}']", s.processor.group_id))).await.unwrap();
+    assert_eq!(own.len(), 2, "the processor group on the tick and work-item topics");
+    screenshot(&page, "lag").await;
+    page.quit().await.unwrap();
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+}
+
+/// `console.in_run`: a processor (`scheduled-jobs run`) serves the console too, and stops
+/// serving it when it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_serves_the_console_when_told_to() {
+    let s = isolated().await;
+    let (pool, database) = crate::common::fresh_db(&s).await;
+    scheduled_jobs::db::migrate(&pool).await.unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = crate::processor::spawn_processor(&s, &database, &[("SJ_CONSOLE__IN_RUN", "true"), ("SJ_CONSOLE__LISTEN", &listen)]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let page = loop {
+        if let Ok(r) = reqwest::get(format!("http://{listen}/")).await {
+            if r.status().is_success() {
+                break r.text().await.unwrap();
+            }
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the processor exited");
+        assert!(Instant::now() < deadline, "no console on {listen} within 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(page.contains("data-job=\"order-expiration\""), "{page}");
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    assert!(child.wait().unwrap().success());
+    assert!(std::net::TcpStream::connect(&listen).is_err(), "the console stopped with the processor");
 }

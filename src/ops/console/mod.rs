@@ -1,6 +1,8 @@
 //! The operator console (`scheduled-jobs console`): server-rendered pages over what the system
-//! already records — the schedules (configuration, pauses in PostgreSQL, run results) and the
-//! runs (run results and the run ledger, read_committed) — and the operator's actions.
+//! already records — the schedules (configuration, pauses in PostgreSQL, run results), the
+//! runs (run results and the run ledger, read_committed; a run's chunks, events and job
+//! records in PostgreSQL: [`run`]), the dead letters ([`dead_letters`]) and consumer-group lag
+//! ([`lag`]) — and the operator's actions.
 //!
 //! Actions (trigger now, pause with a reason, resume, re-run a period with `force`) go through
 //! the CLI's own code paths ([`crate::runtime::tick::trigger`], [`crate::runtime::control`]), so
@@ -12,8 +14,13 @@
 //! loopback unless told otherwise; it renders no setting but job schedules, so no secret can
 //! appear.
 //!
-//! Run history is read in the background every [`REFRESH`] and pages render from that copy,
-//! so a page load does not read Kafka.
+//! Run history and dead letters are read in the background every [`REFRESH`], each read
+//! taking only what was committed since the last ([`history::Feed`]), and pages render from
+//! that copy, so a page load does not read Kafka.
+
+mod dead_letters;
+mod lag;
+mod run;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,6 +38,7 @@ use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 
 use crate::config::{job_key, Settings};
+use crate::kafka::codec::Codec;
 use crate::ops::history::{self, RunRow};
 use crate::runtime::control::{self, Pause};
 use crate::schedule::Schedule;
@@ -54,15 +62,35 @@ pub enum ConsoleError {
 
 /// The latest run history read, newest first, and when it was read (or why the last read
 /// failed).
-type History = (Vec<RunRow>, Result<DateTime<Utc>, String>);
+type History = (Arc<Vec<RunRow>>, Result<DateTime<Utc>, String>);
 
 struct Console {
     settings: Settings,
     tz: Tz,
     db: sqlx::PgPool,
     runs: RwLock<History>,
+    /// The dead letters read, and when they were last read.
+    letters: RwLock<dead_letters::Read>,
+    lag: RwLock<lag::Samples>,
     /// The forms' anti-CSRF token.
     csrf: String,
+}
+
+impl Console {
+    /// The run history as last read, newest first.
+    fn runs(&self) -> Arc<Vec<RunRow>> {
+        self.runs.read().unwrap_or_else(|p| p.into_inner()).0.clone()
+    }
+}
+
+/// A console served in the background of another command (`console.in_run`); stops when
+/// dropped.
+pub struct Background(pub tokio::task::JoinHandle<()>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The console's listener on `listen` (`ip:port`; port 0 picks a free one).
@@ -83,37 +111,64 @@ pub async fn serve(
     tracing::info!(address = %bound, "console listening");
     eprintln!("console: http://{bound}/");
     let csrf = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-    let console = Arc::new(Console { settings, tz, db, runs: RwLock::new((Vec::new(), Err("not read yet".into()))), csrf });
+    let console = Arc::new(Console {
+        settings,
+        tz,
+        db,
+        runs: RwLock::new((Arc::new(Vec::new()), Err("not read yet".into()))),
+        letters: RwLock::new(dead_letters::Read::default()),
+        lag: RwLock::new(lag::Samples::default()),
+        csrf,
+    });
     let reader = tokio::spawn(read_history(console.clone()));
+    let lag = tokio::spawn(lag::watch(console.clone()));
     let app = axum::Router::new()
         .route("/", get(schedules_page))
         .route("/runs", get(runs_page))
+        .route("/runs/{run_id}", get(run::run_page))
+        .route("/dead-letters", get(dead_letters::dead_letters_page))
+        .route("/lag", get(lag::lag_page))
         .route("/ticks/{tick_id}", get(tick_page))
         .route("/jobs/{job}/{action}", post(act))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(console);
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(ConsoleError::Serve);
     reader.abort();
+    lag.abort();
     served
 }
 
-/// Keeps the run history fresh.
+/// Keeps the run history and the dead letters fresh.
 async fn read_history(console: Arc<Console>) {
+    let window = TimeDelta::days(HISTORY_DAYS);
+    let mut feed = None;
+    let mut letters = dead_letters::Letters::new();
     loop {
-        let since = Utc::now() - TimeDelta::days(HISTORY_DAYS);
-        let read = history::recent_runs(&console.settings, since, None).await;
-        {
+        if feed.is_none() {
+            match history::Feed::new(&console.settings, window) {
+                Ok(f) => feed = Some(f),
+                Err(e) => console.runs.write().unwrap_or_else(|p| p.into_inner()).1 = Err(e.to_string()),
+            }
+        }
+        if let Some(f) = feed.as_mut() {
+            let read = f.refresh().await;
             let mut runs = console.runs.write().unwrap_or_else(|p| p.into_inner());
             match read {
-                Ok(mut rows) => {
-                    rows.sort_by_key(|r| std::cmp::Reverse(r.started_at));
-                    *runs = (rows, Ok(Utc::now()));
-                }
+                Ok(rows) => *runs = (Arc::new(rows), Ok(Utc::now())),
                 Err(e) => {
                     tracing::warn!(error = %e, "console: reading the run history failed; showing the last copy");
                     runs.1 = Err(e.to_string());
                 }
             }
+        }
+        match Codec::new(&console.settings) {
+            Ok(codec) => match letters.refresh(&console.settings, &codec, window).await {
+                Ok(()) => {
+                    *console.letters.write().unwrap_or_else(|p| p.into_inner()) = (Arc::new(letters.shown.clone()), Some(Utc::now()));
+                }
+                Err(e) => tracing::warn!(error = %e, "console: reading the dead letters failed; showing the last copy"),
+            },
+            Err(e) => tracing::warn!(error = %e, "console: no codec for the dead letters"),
         }
         tokio::time::sleep(REFRESH).await;
     }
@@ -154,6 +209,8 @@ fn page_with(title: &str, console: &Console, refresh: bool, body: Markup) -> Mar
                     strong { "scheduled-jobs" }
                     a href="/" { "Schedules" }
                     a href="/runs" { "Runs" }
+                    a href="/dead-letters" { "Dead letters" }
+                    a href="/lag" { "Lag" }
                     span.muted { "time zone " (console.tz.name()) }
                     @match &read {
                         Ok(at) => span.muted { "history read " (at.with_timezone(&console.tz).format("%H:%M:%S")) },
@@ -180,6 +237,8 @@ tr.alarm { background: #fef2f2; }
 .outcome-RUNNING { color: #1d4ed8; }
 form.filters { margin: .8em 0; display: flex; gap: .8em; }
 code { font-size: 12px; }
+td.record { min-width: 28em; } code.value { white-space: pre-wrap; word-break: break-word; }
+svg.chart { display: block; }
 ";
 
 fn when(t: DateTime<Utc>, tz: Tz) -> String {
@@ -199,7 +258,7 @@ fn age(t: DateTime<Utc>) -> String {
 /// The jobs of the configuration as the schedules page shows them.
 async fn job_views(console: &Console) -> Result<Vec<JobView>, sqlx::Error> {
     let now = Utc::now();
-    let runs = console.runs.read().unwrap_or_else(|p| p.into_inner()).0.clone();
+    let runs = console.runs();
     let mut views = Vec::new();
     for job in crate::jobs::catalog() {
         let name = job.name().to_string();
@@ -342,6 +401,24 @@ async fn schedules_page(State(console): State<Arc<Console>>, headers: HeaderMap)
 struct RunFilter {
     job: Option<String>,
     outcome: Option<String>,
+    /// Runs started at or after, local time `YYYY-MM-DDTHH:MM` (a `datetime-local` input).
+    from: Option<String>,
+    /// Runs started before, local time.
+    to: Option<String>,
+}
+
+/// A `datetime-local` value (`YYYY-MM-DDTHH:MM`, seconds allowed) in `tz`; `Ok(None)` when empty.
+fn local_time(field: &str, value: Option<&str>, tz: Tz) -> Result<Option<DateTime<Utc>>, String> {
+    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else { return Ok(None) };
+    let naive = chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%S"))
+        .map_err(|_| format!("{field}: `{v}` is not a date and time (expected YYYY-MM-DDTHH:MM)"))?;
+    // A time skipped by a DST change has no instant: refused; a repeated one: its first.
+    naive
+        .and_local_timezone(tz)
+        .earliest()
+        .map(|t| Some(t.to_utc()))
+        .ok_or_else(|| format!("{field}: {v} does not exist in {}", tz.name()))
 }
 
 async fn runs_page(State(console): State<Arc<Console>>, headers: HeaderMap, Query(filter): Query<RunFilter>) -> Response {
@@ -352,15 +429,21 @@ async fn runs_page(State(console): State<Arc<Console>>, headers: HeaderMap, Quer
     let tz = console.tz;
     let job = filter.job.filter(|j| !j.is_empty());
     let outcome = filter.outcome.filter(|o| !o.is_empty());
-    let runs = console.runs.read().unwrap_or_else(|p| p.into_inner()).0.clone();
+    let (from, to) = match (local_time("from", filter.from.as_deref(), tz), local_time("to", filter.to.as_deref(), tz)) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(e), _) | (_, Err(e)) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let runs = console.runs();
+    let in_range = |r: &&RunRow| from.is_none_or(|f| r.started_at >= f) && to.is_none_or(|t| r.started_at < t);
     let shown: Vec<&RunRow> = runs
         .iter()
         .filter(|r| job.as_deref().is_none_or(|j| r.job == j))
         .filter(|r| outcome.as_deref().is_none_or(|o| r.outcome == o))
+        .filter(in_range)
         .take(PAGE)
         .collect();
     let mut by_outcome: BTreeMap<&str, usize> = BTreeMap::new();
-    for r in runs.iter().filter(|r| job.as_deref().is_none_or(|j| r.job == j)) {
+    for r in runs.iter().filter(|r| job.as_deref().is_none_or(|j| r.job == j)).filter(in_range) {
         *by_outcome.entry(r.outcome.as_str()).or_default() += 1;
     }
     let timeouts: BTreeMap<String, u64> =
@@ -369,6 +452,8 @@ async fn runs_page(State(console): State<Arc<Console>>, headers: HeaderMap, Quer
         form.filters method="get" action="/runs" {
             label { "job " input name="job" value=(job.clone().unwrap_or_default()); }
             label { "outcome " input name="outcome" value=(outcome.clone().unwrap_or_default()); }
+            label { "from " input type="datetime-local" name="from" value=(filter.from.clone().unwrap_or_default()); }
+            label { "to " input type="datetime-local" name="to" value=(filter.to.clone().unwrap_or_default()); }
             button type="submit" { "filter" }
             span.muted { @for (o, n) in &by_outcome { (o) " " (n) " · " } (runs.len()) " runs in " (HISTORY_DAYS) " days" }
         }
@@ -377,7 +462,7 @@ async fn runs_page(State(console): State<Arc<Console>>, headers: HeaderMap, Quer
             tbody {
                 @for r in &shown {
                     tr data-run=(r.run_id) {
-                        td { (when(r.started_at, tz)) }
+                        td { a href=(format!("/runs/{}", r.run_id)) { (when(r.started_at, tz)) } }
                         td { (r.job) }
                         td { code { (r.period) } }
                         td { (r.trigger) }
@@ -440,14 +525,20 @@ async fn act(State(console): State<Arc<Console>>, headers: HeaderMap, Path((job,
             let (at, params) = if action == "rerun" {
                 // The period of a run in the history, run again as a new attempt: a manual tick at
                 // its fire time with force=true, as `trigger --at T --param force=true`.
-                let runs = console.runs.read().unwrap_or_else(|p| p.into_inner()).0.clone();
-                let Some(run) = form.period_of.as_deref().and_then(|t| runs.into_iter().find(|r| r.tick_id == t && r.job == job)) else {
+                let runs = console.runs();
+                let Some(run) = form.period_of.as_deref().and_then(|t| runs.iter().find(|r| r.tick_id == t && r.job == job)) else {
                     return (StatusCode::NOT_FOUND, "no such run in the history\n").into_response();
                 };
-                let Ok(at) = run.period.parse::<DateTime<Utc>>() else {
-                    return (StatusCode::BAD_REQUEST, format!("period {} is not a fire time: re-run it with `trigger --param` from the CLI\n", run.period)).into_response();
-                };
-                (Some(at), BTreeMap::from([("force".to_string(), "true".to_string())]))
+                let force = ("force".to_string(), "true".to_string());
+                if let Ok(at) = run.period.parse::<DateTime<Utc>>() {
+                    (Some(at), BTreeMap::from([force]))
+                } else if chrono::NaiveDate::parse_from_str(&run.period, "%Y-%m-%d").is_ok() {
+                    // A date period (daily-statistics): that date again, as
+                    // `trigger --param date=D --param force=true`.
+                    (None, BTreeMap::from([force, ("date".to_string(), run.period.clone())]))
+                } else {
+                    return (StatusCode::BAD_REQUEST, format!("period {} is neither a fire time nor a date: re-run it with `trigger --param` from the CLI\n", run.period)).into_response();
+                }
             } else {
                 (None, BTreeMap::new())
             };
@@ -487,7 +578,7 @@ async fn tick_page(State(console): State<Arc<Console>>, headers: HeaderMap, Path
         return *r;
     }
     let tz = console.tz;
-    let run = console.runs.read().unwrap_or_else(|p| p.into_inner()).0.iter().find(|r| r.tick_id == tick_id).cloned();
+    let run = console.runs().iter().find(|r| r.tick_id == tick_id).cloned();
     let ended = run.as_ref().is_some_and(|r| r.outcome != "RUNNING");
     let body = html! {
         p { "tick " code { (tick_id) } }
@@ -498,6 +589,7 @@ async fn tick_page(State(console): State<Arc<Console>>, headers: HeaderMap, Path
                 span class=(format!("outcome-{}", r.outcome)) { (r.outcome) }
                 " · started " (when(r.started_at, tz)) " · " (history::duration_text(r)) " · " code { (history::counts_text(r)) }
                 @if let Some(m) = &r.message { br; span.muted { (m) } }
+                br; a href=(format!("/runs/{}", r.run_id)) { "the run's page" }
             },
         }
         p { a href="/runs" { "all runs" } }

@@ -99,6 +99,11 @@ pub struct ProcessorSettings {
     /// How often the instance holding partition 0 of the tick topic accounts for the fire
     /// times of every scheduled job (records MISSED the ones no tick came for).
     pub accounting_interval_ms: u64,
+    /// How many of a batch's next work items have their effects (SQL, Redis) started while
+    /// the current one is applied, each on a connection of its own; 0: one chunk at a time.
+    /// Kafka still sees every record in order. More overlaps more round trips of small chunks
+    /// and holds more connections (keep it below `postgres.max_connections`).
+    pub effects_ahead: u32,
 }
 
 /// The HTTP endpoint of `run` and `tick`: `/metrics`, `/healthz`, `/readyz`.
@@ -355,6 +360,7 @@ impl Default for ProcessorSettings {
             max_future_secs: 86_400,
             transaction_timeout_ms: 30_000,
             accounting_interval_ms: 15_000,
+            effects_ahead: 4,
         }
     }
 }
@@ -522,6 +528,15 @@ impl Settings {
         }
         if self.processor.accounting_interval_ms < 100 {
             return Err(ConfigError::invalid("processor.accounting_interval_ms", "must be at least 100"));
+        }
+        if self.processor.effects_ahead >= self.postgres.max_connections {
+            return Err(ConfigError::invalid(
+                "processor.effects_ahead",
+                format!(
+                    "{} chunks' effects ahead need as many PostgreSQL connections besides the current chunk's and the bookkeeping: lower it below postgres.max_connections = {}",
+                    self.processor.effects_ahead, self.postgres.max_connections
+                ),
+            ));
         }
         let catalog = crate::jobs::catalog();
         for (key, job) in &self.jobs {

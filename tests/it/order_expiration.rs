@@ -465,7 +465,7 @@ async fn a_processor_killed_between_effects_and_commit_leaves_events_and_stock_e
     assert_eq!(r.outcome, Outcome::Succeeded);
     assert_eq!(r.counts["ordersCancelled"], 500, "{r:?}");
     // The killed chunk's reservations were released by the killed attempt (and those of the
-    // next chunk too when its effects had started ahead and got that far: one Lua call per
+    // next chunks too when their effects had started ahead and got that far: one Lua call per
     // chunk, so whole chunks); its retry found them gone and still emitted their events, from
     // order_expirations. Which attempt's counts the result shows depends on timing: the killed
     // attempt had already recorded the chunk (APPLIED, released 50), so when another chunk

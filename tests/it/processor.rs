@@ -362,9 +362,11 @@ async fn a_run_whose_finalisation_fails_is_recorded_failed_and_processing_goes_o
     assert_eq!(by_tick[next.tick_id.as_str()].outcome, Outcome::Succeeded);
 }
 
-#[tokio::test]
-async fn the_next_chunks_effects_start_while_the_current_chunk_is_applied() {
-    let s = with_noop(isolated().await);
+/// Six noop chunks whose effects take 1 s each, applied by one processor with
+/// `processor.effects_ahead` = `ahead`: when each chunk was recorded, in order.
+async fn six_slow_chunks(ahead: u32) -> Vec<f64> {
+    let mut s = with_noop(isolated().await);
+    s.processor.effects_ahead = ahead;
     let t = tick("noop", at(2), &[("chunks", "6"), ("apply_sleep_ms", "1000")]);
     publish(&s, &[t.clone()]).await;
     let pool = test_db(&s).await;
@@ -372,19 +374,33 @@ async fn the_next_chunks_effects_start_while_the_current_chunk_is_applied() {
     drive(&mut p, 3).await;
     let r = results(&s).await;
     assert_eq!(r.len(), 1, "{r:#?}");
-    assert_eq!(r[0].outcome, Outcome::Succeeded);
-    assert_eq!(r[0].counts["items"], 6, "every chunk applied once: {r:#?}");
-    // Each chunk's effects take 1 s. One at a time, a chunk starts at least 1 s after the one
-    // before it; started ahead, the next one starts while the current one is being applied.
-    let starts: Vec<f64> = sqlx::query_scalar(
+    assert_eq!((r[0].outcome, r[0].counts["items"]), (Outcome::Succeeded, 6), "every chunk applied once: {r:#?}");
+    let ends: Vec<f64> = sqlx::query_scalar(
         "SELECT extract(epoch FROM applied_at)::float8 FROM job_run_chunks WHERE chunk_index >= 0 ORDER BY applied_at",
     )
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert_eq!(starts.len(), 6);
-    let overlapped = starts.windows(2).filter(|w| w[1] - w[0] < 0.9).count();
-    assert!(overlapped >= 1, "no chunk started while another was applied: starts {starts:?}");
+    assert_eq!(ends.len(), 6);
+    ends
+}
+
+#[tokio::test]
+async fn the_next_chunks_effects_start_while_the_current_chunk_is_applied() {
+    // One at a time, a chunk is recorded at least 1 s after the one before it; started ahead,
+    // the next one runs while the current one is being applied.
+    let ends = six_slow_chunks(1).await;
+    let overlapped = ends.windows(2).filter(|w| w[1] - w[0] < 0.9).count();
+    assert!(overlapped >= 1, "no chunk started while another was applied: recorded at {ends:?}");
+}
+
+/// `processor.effects_ahead` = 3: while a chunk is applied, the next three have their effects
+/// running too. One ahead at a time records the six chunks in pairs a second apart; three
+/// ahead record at least three of them within half a second of each other.
+#[tokio::test]
+async fn several_chunks_effects_run_at_once_with_effects_ahead() {
+    let ends = six_slow_chunks(3).await;
+    assert!(ends.windows(3).any(|w| w[2] - w[0] < 0.5), "no three chunks' effects ran at once: recorded at {ends:?}");
 }
 
 #[tokio::test]
@@ -597,11 +613,18 @@ async fn noop_stage(chunks: Option<&str>) -> (Settings, sqlx::PgPool, String) {
 #[tokio::test]
 async fn a_chunk_killed_before_its_commit_is_completed_even_after_the_deadline() {
     let (s, pool, database) = noop_stage(Some("3")).await;
-    // The first chunk's effects are done, then the process dies before its commit.
+    // The first chunk's effects are done, then the process dies before its commit. One chunk's
+    // effects ahead at most (`processor.effects_ahead` = 1), so at least one chunk has not
+    // started when it dies.
     let mut first = spawn_processor(
         &s,
         &database,
-        &[("SJ_JOBS__NOOP__TIMEOUT_SECS", "3"), ("SJ_FAULT_POINT", "before-apply-commit"), ("SJ_FAULT_JOB", "noop")],
+        &[
+            ("SJ_JOBS__NOOP__TIMEOUT_SECS", "3"),
+            ("SJ_FAULT_POINT", "before-apply-commit"),
+            ("SJ_FAULT_JOB", "noop"),
+            ("SJ_PROCESSOR__EFFECTS_AHEAD", "1"),
+        ],
     );
     let status = tokio::task::spawn_blocking(move || first.wait()).await.unwrap().unwrap();
     assert!(!status.success(), "the fault point killed it");
@@ -614,7 +637,7 @@ async fn a_chunk_killed_before_its_commit_is_completed_even_after_the_deadline()
     // the processor's): the started chunks complete, the others time out.
     let planned = work_items(&s).await.first().expect("the plan was committed").planned_at;
     past(planned + TimeDelta::seconds(3)).await;
-    let mut second = spawn_processor(&s, &database, &[("SJ_JOBS__NOOP__TIMEOUT_SECS", "3")]);
+    let mut second = spawn_processor(&s, &database, &[("SJ_JOBS__NOOP__TIMEOUT_SECS", "3"), ("SJ_PROCESSOR__EFFECTS_AHEAD", "1")]);
     let r = wait_for_results(&s, 1, Duration::from_secs(60)).await;
     second.kill().ok();
     second.wait().ok();

@@ -1,14 +1,14 @@
 //! A chunk's effects under its run's deadline ([`effects`]), and effects ahead: while a work
-//! item is applied, the batch's next work item has its effects started as a task of their
-//! own, so two chunks' database and Redis work overlap. Safe for
-//! the reason the whole design is: effects are idempotent, keyed by their decision, and may
-//! precede their Kafka commit (a crash does the same). Kafka still sees the records, and
-//! their offsets, strictly in order: only the effects run early.
+//! item is applied, the batch's next work items (up to `processor.effects_ahead` of them) have
+//! their effects started as tasks of their own, so several chunks' database and Redis round
+//! trips overlap. Safe for the reason the whole design is: effects are idempotent, keyed by
+//! their decision, and may precede their Kafka commit (a crash does the same). Kafka still
+//! sees the records, and their offsets, strictly in order: only the effects run early.
 //!
-//! At most one chunk is ahead. Its effects never outlive the step that started them nor run
-//! beside a retry of their record: on a failed record, on shutdown, or when the next record
-//! handled is not theirs, they are stopped at their next await (as a crash would stop them)
-//! and waited for. Everything about them lives here.
+//! Effects ahead never outlive the step that started them nor run beside a retry of their
+//! record: on a failed record, on shutdown, at the end of the batch, or when a record after
+//! theirs is handled first, they are stopped at their next await (as a crash would stop
+//! them) and waited for. Everything about them lives here.
 
 use std::sync::Arc;
 
@@ -140,46 +140,59 @@ fn position(m: &OwnedMessage) -> (String, i32, i64) {
 }
 
 impl Processor {
-    /// Stops effects started ahead, if any, and waits until they have: their record will be
-    /// consumed again (reset, shutdown) and must never run beside them.
+    /// Stops every effect started ahead and waits until they have: their records will be
+    /// consumed again (reset, shutdown) or were not handled (the batch ended) and must never
+    /// run beside a later attempt.
     pub(super) async fn cancel_ahead(&mut self) {
-        if let Some(a) = self.ahead.take() {
+        while let Some(a) = self.ahead.pop_front() {
             a.cancel().await;
         }
     }
 
-    /// The effects started ahead for `m`, if they were; effects started for another record
-    /// (it was not handled next) are stopped.
+    /// The effects started ahead for `m`, if they were. Those started for records before it
+    /// (passed over: handled in another way) are stopped; those for records after it stay.
     pub(super) async fn take_ahead(&mut self, m: &OwnedMessage) -> Option<Ahead> {
-        if self.ahead.as_ref().is_some_and(|a| a.at != position(m)) {
-            self.cancel_ahead().await;
+        let at = position(m);
+        let i = self.ahead.iter().position(|a| a.at == at)?;
+        for stale in self.ahead.drain(..i).collect::<Vec<_>>() {
+            stale.cancel().await;
         }
-        self.ahead.take()
+        self.ahead.pop_front()
     }
 
-    /// Starts the effects of `next` (the batch's next work item) as a task of their own, so
-    /// they overlap the current chunk's. Skipped when `next` is the chunk being handled (a
-    /// duplicate) or already applied, and for anything that is not a plain chunk of a known
-    /// job — those are handled in turn.
-    pub(super) async fn start_ahead(&mut self, next: &OwnedMessage, current: &str) {
-        if next.topic() != self.names.work_items || self.ahead.is_some() {
-            return;
+    /// Starts the effects of the batch's next work items in `rest` (the records after the
+    /// current one), up to `processor.effects_ahead` started at a time, each as a task of its
+    /// own, so they overlap the current chunk's. A work item is skipped when it is the chunk
+    /// being handled or one already ahead (a duplicate), already applied, or not a plain chunk
+    /// of a known job: those are handled in turn.
+    pub(super) async fn start_ahead(&mut self, rest: &[OwnedMessage], current: &str) {
+        let limit = self.env.settings.processor.effects_ahead as usize;
+        for next in rest.iter().filter(|n| n.topic() == self.names.work_items).take(limit) {
+            if self.ahead.len() >= limit {
+                return;
+            }
+            if self.ahead.iter().any(|a| a.at == position(next)) {
+                continue;
+            }
+            let Some(item) = (match next.payload() {
+                Some(bytes) => self.codec.decode(bytes).await.ok().and_then(|d| WorkItem::from_avro(d.value).ok()),
+                None => None,
+            }) else {
+                continue;
+            };
+            let key = chunk_key(&item.run_id, item.chunk_index);
+            let Some(job) = self.jobs.get(&item.job).cloned() else { continue };
+            let queued = self.ahead.iter().any(|a| a.item.run_id == item.run_id && a.item.chunk_index == item.chunk_index);
+            if item.chunk_index == SEAL || key == current || queued || self.committer.ledger().get(&key).is_some() {
+                continue;
+            }
+            let span = record_span(next);
+            record_work_item(&span, &item);
+            let ctx = self.env.job_ctx(&item.job);
+            let task = tokio::spawn(effects(self.env.db.clone(), self.env.instance.clone(), job, ctx, item.clone()).instrument(span));
+            // In record order: `rest` is, and every entry already queued is for a record before
+            // the ones not yet started.
+            self.ahead.push_back(Ahead { at: position(next), item, task });
         }
-        let Some(item) = (match next.payload() {
-            Some(bytes) => self.codec.decode(bytes).await.ok().and_then(|d| WorkItem::from_avro(d.value).ok()),
-            None => None,
-        }) else {
-            return;
-        };
-        let key = chunk_key(&item.run_id, item.chunk_index);
-        let Some(job) = self.jobs.get(&item.job).cloned() else { return };
-        if item.chunk_index == SEAL || key == current || self.committer.ledger().get(&key).is_some() {
-            return;
-        }
-        let span = record_span(next);
-        record_work_item(&span, &item);
-        let ctx = self.env.job_ctx(&item.job);
-        let task = tokio::spawn(effects(self.env.db.clone(), self.env.instance.clone(), job, ctx, item.clone()).instrument(span));
-        self.ahead = Some(Ahead { at: position(next), item, task });
     }
 }

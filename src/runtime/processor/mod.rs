@@ -18,8 +18,9 @@
 //!    record is prepared while it completes.
 //!
 //! Effects (SQL, Redis) happen outside Kafka transactions, so they are idempotent and may
-//! precede their commit, as after a crash; the batch's next work item has its effects started
-//! while the current one is applied (`ahead.rs`). Kafka sees the records, and their offsets,
+//! precede their commit, as after a crash; the batch's next work items (up to
+//! `processor.effects_ahead`) have their effects started while the current one is applied
+//! (`ahead.rs`). Kafka sees the records, and their offsets,
 //! strictly in order. Any failure takes the one reset path, `Processor::reset`: stop effects
 //! started ahead, abort, seek back to the first record not committed, retry after a pause.
 //! Only errors classed fatal stop the processor: configuration, authorization, fencing, and a
@@ -90,8 +91,8 @@ pub struct Processor {
     names: Names,
     /// Set on a new assignment: the ledger view is caught up before the next batch.
     assigned: Arc<AtomicBool>,
-    /// Effects of the batch's next work item, started ahead of its turn.
-    ahead: Option<ahead::Ahead>,
+    /// Effects of the batch's next work items, started ahead of their turn, in record order.
+    ahead: std::collections::VecDeque<ahead::Ahead>,
     /// A transient consumer error seen by the last step (reported by `/readyz`).
     transient: Option<String>,
     /// When the next pass over the schedules' fire times is due ([`accounting`]).
@@ -140,7 +141,7 @@ impl Processor {
             jobs,
             names,
             assigned,
-            ahead: None,
+            ahead: Default::default(),
             transient: None,
             accounting: accounting::Pace::new(),
             seeded: false,
@@ -279,10 +280,7 @@ impl Processor {
                     let newer = self.superseding(&decoded, &ticks[i + 1..]);
                     self.tick_plan(m, decoded, newer).instrument(span.clone()).await
                 }
-                None => {
-                    let next = batch[i + 1..].iter().find(|n| n.topic() == self.names.work_items);
-                    self.work_item_plan(m, next).instrument(span.clone()).await
-                }
+                None => self.work_item_plan(m, &batch[i + 1..]).instrument(span.clone()).await,
             };
             let ready = match plan {
                 Ok(plan) => self.encode(plan, m).await,
@@ -300,6 +298,9 @@ impl Processor {
             let consumed = Consumed { topic: m.topic(), partition: m.partition(), offset: m.offset(), index: i };
             self.committer.commit(ready, consumed, group).instrument(span).await.map_err(|(j, e)| (j, e.into()))?;
         }
+        // Every record started ahead was handled in turn; should one not have been, its
+        // effects do not outlive the batch.
+        self.cancel_ahead().await;
         self.committer.settle().await.map_err(|(j, e)| (j, e.into()))
     }
 

@@ -30,9 +30,9 @@ use crate::wire::internal::{Outcome, WorkItem};
 const TIMED_OUT_PARTS: &str = "timedOutParts";
 
 impl Processor {
-    /// The transaction of work item `m`. `next` is the batch's next work item, if any, whose
-    /// effects start while this one's are applied.
-    pub(super) async fn work_item_plan(&mut self, m: &OwnedMessage, next: Option<&OwnedMessage>) -> Result<TxnPlan, ProcessorError> {
+    /// The transaction of work item `m`. `rest` are the batch's records after it: the next
+    /// work items' effects start while this one's are applied.
+    pub(super) async fn work_item_plan(&mut self, m: &OwnedMessage, rest: &[OwnedMessage]) -> Result<TxnPlan, ProcessorError> {
         let ahead = self.take_ahead(m).await;
         let item = match &ahead {
             // Decoded when its effects were started.
@@ -69,10 +69,8 @@ impl Processor {
         }
 
         let started = Instant::now();
-        // The next chunk's effects overlap everything this one still has to do.
-        if let Some(next) = next {
-            self.start_ahead(next, &ckey).await;
-        }
+        // The next chunks' effects overlap everything this one still has to do.
+        self.start_ahead(rest, &ckey).await;
         let Effects { output, outcome, message } = match ahead {
             Some(a) => a.effects().await?,
             None => effects(self.env.db.clone(), self.env.instance.clone(), job.clone(), self.env.job_ctx(&item.job), item.clone()).await?,

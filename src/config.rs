@@ -360,7 +360,7 @@ impl Default for ProcessorSettings {
             max_future_secs: 86_400,
             transaction_timeout_ms: 30_000,
             accounting_interval_ms: 15_000,
-            effects_ahead: 4,
+            effects_ahead: 1,
         }
     }
 }

@@ -912,8 +912,9 @@ async fn a_chunk_cut_at_the_run_deadline_repairs_nothing_and_the_next_run_does()
 async fn a_repair_running_past_the_deadline_is_emitted_and_the_next_run_does_the_rest() {
     let mut e = env(1, 20).await;
     e.s.jobs.get_mut("stock_sync").unwrap().timeout_secs = 3;
-    // One range's effects ahead of the current one's (`processor.effects_ahead` = 1), so a
-    // range starts only after the 3 s deadline: with more ahead, all three would start in time.
+    // One range's effects ahead of the current one's (`processor.effects_ahead` = 1, pinned
+    // whatever the default), so a range starts only after the 3 s deadline: with more ahead,
+    // all three would start in time.
     e.s.processor.effects_ahead = 1;
     let products = [e.product("a", 10, Some(12)).await, e.product("b", 5, Some(6)).await, e.product("c", 7, Some(9)).await];
     // Every range's repair is held 5 s after its mismatch is recorded. One range at a time is

@@ -44,6 +44,10 @@ pub struct Failing {
     pub recovered: Option<String>,
     pub paused_seen: bool,
     waited_since: Option<Instant>,
+    /// Set once the faults are over: the resume and the run after it wait for that, so no
+    /// fault can time that run out (a TIMED_OUT run would extend the streak and pause the job
+    /// again).
+    pub faults_over: bool,
 }
 
 impl Failing {
@@ -81,6 +85,9 @@ impl Failing {
                     }
                     // Resume only once the paused ticks are decided (a stalled processor could
                     // otherwise meet them after the resume and run them).
+                    if !self.faults_over {
+                        return;
+                    }
                     let results = results(s).await;
                     if self.paused.iter().all(|t| results.iter().any(|r| &r.tick_id == t)) {
                         if control::resume(db, "noop").await.is_ok() {

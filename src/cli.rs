@@ -119,9 +119,11 @@ pub enum Command {
     },
     /// Serve the operator console: web pages of the schedules (cron, time zone, paused or not,
     /// the next five fire times, the last run, a red mark when a fire time was missed or the
-    /// last success is too old) and the runs (newest first, filtered by job and outcome), and
-    /// actions (trigger, pause, resume, re-run a period) when console.password is set (HTTP
-    /// basic authentication as console.username). Until SIGTERM/Ctrl-C.
+    /// last success is too old), the runs (newest first, filtered by job, outcome and time
+    /// range) and each run's chunks, events and records, the dead letters decoded, and
+    /// consumer-group lag with a chart; and actions (trigger, pause, resume, re-run a period)
+    /// when console.password is set (HTTP basic authentication as console.username). Until
+    /// SIGTERM/Ctrl-C. With console.in_run = true, `run` serves it too.
     Console {
         /// ip:port to serve on, instead of console.listen (default 127.0.0.1:9470).
         #[arg(long)]

@@ -13,13 +13,17 @@
 //!   table shows how many chunks each applied, from `job_run_chunks.applied_by`).
 //!
 //! Size: `SJ_BENCH_ORDERS` (default 100000); `SJ_BENCH_VARIANTS` picks variants (comma list of
-//! naive, floor, batch100, batch1000, batch1000x2; default all). Prints a table; asserts only
+//! naive, floor, batch10, batch100, batch1000, batch10000, batch1000x2; default all but batch10
+//! and batch10000, which `scripts/plots.sh` runs). `SJ_BENCH_CSV=path` also writes the table as
+//! CSV (variant, instances, orders, batch, seconds, orders_per_s). Prints a table; asserts only
 //! correctness (every order cancelled, every event committed). `RUST_LOG=
 //! scheduled_jobs::jobs::order_expiration=debug` shows each chunk's DB and Redis time.
 
 #[path = "../tests/it/common.rs"]
 #[allow(dead_code)]
 mod common;
+#[path = "support/cpu.rs"]
+mod cpu;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -404,6 +408,7 @@ async fn pipeline(d: &Data, n: usize, instances: usize) -> (Duration, Vec<(Strin
 
 struct Line {
     variant: &'static str,
+    instances: usize,
     orders: usize,
     batch: &'static str,
     elapsed: Duration,
@@ -416,16 +421,20 @@ impl Line {
     }
 }
 
-const VARIANTS: [&str; 5] = ["floor", "naive", "batch100", "batch1000", "batch1000x2"];
+const VARIANTS: [&str; 7] = ["floor", "naive", "batch10", "batch100", "batch1000", "batch10000", "batch1000x2"];
+/// What runs when `SJ_BENCH_VARIANTS` is not set.
+const DEFAULT_VARIANTS: [&str; 5] = ["floor", "naive", "batch100", "batch1000", "batch1000x2"];
 
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     let n = env_usize("SJ_BENCH_ORDERS", 100_000);
     let sample = env_usize("SJ_BENCH_NAIVE_ORDERS", n.min(5_000));
-    let wanted = std::env::var("SJ_BENCH_VARIANTS").unwrap_or_else(|_| VARIANTS.join(","));
+    let wanted = std::env::var("SJ_BENCH_VARIANTS").unwrap_or_else(|_| DEFAULT_VARIANTS.join(","));
     eprintln!("order-expiration bench: {n} orders (SJ_BENCH_ORDERS), naive sample {sample} (SJ_BENCH_NAIVE_ORDERS), variants {wanted} (SJ_BENCH_VARIANTS)");
     let mut lines = Vec::new();
+    // CPU of the stack per pipeline variant, per chunk (the scale-out table's inputs).
+    let mut cpu_lines = Vec::new();
     for variant in VARIANTS.into_iter().filter(|v| wanted.split(',').any(|w| w.trim() == *v)) {
         let line = match variant {
             "naive" => {
@@ -435,23 +444,36 @@ async fn main() {
                 d.drop().await;
                 let extrapolated = t.as_secs_f64() * n as f64 / sample as f64;
                 let note = format!("sample of {sample}, extrapolated linearly: {n} orders ≈ {extrapolated:.1} s");
-                Line { variant: "naive, order by order", orders: sample, batch: "100", elapsed: t, note }
+                Line { variant: "naive, order by order", instances: 1, orders: sample, batch: "100", elapsed: t, note }
             }
             "floor" => {
                 let d = seed(isolated().await, n, 100).await;
                 let t = floor(&d).await;
                 assert_eq!(d.cancelled().await, n as i64);
                 d.drop().await;
-                Line { variant: "floor: 1 UPDATE + produce", orders: n, batch: "all", elapsed: t, note: "no transactions, no Redis".into() }
+                Line { variant: "floor: 1 UPDATE + produce", instances: 1, orders: n, batch: "all", elapsed: t, note: "no transactions, no Redis".into() }
             }
             _ => {
                 let (batch, instances, label) = match variant {
+                    "batch10" => (10, 1, "10"),
                     "batch100" => (100, 1, "100"),
                     "batch1000" => (1_000, 1, "1000"),
+                    "batch10000" => (10_000, 1, "10000"),
                     _ => (1_000, 2, "1000"),
                 };
                 let d = seed(isolated().await, n, batch).await;
+                let before = cpu::Cpu::now();
                 let (t, spread, in_apply) = pipeline(&d, n, instances).await;
+                let used = cpu::Cpu::now().since(before);
+                let chunks = n.div_ceil(batch) as f64;
+                cpu_lines.push(format!(
+                    "{variant}: {} for {chunks} chunks; per chunk: this process (the processor) {:.2} ms, PostgreSQL {:.2} ms, Redis {:.2} ms, Kafka {:.2} ms",
+                    used.describe(),
+                    used.bench * 1e3 / chunks,
+                    used.postgres * 1e3 / chunks,
+                    used.redis * 1e3 / chunks,
+                    used.kafka * 1e3 / chunks
+                ));
                 d.drop().await;
                 let applied: Vec<String> = spread.iter().map(|(who, k)| format!("{who}: {k}")).collect();
                 let note = format!(
@@ -459,7 +481,7 @@ async fn main() {
                     applied.join(", "),
                     100.0 * in_apply.as_secs_f64() / t.as_secs_f64() / instances as f64
                 );
-                Line { variant: "pipeline (exactly once)", orders: n, batch: label, elapsed: t, note }
+                Line { variant: "pipeline (exactly once)", instances, orders: n, batch: label, elapsed: t, note }
             }
         };
         eprintln!("{variant}: {:.3} s", line.elapsed.as_secs_f64());
@@ -470,6 +492,18 @@ async fn main() {
     println!("{:<26} {:>7} {:>6} {:>9} {:>9}  note", "variant", "orders", "batch", "seconds", "orders/s");
     for (_, l) in &lines {
         println!("{:<26} {:>7} {:>6} {:>9.3} {:>9.0}  {}", l.variant, l.orders, l.batch, l.elapsed.as_secs_f64(), l.rate(), l.note);
+    }
+    println!();
+    for l in &cpu_lines {
+        println!("CPU {l}");
+    }
+    if let Ok(path) = std::env::var("SJ_BENCH_CSV") {
+        let mut csv = String::from("variant,instances,orders,batch,seconds,orders_per_s\n");
+        for (name, l) in &lines {
+            csv.push_str(&format!("{name},{},{},{},{:.3},{:.0}\n", l.instances, l.orders, l.batch, l.elapsed.as_secs_f64(), l.rate()));
+        }
+        std::fs::write(&path, csv).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+        eprintln!("wrote {path}");
     }
     let rate = |v: &str| lines.iter().find(|(name, _)| *name == v).map(|(_, l)| l.rate());
     if let (Some(best), Some(naive), Some(floor)) = (rate("batch1000"), rate("naive"), rate("floor")) {

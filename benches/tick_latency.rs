@@ -3,6 +3,9 @@
 //! consume → transactional produce → commit hop observed by a read_committed consumer.
 //! A run is three such hops (plan, chunk, seal) plus PostgreSQL bookkeeping.
 //!
+//! `SJ_BENCH_CSV=path` also writes every sample (series, milliseconds) as CSV, for the CDF
+//! that `scripts/plots.sh` draws.
+//!
 //! Needs the local stack (`scripts/services.sh up`); run with `cargo bench --bench tick_latency`.
 
 #[path = "../tests/it/common.rs"]
@@ -157,8 +160,18 @@ async fn main() -> anyhow::Result<()> {
     let s = common::with_noop(common::isolated().await);
     println!("tick-to-committed-output latency, {n} ticks, local stack (topics prefix {})", s.topics.prefix);
     let floor = floor(&s, n.min(300)).await?;
-    let (_, floor99) = summary("floor: one EOS hop (consume->txn->visible)", floor);
     let lat = pipeline(&s, n).await?;
+    if let Ok(path) = std::env::var("SJ_BENCH_CSV") {
+        let mut csv = String::from("series,ms\n");
+        for (series, v) in [("floor", &floor), ("pipeline", &lat)] {
+            for d in v {
+                csv.push_str(&format!("{series},{:.3}\n", d.as_secs_f64() * 1e3));
+            }
+        }
+        std::fs::write(&path, csv)?;
+        eprintln!("wrote {path}");
+    }
+    let (_, floor99) = summary("floor: one EOS hop (consume->txn->visible)", floor);
     let (_, p99) = summary("noop run: tick -> run result committed", lat);
     println!("p99 target < 100 ms: {}; p99 = {:.1}x the one-hop floor's p99", if p99 < Duration::from_millis(100) { "met" } else { "NOT met" }, p99.as_secs_f64() / floor99.as_secs_f64());
     Ok(())

@@ -104,6 +104,12 @@ pub struct ProcessorSettings {
     /// Kafka still sees every record in order. More overlaps more round trips of small chunks
     /// and holds more connections (keep it below `postgres.max_connections`).
     pub effects_ahead: u32,
+    /// At most this many consumed records share one Kafka transaction. Records prepared while
+    /// the previous transaction commits go together in the next one (each with its own
+    /// offset; a failure redoes them all), so the per-transaction cost is shared when records
+    /// come fast and nothing waits when they are rare. A transaction never carries more than
+    /// 10,000 records (a record alone above that goes alone). 1: one transaction per record.
+    pub records_per_transaction: u32,
 }
 
 /// The HTTP endpoint of `run` and `tick`: `/metrics`, `/healthz`, `/readyz`.
@@ -361,6 +367,7 @@ impl Default for ProcessorSettings {
             transaction_timeout_ms: 30_000,
             accounting_interval_ms: 15_000,
             effects_ahead: 1,
+            records_per_transaction: 100,
         }
     }
 }
@@ -528,6 +535,9 @@ impl Settings {
         }
         if self.processor.accounting_interval_ms < 100 {
             return Err(ConfigError::invalid("processor.accounting_interval_ms", "must be at least 100"));
+        }
+        if !(1..=10_000).contains(&self.processor.records_per_transaction) {
+            return Err(ConfigError::invalid("processor.records_per_transaction", "must be between 1 and 10000 (1: one transaction per record)"));
         }
         if self.processor.effects_ahead >= self.postgres.max_connections {
             return Err(ConfigError::invalid(

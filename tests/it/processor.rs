@@ -403,6 +403,42 @@ async fn several_chunks_effects_run_at_once_with_effects_ahead() {
     assert!(ends.windows(3).any(|w| w[2] - w[0] < 0.5), "no three chunks' effects ran at once: recorded at {ends:?}");
 }
 
+/// A 40-chunk noop run applied by one processor with `processor.records_per_transaction` =
+/// `per`: the run's result, every chunk recorded once, and (records handled, transactions
+/// committed) from the processor's metrics.
+async fn forty_chunks(per: u32) -> (usize, usize) {
+    let mut s = with_noop(isolated().await);
+    s.processor.records_per_transaction = per;
+    let t = tick("noop", at(2), &[("chunks", "40")]);
+    publish(&s, &[t.clone()]).await;
+    let pool = test_db(&s).await;
+    let mut p = processor_on(&s, pool.clone()).await;
+    drive(&mut p, 3).await;
+    let r = results(&s).await;
+    assert_eq!(r.len(), 1, "{r:#?}");
+    assert_eq!((r[0].outcome, r[0].counts["items"]), (Outcome::Succeeded, 40), "every chunk applied once: {r:#?}");
+    let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM job_run_chunks WHERE chunk_index >= 0").fetch_one(&pool).await.unwrap();
+    assert_eq!(chunks, 40);
+    let metrics = p.metrics().encode();
+    let total = |prefix: &str| -> usize {
+        metrics.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>() as usize
+    };
+    (total("scheduled_jobs_records_handled_total"), total("scheduled_jobs_transactions_total{kind=\"committed\"}"))
+}
+
+/// Records that come faster than a commit share one Kafka transaction (each with its own
+/// offset), at most `processor.records_per_transaction` of them; with 1, each has its own.
+#[tokio::test]
+async fn records_prepared_while_a_commit_is_in_flight_share_the_next_transaction() {
+    let (handled, transactions) = forty_chunks(1).await;
+    assert!(handled >= 42, "the tick, 40 chunks and the seal: {handled}");
+    assert!(transactions >= handled, "{handled} records in {transactions} transactions: one per record (and the accounting's)");
+    let (handled, transactions) = forty_chunks(8).await;
+    assert!(handled >= 42, "{handled}");
+    assert!(transactions < handled / 2, "{handled} records in {transactions} transactions: not grouped");
+    assert!(transactions * 8 >= handled, "{handled} records in {transactions} transactions: more than 8 in one");
+}
+
 #[tokio::test]
 async fn a_stale_tick_is_coalesced_when_a_newer_one_is_queued() {
     let s = with_noop(isolated().await);

@@ -413,6 +413,9 @@ async fn a_refused_repair_is_reported_deferred_and_the_next_run_repairs_it() {
 async fn a_redis_that_lost_every_key_is_restored_with_bounded_transactions_and_one_summary() {
     let mut e = env(40, 20).await;
     e.s.jobs.get_mut("stock_sync").unwrap().set_option("alerts_per_transaction", 7);
+    // One consumed record per transaction, so the largest transaction is one part's: the
+    // committer's grouping of records has its own bound (10,000 records).
+    e.s.processor.records_per_transaction = 1;
     for i in 0..100 {
         e.product(&format!("w{i:03}"), 10 + i, None).await;
     }

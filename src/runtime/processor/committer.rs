@@ -1,17 +1,23 @@
 //! The committer: the only code that begins, sends, commits, settles and aborts Kafka
 //! transactions, and the only writer of the run-ledger view. One transactional producer bound
-//! to the processor's consumer group (EOS v2, KIP-447); one transaction per consumed record.
+//! to the processor's consumer group (EOS v2, KIP-447).
 //!
-//! A record's transaction is [`Committer::commit`]ted in one call: wait for the previous
-//! record's commit ([`Committer::settle`]), begin, send what its [`Ready`] plan holds, and start
-//! the commit on a blocking thread, so the processor prepares the next record meanwhile. Its
-//! ledger entries are written through at once (a twin tick queued behind must see them) and
-//! taken back if that commit fails. Everything that fails takes one way back:
+//! The processor [`Committer::commit`]s each consumed record's plan ([`Ready`]) and goes on to
+//! the next: the plan is queued and its ledger entries are written through at once (a twin
+//! tick queued behind must see them). A task of the committer's own, the *pump*, commits what
+//! is queued in order: it takes everything queued (at most `processor.records_per_transaction`
+//! consumed records, and at most [`MAX_TRANSACTION_RECORDS`] records), begins, sends, sends
+//! each partition's highest offset and commits; then takes what was queued meanwhile. So a
+//! record that comes alone is committed at once, and records that come faster than a commit
+//! share one: the per-transaction cost (about 10 ms: the offsets' round trip and the
+//! markers) is paid once for all of them. A transaction that fails drops everything queued
+//! after it as well: their ledger entries are taken back, and the processor rewinds to the
+//! failed transaction's first record ([`Committer::settle`] says which), so records commit,
+//! and become visible, strictly in order. Everything that fails takes one way back:
 //! [`Committer::reset`], called by the processor's reset path (and when it stops).
 //!
-//! States: `Idle` (no transaction), `Open` (begun; a failure before the commit started, or a
-//! commit that failed, leaves it open until aborted) and `Committing` (a commit in flight,
-//! with what it needs if it fails).
+//! States: `Idle` (no transaction, or the pump's, which ends each one it begins) and `Open`
+//! (a failed transaction the pump left open, until aborted).
 //!
 //! Fencing: a zombie (an instance that lost its partitions while paused) fails at
 //! `send_offsets_to_transaction`/`commit` because its group generation is stale, so nothing it
@@ -31,8 +37,8 @@
 //! within it means another live process uses this transactional id, and this one stops.
 //! Every replacement is counted (`scheduled_jobs_producer_replacements_total`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures::future::try_join_all;
@@ -65,6 +71,11 @@ const MAX_STUCK: usize = 3;
 /// A fenced producer is replaced at most once in this window.
 const FENCE_WINDOW: Duration = Duration::from_secs(60);
 
+/// Records a transaction may carry besides its offsets: records of several consumed records
+/// are grouped into one transaction only while their sum stays at or under this (a record
+/// whose own plan is larger still goes alone; the jobs keep theirs under it).
+pub const MAX_TRANSACTION_RECORDS: usize = 10_000;
+
 /// One record's transaction, encoded and ready to send.
 pub struct Ready {
     /// (topic, key, Confluent-framed value), sent in this order.
@@ -73,7 +84,8 @@ pub struct Ready {
     pub ledger: Vec<(String, LedgerEntry)>,
     /// What the transaction did, counted once its commit succeeds.
     pub samples: Vec<Sample>,
-    /// A fault point to pass between sending and committing (crash tests).
+    /// A fault point to pass once the record is prepared, before it is queued (crash tests),
+    /// and the hang points of its transaction's blocking calls.
     pub fault: Option<(&'static str, String)>,
 }
 
@@ -86,19 +98,48 @@ pub struct Consumed<'a> {
     pub index: usize,
 }
 
-/// A commit in flight.
-struct Inflight {
+/// A consumed record's part of a transaction, queued for the pump.
+struct Entry {
     index: usize,
-    task: tokio::task::JoinHandle<Result<(), KafkaClientError>>,
+    records: Vec<(String, String, Vec<u8>)>,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    /// Taken by the transaction that carries it (the last entry's is the group's newest).
+    group: Option<ConsumerGroupMetadata>,
     /// Ledger entries written through for it, with what they replaced (restored on failure).
     replaced: Vec<(String, Option<LedgerEntry>)>,
     samples: Vec<Sample>,
+    fault: Option<(&'static str, String)>,
+}
+
+/// What the processor hands the pump, and whether a pump is running to take it.
+#[derive(Default)]
+struct Queue {
+    entries: std::collections::VecDeque<Entry>,
+    /// A pump is running, or failed and is not drained yet.
+    running: bool,
+    /// The pump failed: nothing more is queued until the failure is drained.
+    failed: bool,
+}
+
+/// A transaction that failed, and everything queued after it (dropped with it).
+struct Failure {
+    /// The first record not committed: where the reset path rewinds to.
+    index: usize,
+    error: KafkaClientError,
+    /// Ledger write-throughs of the records not committed, in record order.
+    replaced: Vec<(String, Option<LedgerEntry>)>,
+    /// A transaction was begun and is left open for the reset path to abort.
+    open: bool,
+    /// `begin_transaction` reported the producer fenced or fatal.
+    fenced: bool,
 }
 
 enum State {
     Idle,
+    /// A transaction that failed is still open: the next reset (or pump) aborts it first.
     Open,
-    Committing(Inflight),
 }
 
 pub struct Committer {
@@ -106,6 +147,13 @@ pub struct Committer {
     /// To replace a producer left unusable.
     cfg: rdkafka::ClientConfig,
     state: State,
+    queue: Arc<Mutex<Queue>>,
+    /// The task committing what is queued, while it runs (or until its outcome is taken).
+    pump: Option<tokio::task::JoinHandle<Result<(), Failure>>>,
+    /// A failed transaction, taken back from the view already, to report at the next call.
+    failed: Option<(usize, KafkaClientError)>,
+    /// Consumed records one transaction may carry (`processor.records_per_transaction`).
+    per_transaction: usize,
     /// Set by a commit whose call went past its watch: the producer must be replaced.
     stuck: Arc<AtomicBool>,
     /// Set when `begin_transaction` reported the producer fenced or fatal.
@@ -117,7 +165,7 @@ pub struct Committer {
     ledger: LedgerView,
     metrics: Metrics,
     /// Records in the largest transaction begun (diagnostics, benchmarks).
-    largest: usize,
+    largest: Arc<AtomicUsize>,
 }
 
 /// One transaction's blocking calls, for the producer's thread, and where it answers each.
@@ -236,23 +284,32 @@ impl Committer {
             txn,
             cfg,
             state: State::Idle,
+            queue: Arc::default(),
+            pump: None,
+            failed: None,
+            per_transaction: settings.processor.records_per_transaction.max(1) as usize,
             stuck: Arc::new(AtomicBool::new(false)),
             fenced: false,
             abandoned: Vec::new(),
             last_fenced: None,
             ledger,
             metrics,
-            largest: 0,
+            largest: Arc::default(),
         })
     }
 
-    /// The run ledger as this instance's transactions leave it (including commits in flight).
+    /// The run ledger as this instance's transactions leave it (including those queued).
     pub fn ledger(&self) -> &LedgerView {
         &self.ledger
     }
 
-    /// Catches the ledger view up to the end of its topic (after gaining partitions).
+    /// Catches the ledger view up to the end of its topic (after gaining partitions, or to
+    /// see what other instances wrote). What is queued is committed first: the read would
+    /// otherwise meet older entries of keys whose newer entries are written through but not
+    /// sent yet, and put them back. A failed commit met there is reported by the next
+    /// [`Committer::commit`] or [`Committer::settle`].
     pub async fn catch_up_ledger(&mut self, timeout: Duration) -> Result<usize, super::ledger::LedgerError> {
+        self.drain().await;
         self.ledger.catch_up(timeout).await
     }
 
@@ -262,132 +319,130 @@ impl Committer {
 
     /// Records (offsets aside) in the largest transaction this committer has begun.
     pub fn largest_transaction(&self) -> usize {
-        self.largest
+        self.largest.load(Ordering::Relaxed)
     }
 
     pub fn set_metrics(&mut self, metrics: Metrics) {
         self.metrics = metrics;
     }
 
-    /// Runs `ready` as the transaction of `consumed`: waits for the previous commit, begins,
-    /// sends, and starts committing with `consumed`'s offset. On error the index is that of
-    /// the first record not committed (the previous one, when its commit failed).
+    /// Queues `ready` as the transaction of `consumed` and returns at once: the pump commits
+    /// it with `consumed`'s offset, alone or with the records queued beside it. Its ledger
+    /// entries are written through now (a twin tick queued behind must see them). On error,
+    /// the index is that of the first record not committed (an earlier one, when an earlier
+    /// transaction failed; `ready` is dropped then, as everything after it).
     pub async fn commit(&mut self, ready: Ready, consumed: Consumed<'_>, group: ConsumerGroupMetadata) -> Result<(), (usize, KafkaClientError)> {
-        self.settle().await?;
-        let at = consumed.index;
-        self.begin().map_err(|e| (at, e))?;
-        self.largest = self.largest.max(ready.records.len());
-        let mut pending = Vec::with_capacity(ready.records.len());
-        for (topic, key, bytes) in &ready.records {
-            self.send(&mut pending, topic, key, bytes).await.map_err(|e| (at, e))?;
-        }
+        // Crash tests: the record's effects are done and it is never committed; here, on the
+        // processor's task, so no later record is prepared first.
         if let Some((point, job)) = &ready.fault {
             crate::runtime::fault::point(point, job);
         }
-        let mut offsets = TopicPartitionList::new();
-        offsets
-            .add_partition_offset(consumed.topic, consumed.partition, Offset::Offset(consumed.offset + 1))
-            .map_err(|e| (at, KafkaClientError::kafka("offsets", e)))?;
-        let (sent, sent_rx) = oneshot::channel();
-        let (committed, committed_rx) = oneshot::channel();
-        let job = Job { offsets, group, fault: ready.fault, sent, committed };
-        let jobs = self.txn.jobs.clone();
-        let stuck = self.stuck.clone();
-        // Deliveries are awaited before committing: librdkafka's commit would flush them too,
-        // but its flush waits on the delivery-report poll interval (about 100 ms). The commit
-        // blocks until the broker has written the markers, hence the producer's thread.
-        let task = tokio::spawn(async move {
-            delivered(pending).await?;
-            // No answer to the offsets (or no thread to ask): the producer is stuck; it is
-            // replaced and the record redone, which is safe because nothing was committed.
-            let offsets_watch = SEND_OFFSETS_TIMEOUT + GRACE;
-            let sent = match jobs.send(job) {
-                Ok(()) => answer(sent_rx, offsets_watch).await,
-                Err(_) => None,
+        if self.pump.as_ref().is_some_and(|p| p.is_finished()) {
+            self.drain().await;
+        }
+        if let Some(failed) = self.failed.take() {
+            return Err(failed);
+        }
+        if self.pump.is_none() {
+            // A transaction a failed step could not abort (broker away), or a producer to
+            // replace, is dealt with before the pump begins the next.
+            self.abort().map_err(|e| (consumed.index, e))?;
+        }
+        // Under the queue's lock, so a pump failing meanwhile takes these back with the rest.
+        let queue = self.queue.clone();
+        let start = {
+            let mut q = lock(&queue);
+            if q.failed {
+                None
+            } else {
+                let replaced = ready.ledger.into_iter().map(|(key, entry)| (key.clone(), self.ledger.write_through(key, entry))).collect();
+                q.entries.push_back(Entry {
+                    index: consumed.index,
+                    records: ready.records,
+                    topic: consumed.topic.to_string(),
+                    partition: consumed.partition,
+                    offset: consumed.offset,
+                    group: Some(group),
+                    replaced,
+                    samples: ready.samples,
+                    fault: ready.fault,
+                });
+                // A pump that failed keeps `running` until drained: none starts after a failure.
+                Some(!std::mem::replace(&mut q.running, true))
+            }
+        };
+        let Some(start) = start else {
+            // The pump failed since the check above: what it failed is reported instead.
+            self.drain().await;
+            return Err(self.failed.take().unwrap_or((consumed.index, KafkaClientError::kafka("commit transaction", KafkaError::Canceled))));
+        };
+        if start {
+            let pump = Pump {
+                queue: self.queue.clone(),
+                producer: self.txn.producer.clone(),
+                jobs: self.txn.jobs.clone(),
+                stuck: self.stuck.clone(),
+                metrics: self.metrics.clone(),
+                largest: self.largest.clone(),
+                per_transaction: self.per_transaction,
             };
-            let Some(sent) = sent else {
-                stuck.store(true, Ordering::SeqCst);
-                return Err(KafkaClientError::Stuck { operation: "send offsets to transaction", after: offsets_watch });
-            };
-            sent?;
-            // No answer to the commit: it may have committed (the EndTxn reached the
-            // coordinator), so redoing its records in place could emit them twice. Fatal: the
-            // process stops and its successor fences this producer and resumes from the
-            // committed offsets.
-            let commit_watch = 2 * TXN_TIMEOUT + GRACE;
-            answer(committed_rx, commit_watch).await.unwrap_or(Err(KafkaClientError::CommitUnknown { after: commit_watch }))
-        });
-        let replaced = ready.ledger.into_iter().map(|(key, entry)| (key.clone(), self.ledger.write_through(key, entry))).collect();
-        self.state = State::Committing(Inflight { index: at, task, replaced, samples: ready.samples });
+            self.pump = Some(tokio::spawn(pump.run()));
+        }
         Ok(())
     }
 
-    /// Waits for the commit in flight, if any. Its samples are counted once it succeeded; if
-    /// it failed, its ledger entries are taken back, the transaction stays open for the reset
-    /// path, and the failed record's index is returned.
+    /// Waits until everything queued is committed. If a transaction failed, its ledger entries
+    /// (and those of everything queued after it) are taken back, the transaction stays open
+    /// for the reset path, and the index of the first record not committed is returned.
     pub async fn settle(&mut self) -> Result<(), (usize, KafkaClientError)> {
+        self.drain().await;
+        match self.failed.take() {
+            Some(failed) => Err(failed),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the pump to finish what is queued; a failure is taken back from the view at
+    /// once and kept for the next [`Committer::settle`] or [`Committer::commit`] to report.
+    async fn drain(&mut self) {
         // Awaited in place and taken only once complete: if this future is dropped while
-        // waiting (a step cut short by shutdown), the commit stays in flight for the next
-        // settle; the producer must not be used until it has finished.
-        let State::Committing(f) = &mut self.state else {
-            return Ok(());
+        // waiting (a step cut short by shutdown), the pump keeps going until the next drain;
+        // the producer must not be used meanwhile.
+        let Some(pump) = &mut self.pump else { return };
+        let outcome = pump.await;
+        self.pump = None;
+        let failure = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(f)) => {
+                let mut q = lock(&self.queue);
+                (q.running, q.failed) = (false, false);
+                f
+            }
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => {
+                // Cancelled only when the runtime shuts down: nothing it held is known to
+                // have committed, so all of it is redone.
+                let mut q = lock(&self.queue);
+                (q.running, q.failed) = (false, false);
+                let index = q.entries.front().map_or(0, |e| e.index);
+                let replaced = q.entries.drain(..).flat_map(|e| e.replaced).collect();
+                Failure { index, error: KafkaClientError::kafka("commit transaction", KafkaError::Canceled), replaced, open: true, fenced: false }
+            }
         };
-        let outcome = (&mut f.task).await;
-        let State::Committing(f) = std::mem::replace(&mut self.state, State::Idle) else {
-            return Ok(());
-        };
-        match outcome.unwrap_or_else(|_| Err(KafkaClientError::kafka("commit transaction", KafkaError::Canceled))) {
-            Ok(()) => {
-                self.metrics.record(&f.samples);
-                Ok(())
-            }
-            Err(e) => {
-                // A commit of unknown outcome is left to the successor (see `commit`):
-                // aborting it here could not succeed while the call is in flight.
-                self.state = if matches!(e, KafkaClientError::CommitUnknown { .. }) { State::Idle } else { State::Open };
-                for (key, previous) in f.replaced.into_iter().rev() {
-                    self.ledger.restore(key, previous);
-                }
-                Err((f.index, e))
-            }
+        // A commit of unknown outcome is left to the successor (see `Pump::commit`): aborting
+        // it here could not succeed while the call is in flight.
+        self.state = if failure.open { State::Open } else { State::Idle };
+        self.fenced |= failure.fenced;
+        for (key, previous) in failure.replaced.into_iter().rev() {
+            self.ledger.restore(key, previous);
         }
-    }
-
-    fn begin(&mut self) -> Result<(), KafkaClientError> {
-        // A transaction a failed step could not abort (broker away) is aborted first.
-        self.abort()?;
-        if let Err(e) = self.txn.producer.begin_transaction() {
-            let e = KafkaClientError::kafka("begin transaction", e);
-            // No transaction is open for the reset path to abort; it replaces the producer.
-            self.fenced = e.class() == ErrorClass::Fatal;
-            return Err(e);
-        }
-        self.state = State::Open;
-        Ok(())
-    }
-
-    /// Queues one record in the open transaction.
-    async fn send(&self, pending: &mut Vec<DeliveryFuture>, topic: &str, key: &str, payload: &[u8]) -> Result<(), KafkaClientError> {
-        let mut record = FutureRecord::to(topic).key(key).payload(payload);
-        loop {
-            match self.txn.producer.send_result(record) {
-                Ok(f) => {
-                    pending.push(f);
-                    return Ok(());
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    // Let deliveries drain before queueing more.
-                    record = r;
-                    delivered(std::mem::take(pending)).await?;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => return Err(KafkaClientError::kafka("send", e)),
-            }
+        if self.failed.is_none() {
+            self.failed = Some((failure.index, failure.error));
         }
     }
 
     /// Aborts the open transaction, if any (the producer side of the processor's one reset
-    /// path). A commit still in flight is waited for first and, if it failed, aborted too. On
+    /// path). What is queued is committed first and, if that failed, aborted. On
     /// error the transaction stays open, so the next reset or commit tries again; the error's
     /// class tells whether the processor must stop. `Ok(true)`: the producer was replaced (see
     /// the module doc), so a fenced producer's error is spent and the records can be redone.
@@ -481,5 +536,145 @@ impl Committer {
     fn aborted(&mut self) {
         self.state = State::Idle;
         self.metrics.aborted();
+    }
+}
+
+/// The queue, whatever a panicking holder left (entries are only moved in and out whole).
+fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
+    queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The task that commits what the processor queues, in order: it takes every entry queued
+/// (up to the transaction's limits), begins, sends their records, sends their offsets and
+/// commits, then takes what was queued meanwhile, until the queue is empty. So transactions
+/// group the records prepared while the previous one committed: one at a time when records
+/// are rare (nothing waits), many when they come faster than a commit takes.
+struct Pump {
+    queue: Arc<Mutex<Queue>>,
+    producer: FutureProducer,
+    jobs: std::sync::mpsc::Sender<Job>,
+    stuck: Arc<AtomicBool>,
+    metrics: Metrics,
+    largest: Arc<AtomicUsize>,
+    per_transaction: usize,
+}
+
+/// How a transaction failed: the error, whether it was begun and is left open, and whether
+/// `begin_transaction` reported the producer fenced or fatal.
+type Failed = (KafkaClientError, bool, bool);
+
+impl Pump {
+    async fn run(self) -> Result<(), Failure> {
+        loop {
+            let mut group = {
+                let mut q = lock(&self.queue);
+                if q.entries.is_empty() {
+                    q.running = false;
+                    return Ok(());
+                }
+                let mut group: Vec<Entry> = Vec::new();
+                let mut records = 0;
+                while let Some(next) = q.entries.front() {
+                    let full = group.len() >= self.per_transaction || records + next.records.len() > MAX_TRANSACTION_RECORDS;
+                    if !group.is_empty() && full {
+                        break;
+                    }
+                    records += next.records.len();
+                    group.extend(q.entries.pop_front());
+                }
+                group
+            };
+            match self.commit(&mut group).await {
+                Ok(()) => {
+                    let samples: Vec<Sample> = group.into_iter().flat_map(|e| e.samples).collect();
+                    self.metrics.record(&samples);
+                }
+                Err((error, open, fenced)) => {
+                    // Nothing queued after a failed transaction may commit before it: all of
+                    // it is dropped, and redone from the failed transaction's first record.
+                    let mut q = lock(&self.queue);
+                    q.failed = true;
+                    let index = group[0].index;
+                    let replaced = group.into_iter().chain(q.entries.drain(..)).flat_map(|e| e.replaced).collect();
+                    return Err(Failure { index, error, replaced, open, fenced });
+                }
+            }
+        }
+    }
+
+    /// One transaction for `group`: begin, send its records in order, then its offsets (the
+    /// highest of each partition) and commit on the producer's thread, watched.
+    async fn commit(&self, group: &mut [Entry]) -> Result<(), Failed> {
+        if let Err(e) = self.producer.begin_transaction() {
+            let e = KafkaClientError::kafka("begin transaction", e);
+            // No transaction is open for the reset path to abort; it replaces the producer.
+            let fenced = e.class() == ErrorClass::Fatal;
+            return Err((e, false, fenced));
+        }
+        let open = |e| (e, true, false);
+        let total = group.iter().map(|e| e.records.len()).sum::<usize>();
+        self.largest.fetch_max(total, Ordering::Relaxed);
+        let mut pending = Vec::with_capacity(total);
+        let mut offsets = TopicPartitionList::new();
+        for entry in group.iter() {
+            for (topic, key, bytes) in &entry.records {
+                self.send(&mut pending, topic, key, bytes).await.map_err(open)?;
+            }
+            // Records of a partition come in offset order: the last one's offset stands.
+            offsets
+                .add_partition_offset(&entry.topic, entry.partition, Offset::Offset(entry.offset + 1))
+                .map_err(|e| open(KafkaClientError::kafka("offsets", e)))?;
+        }
+        let Some(group_metadata) = group.last_mut().and_then(|e| e.group.take()) else {
+            return Err(open(KafkaClientError::kafka("group metadata", KafkaError::Global(RDKafkaErrorCode::State))));
+        };
+        let fault = group.iter().find_map(|e| e.fault.clone());
+        // Deliveries are awaited before committing: librdkafka's commit would flush them too,
+        // but its flush waits on the delivery-report poll interval (about 100 ms). The commit
+        // blocks until the broker has written the markers, hence the producer's thread.
+        delivered(pending).await.map_err(open)?;
+        let (sent, sent_rx) = oneshot::channel();
+        let (committed, committed_rx) = oneshot::channel();
+        let job = Job { offsets, group: group_metadata, fault, sent, committed };
+        // No answer to the offsets (or no thread to ask): the producer is stuck; it is
+        // replaced and the records redone, which is safe because nothing was committed.
+        let offsets_watch = SEND_OFFSETS_TIMEOUT + GRACE;
+        let sent = match self.jobs.send(job) {
+            Ok(()) => answer(sent_rx, offsets_watch).await,
+            Err(_) => None,
+        };
+        let Some(sent) = sent else {
+            self.stuck.store(true, Ordering::SeqCst);
+            return Err(open(KafkaClientError::Stuck { operation: "send offsets to transaction", after: offsets_watch }));
+        };
+        sent.map_err(open)?;
+        // No answer to the commit: it may have committed (the EndTxn reached the coordinator),
+        // so redoing its records in place could emit them twice. Fatal: the process stops and
+        // its successor fences this producer and resumes from the committed offsets.
+        let commit_watch = 2 * TXN_TIMEOUT + GRACE;
+        match answer(committed_rx, commit_watch).await {
+            Some(r) => r.map_err(open),
+            None => Err((KafkaClientError::CommitUnknown { after: commit_watch }, false, false)),
+        }
+    }
+
+    /// Queues one record in the open transaction.
+    async fn send(&self, pending: &mut Vec<DeliveryFuture>, topic: &str, key: &str, payload: &[u8]) -> Result<(), KafkaClientError> {
+        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        loop {
+            match self.producer.send_result(record) {
+                Ok(f) => {
+                    pending.push(f);
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    // Let deliveries drain before queueing more.
+                    record = r;
+                    delivered(std::mem::take(pending)).await?;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(KafkaClientError::kafka("send", e)),
+            }
+        }
     }
 }

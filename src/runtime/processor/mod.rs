@@ -1,7 +1,7 @@
 //! The processor (`scheduled-jobs run`): one consumer-group member that turns ticks into runs
 //! and runs into effects and events, exactly once.
 //!
-//! One straight line per record, one transaction per record:
+//! One straight line per record, each with its own offset in a Kafka transaction:
 //! 1. [`Processor::step`] takes a batch of records from the tick and work-item topics;
 //! 2. a handler decides what the record's transaction writes, as a [`run::TxnPlan`]:
 //!    - a **tick** (`tick.rs`) is *planned*: checked, decided against the run ledger (duplicate
@@ -13,9 +13,10 @@
 //!      the chunk that completes the run (claimed in PostgreSQL, see [`bookkeeping`]) adds the
 //!      run result;
 //!    - a record that cannot be accepted becomes a dead letter with the reason and its bytes;
-//! 3. the plan is encoded and the [`committer`] writes it with the record's offset: it waits
-//!    for the previous record's commit, begins, sends, and starts this commit, so the next
-//!    record is prepared while it completes.
+//! 3. the plan is encoded and queued with the record's offset; the [`committer`] commits
+//!    it in order while the next records are prepared, in one transaction with the records
+//!    queued beside it (`processor.records_per_transaction`), so the per-transaction cost is
+//!    shared when records come fast.
 //!
 //! Effects (SQL, Redis) happen outside Kafka transactions, so they are idempotent and may
 //! precede their commit, as after a crash; the batch's next work items (up to
@@ -193,7 +194,7 @@ impl Processor {
         r
     }
 
-    /// Handles whatever arrives within `wait` (one batch), each record in its own transaction;
+    /// Handles whatever arrives within `wait` (one batch), every record committed at its end;
     /// then, between batches, accounts for the schedules' fire times when that is due.
     async fn step_inner(&mut self, wait: Duration) -> Result<Step, ProcessorError> {
         if !self.seeded {
@@ -261,7 +262,7 @@ impl Processor {
         }
     }
 
-    /// Handles a batch in order, one transaction per record; on failure returns the index of
+    /// Handles a batch in order, each record's plan queued for the committer; on failure returns the index of
     /// the first record not committed. Everything is committed, and no effects are still
     /// running, when this returns Ok.
     async fn handle_batch(&mut self, batch: &[OwnedMessage]) -> Result<(), (usize, ProcessorError)> {
@@ -288,13 +289,12 @@ impl Processor {
             };
             let ready = match ready {
                 Ok(r) => r,
-                // A commit still in flight for an earlier record that fails is where the rewind
-                // must start.
-                Err(e) => return Err(self.committer.settle().await.err().map_or((i, e), |(j, e)| (j, e.into()))),
+                Err(e) => return Err(self.failed_at(i, e).await),
             };
-            let group = self.consumer.group_metadata().ok_or_else(|| {
-                (i, KafkaClientError::kafka("group metadata", rdkafka::error::KafkaError::Global(rdkafka::types::RDKafkaErrorCode::State)).into())
-            })?;
+            let Some(group) = self.consumer.group_metadata() else {
+                let e = KafkaClientError::kafka("group metadata", rdkafka::error::KafkaError::Global(rdkafka::types::RDKafkaErrorCode::State));
+                return Err(self.failed_at(i, e.into()).await);
+            };
             let consumed = Consumed { topic: m.topic(), partition: m.partition(), offset: m.offset(), index: i };
             self.committer.commit(ready, consumed, group).instrument(span).await.map_err(|(j, e)| (j, e.into()))?;
         }
@@ -302,6 +302,15 @@ impl Processor {
         // effects do not outlive the batch.
         self.cancel_ahead().await;
         self.committer.settle().await.map_err(|(j, e)| (j, e.into()))
+    }
+
+    /// Where the rewind starts when record `i` failed before it was queued: what is queued
+    /// before it is committed first, and if that fails, the first record not committed.
+    async fn failed_at(&mut self, i: usize, e: ProcessorError) -> (usize, ProcessorError) {
+        match self.committer.settle().await {
+            Ok(()) => (i, e),
+            Err((j, e)) => (j, e.into()),
+        }
     }
 
     /// The one reset path, for every failure of a record: stop effects started ahead, abort

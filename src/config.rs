@@ -366,7 +366,7 @@ impl Default for ProcessorSettings {
             max_future_secs: 86_400,
             transaction_timeout_ms: 30_000,
             accounting_interval_ms: 15_000,
-            effects_ahead: 1,
+            effects_ahead: 2,
             records_per_transaction: 100,
         }
     }

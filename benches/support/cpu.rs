@@ -10,6 +10,9 @@ pub struct Cpu {
     pub postgres: f64,
     pub redis: f64,
     pub kafka: f64,
+    /// Every process of the machine (`/proc/stat`), those that exited within the phase
+    /// included: what the others leave out is mostly PostgreSQL backends of closed pools.
+    pub machine: f64,
 }
 
 impl Cpu {
@@ -17,7 +20,7 @@ impl Cpu {
         // `/proc` counts in USER_HZ, which Linux fixes at 100 for user space.
         let tick = 100.0;
         let me = std::process::id().to_string();
-        let mut cpu = Cpu::default();
+        let mut cpu = Cpu { machine: machine(tick), ..Cpu::default() };
         let Ok(dir) = std::fs::read_dir("/proc") else { return cpu };
         for entry in dir.flatten() {
             let pid = entry.file_name().to_string_lossy().into_owned();
@@ -54,7 +57,13 @@ impl Cpu {
     }
 
     pub fn since(self, start: Cpu) -> Cpu {
-        Cpu { bench: self.bench - start.bench, postgres: self.postgres - start.postgres, redis: self.redis - start.redis, kafka: self.kafka - start.kafka }
+        Cpu {
+            bench: self.bench - start.bench,
+            postgres: self.postgres - start.postgres,
+            redis: self.redis - start.redis,
+            kafka: self.kafka - start.kafka,
+            machine: self.machine - start.machine,
+        }
     }
 
     pub fn total(&self) -> f64 {
@@ -71,4 +80,13 @@ impl Cpu {
             self.kafka
         )
     }
+}
+
+/// User + system time of every CPU since boot, in seconds (the first line of `/proc/stat`:
+/// user, nice, system, ...).
+fn machine(tick: f64) -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return 0.0 };
+    let Some(line) = stat.lines().next() else { return 0.0 };
+    let f: Vec<f64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    f.iter().take(3).sum::<f64>() / tick
 }

@@ -203,7 +203,11 @@ impl LedgerView {
             .into_iter()
             .map(|(p, (_, high))| (p, high))
             .collect();
-        let mut reader = BoundedRead::resume(&self.consumer, &self.topic, ends, deadline, "ledger read");
+        // Connection errors queued on this consumer while it was not polled (a broker outage
+        // leaves one per failed reconnect) are read past: librdkafka recovers by itself, and
+        // returning each one failed a step per queued error, minutes of resets after a long
+        // outage (long fault profile, session 14). A broker still away ends at the deadline.
+        let mut reader = BoundedRead::resume(&self.consumer, &self.topic, ends, deadline, "ledger read").tolerate_transient();
         let mut read = 0;
         loop {
             let record = match reader.poll() {

@@ -90,8 +90,9 @@ pub struct ProcessorSettings {
     pub instance_id: String,
     /// Ticks scheduled further than this in the future are dead letters (impossible values).
     pub max_future_secs: u64,
-    /// Kafka transaction timeout (`transaction.timeout.ms`): how long one record's transaction
-    /// may stay open (begin, send its records, commit; a chunk's effects come before it begins).
+    /// Kafka transaction timeout (`transaction.timeout.ms`): how long one transaction may stay
+    /// open (begin, send the records of the records it groups, commit; their effects and
+    /// preparation come before it begins).
     /// Also how long readers of a partition wait, at worst, behind the open transaction of an
     /// instance frozen or killed without a successor (plus the broker's abort scan, 10 s by
     /// default).
@@ -766,6 +767,16 @@ mod tests {
         let shown = s.redacted();
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains(r#""sasl.password" = "********""#), "{shown}");
+    }
+
+    #[test]
+    fn records_per_transaction_outside_its_range_is_refused_by_name() {
+        for bad in ["0", "10001"] {
+            let e = Settings::load_from(None, env(&[("SJ_PROCESSOR__RECORDS_PER_TRANSACTION", bad)])).unwrap_err().to_string();
+            assert!(e.contains("processor.records_per_transaction") && e.contains("between 1 and 10000"), "{bad}: {e}");
+        }
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!((s.processor.records_per_transaction, s.processor.effects_ahead), (100, 2));
     }
 
     #[test]

@@ -365,16 +365,7 @@ async fn a_run_whose_finalisation_fails_is_recorded_failed_and_processing_goes_o
 /// Six noop chunks whose effects take 1 s each, applied by one processor with
 /// `processor.effects_ahead` = `ahead`: when each chunk was recorded, in order.
 async fn six_slow_chunks(ahead: u32) -> Vec<f64> {
-    let mut s = with_noop(isolated().await);
-    s.processor.effects_ahead = ahead;
-    let t = tick("noop", at(2), &[("chunks", "6"), ("apply_sleep_ms", "1000")]);
-    publish(&s, &[t.clone()]).await;
-    let pool = test_db(&s).await;
-    let mut p = processor_on(&s, pool.clone()).await;
-    drive(&mut p, 3).await;
-    let r = results(&s).await;
-    assert_eq!(r.len(), 1, "{r:#?}");
-    assert_eq!((r[0].outcome, r[0].counts["items"]), (Outcome::Succeeded, 6), "every chunk applied once: {r:#?}");
+    let (_, pool) = one_noop_run(|s| s.processor.effects_ahead = ahead, &[("chunks", "6"), ("apply_sleep_ms", "1000")], 6).await;
     let ends: Vec<f64> = sqlx::query_scalar(
         "SELECT extract(epoch FROM applied_at)::float8 FROM job_run_chunks WHERE chunk_index >= 0 ORDER BY applied_at",
     )
@@ -383,6 +374,21 @@ async fn six_slow_chunks(ahead: u32) -> Vec<f64> {
     .unwrap();
     assert_eq!(ends.len(), 6);
     ends
+}
+
+/// One noop run with `params`, applied by one processor on settings changed by `tune`: it
+/// succeeds with every one of its `chunks` applied once. The processor and its database.
+async fn one_noop_run(tune: impl FnOnce(&mut Settings), params: &[(&str, &str)], chunks: i64) -> (Processor, sqlx::PgPool) {
+    let mut s = with_noop(isolated().await);
+    tune(&mut s);
+    publish(&s, &[tick("noop", at(2), params)]).await;
+    let pool = test_db(&s).await;
+    let mut p = processor_on(&s, pool.clone()).await;
+    drive(&mut p, 3).await;
+    let r = results(&s).await;
+    assert_eq!(r.len(), 1, "{r:#?}");
+    assert_eq!((r[0].outcome, r[0].counts["items"]), (Outcome::Succeeded, chunks), "every chunk applied once: {r:#?}");
+    (p, pool)
 }
 
 #[tokio::test]
@@ -407,16 +413,7 @@ async fn several_chunks_effects_run_at_once_with_effects_ahead() {
 /// `per`: the run's result, every chunk recorded once, and (records handled, transactions
 /// committed) from the processor's metrics.
 async fn forty_chunks(per: u32) -> (usize, usize) {
-    let mut s = with_noop(isolated().await);
-    s.processor.records_per_transaction = per;
-    let t = tick("noop", at(2), &[("chunks", "40")]);
-    publish(&s, &[t.clone()]).await;
-    let pool = test_db(&s).await;
-    let mut p = processor_on(&s, pool.clone()).await;
-    drive(&mut p, 3).await;
-    let r = results(&s).await;
-    assert_eq!(r.len(), 1, "{r:#?}");
-    assert_eq!((r[0].outcome, r[0].counts["items"]), (Outcome::Succeeded, 40), "every chunk applied once: {r:#?}");
+    let (p, pool) = one_noop_run(|s| s.processor.records_per_transaction = per, &[("chunks", "40")], 40).await;
     let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM job_run_chunks WHERE chunk_index >= 0").fetch_one(&pool).await.unwrap();
     assert_eq!(chunks, 40);
     let metrics = p.metrics().encode();

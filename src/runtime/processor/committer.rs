@@ -119,6 +119,8 @@ struct Queue {
     entries: std::collections::VecDeque<Entry>,
     /// A pump is running, or failed and is not drained yet.
     running: bool,
+    /// The first record of the transaction the pump is committing, while it does.
+    taken: Option<usize>,
     /// The pump failed: nothing more is queued until the failure is drained.
     failed: bool,
 }
@@ -415,16 +417,18 @@ impl Committer {
             Ok(Ok(())) => return,
             Ok(Err(f)) => {
                 let mut q = lock(&self.queue);
-                (q.running, q.failed) = (false, false);
+                (q.running, q.failed, q.taken) = (false, false, None);
                 f
             }
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => {
-                // Cancelled only when the runtime shuts down: nothing it held is known to
-                // have committed, so all of it is redone.
+                // Cancelled only when the runtime shuts down: the transaction it was
+                // committing may not have, so everything from its first record is redone
+                // (that transaction's write-throughs went with the task; the process is
+                // stopping, and its successor reads the ledger afresh).
                 let mut q = lock(&self.queue);
                 (q.running, q.failed) = (false, false);
-                let index = q.entries.front().map_or(0, |e| e.index);
+                let index = q.taken.take().or(q.entries.front().map(|e| e.index)).unwrap_or(0);
                 let replaced = q.entries.drain(..).flat_map(|e| e.replaced).collect();
                 Failure { index, error: KafkaClientError::kafka("commit transaction", KafkaError::Canceled), replaced, open: true, fenced: false }
             }
@@ -582,10 +586,12 @@ impl Pump {
                     records += next.records.len();
                     group.extend(q.entries.pop_front());
                 }
+                q.taken = group.first().map(|e| e.index);
                 group
             };
             match self.commit(&mut group).await {
                 Ok(()) => {
+                    lock(&self.queue).taken = None;
                     let samples: Vec<Sample> = group.into_iter().flat_map(|e| e.samples).collect();
                     self.metrics.record(&samples);
                 }

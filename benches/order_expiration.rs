@@ -12,9 +12,15 @@
 //! - pipeline: the processor with batch 100 and 1000, then two instances at batch 1000 (the
 //!   table shows how many chunks each applied, from `job_run_chunks.applied_by`).
 //!
+//! - crash1, crash100: throughput against the cost of a crash, with the real binary at batch
+//!   100: `records_per_transaction` 1 and `effects_ahead` 0, or the defaults (100, 2). Each
+//!   drains the backlog once as is and once SIGKILLed at half and restarted with the same
+//!   instance id; prints the rate, what the crash cost in time, the recovery (kill → first
+//!   new commit) and how many chunks the restart redid.
+//!
 //! Size: `SJ_BENCH_ORDERS` (default 100000); `SJ_BENCH_VARIANTS` picks variants (comma list of
-//! naive, floor, batch10, batch100, batch1000, batch10000, batch1000x2; default all but batch10
-//! and batch10000, which `scripts/plots.sh` runs). `SJ_BENCH_CSV=path` also writes the table as
+//! naive, floor, batch10, batch100, batch1000, batch10000, batch1000x2, crash1, crash100;
+//! default all but batch10 and batch10000, which `scripts/plots.sh` runs, and the crash ones). `SJ_BENCH_CSV=path` also writes the table as
 //! CSV (variant, instances, orders, batch, seconds, orders_per_s). Prints a table; asserts only
 //! correctness (every order cancelled, every event committed). `RUST_LOG=
 //! scheduled_jobs::jobs::order_expiration=debug` shows each chunk's DB and Redis time.
@@ -312,6 +318,11 @@ impl Job for Timed {
 
 /// Committed records on `topics`, counted until `until` is reached; returns when.
 fn count_until(s: &Settings, topics: &[String], until: usize) -> std::thread::JoinHandle<Instant> {
+    count_into(s, topics, until, Arc::new(AtomicU64::new(0)))
+}
+
+/// [`count_until`], with the count so far kept in `seen` for whoever watches.
+fn count_into(s: &Settings, topics: &[String], until: usize, seen: Arc<AtomicU64>) -> std::thread::JoinHandle<Instant> {
     let mut cfg = client_config(s, Role::Consumer);
     cfg.set("group.id", unique("bench-reader"));
     let consumer: BaseConsumer = cfg.create().expect("reader");
@@ -324,16 +335,103 @@ fn count_until(s: &Settings, topics: &[String], until: usize) -> std::thread::Jo
     }
     consumer.assign(&tpl).expect("assign");
     std::thread::spawn(move || {
-        let (mut seen, deadline) = (0, Instant::now() + DRAIN_LIMIT);
-        while seen < until {
-            assert!(Instant::now() < deadline, "only {seen} of {until} records committed");
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        while (seen.load(Ordering::Relaxed) as usize) < until {
+            assert!(Instant::now() < deadline, "only {} of {until} records committed", seen.load(Ordering::Relaxed));
             if let Some(m) = consumer.poll(Duration::from_millis(100)) {
                 m.expect("read");
-                seen += 1;
+                seen.fetch_add(1, Ordering::Relaxed);
             }
         }
         Instant::now()
     })
+}
+
+/// The real binary (built with the bench profile) as a processor of `d`'s data, with `env`
+/// on top; killed with SIGKILL when dropped.
+struct Binary(std::process::Child);
+
+impl Binary {
+    fn start(d: &Data, env: &[(String, String)]) -> Binary {
+        let log = std::env::temp_dir().join(format!("{}.log", unique("order-expiration-bench-crash")));
+        let child = std::process::Command::new(common::binary())
+            .arg("run")
+            .current_dir(common::repo_root())
+            .envs(common::isolated_env(&d.settings, &d.db_name))
+            .env("SJ_PROCESSOR__INSTANCE_ID", "bench-crash")
+            .env("SJ_JOBS__ORDER_EXPIRATION__BATCH_SIZE", d.settings.jobs["order_expiration"].batch_size.to_string())
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start the binary");
+        Binary(child)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What a crash costs: the binary drains the backlog, and with `crash` it is SIGKILLed once
+/// half of the events are committed and started again with the same instance id (a static
+/// group member and the same transactional id: it takes its partitions back and fences the
+/// dead one at once, as a restarted pod would). Gives the time from the tick to the last
+/// event and the run result, and with `crash` the recovery: from the kill to the first event
+/// the restarted process commits. Chunks whose effects the dead process had made without
+/// committing are redone by the new one.
+async fn crash_pipeline(d: &Data, n: usize, env: &[(String, String)], crash: bool) -> (Duration, Option<Duration>) {
+    let s = &d.settings;
+    let mut p = Binary::start(d, env);
+    let results = warm_up(d, 1).await;
+
+    let seen = Arc::new(AtomicU64::new(0));
+    let events = count_into(s, &[s.topic(Topic::OrderCancelled), s.topic(Topic::OrderExpirationNotification)], 2 * n, seen.clone());
+    let result = count_until(s, &results, 2);
+    let t0 = Instant::now();
+    publish(d, &d.tick(d.at)).await;
+    let mut recovery = None;
+    if crash {
+        while (seen.load(Ordering::Relaxed) as usize) < n {
+            assert!(t0.elapsed() < DRAIN_LIMIT, "half of the events never came");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        p.kill();
+        let killed = Instant::now();
+        // What the dead process committed becomes visible to the counter within its polls.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = seen.load(Ordering::Relaxed);
+        p = Binary::start(d, env);
+        while seen.load(Ordering::Relaxed) == before {
+            assert!(killed.elapsed() < DRAIN_LIMIT, "the restarted process committed nothing");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        recovery = Some(killed.elapsed());
+    }
+    let done = tokio::task::spawn_blocking(move || events.join().expect("events").max(result.join().expect("result"))).await.expect("join");
+    drop(p);
+    assert_eq!(d.cancelled().await, n as i64);
+    (done - t0, recovery)
+}
+
+/// The chunks a crash made the restarted process redo: their reservations were already
+/// released by the dead one (`reservationsAbsent` of the run result, whole chunks).
+async fn redone_chunks(d: &Data) -> i64 {
+    let codec = Codec::new(&d.settings).expect("codec");
+    let mut absent = 0;
+    for (_, _, v) in common::read_all(&d.settings, &d.settings.topic(Topic::RunResults), "read_committed") {
+        let r = scheduled_jobs::wire::internal::RunResult::from_avro(codec.decode(&v.expect("value")).await.expect("decode").value).expect("result");
+        absent += r.counts.get("reservationsAbsent").copied().unwrap_or(0);
+    }
+    absent / i64::from(d.settings.jobs["order_expiration"].batch_size)
 }
 
 fn stable_members(s: &Settings) -> usize {
@@ -349,6 +447,23 @@ async fn publish(d: &Data, tick: &Tick) {
     let bytes = Codec::new(s).expect("codec").encode(&s.topic(Topic::Tick), tick.to_avro()).await.expect("encode");
     let producer: FutureProducer = client_config(s, Role::Producer).create().expect("producer");
     producer.send(FutureRecord::to(&s.topic(Topic::Tick)).key(JOB).payload(&bytes), WAIT).await.map_err(|(e, _)| e).expect("tick");
+}
+
+/// Waits until `instances` processors are stable group members, then for the result of a run
+/// with nothing to do (its cutoff precedes every order): group joined, caches and first
+/// transactions warm. Gives the run-results topic, for what follows.
+async fn warm_up(d: &Data, instances: usize) -> [String; 1] {
+    let s = &d.settings;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stable_members(s) < instances {
+        assert!(Instant::now() < deadline, "group did not stabilise");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let results = [s.topic(Topic::RunResults)];
+    let warm = count_until(s, &results, 1);
+    publish(d, &d.tick(d.at - TimeDelta::hours(2))).await;
+    tokio::task::spawn_blocking(move || warm.join().expect("warm-up")).await.expect("join");
+    results
 }
 
 /// The processor(s), warmed up, then one tick drained: time until every event and the run
@@ -373,16 +488,7 @@ async fn pipeline(d: &Data, n: usize, instances: usize) -> (Duration, Vec<(Strin
         running.push((stop, handle, timed));
     }
     let s = &d.settings;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while stable_members(s) < instances {
-        assert!(Instant::now() < deadline, "group did not stabilise");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    // Warm-up: a run with nothing to do (its cutoff precedes every order).
-    let results = [s.topic(Topic::RunResults)];
-    let warm = count_until(s, &results, 1);
-    publish(d, &d.tick(d.at - TimeDelta::hours(2))).await;
-    tokio::task::spawn_blocking(move || warm.join().expect("warm-up")).await.expect("join");
+    let results = warm_up(d, instances).await;
 
     let events = count_until(s, &[s.topic(Topic::OrderCancelled), s.topic(Topic::OrderExpirationNotification)], 2 * n);
     let result = count_until(s, &results, 2);
@@ -421,7 +527,7 @@ impl Line {
     }
 }
 
-const VARIANTS: [&str; 7] = ["floor", "naive", "batch10", "batch100", "batch1000", "batch10000", "batch1000x2"];
+const VARIANTS: [&str; 9] = ["floor", "naive", "batch10", "batch100", "batch1000", "batch10000", "batch1000x2", "crash1", "crash100"];
 /// What runs when `SJ_BENCH_VARIANTS` is not set.
 const DEFAULT_VARIANTS: [&str; 5] = ["floor", "naive", "batch100", "batch1000", "batch1000x2"];
 
@@ -452,6 +558,33 @@ async fn main() {
                 assert_eq!(d.cancelled().await, n as i64);
                 d.drop().await;
                 Line { variant: "floor: 1 UPDATE + produce", instances: 1, orders: n, batch: "all", elapsed: t, note: "no transactions, no Redis".into() }
+            }
+            "crash1" | "crash100" => {
+                // Throughput against what one crash costs, at batch 100: one record per
+                // transaction and no effects ahead (a crash redoes at most one chunk), or the
+                // defaults (records prepared during a commit share the next transaction, two
+                // chunks' effects ahead).
+                let (rpt, ahead) = if variant == "crash1" { (1, 0) } else { (100, 2) };
+                let env = vec![
+                    ("SJ_PROCESSOR__RECORDS_PER_TRANSACTION".to_string(), rpt.to_string()),
+                    ("SJ_PROCESSOR__EFFECTS_AHEAD".to_string(), ahead.to_string()),
+                ];
+                let d = seed(isolated().await, n, 100).await;
+                let (clean, _) = crash_pipeline(&d, n, &env, false).await;
+                d.drop().await;
+                let d = seed(isolated().await, n, 100).await;
+                let (crashed, recovery) = crash_pipeline(&d, n, &env, true).await;
+                let redone = redone_chunks(&d).await;
+                d.drop().await;
+                let recovery = recovery.unwrap_or_default();
+                let note = format!(
+                    "records_per_transaction {rpt}, effects_ahead {ahead}: {:.0} orders/s without a crash ({:.3} s); one SIGKILL at half costs {:.2} s (recovery: kill -> first new commit {:.2} s; chunks redone: {redone})",
+                    n as f64 / clean.as_secs_f64(),
+                    clean.as_secs_f64(),
+                    crashed.as_secs_f64() - clean.as_secs_f64(),
+                    recovery.as_secs_f64()
+                );
+                Line { variant: "binary, one crash", instances: 1, orders: n, batch: "100", elapsed: crashed, note }
             }
             _ => {
                 let (batch, instances, label) = match variant {

@@ -1,7 +1,10 @@
 //! Tick-to-committed-output latency of the trivial `noop` job, p50/p99 over N ticks
 //! (SJ_BENCH_TICKS, default 1000), next to the floor measured in the same run: one bare
 //! consume → transactional produce → commit hop observed by a read_committed consumer.
-//! A run is three such hops (plan, chunk, seal) plus PostgreSQL bookkeeping.
+//! A one-chunk run applied in its tick's transaction (`processor.inline_one_chunk_runs`, the
+//! default) is one such hop plus PostgreSQL bookkeeping; the same run through the work-items
+//! topic (the setting off, measured in the same run after it) is two or three (plan, chunk,
+//! seal).
 //!
 //! `SJ_BENCH_CSV=path` also writes every sample (series, milliseconds) as CSV, for the CDF
 //! that `scripts/plots.sh` draws.
@@ -108,7 +111,9 @@ async fn floor(s: &Settings, n: usize) -> anyhow::Result<Vec<Duration>> {
     Ok(lat)
 }
 
-async fn pipeline(s: &Settings, n: usize) -> anyhow::Result<Vec<Duration>> {
+/// `n` noop runs, one at a time, their fire times `days_ago` days back (each series its own
+/// periods: a period already recorded would not run again).
+async fn pipeline(s: &Settings, n: usize, days_ago: i64) -> anyhow::Result<Vec<Duration>> {
     let pool = scheduled_jobs::db::connect(&s.postgres).await?;
     scheduled_jobs::db::migrate(&pool).await?;
     let processor = Processor::new(s.clone(), scheduled_jobs::jobs::Registry::builtin(), pool).await?;
@@ -120,7 +125,7 @@ async fn pipeline(s: &Settings, n: usize) -> anyhow::Result<Vec<Duration>> {
     let out = reader(s, &s.topic(Topic::RunResults))?;
     let producer: FutureProducer = client_config(s, Role::Producer).create()?;
     let mut stream = out.stream();
-    let base = Utc::now() - TimeDelta::days(1);
+    let base = Utc::now() - TimeDelta::days(days_ago);
     let mut lat = Vec::with_capacity(n);
     // Warm-up: group join, schema caches, first transactions.
     for i in 0..(n + 20) {
@@ -160,10 +165,13 @@ async fn main() -> anyhow::Result<()> {
     let s = common::with_noop(common::isolated().await);
     println!("tick-to-committed-output latency, {n} ticks, local stack (topics prefix {})", s.topics.prefix);
     let floor = floor(&s, n.min(300)).await?;
-    let lat = pipeline(&s, n).await?;
+    let lat = pipeline(&s, n, 1).await?;
+    let mut through_items = s.clone();
+    through_items.processor.inline_one_chunk_runs = false;
+    let items = pipeline(&through_items, n, 2).await?;
     if let Ok(path) = std::env::var("SJ_BENCH_CSV") {
         let mut csv = String::from("series,ms\n");
-        for (series, v) in [("floor", &floor), ("pipeline", &lat)] {
+        for (series, v) in [("floor", &floor), ("pipeline", &lat), ("work-items", &items)] {
             for d in v {
                 csv.push_str(&format!("{series},{:.3}\n", d.as_secs_f64() * 1e3));
             }
@@ -173,6 +181,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let (_, floor99) = summary("floor: one EOS hop (consume->txn->visible)", floor);
     let (_, p99) = summary("noop run: tick -> run result committed", lat);
+    let (_, items99) = summary("same, through work items (inline off)", items);
+    println!("through work items: p99 = {:.1}x the one-hop floor's p99", items99.as_secs_f64() / floor99.as_secs_f64());
     println!("p99 target < 100 ms: {}; p99 = {:.1}x the one-hop floor's p99", if p99 < Duration::from_millis(100) { "met" } else { "NOT met" }, p99.as_secs_f64() / floor99.as_secs_f64());
     Ok(())
 }

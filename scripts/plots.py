@@ -6,7 +6,7 @@
   (one instance, exactly once) and the floor (one UPDATE + produce, no transactions; the
   same for every batch size, so a horizontal line);
 - tick-latency-cdf.png: the CDF of tick -> committed run result for the noop job, next to
-  the one-EOS-hop floor's, with each p99 marked.
+  the one-EOS-hop floor's and the same run through the work-items topic, each p99 marked.
 """
 
 import csv
@@ -53,11 +53,17 @@ def latency(path, out):
     series = {}
     for r in csv.DictReader(open(path, newline="")):
         series.setdefault(r["series"], []).append(float(r["ms"]))
-    labels = {"floor": "floor: one EOS hop", "pipeline": "noop run: tick -> run result committed"}
+    labels = {
+        "floor": "floor: one EOS hop",
+        "pipeline": "noop run: tick -> run result committed",
+        "work-items": "same, through work items (inline off)",
+    }
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for name in ("floor", "pipeline"):
+    for name in ("floor", "pipeline", "work-items"):
         v = sorted(series.get(name, []))
         if not v:
+            if name == "work-items":
+                continue  # CSV from before the series existed
             sys.exit(f"{path}: no samples of {name}")
         p99 = v[round((len(v) - 1) * 0.99)]
         line, = ax.plot(v, [(i + 1) / len(v) for i in range(len(v))], label=f"{labels[name]} (p99 {p99:.1f} ms)")

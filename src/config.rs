@@ -111,6 +111,12 @@ pub struct ProcessorSettings {
     /// come fast and nothing waits when they are rare. A transaction never carries more than
     /// 10,000 records (a record alone above that goes alone). 1: one transaction per record.
     pub records_per_transaction: u32,
+    /// A run planned as one chunk is applied in its tick's own transaction (one hop from tick
+    /// to run result instead of two or three); its chunk is recorded in PostgreSQL first, so a
+    /// retry of the tick applies the same chunk. Runs of more chunks, and runs of jobs with
+    /// `overlap = buffer_one | buffer_all`, always go through the work-items topic. false:
+    /// every run does.
+    pub inline_one_chunk_runs: bool,
 }
 
 /// The HTTP endpoint of `run` and `tick`: `/metrics`, `/healthz`, `/readyz`.
@@ -369,6 +375,7 @@ impl Default for ProcessorSettings {
             accounting_interval_ms: 15_000,
             effects_ahead: 2,
             records_per_transaction: 100,
+            inline_one_chunk_runs: true,
         }
     }
 }

@@ -12,8 +12,10 @@ use chrono::{DateTime, Utc};
 
 use super::{enum_value, long_map, opt_string, string_map, ts, Fields, WireError};
 
-/// One fixed chunk of a planned run.
-#[derive(Debug, Clone, PartialEq)]
+/// One fixed chunk of a planned run. Also kept as JSON (same field names) in PostgreSQL for a
+/// run applied in its tick's transaction (`job_runs.inline_item`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct WorkItem {
     pub run_id: String,
     pub job: String,

@@ -22,7 +22,7 @@ use scheduled_jobs::wire::tick::{Tick, Trigger};
 use sqlx::PgPool;
 
 use crate::common::{isolated, read_all};
-use crate::processor::{drive, past, processor_on, publish, reset_group, results, spawn_processor, test_db, tick, wait_for_results, work_items};
+use crate::processor::{drive, past, processor_on, publish, reset_group, results, spawn_processor, test_db, tick, wait_for_results};
 
 const JOB: &str = "daily-statistics";
 
@@ -812,7 +812,7 @@ async fn dates_stored_before_a_failed_commit_are_emitted_by_a_retry_after_the_de
     assert!(statistics(&s).await.is_empty(), "and not emitted");
 
     // The retry begins past the deadline (planned + 3 s).
-    let planned = work_items(&s).await.first().expect("the plan was committed").planned_at;
+    let planned = crate::processor::planned_at(&s, &pool).await;
     past(planned + TimeDelta::seconds(3)).await;
     let mut second = spawn_processor(&s, &database, &env);
     let r = wait_for_results(&s, 1, Duration::from_secs(60)).await;

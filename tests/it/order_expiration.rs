@@ -478,6 +478,51 @@ async fn a_processor_killed_between_effects_and_commit_leaves_events_and_stock_e
     eprintln!("crash test: {crashes} crash(es), run result counts {:?}", r.counts);
 }
 
+/// A run of one chunk is applied in its tick's own transaction: no work item. Killed between
+/// its effects and that commit, it has cancelled its orders with no event out; the tick's
+/// retry must carry out that same chunk, although a new plan would now find nothing expired
+/// and the job was paused meanwhile (a new decision would skip the tick).
+#[tokio::test]
+async fn a_one_chunk_run_killed_before_its_tick_commits_is_carried_out_by_the_retry_even_when_paused() {
+    let s = isolated().await;
+    let (pool, db) = fresh_db(&s).await;
+    scheduled_jobs::db::migrate(&pool).await.unwrap();
+    let at = fire_time();
+    let shop = Shop::new(&s, pool, 5).await;
+    let expired = shop.orders("expired", 30, |i| at - TimeDelta::minutes(20) + TimeDelta::seconds(i as i64));
+    shop.place(&expired).await;
+    publish(&s, &[tick(JOB, at, &[])]).await;
+
+    let mut p = Proc::start(&s, &db, 100, Some(0));
+    p.wait_killed();
+    drop(p);
+    let cancelled: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'ORDER_CANCELLED'").fetch_one(&shop.pool).await.unwrap();
+    assert_eq!(cancelled, 30, "the killed attempt applied the chunk's effects");
+    assert!(events(&s, Topic::OrderCancelled).await.is_empty(), "nothing committed before the kill");
+    assert!(scheduled_jobs::runtime::control::pause(&shop.pool, JOB, "test", Some("paused between attempts")).await.unwrap());
+
+    let p = Proc::start(&s, &db, 100, None);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while results(&s).await.is_empty() {
+        assert!(Instant::now() < deadline, "the retry did not finish the run:\n{}", p.tail());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    caught_up(&s, &s.processor.group_id, &[Topic::Tick, Topic::WorkItems]).await;
+    settled(&s, &[Topic::OrderCancelled, Topic::OrderExpirationNotification, Topic::RunResults, Topic::WorkItems]).await;
+    drop(p);
+
+    let all = ids(&expired);
+    assert_eq!(once_each(&s, Topic::OrderCancelled).await, all, "the same chunk, carried out once");
+    assert_eq!(once_each(&s, Topic::OrderExpirationNotification).await, all);
+    let start: BTreeMap<String, i64> = shop.products.iter().map(|p| (p.clone(), START_STOCK)).collect();
+    assert_eq!(shop.stocks().await, start, "every reservation given back exactly once");
+    let r = results(&s).await;
+    let r = only_result(&r);
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+    assert_eq!(r.counts["ordersCancelled"], 30, "{r:?}");
+    assert!(work_items(&s).await.is_empty(), "a one-chunk run writes no work item");
+}
+
 fn string(f: &BTreeMap<String, Value>, name: &str) -> String {
     match &f[name] {
         Value::String(s) | Value::Enum(_, s) => s.clone(),

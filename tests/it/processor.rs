@@ -121,6 +121,37 @@ async fn a_tick_runs_once_end_to_end_and_duplicates_collapse() {
     assert_eq!(results(&s).await.len(), 1);
 }
 
+/// A run planned as one chunk is applied in its tick's transaction: its result and ledger
+/// entries come with the tick's offset and no work item is written. With
+/// `processor.inline_one_chunk_runs = false` the same run goes through the work-items topic
+/// (its chunk and the seal).
+#[tokio::test]
+async fn a_one_chunk_run_is_applied_in_its_ticks_transaction_unless_turned_off() {
+    for (inline, items) in [(true, 0), (false, 2)] {
+        let mut s = with_noop(isolated().await);
+        s.processor.inline_one_chunk_runs = inline;
+        let t = tick("noop", at(2), &[("chunks", "1")]);
+        publish(&s, &[t.clone()]).await;
+        let pool = test_db(&s).await;
+        let mut p = processor_on(&s, pool.clone()).await;
+        drive(&mut p, 3).await;
+        let r = results(&s).await;
+        assert_eq!(r.len(), 1, "inline {inline}: {r:#?}");
+        assert_eq!((r[0].outcome, r[0].counts.get("chunks")), (Outcome::Succeeded, Some(&1)), "inline {inline}: {r:#?}");
+        assert_eq!(count(&s, Topic::WorkItems), items, "inline {inline}");
+        let recorded: Option<bool> = sqlx::query_scalar("SELECT inline_item IS NOT NULL FROM job_runs WHERE run_id = $1")
+            .bind(&r[0].run_id)
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+        assert_eq!(recorded, Some(inline), "the run's chunk is kept in job_runs only when applied inline");
+        // A duplicate of the tick changes nothing either way.
+        publish(&s, &[t]).await;
+        drive(&mut p, 1).await;
+        assert_eq!(results(&s).await.len(), 1, "inline {inline}");
+    }
+}
+
 /// Resets `group` to offset 0 on every partition of `topic` (no member may be active).
 pub fn reset_group(s: &Settings, group: &str, topic: &str) {
     let mut cfg = client_config(s, Role::Consumer);
@@ -588,6 +619,15 @@ pub fn processor_command(s: &Settings, database: &str, env: &[(&str, &str)]) -> 
     cmd
 }
 
+/// When the (only) run in `pool` was planned: from its committed work items, or from its row
+/// in `job_runs` when it was applied in its tick's transaction (one chunk: no work item).
+pub async fn planned_at(s: &Settings, pool: &sqlx::PgPool) -> DateTime<Utc> {
+    if let Some(item) = work_items(s).await.first() {
+        return item.planned_at;
+    }
+    sqlx::query_scalar("SELECT planned_at FROM job_runs WHERE inline_item IS NOT NULL").fetch_one(pool).await.expect("an inline run's row")
+}
+
 /// Every committed work item (chunks and seals).
 pub async fn work_items(s: &Settings) -> Vec<WorkItem> {
     let codec = Codec::new(s).unwrap();
@@ -668,7 +708,7 @@ async fn a_chunk_killed_before_its_commit_is_completed_even_after_the_deadline()
     assert!(results(&s).await.is_empty());
     // Restart past the run's deadline (planned + the 3 s timeout, on this machine's clock as
     // the processor's): the started chunks complete, the others time out.
-    let planned = work_items(&s).await.first().expect("the plan was committed").planned_at;
+    let planned = planned_at(&s, &pool).await;
     past(planned + TimeDelta::seconds(3)).await;
     let mut second = spawn_processor(&s, &database, &[("SJ_JOBS__NOOP__TIMEOUT_SECS", "3"), ("SJ_PROCESSOR__EFFECTS_AHEAD", "1")]);
     let r = wait_for_results(&s, 1, Duration::from_secs(60)).await;

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use crate::wire::internal::WorkItem;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkOutcome {
     /// Effects may have begun; the chunk's Kafka transaction has not committed yet.
@@ -133,6 +135,32 @@ pub async fn seal(
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// Records the seal of a run applied in its tick's transaction, with its one chunk: written
+/// before the chunk's effects, it is the decision a retry of the tick must carry out
+/// ([`inline_begun`]). A retry writes nothing new.
+pub async fn seal_inline(db: &PgPool, item: &WorkItem) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO job_runs (run_id, job, period, chunk_count, planned_at, sealed_at, inline_item)
+         VALUES ($1, $2, $3, 1, $4, now(), $5) ON CONFLICT (run_id) DO NOTHING",
+    )
+    .bind(&item.run_id)
+    .bind(&item.job)
+    .bind(&item.period)
+    .bind(item.planned_at)
+    .bind(sqlx::types::Json(item))
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The chunk of run `run_id` if an earlier attempt of its tick began applying it in the
+/// tick's transaction ([`seal_inline`]) — which did not commit, or the run would be recorded.
+pub async fn inline_begun(db: &PgPool, run_id: &str) -> Result<Option<WorkItem>, sqlx::Error> {
+    let item: Option<Option<sqlx::types::Json<WorkItem>>> =
+        sqlx::query_scalar("SELECT inline_item FROM job_runs WHERE run_id = $1").bind(run_id).fetch_optional(db).await?;
+    Ok(item.flatten().map(|i| i.0))
 }
 
 /// Records one chunk's outcome (a retry records the same outcome again).

@@ -6,7 +6,8 @@
 //! 2. a handler decides what the record's transaction writes, as a [`run::TxnPlan`]:
 //!    - a **tick** (`tick.rs`) is *planned*: checked, decided against the run ledger (duplicate
 //!      ticks and replays stop here), then its job's fixed chunks become work items with a seal
-//!      and a `PLANNED` ledger entry;
+//!      and a `PLANNED` ledger entry — or, for a run of one chunk, that chunk is applied at
+//!      once, as below, in the tick's own transaction;
 //!    - a **work item** (`work_item.rs`) is *applied*: the job performs the chunk's idempotent
 //!      effects under the run's deadline (`ahead.rs`: cut inside the chunk, recorded TIMED_OUT
 //!      with what it did) and returns the records to emit, written with a chunk ledger entry;

@@ -4,6 +4,12 @@
 //! work items, a seal carrying the chunk count and a `PLANNED` ledger entry — one transaction
 //! with the tick's offset. Planning only reads, so it can be abandoned at any point.
 //!
+//! A run planned as one chunk is applied right away instead, in the same transaction
+//! (`processor.inline_one_chunk_runs`): one hop from tick to run result. Its chunk is
+//! recorded in PostgreSQL before its effects, and that record is the decision: a retry of the
+//! tick (its transaction did not commit) applies that chunk again, before and whatever the
+//! checks below would decide now.
+//!
 //! Records that cannot be accepted become dead letters with the reason and the original bytes.
 
 use std::collections::BTreeMap;
@@ -15,6 +21,7 @@ use futures::StreamExt;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 
 use super::ledger::{run_key, skipped_key};
+use super::bookkeeping;
 use super::run::{new_run, work_item, Out, TxnPlan, SEAL};
 use super::overlap::{self, Admit};
 use super::{versions, Processor, ProcessorError};
@@ -153,16 +160,31 @@ impl Processor {
             plan.out.extend(self.close_waiting(&tick, &period, state).await?);
             return Ok(plan);
         };
-        let versions = match versions::decide(self.committer.ledger(), &tick) {
-            versions::Decision::Superseded { current } => {
-                let mut plan = versions::skip_superseded(self.committer.ledger(), &tick, period.clone(), &current, self.env.tz);
-                plan.out.extend(self.close_waiting(&tick, &period, RunState::Skipped).await?);
+        let run = new_run(tick, period, attempt);
+        // A run whose one chunk an earlier attempt of this tick began applying is carried out,
+        // whatever is decided now (its effects may have happened).
+        let begun = match self.inline_eligible(&run.job) {
+            true => bookkeeping::inline_begun(&self.env.db, &run.run_id).await?,
+            false => None,
+        };
+        let versions = match versions::decide(self.committer.ledger(), &run.tick) {
+            versions::Decision::Superseded { current } if begun.is_none() => {
+                let mut plan = versions::skip_superseded(self.committer.ledger(), &run.tick, run.period.clone(), &current, self.env.tz);
+                plan.out.extend(self.close_waiting(&run.tick, &run.period, RunState::Skipped).await?);
                 return Ok(plan);
             }
-            versions::Decision::Current => Vec::new(),
+            versions::Decision::Superseded { .. } | versions::Decision::Current => Vec::new(),
             versions::Decision::New { entries } => entries,
         };
-        let mut plan = self.decide_run(m, new_run(tick, period, attempt), job, superseded_by).await?;
+        let mut plan = match begun {
+            Some(item) => {
+                tracing::info!(job = %run.job, run_id = %run.run_id, "run begun by an earlier attempt of this tick: applying its chunk again");
+                let span = tracing::Span::current();
+                span.record("run_id", run.run_id.as_str());
+                self.apply_inline(run, item, job).await?
+            }
+            None => self.decide_run(m, run, job, superseded_by).await?,
+        };
         // A new schedule version becomes current with this tick's transaction, whatever the
         // tick itself leads to.
         plan.out.splice(0..0, versions);
@@ -235,6 +257,12 @@ impl Processor {
                 plan.samples.extend(planned(&run));
                 Ok(plan)
             }
+            Ok(Ok(mut items)) if items.len() == 1 && self.inline_eligible(&run.job) => {
+                let mut item = items.remove(0);
+                item.chunk_count = 1;
+                tracing::info!(job = %run.job, run_id = %run.run_id, "run planned as one chunk: applied in the tick's transaction");
+                self.apply_inline(run, item, job).await
+            }
             Ok(Ok(items)) => {
                 let chunks = items.len() as i32;
                 let mut seal = work_item(&run, SEAL, Vec::new());
@@ -246,6 +274,33 @@ impl Processor {
                 Ok(TxnPlan { out, samples: planned(&run).into_iter().collect(), fault: Some((crate::runtime::fault::BEFORE_PLAN_COMMIT, run.job.clone())) })
             }
         }
+    }
+
+    /// Whether a run of `job` planned as one chunk is applied in its tick's transaction
+    /// (`processor.inline_one_chunk_runs`). Not for a job whose waiting ticks are released by
+    /// the transaction that ends its run (`buffer_one`, `buffer_all`): that release reads the
+    /// queue as committed, which the tick's own transaction is still changing.
+    pub(super) fn inline_eligible(&self, job: &str) -> bool {
+        self.env.settings.processor.inline_one_chunk_runs && !self.env.job_settings(job).overlap.buffers()
+    }
+
+    /// A run applied in its tick's transaction: its seal and its one chunk are recorded in
+    /// PostgreSQL before the chunk's effects (the decision a retry of the tick carries out,
+    /// [`bookkeeping::inline_begun`]), then the chunk is applied as a work item's would be.
+    /// The transaction carries the chunk's records and entry and, when the chunk completes the
+    /// run, the run's end; when the chunk continues in parts, the run's PLANNED entry and the
+    /// continuation as a work item (the run ends with its last part).
+    async fn apply_inline(&mut self, mut run: Run, item: WorkItem, job: Arc<dyn Job>) -> Result<TxnPlan, ProcessorError> {
+        bookkeeping::seal_inline(&self.env.db, &item).await?;
+        // The time the chunk was planned at, as recorded: the run's deadline counts from it.
+        run.planned_at = item.planned_at;
+        let mut plan = self.apply_chunk(&run, item, job, None, &[]).await?;
+        if !plan.out.iter().any(|o| matches!(o, Out::Result(_))) {
+            // The chunk goes on in parts (work items): the run is running until its last.
+            plan.out.insert(0, Out::Ledger(run_key(&run.job, &run.period), super::run::ledger_entry(&run, RunState::Planned, 1)));
+        }
+        plan.samples.extend(planned(&run));
+        Ok(plan)
     }
 
     /// A run that ends at planning (failed, timed out, or with nothing to do), with its place

@@ -10,11 +10,12 @@
 //! once and the effects, made by the first part, are never repeated once it committed.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rdkafka::message::{Message, OwnedMessage};
 
-use super::ahead::{effects, Effects};
+use super::ahead::{effects, Ahead, Effects};
 use super::bookkeeping::{self, ChunkOutcome, Finalized};
 use super::ledger::{chunk_key, run_key};
 use super::run::{carried, continuation, ledger_entry, run_of, run_result, Out, RunEnd, TxnPlan, SEAL};
@@ -56,7 +57,8 @@ impl Processor {
             tracing::info!(run_id = %item.run_id, chunk = item.chunk_index, "chunk already applied, work item ignored");
             return Ok(TxnPlan::offset_only());
         }
-        let run = run_of(&item);
+        let mut run = run_of(&item);
+        run.attempt = self.committer.ledger().get(&run_key(&run.job, &run.period)).map(|e| e.attempt).unwrap_or(1);
         if item.chunk_index == SEAL {
             bookkeeping::seal(&self.env.db, &item.run_id, &item.job, &item.period, item.chunk_count, item.planned_at).await?;
             let finalized = bookkeeping::try_finalize(&self.env.db, &item.run_id, item.chunk_index).await?;
@@ -67,7 +69,22 @@ impl Processor {
             }
             return Ok(plan);
         }
+        self.apply_chunk(&run, item, job, ahead, rest).await
+    }
 
+    /// Applies chunk `item` of `run` (its attempt known): its effects — started ahead already,
+    /// or now — then its records, its chunk ledger entry and, if it completes the run, the
+    /// run's end. `rest`: the batch's records after this one, whose work items' effects start
+    /// meanwhile.
+    pub(super) async fn apply_chunk(
+        &mut self,
+        run: &Run,
+        item: WorkItem,
+        job: Arc<dyn Job>,
+        ahead: Option<Ahead>,
+        rest: &[OwnedMessage],
+    ) -> Result<TxnPlan, ProcessorError> {
+        let ckey = chunk_key(&item.run_id, item.chunk_index);
         let started = Instant::now();
         // The next chunks' effects overlap everything this one still has to do.
         self.start_ahead(rest, &ckey).await;
@@ -104,10 +121,10 @@ impl Processor {
         };
         let (finalized, events) = tokio::join!(bookkeeping, self.encode_events(output.records));
         let (finalized, mut out) = (finalized?, events?);
-        out.push(Out::Ledger(ckey, ledger_entry(&run, RunEnd::of_chunks(outcome, 0).state, item.chunk_count.max(0))));
+        out.push(Out::Ledger(ckey, ledger_entry(run, RunEnd::of_chunks(outcome, 0).state, item.chunk_count.max(0))));
         let mut plan = TxnPlan { out, samples: Vec::new(), fault: Some((crate::runtime::fault::BEFORE_APPLY_COMMIT, item.job.clone())) };
         if let Some(f) = finalized {
-            self.finish_run(&mut plan, job.as_ref(), &run, f).await?;
+            self.finish_run(&mut plan, job.as_ref(), run, f).await?;
         }
         plan.samples.push(Sample::Chunk {
             job: item.job.clone(),
@@ -126,15 +143,13 @@ impl Processor {
         Ok(plan)
     }
 
-    /// Adds the end of a run this chunk completed: the run's ledger entry (its attempt from
-    /// the ledger), the job's whole-run records and the run result. A job whose finalisation
-    /// fails for good fails the run; a transient failure retries the record.
+    /// Adds the end of a run this chunk completed: the run's ledger entry, the job's whole-run
+    /// records and the run result. A job whose finalisation fails for good fails the run; a
+    /// transient failure retries the record.
     async fn finish_run(&mut self, plan: &mut TxnPlan, job: &dyn Job, run: &Run, f: Finalized) -> Result<(), ProcessorError> {
-        let mut run = run.clone();
-        run.attempt = self.committer.ledger().get(&run_key(&run.job, &run.period)).map(|e| e.attempt).unwrap_or(1);
         let mut end = RunEnd::of_chunks(f.outcome, f.chunk_count);
         let (mut counts, mut message) = (f.counts, f.message);
-        match job.finalize(&self.env.job_ctx(&run.job), &run).await {
+        match job.finalize(&self.env.job_ctx(&run.job), run).await {
             Ok(extra) => {
                 plan.out.extend(self.encode_events(extra.records).await?);
                 if !extra.counts.is_empty() {
@@ -150,9 +165,9 @@ impl Processor {
             }
         }
         tracing::info!(job = %run.job, run_id = %run.run_id, outcome = end.outcome.as_str(), "run finished");
-        plan.samples.extend(self.end_of_run(&run, end.outcome, &mut counts, &mut message).await?);
-        plan.out.push(Out::Ledger(run_key(&run.job, &run.period), ledger_entry(&run, end.state, end.chunk_count)));
-        plan.out.push(Out::Result(run_result(&run, self.env.tz, end.outcome, counts, message)));
+        plan.samples.extend(self.end_of_run(run, end.outcome, &mut counts, &mut message).await?);
+        plan.out.push(Out::Ledger(run_key(&run.job, &run.period), ledger_entry(run, end.state, end.chunk_count)));
+        plan.out.push(Out::Result(run_result(run, self.env.tz, end.outcome, counts, message)));
         let settings = self.env.job_settings(&run.job);
         if settings.overlap.buffers() {
             // The job's next waiting tick runs now: read what the planner buffered (on

@@ -250,9 +250,12 @@ pub async fn follow_as(
                         if let Ok(r) = RunResult::from_avro(decoded.value) {
                             if r.tick_id == tick.tick_id {
                                 // A run ends after its last chunk: its entry may be read later.
+                                // A run applied in its tick's transaction has no work item: its
+                                // chunk count is in its result.
                                 if r.outcome == Outcome::Succeeded {
-                                    if let Some(p) = planned {
-                                        progress.update(label, planned, seen.len(), usize::try_from(p).unwrap_or(0));
+                                    if let Some(p) = planned.or_else(|| r.counts.get("chunks").copied()) {
+                                        let all = usize::try_from(p).unwrap_or(0);
+                                        progress.update(label, Some(p), seen.len().max(all), all);
                                     }
                                 }
                                 break Some(Followed::Ended(Box::new(r)));

@@ -610,7 +610,16 @@ async fn events_carry_the_spec_fields_and_deterministic_ids() {
     }
 
     // The same decision applied again (a retry after a crash) yields the very same records.
-    let item = work_items(&s).await.into_iter().find(|w| w.chunk_index == 0).unwrap();
+    // One chunk: applied in the tick's transaction, kept in `job_runs` (no work item).
+    let item = match work_items(&s).await.into_iter().find(|w| w.chunk_index == 0) {
+        Some(item) => item,
+        None => sqlx::query_scalar::<_, sqlx::types::Json<WorkItem>>("SELECT inline_item FROM job_runs WHERE run_id = $1")
+            .bind(&run_id)
+            .fetch_one(&shop.pool)
+            .await
+            .unwrap()
+            .0,
+    };
     let ctx = JobCtx {
         db: shop.pool.clone(),
         redis: Some(shop.stock.connection()),

@@ -8,7 +8,10 @@
 //!   for it (producer `linger.ms=0`, so the baseline is not slowed by batching delays). Run on
 //!   a sample (`SJ_BENCH_NAIVE_ORDERS`, default min(5000, orders)) and extrapolated linearly; it runs after the floor, so both meet a warmed-up broker.
 //! - floor: one batched UPDATE of all the rows (returning what the events need) plus producing
-//!   the same events with an idempotent producer, no transactions, no Redis, no bookkeeping.
+//!   the same events with an idempotent producer, no transactions, no Redis, no bookkeeping;
+//!   timed, like the pipeline, until a `read_committed` reader running beside it has seen
+//!   every event (its note gives the time to the last acknowledgement too: the floor's
+//!   measure before 2026-12-01, when the reader ran only beside the pipeline).
 //! - pipeline: the processor with batch 100 and 1000, then two instances at batch 1000 (the
 //!   table shows how many chunks each applied, from `job_run_chunks.applied_by`).
 //!
@@ -236,11 +239,15 @@ async fn naive(d: &Data) -> Duration {
 }
 
 /// The cost floor: one UPDATE of every row, then the same events, batched, no transactions.
-async fn floor(d: &Data) -> Duration {
+/// Gives the time until a `read_committed` reader has seen every event — where the
+/// pipeline's clock stops too, with the same reader running beside it — and the time until
+/// the producer had every acknowledgement.
+async fn floor(d: &Data, n: usize) -> (Duration, Duration) {
     let s = &d.settings;
     let codec = Codec::new(s).expect("codec");
     let producer: FutureProducer = client_config(s, Role::Producer).create().expect("producer");
     let topics = [s.topic(Topic::OrderCancelled), s.topic(Topic::OrderExpirationNotification)];
+    let seen = count_until(s, &topics, 2 * n);
     let t0 = Instant::now();
     type Row = (String, String, DateTime<Utc>, Option<String>, Option<i32>);
     let rows: Vec<Row> = sqlx::query_as(
@@ -281,7 +288,9 @@ async fn floor(d: &Data) -> Duration {
         }
     }
     delivered(&mut pending).await;
-    t0.elapsed()
+    let acked = t0.elapsed();
+    let seen = tokio::task::spawn_blocking(move || seen.join().expect("reader")).await.expect("join");
+    (seen - t0, acked)
 }
 
 async fn delivered(pending: &mut Vec<DeliveryFuture>) {
@@ -476,7 +485,7 @@ async fn pipeline(d: &Data, n: usize, instances: usize) -> (Duration, Vec<(Strin
         s.processor.instance_id = format!("bench-{i}");
         let mut pg = s.postgres.clone();
         pg.database = d.db_name.clone();
-        let pool = scheduled_jobs::db::connect(&pg).await.expect("pool");
+        let pool = scheduled_jobs::db::connect_processor(&pg).await.expect("pool");
         let timed = Arc::new(Timed::default());
         let mut jobs = Registry::builtin();
         jobs.add(timed.clone());
@@ -554,10 +563,22 @@ async fn main() {
             }
             "floor" => {
                 let d = seed(isolated().await, n, 100).await;
-                let t = floor(&d).await;
+                let before = cpu::Cpu::now();
+                let (t, acked) = floor(&d, n).await;
+                let used = cpu::Cpu::now().since(before);
+                cpu_lines.push(format!(
+                    "floor: {}; PostgreSQL and the rest (machine minus those) {:.1} core-s",
+                    used.describe(),
+                    used.machine - used.bench - used.redis - used.kafka
+                ));
                 assert_eq!(d.cancelled().await, n as i64);
                 d.drop().await;
-                Line { variant: "floor: 1 UPDATE + produce", instances: 1, orders: n, batch: "all", elapsed: t, note: "no transactions, no Redis".into() }
+                let note = format!(
+                    "no transactions, no Redis; every event read back (read_committed), as the pipeline's time is; acknowledged after {:.3} s ({:.0} orders/s)",
+                    acked.as_secs_f64(),
+                    n as f64 / acked.as_secs_f64()
+                );
+                Line { variant: "floor: 1 UPDATE + produce", instances: 1, orders: n, batch: "all", elapsed: t, note }
             }
             "crash1" | "crash100" => {
                 // Throughput against what one crash costs, at batch 100: one record per

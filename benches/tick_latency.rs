@@ -114,7 +114,7 @@ async fn floor(s: &Settings, n: usize) -> anyhow::Result<Vec<Duration>> {
 /// `n` noop runs, one at a time, their fire times `days_ago` days back (each series its own
 /// periods: a period already recorded would not run again).
 async fn pipeline(s: &Settings, n: usize, days_ago: i64) -> anyhow::Result<Vec<Duration>> {
-    let pool = scheduled_jobs::db::connect(&s.postgres).await?;
+    let pool = scheduled_jobs::db::connect_processor(&s.postgres).await?;
     scheduled_jobs::db::migrate(&pool).await?;
     let processor = Processor::new(s.clone(), scheduled_jobs::jobs::Registry::builtin(), pool).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

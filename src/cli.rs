@@ -410,7 +410,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 None
             };
             let start = || async {
-                let pool = crate::db::connect(&settings.postgres).await.map_err(crate::runtime::processor::ProcessorError::from)?;
+                let pool = crate::db::connect_processor(&settings.postgres).await.map_err(crate::runtime::processor::ProcessorError::from)?;
                 crate::runtime::processor::Processor::new(settings.clone(), crate::jobs::Registry::builtin(), pool).await
             };
             let waiting = |e: &crate::runtime::processor::ProcessorError, wait: Duration| {

@@ -62,8 +62,24 @@ pub fn connect_lazy(pg: &PostgresSettings) -> PgPool {
     PgPoolOptions::new().max_connections(2).acquire_timeout(Duration::from_secs(10)).connect_lazy_with(connect_options(pg, &pg.database))
 }
 
+/// The processor's pool (`scheduled-jobs run`): it keeps all `max_connections` open.
+///
+/// A chunk's effects take several connections at once (a streamed read, groups confirmed
+/// while the compare goes on, the chunks started ahead), and opening one when a chunk starts
+/// (a backend, TLS, SCRAM) put 150–300 ms on a stock-sync run's critical path on the 2-core
+/// test machine (docs/performance.md). sqlx would also close idle connections after ten
+/// minutes, i.e. before every nightly run. A long-lived processor holds the connections it
+/// is allowed instead; each is still replaced after sqlx's `max_lifetime` (30 minutes).
+pub async fn connect_processor(pg: &PostgresSettings) -> Result<PgPool, DbError> {
+    pool(pg, PgPoolOptions::new().min_connections(pg.max_connections).idle_timeout(None)).await
+}
+
 pub async fn connect(pg: &PostgresSettings) -> Result<PgPool, DbError> {
-    PgPoolOptions::new()
+    pool(pg, PgPoolOptions::new()).await
+}
+
+async fn pool(pg: &PostgresSettings, options: PgPoolOptions) -> Result<PgPool, DbError> {
+    options
         .max_connections(pg.max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(connect_options(pg, &pg.database))

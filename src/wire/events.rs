@@ -223,6 +223,7 @@ impl CancellationReason {
 
 impl Event for OrderCancelled {
     const TOPIC: Topic = Topic::OrderCancelled;
+    const DIRECT: bool = true;
 
     fn schema() -> &'static Avsc {
         &ORDER_CANCELLED
@@ -256,6 +257,7 @@ pub struct OrderExpirationNotification {
 
 impl Event for OrderExpirationNotification {
     const TOPIC: Topic = Topic::OrderExpirationNotification;
+    const DIRECT: bool = true;
 
     fn schema() -> &'static Avsc {
         &ORDER_EXPIRATION_NOTIFICATION
@@ -1197,6 +1199,41 @@ mod direct {
         let mut direct = Vec::new();
         Direct::write(event, &writer, &mut direct).unwrap();
         assert_eq!(direct, by_value, "{event:?}");
+    }
+
+    #[test]
+    fn order_events_written_directly_are_byte_identical_to_their_values() {
+        let at = DateTime::from_timestamp_millis(1_764_028_800_123).unwrap();
+        let lines = [
+            vec![],
+            vec![CancelledItem { product_id: "p-1".into(), quantity: 1 }],
+            vec![
+                CancelledItem { product_id: "p-000123 ü".into(), quantity: i32::MAX },
+                CancelledItem { product_id: "".into(), quantity: i32::MIN },
+                CancelledItem { product_id: "p-3".into(), quantity: 0 },
+            ],
+        ];
+        for items in lines {
+            for reason in CancellationReason::ALL {
+                same_bytes(&OrderCancelled {
+                    event_id: "6ba6fe1f-3d3e-5d70-8ca6-03e7be9072c8".into(),
+                    event_timestamp: at,
+                    order_id: "o-42".into(),
+                    user_id: "u-7".into(),
+                    items: items.clone(),
+                    cancellation_reason: reason,
+                    cancelled_at: DateTime::from_timestamp_millis(-1).unwrap(),
+                });
+            }
+        }
+        same_bytes(&OrderExpirationNotification {
+            event_id: "6ba6fe1f-3d3e-5d70-8ca6-03e7be9072c8".into(),
+            event_timestamp: at,
+            order_id: "o-42".into(),
+            user_id: "u-7".into(),
+            expiration_reason: "주문이 자동 취소되었습니다 (결제 시간 초과)".into(),
+            expired_at: at,
+        });
     }
 
     #[test]

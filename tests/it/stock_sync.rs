@@ -496,17 +496,11 @@ async fn alerts_are_emitted_once_per_mismatch_under_duplicate_ticks_and_replay()
     assert_eq!(sync_results(results(&e.s).await).len(), 1, "one run");
 }
 
-/// Planning cuts contiguous ranges that cover every product exactly once, whatever the
-/// batch size, and plans nothing for an empty table.
-#[tokio::test]
-async fn plan_cuts_ranges_that_cover_every_product_once() {
-    let s = crate::common::settings();
-    let db = test_db(&s).await;
-    let ctx = |batch: u32| {
-        let mut settings = s.job(JOB).cloned().unwrap_or_default();
-        settings.batch_size = batch;
-        JobCtx { db: db.clone(), redis: None, tz: chrono_tz::UTC, settings, deadline: Deadline::none(), effects_done: false }
-    };
+/// stock-sync's plan of a run over `db` in ranges of `batch`, collected.
+async fn plan_at(s: &Settings, db: &PgPool, batch: u32) -> Vec<Vec<String>> {
+    let mut settings = s.job(JOB).cloned().unwrap_or_default();
+    settings.batch_size = batch;
+    let ctx = JobCtx { db: db.clone(), redis: None, tz: chrono_tz::UTC, settings, deadline: Deadline::none(), effects_done: false };
     let run = Run {
         run_id: unique("run"),
         job: JOB.into(),
@@ -515,10 +509,16 @@ async fn plan_cuts_ranges_that_cover_every_product_once() {
         tick: tick(JOB, minutes_ago(1), &[]),
         planned_at: Utc::now(),
     };
-    let plan = |batch: u32| {
-        let (ctx, run) = (ctx(batch), run.clone());
-        async move { StockSync.plan(&ctx, &run).map(|r| r.unwrap()).collect::<Vec<Vec<String>>>().await }
-    };
+    StockSync.plan(&ctx, &run).map(|r| r.unwrap()).collect().await
+}
+
+/// Planning cuts contiguous ranges that cover every product exactly once, whatever the
+/// batch size, and plans nothing for an empty table.
+#[tokio::test]
+async fn plan_cuts_ranges_that_cover_every_product_once() {
+    let s = crate::common::settings();
+    let db = test_db(&s).await;
+    let plan = |batch: u32| plan_at(&s, &db, batch);
     assert!(plan(3).await.is_empty(), "no products, no chunks");
     let ids: Vec<String> = (0..10).map(|i| format!("p{i:02}")).collect();
     sqlx::query("INSERT INTO products (id, name, stock) SELECT id, id, 1 FROM unnest($1::text[]) AS t(id)")
@@ -536,6 +536,44 @@ async fn plan_cuts_ranges_that_cover_every_product_once() {
         }
         assert_eq!(covered, ids, "batch {batch}: every product exactly once, in order: {ranges:?}");
         assert!(ranges.iter().all(|r| ids.iter().filter(|id| **id >= r[0] && **id <= r[1]).count() <= batch as usize));
+    }
+}
+
+/// From 100,000 products, an analysed catalogue is split where its statistics put every
+/// `batch` products (no walk over the index): every product is still in exactly one range, in
+/// order, each range is near its size, and the inner ranges begin at histogram bounds — the
+/// walk would begin them at exact multiples of the batch, which are not.
+#[tokio::test]
+async fn a_large_analysed_catalogue_is_split_at_its_statistics_and_covered_exactly_once() {
+    let s = crate::common::settings();
+    let db = test_db(&s).await;
+    // This test's own database: autovacuum must not re-analyse between the plan and the
+    // statistics read below.
+    sqlx::query("ALTER TABLE products SET (autovacuum_enabled = false)").execute(&db).await.unwrap();
+    sqlx::query("INSERT INTO products (id, name, stock) SELECT 'p' || lpad(i::text, 6, '0'), 'p', 1 FROM generate_series(0, 149999) i")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("ANALYZE products").execute(&db).await.unwrap();
+    let batch = 40_000usize;
+    let ranges = plan_at(&s, &db, batch as u32).await;
+    assert_eq!(ranges.len(), 4, "150,000 products in ranges of about 40,000: {ranges:?}");
+
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM products ORDER BY id").fetch_all(&db).await.unwrap();
+    let mut covered = Vec::new();
+    for r in &ranges {
+        let inside: Vec<String> = ids.iter().filter(|id| **id >= r[0] && **id <= r[1]).cloned().collect();
+        assert!((batch * 3 / 4..=batch * 5 / 4).contains(&inside.len()), "range {r:?} holds {} products", inside.len());
+        covered.extend(inside);
+    }
+    assert_eq!(covered, ids, "every product exactly once, in order: {ranges:?}");
+    let bounds: Vec<String> =
+        sqlx::query_scalar("SELECT histogram_bounds::text::text[] FROM pg_stats WHERE tablename = 'products' AND attname = 'id'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    for r in &ranges[1..] {
+        assert!(bounds.contains(&r[0]), "range {r:?} begins at a histogram bound");
     }
 }
 

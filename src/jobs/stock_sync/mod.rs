@@ -5,8 +5,12 @@
 //! mismatches is urgent (its summary is `CRITICAL`: the one record to page on).
 //!
 //! # Shape
-//! - **plan** walks product ids in id order (one streamed statement, constant memory) and
-//!   cuts them into chunks of `batch_size` products. A stock-sync work item carries a
+//! - **plan** cuts the product ids, in id order, into ranges of `batch_size` products: exactly,
+//!   by walking the primary-key index (one streamed statement, constant memory), or — from
+//!   100,000 products, by the table's statistics, when `ANALYZE` (autovacuum) has run — of
+//!   about `batch_size`, split at the histogram bounds of `products.id` nearest each boundary
+//!   (two index probes per range; a statistics gone stale only makes the ranges uneven, every
+//!   product is still in exactly one). A stock-sync work item carries a
 //!   *range*, `ids = [first_id, last_id]` (inclusive, in the database's text order), not every
 //!   id: 1,000,000 products would otherwise put ~40 MB of ids through Kafka for a job that
 //!   re-reads them anyway. A product created after planning is checked by this run if its id
@@ -79,7 +83,7 @@ mod apply;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use serde::{Deserialize, Serialize};
 
@@ -172,6 +176,60 @@ WITH RECURSIVE r(first_id, last_id) AS (
     WHERE n.first_id IS NOT NULL)
 SELECT first_id, last_id FROM r";
 
+/// Below this many products (as the table's statistics count them) the plan walks the index:
+/// it takes under ~40 ms there, and its ranges are exact.
+const SPLIT_AT_STATISTICS_FROM: f64 = 100_000.0;
+
+/// The table's statistics of `products.id`: the equi-depth histogram `ANALYZE` (autovacuum)
+/// keeps, and the row count it estimated. None if it was never analysed.
+const STATISTICS: &str = "
+SELECT s.histogram_bounds::text::text[], c.reltuples::float8
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'id' AND NOT s.inherited
+WHERE c.oid = 'products'::regclass";
+
+/// The run's ranges split at the given ids ($1, ascending; the first range starts at the
+/// smallest id, the last ends at the largest): each range's first and last existing id, found
+/// by two index probes, empty ranges left out. One statement: one snapshot, contiguous
+/// ranges, every product of the table in exactly one.
+const RANGES_AT: &str = "
+WITH s AS (
+    SELECT u.lo, lead(u.lo) OVER (ORDER BY u.k) AS hi, u.k
+    FROM unnest(array_prepend(NULL::text, $1::text[])) WITH ORDINALITY AS u(lo, k))
+SELECT r.first_id, r.last_id
+FROM s CROSS JOIN LATERAL (
+    SELECT CASE WHEN s.k = 1 THEN (SELECT min(id) FROM products)
+                ELSE (SELECT min(id) FROM products WHERE id >= s.lo) END AS first_id,
+           CASE WHEN s.hi IS NULL THEN (SELECT max(id) FROM products)
+                ELSE (SELECT max(id) FROM products WHERE id < s.hi) END AS last_id) r
+WHERE r.first_id <= r.last_id
+ORDER BY s.k";
+
+/// Where to split a catalogue of `rows` products (by its statistics) into ranges of about
+/// `batch`: the histogram bounds nearest the range boundaries. None — walk the index — when
+/// the catalogue is small or the histogram is coarser than the ranges asked for.
+fn split_points(bounds: &[String], rows: f64, batch: i64) -> Option<Vec<String>> {
+    if !(rows >= SPLIT_AT_STATISTICS_FROM) || batch < 1 {
+        return None;
+    }
+    let ranges = (rows / batch as f64).ceil().max(1.0) as usize;
+    let buckets = bounds.len().saturating_sub(1);
+    if ranges > buckets {
+        return None;
+    }
+    Some((1..ranges).map(|i| bounds[i * buckets / ranges].clone()).collect())
+}
+
+/// [`split_points`] from the database's statistics.
+async fn split_points_of(db: &sqlx::PgPool, batch: i64) -> Result<Option<Vec<String>>, JobError> {
+    let stats: Option<(Option<Vec<String>>, f64)> = sqlx::query_as(STATISTICS).fetch_optional(db).await?;
+    Ok(match stats {
+        Some((Some(bounds), rows)) => split_points(&bounds, rows, batch),
+        _ => None,
+    })
+}
+
 impl Job for StockSync {
     fn name(&self) -> &'static str {
         "stock-sync"
@@ -197,11 +255,17 @@ impl Job for StockSync {
     /// (`resume_after`) emits the next ones.
     fn plan<'a>(&'a self, ctx: &'a JobCtx, _run: &'a Run) -> BoxStream<'a, Result<Vec<String>, JobError>> {
         let batch = i64::from(ctx.settings.batch_size.max(1));
-        // Streamed: one range (two ids) is held at a time.
-        sqlx::query_as::<_, (String, String)>(RANGES)
-            .bind(batch)
-            .fetch(&ctx.db)
-            .map(|r| r.map(|(first, last)| vec![first, last]).map_err(JobError::from))
+        let db = &ctx.db;
+        // A large catalogue is split where its statistics put every `batch` products (two
+        // index probes per range): walking 1,000,000 index entries took 0.3-0.5 s of a run
+        // whose compare takes 2 s. Streamed: one range (two ids) is held at a time.
+        futures::stream::once(split_points_of(db, batch))
+            .map_ok(move |splits| match splits {
+                Some(splits) => sqlx::query_as::<_, (String, String)>(RANGES_AT).bind(splits).fetch(db),
+                None => sqlx::query_as::<_, (String, String)>(RANGES).bind(batch).fetch(db),
+            })
+            .map_ok(|ranges| ranges.map(|r| r.map(|(first, last)| vec![first, last]).map_err(JobError::from)))
+            .try_flatten()
             .boxed()
     }
 
@@ -217,6 +281,22 @@ impl Job for StockSync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_catalogue_is_split_at_the_histogram_bounds_nearest_each_boundary() {
+        let bounds: Vec<String> = (0..=100).map(|i| format!("p{:06}", i * 10_000)).collect();
+        // 1,000,000 products in ranges of 500,000: one split, at the middle bound.
+        assert_eq!(split_points(&bounds, 1_000_000.0, 500_000), Some(vec!["p500000".to_string()]));
+        // Three ranges of about 340,000: at a third and two thirds of the histogram.
+        assert_eq!(split_points(&bounds, 1_000_000.0, 340_000), Some(vec!["p330000".to_string(), "p660000".to_string()]));
+        // One range: no split, one range [min, max] with no walk.
+        assert_eq!(split_points(&bounds, 400_000.0, 500_000), Some(vec![]));
+        // Small (counted exactly), finer than the histogram, or never analysed: walk the index.
+        assert_eq!(split_points(&bounds, 99_999.0, 10_000), None);
+        assert_eq!(split_points(&bounds, 1_000_000.0, 9_000), None);
+        assert_eq!(split_points(&bounds, -1.0, 500_000), None);
+        assert_eq!(split_points(&[], 1_000_000.0, 500_000), None);
+    }
 
     #[test]
     fn wire_names_match_the_schema() {

@@ -648,7 +648,13 @@ async fn a_group_outcome_is_noted_once_and_a_crash_before_it_leaves_the_rows_pen
             .unwrap()
         }
     };
-    // The first attempt stops (is dropped) while holding its group's repair.
+    // The first attempt stops (is dropped) while holding its group's repair. It runs on a
+    // pool of its own, closed after it like a crashed process's connections: an attempt
+    // dropped mid-statement can leave its connection out of step with the server (sqlx then
+    // answers the next statement on it with a protocol error), and the retry would otherwise
+    // take that connection from the shared pool.
+    let dying = sqlx::PgPool::connect_with((*e.db.connect_options()).clone()).await.unwrap();
+    let crashing = JobCtx { db: dying.clone(), ..e.ctx() };
     scheduled_jobs::runtime::fault::pause_at(scheduled_jobs::runtime::fault::BEFORE_STOCK_REPAIR, held.clone(), Duration::from_secs(30));
     let stopped = tokio::time::timeout(Duration::from_secs(10), async {
         let recorded = async {
@@ -657,12 +663,13 @@ async fn a_group_outcome_is_noted_once_and_a_crash_before_it_leaves_the_rows_pen
             }
         };
         tokio::select! {
-            _ = StockSync.apply(&ctx, &item) => panic!("the chunk went past its pause"),
+            _ = StockSync.apply(&crashing, &item) => panic!("the chunk went past its pause"),
             () = recorded => {}
         }
     })
     .await;
     assert!(stopped.is_ok(), "the group was never recorded");
+    dying.close().await;
     assert_eq!(
         outcomes(&e).await,
         vec![(held.clone(), None, None), (other.clone(), None, None)],

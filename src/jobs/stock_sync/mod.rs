@@ -9,7 +9,7 @@
 //!   by walking the primary-key index (one streamed statement, constant memory), or — from
 //!   100,000 products, by the table's statistics, when `ANALYZE` (autovacuum) has run — of
 //!   about `batch_size`, split at the histogram bounds of `products.id` nearest each boundary
-//!   (two index probes per range; a statistics gone stale only makes the ranges uneven, every
+//!   (two index probes per range; stale statistics only make the ranges uneven, every
 //!   product is still in exactly one). A stock-sync work item carries a
 //!   *range*, `ids = [first_id, last_id]` (inclusive, in the database's text order), not every
 //!   id: 1,000,000 products would otherwise put ~40 MB of ids through Kafka for a job that

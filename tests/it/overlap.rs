@@ -7,7 +7,9 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use scheduled_jobs::config::{Overlap, Settings, Topic};
 use scheduled_jobs::runtime::processor::Processor;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use scheduled_jobs::kafka::codec::Codec;
+use scheduled_jobs::kafka::{client_config, Role};
 use scheduled_jobs::wire::internal::{LedgerEntry, Outcome, RunResult, RunState};
 use scheduled_jobs::runtime::processor::bookkeeping::{start_chunk, ChunkOutcome, Start};
 use scheduled_jobs::wire::tick::{Tick, Trigger};
@@ -192,12 +194,19 @@ async fn a_cancelled_run_completes_its_started_chunks_and_starts_no_other() {
     assert_eq!(start_chunk(&pool, "run-z", 0, "one", false).await.unwrap(), Start::Fresh, "other runs go on");
 }
 
-/// Waits until a chunk has started in the test's own database.
-async fn chunk_started(pool: &sqlx::PgPool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM job_run_chunks").fetch_one(pool).await.unwrap() == 0 {
-        assert!(std::time::Instant::now() < deadline, "no chunk started within 60 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// Publishes `ticks` in one produce request (one producer, sent before any is awaited), so
+/// the processor that holds the tick partition reads them in one batch.
+async fn publish_together(s: &Settings, ticks: &[Tick]) {
+    let codec = Codec::new(s).unwrap();
+    let producer: FutureProducer = client_config(s, Role::Producer).create().unwrap();
+    let topic = s.topic(Topic::Tick);
+    let mut sent = Vec::new();
+    for t in ticks {
+        let bytes = codec.encode(&topic, t.to_avro()).await.unwrap();
+        sent.push(producer.send_result(FutureRecord::to(&topic).key(&t.job).payload(&bytes)).map_err(|(e, _)| e).unwrap());
+    }
+    for d in sent {
+        d.await.unwrap().map_err(|(e, _)| e).unwrap();
     }
 }
 
@@ -227,10 +236,14 @@ async fn waiting_ticks_of_a_job_paused_meanwhile_are_skipped_and_hold_nothing_ba
     let a = slow(minutes_ago(30), "8", "3000");
     let b = manual(minutes_ago(20), &[]);
     let c = manual(minutes_ago(10), &[]);
-    publish(&s, &[a.clone(), b.clone(), c.clone()]).await;
+    // Both members first: a processor alone in the group can apply all of A before the other
+    // joins (the group rebalances between its batches), and A would end before the pause.
     let two = Two::start(&s, &pool).await;
-    // A's chunks start once the batch that planned A and buffered B and C is committed.
-    chunk_started(&pool).await;
+    publish_together(&s, &[a.clone(), b.clone(), c.clone()]).await;
+    // Paused once B and C wait (C is the batch's last tick) while A runs. Not on A's first
+    // chunk: the other instance may start it while this batch is still being handled (a
+    // catch-up of the ledger commits A's plan first), and C would meet the pause on arrival.
+    waiting_state(&s, &c, RunState::Buffered).await;
     scheduled_jobs::runtime::control::pause(&pool, "noop", "operator", Some("maintenance")).await.unwrap();
     let r = wait_for_results(&s, 3, Duration::from_secs(120)).await;
     let (ra, rb, rc) = (one(&r, &a), one(&r, &b), one(&r, &c));

@@ -31,8 +31,23 @@ async fn reserve_release_consume_and_compare_and_set() {
     let (a, b) = (unique("o"), unique("o"));
     stock.reserve(&a, &[(p1.clone(), 1)]).await.unwrap();
     stock.reserve(&b, &[(p1.clone(), 2), (p2.clone(), 1)]).await.unwrap();
+    assert_eq!(stock.stocks(&[p1.clone(), p2.clone()]).await.unwrap(), vec![Some(7), Some(0)]);
+    // a and b share p1: its stock comes back with both quantities, once.
     assert_eq!(stock.release_many(&[a.clone(), b.clone(), unique("o")]).await.unwrap(), vec![1, 2, 0]);
+    assert_eq!(stock.stocks(&[p1.clone(), p2.clone()]).await.unwrap(), vec![Some(10), Some(1)]);
     assert_eq!(stock.release_many(&[a, b]).await.unwrap(), vec![0, 0], "released once");
+    assert_eq!(stock.stocks(&[p1.clone(), p2.clone()]).await.unwrap(), vec![Some(10), Some(1)]);
+    // More reservations than one DEL takes (500 keys), sharing one product.
+    let many: Vec<String> = (0..1_201).map(|_| unique("o")).collect();
+    let _: () = conn.set(stock_key(&p2), 2_000).await.unwrap();
+    for o in &many {
+        assert_eq!(stock.reserve(o, &[(p2.clone(), 1)]).await.unwrap(), Reserve::Reserved);
+    }
+    assert_eq!(stock.stocks(&[p2.clone()]).await.unwrap(), vec![Some(799)]);
+    assert_eq!(stock.release_many(&many).await.unwrap(), vec![1; 1_201]);
+    assert_eq!(stock.stocks(&[p2.clone()]).await.unwrap(), vec![Some(2_000)]);
+    assert_eq!(stock.release_many(&many).await.unwrap(), vec![0; 1_201], "every reservation gone");
+    let _: () = conn.set(stock_key(&p2), 1).await.unwrap();
 
     let paid = unique("o");
     assert_eq!(stock.reserve(&paid, &[(p1.clone(), 2)]).await.unwrap(), Reserve::Reserved);

@@ -80,6 +80,12 @@ pub enum LedgerError {
 pub struct LedgerView {
     topic: String,
     consumer: BaseConsumer,
+    /// Asks for the ledger's ends; never assigned, so it never has a fetch in flight. The
+    /// broker answers a connection's requests in order, and `consumer` always has a long-poll
+    /// fetch pending (up to `fetch.wait.max.ms`, 500 ms by default): asked on `consumer`, the
+    /// ends came only after it, and every catch-up (each accounting pass, each overlap check)
+    /// held the processor for up to half a second.
+    ends: BaseConsumer,
     codec: Codec,
     entries: Entries,
 }
@@ -129,6 +135,7 @@ impl LedgerView {
         let mut cfg = kafka::client_config(settings, Role::Consumer);
         cfg.set("group.id", format!("{}-ledger-view", settings.processor.group_id));
         let consumer: BaseConsumer = kafka::create(&cfg)?;
+        let ends: BaseConsumer = kafka::create(&cfg)?;
         let md = consumer
             .fetch_metadata(Some(&topic), Duration::from_secs(10))
             .map_err(|e| KafkaClientError::kafka("ledger metadata", e))?;
@@ -140,7 +147,7 @@ impl LedgerView {
             }
         }
         consumer.assign(&tpl).map_err(|e| KafkaClientError::kafka("ledger assign", e))?;
-        Ok(LedgerView { topic, consumer, codec, entries: Entries::default() })
+        Ok(LedgerView { topic, consumer, ends, codec, entries: Entries::default() })
     }
 
     pub fn get(&self, key: &str) -> Option<&LedgerEntry> {
@@ -191,7 +198,7 @@ impl LedgerView {
         let deadline = Instant::now() + timeout;
         let assignment = self.consumer.assignment().map_err(|e| KafkaClientError::kafka("ledger assignment", e))?;
         let partitions = assignment.elements().iter().map(|el| el.partition()).collect::<Vec<_>>();
-        let ends = read::watermarks(&self.consumer, &self.topic, partitions, Duration::from_secs(10))
+        let ends = read::watermarks(&self.ends, &self.topic, partitions, Duration::from_secs(10))
             .map_err(|e| match e.rdkafka_error_code() {
                 // The partition was in the metadata a moment ago: a broker still loading
                 // after a restart answers this way. Retried, not fatal.

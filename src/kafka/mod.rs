@@ -182,7 +182,12 @@ pub fn classify(e: &KafkaError) -> ErrorClass {
                 | RDKafkaErrorCode::RebalanceInProgress
                 // A delivery that outlived message.timeout.ms (a partition leaderless through
                 // a broker failover): the transaction is aborted and redone.
-                | RDKafkaErrorCode::MessageTimedOut,
+                | RDKafkaErrorCode::MessageTimedOut
+                // Deliveries librdkafka purged because their transaction failed (an abortable
+                // error while a broker restarts; seen in the long fault profile, 2026-12-01):
+                // the same. Should the producer itself be unusable, the abort says so.
+                | RDKafkaErrorCode::PurgeQueue
+                | RDKafkaErrorCode::PurgeInflight,
             ) => ErrorClass::Retry,
             _ => ErrorClass::Fatal,
         },
@@ -309,5 +314,23 @@ pub fn check_properties(settings: &Settings) -> Result<(), crate::config::Config
             message: desc,
         }),
         Err(e) => Err(crate::config::ConfigError::Invalid { setting: "kafka.properties".into(), message: e.to_string() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A delivery that failed with its transaction is redone after the reset path's abort; a
+    /// producer that is fenced or unusable stops the process.
+    #[test]
+    fn failed_deliveries_are_retried_and_a_fenced_producer_is_fatal() {
+        for code in [RDKafkaErrorCode::MessageTimedOut, RDKafkaErrorCode::PurgeQueue, RDKafkaErrorCode::PurgeInflight] {
+            assert_eq!(classify(&KafkaError::MessageProduction(code)), ErrorClass::Retry, "{code:?}");
+        }
+        for code in [RDKafkaErrorCode::ProducerFenced, RDKafkaErrorCode::Fenced, RDKafkaErrorCode::Fatal] {
+            assert_eq!(classify(&KafkaError::MessageProduction(code)), ErrorClass::Fatal, "{code:?}");
+        }
+        assert_eq!(classify(&KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)), ErrorClass::Fatal);
     }
 }

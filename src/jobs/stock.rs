@@ -48,14 +48,16 @@ return #items / 2
 // The stock of a product several orders reserved goes back in one INCRBY (the orders of one
 // chunk often share products), and the reservations go in DELs of up to 500 keys: a chunk's
 // release was ~4 commands per order. Everything is read before anything is written, so a
-// reservation that cannot be read as quantities fails the call with nothing changed.
+// reservation whose quantity is not a whole number fails the call, naming it, with nothing changed.
 const RELEASE_MANY: &str = r#"
 local out, total, products, gone = {}, {}, {}, {}
 for k = 1, #KEYS do
   local items = redis.call('HGETALL', KEYS[k])
   for i = 1, #items, 2 do
     local p, q = items[i], tonumber(items[i + 1])
-    if q == nil then return redis.error_reply('reservation ' .. KEYS[k] .. ' holds a quantity that is not a number') end
+    if q == nil or q ~= math.floor(q) then
+      return redis.error_reply('reservation ' .. KEYS[k] .. ' holds a quantity that is not a whole number: ' .. items[i + 1])
+    end
     if total[p] == nil then
       total[p] = 0
       products[#products + 1] = p

@@ -1,7 +1,7 @@
 //! The Redis scripts shared with the Order service: atomic, idempotent per order.
 
 use redis::AsyncCommands;
-use scheduled_jobs::jobs::stock::{stock_key, Reserve, Stock};
+use scheduled_jobs::jobs::stock::{reservation_key, stock_key, Reserve, Stock};
 
 use crate::common::{settings, unique};
 
@@ -14,6 +14,16 @@ async fn reserve_release_consume_and_compare_and_set() {
     let (p1, p2) = (unique("p"), unique("p"));
     let _: () = conn.set(stock_key(&p1), 10).await.unwrap();
     let _: () = conn.set(stock_key(&p2), 1).await.unwrap();
+    // A reservation that does not hold whole numbers fails the call, named, and nothing is
+    // given back or forgotten, its neighbours' included.
+    let (good, bad) = (unique("o"), unique("o"));
+    stock.reserve(&good, &[(p1.clone(), 1)]).await.unwrap();
+    let _: () = conn.hset(reservation_key(&bad), &p1, "1.5").await.unwrap();
+    let err = stock.release_many(&[good.clone(), bad.clone()]).await.unwrap_err().to_string();
+    assert!(err.contains(&bad) && err.contains("1.5"), "{err}");
+    assert_eq!(stock.stocks(&[p1.clone()]).await.unwrap(), vec![Some(9)], "nothing given back");
+    assert_eq!(stock.release(&good).await.unwrap(), 1, "the good reservation is still there");
+    let _: () = conn.del(reservation_key(&bad)).await.unwrap();
 
     let order = unique("o");
     let items = vec![(p1.clone(), 3), (p2.clone(), 1)];

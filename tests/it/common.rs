@@ -71,6 +71,36 @@ pub fn work_item(job: &str, run_id: &str, index: i32, ids: Vec<String>, at: Date
     }
 }
 
+/// The whole minute `n` minutes before this test binary's first call. Every test's periods
+/// count back from that one fixed minute: computed from the clock at each call, two calls a
+/// test expects to differ (`minutes_ago(1)`, `minutes_ago(2)`) gave the same period when the
+/// clock crossed a minute between them, and the second tick was a duplicate of the first.
+pub fn minutes_ago(n: i64) -> DateTime<Utc> {
+    static ANCHOR: OnceLock<i64> = OnceLock::new();
+    let anchor = *ANCHOR.get_or_init(|| {
+        let now = Utc::now().timestamp();
+        now - now.rem_euclid(60)
+    });
+    DateTime::from_timestamp(anchor - n * 60, 0).expect("a whole minute")
+}
+
+/// Topic `topic`'s config `key` as DescribeConfigs reports it, once a broker that knows the
+/// topic answers: a broker the new topic has not reached yet answers "unknown topic", which is
+/// not an answer about its configs (waits up to [`WAIT`]).
+pub async fn topic_config(s: &Settings, topic: &str, key: &str) -> Option<String> {
+    let admin = scheduled_jobs::kafka::admin(s).expect("admin client");
+    let until = std::time::Instant::now() + WAIT;
+    loop {
+        let specifier = rdkafka::admin::ResourceSpecifier::Topic(topic);
+        let res = admin.describe_configs([specifier].iter(), &scheduled_jobs::kafka::admin_options(WAIT)).await.expect("describe configs");
+        match &res[0] {
+            Ok(configs) => return configs.get(key).and_then(|e| e.value.clone()),
+            Err(_) if std::time::Instant::now() < until => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("topic {topic} still not described after {WAIT:?}: {e:?}"),
+        }
+    }
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }

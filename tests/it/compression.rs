@@ -8,13 +8,12 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use base64::Engine as _;
-use rdkafka::admin::ResourceSpecifier;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::Utc;
 use scheduled_jobs::config::{Settings, Topic};
 use scheduled_jobs::wire::internal::Outcome;
 use scheduled_jobs::wire::tick::Tick;
 
-use crate::common::{isolated, read_all, repo_root, with_noop, WAIT};
+use crate::common::{isolated, minutes_ago, read_all, repo_root, topic_config, with_noop};
 use crate::processor::{drive, processor, results};
 
 /// Every codec a Kafka producer can choose besides none.
@@ -48,30 +47,20 @@ fn java_produce(s: &Settings, topic: &str, records: &[(&str, &str, String)]) -> 
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
 }
 
-fn minute(minutes_ago: i64) -> DateTime<Utc> {
-    let t = Utc::now() - TimeDelta::minutes(minutes_ago);
-    DateTime::from_timestamp(t.timestamp() - t.timestamp() % 60, 0).expect("a whole minute")
-}
-
 #[tokio::test]
 async fn ticks_compressed_by_the_java_client_run_with_every_codec() {
     let s = with_noop(isolated().await);
     let topic = s.topic(Topic::Tick);
     // The broker keeps each batch as its producer compressed it (it would recompress them all
     // to one codec otherwise, and the Java codecs would go untested).
-    let admin = scheduled_jobs::kafka::admin(&s).expect("admin client");
-    let described = admin
-        .describe_configs([ResourceSpecifier::Topic(&topic)].iter(), &scheduled_jobs::kafka::admin_options(WAIT))
-        .await
-        .expect("describe the tick topic");
-    let stored_as = described[0].as_ref().ok().and_then(|c| c.get("compression.type")).and_then(|e| e.value.clone());
+    let stored_as = topic_config(&s, &topic, "compression.type").await;
     assert_eq!(stored_as.as_deref(), Some("producer"), "compression.type of {topic}");
     let mut records = Vec::new();
     let mut expected = BTreeSet::new();
     for (i, name) in CODECS.iter().enumerate() {
         // A scheduled tick as a Java tick producer would write it (SchedulerTick.avsc, in
         // Avro's JSON encoding: timestamps as epoch millis, the union branch named).
-        let at = minute(i as i64 + 1);
+        let at = minutes_ago(i as i64 + 1);
         let id = Tick::scheduled_id("noop", at);
         let json = serde_json::json!({
             "tickId": id,

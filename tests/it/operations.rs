@@ -3,10 +3,9 @@
 
 use std::process::{Command, Output};
 
-use chrono::{DateTime, TimeDelta, Utc};
 use scheduled_jobs::config::Settings;
 
-use crate::common::{binary, fresh_db, group_has_members, isolated, repo_root, with_noop};
+use crate::common::{minutes_ago, binary, fresh_db, group_has_members, isolated, repo_root, with_noop};
 use crate::processor::{drive, processor_on, publish, results, spawn_processor, tick};
 
 /// The binary with `s`'s private topics, group and database.
@@ -186,17 +185,12 @@ async fn trigger_backfills_a_range_once_per_fire_time_and_reports_recorded_perio
     assert_eq!(results(&s).await.len(), 8, "the refused backfills published nothing");
 }
 
-fn at(minutes_ago: i64) -> DateTime<Utc> {
-    let t = Utc::now() - TimeDelta::minutes(minutes_ago);
-    DateTime::from_timestamp(t.timestamp() - t.timestamp() % 60, 0).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_is_refused_while_the_group_is_live_and_redoes_no_recorded_run() {
     let s = with_noop(isolated().await);
     let (pool, db) = fresh_db(&s).await;
     scheduled_jobs::db::migrate(&pool).await.unwrap();
-    publish(&s, &[tick("noop", at(3), &[]), tick("noop", at(2), &[("chunks", "2")])]).await;
+    publish(&s, &[tick("noop", minutes_ago(3), &[]), tick("noop", minutes_ago(2), &[("chunks", "2")])]).await;
     let mut p = processor_on(&s, pool.clone()).await;
     drive(&mut p, 2).await;
     let before = results(&s).await;
@@ -241,7 +235,7 @@ async fn runs_list_and_a_bounded_tail_report_no_end_of_partition_as_an_error() {
     let s = isolated().await;
     let (pool, db) = fresh_db(&s).await;
     scheduled_jobs::db::migrate(&pool).await.unwrap();
-    publish(&s, &[tick("noop", at(3), &[]), tick("noop", at(2), &[("chunks", "2")])]).await;
+    publish(&s, &[tick("noop", minutes_ago(3), &[]), tick("noop", minutes_ago(2), &[("chunks", "2")])]).await;
     let mut p = processor_on(&s, pool).await;
     drive(&mut p, 2).await;
     drop(p);

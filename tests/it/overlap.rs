@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use scheduled_jobs::config::{Overlap, Settings, Topic};
 use scheduled_jobs::runtime::processor::Processor;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -14,13 +14,8 @@ use scheduled_jobs::wire::internal::{LedgerEntry, Outcome, RunResult, RunState};
 use scheduled_jobs::runtime::processor::bookkeeping::{start_chunk, ChunkOutcome, Start};
 use scheduled_jobs::wire::tick::{Tick, Trigger};
 
-use crate::common::{group_has_members, isolated_with, read_all, with_noop};
+use crate::common::{minutes_ago, group_has_members, isolated_with, read_all, with_noop};
 use crate::processor::{processor_on, publish, results, test_db, tick, wait_for_results};
-
-fn minutes_ago(m: i64) -> DateTime<Utc> {
-    let t = Utc::now() - TimeDelta::minutes(m);
-    DateTime::from_timestamp(t.timestamp() - t.timestamp() % 60, 0).unwrap()
-}
 
 /// Two processors of one group on one database, stopped when dropped.
 struct Two {

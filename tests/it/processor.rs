@@ -19,7 +19,7 @@ use scheduled_jobs::runtime::processor::{Processor, Step};
 use scheduled_jobs::wire::internal::{Outcome, RunResult, WorkItem};
 use scheduled_jobs::wire::tick::{Tick, Trigger};
 
-use crate::common::{caught_up, fresh_db, group_has_members, guarded, isolated, read_all, settled, with_noop, WAIT};
+use crate::common::{minutes_ago, caught_up, fresh_db, group_has_members, guarded, isolated, read_all, settled, with_noop, WAIT};
 
 pub fn tick(job: &str, at: DateTime<Utc>, params: &[(&str, &str)]) -> Tick {
     let mut t = Tick::for_fire_time(job, at, Trigger::Scheduled, Some("test".into()));
@@ -90,16 +90,10 @@ fn count(s: &Settings, topic: Topic) -> usize {
     read_all(s, &s.topic(topic), "read_committed").len()
 }
 
-fn at(minutes_ago: i64) -> DateTime<Utc> {
-    let now = Utc::now();
-    let t = now - TimeDelta::minutes(minutes_ago);
-    DateTime::from_timestamp(t.timestamp() - t.timestamp() % 60, 0).unwrap()
-}
-
 #[tokio::test]
 async fn a_tick_runs_once_end_to_end_and_duplicates_collapse() {
     let s = with_noop(isolated().await);
-    let t = tick("noop", at(3), &[("chunks", "3")]);
+    let t = tick("noop", minutes_ago(3), &[("chunks", "3")]);
     // E4: the same fire time from two producers.
     let mut twin = t.clone();
     twin.producer = Some("producer-b".into());
@@ -130,7 +124,7 @@ async fn a_one_chunk_run_is_applied_in_its_ticks_transaction_unless_turned_off()
     for (inline, items) in [(true, 0), (false, 2)] {
         let mut s = with_noop(isolated().await);
         s.processor.inline_one_chunk_runs = inline;
-        let t = tick("noop", at(2), &[("chunks", "1")]);
+        let t = tick("noop", minutes_ago(2), &[("chunks", "1")]);
         publish(&s, &[t.clone()]).await;
         let pool = test_db(&s).await;
         let mut p = processor_on(&s, pool.clone()).await;
@@ -178,7 +172,7 @@ pub fn reset_group(s: &Settings, group: &str, topic: &str) {
 #[tokio::test]
 async fn replaying_the_tick_topic_from_offset_zero_changes_nothing() {
     let s = with_noop(isolated().await);
-    publish(&s, &[tick("noop", at(30), &[("chunks", "2")]), tick("noop", at(20), &[]), tick("noop", at(10), &[("chunks", "0")])]).await;
+    publish(&s, &[tick("noop", minutes_ago(30), &[("chunks", "2")]), tick("noop", minutes_ago(20), &[]), tick("noop", minutes_ago(10), &[("chunks", "0")])]).await;
     let mut p = processor(&s).await;
     drive(&mut p, 3).await;
     drop(p);
@@ -199,7 +193,7 @@ async fn bad_ticks_go_to_dead_letters_and_processing_continues() {
     let codec = Codec::new(&s).unwrap();
     let garbage = b"\x00\x00\x00garbage that is not avro".to_vec();
     publish_raw(&s, "garbage", &garbage).await;
-    publish(&s, &[tick("no-such-job", at(1), &[])]).await;
+    publish(&s, &[tick("no-such-job", minutes_ago(1), &[])]).await;
     // A record of another schema (a run result) on the tick topic.
     let other = RunResult {
         event_id: uuid::Uuid::new_v4().to_string(),
@@ -220,8 +214,8 @@ async fn bad_ticks_go_to_dead_letters_and_processing_continues() {
     let wrong = codec.encode(&s.topic(Topic::RunResults), other.to_avro()).await.unwrap();
     publish_raw(&s, "noop", &wrong).await;
     publish(&s, &[tick("noop", Utc::now() + TimeDelta::days(400), &[])]).await;
-    publish(&s, &[tick("noop", at(2), &[("chunks", "not-a-number")])]).await;
-    publish(&s, &[tick("noop", at(1), &[])]).await;
+    publish(&s, &[tick("noop", minutes_ago(2), &[("chunks", "not-a-number")])]).await;
+    publish(&s, &[tick("noop", minutes_ago(1), &[])]).await;
 
     let mut p = processor(&s).await;
     drive(&mut p, 3).await;
@@ -257,7 +251,7 @@ async fn bad_ticks_go_to_dead_letters_and_processing_continues() {
 #[tokio::test]
 async fn a_noop_tick_is_skipped_while_the_test_job_is_off() {
     let s = isolated().await;
-    publish(&s, &[tick("noop", at(2), &[("chunks", "2")])]).await;
+    publish(&s, &[tick("noop", minutes_ago(2), &[("chunks", "2")])]).await;
     let mut p = processor(&s).await;
     drive(&mut p, 2).await;
     let r = results(&s).await;
@@ -313,9 +307,9 @@ async fn a_run_past_its_timeout_is_recorded_timed_out_and_the_next_tick_proceeds
     s.jobs.get_mut("noop").unwrap().timeout_secs = 2;
     // Chunks of 0.9 s against a 2 s timeout: whether they run one at a time or two at once
     // (the next chunk's effects start ahead), the last ones are cut or start past the deadline.
-    let slow = tick("noop", at(20), &[("chunks", "8"), ("apply_sleep_ms", "900")]);
-    let slow_plan = tick("noop", at(10), &[("plan_sleep_ms", "4000")]);
-    let next = tick("noop", at(1), &[("chunks", "2")]);
+    let slow = tick("noop", minutes_ago(20), &[("chunks", "8"), ("apply_sleep_ms", "900")]);
+    let slow_plan = tick("noop", minutes_ago(10), &[("plan_sleep_ms", "4000")]);
+    let next = tick("noop", minutes_ago(1), &[("chunks", "2")]);
     publish(&s, &[slow.clone()]).await;
     let mut p = processor(&s).await;
     drive(&mut p, 2).await;
@@ -342,7 +336,7 @@ async fn a_run_past_its_timeout_is_recorded_timed_out_and_the_next_tick_proceeds
 async fn a_chunk_longer_than_the_timeout_stops_at_the_run_deadline() {
     let mut s = crate::common::with_noop(isolated().await);
     s.jobs.get_mut("noop").unwrap().timeout_secs = 2;
-    let long = tick("noop", at(10), &[("apply_sleep_ms", "120000")]);
+    let long = tick("noop", minutes_ago(10), &[("apply_sleep_ms", "120000")]);
     publish(&s, &[long.clone()]).await;
     let pool = test_db(&s).await;
     let mut p = processor_on(&s, pool.clone()).await;
@@ -363,7 +357,7 @@ async fn a_chunk_longer_than_the_timeout_stops_at_the_run_deadline() {
     .await
     .unwrap();
     assert!(applied < planned + TimeDelta::seconds(2), "started before the deadline: {planned} {applied}");
-    let next = tick("noop", at(1), &[("chunks", "2")]);
+    let next = tick("noop", minutes_ago(1), &[("chunks", "2")]);
     publish(&s, &[next.clone()]).await;
     drive(&mut p, 2).await;
     let r = results(&s).await;
@@ -376,8 +370,8 @@ async fn a_chunk_longer_than_the_timeout_stops_at_the_run_deadline() {
 #[tokio::test]
 async fn a_run_whose_finalisation_fails_is_recorded_failed_and_processing_goes_on() {
     let s = with_noop(isolated().await);
-    let bad = tick("noop", at(20), &[("chunks", "2"), ("fail_finalize", "true")]);
-    let next = tick("noop", at(10), &[("chunks", "1")]);
+    let bad = tick("noop", minutes_ago(20), &[("chunks", "2"), ("fail_finalize", "true")]);
+    let next = tick("noop", minutes_ago(10), &[("chunks", "1")]);
     publish(&s, &[bad.clone()]).await;
     let mut p = processor(&s).await;
     drive(&mut p, 2).await;
@@ -412,7 +406,7 @@ async fn six_slow_chunks(ahead: u32) -> Vec<f64> {
 async fn one_noop_run(tune: impl FnOnce(&mut Settings), params: &[(&str, &str)], chunks: i64) -> (Processor, sqlx::PgPool) {
     let mut s = with_noop(isolated().await);
     tune(&mut s);
-    publish(&s, &[tick("noop", at(2), params)]).await;
+    publish(&s, &[tick("noop", minutes_ago(2), params)]).await;
     let pool = test_db(&s).await;
     let mut p = processor_on(&s, pool.clone()).await;
     drive(&mut p, 3).await;
@@ -470,7 +464,7 @@ async fn records_prepared_while_a_commit_is_in_flight_share_the_next_transaction
 #[tokio::test]
 async fn a_stale_tick_is_coalesced_when_a_newer_one_is_queued() {
     let s = with_noop(isolated().await);
-    let (t1, t2, t3) = (tick("noop", at(30), &[]), tick("noop", at(20), &[]), tick("noop", at(10), &[]));
+    let (t1, t2, t3) = (tick("noop", minutes_ago(30), &[]), tick("noop", minutes_ago(20), &[]), tick("noop", minutes_ago(10), &[]));
     publish(&s, &[t1.clone(), t2.clone(), t3.clone()]).await;
     let mut p = processor(&s).await;
     drive(&mut p, 3).await;
@@ -494,7 +488,7 @@ async fn two_processors() {
     // Manual ticks (never coalesced), each on its own key so they spread over partitions.
     let ticks: Vec<Tick> = (0..8)
         .map(|i| {
-            let mut t = tick("noop", at(100 - i * 10), &[("chunks", "5"), ("apply_sleep_ms", "150")]);
+            let mut t = tick("noop", minutes_ago(100 - i * 10), &[("chunks", "5"), ("apply_sleep_ms", "150")]);
             t.trigger = Trigger::Manual;
             t.tick_id = uuid::Uuid::new_v4().to_string();
             t
@@ -573,7 +567,7 @@ async fn two_processors() {
 #[tokio::test]
 async fn a_forced_manual_rerun_is_explicit_and_recorded_as_a_new_attempt() {
     let s = with_noop(isolated().await);
-    let t = tick("noop", at(5), &[]);
+    let t = tick("noop", minutes_ago(5), &[]);
     publish(&s, &[t.clone()]).await;
     let mut p = processor(&s).await;
     drive(&mut p, 2).await;
@@ -678,7 +672,7 @@ async fn noop_stage(chunks: Option<&str>) -> (Settings, sqlx::PgPool, String) {
     let (pool, database) = fresh_db(&s).await;
     scheduled_jobs::db::migrate(&pool).await.unwrap();
     if let Some(n) = chunks {
-        publish(&s, &[tick("noop", at(1), &[("chunks", n)])]).await;
+        publish(&s, &[tick("noop", minutes_ago(1), &[("chunks", n)])]).await;
     }
     (s, pool, database)
 }
@@ -828,11 +822,11 @@ async fn fence(s: &Settings, instance: &str) {
 async fn a_fenced_producer_is_replaced_once_and_a_second_fence_stops_the_process() {
     let (s, _pool, database) = noop_stage(None).await;
     let (mut processor, log) = spawn_logged(&s, &database, "fenced", &[]);
-    publish(&s, &[tick("noop", at(1), &[("chunks", "1")])]).await;
+    publish(&s, &[tick("noop", minutes_ago(1), &[("chunks", "1")])]).await;
     assert_eq!(wait_for_results(&s, 1, Duration::from_secs(90)).await.len(), 1);
 
     fence(&s, "crash-test").await;
-    publish(&s, &[tick("noop", at(2), &[("chunks", "1")])]).await;
+    publish(&s, &[tick("noop", minutes_ago(2), &[("chunks", "1")])]).await;
     let r = wait_for_results(&s, 2, Duration::from_secs(90)).await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(r.len(), 2, "the run after the fence completed: {r:#?}\n{text}");
@@ -841,7 +835,7 @@ async fn a_fenced_producer_is_replaced_once_and_a_second_fence_stops_the_process
     assert!(text.contains("replacing the transactional producer reason=\"fenced\""), "{text}");
 
     fence(&s, "crash-test").await;
-    publish(&s, &[tick("noop", at(3), &[("chunks", "1")])]).await;
+    publish(&s, &[tick("noop", minutes_ago(3), &[("chunks", "1")])]).await;
     let status = tokio::time::timeout(Duration::from_secs(90), tokio::task::spawn_blocking(move || processor.wait())).await;
     let text = std::fs::read_to_string(&log).unwrap();
     let status = status.unwrap_or_else(|_| panic!("fenced twice within a minute, the process should stop: {text}")).unwrap().unwrap();

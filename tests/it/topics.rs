@@ -5,10 +5,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use rdkafka::admin::ResourceSpecifier;
 use scheduled_jobs::kafka::topics::{apply, load_specs, Change, TopicsError};
 
-use crate::common::{binary, repo_root, settings, single_broker_overlay, unique, WAIT};
+use crate::common::{binary, repo_root, settings, single_broker_overlay, topic_config, unique, WAIT};
 
 fn write_spec(dir: &Path, name: &str, partitions: i32, retention_ms: u64) {
     let text = format!(
@@ -21,15 +20,6 @@ fn write_spec(dir: &Path, name: &str, partitions: i32, retention_ms: u64) {
 fn partitions(s: &scheduled_jobs::config::Settings, topic: &str) -> usize {
     let md = scheduled_jobs::kafka::metadata(s, Some(topic), WAIT).unwrap();
     md.topics()[0].partitions().len()
-}
-
-async fn config_value(s: &scheduled_jobs::config::Settings, topic: &str, key: &str) -> Option<String> {
-    let admin = scheduled_jobs::kafka::admin(s).unwrap();
-    let res = admin
-        .describe_configs([ResourceSpecifier::Topic(topic)].iter(), &scheduled_jobs::kafka::admin_options(WAIT))
-        .await
-        .unwrap();
-    res[0].as_ref().unwrap().get(key).and_then(|e| e.value.clone())
 }
 
 #[tokio::test]
@@ -46,7 +36,7 @@ async fn apply_is_idempotent_grows_and_refuses_to_shrink() {
     let first = apply(&s, &specs, false).await.unwrap();
     assert_eq!(first.changes.iter().filter(|c| matches!(c, Change::Created { .. })).count(), 2, "{first}");
     assert_eq!(partitions(&s, &a), 2);
-    assert_eq!(config_value(&s, &a, "retention.ms").await.as_deref(), Some("3600000"));
+    assert_eq!(topic_config(&s, &a, "retention.ms").await.as_deref(), Some("3600000"));
 
     let second = apply(&s, &specs, false).await.unwrap();
     assert!(second.changes.is_empty(), "second apply changed something:\n{second}");
@@ -63,12 +53,12 @@ async fn apply_is_idempotent_grows_and_refuses_to_shrink() {
     assert!(grown.changes.iter().any(|c| matches!(c, Change::SetConfig { key, .. } if key == "retention.ms")), "{grown}");
     // Metadata and configs show the change once the broker has propagated it.
     let deadline = std::time::Instant::now() + WAIT;
-    while partitions(&s, &a) != 4 || config_value(&s, &a, "retention.ms").await.as_deref() != Some("7200000") {
+    while partitions(&s, &a) != 4 || topic_config(&s, &a, "retention.ms").await.as_deref() != Some("7200000") {
         assert!(std::time::Instant::now() < deadline, "{a} not grown to 4 partitions with the new retention within {WAIT:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(partitions(&s, &a), 4);
-    assert_eq!(config_value(&s, &a, "retention.ms").await.as_deref(), Some("7200000"));
+    assert_eq!(topic_config(&s, &a, "retention.ms").await.as_deref(), Some("7200000"));
     assert!(apply(&s, &specs, false).await.unwrap().changes.is_empty());
 
     // Shrinking is refused, and nothing else in the same edit is applied.
@@ -79,7 +69,7 @@ async fn apply_is_idempotent_grows_and_refuses_to_shrink() {
     let msg = err.to_string();
     assert!(msg.contains("refusing to shrink") && msg.contains(&a) && msg.contains("nothing was changed"), "{msg}");
     assert_eq!(partitions(&s, &a), 4);
-    assert_eq!(config_value(&s, &a, "retention.ms").await.as_deref(), Some("7200000"));
+    assert_eq!(topic_config(&s, &a, "retention.ms").await.as_deref(), Some("7200000"));
 }
 
 #[test]

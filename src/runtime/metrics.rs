@@ -140,6 +140,7 @@ struct Inner {
     emitted: Family<TopicLabels, Counter>,
     dead_letters: Family<ReasonLabels, Counter>,
     producer_replacements: Family<ReasonLabels, Counter>,
+    consumer_replacements: Family<ReasonLabels, Counter>,
     ticks_published: Family<JobTrigger, Counter>,
     tick_failures: Counter,
     last_fire_time: Family<JobLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -193,6 +194,7 @@ impl Metrics {
             emitted: Family::default(),
             dead_letters: Family::default(),
             producer_replacements: Family::default(),
+            consumer_replacements: Family::default(),
             ticks_published: Family::default(),
             tick_failures: Counter::default(),
             last_fire_time: Family::default(),
@@ -232,6 +234,11 @@ impl Metrics {
             "producer_replacements",
             "Transactional producers replaced in-process, by reason (stuck: a call librdkafka did not return from; fenced: an epoch bump with no successor; unusable)",
             inner.producer_replacements.clone(),
+        );
+        registry.register(
+            "consumer_replacements",
+            "Group consumers replaced in-process, by reason (fenced: its static group.instance.id re-registered by a join whose answer was lost, as after a broker outage)",
+            inner.consumer_replacements.clone(),
         );
         registry.register("ticks_published", "Ticks published by the tick producer, by job and trigger", inner.ticks_published.clone());
         registry.register("tick_publish_failures", "Failed tick publications (retried)", inner.tick_failures.clone());
@@ -336,6 +343,11 @@ impl Metrics {
         self.0.producer_replacements.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
     }
 
+    /// The group consumer was replaced (see the processor's `replace_consumer`) for `reason`.
+    pub fn consumer_replaced(&self, reason: &str) {
+        self.0.consumer_replacements.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+    }
+
     pub fn tick_published(&self, job: &str, trigger: &str, fire_time: chrono::DateTime<chrono::Utc>) {
         let m = &self.0;
         m.ticks_published.get_or_create(&JobTrigger { job: job.into(), trigger: trigger.to_lowercase() }).inc();
@@ -437,6 +449,7 @@ pub fn exported_series() -> BTreeSet<String> {
     ]);
     m.aborted();
     m.producer_replaced("stuck");
+    m.consumer_replaced("fenced");
     m.tick_published(&job, "SCHEDULED", chrono::Utc::now());
     m.tick_failed();
     m.set_assignment(Assignment { group: "g".into(), partitions: BTreeSet::from([("t".to_string(), 0)]) });
@@ -696,8 +709,8 @@ mod tests {
             .map(|s| s.trim_end_matches("_total").trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count").trim_end_matches("_created"))
             .collect();
         // Every family registered got its sample: a family added to `Metrics::new` without
-        // one in `exported_series` fails here (its count below the 21 registered).
-        assert_eq!(families.len(), 21, "{families:?}");
+        // one in `exported_series` fails here (its count below the 22 registered).
+        assert_eq!(families.len(), 22, "{families:?}");
         assert!(registered < families.len(), "a fresh registry shows only the families without labels ({registered})");
     }
 

@@ -814,32 +814,98 @@ async fn fence(s: &Settings, instance: &str) {
     tokio::task::spawn_blocking(move || rdkafka::producer::Producer::init_transactions(&producer, Duration::from_secs(30)).unwrap()).await.unwrap();
 }
 
+/// A logged processor (instance `crash-test`) on a fresh noop stage, once its first run has
+/// completed.
+async fn after_one_run(name: &str) -> (Settings, std::process::Child, PathBuf) {
+    let (s, _pool, database) = noop_stage(None).await;
+    let (processor, log) = spawn_logged(&s, &database, name, &[]);
+    publish(&s, &[tick("noop", minutes_ago(1), &[("chunks", "1")])]).await;
+    assert_eq!(wait_for_results(&s, 1, Duration::from_secs(90)).await.len(), 1);
+    (s, processor, log)
+}
+
+/// A second noop run, completed by the same `processor` (after a fence); its log.
+async fn second_run(s: &Settings, processor: &mut std::process::Child, log: &std::path::Path) -> String {
+    publish(s, &[tick("noop", minutes_ago(2), &[("chunks", "1")])]).await;
+    let r = wait_for_results(s, 2, Duration::from_secs(90)).await;
+    let text = std::fs::read_to_string(log).unwrap();
+    assert_eq!(r.len(), 2, "the run after the fence completed: {r:#?}\n{text}");
+    assert!(r.iter().all(|r| r.outcome == Outcome::Succeeded), "{r:#?}");
+    assert!(processor.try_wait().unwrap().is_none(), "the same process went on: {text}");
+    text
+}
+
+/// The log of `processor`, once it stopped with a failure after a second fence (90 s at most).
+async fn stopped(mut processor: std::process::Child, log: &std::path::Path) -> String {
+    let status = tokio::time::timeout(Duration::from_secs(90), tokio::task::spawn_blocking(move || processor.wait())).await;
+    let text = std::fs::read_to_string(log).unwrap();
+    let status = status.unwrap_or_else(|_| panic!("fenced twice within a minute, the process should stop: {text}")).unwrap().unwrap();
+    assert!(!status.success(), "{text}");
+    text
+}
+
+/// Joins the processor group with static instance id `instance`, as the processor's own
+/// lost join does after a broker outage longer than the session timeout: the member already
+/// holding that id is fenced at its next heartbeat. Returns once this member got an
+/// assignment, leaving without a LeaveGroup (a static member does not send one).
+async fn intrude(s: &Settings, instance: &str) {
+    let mut cfg = client_config(s, Role::Consumer);
+    cfg.set("group.id", &s.processor.group_id).set("group.instance.id", instance).set("session.timeout.ms", "10000");
+    let consumer: BaseConsumer = cfg.create().unwrap();
+    consumer.subscribe(&[&s.topic(Topic::Tick)]).unwrap();
+    tokio::task::spawn_blocking(move || {
+        let until = Instant::now() + WAIT;
+        while consumer.assignment().unwrap().count() == 0 {
+            assert!(Instant::now() < until, "the intruder got no assignment within {WAIT:?}");
+            if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
+                panic!("the intruder failed: {e}");
+            }
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// A group consumer fenced by its own static instance id — librdkafka joined again after a
+/// long broker outage and lost the answer, so the broker gave the id a new member id (8 of
+/// the long fault profile's processor exits, 2026-12-01) — joins again with a new consumer in
+/// the same process and goes on; fenced again within a minute, the process stops: another
+/// live process uses its `processor.instance_id`.
+#[tokio::test]
+async fn a_group_member_fenced_by_its_instance_id_joins_again_once_and_a_second_fence_stops_the_process() {
+    let (s, mut processor, log) = after_one_run("consumer-fenced").await;
+
+    intrude(&s, "crash-test").await;
+    let replaced = "replacing the group consumer";
+    let until = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log).unwrap().contains(replaced) {
+        assert!(processor.try_wait().unwrap().is_none(), "the processor stopped: {}", std::fs::read_to_string(&log).unwrap());
+        assert!(Instant::now() < until, "no replacement: {}", std::fs::read_to_string(&log).unwrap());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    second_run(&s, &mut processor, &log).await;
+
+    intrude(&s, "crash-test").await;
+    let text = stopped(processor, &log).await;
+    assert!(text.contains("another live process uses this processor.instance_id"), "the error says why: {text}");
+    assert_eq!(text.matches(replaced).count(), 1, "{text}");
+}
+
 /// Issue 17: a producer fenced while no other process uses its transactional id — the
 /// coordinator bumps the epoch of a transaction it timed out, as after a controller failover —
 /// is replaced in the same process and the record redone; fenced again within the window, the
 /// process stops (another live process must be using the id) and says why.
 #[tokio::test]
 async fn a_fenced_producer_is_replaced_once_and_a_second_fence_stops_the_process() {
-    let (s, _pool, database) = noop_stage(None).await;
-    let (mut processor, log) = spawn_logged(&s, &database, "fenced", &[]);
-    publish(&s, &[tick("noop", minutes_ago(1), &[("chunks", "1")])]).await;
-    assert_eq!(wait_for_results(&s, 1, Duration::from_secs(90)).await.len(), 1);
+    let (s, mut processor, log) = after_one_run("fenced").await;
 
     fence(&s, "crash-test").await;
-    publish(&s, &[tick("noop", minutes_ago(2), &[("chunks", "1")])]).await;
-    let r = wait_for_results(&s, 2, Duration::from_secs(90)).await;
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(r.len(), 2, "the run after the fence completed: {r:#?}\n{text}");
-    assert!(r.iter().all(|r| r.outcome == Outcome::Succeeded), "{r:#?}");
-    assert!(processor.try_wait().unwrap().is_none(), "the same process recovered: {text}");
+    let text = second_run(&s, &mut processor, &log).await;
     assert!(text.contains("replacing the transactional producer reason=\"fenced\""), "{text}");
 
     fence(&s, "crash-test").await;
     publish(&s, &[tick("noop", minutes_ago(3), &[("chunks", "1")])]).await;
-    let status = tokio::time::timeout(Duration::from_secs(90), tokio::task::spawn_blocking(move || processor.wait())).await;
-    let text = std::fs::read_to_string(&log).unwrap();
-    let status = status.unwrap_or_else(|_| panic!("fenced twice within a minute, the process should stop: {text}")).unwrap().unwrap();
-    assert!(!status.success(), "{text}");
+    let text = stopped(processor, &log).await;
     assert!(text.to_lowercase().contains("fenced"), "the error says why: {text}");
     assert_eq!(results(&s).await.len(), 2, "the third run waits for a process that owns the id");
 }

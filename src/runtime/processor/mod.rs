@@ -25,8 +25,10 @@
 //! (`ahead.rs`). Kafka sees the records, and their offsets,
 //! strictly in order. Any failure takes the one reset path, `Processor::reset`: stop effects
 //! started ahead, abort, seek back to the first record not committed, retry after a pause.
-//! Only errors classed fatal stop the processor: configuration, authorization, fencing, and a
-//! bookkeeping statement that cannot succeed (e.g. migrations not applied). A job's own
+//! Only errors classed fatal stop the processor: configuration, authorization, fencing (a
+//! fenced producer or group member is replaced once a minute first: the committer's
+//! `replace_fenced`, [`Processor::replace_consumer`]), and a bookkeeping statement that cannot
+//! succeed (e.g. migrations not applied). A job's own
 //! errors never do: a transient one is retried, the run's deadline times the run out, any
 //! other fails its run.
 
@@ -47,7 +49,7 @@ mod work_item;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -62,7 +64,7 @@ use crate::jobs::Registry;
 use crate::kafka::{self, KafkaClientError};
 use crate::runtime::metrics::{Assignment, Metrics};
 use committer::{Committer, Consumed};
-use setup::{connect_redis, group_config, Env, Names};
+use setup::{connect_redis, group_consumer, Env, Names};
 use ledger::LedgerView;
 
 pub use error::ProcessorError;
@@ -72,6 +74,8 @@ pub use run::SEAL;
 /// Upper bound on records taken in one poll (coalescing looks within it).
 const BATCH: usize = 256;
 const LEDGER_CATCH_UP: Duration = Duration::from_secs(120);
+/// A fenced group consumer is replaced at most once in this window.
+const CONSUMER_FENCE_WINDOW: Duration = Duration::from_secs(60);
 
 /// What one [`Processor::step`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +105,8 @@ pub struct Processor {
     accounting: accounting::Pace,
     /// Whether the metrics were given the last successes the ledger knows.
     seeded: bool,
+    /// When the group consumer was last replaced, fenced ([`Processor::replace_consumer`]).
+    consumer_fenced: Option<Instant>,
 }
 
 impl Processor {
@@ -123,10 +129,7 @@ impl Processor {
         let redis = connect_redis(&settings).await?;
         let tz = settings.time_zone().map_err(|e| ProcessorError::Config(e.to_string()))?;
         let assigned = Arc::new(AtomicBool::new(false));
-        let consumer: StreamConsumer<GroupContext> = group_config(&settings)
-            .create_with_context(GroupContext { assigned: assigned.clone() })
-            .map_err(|e| KafkaClientError::kafka("create consumer", e))?;
-        consumer.subscribe(&[&names.tick, &names.work_items]).map_err(|e| KafkaClientError::kafka("subscribe", e))?;
+        let consumer = group_consumer(&settings, &[&names.tick, &names.work_items], assigned.clone())?;
         let ledger = LedgerView::new(&settings, codec.clone())?;
         // Fence before reading: the producer's start aborts what a predecessor with this
         // transactional id left open, and the ledger read cannot pass an open transaction (it
@@ -147,6 +150,7 @@ impl Processor {
             transient: None,
             accounting: accounting::Pace::new(),
             seeded: false,
+            consumer_fenced: None,
         })
     }
 
@@ -235,8 +239,12 @@ impl Processor {
                 // would pause a second per queued event after an outage). A broker still
                 // reloading its partitions after a restart answers "unknown topic" for topics
                 // this consumer subscribed to: transient too.
-                let unknown = e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition);
+                let code = e.rdkafka_error_code();
+                let unknown = code == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition);
                 let e = KafkaClientError::kafka("consume", e);
+                if code == Some(rdkafka::types::RDKafkaErrorCode::FencedInstanceId) {
+                    return self.replace_consumer(e).await;
+                }
                 if e.class() == ErrorClass::Fatal && !unknown {
                     return Err(e.into());
                 }
@@ -261,6 +269,40 @@ impl Processor {
             Ok(()) => Ok(Step::Handled(batch.len())),
             Err((i, e)) => self.reset(&batch[i..], e).await,
         }
+    }
+
+    /// A member fenced by its own static `group.instance.id` joins again with a new consumer,
+    /// once per [`CONSUMER_FENCE_WINDOW`]. librdkafka's consumer cannot go on once fenced (a
+    /// fatal error), yet the usual cause is this very process: after a broker outage longer
+    /// than the session timeout, librdkafka joins again and, when the answer to a join is
+    /// lost, joins once more — the broker gives the instance id a new member id, and the
+    /// member id the consumer still uses is fenced (confluentinc/confluent-kafka-go#494).
+    /// Restarting the process would do the same, slower. Fenced again within the window means
+    /// another live process has this `processor.instance_id`: this one stops, saying so.
+    ///
+    /// Called between batches: everything consumed has been committed or aborted, and what a
+    /// transaction still holds is aborted here; the new member resumes from the group's
+    /// committed offsets, and the assignment it gets catches the ledger view up first.
+    async fn replace_consumer(&mut self, e: KafkaClientError) -> Result<Step, ProcessorError> {
+        let instance_id = self.env.settings.processor.instance_id.clone();
+        if self.consumer_fenced.is_some_and(|t| t.elapsed() < CONSUMER_FENCE_WINDOW) {
+            tracing::error!(
+                instance_id,
+                window_secs = CONSUMER_FENCE_WINDOW.as_secs(),
+                "group member fenced again soon after the last replacement: another live process uses this processor.instance_id; stopping"
+            );
+            return Err(e.into());
+        }
+        tracing::warn!(instance_id, reason = "fenced", error = %e, "replacing the group consumer");
+        self.cancel_ahead().await;
+        self.committer.reset().await?;
+        let consumer = group_consumer(&self.env.settings, &[&self.names.tick, &self.names.work_items], self.assigned.clone())?;
+        let fenced = std::mem::replace(&mut self.consumer, consumer);
+        // Closing a consumer is a blocking librdkafka call.
+        tokio::task::spawn_blocking(move || drop(fenced));
+        self.consumer_fenced = Some(Instant::now());
+        self.committer.metrics().consumer_replaced("fenced");
+        Ok(Step::Reset(format!("group consumer fenced and replaced: {e}")))
     }
 
     /// Handles a batch in order, each record's plan queued for the committer; on failure returns the index of

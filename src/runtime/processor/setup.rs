@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 
 use super::ProcessorError;
 use crate::config::{JobSettings, Settings};
@@ -50,6 +50,15 @@ fn is_certificate_failure(e: &redis::RedisError) -> bool {
     e.to_string().to_ascii_lowercase().contains("certificate verify failed")
 }
 
+/// A member of the processor group, subscribed to `topics`; `assigned` is set on each
+/// assignment it gets.
+pub(super) fn group_consumer(settings: &Settings, topics: &[&str], assigned: Arc<AtomicBool>) -> Result<StreamConsumer<GroupContext>, ProcessorError> {
+    let consumer: StreamConsumer<GroupContext> =
+        group_config(settings).create_with_context(GroupContext { assigned }).map_err(|e| kafka::KafkaClientError::kafka("create consumer", e))?;
+    consumer.subscribe(topics).map_err(|e| kafka::KafkaClientError::kafka("subscribe", e))?;
+    Ok(consumer)
+}
+
 /// The consumer of the processor group.
 pub(super) fn group_config(settings: &Settings) -> rdkafka::ClientConfig {
     let max_timeout = settings.jobs.values().map(|j| j.timeout_secs).max().unwrap_or(300);
@@ -72,7 +81,8 @@ pub(super) fn group_config(settings: &Settings) -> rdkafka::ClientConfig {
         // Static membership: a restarted instance with the same id takes its partitions back
         // at once instead of waiting for its dead predecessor's session to expire. Only for an
         // id an operator chose: a derived one is unique only if host names are, and two live
-        // members with one static id fail fatally (FencedInstanceId).
+        // members with one static id fence each other (FencedInstanceId: the processor joins
+        // again once, then stops; see `Processor::replace_consumer`).
         cfg.set("group.instance.id", &settings.processor.instance_id);
     }
     for (k, v) in &settings.kafka.properties {

@@ -795,6 +795,9 @@ async fn a_commit_with_no_answer_stops_the_process_and_its_successor_completes_t
     assert!(!status.success(), "{text}");
     assert!(text.contains("hang point reached"), "{text}");
     assert!(text.contains("whether it committed is unknown"), "the error says why: {text}");
+    // The step waited past a minute for the commit: the stall watch said what it was doing.
+    let stall = text.lines().find(|l| l.contains("a processor step is still running")).unwrap_or_else(|| panic!("the stall watch spoke: {text}"));
+    assert!(stall.contains("doing=\"handling a batch\""), "{stall}");
     assert!(results(&s).await.is_empty());
     let mut second = spawn_processor(&s, &database, &[timeout]);
     let r = wait_for_results(&s, 1, Duration::from_secs(90)).await;

@@ -40,6 +40,7 @@ mod encode;
 mod error;
 mod setup;
 pub mod ledger;
+mod stall;
 mod overlap;
 pub mod run;
 mod tick;
@@ -107,6 +108,8 @@ pub struct Processor {
     seeded: bool,
     /// When the group consumer was last replaced, fenced ([`Processor::replace_consumer`]).
     consumer_fenced: Option<Instant>,
+    /// What the running step is doing, for the stall watch ([`stall`]).
+    activity: stall::Activity,
 }
 
 impl Processor {
@@ -151,6 +154,7 @@ impl Processor {
             accounting: accounting::Pace::new(),
             seeded: false,
             consumer_fenced: None,
+            activity: Default::default(),
         })
     }
 
@@ -183,7 +187,9 @@ impl Processor {
     /// Handles whatever arrives within `wait` and keeps readiness up to date: ready after a
     /// step that succeeded, not ready (with the reason) after one that did not.
     pub async fn step(&mut self, wait: Duration) -> Result<Step, ProcessorError> {
+        self.activity.begin();
         let r = self.step_inner(wait).await;
+        self.activity.end();
         let metrics = self.committer.metrics();
         match &r {
             Ok(Step::Idle) => metrics.set_ready(self.transient.take().map_or(Ok(()), |why| Err(format!("kafka: {why}")))),
@@ -208,6 +214,7 @@ impl Processor {
         }
         let step = self.handle_next(wait).await?;
         if !matches!(step, Step::Reset(_)) {
+            self.activity.doing("accounting for fire times");
             // Its transaction was aborted (and a fenced producer replaced) on failure; the
             // record path meets a lasting failure on its own.
             if let Err(e) = self.account_fire_times().await {
@@ -265,6 +272,7 @@ impl Processor {
                 None => break,
             }
         }
+        self.activity.doing("handling a batch");
         match self.handle_batch(&batch).await {
             Ok(()) => Ok(Step::Handled(batch.len())),
             Err((i, e)) => self.reset(&batch[i..], e).await,
@@ -294,6 +302,7 @@ impl Processor {
             return Err(e.into());
         }
         tracing::warn!(instance_id, reason = "fenced", error = %e, "replacing the group consumer");
+        self.activity.doing("replacing the group consumer");
         self.cancel_ahead().await;
         self.committer.reset().await?;
         let consumer = group_consumer(&self.env.settings, &[&self.names.tick, &self.names.work_items], self.assigned.clone())?;
@@ -363,9 +372,12 @@ impl Processor {
         let class = e.class();
         let m = &dropped[0];
         tracing::warn!(error = %e, class = %class, topic = m.topic(), partition = m.partition(), offset = m.offset(), "transaction failed, resetting");
+        self.activity.doing("resetting: stopping effects started ahead");
         self.cancel_ahead().await;
         // Rewind first, whatever the abort says: a record must never be skipped.
+        self.activity.doing("resetting: aborting the transaction");
         let aborted = self.committer.reset().await;
+        self.activity.doing("resetting: rewinding the consumer");
         let mut first: HashMap<(&str, i32), i64> = HashMap::new();
         for m in dropped {
             let o = first.entry((m.topic(), m.partition())).or_insert(m.offset());
@@ -392,6 +404,7 @@ impl Processor {
     /// progress finishes or aborts first: the select only fires between steps).
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), ProcessorError> {
         tokio::pin!(shutdown);
+        let _watch = AbortOnDrop(self.activity.watch());
         loop {
             tokio::select! {
                 biased;
@@ -432,6 +445,15 @@ impl Processor {
             tracing::debug!(read = n, entries = self.committer.ledger().len(), "ledger caught up");
         }
         Ok(())
+    }
+}
+
+/// Stops a task when the value goes (the stall watch ends with [`Processor::run`]).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

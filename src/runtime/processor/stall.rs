@@ -5,8 +5,10 @@
 //! deadline, librdkafka's calls by their timeouts, a commit by its watchdog), but a bound that
 //! is not kept — a library call past its timeout — shows only as silence: one processor of a
 //! long fault run logged nothing for five minutes (docs/reliability.md, 2026-12-01). The watch
-//! runs as a task of its own, so it speaks even while the step's task is blocked in a call; it
-//! changes nothing, and a chunk that legitimately runs for minutes is named the same way.
+//! runs as a tokio task of its own, so it speaks while the step's task waits or blocks one
+//! worker; with every worker blocked it cannot (a later long run had a 16-minute silence it did
+//! not report: moving it to a plain thread is the next step). It changes nothing, and a chunk
+//! that legitimately runs for minutes is named the same way.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -3,8 +3,9 @@
 //! reached — optionally only for the job in `SJ_FAULT_JOB` and after `SJ_FAULT_AFTER` earlier
 //! hits. Pause points hold the work that reaches them for keys a test registered
 //! ([`pause_at`]), so the test can act in a window that is otherwise microseconds wide.
-//! A hang point (`SJ_FAULT_HANG`) blocks the thread that reaches it instead. Without the
-//! feature every point compiles to nothing.
+//! A hang point (`SJ_FAULT_HANG`) blocks the thread that reaches it instead; a failure point
+//! (`SJ_FAULT_FAIL`) fails the call it guards once. Without the feature every point compiles
+//! to nothing.
 
 /// Right before the transaction of an applied chunk (not the seal) commits: its effects are done.
 pub const BEFORE_APPLY_COMMIT: &str = "before-apply-commit";
@@ -91,6 +92,30 @@ pub fn hang(name: &str, stage: &str, job: &str) {
     loop {
         std::thread::park();
     }
+}
+
+/// A failure point: the first time stage `stage` of the point named `name` is reached and
+/// `SJ_FAULT_FAIL` is `name/stage` (for the job in `SJ_FAULT_JOB`, if set), true: the caller
+/// fails that call as a transient Kafka error would (tests of the reset path). Once per process.
+#[cfg(feature = "fault-injection")]
+pub fn fail(name: &str, stage: &str, job: &str) -> bool {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static FAILED: AtomicBool = AtomicBool::new(false);
+    let Ok(wanted) = std::env::var("SJ_FAULT_FAIL") else { return false };
+    if wanted.split_once('/') != Some((name, stage)) || std::env::var("SJ_FAULT_JOB").is_ok_and(|j| j != job) {
+        return false;
+    }
+    if FAILED.swap(true, Ordering::SeqCst) {
+        return false;
+    }
+    tracing::warn!(point = name, stage, job, "failure point reached: this call fails");
+    true
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn fail(_name: &str, _stage: &str, _job: &str) -> bool {
+    false
 }
 
 #[cfg(not(feature = "fault-injection"))]

@@ -779,6 +779,32 @@ async fn a_commit_stuck_in_librdkafka_is_given_up_and_redone_with_a_new_producer
     assert!(text.contains("replacing the transactional producer reason=\"stuck\""), "{text}");
 }
 
+/// An abort that never returns (librdkafka retrying a lost coordinator; one processor of a long
+/// fault run was silent for 16 minutes after an abort that timed out) must not hold the
+/// processor. Here the first chunk's offsets fail once, as a broker away would make them, and
+/// the abort that follows blocks for good. The abort runs on the producer's thread, watched: once
+/// librdkafka's timeout plus a grace period has passed, the producer is given up and a new one
+/// takes the transactional id (aborting the transaction broker-side), and the chunk is redone in
+/// the same process. Before, the abort blocked the processor's task and no run result came.
+#[tokio::test]
+async fn an_abort_stuck_in_librdkafka_is_given_up_and_the_records_redone_with_a_new_producer() {
+    let (s, _pool, database) = noop_stage(Some("2")).await;
+    let env = [("SJ_FAULT_FAIL", "before-apply-commit/send-offsets"), ("SJ_FAULT_HANG", "transaction/abort")];
+    let (mut processor, log) = spawn_logged(&s, &database, "stuck-abort", &env);
+    let r = wait_for_results(&s, 1, Duration::from_secs(90)).await;
+    let alive = processor.try_wait().unwrap().is_none();
+    processor.kill().ok();
+    processor.wait().ok();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("failure point reached") && text.contains("hang point reached"), "both fault points were reached: {text}");
+    assert!(text.contains("no answer to the abort"), "{text}");
+    assert!(alive, "the same process recovered: {text}");
+    assert_eq!(r.len(), 1, "{r:#?}\n{text}");
+    assert_eq!(r[0].outcome, Outcome::Succeeded, "{r:#?}");
+    assert_eq!(r[0].counts.get("items"), Some(&2), "{r:#?}");
+    assert!(text.contains("replacing the transactional producer reason=\"stuck\""), "{text}");
+}
+
 /// Issue 17: a commit that gets no answer may have committed, so it is not redone in place: the
 /// process stops, saying why, and the next process (same instance id) fences the old producer and
 /// resumes from the committed offsets; the run completes once.

@@ -23,12 +23,14 @@
 //! `send_offsets_to_transaction`/`commit` because its group generation is stale, so nothing it
 //! wrote becomes visible under read_committed.
 //!
-//! Replacing the producer: the blocking calls run on a thread of the producer's own, watched
-//! with librdkafka's timeout plus a grace period, because librdkafka 2.12 does not always hold
-//! it (`send_offsets_to_transaction` waits for good when the group coordinator dies mid-call:
-//! confluentinc/librdkafka#5456, #5511; seen in the cluster fault profile). An offsets call
-//! past its watch leaves the producer *stuck*: it is abandoned with its thread and a new one
-//! takes the transactional id, whose `init_transactions` fences the old one and aborts its
+//! Replacing the producer: the blocking calls (`init_transactions`, the offsets, the commit,
+//! the abort) run on a thread of the producer's own, never on a runtime worker, watched with
+//! librdkafka's timeout plus a grace period, because librdkafka 2.12 does not always hold it
+//! (`send_offsets_to_transaction` waits for good when the group coordinator dies mid-call:
+//! confluentinc/librdkafka#5456, #5511; seen in the cluster fault profile; a processor of the
+//! long fault profile went silent for 16 minutes after an abort that timed out). An offsets
+//! call, an abort or an init past its watch leaves the producer *stuck*: it is abandoned with
+//! its thread and a new one takes the transactional id, whose `init_transactions` fences the old one and aborts its
 //! transaction, so whatever the abandoned call does later cannot commit. A commit past its
 //! watch may have committed, so it stops the process instead (its successor resumes from the
 //! committed offsets); a commit librdkafka reports as not confirmed yet is called again. A producer *fenced* while no
@@ -170,8 +172,16 @@ pub struct Committer {
     largest: Arc<AtomicUsize>,
 }
 
+/// A blocking call for the producer's thread, and where it answers.
+enum Job {
+    /// A transaction's offsets, then its commit.
+    Commit(CommitJob),
+    Abort(oneshot::Sender<Result<(), KafkaError>>),
+    Init(oneshot::Sender<Result<(), KafkaError>>),
+}
+
 /// One transaction's blocking calls, for the producer's thread, and where it answers each.
-struct Job {
+struct CommitJob {
     offsets: TopicPartitionList,
     group: ConsumerGroupMetadata,
     fault: Option<(&'static str, String)>,
@@ -191,10 +201,11 @@ struct Txn {
 
 impl Txn {
     /// A transactional producer that has fenced every earlier one with the same id, aborting
-    /// whatever they left open, and its thread.
-    fn start(cfg: &rdkafka::ClientConfig) -> Result<Txn, KafkaClientError> {
+    /// whatever they left open, and its thread. `init_transactions` runs on that thread,
+    /// watched like every other blocking call; a producer whose init gets no answer is left to
+    /// its thread, with its token in `abandoned`.
+    async fn start(cfg: &rdkafka::ClientConfig, abandoned: &mut Vec<Arc<()>>) -> Result<Txn, KafkaClientError> {
         let producer: FutureProducer = kafka::create(cfg)?;
-        producer.init_transactions(TXN_TIMEOUT).map_err(|e| KafkaClientError::kafka("init transactions", e))?;
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let own = producer.clone();
         let running = Arc::new(());
@@ -209,16 +220,49 @@ impl Txn {
                 }
             })
             .map_err(KafkaClientError::Thread)?;
-        Ok(Txn { producer, jobs, running })
+        let txn = Txn { producer, jobs, running };
+        match txn.call(Job::Init, TXN_TIMEOUT + GRACE).await {
+            Some(r) => r.map_err(|e| KafkaClientError::kafka("init transactions", e))?,
+            None => {
+                abandoned.push(txn.running.clone());
+                return Err(KafkaClientError::Stuck { operation: "init transactions", after: TXN_TIMEOUT + GRACE });
+            }
+        }
+        Ok(txn)
+    }
+
+    /// One blocking call on the producer's thread; its answer, if it came within `watch`
+    /// (none also when the thread is gone).
+    async fn call(&self, job: fn(oneshot::Sender<Result<(), KafkaError>>) -> Job, watch: Duration) -> Option<Result<(), KafkaError>> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs.send(job(tx)).ok()?;
+        tokio::time::timeout(watch, rx).await.ok().and_then(Result::ok)
+    }
+
+    fn run(producer: &FutureProducer, job: Job) {
+        match job {
+            Job::Commit(job) => Txn::offsets_and_commit(producer, job),
+            Job::Abort(answer) => {
+                crate::runtime::fault::hang("transaction", "abort", "");
+                let _ = answer.send(producer.abort_transaction(TXN_TIMEOUT));
+            }
+            Job::Init(answer) => {
+                let _ = answer.send(producer.init_transactions(TXN_TIMEOUT));
+            }
+        }
     }
 
     /// Sends the offsets, then commits if that worked; each answer goes back as soon as known.
-    fn run(producer: &FutureProducer, job: Job) {
+    fn offsets_and_commit(producer: &FutureProducer, job: CommitJob) {
+        let mut sent = Ok(());
         if let Some((point, name)) = &job.fault {
             crate::runtime::fault::hang(point, "send-offsets", name);
+            if crate::runtime::fault::fail(point, "send-offsets", name) {
+                sent = Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
+            }
         }
-        let sent = producer
-            .send_offsets_to_transaction(&job.offsets, &job.group, SEND_OFFSETS_TIMEOUT)
+        let sent = sent
+            .and_then(|()| producer.send_offsets_to_transaction(&job.offsets, &job.group, SEND_OFFSETS_TIMEOUT))
             .map_err(|e| KafkaClientError::kafka("send offsets to transaction", e));
         let ok = sent.is_ok();
         // The receiver is gone when the committer stopped waiting (stuck, or shutting down).
@@ -277,11 +321,12 @@ async fn delivered(pending: Vec<DeliveryFuture>) -> Result<(), KafkaClientError>
 impl Committer {
     /// Creates the producer with `transactional.id` = prefix + instance id and fences any
     /// previous incarnation of this instance (aborting what it left open).
-    pub fn new(settings: &Settings, instance: &str, ledger: LedgerView, metrics: Metrics) -> Result<Committer, KafkaClientError> {
+    pub async fn new(settings: &Settings, instance: &str, ledger: LedgerView, metrics: Metrics) -> Result<Committer, KafkaClientError> {
         let mut cfg = kafka::client_config(settings, Role::Producer);
         cfg.set("transactional.id", format!("{}-{}", settings.processor.transactional_id_prefix, instance))
             .set("transaction.timeout.ms", settings.processor.transaction_timeout_ms.to_string());
-        let txn = Txn::start(&cfg)?;
+        let mut abandoned = Vec::new();
+        let txn = Txn::start(&cfg, &mut abandoned).await?;
         Ok(Committer {
             txn,
             cfg,
@@ -292,7 +337,7 @@ impl Committer {
             per_transaction: settings.processor.records_per_transaction.max(1) as usize,
             stuck: Arc::new(AtomicBool::new(false)),
             fenced: false,
-            abandoned: Vec::new(),
+            abandoned,
             last_fenced: None,
             ledger,
             metrics,
@@ -348,7 +393,7 @@ impl Committer {
         if self.pump.is_none() {
             // A transaction a failed step could not abort (broker away), or a producer to
             // replace, is dealt with before the pump begins the next.
-            self.abort().map_err(|e| (consumed.index, e))?;
+            self.abort().await.map_err(|e| (consumed.index, e))?;
         }
         // Under the queue's lock, so a pump failing meanwhile takes these back with the rest.
         let queue = self.queue.clone();
@@ -454,34 +499,34 @@ impl Committer {
         if let Err((_, e)) = self.settle().await {
             tracing::debug!(error = %e, "commit in flight failed; aborting it");
         }
-        self.abort()
+        self.abort().await
     }
 
     /// Aborts the open transaction, or replaces a producer that cannot abort it; `Ok(true)`
     /// when the producer was replaced.
-    fn abort(&mut self) -> Result<bool, KafkaClientError> {
+    async fn abort(&mut self) -> Result<bool, KafkaClientError> {
         // The flags are cleared only once a replacement succeeded: if it fails (broker away),
         // the next reset tries again.
         if self.stuck.load(Ordering::SeqCst) {
-            self.abandoned.retain(|t| Arc::strong_count(t) > 1);
-            if self.abandoned.len() >= MAX_STUCK {
-                return Err(KafkaClientError::TooManyStuck(self.abandoned.len() + 1));
-            }
-            let old = self.txn.running.clone();
-            self.replace("stuck")?;
-            self.abandoned.push(old);
-            self.stuck.store(false, Ordering::SeqCst);
-            return Ok(true);
+            return self.replace_stuck().await;
         }
         if self.fenced {
-            let replaced = self.replace_fenced(None)?;
+            let replaced = self.replace_fenced(None).await?;
             self.fenced = false;
             return Ok(replaced);
         }
         if !matches!(self.state, State::Open) {
             return Ok(false);
         }
-        match self.txn.producer.abort_transaction(TXN_TIMEOUT) {
+        // On the producer's thread, watched: an abort that never returns (librdkafka retrying a
+        // lost coordinator) must not hold a runtime worker, and its producer is replaced.
+        let watch = TXN_TIMEOUT + GRACE;
+        let Some(answer) = self.txn.call(Job::Abort, watch).await else {
+            tracing::warn!(after_secs = watch.as_secs(), "no answer to the abort; the transactional producer is stuck");
+            self.stuck.store(true, Ordering::SeqCst);
+            return self.replace_stuck().await;
+        };
+        match answer {
             Ok(()) => {
                 self.aborted();
                 Ok(false)
@@ -495,12 +540,12 @@ impl Committer {
                 match e.class() {
                     // Still open: the next reset or begin tries again.
                     ErrorClass::Retry => Err(e),
-                    ErrorClass::Fatal if is_fenced(&e) => self.replace_fenced(Some(e)),
+                    ErrorClass::Fatal if is_fenced(&e) => self.replace_fenced(Some(e)).await,
                     // The producer cannot abort (e.g. an earlier call that timed out while the
                     // broker was away is still "in progress" inside librdkafka): replace it.
                     _ => {
                         tracing::warn!(error = %e, "transactional producer unusable; replacing it");
-                        self.replace("unusable")?;
+                        self.replace("unusable").await?;
                         Ok(true)
                     }
                 }
@@ -508,8 +553,22 @@ impl Committer {
         }
     }
 
+    /// Replaces a producer whose call got no answer; it is left to its blocked thread, unless
+    /// too many are blocked already.
+    async fn replace_stuck(&mut self) -> Result<bool, KafkaClientError> {
+        self.abandoned.retain(|t| Arc::strong_count(t) > 1);
+        if self.abandoned.len() >= MAX_STUCK {
+            return Err(KafkaClientError::TooManyStuck(self.abandoned.len() + 1));
+        }
+        let old = self.txn.running.clone();
+        self.replace("stuck").await?;
+        self.abandoned.push(old);
+        self.stuck.store(false, Ordering::SeqCst);
+        Ok(true)
+    }
+
     /// Replaces a fenced producer unless one was replaced within [`FENCE_WINDOW`].
-    fn replace_fenced(&mut self, e: Option<KafkaClientError>) -> Result<bool, KafkaClientError> {
+    async fn replace_fenced(&mut self, e: Option<KafkaClientError>) -> Result<bool, KafkaClientError> {
         if self.last_fenced.is_some_and(|t| t.elapsed() < FENCE_WINDOW) {
             let id = self.cfg.get("transactional.id").unwrap_or_default();
             tracing::error!(
@@ -520,16 +579,16 @@ impl Committer {
             return Err(e.unwrap_or_else(|| KafkaClientError::kafka("begin transaction", KafkaError::Global(RDKafkaErrorCode::Fenced))));
         }
         tracing::warn!("transactional producer fenced with no successor in sight; replacing it once");
-        self.replace("fenced")?;
+        self.replace("fenced").await?;
         self.last_fenced = Some(Instant::now());
         Ok(true)
     }
 
     /// A new producer takes the transactional id (fencing the old one and aborting its open
     /// transaction broker-side); the old one is dropped, or left to its blocked thread.
-    fn replace(&mut self, reason: &str) -> Result<(), KafkaClientError> {
+    async fn replace(&mut self, reason: &str) -> Result<(), KafkaClientError> {
         tracing::warn!(reason, "replacing the transactional producer");
-        self.txn = Txn::start(&self.cfg)?;
+        self.txn = Txn::start(&self.cfg, &mut self.abandoned).await?;
         self.metrics.producer_replaced(reason);
         if !matches!(self.state, State::Idle) {
             self.aborted();
@@ -641,7 +700,7 @@ impl Pump {
         delivered(pending).await.map_err(open)?;
         let (sent, sent_rx) = oneshot::channel();
         let (committed, committed_rx) = oneshot::channel();
-        let job = Job { offsets, group: group_metadata, fault, sent, committed };
+        let job = Job::Commit(CommitJob { offsets, group: group_metadata, fault, sent, committed });
         // No answer to the offsets (or no thread to ask): the producer is stuck; it is
         // replaced and the records redone, which is safe because nothing was committed.
         let offsets_watch = SEND_OFFSETS_TIMEOUT + GRACE;

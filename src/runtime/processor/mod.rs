@@ -138,7 +138,7 @@ impl Processor {
         // transactional id left open, and the ledger read cannot pass an open transaction (it
         // would wait for the transaction timeout instead).
         let instance = crate::runtime::instance::id(&settings);
-        let mut committer = Committer::new(&settings, &instance, ledger, Metrics::new())?;
+        let mut committer = Committer::new(&settings, &instance, ledger, Metrics::new()).await?;
         committer.catch_up_ledger(LEDGER_CATCH_UP).await?;
         let env = Env { settings, db, redis, tz, instance };
         Ok(Processor {
@@ -404,7 +404,7 @@ impl Processor {
     /// progress finishes or aborts first: the select only fires between steps).
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), ProcessorError> {
         tokio::pin!(shutdown);
-        let _watch = AbortOnDrop(self.activity.watch());
+        let _watch = self.activity.watch().map_err(|e| ProcessorError::Task(format!("cannot start the stall watch: {e}")))?;
         loop {
             tokio::select! {
                 biased;
@@ -445,15 +445,6 @@ impl Processor {
             tracing::debug!(read = n, entries = self.committer.ledger().len(), "ledger caught up");
         }
         Ok(())
-    }
-}
-
-/// Stops a task when the value goes (the stall watch ends with [`Processor::run`]).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

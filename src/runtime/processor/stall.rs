@@ -2,14 +2,16 @@
 //! processor was doing, and again each further minute until it ends.
 //!
 //! The processor's task waits in places that bound themselves (a chunk's effects by the run's
-//! deadline, librdkafka's calls by their timeouts, a commit by its watchdog), but a bound that
-//! is not kept — a library call past its timeout — shows only as silence: one processor of a
-//! long fault run logged nothing for five minutes (docs/reliability.md, 2026-12-01). The watch
-//! runs as a tokio task of its own, so it speaks while the step's task waits or blocks one
-//! worker; with every worker blocked it cannot (a later long run had a 16-minute silence it did
-//! not report: moving it to a plain thread is the next step). It changes nothing, and a chunk
-//! that legitimately runs for minutes is named the same way.
+//! deadline, librdkafka's calls by their timeouts, the transactional calls by their watches),
+//! but a bound that is not kept — a library call past its timeout — shows only as silence: one
+//! processor of a long fault run logged nothing for five minutes (docs/reliability.md,
+//! 2026-12-01). The watch runs on a plain thread of its own, not on the runtime: a first
+//! version ran as a tokio task and stayed silent through a later 16-minute silence, which a
+//! blocked worker explains (every worker blocked, or the watch's wake-up queued behind the
+//! blocked task on its worker). It changes nothing, and a chunk that legitimately runs for
+//! minutes is named the same way.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,10 +55,16 @@ impl Activity {
     }
 
     /// `Some((seconds, doing))` when the running step is due another report at `now`.
+    #[cfg(test)]
     fn due(&self, now: Instant) -> Option<(u64, &'static str)> {
+        self.due_after(now, STALL_WARNING)
+    }
+
+    /// As [`Activity::due`], with the first report after `warning`.
+    fn due_after(&self, now: Instant, warning: Duration) -> Option<(u64, &'static str)> {
         self.with(|s| {
             let ran = now.saturating_duration_since(s.since?);
-            if ran < STALL_WARNING * (s.reported + 1) {
+            if ran < warning * (s.reported + 1) {
                 return None;
             }
             s.reported += 1;
@@ -64,17 +72,37 @@ impl Activity {
         })
     }
 
-    /// Starts the watch; it stops when the handle is aborted or dropped with the runtime.
-    pub(super) fn watch(&self) -> tokio::task::JoinHandle<()> {
+    /// Starts the watch, logging at WARN; it stops when the returned guard is dropped.
+    pub(super) fn watch(&self) -> std::io::Result<Watch> {
+        self.watch_with(STALL_WARNING, LOOK_EVERY, |secs, doing| tracing::warn!(secs, doing, "a processor step is still running"))
+    }
+
+    fn watch_with(&self, warning: Duration, every: Duration, report: impl Fn(u64, &'static str) + Send + 'static) -> std::io::Result<Watch> {
         let activity = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(LOOK_EVERY).await;
-                if let Some((secs, doing)) = activity.due(Instant::now()) {
-                    tracing::warn!(secs, doing, "a processor step is still running");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new().name("sj-stall-watch".into()).spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                std::thread::park_timeout(every);
+                if let Some((secs, doing)) = activity.due_after(Instant::now(), warning) {
+                    report(secs, doing);
                 }
             }
-        })
+        })?;
+        Ok(Watch { stop, thread })
+    }
+}
+
+/// The running watch: dropping it stops its thread (within a look).
+pub(super) struct Watch {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.thread().unpark();
     }
 }
 
@@ -96,5 +124,24 @@ mod tests {
         assert_eq!(a.due(since + STALL_WARNING * 2), Some((120, "aborting the transaction")));
         a.end();
         assert_eq!(a.due(since + STALL_WARNING * 10), None);
+    }
+
+    /// The watch speaks while the runtime that runs the step cannot run anything else: here a
+    /// runtime of one thread, blocked by the step (a librdkafka call that does not return).
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_watch_speaks_while_the_step_blocks_the_runtime() {
+        let a = Activity::default();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let h = heard.clone();
+        let watch = a.watch_with(Duration::from_millis(200), Duration::from_millis(20), move |_, doing| h.lock().unwrap().push(doing)).unwrap();
+        a.begin();
+        a.doing("aborting the transaction");
+        std::thread::sleep(Duration::from_millis(700));
+        a.end();
+        let reports = heard.lock().unwrap().clone();
+        assert!((1..=4).contains(&reports.len()) && reports.iter().all(|d| *d == "aborting the transaction"), "{reports:?}");
+        drop(watch);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(heard.lock().unwrap().len(), reports.len(), "nothing after the step ended");
     }
 }

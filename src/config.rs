@@ -117,6 +117,12 @@ pub struct ProcessorSettings {
     /// `overlap = buffer_one | buffer_all`, always go through the work-items topic. false:
     /// every run does.
     pub inline_one_chunk_runs: bool,
+    /// How long the group consumer may hold no assignment (since it joined, or since its
+    /// partitions were revoked) before the processor joins again with a new consumer. With
+    /// static membership (`instance_id`), librdkafka's consumer can stay out of the group for
+    /// good after a session timeout (confluentinc/librdkafka#3437; seen in the long fault
+    /// profile). An empty assignment counts as one. 0: never.
+    pub assignment_wait_ms: u64,
 }
 
 /// The HTTP endpoint of `run` and `tick`: `/metrics`, `/healthz`, `/readyz`.
@@ -376,6 +382,7 @@ impl Default for ProcessorSettings {
             effects_ahead: 2,
             records_per_transaction: 100,
             inline_one_chunk_runs: true,
+            assignment_wait_ms: 120_000,
         }
     }
 }

@@ -779,9 +779,8 @@ async fn a_commit_stuck_in_librdkafka_is_given_up_and_redone_with_a_new_producer
     assert!(text.contains("replacing the transactional producer reason=\"stuck\""), "{text}");
 }
 
-/// An abort that never returns (librdkafka retrying a lost coordinator; one processor of a long
-/// fault run was silent for 16 minutes after an abort that timed out) must not hold the
-/// processor. Here the first chunk's offsets fail once, as a broker away would make them, and
+/// An abort that never returns (as `send_offsets_to_transaction` can when the coordinator is
+/// lost: confluentinc/librdkafka#5456) must not hold the processor. Here the first chunk's offsets fail once, as a broker away would make them, and
 /// the abort that follows blocks for good. The abort runs on the producer's thread, watched: once
 /// librdkafka's timeout plus a grace period has passed, the producer is given up and a new one
 /// takes the transactional id (aborting the transaction broker-side), and the chunk is redone in
@@ -880,19 +879,61 @@ async fn stopped(mut processor: std::process::Child, log: &std::path::Path) -> S
 async fn intrude(s: &Settings, instance: &str) {
     let mut cfg = client_config(s, Role::Consumer);
     cfg.set("group.id", &s.processor.group_id).set("group.instance.id", instance).set("session.timeout.ms", "10000");
+    drop(join_group(cfg, &s.topic(Topic::Tick), "the intruder").await);
+}
+
+/// A consumer of `cfg` subscribed to `topic`, once it holds partitions.
+async fn join_group(cfg: rdkafka::ClientConfig, topic: &str, who: &'static str) -> BaseConsumer {
     let consumer: BaseConsumer = cfg.create().unwrap();
-    consumer.subscribe(&[&s.topic(Topic::Tick)]).unwrap();
+    consumer.subscribe(&[topic]).unwrap();
     tokio::task::spawn_blocking(move || {
         let until = Instant::now() + WAIT;
         while consumer.assignment().unwrap().count() == 0 {
-            assert!(Instant::now() < until, "the intruder got no assignment within {WAIT:?}");
+            assert!(Instant::now() < until, "{who} got no assignment within {WAIT:?}");
             if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
-                panic!("the intruder failed: {e}");
+                panic!("{who} failed: {e}");
             }
         }
+        consumer
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// A member of the processor group that takes its partitions and then stops polling: a
+/// rebalance waits for it until librdkafka gives up on it (`max.poll.interval.ms`, 15 s),
+/// so every other member holds no partitions meanwhile. Dropping it closes it.
+async fn stall_group(s: &Settings) -> BaseConsumer {
+    let mut cfg = client_config(s, Role::Consumer);
+    cfg.set("group.id", &s.processor.group_id).set("session.timeout.ms", "10000").set("max.poll.interval.ms", "15000");
+    join_group(cfg, &s.topic(Topic::Tick), "the stalling member").await
+}
+
+/// After a session timeout with static membership, librdkafka's consumer can stay out of the
+/// group for good (confluentinc/librdkafka#3437): a processor of the long fault profile logged
+/// "partitions revoked" and then nothing for 16 minutes while the others did its work. A
+/// member that holds no partitions for `processor.assignment_wait_ms` joins again with a new
+/// consumer. librdkafka's hang cannot be caused at will; here the processor is kept without
+/// partitions by a member that stopped polling (the group's rebalance waits for it), with
+/// the wait at 3 s: the processor says so, joins again, and completes a run once the group
+/// settles. Without the wait, nothing is said and nothing is replaced.
+#[tokio::test]
+async fn a_group_member_left_without_partitions_joins_again_with_a_new_consumer() {
+    let (s, _pool, database) = noop_stage(None).await;
+    let stalled = stall_group(&s).await;
+    let (mut processor, log) = spawn_logged(&s, &database, "unassigned", &[("SJ_PROCESSOR__ASSIGNMENT_WAIT_MS", "3000")]);
+    publish(&s, &[tick("noop", minutes_ago(1), &[("chunks", "1")])]).await;
+    let r = wait_for_results(&s, 1, Duration::from_secs(90)).await;
+    drop(stalled);
+    let alive = processor.try_wait().unwrap().is_none();
+    processor.kill().ok();
+    processor.wait().ok();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("no partitions assigned for longer than processor.assignment_wait_ms"), "{text}");
+    assert!(text.contains("reason=\"unassigned\""), "{text}");
+    assert!(alive, "the same process went on: {text}");
+    assert_eq!(r.len(), 1, "{r:#?}\n{text}");
+    assert_eq!(r[0].outcome, Outcome::Succeeded, "{r:#?}");
 }
 
 /// A group consumer fenced by its own static instance id — librdkafka joined again after a

@@ -9,6 +9,13 @@
 //! record: on a failed record, on shutdown, at the end of the batch, or when a record after
 //! theirs is handled first, they are stopped at their next await (as a crash would stop
 //! them) and waited for. Everything about them lives here.
+//!
+//! A statement stopped at its await may still run to its end in PostgreSQL (idempotent, as
+//! above). Its connection is not reused half-way: sqlx 0.8 pings a connection returned to the
+//! pool, which first reads the stopped statement's answers up to its `ReadyForQuery`, and closes
+//! it if that fails; a dropped transaction is rolled back, and a dropped `COPY` sends `CopyFail`
+//! (sqlx-core `pool/connection.rs` `return_to_pool`, sqlx-postgres `wait_until_ready`,
+//! `PgCopyIn`'s `Drop`).
 
 use std::sync::Arc;
 

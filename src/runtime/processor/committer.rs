@@ -27,8 +27,8 @@
 //! the abort) run on a thread of the producer's own, never on a runtime worker, watched with
 //! librdkafka's timeout plus a grace period, because librdkafka 2.12 does not always hold it
 //! (`send_offsets_to_transaction` waits for good when the group coordinator dies mid-call:
-//! confluentinc/librdkafka#5456, #5511; seen in the cluster fault profile; a processor of the
-//! long fault profile went silent for 16 minutes after an abort that timed out). An offsets
+//! confluentinc/librdkafka#5456, #5511; seen in the cluster fault profile), and a call that
+//! blocks a runtime worker for good would hold the processor without a word. An offsets
 //! call, an abort or an init past its watch leaves the producer *stuck*: it is abandoned with
 //! its thread and a new one takes the transactional id, whose `init_transactions` fences the old one and aborts its
 //! transaction, so whatever the abandoned call does later cannot commit. A commit past its

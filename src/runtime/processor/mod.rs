@@ -48,8 +48,7 @@ mod versions;
 mod work_item;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -65,7 +64,7 @@ use crate::jobs::Registry;
 use crate::kafka::{self, KafkaClientError};
 use crate::runtime::metrics::{Assignment, Metrics};
 use committer::{Committer, Consumed};
-use setup::{connect_redis, group_consumer, Env, Names};
+use setup::{connect_redis, group_consumer, Env, Membership, Names};
 use ledger::LedgerView;
 
 pub use error::ProcessorError;
@@ -78,6 +77,14 @@ const LEDGER_CATCH_UP: Duration = Duration::from_secs(120);
 /// A fenced group consumer is replaced at most once in this window.
 const CONSUMER_FENCE_WINDOW: Duration = Duration::from_secs(60);
 
+/// Why the group consumer is replaced ([`Processor::replace_consumer`]).
+enum Rejoin {
+    /// Fenced by its own static instance id.
+    Fenced(KafkaClientError),
+    /// No assignment for this long.
+    Unassigned(Duration),
+}
+
 /// What one [`Processor::step`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -85,7 +92,9 @@ pub enum Step {
     Idle,
     /// This many records were handled and committed.
     Handled(usize),
-    /// A transaction failed; it was aborted and the records will be seen again.
+    /// The step was reset, and its records will be seen again: a transaction failed and was
+    /// aborted, or the group consumer was replaced (fenced, or left without partitions). The
+    /// text says which (`/readyz`).
     Reset(String),
 }
 
@@ -96,8 +105,9 @@ pub struct Processor {
     codec: Codec,
     jobs: Registry,
     names: Names,
-    /// Set on a new assignment: the ledger view is caught up before the next batch.
-    assigned: Arc<AtomicBool>,
+    /// What the group consumer's rebalances said: a new assignment (the ledger view is caught
+    /// up before the next batch), and how long it has held none.
+    membership: Membership,
     /// Effects of the batch's next work items, started ahead of their turn, in record order.
     ahead: std::collections::VecDeque<ahead::Ahead>,
     /// A transient consumer error seen by the last step (reported by `/readyz`).
@@ -131,8 +141,8 @@ impl Processor {
         let codec = Codec::new(&settings)?;
         let redis = connect_redis(&settings).await?;
         let tz = settings.time_zone().map_err(|e| ProcessorError::Config(e.to_string()))?;
-        let assigned = Arc::new(AtomicBool::new(false));
-        let consumer = group_consumer(&settings, &[&names.tick, &names.work_items], assigned.clone())?;
+        let membership = Membership::new();
+        let consumer = group_consumer(&settings, &[&names.tick, &names.work_items], &membership)?;
         let ledger = LedgerView::new(&settings, codec.clone())?;
         // Fence before reading: the producer's start aborts what a predecessor with this
         // transactional id left open, and the ledger read cannot pass an open transaction (it
@@ -148,7 +158,7 @@ impl Processor {
             codec,
             jobs,
             names,
-            assigned,
+            membership,
             ahead: Default::default(),
             transient: None,
             accounting: accounting::Pace::new(),
@@ -194,7 +204,7 @@ impl Processor {
         match &r {
             Ok(Step::Idle) => metrics.set_ready(self.transient.take().map_or(Ok(()), |why| Err(format!("kafka: {why}")))),
             Ok(Step::Handled(_)) => metrics.set_ready(Ok(())),
-            Ok(Step::Reset(why)) => metrics.set_ready(Err(format!("last transaction failed: {why}"))),
+            Ok(Step::Reset(why)) => metrics.set_ready(Err(format!("last step reset: {why}"))),
             Err(e) => metrics.set_ready(Err(e.to_string())),
         }
         // Lag is exported for the partitions this instance holds now (polling moves them).
@@ -237,6 +247,13 @@ impl Processor {
     async fn handle_next(&mut self, wait: Duration) -> Result<Step, ProcessorError> {
         let first = match tokio::time::timeout(wait, self.consumer.recv()).await {
             Err(_) => {
+                let limit = Duration::from_millis(self.env.settings.processor.assignment_wait_ms);
+                // The consumer's own view too: a cooperative rebalance revokes some partitions
+                // and may keep the rest.
+                let holds_none = || self.consumer.assignment().map_or(true, |a| a.count() == 0);
+                if let Some(waited) = self.membership.unassigned_for().filter(|w| !limit.is_zero() && *w >= limit && holds_none()) {
+                    return self.replace_consumer(Rejoin::Unassigned(waited)).await;
+                }
                 self.refresh_ledger_if_assigned().await?;
                 return Ok(Step::Idle);
             }
@@ -250,7 +267,7 @@ impl Processor {
                 let unknown = code == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition);
                 let e = KafkaClientError::kafka("consume", e);
                 if code == Some(rdkafka::types::RDKafkaErrorCode::FencedInstanceId) {
-                    return self.replace_consumer(e).await;
+                    return self.replace_consumer(Rejoin::Fenced(e)).await;
                 }
                 if e.class() == ErrorClass::Fatal && !unknown {
                     return Err(e.into());
@@ -279,39 +296,60 @@ impl Processor {
         }
     }
 
-    /// A member fenced by its own static `group.instance.id` joins again with a new consumer,
-    /// once per [`CONSUMER_FENCE_WINDOW`]. librdkafka's consumer cannot go on once fenced (a
-    /// fatal error), yet the usual cause is this very process: after a broker outage longer
-    /// than the session timeout, librdkafka joins again and, when the answer to a join is
-    /// lost, joins once more — the broker gives the instance id a new member id, and the
-    /// member id the consumer still uses is fenced (confluentinc/confluent-kafka-go#494).
-    /// Restarting the process would do the same, slower. Fenced again within the window means
-    /// another live process has this `processor.instance_id`: this one stops, saying so.
-    ///
-    /// Called between batches: everything consumed has been committed or aborted, and what a
-    /// transaction still holds is aborted here; the new member resumes from the group's
-    /// committed offsets, and the assignment it gets catches the ledger view up first.
-    async fn replace_consumer(&mut self, e: KafkaClientError) -> Result<Step, ProcessorError> {
+    /// Joins the group again with a new consumer, between batches: everything consumed has
+    /// been committed or aborted, what a transaction still holds is aborted here, and the new
+    /// member resumes from the group's committed offsets (its assignment catches the ledger view
+    /// up first). librdkafka's consumer cannot be told to join again, and restarting the
+    /// process would do the same, slower. Why ([`Rejoin`]):
+    /// - **fenced** by its own static `group.instance.id`: at most once per
+    ///   [`CONSUMER_FENCE_WINDOW`]. The usual cause is this very process: after a broker outage
+    ///   longer than the session timeout, librdkafka joins again and, when the answer to a join
+    ///   is lost, joins once more — the broker gives the instance id a new member id, and the
+    ///   member id the consumer still uses is fenced (confluentinc/confluent-kafka-go#494).
+    ///   Fenced again within the window means another live process has this
+    ///   `processor.instance_id`: this one stops, saying so;
+    /// - **unassigned** for `processor.assignment_wait_ms`: after a session timeout with static
+    ///   membership, librdkafka's consumer can stay out of the group for good
+    ///   (confluentinc/librdkafka#3437): a processor of the long fault profile logged "partitions
+    ///   revoked" and then nothing for 16 minutes. A new member starts a new wait, so this
+    ///   happens at most once per `assignment_wait_ms`.
+    async fn replace_consumer(&mut self, why: Rejoin) -> Result<Step, ProcessorError> {
         let instance_id = self.env.settings.processor.instance_id.clone();
-        if self.consumer_fenced.is_some_and(|t| t.elapsed() < CONSUMER_FENCE_WINDOW) {
-            tracing::error!(
-                instance_id,
-                window_secs = CONSUMER_FENCE_WINDOW.as_secs(),
-                "group member fenced again soon after the last replacement: another live process uses this processor.instance_id; stopping"
-            );
-            return Err(e.into());
-        }
-        tracing::warn!(instance_id, reason = "fenced", error = %e, "replacing the group consumer");
+        let (reason, text) = match why {
+            Rejoin::Fenced(e) => {
+                if self.consumer_fenced.is_some_and(|t| t.elapsed() < CONSUMER_FENCE_WINDOW) {
+                    tracing::error!(
+                        instance_id,
+                        window_secs = CONSUMER_FENCE_WINDOW.as_secs(),
+                        "group member fenced again soon after the last replacement: another live process uses this processor.instance_id; stopping"
+                    );
+                    return Err(e.into());
+                }
+                tracing::warn!(instance_id, reason = "fenced", error = %e, "replacing the group consumer");
+                ("fenced", format!("group consumer fenced by its instance id, joined again with a new one: {e}"))
+            }
+            Rejoin::Unassigned(waited) => {
+                tracing::warn!(
+                    instance_id,
+                    reason = "unassigned",
+                    secs = waited.as_secs(),
+                    "no partitions assigned for longer than processor.assignment_wait_ms; replacing the group consumer"
+                );
+                ("unassigned", format!("no partitions assigned for {} s; joined again with a new group consumer", waited.as_secs()))
+            }
+        };
         self.activity.doing("replacing the group consumer");
         self.cancel_ahead().await;
         self.committer.reset().await?;
-        let consumer = group_consumer(&self.env.settings, &[&self.names.tick, &self.names.work_items], self.assigned.clone())?;
-        let fenced = std::mem::replace(&mut self.consumer, consumer);
+        let consumer = group_consumer(&self.env.settings, &[&self.names.tick, &self.names.work_items], &self.membership)?;
+        let old = std::mem::replace(&mut self.consumer, consumer);
         // Closing a consumer is a blocking librdkafka call.
-        tokio::task::spawn_blocking(move || drop(fenced));
-        self.consumer_fenced = Some(Instant::now());
-        self.committer.metrics().consumer_replaced("fenced");
-        Ok(Step::Reset(format!("group consumer fenced and replaced: {e}")))
+        tokio::task::spawn_blocking(move || drop(old));
+        if reason == "fenced" {
+            self.consumer_fenced = Some(Instant::now());
+        }
+        self.committer.metrics().consumer_replaced(reason);
+        Ok(Step::Reset(text))
     }
 
     /// Handles a batch in order, each record's plan queued for the committer; on failure returns the index of
@@ -397,7 +435,7 @@ impl Processor {
             return Err(e);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        Ok(Step::Reset(e.to_string()))
+        Ok(Step::Reset(format!("records rewound after an error: {e}")))
     }
 
     /// Runs steps until `shutdown` completes, then leaves the group cleanly (a step in
@@ -440,7 +478,7 @@ impl Processor {
     }
 
     async fn refresh_ledger_if_assigned(&mut self) -> Result<(), ProcessorError> {
-        if self.assigned.swap(false, Ordering::SeqCst) {
+        if self.membership.assigned.swap(false, Ordering::SeqCst) {
             let n = self.committer.catch_up_ledger(LEDGER_CATCH_UP).await?;
             tracing::debug!(read = n, entries = self.committer.ledger().len(), "ledger caught up");
         }

@@ -2,7 +2,8 @@
 //! notes on a rebalance), the Redis connection, its topic names and what jobs are given.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -12,9 +13,40 @@ use crate::config::{JobSettings, Settings};
 use crate::jobs::{Deadline, JobCtx};
 use crate::kafka::{self, Role};
 
-/// Notes assignments so the ledger view is caught up before records of new partitions.
-pub struct GroupContext {
+/// What the group consumer's rebalances tell the processor, shared with its context.
+#[derive(Clone)]
+pub(super) struct Membership {
+    /// Set on each assignment: the ledger view is caught up before records of new partitions.
     pub(super) assigned: Arc<AtomicBool>,
+    /// Since when the member has held no assignment (it joined, or its partitions were
+    /// revoked, and none came since); None once assigned, even nothing.
+    unassigned_since: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Membership {
+    /// A member about to join.
+    pub(super) fn new() -> Membership {
+        Membership { assigned: Arc::default(), unassigned_since: Arc::new(Mutex::new(Some(Instant::now()))) }
+    }
+
+    fn set_unassigned(&self, since: Option<Instant>) {
+        *self.unassigned_since.lock().unwrap_or_else(|p| p.into_inner()) = since;
+    }
+
+    /// A new consumer joins now.
+    pub(super) fn joining(&self) {
+        self.set_unassigned(Some(Instant::now()));
+    }
+
+    /// How long the member has held no assignment, if it holds none.
+    pub(super) fn unassigned_for(&self) -> Option<Duration> {
+        self.unassigned_since.lock().unwrap_or_else(|p| p.into_inner()).map(|t| t.elapsed())
+    }
+}
+
+/// Notes assignments and revocations for the processor ([`Membership`]).
+pub struct GroupContext {
+    membership: Membership,
 }
 
 impl ClientContext for GroupContext {}
@@ -24,9 +56,13 @@ impl ConsumerContext for GroupContext {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
-                self.assigned.store(true, Ordering::SeqCst);
+                self.membership.set_unassigned(None);
+                self.membership.assigned.store(true, Ordering::SeqCst);
             }
-            Rebalance::Revoke(tpl) => tracing::info!(partitions = tpl.count(), "partitions revoked"),
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions revoked");
+                self.membership.set_unassigned(Some(Instant::now()));
+            }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
     }
@@ -50,11 +86,13 @@ fn is_certificate_failure(e: &redis::RedisError) -> bool {
     e.to_string().to_ascii_lowercase().contains("certificate verify failed")
 }
 
-/// A member of the processor group, subscribed to `topics`; `assigned` is set on each
-/// assignment it gets.
-pub(super) fn group_consumer(settings: &Settings, topics: &[&str], assigned: Arc<AtomicBool>) -> Result<StreamConsumer<GroupContext>, ProcessorError> {
+/// A member of the processor group, subscribed to `topics`; `membership` follows its
+/// rebalances from now on.
+pub(super) fn group_consumer(settings: &Settings, topics: &[&str], membership: &Membership) -> Result<StreamConsumer<GroupContext>, ProcessorError> {
+    membership.joining();
+    let context = GroupContext { membership: membership.clone() };
     let consumer: StreamConsumer<GroupContext> =
-        group_config(settings).create_with_context(GroupContext { assigned }).map_err(|e| kafka::KafkaClientError::kafka("create consumer", e))?;
+        group_config(settings).create_with_context(context).map_err(|e| kafka::KafkaClientError::kafka("create consumer", e))?;
     consumer.subscribe(topics).map_err(|e| kafka::KafkaClientError::kafka("subscribe", e))?;
     Ok(consumer)
 }

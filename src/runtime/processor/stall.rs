@@ -5,11 +5,10 @@
 //! deadline, librdkafka's calls by their timeouts, the transactional calls by their watches),
 //! but a bound that is not kept — a library call past its timeout — shows only as silence: one
 //! processor of a long fault run logged nothing for five minutes (docs/reliability.md,
-//! 2026-12-01). The watch runs on a plain thread of its own, not on the runtime: a first
-//! version ran as a tokio task and stayed silent through a later 16-minute silence, which a
-//! blocked worker explains (every worker blocked, or the watch's wake-up queued behind the
-//! blocked task on its worker). It changes nothing, and a chunk that legitimately runs for
-//! minutes is named the same way.
+//! 2026-12-01; that one turned out to be a consumer left out of its group, which
+//! `processor.assignment_wait_ms` now covers). The watch runs on a plain thread of its own,
+//! not on the runtime, so a call that blocks every worker cannot silence it. It changes
+//! nothing, and a chunk that legitimately runs for minutes is named the same way.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

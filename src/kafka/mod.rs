@@ -93,9 +93,9 @@ pub enum KafkaClientError {
     #[error("topic `{topic}` does not exist{hint}")]
     NoSuchTopic { topic: String, hint: &'static str },
     /// A blocking librdkafka call did not return within its own timeout plus a grace period
-    /// (librdkafka does not always hold it); the transactional producer is given up and
-    /// replaced, and the transaction redone.
-    #[error("kafka {operation}: no answer from librdkafka within {after:?}; the transactional producer is replaced")]
+    /// (librdkafka does not always hold it); the transactional producer is given up: a running
+    /// processor replaces it and redoes the transaction, one starting up stops with this error.
+    #[error("kafka {operation}: no answer from librdkafka within {after:?}; the transactional producer is given up")]
     Stuck { operation: &'static str, after: std::time::Duration },
     /// A commit got no answer within its watch: whether it committed is unknown, so redoing
     /// its records in this process could emit them twice.

@@ -74,7 +74,8 @@ pub fn point(name: &str, job: &str) {
 }
 
 /// A hang point: the first time a thread reaches stage `stage` of the point named `name`, and
-/// `SJ_FAULT_HANG` is `name/stage` (for the job in `SJ_FAULT_JOB`, if set), it blocks for good,
+/// `SJ_FAULT_HANG` is `name/stage` (for the job in `SJ_FAULT_JOB`, if set; a point of no job,
+/// `job` empty, whatever it is), it blocks for good,
 /// as a librdkafka call that never returns does (tests of the committer's watch). Only once per
 /// process: what replaces the hung work must be able to pass.
 #[cfg(feature = "fault-injection")]
@@ -82,7 +83,7 @@ pub fn hang(name: &str, stage: &str, job: &str) {
     use std::sync::atomic::{AtomicBool, Ordering};
     static HUNG: AtomicBool = AtomicBool::new(false);
     let Ok(wanted) = std::env::var("SJ_FAULT_HANG") else { return };
-    if wanted.split_once('/') != Some((name, stage)) || std::env::var("SJ_FAULT_JOB").is_ok_and(|j| j != job) {
+    if wanted.split_once('/') != Some((name, stage)) || std::env::var("SJ_FAULT_JOB").is_ok_and(|j| !job.is_empty() && j != job) {
         return;
     }
     if HUNG.swap(true, Ordering::SeqCst) {
@@ -102,7 +103,7 @@ pub fn fail(name: &str, stage: &str, job: &str) -> bool {
     use std::sync::atomic::{AtomicBool, Ordering};
     static FAILED: AtomicBool = AtomicBool::new(false);
     let Ok(wanted) = std::env::var("SJ_FAULT_FAIL") else { return false };
-    if wanted.split_once('/') != Some((name, stage)) || std::env::var("SJ_FAULT_JOB").is_ok_and(|j| j != job) {
+    if wanted.split_once('/') != Some((name, stage)) || std::env::var("SJ_FAULT_JOB").is_ok_and(|j| !job.is_empty() && j != job) {
         return false;
     }
     if FAILED.swap(true, Ordering::SeqCst) {

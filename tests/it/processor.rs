@@ -765,23 +765,31 @@ fn spawn_logged(s: &Settings, database: &str, name: &str, env: &[(&str, &str)]) 
 #[tokio::test]
 async fn a_commit_stuck_in_librdkafka_is_given_up_and_redone_with_a_new_producer() {
     let (s, _pool, database) = noop_stage(Some("2")).await;
-    let (mut processor, log) = spawn_logged(&s, &database, "stuck-commit", &[("SJ_FAULT_HANG", "before-apply-commit/send-offsets"), ("SJ_FAULT_JOB", "noop")]);
-    let r = wait_for_results(&s, 1, Duration::from_secs(90)).await;
+    let text = recovered_with_a_new_producer(&s, &database, "stuck-commit", &[("SJ_FAULT_HANG", "before-apply-commit/send-offsets"), ("SJ_FAULT_JOB", "noop")]).await;
+    assert!(text.contains("hang point reached"), "the fault point was reached: {text}");
+}
+
+/// The log of a logged processor run with `env` on a noop stage of two chunks, once it has
+/// completed the run in the same process after giving a stuck producer up.
+async fn recovered_with_a_new_producer(s: &Settings, database: &str, name: &str, env: &[(&str, &str)]) -> String {
+    let (mut processor, log) = spawn_logged(s, database, name, env);
+    let r = wait_for_results(s, 1, Duration::from_secs(90)).await;
     let alive = processor.try_wait().unwrap().is_none();
     processor.kill().ok();
     processor.wait().ok();
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("hang point reached"), "the fault point was reached: {text}");
     assert!(alive, "the same process recovered: {text}");
     assert_eq!(r.len(), 1, "{r:#?}\n{text}");
     assert_eq!(r[0].outcome, Outcome::Succeeded, "{r:#?}");
     assert_eq!(r[0].counts.get("items"), Some(&2), "{r:#?}");
     assert!(text.contains("replacing the transactional producer reason=\"stuck\""), "{text}");
+    text
 }
 
 /// An abort that never returns (as `send_offsets_to_transaction` can when the coordinator is
-/// lost: confluentinc/librdkafka#5456) must not hold the processor. Here the first chunk's offsets fail once, as a broker away would make them, and
-/// the abort that follows blocks for good. The abort runs on the producer's thread, watched: once
+/// lost: confluentinc/librdkafka#5456) must not hold the processor. Here the first chunk's
+/// offsets fail once, as a broker away would make them, and the abort that follows blocks for
+/// good. The abort runs on the producer's thread, watched: once
 /// librdkafka's timeout plus a grace period has passed, the producer is given up and a new one
 /// takes the transactional id (aborting the transaction broker-side), and the chunk is redone in
 /// the same process. Before, the abort blocked the processor's task and no run result came.
@@ -789,19 +797,9 @@ async fn a_commit_stuck_in_librdkafka_is_given_up_and_redone_with_a_new_producer
 async fn an_abort_stuck_in_librdkafka_is_given_up_and_the_records_redone_with_a_new_producer() {
     let (s, _pool, database) = noop_stage(Some("2")).await;
     let env = [("SJ_FAULT_FAIL", "before-apply-commit/send-offsets"), ("SJ_FAULT_HANG", "transaction/abort")];
-    let (mut processor, log) = spawn_logged(&s, &database, "stuck-abort", &env);
-    let r = wait_for_results(&s, 1, Duration::from_secs(90)).await;
-    let alive = processor.try_wait().unwrap().is_none();
-    processor.kill().ok();
-    processor.wait().ok();
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = recovered_with_a_new_producer(&s, &database, "stuck-abort", &env).await;
     assert!(text.contains("failure point reached") && text.contains("hang point reached"), "both fault points were reached: {text}");
     assert!(text.contains("no answer to the abort"), "{text}");
-    assert!(alive, "the same process recovered: {text}");
-    assert_eq!(r.len(), 1, "{r:#?}\n{text}");
-    assert_eq!(r[0].outcome, Outcome::Succeeded, "{r:#?}");
-    assert_eq!(r[0].counts.get("items"), Some(&2), "{r:#?}");
-    assert!(text.contains("replacing the transactional producer reason=\"stuck\""), "{text}");
 }
 
 /// Issue 17: a commit that gets no answer may have committed, so it is not redone in place: the

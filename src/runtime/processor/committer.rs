@@ -30,8 +30,8 @@
 //! confluentinc/librdkafka#5456, #5511; seen in the cluster fault profile), and a call that
 //! blocks a runtime worker for good would hold the processor without a word. An offsets
 //! call, an abort or an init past its watch leaves the producer *stuck*: it is abandoned with
-//! its thread and a new one takes the transactional id, whose `init_transactions` fences the old one and aborts its
-//! transaction, so whatever the abandoned call does later cannot commit. A commit past its
+//! its thread and a new one takes the transactional id, whose `init_transactions` fences the
+//! old one and aborts its transaction, so whatever the abandoned call does later cannot commit. A commit past its
 //! watch may have committed, so it stops the process instead (its successor resumes from the
 //! committed offsets); a commit librdkafka reports as not confirmed yet is called again. A producer *fenced* while no
 //! successor runs (the coordinator bumps the epoch of a transaction it timed out, e.g. across
@@ -236,7 +236,7 @@ impl Txn {
     async fn call(&self, job: fn(oneshot::Sender<Result<(), KafkaError>>) -> Job, watch: Duration) -> Option<Result<(), KafkaError>> {
         let (tx, rx) = oneshot::channel();
         self.jobs.send(job(tx)).ok()?;
-        tokio::time::timeout(watch, rx).await.ok().and_then(Result::ok)
+        answer(rx, watch).await
     }
 
     fn run(producer: &FutureProducer, job: Job) {
@@ -292,7 +292,7 @@ impl Txn {
 
 /// One answer of the producer's thread, if it came within `after` (none also when the thread
 /// is gone).
-async fn answer(rx: oneshot::Receiver<Result<(), KafkaClientError>>, after: Duration) -> Option<Result<(), KafkaClientError>> {
+async fn answer<T>(rx: oneshot::Receiver<T>, after: Duration) -> Option<T> {
     tokio::time::timeout(after, rx).await.ok().and_then(Result::ok)
 }
 

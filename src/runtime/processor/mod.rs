@@ -249,7 +249,8 @@ impl Processor {
             Err(_) => {
                 let limit = Duration::from_millis(self.env.settings.processor.assignment_wait_ms);
                 // The consumer's own view too: a cooperative rebalance revokes some partitions
-                // and may keep the rest.
+                // and may keep the rest, and a replaced consumer may report its revocation
+                // while closing, after the new one was assigned.
                 let holds_none = || self.consumer.assignment().map_or(true, |a| a.count() == 0);
                 if let Some(waited) = self.membership.unassigned_for().filter(|w| !limit.is_zero() && *w >= limit && holds_none()) {
                     return self.replace_consumer(Rejoin::Unassigned(waited)).await;

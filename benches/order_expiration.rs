@@ -503,8 +503,9 @@ async fn warm_up(d: &Data, instances: usize, ticker: &Ticker) -> [String; 1] {
 /// The processor(s), warmed up, then one tick drained: time until every event and the run
 /// result are committed, the chunks each instance applied (the processor's own record,
 /// `job_run_chunks.applied_by`) and the time spent in the job's apply, over all instances.
-async fn pipeline(d: &Data, n: usize, instances: usize) -> (Duration, Vec<(String, i64)>, Duration) {
+async fn pipeline(d: &Data, n: usize, instances: usize) -> (Duration, Vec<(String, i64)>, Duration, u64) {
     let mut running = Vec::new();
+    let mut metrics = Vec::new();
     for i in 0..instances {
         let mut s = d.settings.clone();
         s.processor.instance_id = format!("bench-{i}");
@@ -515,6 +516,7 @@ async fn pipeline(d: &Data, n: usize, instances: usize) -> (Duration, Vec<(Strin
         let mut jobs = Registry::builtin();
         jobs.add(timed.clone());
         let p = Processor::new(s, jobs, pool).await.expect("processor");
+        metrics.push(p.metrics());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(p.run(async move {
             let _ = stopped.await;
@@ -528,10 +530,13 @@ async fn pipeline(d: &Data, n: usize, instances: usize) -> (Duration, Vec<(Strin
     let events = count_until(s, &[s.topic(Topic::OrderCancelled), s.topic(Topic::OrderExpirationNotification)], 2 * n);
     let result = count_until(s, &results, 2);
     let tick = ticker.encode(&d.tick(d.at)).await;
+    let committed = || metrics.iter().map(transactions_committed).sum::<u64>();
+    let before = committed();
     let t0 = Instant::now();
     ticker.send(&tick).await;
     let done = tokio::task::spawn_blocking(move || events.join().expect("events").max(result.join().expect("result"))).await.expect("join");
     let elapsed = done - t0;
+    let transactions = committed() - before;
     let mut in_apply = Duration::ZERO;
     for (stop, handle, timed) in running {
         let _ = stop.send(());
@@ -545,7 +550,13 @@ async fn pipeline(d: &Data, n: usize, instances: usize) -> (Duration, Vec<(Strin
     .fetch_all(&d.pool)
     .await
     .expect("spread");
-    (elapsed, spread, in_apply)
+    (elapsed, spread, in_apply, transactions)
+}
+
+/// Transactions a processor has committed so far (its own metric).
+fn transactions_committed(m: &scheduled_jobs::runtime::metrics::Metrics) -> u64 {
+    let line = m.encode().lines().find(|l| l.starts_with("scheduled_jobs_transactions_total{kind=\"committed\"}")).map(str::to_string);
+    line.and_then(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok())).map_or(0, |v| v as u64)
 }
 
 struct Line {
@@ -644,7 +655,7 @@ async fn main() {
                 };
                 let d = seed(isolated().await, n, batch).await;
                 let before = cpu::Cpu::now();
-                let (t, spread, in_apply) = pipeline(&d, n, instances).await;
+                let (t, spread, in_apply, transactions) = pipeline(&d, n, instances).await;
                 let used = cpu::Cpu::now().since(before);
                 let chunks = n.div_ceil(batch as usize) as f64;
                 cpu_lines.push(format!(
@@ -658,7 +669,7 @@ async fn main() {
                 d.drop().await;
                 let applied: Vec<String> = spread.iter().map(|(who, k)| format!("{who}: {k}")).collect();
                 let note = format!(
-                    "chunks applied by {}; apply (DB + Redis) busy {:.0}% of instance time (over 100%: chunks overlap)",
+                    "chunks applied by {}; {transactions} Kafka transactions; apply (DB + Redis) busy {:.0}% of instance time (over 100%: chunks overlap)",
                     applied.join(", "),
                     100.0 * in_apply.as_secs_f64() / t.as_secs_f64() / instances as f64
                 );

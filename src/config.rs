@@ -111,6 +111,13 @@ pub struct ProcessorSettings {
     /// come fast and nothing waits when they are rare. A transaction never carries more than
     /// 10,000 records (a record alone above that goes alone). 1: one transaction per record.
     pub records_per_transaction: u32,
+    /// How long a transaction may wait to begin for records of the same batch still being
+    /// prepared, so that they share it (within `records_per_transaction` and 10,000 records).
+    /// A record that comes alone, or the last of its batch, never waits. Each transaction
+    /// costs the broker and the commit round trips the same whatever it carries, so chunks
+    /// that take a little longer than a commit each (order-expiration at batch 1,000) share
+    /// a few transactions instead of one each. 0: never wait.
+    pub transaction_linger_ms: u64,
     /// A run planned as one chunk is applied in its tick's own transaction (one hop from tick
     /// to run result instead of two or three); its chunk is recorded in PostgreSQL first, so a
     /// retry of the tick applies the same chunk. Runs of more chunks, and runs of jobs with
@@ -381,6 +388,7 @@ impl Default for ProcessorSettings {
             accounting_interval_ms: 15_000,
             effects_ahead: 2,
             records_per_transaction: 100,
+            transaction_linger_ms: 100,
             inline_one_chunk_runs: true,
             assignment_wait_ms: 120_000,
         }
@@ -553,6 +561,9 @@ impl Settings {
         }
         if !(1..=10_000).contains(&self.processor.records_per_transaction) {
             return Err(ConfigError::invalid("processor.records_per_transaction", "must be between 1 and 10000 (1: one transaction per record)"));
+        }
+        if self.processor.transaction_linger_ms > 5_000 {
+            return Err(ConfigError::invalid("processor.transaction_linger_ms", "must be at most 5000 (0: never wait)"));
         }
         if self.processor.effects_ahead >= self.postgres.max_connections {
             return Err(ConfigError::invalid(
@@ -791,6 +802,15 @@ mod tests {
         }
         let s = Settings::load_from(None, env(&[])).unwrap();
         assert_eq!((s.processor.records_per_transaction, s.processor.effects_ahead), (100, 2));
+    }
+
+    #[test]
+    fn a_transaction_linger_above_five_seconds_is_refused_by_name() {
+        let e = Settings::load_from(None, env(&[("SJ_PROCESSOR__TRANSACTION_LINGER_MS", "5001")])).unwrap_err().to_string();
+        assert!(e.contains("processor.transaction_linger_ms") && e.contains("at most 5000"), "{e}");
+        let s = Settings::load_from(None, env(&[("SJ_PROCESSOR__TRANSACTION_LINGER_MS", "0")])).unwrap();
+        assert_eq!(s.processor.transaction_linger_ms, 0);
+        assert_eq!(Settings::load_from(None, env(&[])).unwrap().processor.transaction_linger_ms, 100);
     }
 
     #[test]

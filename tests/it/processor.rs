@@ -461,6 +461,47 @@ async fn records_prepared_while_a_commit_is_in_flight_share_the_next_transaction
     assert!(transactions * 8 >= handled, "{handled} records in {transactions} transactions: more than 8 in one");
 }
 
+/// Ten noop chunks whose effects take 80 ms each, one at a time, so each comes well after the
+/// previous commit: with `processor.transaction_linger_ms` = `linger`, (records handled,
+/// transactions committed, how long the step of a lone tick took afterwards).
+async fn ten_spaced_chunks(linger: u64) -> (usize, usize, Duration) {
+    let tune = |s: &mut Settings| {
+        s.processor.transaction_linger_ms = linger;
+        s.processor.effects_ahead = 0;
+    };
+    let (mut p, _pool) = one_noop_run(tune, &[("chunks", "10"), ("apply_sleep_ms", "80")], 10).await;
+    let metrics = p.metrics().encode();
+    let total = |prefix: &str| -> usize {
+        metrics.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>() as usize
+    };
+    let counted = (total("scheduled_jobs_records_handled_total"), total("scheduled_jobs_transactions_total{kind=\"committed\"}"));
+    // A record with nothing behind it in its batch never waits for the linger.
+    publish(p.settings(), &[tick("noop", minutes_ago(1), &[])]).await;
+    let started = Instant::now();
+    let mut handled = 0;
+    while handled == 0 {
+        assert!(started.elapsed() < Duration::from_secs(30), "the lone tick was not handled");
+        if let Step::Handled(n) = p.step(Duration::from_millis(300)).await.unwrap() {
+            handled = n;
+        }
+    }
+    (counted.0, counted.1, started.elapsed())
+}
+
+/// Chunks of one batch that each take longer than a commit would get a transaction each;
+/// with a linger the first waits for the ones being prepared behind it and they share one.
+/// The last record of a batch, and a lone one, never wait.
+#[tokio::test]
+async fn records_still_being_prepared_are_waited_for_and_share_a_transaction() {
+    let (handled, transactions, _) = ten_spaced_chunks(0).await;
+    assert!(handled >= 11, "the tick and 10 chunks: {handled}");
+    assert!(transactions + 2 >= handled, "{handled} records in {transactions} transactions: without a linger, chunks 80 ms apart each take one");
+    let (handled, transactions, lone) = ten_spaced_chunks(5_000).await;
+    assert!(handled >= 11, "{handled}");
+    assert!(transactions * 2 < handled, "{handled} records in {transactions} transactions: not grouped by the linger");
+    assert!(lone < Duration::from_millis(2_500), "a lone tick waited {lone:?}, as if for the 5 s linger");
+}
+
 #[tokio::test]
 async fn a_stale_tick_is_coalesced_when_a_newer_one_is_queued() {
     let s = with_noop(isolated().await);

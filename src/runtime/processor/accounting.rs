@@ -136,7 +136,7 @@ impl Processor {
             KafkaClientError::kafka("group metadata", rdkafka::error::KafkaError::Global(rdkafka::types::RDKafkaErrorCode::State))
         })?;
         // The offset partition 0 is committed at, committed again: the generation check.
-        let consumed = Consumed { topic: &tick_topic, partition: 0, offset: zero - 1, index: 0 };
+        let consumed = Consumed { topic: &tick_topic, partition: 0, offset: zero - 1, index: 0, more: false };
         let committed = match self.committer.commit(ready, consumed, group).await {
             Ok(()) => self.committer.settle().await,
             Err(e) => Err(e),

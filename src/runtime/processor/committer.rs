@@ -10,7 +10,10 @@
 //! each partition's highest offset and commits; then takes what was queued meanwhile. So a
 //! record that comes alone is committed at once, and records that come faster than a commit
 //! share one: the per-transaction cost (about 10 ms: the offsets' round trip and the
-//! markers) is paid once for all of them. A transaction that fails drops everything queued
+//! markers, and as much broker CPU as ~2,000 records) is paid once for all of them. Records
+//! that come a little slower than a commit (chunks of 1,000 orders) would each pay it: when
+//! the newest record queued says more of its batch is being prepared, the pump waits for
+//! them, at most `processor.transaction_linger_ms` after the oldest was queued. A transaction that fails drops everything queued
 //! after it as well: their ledger entries are taken back, and the processor rewinds to the
 //! failed transaction's first record ([`Committer::settle`] says which), so records commit,
 //! and become visible, strictly in order. Everything that fails takes one way back:
@@ -98,6 +101,9 @@ pub struct Consumed<'a> {
     pub offset: i64,
     /// Index in the batch: where the reset path rewinds to if this commit fails.
     pub index: usize,
+    /// More records of the same batch follow, being prepared: the pump may wait for them
+    /// (up to `processor.transaction_linger_ms`) so that they share its transaction.
+    pub more: bool,
 }
 
 /// A consumed record's part of a transaction, queued for the pump.
@@ -113,6 +119,9 @@ struct Entry {
     replaced: Vec<(String, Option<LedgerEntry>)>,
     samples: Vec<Sample>,
     fault: Option<(&'static str, String)>,
+    /// More records of its batch were coming when it was queued ([`Consumed::more`]).
+    more: bool,
+    queued: Instant,
 }
 
 /// What the processor hands the pump, and whether a pump is running to take it.
@@ -125,6 +134,9 @@ struct Queue {
     taken: Option<usize>,
     /// The pump failed: nothing more is queued until the failure is drained.
     failed: bool,
+    /// The processor waits for everything queued: nothing more comes until it queues again,
+    /// so the pump commits without lingering.
+    flush: bool,
 }
 
 /// A transaction that failed, and everything queued after it (dropped with it).
@@ -158,6 +170,10 @@ pub struct Committer {
     failed: Option<(usize, KafkaClientError)>,
     /// Consumed records one transaction may carry (`processor.records_per_transaction`).
     per_transaction: usize,
+    /// How long the pump may wait for records still coming (`processor.transaction_linger_ms`).
+    linger: Duration,
+    /// Wakes a lingering pump: a record was queued, or the processor waits for the queue.
+    wake: Arc<tokio::sync::Notify>,
     /// Set by a commit whose call went past its watch: the producer must be replaced.
     stuck: Arc<AtomicBool>,
     /// Set when `begin_transaction` reported the producer fenced or fatal.
@@ -335,6 +351,8 @@ impl Committer {
             pump: None,
             failed: None,
             per_transaction: settings.processor.records_per_transaction.max(1) as usize,
+            linger: Duration::from_millis(settings.processor.transaction_linger_ms),
+            wake: Arc::default(),
             stuck: Arc::new(AtomicBool::new(false)),
             fenced: false,
             abandoned,
@@ -413,7 +431,10 @@ impl Committer {
                     replaced,
                     samples: ready.samples,
                     fault: ready.fault,
+                    more: consumed.more,
+                    queued: Instant::now(),
                 });
+                q.flush = false;
                 // A pump that failed keeps `running` until drained: none starts after a failure.
                 Some(!std::mem::replace(&mut q.running, true))
             }
@@ -432,8 +453,12 @@ impl Committer {
                 metrics: self.metrics.clone(),
                 largest: self.largest.clone(),
                 per_transaction: self.per_transaction,
+                linger: self.linger,
+                wake: self.wake.clone(),
             };
             self.pump = Some(tokio::spawn(pump.run()));
+        } else {
+            self.wake.notify_one();
         }
         Ok(())
     }
@@ -456,6 +481,8 @@ impl Committer {
         // waiting (a step cut short by shutdown), the pump keeps going until the next drain;
         // the producer must not be used meanwhile.
         let Some(pump) = &mut self.pump else { return };
+        lock(&self.queue).flush = true;
+        self.wake.notify_one();
         let outcome = pump.await;
         self.pump = None;
         let failure = match outcome {
@@ -611,7 +638,8 @@ fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
 /// (up to the transaction's limits), begins, sends their records, sends their offsets and
 /// commits, then takes what was queued meanwhile, until the queue is empty. So transactions
 /// group the records prepared while the previous one committed: one at a time when records
-/// are rare (nothing waits), many when they come faster than a commit takes.
+/// are rare (nothing waits), many when they come faster than a commit takes, and those of
+/// one batch being prepared close together after a short wait ([`Pump::lingers`]).
 struct Pump {
     queue: Arc<Mutex<Queue>>,
     producer: FutureProducer,
@@ -620,6 +648,8 @@ struct Pump {
     metrics: Metrics,
     largest: Arc<AtomicUsize>,
     per_transaction: usize,
+    linger: Duration,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// How a transaction failed: the error, whether it was begun and is left open, and whether
@@ -629,24 +659,24 @@ type Failed = (KafkaClientError, bool, bool);
 impl Pump {
     async fn run(self) -> Result<(), Failure> {
         loop {
-            let mut group = {
+            let taken = {
                 let mut q = lock(&self.queue);
                 if q.entries.is_empty() {
                     q.running = false;
                     return Ok(());
                 }
-                let mut group: Vec<Entry> = Vec::new();
-                let mut records = 0;
-                while let Some(next) = q.entries.front() {
-                    let full = group.len() >= self.per_transaction || records + next.records.len() > MAX_TRANSACTION_RECORDS;
-                    if !group.is_empty() && full {
-                        break;
-                    }
-                    records += next.records.len();
-                    group.extend(q.entries.pop_front());
+                match self.lingers(&q) {
+                    Some(until) => Err(until),
+                    None => Ok(self.take(&mut q)),
                 }
-                q.taken = group.first().map(|e| e.index);
-                group
+            };
+            let mut group = match taken {
+                Ok(group) => group,
+                Err(until) => {
+                    // Woken by the next record queued, or by the processor waiting for the queue.
+                    let _ = tokio::time::timeout_at(until.into(), self.wake.notified()).await;
+                    continue;
+                }
             };
             match self.commit(&mut group).await {
                 Ok(()) => {
@@ -665,6 +695,42 @@ impl Pump {
                 }
             }
         }
+    }
+
+    /// The next transaction's entries, from the front of the queue: as many as its limits allow
+    /// (at least one, however large).
+    fn take(&self, q: &mut Queue) -> Vec<Entry> {
+        let mut group: Vec<Entry> = Vec::new();
+        let mut records = 0;
+        while let Some(next) = q.entries.front() {
+            let full = group.len() >= self.per_transaction || records + next.records.len() > MAX_TRANSACTION_RECORDS;
+            if !group.is_empty() && full {
+                break;
+            }
+            records += next.records.len();
+            group.extend(q.entries.pop_front());
+        }
+        q.taken = group.first().map(|e| e.index);
+        group
+    }
+
+    /// Until when to wait before beginning a transaction, if at all: only while the newest
+    /// entry said more records of its batch follow, the transaction has room for one more
+    /// like it, and the oldest entry has waited less than the linger. Each transaction costs
+    /// the broker about as much as its records when they are 2,000 (docs/performance.md), so
+    /// chunks that come slower than a commit but close together share one instead of paying
+    /// one each. The processor waiting for the queue (`Queue::flush`) ends the wait.
+    fn lingers(&self, q: &Queue) -> Option<Instant> {
+        let (first, last) = (q.entries.front()?, q.entries.back()?);
+        if self.linger.is_zero() || q.flush || !last.more {
+            return None;
+        }
+        let records: usize = q.entries.iter().map(|e| e.records.len()).sum();
+        if q.entries.len() >= self.per_transaction || records + last.records.len() > MAX_TRANSACTION_RECORDS {
+            return None;
+        }
+        let until = first.queued + self.linger;
+        (Instant::now() < until).then_some(until)
     }
 
     /// One transaction for `group`: begin, send its records in order, then its offsets (the

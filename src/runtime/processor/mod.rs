@@ -386,7 +386,7 @@ impl Processor {
                 let e = KafkaClientError::kafka("group metadata", rdkafka::error::KafkaError::Global(rdkafka::types::RDKafkaErrorCode::State));
                 return Err(self.failed_at(i, e.into()).await);
             };
-            let consumed = Consumed { topic: m.topic(), partition: m.partition(), offset: m.offset(), index: i };
+            let consumed = Consumed { topic: m.topic(), partition: m.partition(), offset: m.offset(), index: i, more: i + 1 < batch.len() };
             self.committer.commit(ready, consumed, group).instrument(span).await.map_err(|(j, e)| (j, e.into()))?;
         }
         // Every record started ahead was handled in turn; should one not have been, its

@@ -61,7 +61,7 @@ use scheduled_jobs::wire::tick::{Tick, Trigger};
 use scheduled_jobs::wire::{enum_value, ts};
 use sqlx::PgPool;
 
-use common::{drop_db, fresh_db, isolated, unique, unlink_tagged, WAIT};
+use common::{drop_db, drop_topics, fresh_db, isolated, unique, unlink_tagged, WAIT};
 
 const JOB: &str = "order-expiration";
 const PRODUCTS: usize = 100;
@@ -155,6 +155,7 @@ impl Data {
     async fn drop(self) {
         drop_db(&self.settings, self.pool, &self.db_name).await;
         unlink_tagged(&self.settings, &self.tag).await;
+        drop_topics(&self.settings).await;
     }
 
     async fn cancelled(&self) -> i64 {

@@ -59,7 +59,7 @@ use scheduled_jobs::wire::internal::WorkItem;
 use scheduled_jobs::wire::tick::{Tick, Trigger};
 use sqlx::PgPool;
 
-use common::{drop_db, fresh_db, isolated, unique, unlink_matching, unlink_tagged, WAIT};
+use common::{drop_db, drop_topics, fresh_db, isolated, unique, unlink_matching, unlink_tagged, WAIT};
 
 const JOB: &str = "stock-sync";
 /// One product in this many is drifted (0.1%), at pseudo-random but fixed positions, so about
@@ -461,6 +461,7 @@ impl Bench {
         // Every key of the bench carries its tag (product ids are `<tag>-<n>`).
         unlink_tagged(&self.s, &self.tag).await;
         drop_db(&self.s, self.pool, &self.db_name).await;
+        drop_topics(&self.s).await;
     }
 }
 

@@ -178,6 +178,32 @@ pub async fn unlink_tagged(settings: &Settings, tag: &str) {
     unlink_matching(settings, &format!("*{tag}*")).await;
 }
 
+/// Deletes every topic under `settings`' unique prefix (see [`isolated`]): the benches run
+/// long variants one after another, and a broker holding thousands of leftover partitions
+/// spends CPU on them between requests (docs/performance.md, session 20). Best effort: a
+/// topic left behind only costs the broker.
+#[allow(dead_code)] // for the benches
+pub async fn drop_topics(settings: &Settings) {
+    let prefix = settings.topics.prefix.clone();
+    if prefix.is_empty() {
+        return;
+    }
+    let s = settings.clone();
+    let names: Vec<String> = tokio::task::spawn_blocking(move || scheduled_jobs::kafka::metadata(&s, None, Duration::from_secs(10)))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|m| m.topics().iter().map(|t| t.name().to_string()).filter(|n| n.starts_with(&prefix)).collect())
+        .unwrap_or_default();
+    if names.is_empty() {
+        return;
+    }
+    if let Ok(admin) = scheduled_jobs::kafka::admin(settings) {
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let _ = admin.delete_topics(&refs, &scheduled_jobs::kafka::admin_options(Duration::from_secs(30))).await;
+    }
+}
+
 /// Removes every Redis key matching the glob `pattern`; returns how many went.
 #[allow(dead_code)] // for the binaries that write many keys: tests/memory.rs and the benches
 pub async fn unlink_matching(settings: &Settings, pattern: &str) -> usize {

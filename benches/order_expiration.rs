@@ -61,7 +61,7 @@ use scheduled_jobs::wire::tick::{Tick, Trigger};
 use scheduled_jobs::wire::{enum_value, ts};
 use sqlx::PgPool;
 
-use common::{drop_db, drop_topics, fresh_db, isolated, unique, unlink_tagged, WAIT};
+use common::{drop_db, drop_topics, fresh_db, handled_and_committed, isolated, unique, unlink_tagged, WAIT};
 
 const JOB: &str = "order-expiration";
 const PRODUCTS: usize = 100;
@@ -504,7 +504,7 @@ async fn warm_up(d: &Data, instances: usize, ticker: &Ticker) -> [String; 1] {
 /// The processor(s), warmed up, then one tick drained: time until every event and the run
 /// result are committed, the chunks each instance applied (the processor's own record,
 /// `job_run_chunks.applied_by`) and the time spent in the job's apply, over all instances.
-async fn pipeline(d: &Data, n: usize, instances: usize) -> (Duration, Vec<(String, i64)>, Duration, u64) {
+async fn pipeline(d: &Data, n: usize, instances: usize) -> (Duration, Vec<(String, i64)>, Duration, usize) {
     let mut running = Vec::new();
     let mut metrics = Vec::new();
     for i in 0..instances {
@@ -531,7 +531,7 @@ async fn pipeline(d: &Data, n: usize, instances: usize) -> (Duration, Vec<(Strin
     let events = count_until(s, &[s.topic(Topic::OrderCancelled), s.topic(Topic::OrderExpirationNotification)], 2 * n);
     let result = count_until(s, &results, 2);
     let tick = ticker.encode(&d.tick(d.at)).await;
-    let committed = || metrics.iter().map(transactions_committed).sum::<u64>();
+    let committed = || metrics.iter().map(|m| handled_and_committed(&m.encode()).1).sum::<usize>();
     let before = committed();
     let t0 = Instant::now();
     ticker.send(&tick).await;
@@ -552,12 +552,6 @@ async fn pipeline(d: &Data, n: usize, instances: usize) -> (Duration, Vec<(Strin
     .await
     .expect("spread");
     (elapsed, spread, in_apply, transactions)
-}
-
-/// Transactions a processor has committed so far (its own metric).
-fn transactions_committed(m: &scheduled_jobs::runtime::metrics::Metrics) -> u64 {
-    let line = m.encode().lines().find(|l| l.starts_with("scheduled_jobs_transactions_total{kind=\"committed\"}")).map(str::to_string);
-    line.and_then(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok())).map_or(0, |v| v as u64)
 }
 
 struct Line {

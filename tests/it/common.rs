@@ -178,10 +178,24 @@ pub async fn unlink_tagged(settings: &Settings, tag: &str) {
     unlink_matching(settings, &format!("*{tag}*")).await;
 }
 
+/// The sum of every sample of `metrics` (the exposition text) whose line starts with `prefix`,
+/// e.g. `scheduled_jobs_transactions_total{kind="committed"}`.
+#[allow(dead_code)] // for the processor tests and the benches
+pub fn metric_total(metrics: &str, prefix: &str) -> u64 {
+    metrics.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>() as u64
+}
+
+/// Records handled and Kafka transactions committed, from a processor's metrics text.
+#[allow(dead_code)] // for the processor tests and the benches
+pub fn handled_and_committed(metrics: &str) -> (usize, usize) {
+    let total = |prefix| metric_total(metrics, prefix) as usize;
+    (total("scheduled_jobs_records_handled_total"), total("scheduled_jobs_transactions_total{kind=\"committed\"}"))
+}
+
 /// Deletes every topic under `settings`' unique prefix (see [`isolated`]): the benches run
 /// long variants one after another, and a broker holding thousands of leftover partitions
 /// spends CPU on them between requests (docs/performance.md, session 20). Best effort: a
-/// topic left behind only costs the broker.
+/// topic left behind only costs the broker, so a failure is a warning naming it.
 #[allow(dead_code)] // for the benches
 pub async fn drop_topics(settings: &Settings) {
     let prefix = settings.topics.prefix.clone();
@@ -189,18 +203,27 @@ pub async fn drop_topics(settings: &Settings) {
         return;
     }
     let s = settings.clone();
-    let names: Vec<String> = tokio::task::spawn_blocking(move || scheduled_jobs::kafka::metadata(&s, None, Duration::from_secs(10)))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .map(|m| m.topics().iter().map(|t| t.name().to_string()).filter(|n| n.starts_with(&prefix)).collect())
-        .unwrap_or_default();
+    let listed = tokio::task::spawn_blocking(move || scheduled_jobs::kafka::metadata(&s, None, Duration::from_secs(10))).await;
+    let names: Vec<String> = match listed {
+        Ok(Ok(m)) => m.topics().iter().map(|t| t.name().to_string()).filter(|n| n.starts_with(&prefix)).collect(),
+        Ok(Err(e)) => return eprintln!("warning: topics under prefix {prefix} not listed, so left behind: {e}"),
+        Err(e) => return eprintln!("warning: topics under prefix {prefix} not listed, so left behind: {e}"),
+    };
     if names.is_empty() {
         return;
     }
-    if let Ok(admin) = scheduled_jobs::kafka::admin(settings) {
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let _ = admin.delete_topics(&refs, &scheduled_jobs::kafka::admin_options(Duration::from_secs(30))).await;
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let deleted = match scheduled_jobs::kafka::admin(settings) {
+        Ok(admin) => admin.delete_topics(&refs, &scheduled_jobs::kafka::admin_options(Duration::from_secs(30))).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match deleted {
+        Ok(results) => {
+            for (topic, e) in results.into_iter().filter_map(Result::err) {
+                eprintln!("warning: topic {topic} was left behind: {e:?}");
+            }
+        }
+        Err(e) => eprintln!("warning: the {} topics under prefix {prefix} were left behind: {e}", names.len()),
     }
 }
 

@@ -19,7 +19,7 @@ use scheduled_jobs::runtime::processor::{Processor, Step};
 use scheduled_jobs::wire::internal::{Outcome, RunResult, WorkItem};
 use scheduled_jobs::wire::tick::{Tick, Trigger};
 
-use crate::common::{minutes_ago, caught_up, fresh_db, group_has_members, guarded, isolated, read_all, settled, with_noop, WAIT};
+use crate::common::{minutes_ago, caught_up, fresh_db, group_has_members, guarded, handled_and_committed, isolated, read_all, settled, with_noop, WAIT};
 
 pub fn tick(job: &str, at: DateTime<Utc>, params: &[(&str, &str)]) -> Tick {
     let mut t = Tick::for_fire_time(job, at, Trigger::Scheduled, Some("test".into()));
@@ -441,11 +441,7 @@ async fn forty_chunks(per: u32) -> (usize, usize) {
     let (p, pool) = one_noop_run(|s| s.processor.records_per_transaction = per, &[("chunks", "40")], 40).await;
     let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM job_run_chunks WHERE chunk_index >= 0").fetch_one(&pool).await.unwrap();
     assert_eq!(chunks, 40);
-    let metrics = p.metrics().encode();
-    let total = |prefix: &str| -> usize {
-        metrics.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>() as usize
-    };
-    (total("scheduled_jobs_records_handled_total"), total("scheduled_jobs_transactions_total{kind=\"committed\"}"))
+    handled_and_committed(&p.metrics().encode())
 }
 
 /// Records that come faster than a commit share one Kafka transaction (each with its own
@@ -470,11 +466,7 @@ async fn ten_spaced_chunks(linger: u64) -> (usize, usize, Duration) {
         s.processor.effects_ahead = 0;
     };
     let (mut p, _pool) = one_noop_run(tune, &[("chunks", "10"), ("apply_sleep_ms", "80")], 10).await;
-    let metrics = p.metrics().encode();
-    let total = |prefix: &str| -> usize {
-        metrics.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>() as usize
-    };
-    let counted = (total("scheduled_jobs_records_handled_total"), total("scheduled_jobs_transactions_total{kind=\"committed\"}"));
+    let counted = handled_and_committed(&p.metrics().encode());
     // A record with nothing behind it in its batch never waits for the linger.
     publish(p.settings(), &[tick("noop", minutes_ago(1), &[])]).await;
     let started = Instant::now();

@@ -13,10 +13,10 @@
 //! markers, and as much broker CPU as ~2,000 records) is paid once for all of them. Records
 //! that come a little slower than a commit (chunks of 1,000 orders) would each pay it: when
 //! the newest record queued says more of its batch is being prepared, the pump waits for
-//! them, at most `processor.transaction_linger_ms` after the oldest was queued. A transaction that fails drops everything queued
-//! after it as well: their ledger entries are taken back, and the processor rewinds to the
-//! failed transaction's first record ([`Committer::settle`] says which), so records commit,
-//! and become visible, strictly in order. Everything that fails takes one way back:
+//! them, at most `processor.transaction_linger_ms` after the oldest was queued. A transaction
+//! that fails drops everything queued after it as well: their ledger entries are taken back,
+//! and the processor rewinds to the failed transaction's first record ([`Committer::settle`]
+//! says which), so records commit, and become visible, strictly in order. Everything that fails takes one way back:
 //! [`Committer::reset`], called by the processor's reset path (and when it stops).
 //!
 //! States: `Idle` (no transaction, or the pump's, which ends each one it begins) and `Open`

@@ -17,6 +17,7 @@ pub fn repo_root() -> PathBuf {
 /// Brings the stack up once per test binary through the user's own script (a fast no-op when
 /// it is already running, as in CI where `.ci/run` started it).
 pub fn stack() {
+    watch_test_binary();
     static UP: OnceLock<()> = OnceLock::new();
     UP.get_or_init(|| {
         let out = Command::new("bash")
@@ -272,19 +273,43 @@ pub fn guarded<F: std::future::Future<Output = ()>>(name: &str, limit: Duration,
     let label = name.to_string();
     std::thread::spawn(move || {
         if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(limit) {
-            // Written to the stream itself: the test harness captures `eprintln!` (also from
-            // threads a test spawns) and an aborted test never prints what it captured.
-            use std::io::Write as _;
-            let _ = writeln!(std::io::stderr(), "watchdog: {label} still running after {limit:?}; stacks of every thread follow");
-            let pid = std::process::id().to_string();
-            let _ = Command::new("gdb").args(["-p", &pid, "-batch", "-ex", "thread apply all bt"]).status();
-            std::process::abort();
+            stacks_and_abort(&format!("{label} still running after {limit:?}"));
         }
     });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().expect("runtime");
     rt.block_on(body);
     drop(rt);
     let _ = done.send(());
+}
+
+/// Prints why, then every thread's stack (through gdb, when installed), and aborts the test
+/// binary. Written to the stream itself: the test harness captures `eprintln!` (also from
+/// threads a test spawns) and an aborted test never prints what it captured.
+fn stacks_and_abort(why: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "watchdog: {why}; stacks of every thread follow (a test's thread is named after it)");
+    let pid = std::process::id().to_string();
+    let _ = Command::new("gdb").args(["-p", &pid, "-batch", "-ex", "thread apply all bt"]).status();
+    std::process::abort();
+}
+
+/// Bounds the whole integration-test binary (not the benches, which share this module): a test
+/// that hangs where no per-test [`guarded`] watches — CI of 2026-12-01 waited out its 90
+/// minutes on one — prints every thread's stack and aborts the binary once it has run for
+/// `SJ_TEST_BINARY_LIMIT_SECS` (default 1,800 s; the binary takes ~9 minutes here), so CI
+/// fails early with the evidence.
+fn watch_test_binary() {
+    if !cfg!(test) {
+        return;
+    }
+    static WATCH: OnceLock<()> = OnceLock::new();
+    WATCH.get_or_init(|| {
+        let limit = Duration::from_secs(std::env::var("SJ_TEST_BINARY_LIMIT_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(1800));
+        std::thread::spawn(move || {
+            std::thread::sleep(limit);
+            stacks_and_abort(&format!("the test binary still running after {limit:?}"));
+        });
+    });
 }
 
 /// Every record of `topic` as (partition, key, payload), read from the beginning until each

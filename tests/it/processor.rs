@@ -910,7 +910,32 @@ async fn stopped(mut processor: std::process::Child, log: &std::path::Path) -> S
 async fn intrude(s: &Settings, instance: &str) {
     let mut cfg = client_config(s, Role::Consumer);
     cfg.set("group.id", &s.processor.group_id).set("group.instance.id", instance).set("session.timeout.ms", "10000");
-    drop(join_group(cfg, &s.topic(Topic::Tick), "the intruder").await);
+    close_member(join_group(cfg, &s.topic(Topic::Tick), "the intruder").await, "the intruder").await;
+}
+
+/// Closes a group member of the test's own, polling it, for 60 s at most. rust-rdkafka's drop
+/// polls until librdkafka says the consumer closed, with no limit: CI of 2026-12-01 hung for an
+/// hour in `a_group_member_left_without_partitions_joins_again_with_a_new_consumer`, whose
+/// only unbounded step was dropping a member that had stopped polling. A member that does not
+/// close in time is leaked with a warning: it is the test's tool, not what the test examines.
+async fn close_member(consumer: BaseConsumer, who: &'static str) {
+    tokio::task::spawn_blocking(move || {
+        let until = Instant::now() + Duration::from_secs(60);
+        if let Err(e) = consumer.close_queue() {
+            eprintln!("{who}: closing failed ({e}); dropping it");
+            return;
+        }
+        while !consumer.closed() {
+            if Instant::now() > until {
+                eprintln!("{who} did not close within 60 s; leaving it behind");
+                std::mem::forget(consumer);
+                return;
+            }
+            let _ = consumer.poll(Duration::from_millis(100));
+        }
+    })
+    .await
+    .unwrap();
 }
 
 /// A consumer of `cfg` subscribed to `topic`, once it holds partitions.
@@ -933,7 +958,7 @@ async fn join_group(cfg: rdkafka::ClientConfig, topic: &str, who: &'static str) 
 
 /// A member of the processor group that takes its partitions and then stops polling: a
 /// rebalance waits for it until librdkafka gives up on it (`max.poll.interval.ms`, 15 s),
-/// so every other member holds no partitions meanwhile. Dropping it closes it.
+/// so every other member holds no partitions meanwhile. Close it with [`close_member`].
 async fn stall_group(s: &Settings) -> BaseConsumer {
     let mut cfg = client_config(s, Role::Consumer);
     cfg.set("group.id", &s.processor.group_id).set("session.timeout.ms", "10000").set("max.poll.interval.ms", "15000");
@@ -946,16 +971,23 @@ async fn stall_group(s: &Settings) -> BaseConsumer {
 /// member that holds no partitions for `processor.assignment_wait_ms` joins again with a new
 /// consumer. librdkafka's hang cannot be caused at will; here the processor is kept without
 /// partitions by a member that stopped polling (the group's rebalance waits for it), with
-/// the wait at 3 s: the processor says so, joins again, and completes a run once the group
-/// settles. Without the wait, nothing is said and nothing is replaced.
+/// the wait at 3 s: the processor says so and joins again; the stalling member then leaves and
+/// the processor completes a run. Without the wait, nothing is said and nothing is replaced.
 #[tokio::test]
 async fn a_group_member_left_without_partitions_joins_again_with_a_new_consumer() {
     let (s, _pool, database) = noop_stage(None).await;
     let stalled = stall_group(&s).await;
     let (mut processor, log) = spawn_logged(&s, &database, "unassigned", &[("SJ_PROCESSOR__ASSIGNMENT_WAIT_MS", "3000")]);
     publish(&s, &[tick("noop", minutes_ago(1), &[("chunks", "1")])]).await;
+    // The stalling member leaves once the processor has replaced its consumer, before the
+    // group gives up on it (15 s): a member closed after that is the likeliest cause of the
+    // CI hang described at `close_member`.
+    let until = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log).unwrap().contains("replacing the group consumer") && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    close_member(stalled, "the stalling member").await;
     let r = wait_for_results(&s, 1, Duration::from_secs(90)).await;
-    drop(stalled);
     let alive = processor.try_wait().unwrap().is_none();
     processor.kill().ok();
     processor.wait().ok();

@@ -344,8 +344,13 @@ impl Processor {
         self.committer.reset().await?;
         let consumer = group_consumer(&self.env.settings, &[&self.names.tick, &self.names.work_items], &self.membership)?;
         let old = std::mem::replace(&mut self.consumer, consumer);
-        // Closing a consumer is a blocking librdkafka call.
-        tokio::task::spawn_blocking(move || drop(old));
+        // Closing a consumer is a blocking librdkafka call, and rust-rdkafka's drop polls until
+        // librdkafka says it closed, with no limit. On a thread of its own, not tokio's blocking
+        // pool: a close that never ends must not hold up the runtime's shutdown, which waits for
+        // the pool's tasks.
+        if let Err(e) = std::thread::Builder::new().name("close-consumer".into()).spawn(move || drop(old)) {
+            tracing::warn!(error = %e, "no thread to close the replaced consumer on; it was closed in place");
+        }
         if reason == "fenced" {
             self.consumer_fenced = Some(Instant::now());
         }

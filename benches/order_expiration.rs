@@ -24,7 +24,9 @@
 //!   instance id; prints the rate, what the crash cost in time, the recovery (kill → first
 //!   new commit) and how many chunks the restart redid.
 //!
-//! Size: `SJ_BENCH_ORDERS` (default 100000); `SJ_BENCH_VARIANTS` picks variants (comma list of
+//! Size: `SJ_BENCH_ORDERS` (default 100000); `SJ_BENCH_ROUNDS` (default 1) runs the chosen
+//! variants that many times, interleaved, and prints batch 1000's time over the floor's per
+//! round and their median; `SJ_BENCH_VARIANTS` picks variants (comma list of
 //! naive, floor, batch10, batch100, batch1000, batch10000, batch1000x2, crash1, crash100;
 //! default all but batch10 and batch10000, which `scripts/plots.sh` runs, and the crash ones). `SJ_BENCH_CSV=path` also writes the table as
 //! CSV (variant, instances, orders, batch, seconds, orders_per_s). Prints a table; asserts only
@@ -583,96 +585,114 @@ async fn main() {
     let mut lines = Vec::new();
     // CPU of the stack per pipeline variant, per chunk (the scale-out table's inputs).
     let mut cpu_lines = Vec::new();
-    for variant in VARIANTS.into_iter().filter(|v| wanted.split(',').any(|w| w.trim() == *v)) {
-        let line = match variant {
-            "naive" => {
-                let d = seed(isolated().await, sample, 100).await;
-                let t = naive(&d).await;
-                assert_eq!(d.cancelled().await, sample as i64);
-                d.drop().await;
-                let extrapolated = t.as_secs_f64() * n as f64 / sample as f64;
-                let note = format!("sample of {sample}, extrapolated linearly: {n} orders ≈ {extrapolated:.1} s");
-                Line { variant: "naive, order by order", instances: 1, orders: sample, batch: "100", elapsed: t, note }
-            }
-            "floor" => {
-                let d = seed(isolated().await, n, 100).await;
-                let before = cpu::Cpu::now();
-                let (t, acked) = floor(&d, n).await;
-                let used = cpu::Cpu::now().since(before);
-                cpu_lines.push(format!(
-                    "floor: {}; PostgreSQL and the rest (machine minus those) {:.1} core-s",
-                    used.describe(),
-                    used.machine - used.bench - used.redis - used.kafka
-                ));
-                assert_eq!(d.cancelled().await, n as i64);
-                d.drop().await;
-                let note = format!(
-                    "no transactions, no Redis; every event read back (read_committed), as the pipeline's time is; acknowledged after {:.3} s ({:.0} orders/s)",
-                    acked.as_secs_f64(),
-                    n as f64 / acked.as_secs_f64()
-                );
-                Line { variant: "floor: 1 UPDATE + produce", instances: 1, orders: n, batch: "all", elapsed: t, note }
-            }
-            "crash1" | "crash100" => {
-                // Throughput against what one crash costs, at batch 100: one record per
-                // transaction and no effects ahead (a crash redoes at most one chunk), or the
-                // defaults (records prepared during a commit share the next transaction, two
-                // chunks' effects ahead).
-                let (rpt, ahead) = if variant == "crash1" { (1, 0) } else { (100, 2) };
-                let env = vec![
-                    ("SJ_PROCESSOR__RECORDS_PER_TRANSACTION".to_string(), rpt.to_string()),
-                    ("SJ_PROCESSOR__EFFECTS_AHEAD".to_string(), ahead.to_string()),
-                ];
-                let d = seed(isolated().await, n, 100).await;
-                let (clean, _) = crash_pipeline(&d, n, &env, false).await;
-                d.drop().await;
-                let d = seed(isolated().await, n, 100).await;
-                let (crashed, recovery) = crash_pipeline(&d, n, &env, true).await;
-                let redone = redone_chunks(&d).await;
-                d.drop().await;
-                let recovery = recovery.unwrap_or_default();
-                let note = format!(
-                    "records_per_transaction {rpt}, effects_ahead {ahead}: {:.0} orders/s without a crash ({:.3} s); one SIGKILL at half costs {:.2} s (recovery: kill -> first new commit {:.2} s; chunks redone: {redone})",
-                    n as f64 / clean.as_secs_f64(),
-                    clean.as_secs_f64(),
-                    crashed.as_secs_f64() - clean.as_secs_f64(),
-                    recovery.as_secs_f64()
-                );
-                Line { variant: "binary, one crash", instances: 1, orders: n, batch: "100", elapsed: crashed, note }
-            }
-            _ => {
-                let (batch, instances, label) = match variant {
-                    "batch10" => (10, 1, "10"),
-                    "batch100" => (100, 1, "100"),
-                    "batch1000" => (1_000, 1, "1000"),
-                    "batch10000" => (10_000, 1, "10000"),
-                    _ => (1_000, 2, "1000"),
-                };
-                let d = seed(isolated().await, n, batch).await;
-                let before = cpu::Cpu::now();
-                let (t, spread, in_apply, transactions) = pipeline(&d, n, instances).await;
-                let used = cpu::Cpu::now().since(before);
-                let chunks = n.div_ceil(batch as usize) as f64;
-                cpu_lines.push(format!(
-                    "{variant}: {} for {chunks} chunks; per chunk: this process (the processor) {:.2} ms, Redis {:.2} ms, Kafka {:.2} ms, PostgreSQL and the rest (machine minus those) {:.2} ms",
-                    used.describe(),
-                    used.bench * 1e3 / chunks,
-                    used.redis * 1e3 / chunks,
-                    used.kafka * 1e3 / chunks,
-                    (used.machine - used.bench - used.redis - used.kafka) * 1e3 / chunks
-                ));
-                d.drop().await;
-                let applied: Vec<String> = spread.iter().map(|(who, k)| format!("{who}: {k}")).collect();
-                let note = format!(
-                    "chunks applied by {}; {transactions} Kafka transactions; apply (DB + Redis) busy {:.0}% of instance time (over 100%: chunks overlap)",
-                    applied.join(", "),
-                    100.0 * in_apply.as_secs_f64() / t.as_secs_f64() / instances as f64
-                );
-                Line { variant: "pipeline (exactly once)", instances, orders: n, batch: label, elapsed: t, note }
-            }
-        };
-        eprintln!("{variant}: {:.3} s", line.elapsed.as_secs_f64());
-        lines.push((variant, line));
+    // Rounds interleave the variants (floor, batch1000, floor, batch1000, ...), so a ratio is
+    // taken between runs minutes apart at most: one run's spread on this machine swamps
+    // differences of 10% (docs/performance.md).
+    let rounds = env_usize("SJ_BENCH_ROUNDS", 1).max(1);
+    let selected: Vec<&str> = VARIANTS.into_iter().filter(|v| wanted.split(',').any(|w| w.trim() == *v)).collect();
+    let mut ratios = Vec::new();
+    for round in 1..=rounds {
+        if rounds > 1 {
+            eprintln!("round {round} of {rounds} (SJ_BENCH_ROUNDS)");
+        }
+        let first = lines.len();
+        for variant in selected.iter().copied() {
+            let line = match variant {
+                "naive" => {
+                    let d = seed(isolated().await, sample, 100).await;
+                    let t = naive(&d).await;
+                    assert_eq!(d.cancelled().await, sample as i64);
+                    d.drop().await;
+                    let extrapolated = t.as_secs_f64() * n as f64 / sample as f64;
+                    let note = format!("sample of {sample}, extrapolated linearly: {n} orders ≈ {extrapolated:.1} s");
+                    Line { variant: "naive, order by order", instances: 1, orders: sample, batch: "100", elapsed: t, note }
+                }
+                "floor" => {
+                    let d = seed(isolated().await, n, 100).await;
+                    let before = cpu::Cpu::now();
+                    let (t, acked) = floor(&d, n).await;
+                    let used = cpu::Cpu::now().since(before);
+                    cpu_lines.push(format!(
+                        "floor: {}; PostgreSQL and the rest (machine minus those) {:.1} core-s",
+                        used.describe(),
+                        used.machine - used.bench - used.redis - used.kafka
+                    ));
+                    assert_eq!(d.cancelled().await, n as i64);
+                    d.drop().await;
+                    let note = format!(
+                        "no transactions, no Redis; every event read back (read_committed), as the pipeline's time is; acknowledged after {:.3} s ({:.0} orders/s)",
+                        acked.as_secs_f64(),
+                        n as f64 / acked.as_secs_f64()
+                    );
+                    Line { variant: "floor: 1 UPDATE + produce", instances: 1, orders: n, batch: "all", elapsed: t, note }
+                }
+                "crash1" | "crash100" => {
+                    // Throughput against what one crash costs, at batch 100: one record per
+                    // transaction and no effects ahead (a crash redoes at most one chunk), or the
+                    // defaults (records prepared during a commit share the next transaction, two
+                    // chunks' effects ahead).
+                    let (rpt, ahead) = if variant == "crash1" { (1, 0) } else { (100, 2) };
+                    let env = vec![
+                        ("SJ_PROCESSOR__RECORDS_PER_TRANSACTION".to_string(), rpt.to_string()),
+                        ("SJ_PROCESSOR__EFFECTS_AHEAD".to_string(), ahead.to_string()),
+                    ];
+                    let d = seed(isolated().await, n, 100).await;
+                    let (clean, _) = crash_pipeline(&d, n, &env, false).await;
+                    d.drop().await;
+                    let d = seed(isolated().await, n, 100).await;
+                    let (crashed, recovery) = crash_pipeline(&d, n, &env, true).await;
+                    let redone = redone_chunks(&d).await;
+                    d.drop().await;
+                    let recovery = recovery.unwrap_or_default();
+                    let note = format!(
+                        "records_per_transaction {rpt}, effects_ahead {ahead}: {:.0} orders/s without a crash ({:.3} s); one SIGKILL at half costs {:.2} s (recovery: kill -> first new commit {:.2} s; chunks redone: {redone})",
+                        n as f64 / clean.as_secs_f64(),
+                        clean.as_secs_f64(),
+                        crashed.as_secs_f64() - clean.as_secs_f64(),
+                        recovery.as_secs_f64()
+                    );
+                    Line { variant: "binary, one crash", instances: 1, orders: n, batch: "100", elapsed: crashed, note }
+                }
+                _ => {
+                    let (batch, instances, label) = match variant {
+                        "batch10" => (10, 1, "10"),
+                        "batch100" => (100, 1, "100"),
+                        "batch1000" => (1_000, 1, "1000"),
+                        "batch10000" => (10_000, 1, "10000"),
+                        _ => (1_000, 2, "1000"),
+                    };
+                    let d = seed(isolated().await, n, batch).await;
+                    let before = cpu::Cpu::now();
+                    let (t, spread, in_apply, transactions) = pipeline(&d, n, instances).await;
+                    let used = cpu::Cpu::now().since(before);
+                    let chunks = n.div_ceil(batch as usize) as f64;
+                    cpu_lines.push(format!(
+                        "{variant}: {} for {chunks} chunks; per chunk: this process (the processor) {:.2} ms, Redis {:.2} ms, Kafka {:.2} ms, PostgreSQL and the rest (machine minus those) {:.2} ms",
+                        used.describe(),
+                        used.bench * 1e3 / chunks,
+                        used.redis * 1e3 / chunks,
+                        used.kafka * 1e3 / chunks,
+                        (used.machine - used.bench - used.redis - used.kafka) * 1e3 / chunks
+                    ));
+                    d.drop().await;
+                    let applied: Vec<String> = spread.iter().map(|(who, k)| format!("{who}: {k}")).collect();
+                    let note = format!(
+                        "chunks applied by {}; {transactions} Kafka transactions; apply (DB + Redis) busy {:.0}% of instance time (over 100%: chunks overlap)",
+                        applied.join(", "),
+                        100.0 * in_apply.as_secs_f64() / t.as_secs_f64() / instances as f64
+                    );
+                    Line { variant: "pipeline (exactly once)", instances, orders: n, batch: label, elapsed: t, note }
+                }
+            };
+            eprintln!("{variant}: {:.3} s", line.elapsed.as_secs_f64());
+            lines.push((variant, line));
+        }
+        let this_round = &lines[first..];
+        let time = |v: &str| this_round.iter().find(|(name, _)| *name == v).map(|(_, l)| l.elapsed.as_secs_f64());
+        if let (Some(pipeline), Some(floor)) = (time("batch1000"), time("floor")) {
+            eprintln!("round {round}: batch 1000 takes {:.2}x the floor's time", pipeline / floor);
+            ratios.push(pipeline / floor);
+        }
     }
 
     println!();
@@ -691,6 +711,20 @@ async fn main() {
         }
         std::fs::write(&path, csv).unwrap_or_else(|e| panic!("writing {path}: {e}"));
         eprintln!("wrote {path}");
+    }
+    if ratios.len() > 1 {
+        let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        let mut sorted = ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = (sorted[(sorted.len() - 1) / 2] + sorted[sorted.len() / 2]) / 2.0;
+        let within = ratios.iter().filter(|r| **r <= 1.3).count();
+        println!();
+        println!(
+            "batch 1000 / floor, {} rounds: {}; median {median:.2}; {within} of {} at or under 1.30",
+            ratios.len(),
+            listed.join(", "),
+            ratios.len()
+        );
     }
     let rate = |v: &str| lines.iter().find(|(name, _)| *name == v).map(|(_, l)| l.rate());
     if let (Some(best), Some(naive), Some(floor)) = (rate("batch1000"), rate("naive"), rate("floor")) {

@@ -21,9 +21,12 @@
 //! - every key missing: the processor again at the default batch after every `stock:` key of
 //!   the bench was deleted (Redis restarted empty): time next to the drift run's, peak RSS,
 //!   the largest Kafka transaction, and the mismatches left afterwards (`SJ_BENCH_WIPE=0`
-//!   skips it); before it, two floors of that day, each alone: restoring every key (SELECT
+//!   skips it); after it, two floors of that day, each alone: restoring every key (SELECT
 //!   expected + pipelined SET) and producing one alert-sized record per product in
-//!   transactions of 10,000 (issue 16's "within 3× of the drift run" measured against them).
+//!   transactions of 10,000 (issue 16's "within 3× of the drift run" measured against them),
+//!   then both at once on keys wiped again (the least the day's two outputs take here however
+//!   well a design overlaps them), and both once more together with a second SELECT expected +
+//!   MGET of every product (the re-read a confirmation before any repair needs).
 //!
 //! For the drift run, the every-key-missing run and the two floors, the CPU time the stack
 //! spent (this process, PostgreSQL, Redis, the Kafka broker) is printed too: on a machine of
@@ -644,6 +647,35 @@ async fn main() {
                     base_kb,
                     note: format!("{size} records of {record_bytes} bytes (one real alert's encoding), 10,000 per transaction"),
                 });
+                // The same two floors at once, on keys gone again: the least that day's two
+                // outputs take on this machine however well a design overlaps them (both share
+                // the cores with PostgreSQL, Redis and the broker). Then once more with a
+                // second read of both sides at the same time, as the confirmation before any
+                // repair needs: still no durable record, no encoding per alert.
+                for reread in [false, true] {
+                    b.wipe().await;
+                    let base_kb = phase_start();
+                    let cpu = Cpu::now();
+                    let t0 = Instant::now();
+                    let confirmation = async {
+                        if reread {
+                            b.floor(true).await;
+                        }
+                    };
+                    let ((_, written), _, ()) = tokio::join!(b.restore_floor(), b.alerts_floor(10_000), confirmation);
+                    let time = t0.elapsed();
+                    let phase = if reread { "floor, every key missing: both + a re-read" } else { "floor, every key missing: both at once" };
+                    cpus.push((size, phase.into(), Cpu::now().since(cpu)));
+                    let reads = if reread { ", and SELECT expected + MGET of every product" } else { "" };
+                    rows.push(Row {
+                        size,
+                        phase: phase.into(),
+                        time,
+                        peak_kb: status_kb("VmHWM:"),
+                        base_kb,
+                        note: format!("concurrently: {written} keys SET, {size} alert-sized records{reads}"),
+                    });
+                }
                 b.replant().await;
             }
         }
@@ -712,6 +744,21 @@ async fn main() {
             3.0 * drift.time.as_secs_f64(),
             wiped.time.as_secs_f64() / floors,
         );
+        if let Some(both) = find("floor, every key missing: both at once", n) {
+            println!(
+                "every key missing at {n} products: the two floors at once {:.2} s = {:.2}× the drift run (target ≤ 3×); the run itself {:.2}× that",
+                both.time.as_secs_f64(),
+                both.time.as_secs_f64() / drift.time.as_secs_f64(),
+                wiped.time.as_secs_f64() / both.time.as_secs_f64(),
+            );
+        }
+        if let Some(reread) = find("floor, every key missing: both + a re-read", n) {
+            println!(
+                "every key missing at {n} products: the two floors and a re-read at once {:.2} s = {:.2}× the drift run (target ≤ 3×)",
+                reread.time.as_secs_f64(),
+                reread.time.as_secs_f64() / drift.time.as_secs_f64(),
+            );
+        }
     }
     // Where the time goes: on a machine of few cores, a phase cannot take less wall time than
     // its CPU divided by the cores, whatever overlaps.

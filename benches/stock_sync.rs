@@ -28,7 +28,7 @@
 //!   well a design overlaps them), and both once more together with a second SELECT expected +
 //!   MGET of every product (the re-read a confirmation before any repair needs).
 //!
-//! For the drift run, the every-key-missing run and the two floors, the CPU time the stack
+//! For the drift run, the every-key-missing run and the floors of that day, the CPU time the stack
 //! spent (this process, PostgreSQL, Redis, the Kafka broker) is printed too: on a machine of
 //! few cores, a phase cannot take less wall time than its CPU divided by the cores.
 //!
@@ -75,6 +75,11 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 /// A `/proc/self/status` field in kB.
+/// The phases of the every-key-missing day's two floors run at once, without and with the
+/// confirmation's re-read; named once, as the summary finds them by name.
+const FLOORS_AT_ONCE: &str = "floor, every key missing: both at once";
+const FLOORS_AND_REREAD: &str = "floor, every key missing: both + a re-read";
+
 fn status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -664,7 +669,7 @@ async fn main() {
                     };
                     let ((_, written), _, ()) = tokio::join!(b.restore_floor(), b.alerts_floor(10_000), confirmation);
                     let time = t0.elapsed();
-                    let phase = if reread { "floor, every key missing: both + a re-read" } else { "floor, every key missing: both at once" };
+                    let phase = if reread { FLOORS_AND_REREAD } else { FLOORS_AT_ONCE };
                     cpus.push((size, phase.into(), Cpu::now().since(cpu)));
                     let reads = if reread { ", and SELECT expected + MGET of every product" } else { "" };
                     rows.push(Row {
@@ -744,7 +749,7 @@ async fn main() {
             3.0 * drift.time.as_secs_f64(),
             wiped.time.as_secs_f64() / floors,
         );
-        if let Some(both) = find("floor, every key missing: both at once", n) {
+        if let Some(both) = find(FLOORS_AT_ONCE, n) {
             println!(
                 "every key missing at {n} products: the two floors at once {:.2} s = {:.2}× the drift run (target ≤ 3×); the run itself {:.2}× that",
                 both.time.as_secs_f64(),
@@ -752,7 +757,7 @@ async fn main() {
                 wiped.time.as_secs_f64() / both.time.as_secs_f64(),
             );
         }
-        if let Some(reread) = find("floor, every key missing: both + a re-read", n) {
+        if let Some(reread) = find(FLOORS_AND_REREAD, n) {
             println!(
                 "every key missing at {n} products: the two floors and a re-read at once {:.2} s = {:.2}× the drift run (target ≤ 3×)",
                 reread.time.as_secs_f64(),

@@ -505,7 +505,7 @@ fn event(row: &Stored) -> Result<Emit, String> {
         top_products: serde_json::from_str(&row.top_products).map_err(|e| format!("top_products: {e}"))?,
     };
     // From the row, not the clock: every attempt emits the same record.
-    emit(&figures.event(row.event_id.clone(), row.generated_at, row.time_zone.clone())).map_err(|e| e.to_string())
+    emit(figures.event(row.event_id.clone(), row.generated_at, row.time_zone.clone())).map_err(|e| e.to_string())
 }
 
 impl Figures {

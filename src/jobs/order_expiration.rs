@@ -65,15 +65,17 @@ const EXPIRED: &str = "SELECT id FROM orders WHERE status = 'PAYMENT_WAIT' AND c
 
 /// $1 the chunk's ids, $2 run id, $3 chunk index. Cancels what is still waiting, appends
 /// those ids to the chunk's record, and returns every order the chunk has cancelled — in this
-/// attempt (`cancelled`) or an earlier one (`earlier`) — with its items. All parts of one
-/// statement see the snapshot taken when it started, so `earlier` cannot see this statement's
-/// own changes: the two sets are disjoint and together complete.
+/// attempt (`cancelled`) or an earlier one (`earlier`) — one row per item (one row with no
+/// item for an order without any), ordered by order and product. All parts of one statement
+/// see the snapshot taken when it started, so `earlier` cannot see this statement's own
+/// changes: the two sets are disjoint and together complete.
 ///
-/// The items are read per order (a lateral aggregate: one primary-key lookup each) rather than
-/// joined: with the chunk's 1,000 ids bound, the planner's custom plans (a connection's first
-/// five executions) estimated the join at a hash over a sequential scan of all of
-/// `order_items` — 130 ms instead of 30 ms per chunk at 200,000 items, and growing with the
-/// table.
+/// The items are joined, and run only under the generic plan ([`LOCK_CHUNK`]): a nested loop
+/// of primary-key lookups, whatever the chunk size. The planner's custom plans (a
+/// connection's first five executions) estimated the join at a hash over a sequential scan of
+/// all of `order_items` — 130 ms instead of 30 ms per chunk at 200,000 items. A lateral
+/// aggregate per order (two sorted `array_agg`s) avoided that too, but cost PostgreSQL a fifth
+/// more CPU per chunk than this join (docs/performance.md, session 23).
 const CANCEL_AND_COLLECT: &str = "
 WITH cancelled AS (
     UPDATE orders SET status = 'ORDER_CANCELLED', cancel_reason = 'PAYMENT_TIMEOUT', cancelled_at = now()
@@ -90,14 +92,9 @@ WITH cancelled AS (
 ), mine AS (
     SELECT * FROM cancelled UNION ALL SELECT * FROM earlier
 )
-SELECT m.id, m.user_id, m.cancelled_at, it.product_ids, it.quantities
-FROM mine m
-CROSS JOIN LATERAL (
-    SELECT array_agg(i.product_id ORDER BY i.product_id) AS product_ids,
-           array_agg(i.quantity ORDER BY i.product_id) AS quantities
-    FROM order_items i WHERE i.order_id = m.id
-) it
-ORDER BY m.id";
+SELECT m.id, m.user_id, m.cancelled_at, i.product_id, i.quantity
+FROM mine m LEFT JOIN order_items i ON i.order_id = m.id
+ORDER BY m.id, i.product_id";
 
 /// Serialises attempts at the same chunk (a zombie and the partition's new owner): the
 /// second one's statement then starts after the first committed, so its snapshot sees the
@@ -110,7 +107,9 @@ ORDER BY m.id";
 /// for 1,000 ids).
 const LOCK_CHUNK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0)), set_config('plan_cache_mode', 'force_generic_plan', true)";
 
-type Row = (String, String, DateTime<Utc>, Option<Vec<String>>, Option<Vec<i32>>);
+/// One item of a cancelled order: (order, user, cancelled at, product, quantity); the product
+/// and quantity are NULL for an order without items.
+type Row = (String, String, DateTime<Utc>, Option<String>, Option<i32>);
 
 /// One order this run cancelled, as the events describe it.
 #[derive(Debug)]
@@ -208,7 +207,7 @@ async fn apply_chunk(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobEr
     // CPU work starts.
     let (released, records) = tokio::join!(stock.release_many(&ids), async {
         tokio::task::yield_now().await;
-        orders.iter().map(|o| events(&item.run_id, o)).collect::<Result<Vec<_>, _>>()
+        orders.into_iter().map(|o| events(&item.run_id, o)).collect::<Result<Vec<_>, _>>()
     });
     let released =
         released.map_err(|e| JobError::Transient(format!("redis: releasing reservations of {} cancelled orders: {e}", ids.len())))?;
@@ -218,11 +217,11 @@ async fn apply_chunk(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobEr
     let records: Vec<Emit> = records?.into_iter().flatten().collect();
 
     tracing::debug!(
-        run_id = %item.run_id, chunk = item.chunk_index, ids = item.ids.len(), cancelled = orders.len(), cut,
+        run_id = %item.run_id, chunk = item.chunk_index, ids = item.ids.len(), cancelled = ids.len(), cut,
         db_ms = in_db.as_millis() as u64, redis_ms = (started.elapsed() - in_db).as_millis() as u64, "chunk applied"
     );
     let mut out = ChunkOutput::default();
-    let cancelled = orders.len() as i64;
+    let cancelled = ids.len() as i64;
     out.counts.insert("ordersCancelled".into(), cancelled);
     // A chunk cut at the deadline did not look at the rest of its orders: they are not
     // "already handled", the next run expires them.
@@ -273,30 +272,24 @@ async fn collect(ctx: &JobCtx, item: &WorkItem) -> Result<Vec<Row>, JobError> {
     Ok(rows)
 }
 
-/// One row per order, its items as two parallel arrays (NULL when it has none).
+/// Folds the rows (one per item, ordered by order) into one entry per order.
 fn group(rows: Vec<Row>) -> Vec<Cancelled> {
-    rows.into_iter()
-        .map(|(order_id, user_id, cancelled_at, products, quantities)| Cancelled {
-            order_id,
-            user_id,
-            cancelled_at,
-            items: products.unwrap_or_default().into_iter().zip(quantities.unwrap_or_default()).collect(),
-        })
-        .collect()
+    let mut orders: Vec<Cancelled> = Vec::new();
+    for (order_id, user_id, cancelled_at, product, quantity) in rows {
+        let same = orders.last().is_some_and(|o| o.order_id == order_id);
+        if !same {
+            orders.push(Cancelled { order_id, user_id, cancelled_at, items: Vec::new() });
+        }
+        if let (Some(o), Some(p), Some(q)) = (orders.last_mut(), product, quantity) {
+            o.items.push((p, q));
+        }
+    }
+    orders
 }
 
 /// The two events of one cancelled order. Everything in them comes from durable state and the
 /// run, so a retried chunk produces identical records (eventTimestamp included).
-fn events(run_id: &str, o: &Cancelled) -> Result<[Emit; 2], EventError> {
-    let cancelled = OrderCancelled {
-        event_id: event_id(CANCELLED_KIND, run_id, &o.order_id),
-        event_timestamp: o.cancelled_at,
-        order_id: o.order_id.clone(),
-        user_id: o.user_id.clone(),
-        items: o.items.iter().map(|(p, q)| CancelledItem { product_id: p.clone(), quantity: *q }).collect(),
-        cancellation_reason: CancellationReason::PaymentTimeout,
-        cancelled_at: o.cancelled_at,
-    };
+fn events(run_id: &str, o: Cancelled) -> Result<[Emit; 2], EventError> {
     let notification = OrderExpirationNotification {
         event_id: event_id(NOTIFICATION_KIND, run_id, &o.order_id),
         event_timestamp: o.cancelled_at,
@@ -305,7 +298,16 @@ fn events(run_id: &str, o: &Cancelled) -> Result<[Emit; 2], EventError> {
         expiration_reason: EXPIRATION_REASON.into(),
         expired_at: o.cancelled_at,
     };
-    Ok([emit(&cancelled)?, emit(&notification)?])
+    let cancelled = OrderCancelled {
+        event_id: event_id(CANCELLED_KIND, run_id, &o.order_id),
+        event_timestamp: o.cancelled_at,
+        order_id: o.order_id,
+        user_id: o.user_id,
+        items: o.items.into_iter().map(|(product_id, quantity)| CancelledItem { product_id, quantity }).collect(),
+        cancellation_reason: CancellationReason::PaymentTimeout,
+        cancelled_at: o.cancelled_at,
+    };
+    Ok([emit(cancelled)?, emit(notification)?])
 }
 
 #[cfg(test)]
@@ -322,10 +324,11 @@ mod tests {
     #[test]
     fn rows_fold_into_orders_with_their_items() {
         let t = Utc::now();
-        let a = ("a".to_string(), "u".to_string(), t, Some(vec!["p1".to_string(), "p2".to_string()]), Some(vec![2, 1]));
-        let orders = group(vec![a, ("b".to_string(), "u".to_string(), t, None, None)]);
-        assert_eq!(orders.len(), 2);
+        let row = |o: &str, item: Option<(&str, i32)>| (o.to_string(), "u".to_string(), t, item.map(|i| i.0.to_string()), item.map(|i| i.1));
+        let orders = group(vec![row("a", Some(("p1", 2))), row("a", Some(("p2", 1))), row("b", None), row("c", Some(("p1", 3)))]);
+        assert_eq!(orders.iter().map(|o| o.order_id.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
         assert_eq!(orders[0].items, vec![("p1".to_string(), 2), ("p2".to_string(), 1)]);
         assert!(orders[1].items.is_empty());
+        assert_eq!(orders[2].items, vec![("p1".to_string(), 3)]);
     }
 }

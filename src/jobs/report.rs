@@ -124,7 +124,7 @@ impl Job for Report {
             let mut out = ChunkOutput::default();
             out.counts.insert("runsReported".into(), i64::from(body.runs));
             out.counts.insert("problems".into(), body.problems.len() as i64);
-            out.records.push(emit(&event(body, &item.run_id))?);
+            out.records.push(emit(event(body, &item.run_id))?);
             Ok(out)
         })
     }

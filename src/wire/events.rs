@@ -72,10 +72,12 @@ pub trait Event: Serialize {
     fn key(&self) -> String;
 }
 
-/// The record to emit for `event`.
-pub fn emit<E: Event + Clone + Debug + Send + Sync + 'static>(event: &E) -> Result<Emit, EventError> {
-    let value = if E::DIRECT { Payload::Direct(Arc::new(event.clone())) } else { Payload::Value(value_of(event)?) };
-    Ok(Emit { topic: E::TOPIC, key: event.key(), value })
+/// The record to emit for `event` (taken, not cloned: a direct event is kept as it is until
+/// it is encoded).
+pub fn emit<E: Event + Debug + Send + Sync + 'static>(event: E) -> Result<Emit, EventError> {
+    let key = event.key();
+    let value = if E::DIRECT { Payload::Direct(Arc::new(event)) } else { Payload::Value(value_of(&event)?) };
+    Ok(Emit { topic: E::TOPIC, key, value })
 }
 
 /// An event that writes itself with a schema ([`Event::DIRECT`]).
@@ -847,7 +849,7 @@ mod tests {
             assert_eq!(field(&decoded, "cancelledAt"), &Value::TimestampMillis(1_764_028_800_123));
             let Value::Array(decoded_items) = field(&decoded, "items") else { panic!() };
             assert_eq!(decoded_items.len(), items.len());
-            assert_eq!(emit(&event).unwrap().key, "o-1");
+            assert_eq!(emit(event.clone()).unwrap().key, "o-1");
         }
     }
 
@@ -863,7 +865,7 @@ mod tests {
         };
         let decoded = round_trip(&event);
         assert_eq!(field(&decoded, "expiredAt"), &Value::TimestampMillis(1_764_028_800_999));
-        let e = emit(&event).unwrap();
+        let e = emit(event.clone()).unwrap();
         assert_eq!((e.topic, e.key.as_str()), (Topic::OrderExpirationNotification, "o-2"));
     }
 
@@ -891,7 +893,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(emit(&alert(None, SyncAction::RedisRestored, Severity::Low)).unwrap().key, "p-1");
+        assert_eq!(emit(alert(None, SyncAction::RedisRestored, Severity::Low)).unwrap().key, "p-1");
     }
 
     #[test]
@@ -916,7 +918,7 @@ mod tests {
             assert_eq!(field(&decoded, "date"), &Value::String("2026-11-24".into()));
             let Value::Array(products) = field(&decoded, "topProducts") else { panic!() };
             assert_eq!(products.len(), top.len());
-            assert_eq!(emit(&event).unwrap().key, "2026-11-24");
+            assert_eq!(emit(event.clone()).unwrap().key, "2026-11-24");
         }
         // Money that does not fit the schema's decimal is refused, never rounded.
         for (sales, avg, refund, path) in [
@@ -942,7 +944,7 @@ mod tests {
                 let decoded = round_trip(&event);
                 let Value::Map(m) = field(&decoded, "counts") else { panic!() };
                 assert_eq!(m.len(), counts.len());
-                assert_eq!(emit(&event).unwrap().key, t.as_str());
+                assert_eq!(emit(event.clone()).unwrap().key, t.as_str());
             }
         }
     }

@@ -138,7 +138,7 @@ pub async fn page(ctx: &JobCtx, run_id: &str, first: &str, last: &str, after: Op
             run_id: run_id.to_string(),
             mismatches_in_run: 0,
         };
-        out.records.push(emit(&alert)?);
+        out.records.push(emit(alert)?);
     }
     Ok(out)
 }
@@ -186,7 +186,7 @@ pub async fn finalize(ctx: &JobCtx, run: &Run) -> Result<ChunkOutput, JobError> 
         manual_review: manual,
     };
     let mut out = ChunkOutput::default();
-    out.records.push(emit(&summary)?);
+    out.records.push(emit(summary)?);
     // The chunks' `repaired`, `casRefused` and `unresolved` describe attempts; these are the
     // run-level ones and agree with the alerts by construction (the same rows, the same rule).
     for (k, v) in [("mismatches", total), ("restored", restored), ("deferred", deferred), ("manualReview", manual), ("urgent", i64::from(urgent))] {

@@ -42,6 +42,7 @@ use futures::stream::{BoxStream, TryChunksError};
 use futures::{StreamExt, TryStreamExt};
 
 use serde::{Deserialize, Serialize};
+use sqlx::Row as _;
 
 use super::{ChunkOutput, Emit, Job, JobCtx, JobError, JobSettings, Run};
 use crate::jobs::stock::Stock;
@@ -106,10 +107,6 @@ ORDER BY m.id, i.product_id";
 /// its first five executions cost as much again as running it (40–47 ms instead of 23–30 ms
 /// for 1,000 ids).
 const LOCK_CHUNK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0)), set_config('plan_cache_mode', 'force_generic_plan', true)";
-
-/// One item of a cancelled order: (order, user, cancelled at, product, quantity); the product
-/// and quantity are NULL for an order without items.
-type Row = (String, String, DateTime<Utc>, Option<String>, Option<i32>);
 
 /// One order this run cancelled, as the events describe it.
 #[derive(Debug)]
@@ -185,8 +182,8 @@ fn cutoff(scheduled_at: DateTime<Utc>, payment_timeout_secs: u64) -> Result<Date
 async fn apply_chunk(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobError> {
     let redis = ctx.redis.clone().ok_or_else(|| JobError::Failed("order-expiration needs Redis, and none is configured".into()))?;
     let started = std::time::Instant::now();
-    let (rows, cut) = match cancel(ctx, item).await {
-        Ok(rows) => (rows, false),
+    let (orders, cut) = match cancel(ctx, item).await {
+        Ok(orders) => (orders, false),
         // Stopped at the run's deadline: this attempt cancelled nothing (its transaction rolled
         // back, or never began), but an earlier attempt of the chunk may have. Those orders
         // are read back — no limit: they are effects made — released and emitted.
@@ -194,7 +191,6 @@ async fn apply_chunk(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobEr
         Err(e) => return Err(e),
     };
     let in_db = started.elapsed();
-    let orders = group(rows);
 
     // From here the cancellations are committed: the only correct ending is to release and
     // emit, whatever the deadline, so every failure is retried (Transient) rather than
@@ -238,7 +234,7 @@ async fn apply_chunk(ctx: &JobCtx, item: &WorkItem) -> Result<ChunkOutput, JobEr
 
 /// Step 1: cancels the chunk's orders still waiting, in one transaction whose statements stop
 /// at the run's deadline, and returns every order the chunk has cancelled with its items.
-async fn cancel(ctx: &JobCtx, item: &WorkItem) -> Result<Vec<Row>, JobError> {
+async fn cancel(ctx: &JobCtx, item: &WorkItem) -> Result<Vec<Cancelled>, JobError> {
     let d = ctx.deadline;
     let mut tx = d.begin(&ctx.db).await?;
     sqlx::query(LOCK_CHUNK)
@@ -247,44 +243,43 @@ async fn cancel(ctx: &JobCtx, item: &WorkItem) -> Result<Vec<Row>, JobError> {
         .await
         .map_err(|e| d.sql(e))?;
     d.limit(&mut tx).await?;
-    let rows: Vec<Row> = sqlx::query_as(CANCEL_AND_COLLECT)
-        .bind(&item.ids)
-        .bind(&item.run_id)
-        .bind(item.chunk_index)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| d.sql(e))?;
+    let orders = cancel_and_collect(&mut tx, &item.ids, item).await.map_err(|e| d.sql(e))?;
     // Until this commit nothing has changed, so an error up to here keeps the class sqlx gives
     // it (a failed chunk leaves its orders waiting for the next run).
     tx.commit().await?;
-    Ok(rows)
+    Ok(orders)
 }
 
 /// The orders earlier attempts of this chunk cancelled, with their items: the same statement
 /// with no id to cancel (so it changes nothing), behind the chunk's lock, without a limit.
-async fn collect(ctx: &JobCtx, item: &WorkItem) -> Result<Vec<Row>, JobError> {
+async fn collect(ctx: &JobCtx, item: &WorkItem) -> Result<Vec<Cancelled>, JobError> {
     let mut tx = ctx.db.begin().await?;
     sqlx::query(LOCK_CHUNK).bind(format!("order-expiration/{}/{}", item.run_id, item.chunk_index)).execute(&mut *tx).await?;
-    let none: &[String] = &[];
-    let rows: Vec<Row> =
-        sqlx::query_as(CANCEL_AND_COLLECT).bind(none).bind(&item.run_id).bind(item.chunk_index).fetch_all(&mut *tx).await?;
+    let orders = cancel_and_collect(&mut tx, &[], item).await?;
     tx.commit().await?;
-    Ok(rows)
+    Ok(orders)
 }
 
-/// Folds the rows (one per item, ordered by order) into one entry per order.
-fn group(rows: Vec<Row>) -> Vec<Cancelled> {
-    let mut orders: Vec<Cancelled> = Vec::new();
-    for (order_id, user_id, cancelled_at, product, quantity) in rows {
-        let same = orders.last().is_some_and(|o| o.order_id == order_id);
-        if !same {
-            orders.push(Cancelled { order_id, user_id, cancelled_at, items: Vec::new() });
-        }
-        if let (Some(o), Some(p), Some(q)) = (orders.last_mut(), product, quantity) {
-            o.items.push((p, q));
-        }
+/// Runs [`CANCEL_AND_COLLECT`] for `ids` of chunk `item`, folding its rows as they arrive.
+async fn cancel_and_collect(tx: &mut sqlx::PgTransaction<'_>, ids: &[String], item: &WorkItem) -> Result<Vec<Cancelled>, sqlx::Error> {
+    let mut rows = sqlx::query(CANCEL_AND_COLLECT).bind(ids).bind(&item.run_id).bind(item.chunk_index).fetch(&mut **tx);
+    let mut orders = Vec::new();
+    while let Some(row) = rows.try_next().await? {
+        add_row(&mut orders, row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?, row.try_get(4)?);
     }
-    orders
+    Ok(orders)
+}
+
+/// Folds one row (one per item, ordered by order; product and quantity NULL for an order
+/// without items) into `orders`. Read as borrowed text: an order's id and user are copied
+/// once, not once per item.
+fn add_row(orders: &mut Vec<Cancelled>, order_id: &str, user_id: &str, cancelled_at: DateTime<Utc>, product: Option<&str>, quantity: Option<i32>) {
+    if orders.last().is_none_or(|o| o.order_id != order_id) {
+        orders.push(Cancelled { order_id: order_id.to_owned(), user_id: user_id.to_owned(), cancelled_at, items: Vec::new() });
+    }
+    if let (Some(o), Some(p), Some(q)) = (orders.last_mut(), product, quantity) {
+        o.items.push((p.to_owned(), q));
+    }
 }
 
 /// The two events of one cancelled order. Everything in them comes from durable state and the
@@ -324,8 +319,10 @@ mod tests {
     #[test]
     fn rows_fold_into_orders_with_their_items() {
         let t = Utc::now();
-        let row = |o: &str, item: Option<(&str, i32)>| (o.to_string(), "u".to_string(), t, item.map(|i| i.0.to_string()), item.map(|i| i.1));
-        let orders = group(vec![row("a", Some(("p1", 2))), row("a", Some(("p2", 1))), row("b", None), row("c", Some(("p1", 3)))]);
+        let mut orders = Vec::new();
+        for (o, item) in [("a", Some(("p1", 2))), ("a", Some(("p2", 1))), ("b", None), ("c", Some(("p1", 3)))] {
+            add_row(&mut orders, o, "u", t, item.map(|i| i.0), item.map(|i| i.1));
+        }
         assert_eq!(orders.iter().map(|o| o.order_id.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
         assert_eq!(orders[0].items, vec![("p1".to_string(), 2), ("p2".to_string(), 1)]);
         assert!(orders[1].items.is_empty());

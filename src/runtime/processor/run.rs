@@ -7,6 +7,7 @@
 //! the consumed record's offset. An empty plan commits the offset alone.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::Utc;
 use chrono_tz::Tz;
@@ -26,7 +27,7 @@ pub const SEAL: i32 = -1;
 #[derive(Debug, Clone)]
 pub enum Out {
     /// A job's event, already encoded (encoding overlaps the chunk's bookkeeping).
-    Event { topic: String, key: String, bytes: Vec<u8> },
+    Event { topic: Arc<str>, key: String, bytes: Vec<u8> },
     WorkItem(WorkItem),
     Ledger(String, LedgerEntry),
     Result(RunResult),

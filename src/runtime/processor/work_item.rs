@@ -25,6 +25,7 @@ use crate::error::ErrorClass;
 use crate::jobs::{Emit, Job, Run};
 use crate::runtime::metrics::Sample;
 use crate::wire::internal::{Outcome, WorkItem};
+use crate::wire::Topic;
 
 /// Count a continuation carries when an earlier part of its chunk stopped at the run's
 /// deadline: the chunk then completes `TIMED_OUT` (shown in the run result's counts).
@@ -216,11 +217,20 @@ impl Processor {
         Ok(vec![Sample::Streak { job: run.job.clone(), failures: streak.now }])
     }
 
-    /// Encodes job records with their topics' latest schemas.
+    /// Encodes job records with their topics' latest schemas. The records of one topic share
+    /// its name (a chunk's thousands of records name one or two topics).
     pub(super) async fn encode_events(&self, records: Vec<Emit>) -> Result<Vec<Out>, ProcessorError> {
         let mut out = Vec::with_capacity(records.len());
+        let mut names: Vec<(Topic, Arc<str>)> = Vec::new();
         for rec in records {
-            let topic = self.env.settings.topic(rec.topic);
+            let topic = match names.iter().find(|(t, _)| *t == rec.topic) {
+                Some((_, name)) => name.clone(),
+                None => {
+                    let name: Arc<str> = self.env.settings.topic(rec.topic).into();
+                    names.push((rec.topic, name.clone()));
+                    name
+                }
+            };
             let bytes = self.codec.encode_payload(&topic, rec.value).await?;
             out.push(Out::Event { topic, key: rec.key, bytes });
         }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::config::{ClientConfig, FromClientConfig};
+use rdkafka::config::{ClientConfig, FromClientConfig, FromClientConfigAndContext};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::metadata::Metadata;
@@ -197,6 +197,11 @@ pub fn classify(e: &KafkaError) -> ErrorClass {
 /// Creates a client of type `T`, turning librdkafka's property errors into [`KafkaClientError::Config`].
 pub fn create<T: FromClientConfig>(cfg: &ClientConfig) -> Result<T, KafkaClientError> {
     cfg.create().map_err(creation_error)
+}
+
+/// [`create`], for a client with a context of its own.
+pub fn create_with_context<C: ClientContext, T: FromClientConfigAndContext<C>>(cfg: &ClientConfig, context: C) -> Result<T, KafkaClientError> {
+    cfg.create_with_context(context).map_err(creation_error)
 }
 
 fn creation_error(e: KafkaError) -> KafkaClientError {

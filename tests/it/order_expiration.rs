@@ -579,7 +579,7 @@ async fn events_carry_the_spec_fields_and_deterministic_ids() {
         assert_eq!(&string(f, "orderId"), key);
         assert_eq!(string(f, "userId"), o.user);
         let Value::Array(items) = &f["items"] else { panic!("items: {:?}", f["items"]) };
-        let mut got: Vec<(String, i64)> = items
+        let got: Vec<(String, i64)> = items
             .iter()
             .map(|it| match it {
                 Value::Record(kv) => {

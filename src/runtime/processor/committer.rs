@@ -46,9 +46,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
@@ -207,11 +208,100 @@ struct CommitJob {
     committed: oneshot::Sender<Result<(), KafkaClientError>>,
 }
 
+/// The transactional producer: its context counts the acknowledgements of the transaction
+/// being sent.
+type TxnProducer = ThreadedProducer<Acks>;
+
+/// Counts, on librdkafka's polling thread, the acknowledgements of the records of the
+/// transaction being sent, and keeps its first failure. The pump needs only that: every record
+/// acknowledged, or the first that failed. A future per record (a channel allocated, completed
+/// and awaited for each of a transaction's 2,000–10,000 records) cost the processor about a
+/// tenth of its CPU per chunk (docs/performance.md, session 24).
+#[derive(Default)]
+struct Acks {
+    count: Mutex<AckCount>,
+    /// Woken when the count the pump waits for is reached, or a record failed.
+    done: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct AckCount {
+    /// The transaction being sent; each record carries it as its delivery opaque, so that a
+    /// late acknowledgement of an earlier transaction (one that failed) is not counted.
+    generation: usize,
+    acked: usize,
+    /// The count the pump waits for (none while it is not waiting).
+    waiting_for: Option<usize>,
+    failed: Option<KafkaError>,
+}
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, generation: usize) {
+        self.ack(generation, result.as_ref().err().map(|(e, _)| e));
+    }
+}
+
+impl Acks {
+    fn count(&self) -> MutexGuard<'_, AckCount> {
+        self.count.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A new transaction's count; its generation, for its records.
+    fn begin(&self) -> usize {
+        let mut c = self.count();
+        c.generation = c.generation.wrapping_add(1);
+        (c.acked, c.waiting_for, c.failed) = (0, None, None);
+        c.generation
+    }
+
+    /// One record of transaction `generation` acknowledged, or failed with `error`.
+    fn ack(&self, generation: usize, error: Option<&KafkaError>) {
+        let mut c = self.count();
+        if c.generation != generation {
+            return;
+        }
+        c.acked += 1;
+        if let Some(e) = error {
+            c.failed.get_or_insert_with(|| e.clone());
+        }
+        if c.failed.is_some() || c.waiting_for == Some(c.acked) {
+            drop(c);
+            self.done.notify_one();
+        }
+    }
+
+    /// Waits until `sent` records of the transaction are acknowledged; the first failure is
+    /// the transaction's. librdkafka reports every record it accepted exactly once (delivered,
+    /// failed, timed out or purged), so the count is reached or a failure comes.
+    async fn delivered(&self, sent: usize) -> Result<(), KafkaClientError> {
+        loop {
+            {
+                let mut c = self.count();
+                if let Some(e) = &c.failed {
+                    return Err(KafkaClientError::kafka("deliver", e.clone()));
+                }
+                if c.acked >= sent {
+                    c.waiting_for = None;
+                    return Ok(());
+                }
+                c.waiting_for = Some(sent);
+            }
+            // A wake-up between the check and here leaves a permit, so none is lost; one left
+            // over from an earlier wait only makes the loop check again.
+            self.done.notified().await;
+        }
+    }
+}
+
 /// A transactional producer and the thread that makes its blocking calls: a thread of its own,
 /// not tokio's blocking pool, so that a call that never returns can be abandoned with its
 /// producer without holding up the runtime's shutdown.
 struct Txn {
-    producer: FutureProducer,
+    producer: TxnProducer,
     jobs: std::sync::mpsc::Sender<Job>,
     /// Shared with the thread, which drops its clone when it ends.
     running: Arc<()>,
@@ -223,7 +313,7 @@ impl Txn {
     /// watched like every other blocking call; a producer whose init gets no answer is left to
     /// its thread, with its token in `abandoned`.
     async fn start(cfg: &rdkafka::ClientConfig, abandoned: &mut Vec<Arc<()>>) -> Result<Txn, KafkaClientError> {
-        let producer: FutureProducer = kafka::create(cfg)?;
+        let producer: TxnProducer = kafka::create_with_context(cfg, Acks::default())?;
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let own = producer.clone();
         let running = Arc::new(());
@@ -257,7 +347,7 @@ impl Txn {
         answer(rx, watch).await
     }
 
-    fn run(producer: &FutureProducer, job: Job) {
+    fn run(producer: &TxnProducer, job: Job) {
         match job {
             Job::Commit(job) => Txn::offsets_and_commit(producer, job),
             Job::Abort(answer) => {
@@ -271,7 +361,7 @@ impl Txn {
     }
 
     /// Sends the offsets, then commits if that worked; each answer goes back as soon as known.
-    fn offsets_and_commit(producer: &FutureProducer, job: CommitJob) {
+    fn offsets_and_commit(producer: &TxnProducer, job: CommitJob) {
         let mut sent = Ok(());
         if let Some((point, name)) = &job.fault {
             crate::runtime::fault::hang(point, "send-offsets", name);
@@ -296,7 +386,7 @@ impl Txn {
     /// Commits, calling again while librdkafka says the outcome is not known yet (a retriable
     /// error, e.g. its timeout during a coordinator failover): aborting then could redo records
     /// whose transaction did commit. An error that requires an abort, or a fatal one, returns.
-    fn commit(producer: &FutureProducer) -> Result<(), KafkaClientError> {
+    fn commit(producer: &TxnProducer) -> Result<(), KafkaClientError> {
         loop {
             match producer.commit_transaction(TXN_TIMEOUT) {
                 Err(KafkaError::Transaction(t)) if t.is_retriable() && !t.txn_requires_abort() && !t.is_fatal() => {
@@ -325,19 +415,6 @@ fn is_fenced(e: &KafkaClientError) -> bool {
                 | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
         )
     )
-}
-
-/// Waits until every record is acknowledged; the first failure is the transaction's.
-///
-/// One at a time, in the order sent: acknowledgements come back in batches, about in that
-/// order, so the pump is woken about once per batch. Joining them all at once
-/// (`try_join_all`: a task node and an ordering entry per record) took a tenth of the
-/// processor's CPU at 2,000 records per chunk (docs/performance.md, session 23).
-async fn delivered(pending: Vec<DeliveryFuture>) -> Result<(), KafkaClientError> {
-    for ack in pending {
-        ack.await.map_err(|_| KafkaClientError::kafka("send", KafkaError::Canceled))?.map_err(|(e, _)| KafkaClientError::kafka("deliver", e))?;
-    }
-    Ok(())
 }
 
 impl Committer {
@@ -648,7 +725,7 @@ fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
 /// one batch being prepared close together after a short wait ([`Pump::lingers`]).
 struct Pump {
     queue: Arc<Mutex<Queue>>,
-    producer: FutureProducer,
+    producer: TxnProducer,
     jobs: std::sync::mpsc::Sender<Job>,
     stuck: Arc<AtomicBool>,
     metrics: Metrics,
@@ -751,11 +828,13 @@ impl Pump {
         let open = |e| (e, true, false);
         let total = group.iter().map(|e| e.records.len()).sum::<usize>();
         self.largest.fetch_max(total, Ordering::Relaxed);
-        let mut pending = Vec::with_capacity(total);
+        let acks = self.producer.context();
+        let generation = acks.begin();
+        let mut sent = 0;
         let mut offsets = TopicPartitionList::new();
         for entry in group.iter() {
             for (topic, key, bytes) in &entry.records {
-                self.send(&mut pending, topic, key, bytes).await.map_err(open)?;
+                self.send(generation, &mut sent, topic, key, bytes).await.map_err(open)?;
             }
             // Records of a partition come in offset order: the last one's offset stands.
             offsets
@@ -769,7 +848,7 @@ impl Pump {
         // Deliveries are awaited before committing: librdkafka's commit would flush them too,
         // but its flush waits on the delivery-report poll interval (about 100 ms). The commit
         // blocks until the broker has written the markers, hence the producer's thread.
-        delivered(pending).await.map_err(open)?;
+        acks.delivered(sent).await.map_err(open)?;
         let (sent, sent_rx) = oneshot::channel();
         let (committed, committed_rx) = oneshot::channel();
         let job = Job::Commit(CommitJob { offsets, group: group_metadata, fault, sent, committed });
@@ -795,23 +874,76 @@ impl Pump {
         }
     }
 
-    /// Queues one record in the open transaction.
-    async fn send(&self, pending: &mut Vec<DeliveryFuture>, topic: &str, key: &str, payload: &[u8]) -> Result<(), KafkaClientError> {
-        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+    /// Queues one record in the open transaction (`generation`, of [`Acks::begin`]), counting
+    /// it in `sent`.
+    async fn send(&self, generation: usize, sent: &mut usize, topic: &str, key: &str, payload: &[u8]) -> Result<(), KafkaClientError> {
+        let mut record = BaseRecord::with_opaque_to(topic, generation).key(key).payload(payload);
         loop {
-            match self.producer.send_result(record) {
-                Ok(f) => {
-                    pending.push(f);
+            match self.producer.send(record) {
+                Ok(()) => {
+                    *sent += 1;
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     // Let deliveries drain before queueing more.
                     record = r;
-                    delivered(std::mem::take(pending)).await?;
+                    self.producer.context().delivered(*sent).await?;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err((e, _)) => return Err(KafkaClientError::kafka("send", e)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wait(acks: &Arc<Acks>, sent: usize) -> tokio::task::JoinHandle<Result<(), KafkaClientError>> {
+        let acks = acks.clone();
+        tokio::spawn(async move { acks.delivered(sent).await })
+    }
+
+    #[tokio::test]
+    async fn waits_for_every_acknowledgement_of_its_own_transaction() {
+        let acks = Arc::new(Acks::default());
+        let earlier = acks.begin();
+        let now = acks.begin();
+        let waiting = wait(&acks, 3);
+        acks.ack(now, None);
+        acks.ack(now, None);
+        // A late acknowledgement of an earlier transaction does not count.
+        acks.ack(earlier, None);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        acks.ack(now, None);
+        assert!(tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap().is_ok());
+        // Counted before the wait began: returns at once.
+        let next = acks.begin();
+        acks.ack(next, None);
+        assert!(acks.delivered(1).await.is_ok());
+        assert!(acks.delivered(0).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_first_failure_ends_the_wait() {
+        let acks = Arc::new(Acks::default());
+        let earlier = acks.begin();
+        let now = acks.begin();
+        acks.ack(earlier, Some(&KafkaError::Canceled));
+        let waiting = wait(&acks, 3);
+        acks.ack(now, None);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        acks.ack(now, Some(&KafkaError::MessageProduction(RDKafkaErrorCode::PurgeQueue)));
+        acks.ack(now, Some(&KafkaError::Canceled));
+        let e = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap().unwrap_err();
+        assert_eq!(e.class(), ErrorClass::Retry, "{e}");
+        assert!(e.to_string().contains("urge"), "the first failure is kept: {e}");
+        // The next transaction starts clean.
+        let next = acks.begin();
+        acks.ack(next, None);
+        assert!(acks.delivered(1).await.is_ok());
     }
 }

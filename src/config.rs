@@ -130,6 +130,14 @@ pub struct ProcessorSettings {
     /// good after a session timeout (confluentinc/librdkafka#3437; seen in the long fault
     /// profile). An empty assignment counts as one. 0: never.
     pub assignment_wait_ms: u64,
+    /// How long the processor may handle the records of one poll before it polls the group
+    /// consumer again. A rebalance waits for every member to poll (the eager protocol revokes
+    /// in the poll), so this bounds how long a busy member keeps the whole group without
+    /// partitions — one record's handling more at worst. Records left when it runs out are
+    /// committed up to there and the rest are sought back and consumed again after the poll;
+    /// a poll takes about as many records as the recent time per record lets fit, so that is
+    /// rare. 0: a poll takes up to 256 records and handles them all.
+    pub batch_budget_ms: u64,
 }
 
 /// The HTTP endpoint of `run` and `tick`: `/metrics`, `/healthz`, `/readyz`.
@@ -391,6 +399,7 @@ impl Default for ProcessorSettings {
             transaction_linger_ms: 100,
             inline_one_chunk_runs: true,
             assignment_wait_ms: 120_000,
+            batch_budget_ms: 2_000,
         }
     }
 }

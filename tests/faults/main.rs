@@ -66,6 +66,10 @@ struct Args {
     /// Print the fault schedule of the seed and exit.
     #[arg(long)]
     plan_only: bool,
+    /// librdkafka debug contexts for the processors (e.g. `cgrp`), written to their logs at
+    /// debug level: to read a group rebalance after a fault in the processors' own words.
+    #[arg(long, env = "SJ_FAULTS_KAFKA_DEBUG")]
+    kafka_debug: Option<String>,
     /// Test-name filters from `cargo test <filter>`: the suite runs only if one matches "faults".
     #[arg(hide = true)]
     filters: Vec<String>,
@@ -329,6 +333,11 @@ async fn main() {
 
     let mut env = job_env(&s, &database);
     env.extend(cluster_env.iter().cloned());
+    if let Some(contexts) = &args.kafka_debug {
+        env.retain(|(k, _)| k != "RUST_LOG");
+        env.push(("RUST_LOG".into(), "info,librdkafka=debug".into()));
+        env.push(("SJ_KAFKA_PROP_DEBUG".into(), contexts.clone()));
+    }
     let processors: Arc<Mutex<Vec<Managed>>> = Arc::new(Mutex::new(
         (0..PROCESSORS)
             .map(|i| {

@@ -1042,3 +1042,42 @@ async fn a_fenced_producer_is_replaced_once_and_a_second_fence_stops_the_process
     assert!(text.to_lowercase().contains("fenced"), "the error says why: {text}");
     assert_eq!(results(&s).await.len(), 2, "the third run waits for a process that owns the id");
 }
+
+/// A rebalance waits for every member to poll (the eager protocol revokes in the poll). A
+/// processor handling a long batch — 60 chunks of 300 ms, 18 s — polls again once
+/// `processor.batch_budget_ms` (1 s here) is spent: a member joining meanwhile holds partitions
+/// within seconds, not after the whole batch. What was handled is committed, the rest is
+/// consumed again, and the run completes with every chunk applied once. With the budget at 0
+/// the joining member waits for the rest of the batch (about 17 s on this machine).
+#[tokio::test]
+async fn a_member_joining_during_a_long_batch_gets_partitions_once_the_batch_budget_is_spent() {
+    let (s, pool, database) = noop_stage(None).await;
+    let (mut processor, log) = spawn_logged(
+        &s,
+        &database,
+        "batch-budget",
+        &[("SJ_PROCESSOR__EFFECTS_AHEAD", "0"), ("SJ_PROCESSOR__BATCH_BUDGET_MS", "1000"), ("SJ_JOBS__NOOP__TIMEOUT_SECS", "300")],
+    );
+    publish(&s, &[tick("noop", minutes_ago(1), &[("chunks", "60"), ("apply_sleep_ms", "300")])]).await;
+    let until = Instant::now() + Duration::from_secs(90);
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM job_run_chunks").fetch_one(&pool).await.unwrap() == 0 {
+        assert!(Instant::now() < until, "no chunk applied within 90 s: {}", std::fs::read_to_string(&log).unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut cfg = client_config(&s, Role::Consumer);
+    cfg.set("group.id", &s.processor.group_id).set("session.timeout.ms", "10000");
+    let joined = Instant::now();
+    let member = join_group(cfg, &s.topic(Topic::Tick), "the joining member").await;
+    let took = joined.elapsed();
+    close_member(member, "the joining member").await;
+    let r = wait_for_results(&s, 1, Duration::from_secs(120)).await;
+    processor.kill().ok();
+    processor.wait().ok();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(took < Duration::from_secs(8), "the joining member waited {took:?} for its partitions:\n{text}");
+    assert_eq!(r.len(), 1, "{r:#?}\n{text}");
+    assert_eq!(r[0].outcome, Outcome::Succeeded, "{r:#?}");
+    assert_eq!(r[0].counts.get("items"), Some(&60), "every chunk applied once: {r:#?}");
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM job_run_chunks").fetch_one(&pool).await.unwrap();
+    assert_eq!(applied, 60);
+}

@@ -247,7 +247,7 @@ impl ProducerContext for Acks {
 
 impl Acks {
     fn count(&self) -> MutexGuard<'_, AckCount> {
-        self.count.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.count)
     }
 
     /// A new transaction's count; its generation, for its records.
@@ -712,9 +712,11 @@ impl Committer {
     }
 }
 
-/// The queue, whatever a panicking holder left (entries are only moved in and out whole).
-fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
-    queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// What the mutex holds, whatever a panicking holder left: no holder here can leave a change
+/// half done (the queue's entries are moved in and out whole, the count's fields are each set
+/// in one step).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The task that commits what the processor queues, in order: it takes every entry queued

@@ -73,6 +73,9 @@ pub use run::SEAL;
 
 /// Upper bound on records taken in one poll (coalescing looks within it).
 const BATCH: usize = 256;
+/// The fewest records a poll takes while a budget applies: look-ahead for the effects started
+/// ahead and records to share a transaction, even when records are slow.
+const MIN_BATCH: usize = 4;
 const LEDGER_CATCH_UP: Duration = Duration::from_secs(120);
 /// A fenced group consumer is replaced at most once in this window.
 const CONSUMER_FENCE_WINDOW: Duration = Duration::from_secs(60);
@@ -120,6 +123,9 @@ pub struct Processor {
     consumer_fenced: Option<Instant>,
     /// What the running step is doing, for the stall watch ([`stall`]).
     activity: stall::Activity,
+    /// Recent handling time per record (a moving average): how many records one poll takes
+    /// so that their handling fits `processor.batch_budget_ms`.
+    per_record: Duration,
 }
 
 impl Processor {
@@ -165,6 +171,7 @@ impl Processor {
             seeded: false,
             consumer_fenced: None,
             activity: Default::default(),
+            per_record: Duration::ZERO,
         })
     }
 
@@ -279,8 +286,10 @@ impl Processor {
             }
             Ok(Ok(m)) => m.detach(),
         };
+        let budget = Duration::from_millis(self.env.settings.processor.batch_budget_ms);
+        let take = batch_size(budget, self.per_record);
         let mut batch = vec![first];
-        while batch.len() < BATCH {
+        while batch.len() < take {
             match self.consumer.recv().now_or_never() {
                 Some(Ok(m)) => batch.push(m.detach()),
                 Some(Err(e)) => {
@@ -291,8 +300,16 @@ impl Processor {
             }
         }
         self.activity.doing("handling a batch");
-        match self.handle_batch(&batch).await {
-            Ok(()) => Ok(Step::Handled(batch.len())),
+        let started = Instant::now();
+        match self.handle_batch(&batch, budget).await {
+            Ok(handled) => {
+                self.per_record = average(self.per_record, started.elapsed() / handled.max(1) as u32);
+                if handled < batch.len() {
+                    tracing::debug!(handled, left = batch.len() - handled, "batch budget spent: the rest is consumed again after a poll");
+                    self.rewind(&batch[handled..]);
+                }
+                Ok(Step::Handled(handled))
+            }
             Err((i, e)) => self.reset(&batch[i..], e).await,
         }
     }
@@ -358,17 +375,24 @@ impl Processor {
         Ok(Step::Reset(text))
     }
 
-    /// Handles a batch in order, each record's plan queued for the committer; on failure returns the index of
-    /// the first record not committed. Everything is committed, and no effects are still
-    /// running, when this returns Ok.
-    async fn handle_batch(&mut self, batch: &[OwnedMessage]) -> Result<(), (usize, ProcessorError)> {
+    /// Handles a batch in order, each record's plan queued for the committer, until `budget`
+    /// (if not zero) is spent: returns how many records were handled (at least one), or on
+    /// failure the index of the first record not committed. Everything handled is committed,
+    /// and no effects are still running, when this returns Ok.
+    async fn handle_batch(&mut self, batch: &[OwnedMessage], budget: Duration) -> Result<usize, (usize, ProcessorError)> {
+        let started = Instant::now();
         self.refresh_ledger_if_assigned().await.map_err(|e| (0, e))?;
         // Ticks are decoded up front so a stale tick can see the newer one queued behind it.
         let mut ticks = Vec::with_capacity(batch.len());
         for m in batch {
             ticks.push(if m.topic() == self.names.tick { Some(self.decode_tick(m).await.map_err(|e| (0, e))?) } else { None });
         }
+        let mut handled = batch.len();
         for (i, m) in batch.iter().enumerate() {
+            if i > 0 && !budget.is_zero() && started.elapsed() >= budget {
+                handled = i;
+                break;
+            }
             // Every log line about this record carries where it came from and, once known, its
             // job, tick and run (filled in by the handlers).
             let span = record_span(m);
@@ -394,10 +418,11 @@ impl Processor {
             let consumed = Consumed { topic: m.topic(), partition: m.partition(), offset: m.offset(), index: i, more: i + 1 < batch.len() };
             self.committer.commit(ready, consumed, group).instrument(span).await.map_err(|(j, e)| (j, e.into()))?;
         }
-        // Every record started ahead was handled in turn; should one not have been, its
-        // effects do not outlive the batch.
+        // Every record started ahead was handled in turn; should one not have been (the
+        // budget was spent before it), its effects do not outlive the batch.
         self.cancel_ahead().await;
-        self.committer.settle().await.map_err(|(j, e)| (j, e.into()))
+        self.committer.settle().await.map_err(|(j, e)| (j, e.into()))?;
+        Ok(handled)
     }
 
     /// Where the rewind starts when record `i` failed before it was queued: what is queued
@@ -422,18 +447,7 @@ impl Processor {
         self.activity.doing("resetting: aborting the transaction");
         let aborted = self.committer.reset().await;
         self.activity.doing("resetting: rewinding the consumer");
-        let mut first: HashMap<(&str, i32), i64> = HashMap::new();
-        for m in dropped {
-            let o = first.entry((m.topic(), m.partition())).or_insert(m.offset());
-            *o = (*o).min(m.offset());
-        }
-        for ((topic, partition), offset) in first {
-            if let Err(e) = self.consumer.seek(topic, partition, Offset::Offset(offset), Duration::from_secs(10)) {
-                // The partition may have been revoked meanwhile; its new owner resumes from
-                // the committed offset, which is what we want.
-                tracing::debug!(topic, partition, error = %e, "seek after reset failed");
-            }
-        }
+        self.rewind(dropped);
         let replaced = aborted?;
         // A fenced or stuck producer's error is spent once the committer replaced it: the
         // records are redone with the new one.
@@ -442,6 +456,23 @@ impl Processor {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         Ok(Step::Reset(format!("records rewound after an error: {e}")))
+    }
+
+    /// Seeks every partition of `records` back to the first of them, so they are consumed
+    /// again: none is ever skipped.
+    fn rewind(&self, records: &[OwnedMessage]) {
+        let mut first: HashMap<(&str, i32), i64> = HashMap::new();
+        for m in records {
+            let o = first.entry((m.topic(), m.partition())).or_insert(m.offset());
+            *o = (*o).min(m.offset());
+        }
+        for ((topic, partition), offset) in first {
+            if let Err(e) = self.consumer.seek(topic, partition, Offset::Offset(offset), Duration::from_secs(10)) {
+                // The partition may have been revoked meanwhile; its new owner resumes from
+                // the committed offset, which is what we want.
+                tracing::debug!(topic, partition, error = %e, "seek back failed");
+            }
+        }
     }
 
     /// Runs steps until `shutdown` completes, then leaves the group cleanly (a step in
@@ -513,4 +544,50 @@ fn record_work_item(span: &tracing::Span, item: &crate::wire::internal::WorkItem
     span.record("tick_id", item.tick_id.as_str());
     span.record("run_id", item.run_id.as_str());
     span.record("chunk", item.chunk_index);
+}
+
+/// How many records one poll takes: as many as fit `budget` at `per_record` each (all up to
+/// [`BATCH`] with no budget or no measure yet), never fewer than [`MIN_BATCH`].
+fn batch_size(budget: Duration, per_record: Duration) -> usize {
+    if budget.is_zero() || per_record.is_zero() {
+        return BATCH;
+    }
+    let fit = budget.as_nanos() / per_record.as_nanos();
+    usize::try_from(fit).unwrap_or(BATCH).clamp(MIN_BATCH, BATCH)
+}
+
+/// The moving average of the time per record, half old, half new: it follows a change of
+/// load within a few batches.
+fn average(old: Duration, new: Duration) -> Duration {
+    if old.is_zero() {
+        new
+    } else {
+        (old + new) / 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_poll_takes_what_fits_the_budget_at_the_recent_time_per_record() {
+        let ms = Duration::from_millis;
+        assert_eq!(batch_size(ms(2000), Duration::ZERO), BATCH, "no measure yet");
+        assert_eq!(batch_size(Duration::ZERO, ms(50)), BATCH, "no budget");
+        assert_eq!(batch_size(ms(2000), ms(50)), 40);
+        assert_eq!(batch_size(ms(2000), ms(1)), BATCH);
+        assert_eq!(batch_size(ms(2000), ms(5000)), MIN_BATCH);
+    }
+
+    #[test]
+    fn the_time_per_record_follows_a_change_within_a_few_batches() {
+        let ms = Duration::from_millis;
+        assert_eq!(average(Duration::ZERO, ms(40)), ms(40));
+        let mut a = ms(10);
+        for _ in 0..4 {
+            a = average(a, ms(500));
+        }
+        assert!(a > ms(450), "{a:?}");
+    }
 }

@@ -2,7 +2,10 @@
 //! and runs into effects and events, exactly once.
 //!
 //! One straight line per record, each with its own offset in a Kafka transaction:
-//! 1. [`Processor::step`] takes a batch of records from the tick and work-item topics;
+//! 1. [`Processor::step`] takes a batch of records from the tick and work-item topics, as many
+//!    as fit `processor.batch_budget_ms` at the recent time per record: a group rebalance waits
+//!    for every member's next poll, so a batch still running past the budget is committed up
+//!    to there and the rest sought back;
 //! 2. a handler decides what the record's transaction writes, as a [`run::TxnPlan`]:
 //!    - a **tick** (`tick.rs`) is *planned*: checked, decided against the run ledger (duplicate
 //!      ticks and replays stop here), then its job's fixed chunks become work items with a seal

@@ -304,7 +304,9 @@ impl Processor {
         }
         self.activity.doing("handling a batch");
         let started = Instant::now();
-        match self.handle_batch(&batch, budget).await {
+        // No deadline with no budget, or with one too far off to be a time (it never ends).
+        let deadline = if budget.is_zero() { None } else { started.checked_add(budget) };
+        match self.handle_batch(&batch, deadline).await {
             Ok(handled) => {
                 self.per_record = average(self.per_record, started.elapsed() / handled.max(1) as u32);
                 if handled < batch.len() {
@@ -378,12 +380,11 @@ impl Processor {
         Ok(Step::Reset(text))
     }
 
-    /// Handles a batch in order, each record's plan queued for the committer, until `budget`
-    /// (if not zero) is spent: returns how many records were handled (at least one), or on
+    /// Handles a batch in order, each record's plan queued for the committer, until `deadline`
+    /// (if any) has passed: returns how many records were handled (at least one), or on
     /// failure the index of the first record not committed. Everything handled is committed,
     /// and no effects are still running, when this returns Ok.
-    async fn handle_batch(&mut self, batch: &[OwnedMessage], budget: Duration) -> Result<usize, (usize, ProcessorError)> {
-        let started = Instant::now();
+    async fn handle_batch(&mut self, batch: &[OwnedMessage], deadline: Option<Instant>) -> Result<usize, (usize, ProcessorError)> {
         self.refresh_ledger_if_assigned().await.map_err(|e| (0, e))?;
         // Ticks are decoded up front so a stale tick can see the newer one queued behind it.
         let mut ticks = Vec::with_capacity(batch.len());
@@ -392,7 +393,7 @@ impl Processor {
         }
         let mut handled = batch.len();
         for (i, m) in batch.iter().enumerate() {
-            if i > 0 && !budget.is_zero() && started.elapsed() >= budget {
+            if i > 0 && deadline.is_some_and(|d| Instant::now() >= d) {
                 handled = i;
                 break;
             }

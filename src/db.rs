@@ -92,6 +92,28 @@ async fn pool(pg: &PostgresSettings, options: PgPoolOptions) -> Result<PgPool, D
         })
 }
 
+/// Begins a transaction on `pool` that no cancelled caller can leave open.
+///
+/// sqlx 0.8.6 counts a transaction as begun only once it has read BEGIN's answer, and its
+/// guards roll back only a counted one. A future dropped while it waits for that answer (an
+/// aborted task, as effects started ahead are stopped) returns the connection to the pool
+/// inside an open transaction that nothing ends: the next borrower's statements run in it,
+/// keep their row locks, and whoever needs those rows waits until the connection's
+/// `max_lifetime`. That is how a processor stalled in the order-expiration bench, a chunk's
+/// record waiting behind its own `STARTED` row (docs/performance.md, session 26; sqlx issues
+/// #4385, #4393, fixed after 0.9.0, the newest release). The BEGIN therefore runs as a task of
+/// its own, which finishes whether or not the caller still waits: a transaction nobody takes
+/// is dropped like any other, i.e. rolled back before its connection is used again.
+pub async fn begin(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let pool = pool.clone();
+    match tokio::spawn(async move { pool.begin().await }).await {
+        Ok(begun) => begun,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only a runtime shutting down cancels the task.
+        Err(_) => Err(sqlx::Error::WorkerCrashed),
+    }
+}
+
 /// Applies pending migrations; returns how many were applied now.
 pub async fn migrate(pool: &PgPool) -> Result<usize, DbError> {
     let before: i64 = applied_count(pool).await?;

@@ -429,7 +429,7 @@ async fn aggregate(ctx: &JobCtx, date: NaiveDate) -> Result<Figures, JobError> {
     // runaway aggregation stops the run at its deadline, and the next run does the date.
     let d = ctx.deadline;
     d.check()?;
-    let mut tx = ctx.db.begin().await?;
+    let mut tx = crate::db::begin(&ctx.db).await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
     d.limit(&mut tx).await?;
     // Not persistent (unnamed statements): each run is planned for its own bounds. A cached

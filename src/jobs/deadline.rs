@@ -82,7 +82,7 @@ impl Deadline {
     /// `DeadlineReached` if the deadline has already passed.
     pub async fn begin(&self, db: &sqlx::PgPool) -> Result<Transaction<'static, Postgres>, JobError> {
         self.check()?;
-        let mut tx = db.begin().await?;
+        let mut tx = crate::db::begin(db).await?;
         self.limit(&mut tx).await?;
         Ok(tx)
     }

@@ -253,7 +253,7 @@ async fn cancel(ctx: &JobCtx, item: &WorkItem) -> Result<Vec<Cancelled>, JobErro
 /// The orders earlier attempts of this chunk cancelled, with their items: the same statement
 /// with no id to cancel (so it changes nothing), behind the chunk's lock, without a limit.
 async fn collect(ctx: &JobCtx, item: &WorkItem) -> Result<Vec<Cancelled>, JobError> {
-    let mut tx = ctx.db.begin().await?;
+    let mut tx = crate::db::begin(&ctx.db).await?;
     sqlx::query(LOCK_CHUNK).bind(format!("order-expiration/{}/{}", item.run_id, item.chunk_index)).execute(&mut *tx).await?;
     let orders = cancel_and_collect(&mut tx, &[], item).await?;
     tx.commit().await?;

@@ -15,7 +15,9 @@
 //! pool, which first reads the stopped statement's answers up to its `ReadyForQuery`, and closes
 //! it if that fails; a dropped transaction is rolled back, and a dropped `COPY` sends `CopyFail`
 //! (sqlx-core `pool/connection.rs` `return_to_pool`, sqlx-postgres `wait_until_ready`,
-//! `PgCopyIn`'s `Drop`).
+//! `PgCopyIn`'s `Drop`). One await is not covered by sqlx: a transaction stopped while its
+//! BEGIN is in flight is not rolled back, so jobs begin theirs with [`crate::db::begin`],
+//! which lets the BEGIN finish and the transaction be dropped.
 
 use std::sync::Arc;
 

@@ -201,37 +201,19 @@ pub struct Finalized {
     pub message: Option<String>,
 }
 
-/// How many of a run's last chunks [`CLAIM`] looks at before it counts them all.
-pub const CLAIM_TAIL: i32 = 16;
-
-/// $1 run id, $2 claimant, $3 [`CLAIM_TAIL`]. Claims the run if every chunk is recorded (the
-/// count of recorded chunks equals the run's `chunk_count`) and nobody else claimed it.
-///
-/// Every chunk asks, so counting all of a run's chunks each time cost O(n²) per run: 20.9 s
-/// of PostgreSQL for a run of 10,000 chunks (docs/performance.md, session 26). The count is
-/// therefore asked only once the run's last [`CLAIM_TAIL`] chunks are all recorded: a range
-/// read of at most that many rows, which holds whenever the full count would match. Work
-/// items are keyed by chunk, so those last chunks are spread over the partitions, and a
-/// partition keeps the plan's chunk order, so each of them is among the last of its
-/// partition's share of the run: the full count runs for the few chunks recorded after all of
-/// them, not for every chunk (in any order, never more often than before). The claim is the
-/// same statement either way (`CASE` keeps the count, an init plan, unevaluated while the tail
-/// is not complete), so whichever chunk records last still sees every chunk committed before
-/// its own claim.
-const CLAIM: &str = "UPDATE job_runs r SET finalized_by = $2
- WHERE r.run_id = $1 AND (r.finalized_by IS NULL OR r.finalized_by = $2)
-   AND CASE WHEN (SELECT count(*) FROM job_run_chunks t
-                  WHERE t.run_id = $1 AND t.chunk_index >= r.chunk_count - $3 AND t.outcome <> 'STARTED') >= least(r.chunk_count, $3)
-            THEN r.chunk_count = (SELECT count(*) FROM job_run_chunks c WHERE c.run_id = $1 AND c.outcome <> 'STARTED')
-       END
- RETURNING r.chunk_count, r.planned_at";
-
 /// Claims the run for `claimant` (a chunk index, or -1 for the seal) if every chunk is
-/// recorded and nobody else claimed it ([`CLAIM`]). Must run after the caller's own record is
-/// committed.
+/// recorded and nobody else claimed it. Must run after the caller's own record is committed.
 pub async fn try_finalize(db: &PgPool, run_id: &str, claimant: i32) -> Result<Option<Finalized>, sqlx::Error> {
-    let claimed: Option<(i32, DateTime<Utc>)> =
-        sqlx::query_as(CLAIM).bind(run_id).bind(claimant).bind(CLAIM_TAIL).fetch_optional(db).await?;
+    let claimed: Option<(i32, DateTime<Utc>)> = sqlx::query_as(
+        "UPDATE job_runs r SET finalized_by = $2
+         WHERE r.run_id = $1 AND (r.finalized_by IS NULL OR r.finalized_by = $2)
+           AND r.chunk_count = (SELECT count(*) FROM job_run_chunks c WHERE c.run_id = $1 AND c.outcome <> 'STARTED')
+         RETURNING r.chunk_count, r.planned_at",
+    )
+    .bind(run_id)
+    .bind(claimant)
+    .fetch_optional(db)
+    .await?;
     let Some((chunk_count, planned_at)) = claimed else {
         return Ok(None);
     };

@@ -41,7 +41,7 @@ async fn a_deadline_transaction_cuts_its_statements_and_leaves_the_connection_as
     use scheduled_jobs::jobs::{Deadline, JobError};
     let s = settings();
     let (pool, name) = fresh_db(&s).await;
-    let one = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect_with(pool.connect_options().as_ref().clone()).await.unwrap();
+    let one = pool_of_one(&pool).await;
     let before: String = sqlx::query_scalar("SHOW statement_timeout").fetch_one(&one).await.unwrap();
 
     let d = Deadline::at(chrono::Utc::now() + chrono::TimeDelta::milliseconds(500));
@@ -143,7 +143,7 @@ async fn a_run_is_claimed_once_by_the_chunk_that_completes_it_whatever_the_order
 async fn a_transaction_begun_by_an_aborted_task_is_never_left_open_on_its_connection() {
     let s = settings();
     let (pool, name) = fresh_db(&s).await;
-    let one = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect_with(pool.connect_options().as_ref().clone()).await.unwrap();
+    let one = pool_of_one(&pool).await;
     let mut aborted_in_begin = 0;
     for round in 0..300u32 {
         let p = one.clone();
@@ -180,4 +180,9 @@ async fn a_transaction_begun_by_an_aborted_task_is_never_left_open_on_its_connec
     assert!(aborted_in_begin > 0, "no round aborted a task before its transaction had begun");
     one.close().await;
     drop_db(&s, pool, &name).await;
+}
+
+/// A pool of one connection to `pool`'s database: every use of it gets the same connection.
+async fn pool_of_one(pool: &sqlx::PgPool) -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new().max_connections(1).connect_with(pool.connect_options().as_ref().clone()).await.unwrap()
 }

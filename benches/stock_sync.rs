@@ -503,7 +503,10 @@ async fn main() {
     let (pool, db_name) = fresh_db(&s).await;
     scheduled_jobs::db::migrate(&pool).await.expect("migrate");
     let url = secrecy::ExposeSecret::expose_secret(&s.redis_url()).to_string();
-    let redis = ConnectionManager::new(redis::Client::open(url).expect("redis url")).await.expect("redis");
+    // No response timeout: with the stack busy, a pipeline of 1,000 SETs was answered after
+    // the client's default 500 ms and the bench died ("restore: timed out", session 27).
+    let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(None);
+    let redis = ConnectionManager::new_with_config(redis::Client::open(url).expect("redis url"), config).await.expect("redis");
     let mut b = Bench { s: s.clone(), pool: pool.clone(), db_name, redis, tag: unique("ssb"), seeded: 0 };
     let can_reset = reset_peak();
 

@@ -133,7 +133,9 @@ pub struct ProcessorSettings {
     /// How long the processor may handle the records of one poll before it polls the group
     /// consumer again. A rebalance waits for every member to poll (the eager protocol revokes
     /// in the poll), so this bounds how long a busy member keeps the whole group without
-    /// partitions — plus, at worst, one record's handling and the commit of what was handled. Records left when it runs out are
+    /// partitions — plus, at worst, one record's handling, the records whose effects were
+    /// already running ahead (`effects_ahead`: they ran meanwhile, and stopping them would
+    /// waste their work) and the commit of what was handled. Records left when it runs out are
     /// committed up to there and the rest are sought back and consumed again after the poll;
     /// a poll takes about as many records as the recent time per record lets fit, so that is
     /// rare. 0: a poll takes up to 256 records and handles them all.

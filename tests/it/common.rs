@@ -232,7 +232,12 @@ pub async fn drop_topics(settings: &Settings) {
 #[allow(dead_code)] // for the binaries that write many keys: tests/memory.rs and the benches
 pub async fn unlink_matching(settings: &Settings, pattern: &str) -> usize {
     let url = secrecy::ExposeSecret::expose_secret(&settings.redis_url()).to_string();
-    let mut redis = redis::aio::ConnectionManager::new(redis::Client::open(url).expect("redis url")).await.expect("redis");
+    // No response timeout: deleting a million keys, Redis also rewrites its append-only file,
+    // and a command then waits longer than the client's default 500 ms (the stock-sync bench's
+    // every-key-missing phase died on it, session 27).
+    let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(None);
+    let client = redis::Client::open(url).expect("redis url");
+    let mut redis = redis::aio::ConnectionManager::new_with_config(client, config).await.expect("redis");
     let mut cursor: u64 = 0;
     let mut gone = 0;
     loop {

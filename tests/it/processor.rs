@@ -1082,3 +1082,33 @@ async fn a_member_joining_during_a_long_batch_gets_partitions_once_the_batch_bud
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM job_run_chunks").fetch_one(&pool).await.unwrap();
     assert_eq!(applied, 60);
 }
+
+/// Records whose effects already run ahead are handled, not stopped, when the batch budget
+/// is spent. Stopping them threw their work away and did it again: in the stock-sync bench a
+/// range of 500,000 products was compared and repaired twice (docs/performance.md, session
+/// 27). Here 12 chunks of 600 ms, two ahead, a budget of 200 ms: every batch is spent after
+/// its first record. Before the fix the first batch stopped the chunk running ahead.
+#[tokio::test]
+async fn effects_started_ahead_are_finished_not_thrown_away_when_the_batch_budget_is_spent() {
+    let (s, pool, database) = noop_stage(None).await;
+    let log = std::env::temp_dir().join(format!("{}.log", crate::common::unique("budget-ahead")));
+    let env = [("SJ_PROCESSOR__EFFECTS_AHEAD", "2"), ("SJ_PROCESSOR__BATCH_BUDGET_MS", "200"), ("SJ_JOBS__NOOP__TIMEOUT_SECS", "300")];
+    let mut processor = processor_command(&s, &database, &env)
+        .env("RUST_LOG", "info,scheduled_jobs::runtime::processor=debug")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    publish(&s, &[tick("noop", minutes_ago(1), &[("chunks", "12"), ("apply_sleep_ms", "600")])]).await;
+    let r = wait_for_results(&s, 1, Duration::from_secs(120)).await;
+    processor.kill().ok();
+    processor.wait().ok();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(r.len(), 1, "{r:#?}\n{text}");
+    assert_eq!(r[0].outcome, Outcome::Succeeded, "{r:#?}");
+    assert_eq!(r[0].counts.get("items"), Some(&12), "every chunk applied once: {r:#?}");
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM job_run_chunks WHERE outcome = 'APPLIED'").fetch_one(&pool).await.unwrap();
+    assert_eq!(applied, 12);
+    assert!(text.contains("batch budget spent"), "the budget cut no batch, so this proves nothing:\n{text}");
+    let stopped = text.matches("effects started ahead stopped before their record was handled").count();
+    assert_eq!(stopped, 0, "effects running ahead were thrown away at the end of a batch:\n{text}");
+}

@@ -129,6 +129,11 @@ impl Ahead {
 
     /// Stops the effects and waits until they have stopped.
     pub async fn cancel(mut self) {
+        // Their work, finished or not, is thrown away (and done again if the record is handled
+        // again): rare by design (a reset, a shutdown, a record handled another way), so worth
+        // a line.
+        let finished = self.task.is_finished();
+        tracing::info!(run_id = %self.item.run_id, chunk = self.item.chunk_index, finished, "effects started ahead stopped before their record was handled");
         self.task.abort();
         match (&mut self.task).await {
             Ok(Err(e)) => tracing::debug!(error = %e, "effects started ahead failed; their record will be handled again"),

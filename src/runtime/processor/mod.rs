@@ -5,7 +5,8 @@
 //! 1. [`Processor::step`] takes a batch of records from the tick and work-item topics, as many
 //!    as fit `processor.batch_budget_ms` at the recent time per record: a group rebalance waits
 //!    for every member's next poll, so a batch still running past the budget is committed up
-//!    to there and the rest sought back;
+//!    to there (up to the last record whose effects already run ahead) and the rest sought
+//!    back;
 //! 2. a handler decides what the record's transaction writes, as a [`run::TxnPlan`]:
 //!    - a **tick** (`tick.rs`) is *planned*: checked, decided against the run ledger (duplicate
 //!      ticks and replays stop here), then its job's fixed chunks become work items with a seal
@@ -393,10 +394,18 @@ impl Processor {
         }
         let mut handled = batch.len();
         for (i, m) in batch.iter().enumerate() {
-            if i > 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+            // Once the budget is spent, the batch still goes on up to the last record whose
+            // effects already run ahead (at most `effects_ahead` work items, and the seals or
+            // ticks between them): those effects finish about when the current one's did, and
+            // stopping them would throw their work away (a stock-sync range is seconds of it,
+            // and a group of repairs stopped half-way is left for the next run). No new
+            // effects start.
+            let spent = i > 0 && deadline.is_some_and(|d| Instant::now() >= d);
+            if spent && self.ahead.is_empty() {
                 handled = i;
                 break;
             }
+            let rest = if spent { &[][..] } else { &batch[i + 1..] };
             // Every log line about this record carries where it came from and, once known, its
             // job, tick and run (filled in by the handlers).
             let span = record_span(m);
@@ -405,7 +414,7 @@ impl Processor {
                     let newer = self.superseding(&decoded, &ticks[i + 1..]);
                     self.tick_plan(m, decoded, newer).instrument(span.clone()).await
                 }
-                None => self.work_item_plan(m, &batch[i + 1..]).instrument(span.clone()).await,
+                None => self.work_item_plan(m, rest).instrument(span.clone()).await,
             };
             let ready = match plan {
                 Ok(plan) => self.encode(plan, m).await,
